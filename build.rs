@@ -1,5 +1,37 @@
 //! Compiles the Hubble API definitions in `proto/` with protox (pure Rust, so a fresh machine
-//! needs no system `protoc`) and generates prost messages plus tonic client and server code.
+//! needs no system `protoc`) into prost messages with tonic clients and servers, and generates
+//! a second `observer.Observer` client and server whose `GetFlows` stream carries raw bytes
+//! (see `src/proto.rs`).
+
+use std::path::PathBuf;
+
+use tonic_prost_build::manual::{Builder, Method, Service};
+
+fn raw_observer(flows_codec: &str) -> Service {
+    Service::builder()
+        .name("Observer")
+        .package("observer")
+        .method(
+            Method::builder()
+                .name("get_flows")
+                .route_name("GetFlows")
+                .input_type("crate::proto::observer::GetFlowsRequest")
+                .output_type("bytes::Bytes")
+                .codec_path(flows_codec)
+                .server_streaming()
+                .build(),
+        )
+        .method(
+            Method::builder()
+                .name("server_status")
+                .route_name("ServerStatus")
+                .input_type("crate::proto::observer::ServerStatusRequest")
+                .output_type("crate::proto::observer::ServerStatusResponse")
+                .codec_path("tonic_prost::ProstCodec")
+                .build(),
+        )
+        .build()
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -10,11 +42,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
+    println!("cargo:rerun-if-changed=build.rs");
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
         .compile_fds(descriptors)?;
+
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    for (dir, client, codec) in [
+        ("raw_client", true, "crate::proto::RawResponses"),
+        ("raw_server", false, "crate::proto::PreEncoded"),
+    ] {
+        let dir = out.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        Builder::new()
+            .build_client(client)
+            .build_server(!client)
+            .out_dir(&dir)
+            .compile(&[raw_observer(codec)]);
+    }
     Ok(())
 }

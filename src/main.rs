@@ -1,1 +1,145 @@
-fn main() {}
+//! The `exfilwatch` command line: parses arguments, sets up logging and the runtime, runs a
+//! command from [`exfilwatch::commands`] and turns its outcome into an exit code.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use exfilwatch::commands::{self, EXIT_CONFIG, Outcome, OutputFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Catches data exfiltration from Kubernetes AI-training namespaces, from Cilium Hubble flows.
+#[derive(Debug, Parser)]
+#[command(name = "exfilwatch", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Follow Hubble Relay's flow stream until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often to log progress.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        progress_every: Duration,
+    },
+    /// Read `hubble observe -o jsonpb` captures (files, or - for stdin) and summarise them.
+    Replay {
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Validate the configuration and rules; exit 64 listing every problem.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the pipeline against a built-in simulated training cluster on loopback.
+    Demo {
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Simulated flows per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    exfilwatch::config::parse_duration(text)
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                },
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: stopping sources, draining the pipeline");
+        token.cancel();
+    });
+}
+
+async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
+    match command {
+        Command::Run {
+            config,
+            progress_every,
+        } => match commands::load_config(Some(&config)) {
+            Ok(c) => commands::run(c.hubble, progress_every, cancel).await,
+            Err(e) => Outcome {
+                exit_code: EXIT_CONFIG,
+                output: format!("{e}\n"),
+            },
+        },
+        Command::Replay {
+            inputs,
+            config,
+            output,
+        } => match commands::load_config(config.as_deref()) {
+            Ok(c) => commands::replay(&inputs, &c, output, cancel).await,
+            Err(e) => Outcome {
+                exit_code: EXIT_CONFIG,
+                output: format!("{e}\n"),
+            },
+        },
+        Command::Check { config } => commands::check(&config),
+        Command::Demo { duration, rate } => match commands::demo(duration, rate, cancel).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome {
+                exit_code: 1,
+                output: format!("demo: {e}\n"),
+            },
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        cancel_on_signal(cancel.clone());
+        execute(cli.command, cancel).await
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(outcome.output.as_bytes());
+    let _ = stdout.flush();
+    ExitCode::from(outcome.exit_code)
+}

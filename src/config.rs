@@ -1,0 +1,649 @@
+//! The YAML configuration: raw serde structs that reject unknown keys, validated into typed
+//! values with every problem reported at once (file, key, value and, for a misspelt key, the
+//! key that was probably meant).
+//!
+//! ```yaml
+//! hubble:       { address: "http://hubble-relay:80", tls: { ca_file, cert_file, key_file, server_name }, namespaces: [ai-training] }
+//! prometheus:   { url: "http://prometheus:9090", interval: 60s }
+//! alertmanager: { urls: ["http://alertmanager:9093"] }
+//! api:          { listen: "127.0.0.1:8080", tokens_file: null }
+//! storage:      { dir: "/var/lib/exfilwatch" }
+//! rules:        { dir: "rules" }
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    hubble: RawHubble,
+    prometheus: RawPrometheus,
+    alertmanager: RawAlertmanager,
+    api: RawApi,
+    storage: RawStorage,
+    rules: RawRules,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHubble {
+    address: Option<String>,
+    tls: Option<RawTls>,
+    namespaces: Vec<String>,
+    connect_timeout: Option<String>,
+    backoff_initial: Option<String>,
+    backoff_max: Option<String>,
+    resume_overlap: Option<String>,
+    dedup_capacity: Option<usize>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPrometheus {
+    url: Option<String>,
+    interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAlertmanager {
+    urls: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    listen: Option<String>,
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRules {
+    dir: Option<PathBuf>,
+}
+
+/// TLS settings for the connection to Hubble Relay.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM bundle of the CA that signed Relay's certificate.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and key (PEM) for mTLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify Relay's certificate against, e.g. `ui.hubble-relay.cilium.io`.
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for TlsConfig {
+    // The client key is a secret: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("client_identity", &self.identity.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// Where and how to read flows from Hubble Relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubbleConfig {
+    /// `http://host:port` or `https://host:port` (a `tls://` address is stored as https).
+    pub address: String,
+    pub tls: Option<TlsConfig>,
+    /// Namespaces to watch; empty means every namespace.
+    pub namespaces: Vec<String>,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How far before the last flow seen a resumed stream starts (`since`).
+    pub resume_overlap: Duration,
+    /// How many recent flow keys are remembered to drop re-delivered flows.
+    pub dedup_capacity: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Default for HubbleConfig {
+    fn default() -> Self {
+        HubbleConfig {
+            address: "http://hubble-relay:80".into(),
+            tls: None,
+            namespaces: vec!["ai-training".into()],
+            connect_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            resume_overlap: Duration::from_secs(5),
+            dedup_capacity: 262_144,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusConfig {
+    pub url: Option<String>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlertmanagerConfig {
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub hubble: HubbleConfig,
+    pub prometheus: PrometheusConfig,
+    pub alertmanager: AlertmanagerConfig,
+    pub api: ApiConfig,
+    pub storage_dir: PathBuf,
+    pub rules_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hubble: HubbleConfig::default(),
+            prometheus: PrometheusConfig {
+                url: None,
+                interval: Duration::from_secs(60),
+            },
+            alertmanager: AlertmanagerConfig::default(),
+            api: ApiConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                tokens_file: None,
+            },
+            storage_dir: PathBuf::from("/var/lib/exfilwatch"),
+            rules_dir: PathBuf::from("rules"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths in it are resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &file, base)
+    }
+
+    /// Parses and validates configuration text; `file` names it in messages.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            parse_yaml(text).map_err(|message| ConfigError::Syntax {
+                file: file.into(),
+                message,
+            })?
+        };
+        let mut problems = Vec::new();
+        let config = validate(raw, base, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
+        }
+    }
+}
+
+/// The one place YAML is parsed; returns "LINE:COLUMN: message" on failure, with a suggestion
+/// for a misspelt key.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let location = e
+            .location()
+            .map_or(String::new(), |l| format!("{}:{}: ", l.line(), l.column()));
+        let mut message = e.to_string();
+        // serde_yaml_ng appends " at line L column C"; the location prefix already says it.
+        if let Some(cut) = message.find(" at line ") {
+            message.truncate(cut);
+        }
+        if let Some(hint) = suggestion(&message) {
+            message.push_str(&hint);
+        }
+        format!("{location}{message}")
+    })
+}
+
+/// For "unknown field `x`, expected one of `a`, `b`": "; did you mean `a`?" when one is close.
+fn suggestion(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .min()?;
+    (best.0 <= unknown.len().max(2) / 2 + 1).then(|| format!("; did you mean `{}`?", best.1))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Parses "250ms", "10s", "5m", "1h", "7d".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, e.g. 30s")
+    })?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: unit must be ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(message)) => {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            });
+            default
+        }
+    }
+}
+
+fn read_file(key: &str, path: &Path, base: &Path, problems: &mut Vec<Problem>) -> Vec<u8> {
+    let path = base.join(path);
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            problems.push(Problem {
+                key: key.into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            });
+            Vec::new()
+        }
+    }
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
+}
+
+/// Splits an address into (scheme, rest) and normalises it for tonic: `tls://` becomes
+/// `https://`, a bare `host:port` means plaintext.
+fn normalise_address(address: &str) -> Result<(bool, String), String> {
+    let (tls, rest) = if let Some(rest) = address.strip_prefix("tls://") {
+        (true, rest)
+    } else if let Some(rest) = address.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = address.strip_prefix("http://") {
+        (false, rest)
+    } else if address.contains("://") {
+        return Err(format!(
+            "unsupported scheme in {address:?}: use http://, https:// or tls://"
+        ));
+    } else {
+        (false, address)
+    };
+    let rest = rest.trim_end_matches('/');
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(format!(
+            "{address:?} needs a host and a port, e.g. hubble-relay:80"
+        ));
+    }
+    Ok((
+        tls,
+        format!("{}://{rest}", if tls { "https" } else { "http" }),
+    ))
+}
+
+fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config {
+    let defaults = Config::default();
+    let mut hubble = defaults.hubble.clone();
+    let h = raw.hubble;
+    let mut tls_wanted = false;
+    if let Some(address) = h.address {
+        match normalise_address(&address) {
+            Ok((tls, normalised)) => {
+                tls_wanted = tls;
+                hubble.address = normalised;
+            }
+            Err(message) => problems.push(Problem {
+                key: "hubble.address".into(),
+                message,
+            }),
+        }
+    }
+    match (h.tls, tls_wanted) {
+        (Some(_), false) => problems.push(Problem {
+            key: "hubble.tls".into(),
+            message: format!("is set but hubble.address {:?} is plaintext; use tls://host:port", hubble.address),
+        }),
+        (None, true) => problems.push(Problem {
+            key: "hubble.tls.ca_file".into(),
+            message: "is required for a TLS address: Relay's certificate is signed by the cluster's Hubble CA".into(),
+        }),
+        (Some(t), true) => {
+            let ca_pem = match &t.ca_file {
+                Some(p) => read_file("hubble.tls.ca_file", p, base, problems),
+                None => {
+                    problems.push(Problem {
+                        key: "hubble.tls.ca_file".into(),
+                        message: "is required: Relay's certificate is signed by the cluster's Hubble CA".into(),
+                    });
+                    Vec::new()
+                }
+            };
+            let identity = match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((
+                    read_file("hubble.tls.cert_file", c, base, problems),
+                    read_file("hubble.tls.key_file", k, base, problems),
+                )),
+                (None, None) => None,
+                (Some(_), None) => {
+                    problems.push(Problem { key: "hubble.tls.key_file".into(), message: "is required with cert_file for mTLS".into() });
+                    None
+                }
+                (None, Some(_)) => {
+                    problems.push(Problem { key: "hubble.tls.cert_file".into(), message: "is required with key_file for mTLS".into() });
+                    None
+                }
+            };
+            hubble.tls = Some(TlsConfig { ca_pem, identity, server_name: t.server_name });
+        }
+        (None, false) => {}
+    }
+    for ns in &h.namespaces {
+        if !valid_namespace(ns) {
+            problems.push(Problem {
+                key: "hubble.namespaces".into(),
+                message: format!("{ns:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63)"),
+            });
+        }
+    }
+    if !h.namespaces.is_empty() {
+        hubble.namespaces = h.namespaces;
+    }
+    hubble.connect_timeout = duration(
+        "hubble.connect_timeout",
+        h.connect_timeout.as_deref(),
+        hubble.connect_timeout,
+        problems,
+    );
+    hubble.backoff_initial = duration(
+        "hubble.backoff_initial",
+        h.backoff_initial.as_deref(),
+        hubble.backoff_initial,
+        problems,
+    );
+    hubble.backoff_max = duration(
+        "hubble.backoff_max",
+        h.backoff_max.as_deref(),
+        hubble.backoff_max,
+        problems,
+    );
+    hubble.resume_overlap = duration(
+        "hubble.resume_overlap",
+        h.resume_overlap.as_deref(),
+        hubble.resume_overlap,
+        problems,
+    );
+    if hubble.backoff_initial.is_zero() || hubble.backoff_initial > hubble.backoff_max {
+        problems.push(Problem {
+            key: "hubble.backoff_initial".into(),
+            message: format!(
+                "{:?} must be above zero and at most backoff_max {:?}",
+                hubble.backoff_initial, hubble.backoff_max
+            ),
+        });
+    }
+    if let Some(n) = h.dedup_capacity {
+        if n == 0 {
+            problems.push(Problem {
+                key: "hubble.dedup_capacity".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        hubble.dedup_capacity = n.max(1);
+    }
+    if let Some(n) = h.max_message_bytes {
+        if n < 4096 {
+            problems.push(Problem {
+                key: "hubble.max_message_bytes".into(),
+                message: format!("{n} is below the 4096-byte minimum"),
+            });
+        }
+        hubble.max_message_bytes = n.max(4096);
+    }
+
+    let prometheus = PrometheusConfig {
+        url: raw.prometheus.url,
+        interval: duration(
+            "prometheus.interval",
+            raw.prometheus.interval.as_deref(),
+            defaults.prometheus.interval,
+            problems,
+        ),
+    };
+    for (key, url) in prometheus.url.iter().map(|u| ("prometheus.url", u)).chain(
+        raw.alertmanager
+            .urls
+            .iter()
+            .map(|u| ("alertmanager.urls", u)),
+    ) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(Problem {
+                key: key.into(),
+                message: format!("{url:?} must start with http:// or https://"),
+            });
+        }
+    }
+    let listen = match raw.api.listen.as_deref().map(str::parse::<SocketAddr>) {
+        None => defaults.api.listen,
+        Some(Ok(addr)) => addr,
+        Some(Err(_)) => {
+            problems.push(Problem {
+                key: "api.listen".into(),
+                message: format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    raw.api.listen.unwrap_or_default()
+                ),
+            });
+            defaults.api.listen
+        }
+    };
+    Config {
+        hubble,
+        prometheus,
+        alertmanager: AlertmanagerConfig {
+            urls: raw.alertmanager.urls,
+        },
+        api: ApiConfig {
+            listen,
+            tokens_file: raw.api.tokens_file.map(|p| base.join(p)),
+        },
+        storage_dir: raw
+            .storage
+            .dir
+            .map_or(defaults.storage_dir, |p| base.join(p)),
+        rules_dir: base.join(raw.rules.dir.unwrap_or(defaults.rules_dir)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml", Path::new("/etc/exfilwatch"))
+    }
+
+    #[test]
+    fn a_misspelt_key_names_file_line_key_and_suggestion() {
+        let err = parse("hubble:\n  adress: http://relay:80\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:2:3: "), "{err}");
+        assert!(err.contains("unknown field `adress`"), "{err}");
+        assert!(err.contains("did you mean `address`?"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_rejected() {
+        let err = parse("hubbel: {}\n").unwrap_err().to_string();
+        assert!(err.contains("did you mean `hubble`?"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(
+            "hubble:\n  address: ftp://x\n  namespaces: [AI_Training]\n  connect_timeout: 10 parsecs\napi:\n  listen: everywhere\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("{err}")
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "hubble.address",
+                "hubble.namespaces",
+                "hubble.connect_timeout",
+                "api.listen"
+            ]
+        );
+        assert!(problems[1].message.contains("\"AI_Training\""));
+    }
+
+    #[test]
+    fn addresses_are_normalised_for_the_client() {
+        let c = parse("hubble: { address: 'hubble-relay:4245' }").unwrap();
+        assert_eq!(c.hubble.address, "http://hubble-relay:4245");
+        let err = parse("hubble: { address: 'tls://hubble-relay:443' }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hubble.tls.ca_file: is required"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = parse("").unwrap();
+        assert_eq!(c.hubble.namespaces, ["ai-training"]);
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.prometheus.interval, Duration::from_secs(60));
+        assert_eq!(c.rules_dir, Path::new("/etc/exfilwatch/rules"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

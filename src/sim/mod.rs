@@ -1,0 +1,6 @@
+//! A stand-in for a cluster: a Hubble-compatible Observer server ([`observer`]) and the
+//! traffic of an AI-training namespace ([`traffic`]). `exfilwatch demo` runs the real
+//! pipeline against them; the tests and benchmarks use them as the far end of the wire.
+
+pub mod observer;
+pub mod traffic;

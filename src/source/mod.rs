@@ -1,0 +1,81 @@
+//! Flow sources: each reads flows from somewhere and sends [`Event`]s into a bounded channel.
+//!
+//! - [`hubble`]: the live stream from Hubble Relay (gRPC `GetFlows`, follow mode), with TLS,
+//!   reconnects, resume and de-duplication.
+//! - [`replay`]: `hubble observe -o jsonpb` captures from a file or stdin.
+//!
+//! Every source counts what it saw in a shared [`SourceStats`], which the pipeline summary
+//! (and later `/metrics`) reads.
+
+pub mod hubble;
+pub mod replay;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::flow::{Event, LostEventSource};
+
+/// Counters a source keeps; shared with whoever reports on it.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Flows sent downstream.
+    pub flows: AtomicU64,
+    /// Re-delivered flows dropped by the de-duplicator.
+    pub duplicates: AtomicU64,
+    /// Messages or lines that could not be decoded.
+    pub bad_messages: AtomicU64,
+    /// Events Hubble reported lost, by `LostEventSource` number (0 unknown .. 3 Hubble ring).
+    pub lost: [AtomicU64; 4],
+    /// Lost-events notices received.
+    pub lost_notices: AtomicU64,
+    /// Relay node-status notices received.
+    pub node_status: AtomicU64,
+    /// Streams (re)established after the first.
+    pub reconnects: AtomicU64,
+}
+
+impl SourceStats {
+    /// Counts an event about to be sent downstream.
+    pub fn record(&self, event: &Event) {
+        match event {
+            Event::Flow(_) => {
+                self.flows.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Lost(lost) => {
+                self.lost_notices.fetch_add(1, Ordering::Relaxed);
+                self.lost[lost_index(lost.source)].fetch_add(lost.count, Ordering::Relaxed);
+            }
+            Event::NodeStatus(_) => {
+                self.node_status.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lost events of one source kind.
+    pub fn lost(&self, source: LostEventSource) -> u64 {
+        self.lost[lost_index(source)].load(Ordering::Relaxed)
+    }
+
+    /// Lost events of all kinds.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+fn lost_index(source: LostEventSource) -> usize {
+    usize::try_from(source as i32).unwrap_or(0).min(3)
+}
+
+/// The message of an error and all its causes, "outer: inner: innermost".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
