@@ -229,6 +229,9 @@ pub struct NodeStatus {
 }
 
 /// What a flow source emits.
+// Flows are the common variant by far: boxing them to shrink the rare ones would cost an
+// allocation per flow.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Flow(FlowEvent),

@@ -193,6 +193,18 @@ pub fn endpoint(config: &HubbleConfig) -> Result<Endpoint, HubbleError> {
     Ok(endpoint)
 }
 
+/// A status's code, message and underlying transport error, if any.
+fn status_text(status: &tonic::Status) -> String {
+    let cause = std::error::Error::source(status).map(error_chain);
+    match cause {
+        Some(cause) if cause.starts_with(status.message()) => {
+            format!("{:?}: {cause}", status.code())
+        }
+        Some(cause) => format!("{:?}: {}: {cause}", status.code(), status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
 /// What to do after a stream ended with `status`.
 fn fatal_hint(code: Code) -> Option<&'static str> {
     match code {
@@ -283,7 +295,7 @@ impl HubbleSource {
                             hint,
                         });
                     }
-                    format!("stream failed: {:?}: {}", status.code(), status.message())
+                    format!("stream failed: {}", status_text(&status))
                 }
                 Ended::Connect(error) => format!("cannot connect: {error}"),
                 Ended::ServerClosed => "server ended the stream".to_owned(),
@@ -340,7 +352,7 @@ impl HubbleSource {
                 Err(error) => {
                     let n = self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                     // One bad message in a thousand is enough to show a pattern in the log.
-                    if n % 1000 == 0 {
+                    if n.is_multiple_of(1000) {
                         tracing::warn!(
                             bad_messages = n + 1,
                             "hubble: undecodable GetFlowsResponse skipped: {error}"

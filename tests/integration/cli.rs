@@ -1,0 +1,251 @@
+//! The `exfilwatch` binary: exit codes, messages, the demo, and shutdown on SIGTERM.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use exfilwatch::sim::traffic::TrainingCluster;
+use tonic::Code;
+
+use crate::support::relay;
+
+fn exfilwatch() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
+    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    cmd
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn check_lists_every_config_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exfilwatch.yaml");
+    std::fs::write(
+        &config,
+        "hubble:\n  address: tls://relay:443\n  namespaces: [Prod_DB]\napi:\n  listen: nowhere\n",
+    )
+    .unwrap();
+    let out = exfilwatch()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{msg}");
+    assert!(msg.contains("exfilwatch.yaml: 3 problem(s)"), "{msg}");
+    assert!(msg.contains("hubble.tls.ca_file: is required"), "{msg}");
+    assert!(
+        msg.contains("hubble.namespaces: \"Prod_DB\" is not a valid namespace name"),
+        "{msg}"
+    );
+    assert!(msg.contains("api.listen: \"nowhere\""), "{msg}");
+}
+
+#[test]
+fn check_names_a_misspelt_key_with_its_line_and_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        "hubble:\n  namespaces: [ai-training]\n  adress: http://relay:80\n",
+    )
+    .unwrap();
+    let out = exfilwatch()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{msg}");
+    assert!(
+        msg.contains("c.yaml:3:3: hubble: unknown field `adress`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `address`?"), "{msg}");
+}
+
+#[test]
+fn check_reports_a_broken_rule_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/good.yaml"), "- name: a\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules/bad.yaml"),
+        "- name: a\n  kind: [unclosed\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "rules:\n  dir: rules\n").unwrap();
+    let out = exfilwatch()
+        .args(["check", "--config"])
+        .arg(dir.path().join("c.yaml"))
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{msg}");
+    assert!(msg.contains("rules/bad.yaml:"), "{msg}");
+    assert!(!msg.contains("good.yaml"), "{msg}");
+
+    std::fs::remove_file(dir.path().join("rules/bad.yaml")).unwrap();
+    let out = exfilwatch()
+        .args(["check", "--config"])
+        .arg(dir.path().join("c.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 rule file(s)"));
+}
+
+#[test]
+fn the_shipped_example_config_passes_check() {
+    let out = exfilwatch()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/exfilwatch.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn replay_prints_a_json_summary_with_bad_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("capture.jsonl");
+    let good = include_str!("../fixtures/flows.jsonl");
+    std::fs::write(&capture, format!("{good}{{\"flow\": nope}}\n")).unwrap();
+    let out = exfilwatch()
+        .args(["replay", "--output", "json"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["flows"], 5);
+    assert_eq!(summary["bad_lines"], 1);
+    assert_eq!(summary["by_verdict"]["DROPPED"], 2);
+    assert_eq!(summary["by_drop_reason"]["POLICY_DENY"], 1);
+    assert_eq!(
+        summary["lost_events"]["HUBBLE_RING_BUFFER"],
+        12_345_678_901u64
+    );
+    let bad = summary["files"][0]["bad"][0].as_str().unwrap();
+    assert!(
+        bad.starts_with(&format!("{}:8: invalid JSON", capture.display())),
+        "{bad}"
+    );
+}
+
+#[test]
+fn replay_of_a_missing_file_exits_66() {
+    let out = exfilwatch()
+        .args(["replay", "/nonexistent/capture.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(66));
+    assert!(text(&out).contains("/nonexistent/capture.jsonl"));
+}
+
+#[test]
+fn the_demo_shows_the_exfiltration_attempt() {
+    let out = exfilwatch()
+        .args(["demo", "--duration", "3s", "--rate", "2000"])
+        .output()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{msg}");
+    assert!(
+        msg.contains("ai-training/llm-pretrain-worker-2 -> paste.example.net:443/TCP"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ai-training/llm-pretrain-worker-2 -> production/orders-db-0:5432/TCP"),
+        "{msg}"
+    );
+    assert!(msg.contains("POLICY_DENY"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_stops_cleanly_on_sigterm_with_a_summary() {
+    let relay = relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\n",
+            relay.addr
+        ),
+    )
+    .unwrap();
+    let child = exfilwatch()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the stream, then send flows.
+    tokio::time::timeout(crate::support::GUARD, async {
+        while relay.sim.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut cluster = TrainingCluster::new(12, 1_764_115_200_000_000_000, 1_000_000);
+    for _ in 0..50 {
+        relay.sim.push_flow(cluster.next_flow());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{msg}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("flows: 50\n"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_exits_69_when_the_relay_refuses_the_credentials() {
+    let relay = relay(None).await;
+    relay
+        .sim
+        .refuse_with(Some((Code::PermissionDenied, "mTLS required")));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!("hubble:\n  address: http://{}\n", relay.addr),
+    )
+    .unwrap();
+    let mut cmd = exfilwatch();
+    cmd.args(["run", "--config"]).arg(&config);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{msg}");
+    assert!(
+        msg.contains("PermissionDenied")
+            && msg.contains("mTLS required")
+            && msg.contains("hubble.tls"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,13 @@
+//! Integration tests against real components: a tonic Hubble Observer server on 127.0.0.1
+//! (plain, TLS and mTLS), fixtures encoded by the upstream protobuf definitions, and the
+//! `exfilwatch` binary itself.
+
+// Test helpers panic on purpose: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod hubble_stream;
+mod hubble_tls;
+mod replay;
+mod support;
+mod wire_compat;

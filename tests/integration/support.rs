@@ -1,0 +1,113 @@
+//! Shared helpers: a simulated Relay on loopback, a fast-retrying client config, and waiting
+//! for events with a generous guard timeout (a hang fails the test instead of blocking CI).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exfilwatch::config::HubbleConfig;
+use exfilwatch::flow::Event;
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::sim::observer::SimObserver;
+use exfilwatch::source::SourceStats;
+use exfilwatch::source::hubble::{HubbleError, HubbleSource, StreamState};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
+
+/// Upper bound on any single wait; only reached when something is broken.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+pub struct Relay {
+    pub sim: SimObserver,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn relay(tls: Option<ServerTlsConfig>) -> Relay {
+    let sim = SimObserver::new(100_000);
+    let stop = CancellationToken::new();
+    let addr = sim
+        .clone()
+        .spawn_local(tls, stop.clone())
+        .await
+        .expect("bind 127.0.0.1");
+    Relay { sim, addr, stop }
+}
+
+/// A client config that retries quickly and resumes with a 50 ms overlap.
+pub fn client_config(address: String) -> HubbleConfig {
+    HubbleConfig {
+        address,
+        namespaces: vec!["ai-training".into()],
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(100),
+        resume_overlap: Duration::from_millis(50),
+        connect_timeout: Duration::from_secs(5),
+        ..HubbleConfig::default()
+    }
+}
+
+pub struct Client {
+    pub rx: mpsc::Receiver<Event>,
+    pub state: watch::Receiver<StreamState>,
+    pub stats: Arc<SourceStats>,
+    pub task: JoinHandle<Result<(), HubbleError>>,
+    pub cancel: CancellationToken,
+}
+
+pub fn start_client(config: HubbleConfig) -> Client {
+    let stats = Arc::new(SourceStats::default());
+    let source = HubbleSource::new(config, stats.clone());
+    let state = source.state();
+    let (tx, rx) = mpsc::channel(1024);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(source.run(tx, cancel.clone()));
+    Client {
+        rx,
+        state,
+        stats,
+        task,
+        cancel,
+    }
+}
+
+impl Client {
+    /// Waits until the source's state satisfies `pred`, returning that state.
+    pub async fn wait_state(&mut self, pred: impl Fn(&StreamState) -> bool) -> StreamState {
+        tokio::time::timeout(GUARD, self.state.wait_for(|s| pred(s)))
+            .await
+            .expect("state not reached in time")
+            .expect("source dropped its state")
+            .clone()
+    }
+
+    pub async fn streaming(&mut self) {
+        self.wait_state(|s| *s == StreamState::Streaming).await;
+    }
+
+    pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(GUARD, self.rx.recv())
+            .await
+            .expect("no event in time")
+            .expect("source ended")
+    }
+
+    pub async fn next_flow_uuid(&mut self) -> u128 {
+        match self.next().await {
+            Event::Flow(f) => f.uuid.expect("flow has a uuid"),
+            other => panic!("expected a flow, got {other:?}"),
+        }
+    }
+}
+
+pub fn uuid_of(flow: &Flow) -> u128 {
+    exfilwatch::flow::parse_uuid(flow.uuid.as_bytes()).expect("generated uuid parses")
+}
