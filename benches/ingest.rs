@@ -1,1 +1,163 @@
-fn main() {}
+//! Ingest benchmarks: how many Hubble flows per second one core turns into `FlowEvent`s.
+//!
+//! - `decode/*`: `GetFlowsResponse` bytes to `FlowEvent` on one thread, with the zero-copy
+//!   decoder, against a full prost decode of the same bytes (generated structs, no conversion)
+//!   and against the jsonpb line decoder that `replay` uses.
+//! - `end_to_end`: a tonic Observer server on its own thread streams pre-encoded flows over
+//!   loopback gRPC; the real Hubble source (decode, de-duplication, bounded channel) and a
+//!   summarising consumer run on one current-thread runtime, i.e. one core.
+//!
+//! Inputs are the simulator's training-namespace flows, with the `Summary` text Hubble still
+//! fills in. Run: `cargo bench --bench ingest`; see the README for the figures.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use divan::Bencher;
+use divan::counter::{BytesCount, ItemsCount};
+use exfilwatch::config::HubbleConfig;
+use exfilwatch::flow::json::JsonDecoder;
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::pipeline::{self, Summary};
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::proto::observer::GetFlowsResponse;
+use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::sim::observer::SimObserver;
+use exfilwatch::sim::traffic::TrainingCluster;
+use exfilwatch::source::SourceStats;
+use exfilwatch::source::hubble::HubbleSource;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    divan::main();
+}
+
+const T0: i64 = 1_764_115_200_000_000_000;
+const BATCH: usize = 4096;
+
+fn flows(n: usize) -> Vec<Flow> {
+    let mut cluster = TrainingCluster::new(42, T0, 100_000);
+    (0..n)
+        .map(|_| {
+            let mut f = cluster.next_flow();
+            f.summary = "TCP Flags: ACK, PSH".into();
+            f
+        })
+        .collect()
+}
+
+fn response(flow: Flow) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: flow.node_name.clone(),
+        time: flow.time,
+        response_types: Some(ResponseTypes::Flow(flow)),
+    }
+}
+
+fn encoded(n: usize) -> Vec<Vec<u8>> {
+    flows(n)
+        .into_iter()
+        .map(|f| response(f).encode_to_vec())
+        .collect()
+}
+
+#[divan::bench_group(name = "decode")]
+#[allow(clippy::unwrap_used)]
+mod decode {
+    use super::*;
+
+    #[divan::bench]
+    fn zero_copy_to_flow_event(bencher: Bencher) {
+        let messages = encoded(BATCH);
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        let mut decoder = Decoder::default();
+        bencher
+            .counter(ItemsCount::new(BATCH))
+            .counter(BytesCount::new(bytes))
+            .bench_local(|| {
+                for m in &messages {
+                    black_box(decoder.decode_response(black_box(m)).ok());
+                }
+            });
+    }
+
+    #[divan::bench]
+    fn prost_full_decode_only(bencher: Bencher) {
+        let messages = encoded(BATCH);
+        bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
+            for m in &messages {
+                black_box(GetFlowsResponse::decode(black_box(&m[..])).ok());
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn jsonpb_line_to_flow_event(bencher: Bencher) {
+        // jsonpb lines of the upstream-encoded fixture, repeated.
+        let fixture = include_str!("../tests/fixtures/flows.jsonl");
+        let lines: Vec<&str> = fixture.lines().cycle().take(BATCH).collect();
+        let mut decoder = JsonDecoder::default();
+        bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
+            for line in &lines {
+                black_box(decoder.decode_line(black_box(line)).ok());
+            }
+        });
+    }
+}
+
+/// Flows streamed per end-to-end iteration.
+const STREAM: usize = 200_000;
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn end_to_end(bencher: Bencher) {
+    // The server: its own thread and runtime, a ring pre-filled with encoded flows.
+    let sim = SimObserver::new(STREAM);
+    for f in flows(STREAM) {
+        sim.push_flow(f);
+    }
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let addr = server_rt
+        .block_on(sim.clone().spawn_local(None, stop.clone()))
+        .unwrap();
+
+    // The client: one current-thread runtime on the benchmark thread.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = HubbleConfig {
+        address: format!("http://{addr}"),
+        namespaces: vec!["ai-training".into()],
+        backoff_initial: Duration::from_millis(10),
+        ..HubbleConfig::default()
+    };
+    bencher.counter(ItemsCount::new(STREAM)).bench_local(|| {
+        client_rt.block_on(async {
+            let stats = Arc::new(SourceStats::default());
+            let source = HubbleSource::new(config.clone(), stats.clone()).start_at(0);
+            let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CAPACITY);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(source.run(tx, cancel.clone()));
+            let mut rx = rx;
+            let mut summary = Summary::new(&config.namespaces);
+            let mut seen = 0;
+            while seen < STREAM {
+                let event = rx.recv().await.expect("stream ended early");
+                summary.add(&event);
+                seen += 1;
+            }
+            cancel.cancel();
+            let _ = task.await;
+            assert_eq!(summary.flows, STREAM as u64);
+        });
+    });
+    stop.cancel();
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub use crate::proto::flow::{DropReason, LostEventSource, TrafficDirection, Verdict};
 pub use crate::proto::relay::NodeState;
 
-use crate::intern::{Interner, InvalidUtf8, Sym, SymList};
+use crate::intern::{BytesMemo, Interner, InvalidUtf8, Sym, SymList};
 
 /// Monitor event type of a drop notification.
 pub const EVENT_DROP: i32 = 1;
@@ -99,9 +99,9 @@ impl fmt::Debug for TcpFlags {
     }
 }
 
-/// One side of a flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+/// Who is on one side of a flow: the pod and its identity, shared by every flow of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoint {
     /// Kubernetes namespace; empty for world, host and other reserved identities.
     pub namespace: Sym,
     pub pod: Sym,
@@ -112,8 +112,22 @@ pub struct Peer {
     pub labels: SymList,
     /// Cilium security identity (2 = world, 1 = host).
     pub identity: u32,
+}
+
+/// One side of a flow: the endpoint (shared) and this flow's address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub endpoint: Arc<Endpoint>,
     pub ip: Option<IpAddr>,
     pub port: u16,
+}
+
+impl std::ops::Deref for Peer {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 /// A network policy named by a flow.
@@ -332,23 +346,31 @@ impl FieldError {
     }
 }
 
+/// The shared-string tables a decoder keeps across flows: strings and string lists, and
+/// whole endpoints memoised by their encoding (protobuf bytes or raw JSON text), so a pod seen
+/// before costs one look-up instead of a dozen.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub strings: Interner,
+    pub endpoints: BytesMemo<Endpoint>,
+}
+
 /// Interns decoded pieces into `FlowEvent` parts; the one place both decoders assemble from.
-pub(crate) struct Assembler<'i> {
-    pub interner: &'i mut Interner,
+pub(crate) struct Assembler<'t> {
+    pub tables: &'t mut Tables,
 }
 
 impl Assembler<'_> {
     pub fn sym(&mut self, field: &'static str, raw: &[u8]) -> Result<Sym, FieldError> {
-        self.interner
-            .intern_bytes(raw)
-            .map_err(|InvalidUtf8| FieldError::Utf8 { field })
+        sym(&mut self.tables.strings, field, raw)
     }
 
     pub fn list<'a, I>(&mut self, field: &'static str, items: I) -> Result<SymList, FieldError>
     where
         I: Iterator<Item = &'a [u8]> + Clone,
     {
-        self.interner
+        self.tables
+            .strings
             .intern_list(items)
             .map_err(|InvalidUtf8| FieldError::Utf8 { field })
     }
@@ -357,25 +379,14 @@ impl Assembler<'_> {
         parse_ip(raw).map_err(|()| FieldError::ip(field, raw))
     }
 
-    pub fn peer<'a, I>(
+    /// The shared endpoint whose encoding is `encoded`; `parse` runs only for a new one.
+    pub fn endpoint<E>(
         &mut self,
-        side: &Side,
-        raw: RawPeer<'_>,
-        labels: I,
-    ) -> Result<Peer, FieldError>
-    where
-        I: Iterator<Item = &'a [u8]> + Clone,
-    {
-        Ok(Peer {
-            namespace: self.sym(side.namespace, raw.namespace)?,
-            pod: self.sym(side.pod, raw.pod)?,
-            workload: self.sym(side.workload, raw.workload)?,
-            workload_kind: self.sym(side.workload_kind, raw.workload_kind)?,
-            labels: self.list(side.labels, labels)?,
-            identity: raw.identity,
-            ip: None,
-            port: 0,
-        })
+        encoded: &[u8],
+        parse: impl FnOnce(&mut Interner) -> Result<Endpoint, E>,
+    ) -> Result<Arc<Endpoint>, E> {
+        let Tables { strings, endpoints } = &mut *self.tables;
+        endpoints.get_or_try_insert(encoded, || parse(strings))
     }
 
     pub fn policy(
@@ -393,14 +404,11 @@ impl Assembler<'_> {
 
     /// A flow with every field empty, to be filled in by a decoder.
     pub fn empty_flow(&mut self) -> FlowEvent {
-        let empty = self.interner.empty();
+        let nobody = self
+            .endpoint(b"", |_| Ok::<_, FieldError>(Endpoint::default()))
+            .unwrap_or_default();
         let peer = Peer {
-            namespace: empty.clone(),
-            pod: empty.clone(),
-            workload: empty.clone(),
-            workload_kind: empty.clone(),
-            labels: self.interner.empty_list(),
-            identity: 0,
+            endpoint: nobody,
             ip: None,
             port: 0,
         };
@@ -412,12 +420,12 @@ impl Assembler<'_> {
             direction: TrafficDirection::Unknown,
             event_type: 0,
             event_sub_type: 0,
-            node: empty,
+            node: self.tables.strings.empty(),
             source: peer.clone(),
             destination: peer,
             protocol: L4Protocol::Unknown,
             tcp_flags: TcpFlags::default(),
-            destination_names: self.interner.empty_list(),
+            destination_names: self.tables.strings.empty_list(),
             dns: None,
             egress_denied_by: Box::default(),
             ingress_denied_by: Box::default(),
@@ -426,9 +434,38 @@ impl Assembler<'_> {
     }
 }
 
+fn sym(strings: &mut Interner, field: &'static str, raw: &[u8]) -> Result<Sym, FieldError> {
+    strings
+        .intern_bytes(raw)
+        .map_err(|InvalidUtf8| FieldError::Utf8 { field })
+}
+
+/// Builds an endpoint from its decoded pieces.
+pub(crate) fn endpoint_from<'a, I>(
+    strings: &mut Interner,
+    side: &Side,
+    raw: RawPeer<'_>,
+    labels: I,
+) -> Result<Endpoint, FieldError>
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    Ok(Endpoint {
+        namespace: sym(strings, side.namespace, raw.namespace)?,
+        pod: sym(strings, side.pod, raw.pod)?,
+        workload: sym(strings, side.workload, raw.workload)?,
+        workload_kind: sym(strings, side.workload_kind, raw.workload_kind)?,
+        labels: strings
+            .intern_list(labels)
+            .map_err(|InvalidUtf8| FieldError::Utf8 { field: side.labels })?,
+        identity: raw.identity,
+    })
+}
+
 /// The field names of one endpoint, for error messages.
 #[derive(Debug)]
 pub(crate) struct Side {
+    name: &'static str,
     namespace: &'static str,
     pod: &'static str,
     workload: &'static str,
@@ -437,6 +474,7 @@ pub(crate) struct Side {
 }
 
 pub(crate) const SOURCE: Side = Side {
+    name: "source",
     namespace: "source.namespace",
     pod: "source.pod_name",
     workload: "source.workloads.name",
@@ -445,6 +483,7 @@ pub(crate) const SOURCE: Side = Side {
 };
 
 pub(crate) const DESTINATION: Side = Side {
+    name: "destination",
     namespace: "destination.namespace",
     pod: "destination.pod_name",
     workload: "destination.workloads.name",

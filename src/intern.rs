@@ -164,6 +164,64 @@ impl Interner {
     }
 }
 
+/// The default number of distinct encodings a [`BytesMemo`] remembers.
+pub const DEFAULT_MEMO_CAPACITY: usize = 65_536;
+
+/// Remembers values built from their encoded bytes, so the same bytes (an endpoint as Hubble
+/// encodes it, for example) yield the same shared value without being decoded again. Bounded
+/// like the [`Interner`]: when full, new values are built and returned but not remembered.
+#[derive(Debug)]
+pub struct BytesMemo<T> {
+    hasher: foldhash::fast::RandomState,
+    table: HashTable<(u64, Box<[u8]>, Arc<T>)>,
+    capacity: usize,
+}
+
+impl<T> Default for BytesMemo<T> {
+    fn default() -> Self {
+        BytesMemo::with_capacity(DEFAULT_MEMO_CAPACITY)
+    }
+}
+
+impl<T> BytesMemo<T> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        BytesMemo {
+            hasher: foldhash::fast::RandomState::default(),
+            table: HashTable::new(),
+            capacity,
+        }
+    }
+
+    /// Distinct encodings remembered.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The value for `key`, built by `make` the first time.
+    pub fn get_or_try_insert<E>(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let mut h = self.hasher.build_hasher();
+        h.write(key);
+        let hash = h.finish();
+        if let Some((_, _, value)) = self.table.find(hash, |(h, k, _)| *h == hash && &**k == key) {
+            return Ok(value.clone());
+        }
+        let value = Arc::new(make()?);
+        if self.table.len() < self.capacity {
+            self.table
+                .insert_unique(hash, (hash, key.into(), value.clone()), |(h, _, _)| *h);
+        }
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +252,28 @@ mod tests {
         assert_eq!(&*l3[0], "k8s:x=y");
         // The elements themselves are shared too.
         assert!(Arc::ptr_eq(&l1[0], &l3[1]));
+    }
+
+    #[test]
+    fn memo_builds_once_per_encoding_and_stays_bounded() {
+        let mut m: BytesMemo<String> = BytesMemo::with_capacity(1);
+        let mut builds = 0;
+        let mut get = |m: &mut BytesMemo<String>, k: &[u8]| {
+            m.get_or_try_insert(k, || {
+                builds += 1;
+                Ok::<_, ()>(String::from_utf8_lossy(k).into_owned())
+            })
+            .unwrap()
+        };
+        let a = get(&mut m, b"ep-1");
+        let b = get(&mut m, b"ep-1");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = get(&mut m, b"ep-2");
+        let d = get(&mut m, b"ep-2");
+        assert_eq!((c.as_str(), d.as_str()), ("ep-2", "ep-2"));
+        assert!(!Arc::ptr_eq(&c, &d), "a full memo does not remember");
+        assert_eq!(m.len(), 1);
+        assert_eq!(builds, 3);
     }
 
     #[test]

@@ -48,27 +48,29 @@ pub fn destination_label(flow: &FlowEvent) -> String {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Summary {
     pub flows: u64,
-    pub by_verdict: HashMap<&'static str, u64>,
+    pub by_verdict: Counts<&'static str>,
     /// Flows touching each namespace (as source or destination, counted once).
-    pub by_namespace: HashMap<Sym, u64>,
-    pub by_drop_reason: HashMap<&'static str, u64>,
+    pub by_namespace: Counts<Sym>,
+    pub by_drop_reason: Counts<&'static str>,
     /// Events Hubble reported lost, by source.
-    pub lost_events: HashMap<&'static str, u64>,
+    pub lost_events: Counts<&'static str>,
     pub node_status: u64,
     /// Policy-denied flows from watched namespaces, by "namespace/pod -> destination".
-    pub denied: HashMap<String, u64>,
+    pub denied: Counts<String>,
     #[serde(skip)]
     watched: Vec<String>,
 }
 
-fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, other: K) {
-    let full = map.len() >= MAX_KEYS;
-    match map.get_mut(&key) {
-        Some(n) => *n += 1,
-        None if full => *map.entry(other).or_default() += 1,
-        None => {
-            map.insert(key, 1);
-        }
+/// Counts keyed by `K`, hashed with foldhash (the summary sits on the per-flow path).
+pub type Counts<K> = HashMap<K, u64, foldhash::fast::RandomState>;
+
+fn bump<K: std::hash::Hash + Eq>(map: &mut Counts<K>, key: K, other: impl FnOnce() -> K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n += 1;
+    } else if map.len() >= MAX_KEYS {
+        *map.entry(other()).or_default() += 1;
+    } else {
+        map.insert(key, 1);
     }
 }
 
@@ -98,21 +100,24 @@ impl Summary {
         match event {
             Event::Flow(flow) => {
                 self.flows += 1;
-                bump(&mut self.by_verdict, flow.verdict.as_str_name(), "(other)");
-                let other: Sym = "(other)".into();
+                bump(
+                    &mut self.by_verdict,
+                    flow.verdict.as_str_name(),
+                    || "(other)",
+                );
                 let (src, dst) = (&flow.source.namespace, &flow.destination.namespace);
                 if !src.is_empty() {
-                    bump(&mut self.by_namespace, src.clone(), other.clone());
+                    bump(&mut self.by_namespace, src.clone(), || "(other)".into());
                 }
                 if !dst.is_empty() && dst != src {
-                    bump(&mut self.by_namespace, dst.clone(), other);
+                    bump(&mut self.by_namespace, dst.clone(), || "(other)".into());
                 }
                 if flow.verdict == Verdict::Dropped {
                     let reason = match flow.drop_reason_name() {
                         "" => "(unknown code)",
                         name => name,
                     };
-                    bump(&mut self.by_drop_reason, reason, "(other)");
+                    bump(&mut self.by_drop_reason, reason, || "(other)");
                 }
                 if self.is_watched_denial(flow) {
                     let key = format!(
@@ -121,7 +126,7 @@ impl Summary {
                         flow.source.pod,
                         destination_label(flow)
                     );
-                    bump(&mut self.denied, key, "(other)".into());
+                    bump(&mut self.denied, key, || "(other)".into());
                 }
             }
             Event::Lost(lost) => {

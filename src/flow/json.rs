@@ -11,16 +11,17 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
 
 use super::{
     Assembler, DESTINATION, Dns, Event, FieldError, FlowEvent, L4Protocol, LostEvent, NodeStatus,
-    PolicyRef, RawPeer, SOURCE, Side, TcpFlags,
+    PolicyRef, RawPeer, SOURCE, Side, Tables, TcpFlags, endpoint_from,
 };
 use crate::flow::{DropReason, LostEventSource, NodeState, TrafficDirection, Verdict, parse_uuid};
-use crate::intern::Interner;
 use crate::proto::flow::L7FlowType;
 
 /// Why a line could not be decoded.
@@ -151,9 +152,9 @@ struct JsonFlow<'a> {
     ip: Option<JsonIp<'a>>,
     l4: Option<JsonL4>,
     #[serde(borrow)]
-    source: Option<JsonEndpoint<'a>>,
+    source: Option<&'a RawValue>,
     #[serde(borrow)]
-    destination: Option<JsonEndpoint<'a>>,
+    destination: Option<&'a RawValue>,
     #[serde(borrow)]
     node_name: Option<Str<'a>>,
     #[serde(borrow)]
@@ -314,16 +315,16 @@ fn parse_time(field: &'static str, text: &str) -> Result<i64, JsonError> {
 /// Decodes jsonpb lines, sharing strings across calls.
 #[derive(Debug, Default)]
 pub struct JsonDecoder {
-    interner: Interner,
+    tables: Tables,
 }
 
 impl JsonDecoder {
-    pub fn new(interner: Interner) -> Self {
-        JsonDecoder { interner }
+    pub fn new(tables: Tables) -> Self {
+        JsonDecoder { tables }
     }
 
-    pub fn interner(&self) -> &Interner {
-        &self.interner
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
     /// Decodes one line.
@@ -331,7 +332,7 @@ impl JsonDecoder {
         let parsed: Line<'_> =
             serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))?;
         let mut asm = Assembler {
-            interner: &mut self.interner,
+            tables: &mut self.tables,
         };
         let envelope_time = parsed
             .time
@@ -394,21 +395,36 @@ impl JsonDecoder {
     }
 }
 
-fn peer(
+/// The shared endpoint for a JSON endpoint object; parsed only the first time this exact
+/// text is seen.
+fn endpoint(
     asm: &mut Assembler<'_>,
     side: &Side,
-    ep: Option<JsonEndpoint<'_>>,
-) -> Result<super::Peer, FieldError> {
-    let ep = ep.unwrap_or_default();
-    let workload = ep.workloads.first();
-    let raw = RawPeer {
-        namespace: ep.namespace.as_bytes(),
-        pod: ep.pod_name.as_bytes(),
-        workload: workload.map_or(&[][..], |w| w.name.as_bytes()),
-        workload_kind: workload.map_or(&[][..], |w| w.kind.as_bytes()),
-        identity: ep.identity.map_or(0, |i| i.0 as u32),
-    };
-    asm.peer(side, raw, ep.labels.iter().map(|l| l.as_bytes()))
+    raw: Option<&RawValue>,
+) -> Result<Arc<super::Endpoint>, JsonError> {
+    let text = raw.map_or("", RawValue::get);
+    asm.endpoint(text.as_bytes(), |strings| {
+        let ep: JsonEndpoint<'_> = if text.is_empty() {
+            JsonEndpoint::default()
+        } else {
+            serde_json::from_str(text)
+                .map_err(|e| JsonError::Syntax(format!("field {}: {e}", side.name)))?
+        };
+        let workload = ep.workloads.first();
+        let parts = RawPeer {
+            namespace: ep.namespace.as_bytes(),
+            pod: ep.pod_name.as_bytes(),
+            workload: workload.map_or(&[][..], |w| w.name.as_bytes()),
+            workload_kind: workload.map_or(&[][..], |w| w.kind.as_bytes()),
+            identity: ep.identity.map_or(0, |i| i.0 as u32),
+        };
+        Ok(endpoint_from(
+            strings,
+            side,
+            parts,
+            ep.labels.iter().map(|l| l.as_bytes()),
+        )?)
+    })
 }
 
 fn policies(
@@ -444,8 +460,8 @@ fn convert_flow(asm: &mut Assembler<'_>, j: JsonFlow<'_>) -> Result<FlowEvent, J
         flow.event_sub_type = et.sub_type.map_or(0, |n| n.0 as i32);
     }
     flow.node = asm.sym("node_name", j.node_name.as_deref().unwrap_or("").as_bytes())?;
-    flow.source = peer(asm, &SOURCE, j.source)?;
-    flow.destination = peer(asm, &DESTINATION, j.destination)?;
+    flow.source.endpoint = endpoint(asm, &SOURCE, j.source)?;
+    flow.destination.endpoint = endpoint(asm, &DESTINATION, j.destination)?;
     if let Some(ip) = j.ip {
         flow.source.ip = asm.ip("IP.source", ip.source.as_bytes())?;
         flow.destination.ip = asm.ip("IP.destination", ip.destination.as_bytes())?;

@@ -10,9 +10,11 @@
 
 use super::{
     Assembler, DESTINATION, Dns, Event, FieldError, FlowEvent, L4Protocol, LostEvent, NodeStatus,
-    PolicyRef, RawPeer, SOURCE, TcpFlags, timestamp_ns,
+    PolicyRef, RawPeer, SOURCE, Side, Tables, TcpFlags, endpoint_from, timestamp_ns,
 };
 use crate::flow::{LostEventSource, NodeState, TrafficDirection, Verdict, parse_uuid};
+use std::sync::Arc;
+
 use crate::intern::Interner;
 
 /// Why a message could not be decoded.
@@ -194,16 +196,16 @@ impl<'a> Labels<'a> {
 /// Decodes Hubble messages into events, sharing strings across calls.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    interner: Interner,
+    tables: Tables,
 }
 
 impl Decoder {
-    pub fn new(interner: Interner) -> Self {
-        Decoder { interner }
+    pub fn new(tables: Tables) -> Self {
+        Decoder { tables }
     }
 
-    pub fn interner(&self) -> &Interner {
-        &self.interner
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
     /// Decodes one `observer.GetFlowsResponse`. `Ok(None)` for a response that carries none
@@ -229,7 +231,7 @@ impl Decoder {
         }
         // The envelope's node and time stand in for what an event leaves out.
         let mut asm = Assembler {
-            interner: &mut self.interner,
+            tables: &mut self.tables,
         };
         match &mut event {
             Some(Event::Flow(flow)) => {
@@ -251,7 +253,7 @@ impl Decoder {
     /// Decodes one `flow.Flow`.
     pub fn decode_flow(&mut self, buf: &[u8]) -> Result<FlowEvent, DecodeError> {
         let mut asm = Assembler {
-            interner: &mut self.interner,
+            tables: &mut self.tables,
         };
         let mut flow = asm.empty_flow();
         let mut legacy_drop_reason = 0;
@@ -270,18 +272,10 @@ impl Decoder {
                 3 => legacy_drop_reason = value.uint32("drop_reason")?,
                 5 => ip(&mut asm, &mut flow, value.bytes("IP")?)?,
                 6 => l4(&mut flow, value.bytes("l4")?)?,
-                8 => {
-                    let port = flow.source.port;
-                    let ip = flow.source.ip;
-                    flow.source = endpoint(&mut asm, &SOURCE, value.bytes("source")?)?;
-                    (flow.source.port, flow.source.ip) = (port, ip);
-                }
+                8 => flow.source.endpoint = endpoint(&mut asm, &SOURCE, value.bytes("source")?)?,
                 9 => {
-                    let port = flow.destination.port;
-                    let ip = flow.destination.ip;
-                    flow.destination =
+                    flow.destination.endpoint =
                         endpoint(&mut asm, &DESTINATION, value.bytes("destination")?)?;
-                    (flow.destination.port, flow.destination.ip) = (port, ip);
                 }
                 11 => flow.node = asm.sym("node_name", value.bytes("node_name")?)?,
                 14 => names.push(value.bytes("destination_names")?),
@@ -344,7 +338,7 @@ impl Decoder {
             cpu: None,
             first_ns: None,
             last_ns: None,
-            node: self.interner.empty(),
+            node: self.tables.strings.empty(),
         };
         let mut fields = Fields::new(buf);
         while let Some((field, value)) = fields.next()? {
@@ -379,7 +373,7 @@ impl Decoder {
             message: String::new(),
         };
         let mut asm = Assembler {
-            interner: &mut self.interner,
+            tables: &mut self.tables,
         };
         let mut fields = Fields::new(buf);
         while let Some((field, value)) = fields.next()? {
@@ -463,11 +457,21 @@ fn l4(flow: &mut FlowEvent, buf: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// The shared endpoint for a `flow.Endpoint` message; its fields are read only the first time
+/// these exact bytes are seen.
 fn endpoint(
     asm: &mut Assembler<'_>,
-    side: &super::Side,
+    side: &Side,
     buf: &[u8],
-) -> Result<super::Peer, DecodeError> {
+) -> Result<Arc<super::Endpoint>, DecodeError> {
+    asm.endpoint(buf, |strings| parse_endpoint(strings, side, buf))
+}
+
+fn parse_endpoint(
+    strings: &mut Interner,
+    side: &Side,
+    buf: &[u8],
+) -> Result<super::Endpoint, DecodeError> {
     let mut raw = RawPeer::default();
     let mut labels = Labels::new();
     let mut fields = Fields::new(buf);
@@ -491,7 +495,12 @@ fn endpoint(
             _ => {}
         }
     }
-    Ok(asm.peer(side, raw, labels.as_slice().iter().copied())?)
+    Ok(endpoint_from(
+        strings,
+        side,
+        raw,
+        labels.as_slice().iter().copied(),
+    )?)
 }
 
 fn policy(asm: &mut Assembler<'_>, buf: &[u8]) -> Result<PolicyRef, DecodeError> {

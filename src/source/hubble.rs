@@ -227,6 +227,7 @@ pub struct HubbleSource {
     config: HubbleConfig,
     stats: Arc<SourceStats>,
     state: watch::Sender<StreamState>,
+    start_ns: Option<i64>,
 }
 
 impl HubbleSource {
@@ -236,7 +237,15 @@ impl HubbleSource {
             config,
             stats,
             state,
+            start_ns: None,
         }
+    }
+
+    /// Starts the first stream at `since_ns` (inclusive) instead of the live end, e.g. at a
+    /// cursor saved before a restart.
+    pub fn start_at(mut self, since_ns: i64) -> HubbleSource {
+        self.start_ns = Some(since_ns);
+        self
     }
 
     /// Follows the source's state.
@@ -278,7 +287,11 @@ impl HubbleSource {
             }
             attempts += 1;
             self.state.send_replace(StreamState::Connecting);
-            let since = last_flow_ns.map(|t| t.saturating_sub(overlap));
+            let since = match last_flow_ns {
+                Some(t) => Some(t.saturating_sub(overlap)),
+                // Until a flow arrives, every attempt starts where the caller asked.
+                None => self.start_ns,
+            };
             let outcome = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
