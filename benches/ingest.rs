@@ -10,6 +10,9 @@
 //! Inputs are the simulator's training-namespace flows, with the `Summary` text Hubble still
 //! fills in. Run: `cargo bench --bench ingest`; see the README for the figures.
 
+// A benchmark that cannot set up should stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +68,6 @@ fn encoded(n: usize) -> Vec<Vec<u8>> {
 }
 
 #[divan::bench_group(name = "decode")]
-#[allow(clippy::unwrap_used)]
 mod decode {
     use super::*;
 
