@@ -22,6 +22,7 @@ struct Cli {
 enum Command {
     /// Follow Hubble Relay's flow stream until SIGINT or SIGTERM.
     Run {
+        /// Configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
         /// How often to log progress.
@@ -30,20 +31,25 @@ enum Command {
     },
     /// Read `hubble observe -o jsonpb` captures (files, or - for stdin) and summarise them.
     Replay {
+        /// Capture files; - reads stdin.
         #[arg(required = true)]
         inputs: Vec<String>,
+        /// Configuration file; its hubble.namespaces are the watched namespaces.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Summary format.
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
     },
     /// Validate the configuration and rules; exit 64 listing every problem.
     Check {
+        /// Configuration file (YAML); rules are read from its rules.dir.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Run the pipeline against a built-in simulated training cluster on loopback.
     Demo {
+        /// How long to run.
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
         /// Simulated flows per second.
