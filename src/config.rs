@@ -65,7 +65,7 @@ struct RawConfig {
 struct RawHubble {
     address: Option<String>,
     tls: Option<RawTls>,
-    namespaces: Vec<String>,
+    namespaces: Option<Vec<String>>,
     connect_timeout: Option<String>,
     backoff_initial: Option<String>,
     backoff_max: Option<String>,
@@ -457,16 +457,19 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
         }
         (None, false) => {}
     }
-    for ns in &h.namespaces {
-        if !valid_namespace(ns) {
-            problems.push(Problem {
-                key: "hubble.namespaces".into(),
-                message: format!("{ns:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63)"),
-            });
+    // An explicit empty list watches every namespace; leaving the key out keeps the default.
+    if let Some(namespaces) = h.namespaces {
+        for ns in &namespaces {
+            if !valid_namespace(ns) {
+                problems.push(Problem {
+                    key: "hubble.namespaces".into(),
+                    message: format!(
+                        "{ns:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63)"
+                    ),
+                });
+            }
         }
-    }
-    if !h.namespaces.is_empty() {
-        hubble.namespaces = h.namespaces;
+        hubble.namespaces = namespaces;
     }
     hubble.connect_timeout = duration(
         "hubble.connect_timeout",
@@ -637,6 +640,21 @@ mod tests {
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.prometheus.interval, Duration::from_secs(60));
         assert_eq!(c.rules_dir, Path::new("/etc/exfilwatch/rules"));
+    }
+
+    #[test]
+    fn an_explicit_empty_namespace_list_watches_everything() {
+        assert!(
+            parse("hubble: { namespaces: [] }")
+                .unwrap()
+                .hubble
+                .namespaces
+                .is_empty()
+        );
+        assert_eq!(
+            parse("hubble: {}").unwrap().hubble.namespaces,
+            ["ai-training"]
+        );
     }
 
     #[test]

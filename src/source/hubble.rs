@@ -90,7 +90,7 @@ impl Backoff {
     /// The delay before the next attempt.
     pub fn delay(&mut self) -> Duration {
         let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.checked_mul(2).unwrap_or(self.max).min(self.max);
         let half = ceiling / 2;
         let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
         half + Duration::from_nanos(self.rng.u64(0..=nanos))
@@ -433,6 +433,15 @@ mod tests {
         }
         b.reset();
         assert!(b.delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_with_an_enormous_cap_does_not_overflow() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX).unwrap();
+        for _ in 0..80 {
+            b.delay();
+        }
+        assert!(b.delay() >= Duration::MAX / 2 - Duration::from_secs(1));
     }
 
     #[test]

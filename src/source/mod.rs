@@ -29,7 +29,7 @@ pub struct SourceStats {
     pub lost_notices: AtomicU64,
     /// Relay node-status notices received.
     pub node_status: AtomicU64,
-    /// Streams (re)established after the first.
+    /// Attempts to reopen the stream after it failed or ended.
     pub reconnects: AtomicU64,
 }
 
