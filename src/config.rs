@@ -94,6 +94,28 @@ struct RawPrometheus {
 #[serde(deny_unknown_fields, default)]
 struct RawAlertmanager {
     urls: Vec<String>,
+    webhooks: Vec<String>,
+    resend_interval: Option<String>,
+    update_interval: Option<String>,
+    timeout: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    basic_auth: Option<RawBasicAuth>,
+    tls: Option<RawHttpTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: String,
+    password_file: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttpTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +123,7 @@ struct RawAlertmanager {
 struct RawApi {
     listen: Option<String>,
     tokens_file: Option<PathBuf>,
+    external_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,15 +200,73 @@ pub struct PrometheusConfig {
     pub interval: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Credentials for HTTP targets; secrets never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HttpAuth {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpAuth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            HttpAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// TLS for HTTP targets: an extra CA, and a client certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate followed by its key, PEM.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
+/// Where alerts go and how often they are refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertmanagerConfig {
+    /// Alertmanager base URLs; every one gets every alert (HA pairs).
     pub urls: Vec<String>,
+    /// Plain webhook URLs that get Alertmanager's webhook payload (version 4).
+    pub webhooks: Vec<String>,
+    pub resend_interval: Duration,
+    pub update_interval: Duration,
+    pub timeout: Duration,
+    pub auth: Option<HttpAuth>,
+    pub tls: Option<HttpTls>,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        AlertmanagerConfig {
+            urls: Vec::new(),
+            webhooks: Vec::new(),
+            resend_interval: Duration::from_secs(60),
+            update_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+            auth: None,
+            tls: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub tokens_file: Option<PathBuf>,
+    /// How users reach the API; alert links (`generatorURL`) start with it.
+    pub external_url: String,
 }
 
 /// The whole configuration, validated.
@@ -211,6 +292,7 @@ impl Default for Config {
             api: ApiConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 tokens_file: None,
+                external_url: "http://127.0.0.1:8080".into(),
             },
             storage_dir: PathBuf::from("/var/lib/exfilwatch"),
             rules_dir: PathBuf::from("rules"),
@@ -266,7 +348,7 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Strin
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        if let Some(hint) = suggestion(&message) {
+        if let Some(hint) = suggest(&message) {
             message.push_str(&hint);
         }
         format!("{location}{message}")
@@ -274,7 +356,7 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Strin
 }
 
 /// For "unknown field `x`, expected one of `a`, `b`": "; did you mean `a`?" when one is close.
-fn suggestion(message: &str) -> Option<String> {
+pub fn suggest(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
     let (unknown, expected) = rest.split_once('`')?;
     let best = expected
@@ -532,18 +614,104 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
             problems,
         ),
     };
-    for (key, url) in prometheus.url.iter().map(|u| ("prometheus.url", u)).chain(
-        raw.alertmanager
-            .urls
-            .iter()
-            .map(|u| ("alertmanager.urls", u)),
-    ) {
+    let am = raw.alertmanager;
+    for (key, url) in prometheus
+        .url
+        .iter()
+        .map(|u| ("prometheus.url", u))
+        .chain(am.urls.iter().map(|u| ("alertmanager.urls", u)))
+        .chain(am.webhooks.iter().map(|u| ("alertmanager.webhooks", u)))
+        .chain(raw.api.external_url.iter().map(|u| ("api.external_url", u)))
+    {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             problems.push(Problem {
                 key: key.into(),
                 message: format!("{url:?} must start with http:// or https://"),
             });
         }
+    }
+    let am_defaults = AlertmanagerConfig::default();
+    let secret = |key: &str, path: &Path, problems: &mut Vec<Problem>| {
+        String::from_utf8_lossy(&read_file(key, path, base, problems))
+            .trim()
+            .to_owned()
+    };
+    let auth = match (am.basic_auth, am.bearer_token_file) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem {
+                key: "alertmanager.basic_auth".into(),
+                message: "and alertmanager.bearer_token_file exclude each other".into(),
+            });
+            None
+        }
+        (Some(b), None) => Some(HttpAuth::Basic {
+            username: b.username,
+            password: secret(
+                "alertmanager.basic_auth.password_file",
+                &b.password_file,
+                problems,
+            ),
+        }),
+        (None, Some(path)) => Some(HttpAuth::Bearer(secret(
+            "alertmanager.bearer_token_file",
+            &path,
+            problems,
+        ))),
+        (None, None) => None,
+    };
+    let tls = am.tls.map(|t| {
+        let identity_pem = match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => {
+                let mut pem = read_file("alertmanager.tls.cert_file", c, base, problems);
+                pem.push(b'\n');
+                pem.extend(read_file("alertmanager.tls.key_file", k, base, problems));
+                Some(pem)
+            }
+            (None, None) => None,
+            _ => {
+                problems.push(Problem {
+                    key: "alertmanager.tls".into(),
+                    message: "cert_file and key_file go together".into(),
+                });
+                None
+            }
+        };
+        HttpTls {
+            ca_pem: t
+                .ca_file
+                .map(|p| read_file("alertmanager.tls.ca_file", &p, base, problems)),
+            identity_pem,
+        }
+    });
+    let alertmanager = AlertmanagerConfig {
+        urls: am.urls,
+        webhooks: am.webhooks,
+        resend_interval: duration(
+            "alertmanager.resend_interval",
+            am.resend_interval.as_deref(),
+            am_defaults.resend_interval,
+            problems,
+        ),
+        update_interval: duration(
+            "alertmanager.update_interval",
+            am.update_interval.as_deref(),
+            am_defaults.update_interval,
+            problems,
+        ),
+        timeout: duration(
+            "alertmanager.timeout",
+            am.timeout.as_deref(),
+            am_defaults.timeout,
+            problems,
+        ),
+        auth,
+        tls,
+    };
+    if alertmanager.resend_interval.is_zero() || alertmanager.update_interval.is_zero() {
+        problems.push(Problem {
+            key: "alertmanager.resend_interval".into(),
+            message: "and update_interval must be above zero".into(),
+        });
     }
     let listen = match raw.api.listen.as_deref().map(str::parse::<SocketAddr>) {
         None => defaults.api.listen,
@@ -562,12 +730,14 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
     Config {
         hubble,
         prometheus,
-        alertmanager: AlertmanagerConfig {
-            urls: raw.alertmanager.urls,
-        },
+        alertmanager,
         api: ApiConfig {
             listen,
             tokens_file: raw.api.tokens_file.map(|p| base.join(p)),
+            external_url: raw
+                .api
+                .external_url
+                .unwrap_or_else(|| format!("http://{listen}")),
         },
         storage_dir: raw
             .storage

@@ -20,11 +20,14 @@
 //! - [`config`]: the YAML configuration, validated with precise messages.
 //! - [`pipeline`]: wires sources to consumers and summarises what flowed.
 
+pub mod alert;
 pub mod commands;
 pub mod config;
+pub mod detect;
 pub mod flow;
 pub mod intern;
 pub mod pipeline;
 pub mod proto;
 pub mod sim;
 pub mod source;
+pub mod store;

@@ -1,0 +1,416 @@
+//! The alert lifecycle.
+//!
+//! A detector hit for (rule, namespace, destination) either starts an alert or updates the
+//! one already firing: repeats raise its count and widen its context, never start another.
+//! The manager re-renders and re-queues an updated alert at most every `update_interval`,
+//! re-sends every firing alert at least every `resend_interval` with `endsAt` ahead (so
+//! Alertmanager keeps it), and resolves it once no flow matched for the rule's
+//! `resolve_after`. Every state change is committed to the store's outbox before the sinks are
+//! woken to send it. Firing alerts saved by an earlier run are resumed at start-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Alert, FlowContext, Status, fingerprint, now_ns};
+use crate::detect::rules::Rule;
+use crate::flow::FlowEvent;
+use crate::store::{Store, StoreError};
+
+/// How the manager paces updates and builds links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// A firing alert is re-sent at least this often.
+    pub resend_interval: Duration,
+    /// A firing alert whose context changed is re-sent at most this often.
+    pub update_interval: Duration,
+    /// Base URL of exfilwatch's REST API, for `generatorURL`.
+    pub external_url: String,
+    /// Delivery targets: every state change is queued for each.
+    pub targets: Vec<String>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            resend_interval: Duration::from_secs(60),
+            update_interval: Duration::from_secs(10),
+            external_url: "http://127.0.0.1:8080".into(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+/// Where denied flows were going, in the most telling form known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A DNS name the destination IP is known by.
+    Fqdn(String),
+    /// A workload (or pod) in a namespace.
+    Workload {
+        namespace: String,
+        name: String,
+    },
+    /// An address block in the world: /24 or /64 by default.
+    Cidr(String),
+    Unknown,
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Fqdn(name) => f.write_str(name),
+            Destination::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
+            Destination::Cidr(cidr) => f.write_str(cidr),
+            Destination::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl Destination {
+    /// The REST flow API filter that selects flows to this destination.
+    fn query(&self) -> String {
+        match self {
+            Destination::Fqdn(name) => format!("fqdn={}", encode(name)),
+            Destination::Workload { namespace, name } => {
+                format!(
+                    "destination_namespace={}&destination_workload={}",
+                    encode(namespace),
+                    encode(name)
+                )
+            }
+            Destination::Cidr(cidr) => format!("cidr={}", encode(cidr)),
+            Destination::Unknown => String::new(),
+        }
+    }
+}
+
+struct Active {
+    alert: Alert,
+    rule: Arc<Rule>,
+    last_hit: Instant,
+    last_sent: Instant,
+    dirty: bool,
+}
+
+/// Alerts firing now, keyed by (rule, namespace, destination).
+pub struct Manager {
+    config: LifecycleConfig,
+    store: Store,
+    wake: Arc<Notify>,
+    active: HashMap<(String, String, String), Active>,
+    rules: HashMap<String, Arc<Rule>>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("active", &self.active.len())
+            .finish()
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Manager {
+    /// A manager over `rules`, resuming the firing alerts in `store`.
+    pub fn new(
+        config: LifecycleConfig,
+        store: Store,
+        wake: Arc<Notify>,
+        rules: &[Arc<Rule>],
+    ) -> Result<Manager, StoreError> {
+        let rules: HashMap<String, Arc<Rule>> =
+            rules.iter().map(|r| (r.name.clone(), r.clone())).collect();
+        let now = Instant::now();
+        let mut active = HashMap::new();
+        for alert in store.firing()? {
+            let Some(rule) = rules.get(&alert.rule) else {
+                continue;
+            };
+            let key = (
+                alert.rule.clone(),
+                alert.labels.get("namespace").cloned().unwrap_or_default(),
+                alert.labels.get("destination").cloned().unwrap_or_default(),
+            );
+            // A resumed alert counts as just seen: its quiet period starts again.
+            active.insert(
+                key,
+                Active {
+                    alert,
+                    rule: rule.clone(),
+                    last_hit: now,
+                    last_sent: now,
+                    dirty: true,
+                },
+            );
+        }
+        if !active.is_empty() {
+            tracing::info!(
+                alerts = active.len(),
+                "alerts: resumed firing alerts from the state store"
+            );
+        }
+        Ok(Manager {
+            config,
+            store,
+            wake,
+            active,
+            rules,
+        })
+    }
+
+    /// Alerts firing now.
+    pub fn firing(&self) -> impl Iterator<Item = &Alert> {
+        self.active.values().map(|a| &a.alert)
+    }
+
+    /// The rule called `name`.
+    pub fn rule(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.rules.get(name)
+    }
+
+    /// A flow matched `rule` for (namespace, destination).
+    pub fn hit(
+        &mut self,
+        rule: &Arc<Rule>,
+        namespace: &str,
+        destination: &Destination,
+        flow: &FlowEvent,
+        samples: usize,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let key = (
+            rule.name.clone(),
+            namespace.to_owned(),
+            destination.to_string(),
+        );
+        if let Some(active) = self.active.get_mut(&key) {
+            active.alert.context.add(flow, samples);
+            active.last_hit = now;
+            active.dirty = true;
+            return Ok(());
+        }
+        let mut context = FlowContext::default();
+        context.add(flow, samples);
+        let alert = self.start(rule, namespace, destination, context);
+        tracing::warn!(
+            alert = %alert.labels["alertname"],
+            namespace,
+            destination = %destination,
+            fingerprint = %alert.fingerprint,
+            "alert firing: {}",
+            alert.annotations.get("summary").map_or("", String::as_str)
+        );
+        self.store.record(&alert, &self.config.targets)?;
+        self.wake.notify_waiters();
+        self.active.insert(
+            key,
+            Active {
+                alert,
+                rule: rule.clone(),
+                last_hit: now,
+                last_sent: now,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn start(
+        &self,
+        rule: &Rule,
+        namespace: &str,
+        destination: &Destination,
+        context: FlowContext,
+    ) -> Alert {
+        let query = destination.query();
+        let destination = destination.to_string();
+        let fixed = |f: &str| match f {
+            "rule" => rule.name.clone(),
+            "severity" => rule.severity.as_str().to_owned(),
+            "namespace" => namespace.to_owned(),
+            "destination" => destination.clone(),
+            other => context.field(other),
+        };
+        let mut labels: BTreeMap<String, String> = rule
+            .labels
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render(fixed)))
+            .collect();
+        labels.insert("alertname".into(), rule.name.clone());
+        labels.insert("severity".into(), rule.severity.as_str().into());
+        labels.insert("namespace".into(), namespace.into());
+        labels.insert("destination".into(), destination.clone());
+        labels.insert("rule".into(), rule.name.clone());
+        let now = now_ns();
+        let generator_url = format!(
+            "{}/api/v1/flows?source_namespace={}&verdict=DROPPED&{}&since={}",
+            self.config.external_url.trim_end_matches('/'),
+            encode(namespace),
+            query,
+            encode(&crate::flow::format_time(context.first_seen_ns))
+        );
+        let mut alert = Alert {
+            fingerprint: fingerprint(&labels),
+            rule: rule.name.clone(),
+            labels,
+            annotations: BTreeMap::new(),
+            context,
+            status: Status::Firing,
+            starts_at_ns: now,
+            ends_at_ns: now,
+            generator_url,
+        };
+        refresh(&mut alert, rule, &self.config);
+        alert
+    }
+
+    /// Resolves quiet alerts and re-sends due ones.
+    pub fn tick(&mut self, now: Instant) -> Result<(), StoreError> {
+        let mut changed = false;
+        let mut resolved = Vec::new();
+        for (key, active) in &mut self.active {
+            if now.duration_since(active.last_hit) >= active.rule.resolve_after {
+                resolved.push(key.clone());
+                continue;
+            }
+            let since = now.duration_since(active.last_sent);
+            if (active.dirty && since >= self.config.update_interval)
+                || since >= self.config.resend_interval
+            {
+                let mut alert = active.alert.clone();
+                refresh(&mut alert, &active.rule, &self.config);
+                self.store.record(&alert, &self.config.targets)?;
+                active.alert = alert;
+                active.last_sent = now;
+                active.dirty = false;
+                changed = true;
+            }
+        }
+        for key in resolved {
+            if let Some(mut active) = self.active.remove(&key) {
+                active.alert.status = Status::Resolved;
+                active.alert.ends_at_ns = now_ns();
+                active.alert.annotations = annotations(&active.alert, &active.rule);
+                tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = active.alert.context.count, "alert resolved");
+                self.store.record(&active.alert, &self.config.targets)?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// Re-renders the annotations and pushes `endsAt` ahead of the next re-send.
+fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
+    let ahead = (config.resend_interval * 4).max(Duration::from_secs(300));
+    alert.ends_at_ns = now_ns().saturating_add(i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX));
+    alert.annotations = annotations(alert, rule);
+}
+
+/// The annotations: the flow context field by field, a summary and description a human can
+/// read, and the rule's own templated annotations.
+pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
+    let c = &alert.context;
+    let ns = alert.labels.get("namespace").cloned().unwrap_or_default();
+    let dest = alert.labels.get("destination").cloned().unwrap_or_default();
+    let value = |f: &str| match f {
+        "rule" => rule.name.clone(),
+        "severity" => rule.severity.as_str().to_owned(),
+        "namespace" => ns.clone(),
+        "destination" => dest.clone(),
+        other => c.field(other),
+    };
+    let mut out = BTreeMap::new();
+    for name in [
+        "count",
+        "source_pods",
+        "source_workloads",
+        "destination_ips",
+        "destination_fqdns",
+        "destination_namespace",
+        "destination_pods",
+        "ports",
+        "drop_reasons",
+        "policies",
+        "nodes",
+        "first_seen",
+        "last_seen",
+        "sample_flows",
+    ] {
+        let v = value(name);
+        if !v.is_empty() {
+            out.insert(name.to_owned(), v);
+        }
+    }
+    let attempts = if c.count == 1 { "attempt" } else { "attempts" };
+    out.insert(
+        "summary".into(),
+        format!(
+            "{ns}: {} egress {attempts} to {dest} denied by network policy",
+            c.count
+        ),
+    );
+    let mut description = format!(
+        "Pods {} in namespace {ns} tried to reach {dest}",
+        if c.source_pods.is_empty() {
+            "(unknown)".to_owned()
+        } else {
+            value("source_pods")
+        }
+    );
+    let mut seen_as = Vec::new();
+    for f in ["destination_ips", "destination_pods"] {
+        let v = value(f);
+        if !v.is_empty() && v != dest {
+            seen_as.push(v);
+        }
+    }
+    if !seen_as.is_empty() {
+        description.push_str(&format!(" ({})", seen_as.join("; ")));
+    }
+    description.push_str(&format!(
+        " on {}. Cilium dropped {} flow(s): {}",
+        value("ports"),
+        c.count,
+        value("drop_reasons")
+    ));
+    if !c.policies.is_empty() {
+        description.push_str(&format!(", denied by {}", value("policies")));
+    }
+    description.push_str(&format!(
+        ". First seen {}, last seen {}, on node(s) {}.",
+        value("first_seen"),
+        value("last_seen"),
+        value("nodes")
+    ));
+    if c.omitted > 0 {
+        description.push_str(&format!(
+            " {} further distinct value(s) not listed.",
+            c.omitted
+        ));
+    }
+    out.insert("description".into(), description);
+    for (key, template) in &rule.annotations {
+        out.insert(key.clone(), template.render(value));
+    }
+    out
+}

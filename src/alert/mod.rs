@@ -1,0 +1,250 @@
+//! Alerts: what a detector raises, with the flows behind it, and how they reach people.
+//!
+//! - this module: the [`Alert`] and its [`FlowContext`], fingerprints, the Alertmanager API v2
+//!   and webhook (version 4) payloads;
+//! - [`manager`]: the lifecycle (firing, updated, re-sent, resolved after a quiet period),
+//!   writing every state change to the durable outbox in [`crate::store`] before it is sent;
+//! - [`sink`]: delivery from the outbox to every Alertmanager and webhook, with retries.
+//!
+//! Labels identify an alert and stay low-cardinality (`alertname`, `severity`, `namespace`,
+//! `destination`, `rule`, plus a rule's own); annotations explain it.
+
+pub mod manager;
+pub mod sink;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::{FlowEvent, format_time, format_uuid};
+
+/// Values kept per context field; more are counted in `omitted`.
+pub const MAX_VALUES: usize = 20;
+
+/// The flows behind an alert, summarised for a human.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowContext {
+    pub count: u64,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub source_pods: BTreeSet<String>,
+    pub source_workloads: BTreeSet<String>,
+    pub destination_ips: BTreeSet<String>,
+    pub destination_fqdns: BTreeSet<String>,
+    pub destination_namespace: String,
+    pub destination_pods: BTreeSet<String>,
+    /// "443/TCP".
+    pub ports: BTreeSet<String>,
+    pub drop_reasons: BTreeSet<String>,
+    /// "namespace/name" of the denying policies.
+    pub policies: BTreeSet<String>,
+    pub nodes: BTreeSet<String>,
+    /// UUIDs of the most recent flows.
+    pub samples: VecDeque<String>,
+    /// Distinct values not kept because a field already held [`MAX_VALUES`].
+    pub omitted: u64,
+}
+
+fn add(set: &mut BTreeSet<String>, value: &str, omitted: &mut u64) {
+    if value.is_empty() || set.contains(value) {
+        return;
+    }
+    if set.len() < MAX_VALUES {
+        set.insert(value.to_owned());
+    } else {
+        *omitted += 1;
+    }
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl FlowContext {
+    /// Folds one flow in, keeping at most `samples` sample UUIDs.
+    pub fn add(&mut self, flow: &FlowEvent, samples: usize) {
+        self.count += 1;
+        if self.first_seen_ns == 0 || flow.time_ns < self.first_seen_ns {
+            self.first_seen_ns = flow.time_ns;
+        }
+        self.last_seen_ns = self.last_seen_ns.max(flow.time_ns);
+        let o = &mut self.omitted;
+        let src = &flow.source;
+        if !src.pod.is_empty() {
+            add(
+                &mut self.source_pods,
+                &format!("{}/{}", src.namespace, src.pod),
+                o,
+            );
+        }
+        if !src.workload.is_empty() {
+            add(
+                &mut self.source_workloads,
+                &format!("{}/{} ({})", src.namespace, src.workload, src.workload_kind),
+                o,
+            );
+        }
+        if let Some(ip) = flow.destination.ip {
+            add(&mut self.destination_ips, &ip.to_string(), o);
+        }
+        for name in flow.destination_names.iter() {
+            add(&mut self.destination_fqdns, name, o);
+        }
+        let dst = &flow.destination;
+        if !dst.namespace.is_empty() {
+            self.destination_namespace = dst.namespace.to_string();
+            if !dst.pod.is_empty() {
+                add(
+                    &mut self.destination_pods,
+                    &format!("{}/{}", dst.namespace, dst.pod),
+                    o,
+                );
+            }
+        }
+        let port = if flow.destination.port == 0 {
+            flow.protocol.as_str().to_owned()
+        } else {
+            format!("{}/{}", flow.destination.port, flow.protocol.as_str())
+        };
+        add(&mut self.ports, &port, o);
+        add(&mut self.drop_reasons, flow.drop_reason_name(), o);
+        for p in flow
+            .egress_denied_by
+            .iter()
+            .chain(flow.ingress_denied_by.iter())
+        {
+            add(
+                &mut self.policies,
+                &format!("{}/{}", p.namespace, p.name),
+                o,
+            );
+        }
+        add(&mut self.nodes, &flow.node, o);
+        if let Some(uuid) = flow.uuid {
+            if self.samples.len() == samples.max(1) {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(format_uuid(uuid));
+        }
+    }
+
+    /// A field by its template name (see [`crate::detect::template::FIELDS`]).
+    pub fn field(&self, name: &str) -> String {
+        match name {
+            "count" => self.count.to_string(),
+            "source_pods" => join(&self.source_pods),
+            "source_workloads" => join(&self.source_workloads),
+            "destination_ips" => join(&self.destination_ips),
+            "destination_fqdns" => join(&self.destination_fqdns),
+            "destination_namespace" => self.destination_namespace.clone(),
+            "destination_pods" => join(&self.destination_pods),
+            "ports" => join(&self.ports),
+            "drop_reasons" => join(&self.drop_reasons),
+            "policies" => join(&self.policies),
+            "nodes" => join(&self.nodes),
+            "first_seen" => format_time(self.first_seen_ns),
+            "last_seen" => format_time(self.last_seen_ns),
+            "sample_flows" => self
+                .samples
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Firing or resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Firing,
+    Resolved,
+}
+
+/// One alert as exfilwatch keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub fingerprint: String,
+    pub rule: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub context: FlowContext,
+    pub status: Status,
+    /// Wall-clock nanoseconds when it started firing.
+    pub starts_at_ns: i64,
+    /// For a firing alert, when Alertmanager should expire it unless re-sent; for a resolved
+    /// one, when it resolved.
+    pub ends_at_ns: i64,
+    pub generator_url: String,
+}
+
+/// A stable identity for a label set: FNV-1a over the sorted pairs, as 16 hex digits.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for byte in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// An alert in Alertmanager's API v2 `postableAlert` form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostableAlert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+impl Alert {
+    pub fn postable(&self) -> PostableAlert {
+        PostableAlert {
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            starts_at: format_time(self.starts_at_ns),
+            ends_at: format_time(self.ends_at_ns),
+            generator_url: self.generator_url.clone(),
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_depend_on_the_whole_label_set_only() {
+        let a = BTreeMap::from([
+            ("alertname".to_owned(), "X".to_owned()),
+            ("namespace".to_owned(), "ns".to_owned()),
+        ]);
+        let mut b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.insert("destination".into(), "d".into());
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        // Pairs are delimited: moving a character between key and value changes the hash.
+        let c = BTreeMap::from([("ab".to_owned(), "c".to_owned())]);
+        let d = BTreeMap::from([("a".to_owned(), "bc".to_owned())]);
+        assert_ne!(fingerprint(&c), fingerprint(&d));
+        assert_eq!(fingerprint(&a).len(), 16);
+    }
+}

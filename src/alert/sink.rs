@@ -1,0 +1,331 @@
+//! Delivery from the outbox to Alertmanager (API v2) and plain webhooks.
+//!
+//! One task per target drains that target's rows of the outbox: Alertmanager gets a batch as
+//! one `POST /api/v2/alerts`; a webhook gets Alertmanager's webhook payload (version 4), one
+//! alert per request. A row leaves the outbox only when the target answered 2xx. Connection
+//! errors, timeouts and 5xx/429 answers are retried with capped, jittered backoff, forever.
+//! A 4xx answer to a batch is retried alert by alert, so one bad alert cannot block the rest;
+//! an alert the target refuses on its own goes to the dead letters with the target's answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Alert, PostableAlert, Status, now_ns};
+use crate::config::{AlertmanagerConfig, HttpAuth};
+use crate::source::hubble::Backoff;
+use crate::store::{Pending, Store};
+
+/// Largest batch posted to Alertmanager at once.
+const BATCH: usize = 256;
+
+/// Where alerts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Alertmanager,
+    Webhook,
+}
+
+/// One delivery target.
+#[derive(Clone)]
+pub struct Target {
+    /// The outbox key: the configured URL, prefixed `webhook:` for webhooks.
+    pub id: String,
+    pub kind: TargetKind,
+    endpoint: String,
+    client: reqwest::Client,
+    auth: Option<HttpAuth>,
+    external_url: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The auth secret stays out of logs.
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// Counters of one or more sinks.
+#[derive(Debug)]
+pub struct DeliveryStats {
+    pub sent: AtomicU64,
+    pub errors: AtomicU64,
+    pub refused: AtomicU64,
+    /// Sum and count of delivery latencies (queued to accepted), in microseconds.
+    pub latency_us_sum: AtomicU64,
+    /// Accepted deliveries so far; subscribe to follow them.
+    pub delivered: watch::Sender<u64>,
+}
+
+impl Default for DeliveryStats {
+    fn default() -> Self {
+        DeliveryStats {
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            latency_us_sum: AtomicU64::new(0),
+            delivered: watch::channel(0).0,
+        }
+    }
+}
+
+/// Builds the targets the configuration names.
+pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Target>, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout);
+    if let Some(tls) = &config.tls {
+        if let Some(ca) = &tls.ca_pem {
+            let cert = reqwest::Certificate::from_pem(ca)
+                .map_err(|e| format!("alertmanager.tls.ca_file: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if let Some(identity) = &tls.identity_pem {
+            let id = reqwest::Identity::from_pem(identity)
+                .map_err(|e| format!("alertmanager.tls.cert_file/key_file: {e}"))?;
+            builder = builder.identity(id);
+        }
+    }
+    let client = builder.build().map_err(|e| {
+        format!(
+            "alertmanager: cannot build the HTTP client: {}",
+            crate::source::error_chain(&e)
+        )
+    })?;
+    let make = |url: &String, kind| {
+        let base = url.trim_end_matches('/');
+        Target {
+            id: match kind {
+                TargetKind::Alertmanager => base.to_owned(),
+                TargetKind::Webhook => format!("webhook:{base}"),
+            },
+            kind,
+            endpoint: match kind {
+                TargetKind::Alertmanager => format!("{base}/api/v2/alerts"),
+                TargetKind::Webhook => base.to_owned(),
+            },
+            client: client.clone(),
+            auth: config.auth.clone(),
+            external_url: external_url.to_owned(),
+        }
+    };
+    Ok(config
+        .urls
+        .iter()
+        .map(|u| make(u, TargetKind::Alertmanager))
+        .chain(config.webhooks.iter().map(|u| make(u, TargetKind::Webhook)))
+        .collect())
+}
+
+/// Alertmanager's webhook payload, version 4.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookMessage<'a> {
+    version: &'static str,
+    group_key: String,
+    truncated_alerts: u32,
+    status: &'static str,
+    receiver: &'static str,
+    group_labels: &'a std::collections::BTreeMap<String, String>,
+    common_labels: &'a std::collections::BTreeMap<String, String>,
+    common_annotations: &'a std::collections::BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    external_url: &'a str,
+    alerts: [WebhookAlert<'a>; 1],
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookAlert<'a> {
+    status: &'static str,
+    #[serde(flatten)]
+    alert: PostableAlert,
+    fingerprint: &'a str,
+}
+
+/// How a request ended.
+enum Answer {
+    Accepted,
+    /// Worth retrying later: connection error, timeout, 5xx, 429.
+    Retry(String),
+    /// The target refused the content: retrying the same content will not help.
+    Refused(String),
+}
+
+impl Target {
+    async fn post(&self, body: Vec<u8>) -> Answer {
+        let mut request = self
+            .client
+            .post(&self.endpoint)
+            .header("content-type", "application/json")
+            .body(body);
+        request = match &self.auth {
+            Some(HttpAuth::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+            Some(HttpAuth::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        };
+        match request.send().await {
+            Err(e) => Answer::Retry(crate::source::error_chain(&e)),
+            Ok(response) => {
+                let status = response.status();
+                if status.is_success() {
+                    return Answer::Accepted;
+                }
+                let text = response.text().await.unwrap_or_default();
+                let text = text.chars().take(300).collect::<String>();
+                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+                    Answer::Refused(format!("{status}: {}", text.trim()))
+                } else {
+                    Answer::Retry(format!("{status}: {}", text.trim()))
+                }
+            }
+        }
+    }
+
+    async fn send(&self, batch: &[(Pending, Alert)]) -> Answer {
+        match self.kind {
+            TargetKind::Alertmanager => {
+                let alerts: Vec<PostableAlert> = batch.iter().map(|(_, a)| a.postable()).collect();
+                self.post(serde_json::to_vec(&alerts).unwrap_or_default())
+                    .await
+            }
+            TargetKind::Webhook => {
+                for (_, alert) in batch {
+                    let status = match alert.status {
+                        Status::Firing => "firing",
+                        Status::Resolved => "resolved",
+                    };
+                    let message = WebhookMessage {
+                        version: "4",
+                        group_key: format!("exfilwatch/{}", alert.fingerprint),
+                        truncated_alerts: 0,
+                        status,
+                        receiver: "exfilwatch",
+                        group_labels: &alert.labels,
+                        common_labels: &alert.labels,
+                        common_annotations: &alert.annotations,
+                        external_url: &self.external_url,
+                        alerts: [WebhookAlert {
+                            status,
+                            alert: alert.postable(),
+                            fingerprint: &alert.fingerprint,
+                        }],
+                    };
+                    match self
+                        .post(serde_json::to_vec(&message).unwrap_or_default())
+                        .await
+                    {
+                        Answer::Accepted => {}
+                        other => return other,
+                    }
+                }
+                Answer::Accepted
+            }
+        }
+    }
+}
+
+/// Drains `target`'s outbox rows until `cancel` fires; on cancel, makes one last attempt to
+/// flush what is queued (bounded by `flush_timeout`) and leaves the rest for the next start.
+pub async fn deliver(
+    target: Target,
+    store: Store,
+    wake: Arc<Notify>,
+    stats: Arc<DeliveryStats>,
+    cancel: CancellationToken,
+    flush_timeout: Duration,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30))
+        .expect("100 ms is at most 30 s");
+    // After a refused batch, send one alert at a time until the queue is clean again.
+    let mut one_by_one = false;
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let stopping = cancel.is_cancelled();
+        let limit = if one_by_one { 1 } else { BATCH };
+        let pending = match store.pending(&target.id, limit) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(target = %target.id, "alerts: {e}");
+                Vec::new()
+            }
+        };
+        if pending.is_empty() {
+            one_by_one = false;
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        let batch: Vec<(Pending, Alert)> = pending
+            .into_iter()
+            .filter_map(|p| serde_json::from_str::<Alert>(&p.alert).ok().map(|a| (p, a)))
+            .collect();
+        let answer = if stopping {
+            match tokio::time::timeout(flush_timeout, target.send(&batch)).await {
+                Ok(answer) => answer,
+                Err(_) => Answer::Retry("timed out while shutting down".into()),
+            }
+        } else {
+            target.send(&batch).await
+        };
+        match answer {
+            Answer::Accepted => {
+                backoff.reset();
+                let sent: Vec<Pending> = batch.into_iter().map(|(p, _)| p).collect();
+                if let Err(e) = store.delivered(&target.id, &sent) {
+                    tracing::error!(target = %target.id, "alerts: {e}");
+                }
+                let now = now_ns();
+                let latency: u64 = sent
+                    .iter()
+                    .map(|p| u64::try_from((now - p.enqueued_ns) / 1000).unwrap_or(0))
+                    .sum();
+                stats.latency_us_sum.fetch_add(latency, Ordering::Relaxed);
+                stats.sent.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                stats.delivered.send_modify(|n| *n += sent.len() as u64);
+                tracing::debug!(target = %target.id, alerts = sent.len(), "alerts: delivered");
+            }
+            Answer::Refused(error) if batch.len() == 1 => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target = %target.id, fingerprint = %batch[0].0.fingerprint, "alerts: refused, kept as a dead letter: {error}");
+                if let Err(e) = store.refused(&target.id, &batch[0].0, &error) {
+                    tracing::error!(target = %target.id, "alerts: {e}");
+                }
+            }
+            Answer::Refused(error) => {
+                tracing::warn!(target = %target.id, alerts = batch.len(), "alerts: batch refused ({error}); retrying one by one");
+                one_by_one = true;
+            }
+            Answer::Retry(error) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                if stopping {
+                    tracing::warn!(target = %target.id, queued = batch.len(), "alerts: not delivered before shutdown, kept for the next start: {error}");
+                    return;
+                }
+                let delay = backoff.delay();
+                tracing::warn!(target = %target.id, retry_in = ?delay, "alerts: delivery failed: {error}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+}

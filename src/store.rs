@@ -1,0 +1,291 @@
+//! Embedded state in SQLite (WAL, synchronous commits) under `storage.dir`.
+//!
+//! - `alerts`: every alert's latest state, so firing alerts resume after a restart;
+//! - `outbox`: per delivery target, the latest unsent state of each alert. A state change is
+//!   committed here before anything is sent; delivery removes a row only when the target has
+//!   accepted that version. Re-posting an alert's newest state is all Alertmanager needs, so a
+//!   newer change replaces an older unsent one;
+//! - `dead_letters`: states a target refused as invalid (HTTP 4xx), kept for inspection;
+//! - `cursors`: named positions such as the time of the last flow processed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::alert::{Alert, Status, now_ns};
+
+/// A storage failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {action}: {source}")]
+    Sql {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state store {path}: {action}: {source}")]
+    Io {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One unsent alert state for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub fingerprint: String,
+    pub version: i64,
+    /// The alert as JSON (`Alert`).
+    pub alert: String,
+    pub enqueued_ns: i64,
+}
+
+/// The state store; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    fingerprint TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    target TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    enqueued_ns INTEGER NOT NULL,
+    PRIMARY KEY (target, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    target TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    body TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
+INSERT OR IGNORE INTO versions (id, next) VALUES (1, 1);
+";
+
+impl Store {
+    /// Opens (creating) `dir/exfilwatch.db`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("exfilwatch.db");
+        let name = path.display().to_string();
+        let err = |action| {
+            let name = name.clone();
+            move |source| StoreError::Sql {
+                path: name,
+                action,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            action: "create the directory",
+            source,
+        })?;
+        let conn = Connection::open(&path).map_err(err("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("enable WAL"))?;
+        // Alert state changes are rare and must survive a crash: commit with fsync.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err("set synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err("set busy timeout"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(err("create the schema"))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: name,
+        })
+    }
+
+    /// A store that lives in memory only (replay without sending, the demo).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sql {
+            path: ":memory:".into(),
+            action: "open",
+            source,
+        };
+        let conn = Connection::open_in_memory().map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: ":memory:".into(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock left SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sql {
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+
+    /// Saves an alert's new state and queues it for every target, in one transaction.
+    pub fn record(&self, alert: &Alert, targets: &[String]) -> Result<(), StoreError> {
+        let body = serde_json::to_string(alert).unwrap_or_default();
+        let status = match alert.status {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        };
+        let now = now_ns();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.error("begin"))?;
+        let version: i64 = tx
+            .query_row(
+                "UPDATE versions SET next = next + 1 WHERE id = 1 RETURNING next - 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.error("allocate a version"))?;
+        tx.execute(
+            "INSERT INTO alerts (fingerprint, status, body, updated_ns) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (fingerprint) DO UPDATE SET status = ?2, body = ?3, updated_ns = ?4",
+            params![alert.fingerprint, status, body, now],
+        )
+        .map_err(self.error("save the alert"))?;
+        for target in targets {
+            tx.execute(
+                "INSERT INTO outbox (target, fingerprint, version, body, enqueued_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (target, fingerprint) DO UPDATE SET version = ?3, body = ?4",
+                params![target, alert.fingerprint, version, body, now],
+            )
+            .map_err(self.error("queue the alert"))?;
+        }
+        tx.commit().map_err(self.error("commit"))
+    }
+
+    /// Up to `limit` unsent states for `target`, oldest first.
+    pub fn pending(&self, target: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT fingerprint, version, body, enqueued_ns FROM outbox WHERE target = ?1
+                 ORDER BY enqueued_ns, fingerprint LIMIT ?2",
+            )
+            .map_err(self.error("read the outbox"))?;
+        let rows = stmt
+            .query_map(params![target, limit as i64], |r| {
+                Ok(Pending {
+                    fingerprint: r.get(0)?,
+                    version: r.get(1)?,
+                    alert: r.get(2)?,
+                    enqueued_ns: r.get(3)?,
+                })
+            })
+            .map_err(self.error("read the outbox"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read the outbox"))
+    }
+
+    /// Removes the states `target` accepted, unless a newer version replaced them meanwhile.
+    pub fn delivered(&self, target: &str, sent: &[Pending]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.error("begin"))?;
+        for p in sent {
+            tx.execute(
+                "DELETE FROM outbox WHERE target = ?1 AND fingerprint = ?2 AND version = ?3",
+                params![target, p.fingerprint, p.version],
+            )
+            .map_err(self.error("mark delivered"))?;
+        }
+        tx.commit().map_err(self.error("commit"))
+    }
+
+    /// Moves a state `target` refused into the dead letters.
+    pub fn refused(&self, target: &str, p: &Pending, error: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.error("begin"))?;
+        tx.execute(
+            "INSERT INTO dead_letters (target, fingerprint, body, error, at_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![target, p.fingerprint, p.alert, error, now_ns()],
+        )
+        .map_err(self.error("keep a dead letter"))?;
+        tx.execute(
+            "DELETE FROM outbox WHERE target = ?1 AND fingerprint = ?2 AND version = ?3",
+            params![target, p.fingerprint, p.version],
+        )
+        .map_err(self.error("drop a refused alert"))?;
+        tx.commit().map_err(self.error("commit"))
+    }
+
+    /// Unsent states over all targets.
+    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+        self.lock()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(self.error("count the outbox"))
+    }
+
+    /// Alerts that were firing when the store was last written.
+    pub fn firing(&self) -> Result<Vec<Alert>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint")
+            .map_err(self.error("read alerts"))?;
+        let bodies = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.error("read alerts"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.error("read alerts"))?;
+        Ok(bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect())
+    }
+
+    /// Every alert, newest change first, at most `limit`.
+    pub fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT body FROM alerts ORDER BY updated_ns DESC LIMIT ?1")
+            .map_err(self.error("read alerts"))?;
+        let bodies = stmt
+            .query_map([limit as i64], |r| r.get::<_, String>(0))
+            .map_err(self.error("read alerts"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.error("read alerts"))?;
+        Ok(bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect())
+    }
+
+    pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.lock()
+            .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.error("read a cursor"))
+    }
+
+    pub fn set_cursor(&self, name: &str, value: i64) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",
+                params![name, value],
+            )
+            .map(|_| ())
+            .map_err(self.error("save a cursor"))
+    }
+}
