@@ -1,18 +1,27 @@
 //! The commands behind the CLI: `run`, `replay`, `check` and `demo`.
 //!
 //! Each takes its inputs, runs to completion or until the cancellation token fires, and
-//! returns an [`Outcome`] that `main` turns into an exit code and output.
+//! returns an [`Outcome`] that `main` turns into an exit code and output. Shutdown goes in
+//! order: the source stops, the pipeline drains into the engine, the engine's last state
+//! changes are committed, the sinks flush what they can, and the rest stays in the outbox.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, HubbleConfig};
+use crate::alert::Alert;
+use crate::alert::manager::{LifecycleConfig, Manager};
+use crate::alert::sink::{self, DeliveryStats};
+use crate::config::Config;
+use crate::detect::engine::Engine;
+use crate::detect::rules::{self, Rule};
 use crate::flow::Event;
 use crate::pipeline::{self, CHANNEL_CAPACITY, Summary, destination_label};
 use crate::sim::observer::SimObserver;
@@ -20,13 +29,24 @@ use crate::sim::traffic::{TRAINING_NAMESPACE, TrainingCluster};
 use crate::source::SourceStats;
 use crate::source::hubble::{HubbleError, HubbleSource};
 use crate::source::replay::{ReplayReport, replay_path};
+use crate::store::Store;
 
-/// Exit code for a configuration or usage error (BSD `EX_USAGE`).
+/// Exit code for a configuration, rule or usage error (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code for an input file that cannot be read (BSD `EX_NOINPUT`).
 pub const EXIT_NO_INPUT: u8 = 66;
 /// Exit code when the flow source stopped for a reason retrying cannot fix.
 pub const EXIT_SOURCE: u8 = 69;
+/// Exit code when the state store cannot be opened (BSD `EX_CANTCREAT`).
+pub const EXIT_STORE: u8 = 73;
+
+/// The rule pack shipped in `rules/`, used when no configuration names another.
+pub const DEFAULT_RULES: &str = include_str!("../rules/segmentation.yaml");
+
+/// The cursor under which the time of the last processed flow is saved.
+const HUBBLE_CURSOR: &str = "hubble.last_flow_ns";
+/// How often the cursor is saved while flows arrive.
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
 
 /// Output format of summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,11 +63,167 @@ pub struct Outcome {
     pub output: String,
 }
 
+impl Outcome {
+    fn fail(exit_code: u8, message: impl std::fmt::Display) -> Outcome {
+        Outcome {
+            exit_code,
+            output: format!("{message}\n"),
+        }
+    }
+}
+
+/// The rules of `config`'s `rules.dir`, or the default pack when there is no configuration.
+fn load_rules(config: Option<&Config>) -> Result<Vec<Arc<Rule>>, rules::RuleErrors> {
+    let rules = match config {
+        Some(c) => rules::load_dir(&c.rules_dir)?,
+        None => rules::load_text(DEFAULT_RULES, "rules/segmentation.yaml")?,
+    };
+    Ok(rules.into_iter().map(Arc::new).collect())
+}
+
+/// `exfilwatch check`: validates the configuration and the rule pack.
+pub fn check(config_path: &Path) -> Outcome {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+    };
+    match rules::load_dir(&config.rules_dir) {
+        Err(e) => Outcome::fail(EXIT_CONFIG, e),
+        Ok(rules) => {
+            let enabled = rules.iter().filter(|r| r.enabled).count();
+            Outcome {
+                exit_code: 0,
+                output: format!(
+                    "{}: ok (hubble {} watching {:?}; {} rule(s), {enabled} enabled, from {})\n",
+                    config_path.display(),
+                    config.hubble.address,
+                    config.hubble.namespaces,
+                    rules.len(),
+                    config.rules_dir.display()
+                ),
+            }
+        }
+    }
+}
+
+/// The sinks delivering from the store's outbox.
+#[derive(Debug)]
+pub struct Delivery {
+    pub store: Store,
+    pub stats: Arc<DeliveryStats>,
+    sinks: Vec<JoinHandle<()>>,
+    stop_sinks: CancellationToken,
+}
+
+impl Delivery {
+    /// Stops the sinks after one last flush; returns what is still queued.
+    pub async fn finish(self) -> u64 {
+        self.stop_sinks.cancel();
+        for sink in self.sinks {
+            let _ = sink.await;
+        }
+        self.store.outbox_depth().unwrap_or(0)
+    }
+}
+
+/// The engine over `store`, and sinks for `config`'s targets (none when `send` is false).
+pub fn start_alerting(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: Store,
+    send: bool,
+) -> Result<(Engine, Delivery), String> {
+    let targets = if send {
+        sink::targets(&config.alertmanager, &config.api.external_url)?
+    } else {
+        Vec::new()
+    };
+    let wake = Arc::new(Notify::new());
+    let lifecycle = LifecycleConfig {
+        resend_interval: config.alertmanager.resend_interval,
+        update_interval: config.alertmanager.update_interval,
+        external_url: config.api.external_url.clone(),
+        targets: targets.iter().map(|t| t.id.clone()).collect(),
+    };
+    let manager =
+        Manager::new(lifecycle, store.clone(), wake.clone(), rules).map_err(|e| e.to_string())?;
+    let stats = Arc::new(DeliveryStats::default());
+    let stop_sinks = CancellationToken::new();
+    let sinks = targets
+        .into_iter()
+        .map(|t| {
+            tokio::spawn(sink::deliver(
+                t,
+                store.clone(),
+                wake.clone(),
+                stats.clone(),
+                stop_sinks.clone(),
+            ))
+        })
+        .collect();
+    Ok((
+        Engine::new(rules, manager),
+        Delivery {
+            store,
+            stats,
+            sinks,
+            stop_sinks,
+        },
+    ))
+}
+
+/// Logs each policy-denied flow leaving a watched namespace as it arrives.
+fn log_denials(summary: &Summary, event: &Event) {
+    if let Event::Flow(flow) = event
+        && summary.is_watched_denial(flow)
+    {
+        tracing::debug!(
+            reason = flow.drop_reason_name(),
+            node = %flow.node,
+            "policy-denied egress: {}/{} -> {}",
+            flow.source.namespace,
+            flow.source.pod,
+            destination_label(flow)
+        );
+    }
+}
+
+/// Alerts as text: one block per alert.
+fn alerts_table(alerts: &[Alert]) -> String {
+    let mut out = String::new();
+    if alerts.is_empty() {
+        out.push_str("\nalerts: none\n");
+        return out;
+    }
+    let _ = writeln!(out, "\nalerts firing: {}", alerts.len());
+    for a in alerts {
+        let get = |k: &str| a.annotations.get(k).map_or("", String::as_str);
+        let _ = writeln!(
+            out,
+            "  {} [{}] {} -> {}\n    {}\n    pods: {}  ports: {}  policies: {}",
+            a.labels.get("alertname").map_or("", String::as_str),
+            a.labels.get("severity").map_or("", String::as_str),
+            a.labels.get("namespace").map_or("", String::as_str),
+            a.labels.get("destination").map_or("", String::as_str),
+            get("summary"),
+            get("source_pods"),
+            get("ports"),
+            if get("policies").is_empty() {
+                "(default deny)"
+            } else {
+                get("policies")
+            },
+        );
+    }
+    out
+}
+
 /// The replay summary in `--output json`.
 #[derive(Debug, Serialize)]
 struct ReplayJson<'a> {
     files: Vec<FileJson<'a>>,
     bad_lines: u64,
+    alerts: &'a [Alert],
     #[serde(flatten)]
     summary: &'a Summary,
 }
@@ -60,110 +236,54 @@ struct FileJson<'a> {
     bad: Vec<String>,
 }
 
-/// Reads and validates the configuration, or the defaults when no file is given.
-pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
-    match path {
-        Some(p) => Config::load(p),
-        None => Ok(Config::default()),
-    }
-}
-
-/// `exfilwatch check`: validates the configuration and that every rule file parses.
-pub fn check(config_path: &Path) -> Outcome {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome {
-                exit_code: EXIT_CONFIG,
-                output: format!("{e}\n"),
-            };
-        }
-    };
-    let mut problems = Vec::new();
-    let mut rule_files = 0;
-    match std::fs::read_dir(&config.rules_dir) {
-        Err(e) => problems.push(format!("rules.dir {}: {e}", config.rules_dir.display())),
-        Ok(entries) => {
-            let mut paths: Vec<_> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                rule_files += 1;
-                let parsed = std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| crate::config::parse_yaml::<serde_yaml_ng::Value>(&text));
-                if let Err(e) = parsed {
-                    problems.push(format!("{}:{e}", path.display()));
-                }
-            }
-        }
-    }
-    if problems.is_empty() {
-        let output = format!(
-            "{}: ok (hubble {} watching {:?}; {} rule file(s) in {})\n",
-            config_path.display(),
-            config.hubble.address,
-            config.hubble.namespaces,
-            rule_files,
-            config.rules_dir.display()
-        );
-        Outcome {
-            exit_code: 0,
-            output,
-        }
-    } else {
-        let output = format!("{} problem(s):\n{}\n", problems.len(), problems.join("\n"));
-        Outcome {
-            exit_code: EXIT_CONFIG,
-            output,
-        }
-    }
-}
-
-/// Logs each policy-denied flow leaving a watched namespace as it arrives.
-fn log_denials(summary: &Summary, event: &Event) {
-    if let Event::Flow(flow) = event
-        && summary.is_watched_denial(flow)
-    {
-        let policies: Vec<String> = flow
-            .egress_denied_by
-            .iter()
-            .map(|p| format!("{}/{}", p.namespace, p.name))
-            .collect();
-        tracing::warn!(
-            verdict = flow.verdict.as_str_name(),
-            reason = flow.drop_reason_name(),
-            node = %flow.node,
-            denied_by = ?policies,
-            "policy-denied egress: {}/{} -> {}",
-            flow.source.namespace,
-            flow.source.pod,
-            destination_label(flow)
-        );
-    }
-}
-
-/// `exfilwatch replay`: reads captures and summarises them.
+/// `exfilwatch replay`: reads captures, evaluates the rules, summarises, and with `send`
+/// delivers the alerts to the configured Alertmanagers.
 pub async fn replay(
     inputs: &[String],
-    config: &Config,
+    config: Option<&Config>,
     format: OutputFormat,
+    send: bool,
     cancel: CancellationToken,
 ) -> Outcome {
-    let stats = Arc::new(SourceStats::default());
+    let rules = match load_rules(config) {
+        Ok(r) => r,
+        Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+    };
+    let defaults = Config::default();
+    let config = config.unwrap_or(&defaults);
+    if send && config.alertmanager.urls.is_empty() && config.alertmanager.webhooks.is_empty() {
+        return Outcome::fail(
+            EXIT_CONFIG,
+            "--send needs alertmanager.urls or alertmanager.webhooks in the configuration",
+        );
+    }
+    let store = if send {
+        Store::open(&config.storage_dir)
+    } else {
+        Store::in_memory()
+    };
+    let store = match store {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(EXIT_STORE, e),
+    };
+    let (engine, delivery) = match start_alerting(config, &rules, store, send) {
+        Ok(a) => a,
+        Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+    };
+    let tick = Engine::tick_interval(&rules);
+    let stats_src = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let consumer = tokio::spawn(pipeline::consume(
         rx,
         Summary::new(&config.hubble.namespaces),
+        Some(engine),
+        tick,
         |_, _| {},
     ));
     let mut reports: Vec<ReplayReport> = Vec::new();
     let mut failed = None;
     for input in inputs {
-        match replay_path(input, tx.clone(), stats.clone(), cancel.clone()).await {
+        match replay_path(input, tx.clone(), stats_src.clone(), cancel.clone()).await {
             Ok(report) => reports.push(report),
             Err(e) => {
                 failed = Some(e);
@@ -172,13 +292,24 @@ pub async fn replay(
         }
     }
     drop(tx);
-    let summary = consumer.await.unwrap_or_default();
+    let (summary, engine) = consumer.await.unwrap_or_default();
+    let alerts = engine.map(|e| e.firing()).unwrap_or_default();
     if let Some(e) = failed {
-        return Outcome {
-            exit_code: EXIT_NO_INPUT,
-            output: format!("cannot read {e}\n"),
-        };
+        delivery.finish().await;
+        return Outcome::fail(EXIT_NO_INPUT, format!("cannot read {e}"));
     }
+    if send {
+        // Give the sinks time to deliver before they are asked to stop.
+        let deadline = tokio::time::Instant::now() + config.alertmanager.timeout * 3;
+        while delivery.store.outbox_depth().unwrap_or(0) > 0
+            && tokio::time::Instant::now() < deadline
+            && !cancel.is_cancelled()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let sent = delivery.stats.sent.load(Ordering::Relaxed);
+    let queued = delivery.finish().await;
     let bad_lines: u64 = reports.iter().map(|r| r.bad_lines).sum();
     let output = match format {
         OutputFormat::Table => {
@@ -186,9 +317,16 @@ pub async fn replay(
                 ("bad lines", bad_lines),
                 ("node status events", summary.node_status),
             ]);
+            text.push_str(&alerts_table(&alerts));
+            if send {
+                let _ = writeln!(
+                    text,
+                    "sent: {sent} alert state(s) delivered, {queued} still queued for the next run"
+                );
+            }
             for report in &reports {
                 for bad in &report.bad {
-                    text.push_str(&format!("\n{}:{}: {}", report.name, bad.line, bad.reason));
+                    let _ = write!(text, "\n{}:{}: {}", report.name, bad.line, bad.reason);
                 }
             }
             text.push('\n');
@@ -210,6 +348,7 @@ pub async fn replay(
                     })
                     .collect(),
                 bad_lines,
+                alerts: &alerts,
                 summary: &summary,
             };
             serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
@@ -221,29 +360,80 @@ pub async fn replay(
     }
 }
 
-/// `exfilwatch run`: follows Hubble Relay until cancelled, logging a summary every `every`.
-pub async fn run(hubble: HubbleConfig, every: Duration, cancel: CancellationToken) -> Outcome {
+/// `exfilwatch run`: follows Hubble Relay and raises alerts until cancelled.
+pub async fn run(config: Config, every: Duration, cancel: CancellationToken) -> Outcome {
+    let rules = match load_rules(Some(&config)) {
+        Ok(r) => r,
+        Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+    };
+    let store = match Store::open(&config.storage_dir) {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(EXIT_STORE, e),
+    };
+    follow(&config, &rules, store, every, cancel).await
+}
+
+/// The `run` pipeline over an opened store.
+async fn follow(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: Store,
+    every: Duration,
+    cancel: CancellationToken,
+) -> Outcome {
+    let (engine, delivery) = match start_alerting(config, rules, store, true) {
+        Ok(a) => a,
+        Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+    };
+    let store = delivery.store.clone();
     let stats = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let watched = hubble.namespaces.clone();
-    let source = HubbleSource::new(hubble, stats.clone());
+    let mut source = HubbleSource::new(config.hubble.clone(), stats.clone());
+    if let Ok(Some(cursor)) = store.cursor(HUBBLE_CURSOR) {
+        // Pick up the flows Hubble still holds from while exfilwatch was down.
+        source = source.start_at(cursor.saturating_add(1));
+    }
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
     let mut last_log = tokio::time::Instant::now();
-    let summary = pipeline::consume(rx, Summary::new(&watched), |summary, event| {
-        log_denials(summary, event);
-        if last_log.elapsed() >= every {
-            last_log = tokio::time::Instant::now();
-            tracing::info!(
-                flows = summary.flows,
-                lost = stats.lost_total(),
-                duplicates = stats.duplicates.load(Ordering::Relaxed),
-                reconnects = stats.reconnects.load(Ordering::Relaxed),
-                "pipeline: progress"
-            );
-        }
-    })
+    let mut last_cursor = tokio::time::Instant::now();
+    let (summary, engine) = pipeline::consume(
+        rx,
+        Summary::new(&config.hubble.namespaces),
+        Some(engine),
+        Engine::tick_interval(rules),
+        |summary, event| {
+            log_denials(summary, event);
+            if last_log.elapsed() >= every {
+                last_log = tokio::time::Instant::now();
+                tracing::info!(
+                    flows = summary.flows,
+                    lost = stats.lost_total(),
+                    duplicates = stats.duplicates.load(Ordering::Relaxed),
+                    reconnects = stats.reconnects.load(Ordering::Relaxed),
+                    alerts_sent = delivery.stats.sent.load(Ordering::Relaxed),
+                    outbox = store.outbox_depth().unwrap_or(0),
+                    "pipeline: progress"
+                );
+            }
+            // Every flow before this event has been through the engine, its alerts committed.
+            if last_cursor.elapsed() >= CURSOR_EVERY && summary.last_flow_ns > 0 {
+                last_cursor = tokio::time::Instant::now();
+                if let Err(e) = store.set_cursor(HUBBLE_CURSOR, summary.last_flow_ns) {
+                    tracing::error!("{e}");
+                }
+            }
+        },
+    )
     .await;
+    if summary.last_flow_ns > 0
+        && let Err(e) = store.set_cursor(HUBBLE_CURSOR, summary.last_flow_ns)
+    {
+        tracing::error!("{e}");
+    }
     let result = source_task.await.unwrap_or(Ok(()));
+    let alerts = engine.map(|e| e.firing()).unwrap_or_default();
+    let delivered = delivery.stats.clone();
+    let queued = delivery.finish().await;
     let extra = [
         (
             "duplicates dropped",
@@ -255,17 +445,20 @@ pub async fn run(hubble: HubbleConfig, every: Duration, cancel: CancellationToke
             stats.bad_messages.load(Ordering::Relaxed),
         ),
         ("node status events", summary.node_status),
+        (
+            "alert states delivered",
+            delivered.sent.load(Ordering::Relaxed),
+        ),
+        ("alert states queued", queued),
     ];
-    let output = summary.to_table(&extra);
+    let mut output = summary.to_table(&extra);
+    output.push_str(&alerts_table(&alerts));
     match result {
         Ok(()) => Outcome {
             exit_code: 0,
             output,
         },
-        Err(e @ HubbleError::Address { .. }) => Outcome {
-            exit_code: EXIT_CONFIG,
-            output: format!("{e}\n"),
-        },
+        Err(e @ HubbleError::Address { .. }) => Outcome::fail(EXIT_CONFIG, e),
         Err(e) => Outcome {
             exit_code: EXIT_SOURCE,
             output: format!("{output}\nerror: {e}\n"),
@@ -274,11 +467,12 @@ pub async fn run(hubble: HubbleConfig, every: Duration, cancel: CancellationToke
 }
 
 /// `exfilwatch demo`: a simulated training namespace behind a Hubble-compatible server on
-/// loopback, an exfiltration attempt a third of the way in, and the real `run` pipeline
-/// following it for `duration`.
+/// loopback, an exfiltration attempt a third of the way in, and the real `run` pipeline with
+/// the default rule pack following it for `duration`. Alerts go to `alertmanager` when given.
 pub async fn demo(
     duration: Duration,
     flows_per_second: u32,
+    alertmanager: Option<String>,
     cancel: CancellationToken,
 ) -> std::io::Result<Outcome> {
     let sim = SimObserver::default();
@@ -286,9 +480,7 @@ pub async fn demo(
     let addr = sim.clone().spawn_local(None, server_stop.clone()).await?;
     tracing::info!(%addr, "demo: simulated Hubble Relay serving an '{TRAINING_NAMESPACE}' namespace");
 
-    let start_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let start_ns = crate::alert::now_ns();
     let rate = flows_per_second.max(1);
     let step = Duration::from_secs(1) / rate;
     let traffic_stop = cancel.child_token();
@@ -320,11 +512,15 @@ pub async fn demo(
         })
     };
 
-    let hubble = HubbleConfig {
-        address: format!("http://{addr}"),
-        namespaces: vec![TRAINING_NAMESPACE.into()],
-        ..HubbleConfig::default()
+    let mut config = Config::default();
+    config.hubble.address = format!("http://{addr}");
+    config.hubble.namespaces = vec![TRAINING_NAMESPACE.into()];
+    config.alertmanager.urls = alertmanager.into_iter().collect();
+    let rules: Vec<Arc<Rule>> = match rules::load_text(DEFAULT_RULES, "rules/segmentation.yaml") {
+        Ok(r) => r.into_iter().map(Arc::new).collect(),
+        Err(e) => return Ok(Outcome::fail(EXIT_CONFIG, e)),
     };
+    let store = Store::in_memory().map_err(std::io::Error::other)?;
     let run_cancel = cancel.child_token();
     let timer = {
         let run_cancel = run_cancel.clone();
@@ -333,7 +529,7 @@ pub async fn demo(
             run_cancel.cancel();
         })
     };
-    let outcome = run(hubble, Duration::from_secs(5), run_cancel).await;
+    let outcome = follow(&config, &rules, store, Duration::from_secs(5), run_cancel).await;
     traffic_stop.cancel();
     timer.abort();
     let _ = generator.await;

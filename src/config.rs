@@ -98,6 +98,7 @@ struct RawAlertmanager {
     resend_interval: Option<String>,
     update_interval: Option<String>,
     timeout: Option<String>,
+    retry_max: Option<String>,
     bearer_token_file: Option<PathBuf>,
     basic_auth: Option<RawBasicAuth>,
     tls: Option<RawHttpTls>,
@@ -243,6 +244,8 @@ pub struct AlertmanagerConfig {
     pub resend_interval: Duration,
     pub update_interval: Duration,
     pub timeout: Duration,
+    /// Longest wait between delivery attempts while a target is unreachable.
+    pub retry_max: Duration,
     pub auth: Option<HttpAuth>,
     pub tls: Option<HttpTls>,
 }
@@ -255,6 +258,7 @@ impl Default for AlertmanagerConfig {
             resend_interval: Duration::from_secs(60),
             update_interval: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
+            retry_max: Duration::from_secs(30),
             auth: None,
             tls: None,
         }
@@ -704,13 +708,22 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
             am_defaults.timeout,
             problems,
         ),
+        retry_max: duration(
+            "alertmanager.retry_max",
+            am.retry_max.as_deref(),
+            am_defaults.retry_max,
+            problems,
+        ),
         auth,
         tls,
     };
-    if alertmanager.resend_interval.is_zero() || alertmanager.update_interval.is_zero() {
+    if alertmanager.resend_interval.is_zero()
+        || alertmanager.update_interval.is_zero()
+        || alertmanager.retry_max.is_zero()
+    {
         problems.push(Problem {
-            key: "alertmanager.resend_interval".into(),
-            message: "and update_interval must be above zero".into(),
+            key: "alertmanager".into(),
+            message: "resend_interval, update_interval and retry_max must be above zero".into(),
         });
     }
     let listen = match raw.api.listen.as_deref().map(str::parse::<SocketAddr>) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use exfilwatch::commands::{self, EXIT_CONFIG, Outcome, OutputFormat};
+use exfilwatch::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Catches data exfiltration from Kubernetes AI-training namespaces, from Cilium Hubble flows.
@@ -40,6 +41,9 @@ enum Command {
         /// Summary format.
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
+        /// Deliver the alerts to the configuration's Alertmanagers and webhooks.
+        #[arg(long, requires = "config")]
+        send: bool,
     },
     /// Validate the configuration and rules; exit 64 listing every problem.
     Check {
@@ -55,6 +59,9 @@ enum Command {
         /// Simulated flows per second.
         #[arg(long, default_value_t = 500)]
         rate: u32,
+        /// Also send the alerts to this Alertmanager, e.g. http://127.0.0.1:9093.
+        #[arg(long)]
+        alertmanager: Option<String>,
     },
 }
 
@@ -87,30 +94,33 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
+    let config_error = |e: exfilwatch::config::ConfigError| Outcome {
+        exit_code: EXIT_CONFIG,
+        output: format!("{e}\n"),
+    };
     match command {
         Command::Run {
             config,
             progress_every,
-        } => match commands::load_config(Some(&config)) {
-            Ok(c) => commands::run(c.hubble, progress_every, cancel).await,
-            Err(e) => Outcome {
-                exit_code: EXIT_CONFIG,
-                output: format!("{e}\n"),
-            },
+        } => match Config::load(&config) {
+            Ok(c) => commands::run(c, progress_every, cancel).await,
+            Err(e) => config_error(e),
         },
         Command::Replay {
             inputs,
             config,
             output,
-        } => match commands::load_config(config.as_deref()) {
-            Ok(c) => commands::replay(&inputs, &c, output, cancel).await,
-            Err(e) => Outcome {
-                exit_code: EXIT_CONFIG,
-                output: format!("{e}\n"),
-            },
+            send,
+        } => match config.as_deref().map(Config::load).transpose() {
+            Ok(c) => commands::replay(&inputs, c.as_ref(), output, send, cancel).await,
+            Err(e) => config_error(e),
         },
         Command::Check { config } => commands::check(&config),
-        Command::Demo { duration, rate } => match commands::demo(duration, rate, cancel).await {
+        Command::Demo {
+            duration,
+            rate,
+            alertmanager,
+        } => match commands::demo(duration, rate, alertmanager, cancel).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome {
                 exit_code: 1,

@@ -8,8 +8,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::detect::engine::Engine;
 
 use crate::flow::{Event, FlowEvent, Verdict};
 use crate::intern::Sym;
@@ -55,6 +60,8 @@ pub struct Summary {
     /// Events Hubble reported lost, by source.
     pub lost_events: Counts<&'static str>,
     pub node_status: u64,
+    /// Time of the newest flow, nanoseconds since the epoch.
+    pub last_flow_ns: i64,
     /// Policy-denied flows from watched namespaces, by "namespace/pod -> destination".
     pub denied: Counts<String>,
     #[serde(skip)]
@@ -100,6 +107,7 @@ impl Summary {
         match event {
             Event::Flow(flow) => {
                 self.flows += 1;
+                self.last_flow_ns = self.last_flow_ns.max(flow.time_ns);
                 bump(
                     &mut self.by_verdict,
                     flow.verdict.as_str_name(),
@@ -193,16 +201,33 @@ fn table(out: &mut String, title: &str, rows: impl Iterator<Item = (String, u64)
     }
 }
 
-/// Consumes events until every sender is gone, calling `each` on every event (for live
-/// output) and returning the summary.
+/// Consumes events until every sender is gone: each event goes to `each` (live output), the
+/// summary and the detection engine, whose clock ticks every `tick_every`. Returns both.
 pub async fn consume(
     mut rx: mpsc::Receiver<Event>,
     mut summary: Summary,
+    mut engine: Option<Engine>,
+    tick_every: Duration,
     mut each: impl FnMut(&Summary, &Event),
-) -> Summary {
-    while let Some(event) = rx.recv().await {
-        each(&summary, &event);
-        summary.add(&event);
+) -> (Summary, Option<Engine>) {
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                each(&summary, &event);
+                summary.add(&event);
+                if let Some(engine) = &mut engine {
+                    engine.observe(&event, Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(engine) = &mut engine {
+                    engine.tick(Instant::now());
+                }
+            }
+        }
     }
-    summary
+    (summary, engine)
 }

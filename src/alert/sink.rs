@@ -40,6 +40,10 @@ pub struct Target {
     client: reqwest::Client,
     auth: Option<HttpAuth>,
     external_url: String,
+    /// Longest wait between delivery attempts.
+    retry_max: Duration,
+    /// How long the last attempt at shutdown may take.
+    flush_timeout: Duration,
 }
 
 impl std::fmt::Debug for Target {
@@ -78,6 +82,9 @@ impl Default for DeliveryStats {
 
 /// Builds the targets the configuration names.
 pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Target>, String> {
+    // reqwest shares rustls with the gRPC client; ring is its crypto. Installing it twice is
+    // harmless (the second attempt reports the first one is there).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.timeout);
@@ -114,6 +121,8 @@ pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Ta
             client: client.clone(),
             auth: config.auth.clone(),
             external_url: external_url.to_owned(),
+            retry_max: config.retry_max,
+            flush_timeout: config.timeout,
         }
     };
     Ok(config
@@ -235,17 +244,17 @@ impl Target {
 }
 
 /// Drains `target`'s outbox rows until `cancel` fires; on cancel, makes one last attempt to
-/// flush what is queued (bounded by `flush_timeout`) and leaves the rest for the next start.
+/// flush what is queued (bounded by the target's timeout) and leaves the rest for the next start.
 pub async fn deliver(
     target: Target,
     store: Store,
     wake: Arc<Notify>,
     stats: Arc<DeliveryStats>,
     cancel: CancellationToken,
-    flush_timeout: Duration,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30))
-        .expect("100 ms is at most 30 s");
+    let initial = Duration::from_millis(100).min(target.retry_max);
+    let mut backoff = Backoff::new(initial, target.retry_max.max(initial))
+        .expect("initial delay is at most the cap");
     // After a refused batch, send one alert at a time until the queue is clean again.
     let mut one_by_one = false;
     loop {
@@ -278,7 +287,7 @@ pub async fn deliver(
             .filter_map(|p| serde_json::from_str::<Alert>(&p.alert).ok().map(|a| (p, a)))
             .collect();
         let answer = if stopping {
-            match tokio::time::timeout(flush_timeout, target.send(&batch)).await {
+            match tokio::time::timeout(target.flush_timeout, target.send(&batch)).await {
                 Ok(answer) => answer,
                 Err(_) => Answer::Retry("timed out while shutting down".into()),
             }

@@ -8,6 +8,20 @@ use tonic::Code;
 
 use crate::support::relay;
 
+const GOOD_RULE: &str = "- name: A\n  kind: policy_denied\n  namespaces: { names: [ai-training] }\n  severity: critical\n";
+
+/// A `run` configuration for a relay at `relay`, with the shipped rules and state under `dir`.
+fn run_config(dir: &std::path::Path, relay: std::net::SocketAddr, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("exfilwatch.yaml");
+    let text = format!(
+        "hubble:\n  address: http://{relay}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n{extra}",
+        env!("CARGO_MANIFEST_DIR"),
+        dir.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn exfilwatch() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
     cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
@@ -74,12 +88,8 @@ fn check_names_a_misspelt_key_with_its_line_and_a_suggestion() {
 fn check_reports_a_broken_rule_file_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/good.yaml"), "- name: a\n").unwrap();
-    std::fs::write(
-        dir.path().join("rules/bad.yaml"),
-        "- name: a\n  kind: [unclosed\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("rules/good.yaml"), GOOD_RULE).unwrap();
+    std::fs::write(dir.path().join("rules/bad.yaml"), "- name: b\n  kind: [unclosed\n").unwrap();
     std::fs::write(dir.path().join("c.yaml"), "rules:\n  dir: rules\n").unwrap();
     let out = exfilwatch()
         .args(["check", "--config"])
@@ -88,7 +98,7 @@ fn check_reports_a_broken_rule_file_with_its_line() {
         .unwrap();
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(64), "{msg}");
-    assert!(msg.contains("rules/bad.yaml:"), "{msg}");
+    assert!(msg.contains("rules/bad.yaml:3: did not find expected ',' or ']'"), "{msg}");
     assert!(!msg.contains("good.yaml"), "{msg}");
 
     std::fs::remove_file(dir.path().join("rules/bad.yaml")).unwrap();
@@ -98,7 +108,7 @@ fn check_reports_a_broken_rule_file_with_its_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("1 rule file(s)"));
+    assert!(text(&out).contains("1 rule(s), 1 enabled"), "{}", text(&out));
 }
 
 #[test]
@@ -175,15 +185,7 @@ fn the_demo_shows_the_exfiltration_attempt() {
 async fn run_stops_cleanly_on_sigterm_with_a_summary() {
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\n",
-            relay.addr
-        ),
-    )
-    .unwrap();
+    let config = run_config(dir.path(), relay.addr, "");
     let child = exfilwatch()
         .args(["run", "--config"])
         .arg(&config)
@@ -228,12 +230,7 @@ async fn run_exits_69_when_the_relay_refuses_the_credentials() {
         .sim
         .refuse_with(Some((Code::PermissionDenied, "mTLS required")));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!("hubble:\n  address: http://{}\n", relay.addr),
-    )
-    .unwrap();
+    let config = run_config(dir.path(), relay.addr, "");
     let mut cmd = exfilwatch();
     cmd.args(["run", "--config"]).arg(&config);
     let out = tokio::task::spawn_blocking(move || cmd.output())
