@@ -7,6 +7,25 @@ cd "$(dirname "$0")/.."
 # Rust toolchain: pinned in rust-toolchain.toml; rustup installs it on first use.
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
+# Debian packages the integration tests run for real: Alertmanager (and Prometheus, which
+# the baseline tests use). The packages' install scripts would start system daemons on
+# 0.0.0.0; a policy-rc.d that forbids service starts stays in place during the install.
+if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing prometheus/prometheus-alertmanager: run as root, or: sudo apt-get install -y --no-install-recommends prometheus prometheus-alertmanager" >&2
+    exit 1
+  fi
+  created_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+  [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
 # The test runner. cargo-nextest runs the integration tests in parallel processes; plain
 # cargo test is the fallback where it cannot be installed.
 if ! cargo nextest --version >/dev/null 2>&1; then

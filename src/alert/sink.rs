@@ -80,11 +80,17 @@ impl Default for DeliveryStats {
     }
 }
 
+/// Makes ring the process's TLS crypto, which HTTP clients need before they are built.
+///
+/// reqwest shares rustls with the gRPC client and is built without a crypto provider of its
+/// own, so one C-free provider serves both. Calling this again is harmless.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds the targets the configuration names.
 pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Target>, String> {
-    // reqwest shares rustls with the gRPC client; ring is its crypto. Installing it twice is
-    // harmless (the second attempt reports the first one is there).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto();
     let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.timeout);

@@ -507,7 +507,7 @@ pub fn parse_file(text: &str, file: &str, problems: &mut Vec<RuleProblem>) -> Ve
                 let (line, message) = message
                     .split_once(':')
                     .and_then(|(l, rest)| {
-                        Some((l.parse().ok()?, rest.splitn(2, ": ").nth(1)?.to_owned()))
+                        Some((l.parse().ok()?, rest.split_once(": ")?.1.to_owned()))
                     })
                     .unwrap_or((1, format!("expected a list of rules: {message}")));
                 problems.push(RuleProblem {

@@ -11,7 +11,11 @@ use crate::support::relay;
 const GOOD_RULE: &str = "- name: A\n  kind: policy_denied\n  namespaces: { names: [ai-training] }\n  severity: critical\n";
 
 /// A `run` configuration for a relay at `relay`, with the shipped rules and state under `dir`.
-fn run_config(dir: &std::path::Path, relay: std::net::SocketAddr, extra: &str) -> std::path::PathBuf {
+fn run_config(
+    dir: &std::path::Path,
+    relay: std::net::SocketAddr,
+    extra: &str,
+) -> std::path::PathBuf {
     let config = dir.join("exfilwatch.yaml");
     let text = format!(
         "hubble:\n  address: http://{relay}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n{extra}",
@@ -89,7 +93,11 @@ fn check_reports_a_broken_rule_file_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(dir.path().join("rules/good.yaml"), GOOD_RULE).unwrap();
-    std::fs::write(dir.path().join("rules/bad.yaml"), "- name: b\n  kind: [unclosed\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules/bad.yaml"),
+        "- name: b\n  kind: [unclosed\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("c.yaml"), "rules:\n  dir: rules\n").unwrap();
     let out = exfilwatch()
         .args(["check", "--config"])
@@ -98,7 +106,10 @@ fn check_reports_a_broken_rule_file_with_its_line() {
         .unwrap();
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(64), "{msg}");
-    assert!(msg.contains("rules/bad.yaml:3: did not find expected ',' or ']'"), "{msg}");
+    assert!(
+        msg.contains("rules/bad.yaml:3: did not find expected ',' or ']'"),
+        "{msg}"
+    );
     assert!(!msg.contains("good.yaml"), "{msg}");
 
     std::fs::remove_file(dir.path().join("rules/bad.yaml")).unwrap();
@@ -108,7 +119,11 @@ fn check_reports_a_broken_rule_file_with_its_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("1 rule(s), 1 enabled"), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 rule(s), 1 enabled"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 // Test helpers panic on purpose: a panic is how a test fails.
 #![allow(clippy::unwrap_used)]
 
+mod alertmanager;
 mod cli;
 mod hubble_stream;
 mod hubble_tls;

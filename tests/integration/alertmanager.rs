@@ -1,0 +1,545 @@
+//! Alert delivery against a real Alertmanager (Debian's `prometheus-alertmanager`, started
+//! here on 127.0.0.1 with an ephemeral port) that routes to a webhook receiver in the test.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use exfilwatch::commands::{Delivery, start_alerting};
+use exfilwatch::config::Config;
+use exfilwatch::detect::engine::Engine;
+use exfilwatch::detect::rules::{self, Rule};
+use exfilwatch::flow::Event;
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::pipeline::{self, Summary};
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::proto::observer::GetFlowsResponse;
+use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::sim::traffic::TrainingCluster;
+use exfilwatch::store::Store;
+use prost::Message;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::support::relay;
+
+const INSTALL: &str = "apt-get install -y --no-install-recommends prometheus-alertmanager (scripts/test.sh does this)";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Collects the notifications Alertmanager posts.
+pub struct Receiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        async fn hook(State(got): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>) {
+            got.lock().unwrap().push(body);
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(got.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, got }
+    }
+
+    pub fn notifications(&self) -> Vec<Value> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the notifications so far.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = self.notifications();
+            if pred(&n) {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; got {n:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A real Alertmanager process.
+pub struct Alertmanager {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alertmanager_binary() -> PathBuf {
+    for candidate in ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("Alertmanager is not installed: {INSTALL}");
+}
+
+impl Alertmanager {
+    /// Starts Alertmanager on `port`, routing every alert (grouped per destination, 1 s
+    /// group wait and interval) to `webhook`.
+    pub async fn start(port: u16, webhook: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: test\n  group_by: [alertname, namespace, destination]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(alertmanager_binary())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Alertmanager ({e}): {INSTALL}"));
+        let am = Alertmanager {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        exfilwatch::alert::sink::install_crypto();
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{}/-/ready", am.url)).send().await
+                && r.status().is_success()
+            {
+                return am;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Alertmanager did not become ready on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The alerts Alertmanager holds.
+    pub async fn alerts(&self) -> Vec<Value> {
+        exfilwatch::alert::sink::install_crypto();
+        let r = reqwest::get(format!("{}/api/v2/alerts", self.url))
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+}
+
+/// Denied flows of a compromised trainer: the upload to paste.example.net (explicit deny),
+/// the probe of the production database (default deny), and a raw-IP upload.
+struct Attack {
+    upload: Flow,
+    probe: Flow,
+    raw_ip: Flow,
+    decoder: Decoder,
+    rng: fastrand::Rng,
+}
+
+impl Attack {
+    fn new() -> Attack {
+        let flows =
+            TrainingCluster::new(21, exfilwatch::alert::now_ns(), 1_000_000).exfiltration_attempt();
+        let probe = flows[1].clone();
+        let upload = flows[3].clone();
+        let mut raw_ip = upload.clone();
+        raw_ip.destination_names.clear();
+        raw_ip.ip.as_mut().unwrap().destination = "198.51.100.9".into();
+        Attack {
+            upload,
+            probe,
+            raw_ip,
+            decoder: Decoder::default(),
+            rng: fastrand::Rng::with_seed(5),
+        }
+    }
+
+    /// A fresh copy of `template` (new UUID, source port and time) as a pipeline event.
+    fn event(&mut self, template: &Flow) -> Event {
+        let mut f = template.clone();
+        f.uuid = exfilwatch::flow::format_uuid(self.rng.u128(..));
+        if let Some(exfilwatch::proto::flow::layer4::Protocol::Tcp(tcp)) =
+            f.l4.as_mut().and_then(|l| l.protocol.as_mut())
+        {
+            tcp.source_port = self.rng.u32(32_768..61_000);
+        }
+        let now = exfilwatch::alert::now_ns();
+        f.time = Some(prost_types::Timestamp {
+            seconds: now / 1_000_000_000,
+            nanos: (now % 1_000_000_000) as i32,
+        });
+        let bytes = GetFlowsResponse {
+            node_name: f.node_name.clone(),
+            time: f.time,
+            response_types: Some(ResponseTypes::Flow(f)),
+        }
+        .encode_to_vec();
+        self.decoder.decode_response(&bytes).unwrap().unwrap()
+    }
+}
+
+/// The shipped pack with a short quiet period, so resolution comes within the test.
+fn rules(resolve_after: &str) -> Vec<Arc<Rule>> {
+    let text = exfilwatch::commands::DEFAULT_RULES.replace(
+        "resolve_after: 10m",
+        &format!("resolve_after: {resolve_after}"),
+    );
+    rules::load_text(&text, "test-pack")
+        .unwrap()
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
+fn config(targets: &[&str], webhooks: &[&str]) -> Config {
+    let mut c = Config::default();
+    c.alertmanager.urls = targets.iter().map(|s| s.to_string()).collect();
+    c.alertmanager.webhooks = webhooks.iter().map(|s| s.to_string()).collect();
+    c.alertmanager.update_interval = Duration::from_millis(200);
+    c.alertmanager.resend_interval = Duration::from_secs(2);
+    c.alertmanager.retry_max = Duration::from_millis(300);
+    c.alertmanager.timeout = Duration::from_secs(2);
+    c
+}
+
+struct Pipeline {
+    tx: mpsc::Sender<Event>,
+    task: JoinHandle<(Summary, Option<Engine>)>,
+    delivery: Delivery,
+    _state: tempfile::TempDir,
+}
+
+impl Pipeline {
+    fn start(config: &Config, rules: &[Arc<Rule>]) -> Pipeline {
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let (engine, delivery) = start_alerting(config, rules, store, true).unwrap();
+        let (tx, rx) = mpsc::channel(4096);
+        let tick = Engine::tick_interval(rules);
+        let task = tokio::spawn(pipeline::consume(
+            rx,
+            Summary::new(&[]),
+            Some(engine),
+            tick,
+            |_, _| {},
+        ));
+        Pipeline {
+            tx,
+            task,
+            delivery,
+            _state: state,
+        }
+    }
+}
+
+fn firing_destinations(notifications: &[Value]) -> Vec<String> {
+    notifications
+        .iter()
+        .filter(|n| n["status"] == "firing")
+        .map(|n| {
+            n["alerts"][0]["labels"]["destination"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves() {
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let rules = rules("3s");
+    let pipeline = Pipeline::start(&config(&[&am.url], &[]), &rules);
+    let mut attack = Attack::new();
+
+    pipeline
+        .tx
+        .send(attack.event(&attack.upload.clone()))
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_for("the firing notification", |n| !n.is_empty())
+        .await;
+    let alert = &got[0]["alerts"][0];
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[0]["alerts"].as_array().unwrap().len(), 1);
+    let labels = &alert["labels"];
+    assert_eq!(labels["alertname"], "TrainingPodUnexpectedEgress");
+    assert_eq!(labels["severity"], "critical");
+    assert_eq!(labels["namespace"], "ai-training");
+    assert_eq!(labels["destination"], "paste.example.net");
+    assert_eq!(labels["rule"], "TrainingPodUnexpectedEgress");
+    assert_eq!(
+        labels.as_object().unwrap().len(),
+        5,
+        "labels stay low-cardinality: {labels}"
+    );
+    let a = &alert["annotations"];
+    assert_eq!(a["count"], "1");
+    assert_eq!(a["source_pods"], "ai-training/llm-pretrain-worker-2");
+    assert_eq!(
+        a["source_workloads"],
+        "ai-training/llm-pretrain (PyTorchJob)"
+    );
+    assert_eq!(a["destination_ips"], "203.0.113.77");
+    assert_eq!(a["destination_fqdns"], "paste.example.net");
+    assert_eq!(a["ports"], "443/TCP");
+    assert_eq!(a["drop_reasons"], "POLICY_DENY");
+    assert_eq!(a["policies"], "ai-training/deny-unapproved-egress");
+    assert_eq!(a["sample_flows"].as_str().unwrap().len(), 36);
+    assert!(a["nodes"].as_str().unwrap().starts_with("gpu-node-"));
+    assert_eq!(
+        a["summary"],
+        "ai-training: 1 egress attempt to paste.example.net denied by network policy"
+    );
+    assert!(a["description"].as_str().unwrap().contains("Pods ai-training/llm-pretrain-worker-2 in namespace ai-training tried to reach paste.example.net"), "{a}");
+    assert!(
+        a["runbook_url"].as_str().unwrap().starts_with("https://"),
+        "the rule's own annotation"
+    );
+    assert!(
+        alert["generatorURL"].as_str().unwrap().starts_with("http://127.0.0.1:8080/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&fqdn=paste.example.net&since="),
+        "{}",
+        alert["generatorURL"]
+    );
+
+    // 1,000 more attempts to the same destination: one alert, a growing count.
+    for _ in 0..1000 {
+        pipeline
+            .tx
+            .send(attack.event(&attack.upload.clone()))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = am.alerts().await;
+        if alerts.len() == 1 && alerts[0]["annotations"]["count"] == "1001" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "count never reached 1001: {alerts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several group intervals later there is still only the first notification.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        receiver.notifications().len(),
+        1,
+        "{:#?}",
+        receiver.notifications()
+    );
+
+    // Quiet for 3 s: resolved.
+    let got = receiver
+        .wait_for("the resolution", |n| {
+            n.iter().any(|x| x["status"] == "resolved")
+        })
+        .await;
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let resolved = &got[1]["alerts"][0];
+    assert_eq!(resolved["labels"]["destination"], "paste.example.net");
+    assert_eq!(resolved["annotations"]["count"], "1001");
+    drop(pipeline.tx);
+    let _ = pipeline.task.await;
+    assert_eq!(pipeline.delivery.finish().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let pipeline = Pipeline::start(&config(&[&url], &[]), &rules("10m"));
+    let mut attack = Attack::new();
+    for template in [
+        attack.upload.clone(),
+        attack.probe.clone(),
+        attack.raw_ip.clone(),
+    ] {
+        pipeline.tx.send(attack.event(&template)).await.unwrap();
+    }
+    // Delivery fails and keeps failing while Alertmanager is down; nothing is lost.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pipeline
+        .delivery
+        .stats
+        .errors
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempts recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pipeline.delivery.store.outbox_depth().unwrap(), 3);
+
+    let _am = Alertmanager::start(port, &receiver.url).await;
+    let got = receiver
+        .wait_for("three alerts", |n| firing_destinations(n).len() >= 3)
+        .await;
+    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
+    assert_eq!(
+        destinations,
+        BTreeSet::from([
+            "paste.example.net".into(),
+            "production/orders-db".into(),
+            "198.51.100.0/24".into()
+        ])
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        receiver.notifications().len(),
+        3,
+        "each alert exactly once: {:#?}",
+        receiver.notifications()
+    );
+    assert_eq!(pipeline.delivery.store.outbox_depth().unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_target_gets_alertmanagers_version_4_payload() {
+    let receiver = Receiver::start().await;
+    let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
+    let mut attack = Attack::new();
+    pipeline
+        .tx
+        .send(attack.event(&attack.probe.clone()))
+        .await
+        .unwrap();
+    let got = receiver.wait_for("the webhook", |n| !n.is_empty()).await;
+    let m = &got[0];
+    assert_eq!(m["version"], "4");
+    assert_eq!(m["status"], "firing");
+    assert_eq!(m["receiver"], "exfilwatch");
+    assert_eq!(m["alerts"][0]["status"], "firing");
+    assert_eq!(
+        m["alerts"][0]["labels"]["destination"],
+        "production/orders-db"
+    );
+    assert_eq!(
+        m["alerts"][0]["annotations"]["policies"],
+        Value::Null,
+        "a default deny names no policy"
+    );
+    assert_eq!(m["commonLabels"]["namespace"], "ai-training");
+    assert!(m["groupKey"].as_str().unwrap().starts_with("exfilwatch/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
+    let relay = relay(None).await;
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("exfilwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\nalertmanager:\n  urls: [\"http://127.0.0.1:{port}\"]\n  retry_max: 300ms\n  timeout: 2s\n",
+            relay.addr,
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while relay.sim.requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exfilwatch did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for flow in
+        TrainingCluster::new(33, exfilwatch::alert::now_ns(), 1_000_000).exfiltration_attempt()
+    {
+        relay.sim.push_flow(flow);
+    }
+    // Both alerts committed to the outbox, none delivered: Alertmanager is not running.
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    while store.outbox_depth().unwrap() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alerts never reached the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let _am = Alertmanager::start(port, &receiver.url).await;
+    let mut second = start();
+    let got = receiver
+        .wait_for("both alerts", |n| firing_destinations(n).len() >= 2)
+        .await;
+    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
+    assert_eq!(
+        destinations,
+        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        receiver.notifications().len(),
+        2,
+        "each alert exactly once: {:#?}",
+        receiver.notifications()
+    );
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(second.wait().unwrap().success());
+    assert_eq!(store.outbox_depth().unwrap(), 0);
+}
