@@ -116,11 +116,13 @@ impl FlowContext {
             .iter()
             .chain(flow.ingress_denied_by.iter())
         {
-            add(
-                &mut self.policies,
-                &format!("{}/{}", p.namespace, p.name),
-                o,
-            );
+            // Clusterwide policies have no namespace.
+            let name = if p.namespace.is_empty() {
+                p.name.to_string()
+            } else {
+                format!("{}/{}", p.namespace, p.name)
+            };
+            add(&mut self.policies, &name, o);
         }
         add(&mut self.nodes, &flow.node, o);
         if let Some(uuid) = flow.uuid {

@@ -261,3 +261,69 @@ async fn run_exits_69_when_the_relay_refuses_the_credentials() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_a_rule_pack_with_any_bad_rule_and_never_connects() {
+    let relay = relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/a.yaml"), GOOD_RULE).unwrap();
+    std::fs::write(
+        dir.path().join("rules/b.yaml"),
+        "- name: B\n  kind: dns_tunnel\n  namespaces: { names: [ai-training] }\n  severity: critical\n",
+    )
+    .unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hubble:\n  address: http://{}\nrules:\n  dir: rules\nstorage:\n  dir: state\n",
+            relay.addr
+        ),
+    )
+    .unwrap();
+    let mut cmd = exfilwatch();
+    cmd.args(["run", "--config"]).arg(&config);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{msg}");
+    assert!(
+        msg.contains("rules/b.yaml:1: rule B: kind: unknown detector \"dns_tunnel\""),
+        "{msg}"
+    );
+    assert!(
+        relay.sim.requests().is_empty(),
+        "started with half a rule set"
+    );
+}
+
+#[test]
+fn replay_reports_the_alerts_the_rules_would_raise() {
+    let out = exfilwatch()
+        .args([
+            "replay",
+            "--output",
+            "json",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flows.jsonl"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alerts = summary["alerts"].as_array().unwrap();
+    let destinations: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["labels"]["destination"].as_str().unwrap())
+        .collect();
+    // The AUDIT flow is not a drop, so the default rule leaves it out.
+    assert_eq!(destinations, ["paste.example.net", "production/orders-db"]);
+    assert_eq!(
+        alerts[0]["annotations"]["policies"],
+        "ai-training/deny-unapproved-egress, cluster-lockdown"
+    );
+    assert_eq!(alerts[1]["annotations"]["drop_reasons"], "POLICY_DENIED");
+    assert_eq!(alerts[1]["status"], "firing");
+}
