@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::Alert;
 use crate::alert::manager::{LifecycleConfig, Manager};
 use crate::alert::sink::{self, DeliveryStats};
+use crate::api::{self, metrics::Telemetry};
 use crate::config::Config;
 use crate::detect::engine::Engine;
 use crate::detect::rules::{self, Rule};
@@ -87,6 +88,9 @@ pub fn check(config_path: &Path) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::fail(EXIT_CONFIG, e),
     };
+    if let Err(e) = api::tokens(&config.api) {
+        return Outcome::fail(EXIT_CONFIG, format!("{}: {e}", config_path.display()));
+    }
     match rules::load_dir(&config.rules_dir) {
         Err(e) => Outcome::fail(EXIT_CONFIG, e),
         Ok(rules) => {
@@ -393,6 +397,30 @@ async fn follow(
         // Pick up the flows Hubble still holds from while exfilwatch was down.
         source = source.start_at(cursor.saturating_add(1));
     }
+    let telemetry = Arc::new(Telemetry {
+        source: stats.clone(),
+        delivery: delivery.stats.clone(),
+        store: store.clone(),
+    });
+    let api = match api::prepare(&config.api, telemetry, source.state()) {
+        Ok(state) => match api::bind(config.api.listen).await {
+            Ok(listener) => Ok((state, listener)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let (api_state, listener) = match api {
+        Ok(a) => a,
+        Err(e) => {
+            delivery.finish().await;
+            return Outcome::fail(EXIT_CONFIG, e);
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("api: serving http://{addr}/metrics, /healthz, /readyz");
+    }
+    let api_stop = CancellationToken::new();
+    let api_task = tokio::spawn(api::serve(listener, Arc::new(api_state), api_stop.clone()));
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
     let mut last_log = tokio::time::Instant::now();
     let mut last_cursor = tokio::time::Instant::now();
@@ -434,6 +462,8 @@ async fn follow(
     let alerts = engine.map(|e| e.firing()).unwrap_or_default();
     let delivered = delivery.stats.clone();
     let queued = delivery.finish().await;
+    api_stop.cancel();
+    let _ = api_task.await;
     let extra = [
         (
             "duplicates dropped",
@@ -516,6 +546,8 @@ pub async fn demo(
     config.hubble.address = format!("http://{addr}");
     config.hubble.namespaces = vec![TRAINING_NAMESPACE.into()];
     config.alertmanager.urls = alertmanager.into_iter().collect();
+    // An ephemeral port: the demo must not collide with a service on 8080.
+    config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let rules: Vec<Arc<Rule>> = match rules::load_text(DEFAULT_RULES, "rules/segmentation.yaml") {
         Ok(r) => r.into_iter().map(Arc::new).collect(),
         Err(e) => return Ok(Outcome::fail(EXIT_CONFIG, e)),

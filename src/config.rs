@@ -125,6 +125,7 @@ struct RawApi {
     listen: Option<String>,
     tokens_file: Option<PathBuf>,
     external_url: Option<String>,
+    allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +272,8 @@ pub struct ApiConfig {
     pub tokens_file: Option<PathBuf>,
     /// How users reach the API; alert links (`generatorURL`) start with it.
     pub external_url: String,
+    /// Serve a non-loopback address without tokens (not recommended).
+    pub allow_unauthenticated: bool,
 }
 
 /// The whole configuration, validated.
@@ -297,6 +300,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 tokens_file: None,
                 external_url: "http://127.0.0.1:8080".into(),
+                allow_unauthenticated: false,
             },
             storage_dir: PathBuf::from("/var/lib/exfilwatch"),
             rules_dir: PathBuf::from("rules"),
@@ -751,6 +755,7 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
                 .api
                 .external_url
                 .unwrap_or_else(|| format!("http://{listen}")),
+            allow_unauthenticated: raw.api.allow_unauthenticated.unwrap_or(false),
         },
         storage_dir: raw
             .storage

@@ -21,6 +21,7 @@
 //! - [`pipeline`]: wires sources to consumers and summarises what flowed.
 
 pub mod alert;
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod detect;

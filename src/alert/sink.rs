@@ -62,8 +62,8 @@ pub struct DeliveryStats {
     pub sent: AtomicU64,
     pub errors: AtomicU64,
     pub refused: AtomicU64,
-    /// Sum and count of delivery latencies (queued to accepted), in microseconds.
-    pub latency_us_sum: AtomicU64,
+    /// Time from a state change's commit to its target's acceptance.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
     /// Accepted deliveries so far; subscribe to follow them.
     pub delivered: watch::Sender<u64>,
 }
@@ -74,7 +74,10 @@ impl Default for DeliveryStats {
             sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            latency_us_sum: AtomicU64::new(0),
+            // 1 ms .. ~65 s: loopback deliveries take about a millisecond, outages minutes.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
+            ),
             delivered: watch::channel(0).0,
         }
     }
@@ -308,11 +311,11 @@ pub async fn deliver(
                     tracing::error!(target = %target.id, "alerts: {e}");
                 }
                 let now = now_ns();
-                let latency: u64 = sent
-                    .iter()
-                    .map(|p| u64::try_from((now - p.enqueued_ns) / 1000).unwrap_or(0))
-                    .sum();
-                stats.latency_us_sum.fetch_add(latency, Ordering::Relaxed);
+                for p in &sent {
+                    stats
+                        .latency
+                        .observe((now - p.enqueued_ns).max(0) as f64 / 1e9);
+                }
                 stats.sent.fetch_add(sent.len() as u64, Ordering::Relaxed);
                 stats.delivered.send_modify(|n| *n += sent.len() as u64);
                 tracing::debug!(target = %target.id, alerts = sent.len(), "alerts: delivered");

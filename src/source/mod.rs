@@ -19,6 +19,8 @@ use crate::flow::{Event, LostEventSource};
 pub struct SourceStats {
     /// Flows sent downstream.
     pub flows: AtomicU64,
+    /// Flows sent downstream, by `Verdict` number (0 unknown .. 7 translated).
+    pub by_verdict: [AtomicU64; 8],
     /// Re-delivered flows dropped by the de-duplicator.
     pub duplicates: AtomicU64,
     /// Messages or lines that could not be decoded.
@@ -37,8 +39,10 @@ impl SourceStats {
     /// Counts an event about to be sent downstream.
     pub fn record(&self, event: &Event) {
         match event {
-            Event::Flow(_) => {
+            Event::Flow(flow) => {
                 self.flows.fetch_add(1, Ordering::Relaxed);
+                let verdict = usize::try_from(flow.verdict as i32).unwrap_or(0).min(7);
+                self.by_verdict[verdict].fetch_add(1, Ordering::Relaxed);
             }
             Event::Lost(lost) => {
                 self.lost_notices.fetch_add(1, Ordering::Relaxed);

@@ -476,7 +476,7 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
     std::fs::write(
         &config,
         format!(
-            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\nalertmanager:\n  urls: [\"http://127.0.0.1:{port}\"]\n  retry_max: 300ms\n  timeout: 2s\n",
+            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\nalertmanager:\n  urls: [\"http://127.0.0.1:{port}\"]\n  retry_max: 300ms\n  timeout: 2s\napi:\n  listen: 127.0.0.1:0\n",
             relay.addr,
             env!("CARGO_MANIFEST_DIR"),
             dir.path().display()

@@ -18,9 +18,14 @@ fn run_config(
 ) -> std::path::PathBuf {
     let config = dir.join("exfilwatch.yaml");
     let text = format!(
-        "hubble:\n  address: http://{relay}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n{extra}",
+        "hubble:\n  address: http://{relay}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n{}",
         env!("CARGO_MANIFEST_DIR"),
-        dir.display()
+        dir.display(),
+        if extra.contains("api:") {
+            extra.to_owned()
+        } else {
+            format!("api:\n  listen: 127.0.0.1:0\n{extra}")
+        }
     );
     std::fs::write(&config, text).unwrap();
     config
@@ -326,4 +331,151 @@ fn replay_reports_the_alerts_the_rules_would_raise() {
     );
     assert_eq!(alerts[1]["annotations"]["drop_reasons"], "POLICY_DENIED");
     assert_eq!(alerts[1]["status"], "firing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_serves_metrics_health_and_readiness_behind_tokens() {
+    exfilwatch::alert::sink::install_crypto();
+    let relay = relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = run_config(
+        dir.path(),
+        relay.addr,
+        &format!("api:\n  listen: 127.0.0.1:{port}\n  tokens_file: tokens\n"),
+    );
+    let child = exfilwatch()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + crate::support::GUARD;
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut cluster = TrainingCluster::new(13, exfilwatch::alert::now_ns(), 1_000_000);
+    for _ in 0..30 {
+        relay.sim.push_flow(cluster.next_flow());
+    }
+    for flow in cluster.exfiltration_attempt() {
+        relay.sim.push_flow(flow);
+    }
+
+    let health: serde_json::Value = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["hubble"], "streaming");
+    let refused = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth("s3cret-tokem")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        client
+            .get(format!("{base}/nowhere"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "unknown routes are protected too"
+    );
+    let metrics = loop {
+        let r = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        if text.contains("exfilwatch_flows_received_total{verdict=\"DROPPED\"} 4") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flows never counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metrics.contains("exfilwatch_flows_received_total{verdict=\"FORWARDED\"} 30"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_alert_outbox_depth 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_alert_delivery_errors_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_lost_events_total{source=\"HUBBLE_RING_BUFFER\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_alert_delivery_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("s3cret"),
+        "a token leaked into the output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_a_non_loopback_api_without_tokens() {
+    let relay = relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = run_config(dir.path(), relay.addr, "api:\n  listen: 0.0.0.0:0\n");
+    let mut cmd = exfilwatch();
+    cmd.args(["run", "--config"]).arg(&config);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{msg}");
+    assert!(
+        msg.contains("api.listen 0.0.0.0:0 is not a loopback address: set api.tokens_file"),
+        "{msg}"
+    );
+    assert!(relay.sim.requests().is_empty());
 }

@@ -1,0 +1,159 @@
+//! `/metrics`: the counters the pipeline keeps, read at scrape time.
+//!
+//! The hot path only bumps plain atomics ([`SourceStats`], [`DeliveryStats`]); this collector
+//! turns them into Prometheus metric families when scraped, and asks the store for the
+//! outbox depth.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::alert::sink::DeliveryStats;
+use crate::flow::{LostEventSource, Verdict};
+use crate::source::SourceStats;
+use crate::store::Store;
+
+/// Content type of the text exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything `/metrics` and `/healthz` report.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub source: Arc<SourceStats>,
+    pub delivery: Arc<DeliveryStats>,
+    pub store: Store,
+}
+
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for Telemetry {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.source;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        {
+            let c = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "exfilwatch_flows_received",
+                "Flows received from Hubble, by verdict",
+                None,
+                c.metric_type(),
+            )?;
+            for (i, n) in s.by_verdict.iter().enumerate() {
+                let verdict =
+                    Verdict::try_from(i as i32).map_or("VERDICT_UNKNOWN", |v| v.as_str_name());
+                ConstCounter::new(load(n))
+                    .encode(family.encode_family(&[("verdict", verdict)])?)?;
+            }
+        }
+        {
+            let c = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "exfilwatch_lost_events",
+                "Events Hubble reported lost, by source",
+                None,
+                c.metric_type(),
+            )?;
+            for (i, n) in s.lost.iter().enumerate() {
+                let source = LostEventSource::try_from(i as i32)
+                    .map_or("UNKNOWN_LOST_EVENT_SOURCE", |v| v.as_str_name());
+                ConstCounter::new(load(n)).encode(family.encode_family(&[("source", source)])?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "exfilwatch_flows_duplicate",
+            "Re-delivered flows dropped",
+            load(&s.duplicates),
+        )?;
+        counter(
+            &mut e,
+            "exfilwatch_bad_messages",
+            "Flow messages or lines that could not be decoded",
+            load(&s.bad_messages),
+        )?;
+        counter(
+            &mut e,
+            "exfilwatch_hubble_reconnects",
+            "Attempts to reopen the Hubble stream",
+            load(&s.reconnects),
+        )?;
+        counter(
+            &mut e,
+            "exfilwatch_hubble_node_status",
+            "Relay node-status notices",
+            load(&s.node_status),
+        )?;
+        let d = &self.delivery;
+        counter(
+            &mut e,
+            "exfilwatch_alert_deliveries",
+            "Alert states accepted by a target",
+            load(&d.sent),
+        )?;
+        counter(
+            &mut e,
+            "exfilwatch_alert_delivery_errors",
+            "Failed delivery attempts (retried)",
+            load(&d.errors),
+        )?;
+        counter(
+            &mut e,
+            "exfilwatch_alert_refused",
+            "Alert states a target refused (dead letters)",
+            load(&d.refused),
+        )?;
+        let depth = ConstGauge::new(
+            self.store
+                .outbox_depth()
+                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+        );
+        depth.encode(e.encode_descriptor(
+            "exfilwatch_alert_outbox_depth",
+            "Alert states waiting for delivery (-1: store unreadable)",
+            None,
+            depth.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+impl Telemetry {
+    /// The exposition text.
+    pub fn encode(self: &Arc<Self>) -> Result<String, String> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        registry.register(
+            "exfilwatch_alert_delivery_latency_seconds",
+            "Time from an alert state's commit to its acceptance by a target",
+            self.delivery.latency.clone(),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+
+    /// Details for `/healthz`.
+    pub fn health(&self) -> serde_json::Value {
+        json!({
+            "flows": self.source.flows.load(Ordering::Relaxed),
+            "lost_events": self.source.lost_total(),
+            "alert_outbox_depth": self.store.outbox_depth().ok(),
+            "alert_delivery_errors": self.delivery.errors.load(Ordering::Relaxed),
+        })
+    }
+}
