@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use exfilwatch::commands::{Delivery, start_alerting};
-use exfilwatch::config::Config;
+use exfilwatch::config::{Config, HttpAuth};
 use exfilwatch::detect::engine::Engine;
 use exfilwatch::detect::rules::{self, Rule};
 use exfilwatch::flow::Event;
@@ -42,15 +42,25 @@ fn free_port() -> u16 {
 /// Collects the notifications Alertmanager posts.
 pub struct Receiver {
     pub url: String,
-    got: Arc<Mutex<Vec<Value>>>,
+    got: Arc<Mutex<Vec<(Option<String>, Value)>>>,
 }
+
+type Got = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        async fn hook(State(got): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>) {
-            got.lock().unwrap().push(body);
+        async fn hook(
+            State(got): State<Got>,
+            headers: axum::http::HeaderMap,
+            Json(body): Json<Value>,
+        ) {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            got.lock().unwrap().push((auth, body));
         }
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got: Got = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/hook", post(hook))
             .with_state(got.clone());
@@ -61,7 +71,22 @@ impl Receiver {
     }
 
     pub fn notifications(&self) -> Vec<Value> {
-        self.got.lock().unwrap().clone()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The Authorization header of each request received.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Waits until `pred` holds for the notifications so far.
@@ -542,4 +567,87 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
         .unwrap();
     assert!(second.wait().unwrap().success());
     assert_eq!(store.outbox_depth().unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_get_the_configured_bearer_or_basic_credentials() {
+    let receiver = Receiver::start().await;
+    for (auth, expected) in [
+        (HttpAuth::Bearer("t0ken".into()), "Bearer t0ken"),
+        (
+            HttpAuth::Basic {
+                username: "soc".into(),
+                password: "pw".into(),
+            },
+            "Basic c29jOnB3",
+        ),
+    ] {
+        let mut config = config(&[], &[&receiver.url]);
+        config.alertmanager.auth = Some(auth);
+        let pipeline = Pipeline::start(&config, &rules("10m"));
+        let mut attack = Attack::new();
+        let before = receiver.notifications().len();
+        pipeline
+            .tx
+            .send(attack.event(&attack.probe.clone()))
+            .await
+            .unwrap();
+        receiver.wait_for("a delivery", |n| n.len() > before).await;
+        assert_eq!(
+            receiver.authorizations().last().unwrap().as_deref(),
+            Some(expected)
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("t0ken") && !debug.contains("\"pw\""),
+            "secrets in Debug output: {debug}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_send_delivers_the_alerts_of_a_capture() {
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules:\n  dir: {}/rules\nstorage:\n  dir: state\nalertmanager:\n  urls: [\"{}\"]\n",
+            env!("CARGO_MANIFEST_DIR"),
+            am.url
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
+    cmd.args(["replay", "--send", "--config"])
+        .arg(&config)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/flows.jsonl"
+        ))
+        .env("RUST_LOG", "warn");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sent: 2 alert state(s) delivered, 0 still queued"),
+        "{stdout}"
+    );
+    let got = receiver
+        .wait_for("two notifications", |n| firing_destinations(n).len() >= 2)
+        .await;
+    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
+    assert_eq!(
+        destinations,
+        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
+    );
 }
