@@ -166,7 +166,7 @@ pub fn start_alerting(
         })
         .collect();
     Ok((
-        Engine::new(rules, manager),
+        Engine::new(rules, manager, stats.clone()),
         Delivery {
             store,
             stats,

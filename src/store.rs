@@ -249,25 +249,20 @@ impl Store {
             .map_err(self.error("read alerts"))?;
         Ok(bodies
             .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
+            .filter_map(|b| match serde_json::from_str(b) {
+                Ok(alert) => Some(alert),
+                Err(e) => {
+                    tracing::error!(path = %self.path, "state store: a saved alert cannot be read, skipped: {e}");
+                    None
+                }
+            })
             .collect())
     }
 
-    /// Every alert, newest change first, at most `limit`.
-    pub fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT body FROM alerts ORDER BY updated_ns DESC LIMIT ?1")
-            .map_err(self.error("read alerts"))?;
-        let bodies = stmt
-            .query_map([limit as i64], |r| r.get::<_, String>(0))
-            .map_err(self.error("read alerts"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.error("read alerts"))?;
-        Ok(bodies
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect())
+    /// Makes every write fail, as a full or read-only disk would (tests).
+    #[cfg(test)]
+    pub(crate) fn refuse_writes(&self, refuse: bool) {
+        let _ = self.lock().pragma_update(None, "query_only", refuse);
     }
 
     pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {

@@ -94,6 +94,22 @@ struct Active {
     last_hit: Instant,
     last_sent: Instant,
     dirty: bool,
+    /// The last state change could not be committed: retry at the next tick.
+    unsaved: bool,
+}
+
+impl Active {
+    /// An alert just seen and just sent; `dirty` asks for a re-send at the next update.
+    fn new(alert: Alert, rule: Arc<Rule>, now: Instant, dirty: bool) -> Active {
+        Active {
+            alert,
+            rule,
+            last_hit: now,
+            last_sent: now,
+            dirty,
+            unsaved: false,
+        }
+    }
 }
 
 /// Alerts firing now, keyed by (rule, namespace, destination).
@@ -148,16 +164,7 @@ impl Manager {
                 alert.labels.get("destination").cloned().unwrap_or_default(),
             );
             // A resumed alert counts as just seen: its quiet period starts again.
-            active.insert(
-                key,
-                Active {
-                    alert,
-                    rule: rule.clone(),
-                    last_hit: now,
-                    last_sent: now,
-                    dirty: true,
-                },
-            );
+            active.insert(key, Active::new(alert, rule.clone(), now, true));
         }
         if !active.is_empty() {
             tracing::info!(
@@ -216,19 +223,14 @@ impl Manager {
             "alert firing: {}",
             alert.annotations.get("summary").map_or("", String::as_str)
         );
-        self.store.record(&alert, &self.config.targets)?;
-        self.wake.notify_waiters();
-        self.active.insert(
-            key,
-            Active {
-                alert,
-                rule: rule.clone(),
-                last_hit: now,
-                last_sent: now,
-                dirty: false,
-            },
-        );
-        Ok(())
+        let saved = self.store.record(&alert, &self.config.targets);
+        let mut active = Active::new(alert, rule.clone(), now, false);
+        active.unsaved = saved.is_err();
+        self.active.insert(key, active);
+        if saved.is_ok() {
+            self.wake.notify_waiters();
+        }
+        saved
     }
 
     fn start(
@@ -280,42 +282,64 @@ impl Manager {
         alert
     }
 
-    /// Resolves quiet alerts and re-sends due ones.
+    /// Resolves quiet alerts and re-sends due ones. A change the store cannot commit stays
+    /// pending and is tried again at the next tick; the first such error is returned.
     pub fn tick(&mut self, now: Instant) -> Result<(), StoreError> {
         let mut changed = false;
-        let mut resolved = Vec::new();
+        let mut first_error = None;
+        let mut quiet = Vec::new();
         for (key, active) in &mut self.active {
             if now.duration_since(active.last_hit) >= active.rule.resolve_after {
-                resolved.push(key.clone());
+                quiet.push(key.clone());
                 continue;
             }
             let since = now.duration_since(active.last_sent);
-            if (active.dirty && since >= self.config.update_interval)
-                || since >= self.config.resend_interval
-            {
-                let mut alert = active.alert.clone();
-                refresh(&mut alert, &active.rule, &self.config);
-                self.store.record(&alert, &self.config.targets)?;
-                active.alert = alert;
-                active.last_sent = now;
-                active.dirty = false;
-                changed = true;
+            let due = active.unsaved
+                || (active.dirty && since >= self.config.update_interval)
+                || since >= self.config.resend_interval;
+            if !due {
+                continue;
+            }
+            let mut alert = active.alert.clone();
+            refresh(&mut alert, &active.rule, &self.config);
+            match self.store.record(&alert, &self.config.targets) {
+                Ok(()) => {
+                    active.alert = alert;
+                    active.last_sent = now;
+                    active.dirty = false;
+                    active.unsaved = false;
+                    changed = true;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        for key in resolved {
-            if let Some(mut active) = self.active.remove(&key) {
-                active.alert.status = Status::Resolved;
-                active.alert.ends_at_ns = now_ns();
-                active.alert.annotations = annotations(&active.alert, &active.rule);
-                tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = active.alert.context.count, "alert resolved");
-                self.store.record(&active.alert, &self.config.targets)?;
-                changed = true;
+        for key in quiet {
+            let Some(mut active) = self.active.remove(&key) else {
+                continue;
+            };
+            let mut alert = active.alert.clone();
+            alert.status = Status::Resolved;
+            alert.ends_at_ns = now_ns();
+            alert.annotations = annotations(&alert, &active.rule);
+            match self.store.record(&alert, &self.config.targets) {
+                Ok(()) => {
+                    tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = alert.context.count, "alert resolved");
+                    changed = true;
+                }
+                Err(e) => {
+                    // Still firing as far as anyone was told: resolve again next tick.
+                    first_error.get_or_insert(e);
+                    active.unsaved = true;
+                    self.active.insert(key, active);
+                }
             }
         }
         if changed {
             self.wake.notify_waiters();
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -413,4 +437,112 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
         out.insert(key.clone(), template.render(value));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::load_text;
+    use crate::flow::Event;
+    use crate::flow::json::JsonDecoder;
+
+    const DENIED: &str = r#"{"flow":{"time":"2026-01-01T00:00:00Z","verdict":"DROPPED","drop_reason_desc":"POLICY_DENIED","traffic_direction":"EGRESS","IP":{"source":"10.0.1.12","destination":"10.0.5.20"},"l4":{"TCP":{"source_port":50000,"destination_port":5432}},"source":{"namespace":"ai-training","pod_name":"w-2"},"destination":{"namespace":"production","pod_name":"db-0"}}}"#;
+
+    fn setup() -> (Manager, Store, Arc<Rule>, FlowEvent) {
+        let rule = Arc::new(
+            load_text(crate::commands::DEFAULT_RULES, "pack")
+                .unwrap()
+                .remove(0),
+        );
+        let store = Store::in_memory().unwrap();
+        let config = LifecycleConfig {
+            targets: vec!["am".into()],
+            ..LifecycleConfig::default()
+        };
+        let manager = Manager::new(
+            config,
+            store.clone(),
+            Arc::new(Notify::new()),
+            std::slice::from_ref(&rule),
+        )
+        .unwrap();
+        let Event::Flow(flow) = JsonDecoder::default().decode_line(DENIED).unwrap() else {
+            panic!()
+        };
+        (manager, store, rule, flow)
+    }
+
+    fn db() -> Destination {
+        Destination::Workload {
+            namespace: "production".into(),
+            name: "db-0".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alert_the_store_could_not_commit_is_kept_and_committed_later() {
+        let (mut manager, store, rule, flow) = setup();
+        store.refuse_writes(true);
+        let now = Instant::now();
+        assert!(
+            manager
+                .hit(&rule, "ai-training", &db(), &flow, 10, now)
+                .is_err()
+        );
+        assert_eq!(manager.firing().count(), 1, "kept in memory");
+        assert!(manager.tick(now).is_err(), "still failing");
+        store.refuse_writes(false);
+        manager.tick(now).unwrap();
+        assert_eq!(store.firing().unwrap().len(), 1);
+        assert_eq!(store.outbox_depth().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resolution_the_store_could_not_commit_is_retried() {
+        let (mut manager, store, rule, flow) = setup();
+        let start = Instant::now();
+        manager
+            .hit(&rule, "ai-training", &db(), &flow, 10, start)
+            .unwrap();
+        store.refuse_writes(true);
+        let later = start + rule.resolve_after + Duration::from_secs(1);
+        assert!(manager.tick(later).is_err());
+        assert_eq!(
+            store.firing().unwrap().len(),
+            1,
+            "the store still says firing"
+        );
+        assert_eq!(manager.firing().count(), 1, "and so does the manager");
+        store.refuse_writes(false);
+        manager.tick(later).unwrap();
+        assert_eq!(store.firing().unwrap().len(), 0);
+        assert_eq!(manager.firing().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn repeats_update_one_alert_and_quiet_resolves_it() {
+        let (mut manager, store, rule, flow) = setup();
+        let start = Instant::now();
+        for i in 0..5 {
+            manager
+                .hit(
+                    &rule,
+                    "ai-training",
+                    &db(),
+                    &flow,
+                    10,
+                    start + Duration::from_secs(i),
+                )
+                .unwrap();
+        }
+        let alerts: Vec<&Alert> = manager.firing().collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].context.count, 5);
+        assert_eq!(alerts[0].labels["destination"], "production/db-0");
+        manager
+            .tick(start + Duration::from_secs(4) + rule.resolve_after)
+            .unwrap();
+        assert_eq!(manager.firing().count(), 0);
+        assert!(store.firing().unwrap().is_empty());
+    }
 }

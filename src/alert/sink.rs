@@ -62,6 +62,8 @@ pub struct DeliveryStats {
     pub sent: AtomicU64,
     pub errors: AtomicU64,
     pub refused: AtomicU64,
+    /// State changes the store could not commit (retried).
+    pub store_errors: AtomicU64,
     /// Time from a state change's commit to its target's acceptance.
     pub latency: prometheus_client::metrics::histogram::Histogram,
     /// Accepted deliveries so far; subscribe to follow them.
@@ -74,6 +76,7 @@ impl Default for DeliveryStats {
             sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
             // 1 ms .. ~65 s: loopback deliveries take about a millisecond, outages minutes.
             latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),

@@ -116,6 +116,12 @@ impl Collector for Telemetry {
             "Alert states a target refused (dead letters)",
             load(&d.refused),
         )?;
+        counter(
+            &mut e,
+            "exfilwatch_alert_store_errors",
+            "Alert state changes the store could not commit (retried)",
+            load(&d.store_errors),
+        )?;
         let depth = ConstGauge::new(
             self.store
                 .outbox_depth()

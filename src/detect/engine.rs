@@ -2,7 +2,7 @@
 //! alert manager, and the manager's clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,6 +11,7 @@ use super::policy_denied::PolicyDenied;
 use super::rules::Rule;
 use crate::alert::Alert;
 use crate::alert::manager::Manager;
+use crate::alert::sink::DeliveryStats;
 use crate::flow::Event;
 
 /// Runs the detectors and owns the alert manager.
@@ -18,13 +19,13 @@ use crate::flow::Event;
 pub struct Engine {
     detectors: Vec<PolicyDenied>,
     manager: Manager,
-    /// Store failures; each is logged, and the change is retried on the next tick.
-    pub store_errors: AtomicU64,
+    /// Counts store failures; each is logged, and the change is retried on the next tick.
+    stats: Arc<DeliveryStats>,
 }
 
 impl Engine {
     /// An engine for the enabled `rules`.
-    pub fn new(rules: &[Arc<Rule>], manager: Manager) -> Engine {
+    pub fn new(rules: &[Arc<Rule>], manager: Manager, stats: Arc<DeliveryStats>) -> Engine {
         let detectors = rules
             .iter()
             .filter(|r| r.enabled)
@@ -33,7 +34,7 @@ impl Engine {
         Engine {
             detectors,
             manager,
-            store_errors: AtomicU64::new(0),
+            stats,
         }
     }
 
@@ -48,7 +49,7 @@ impl Engine {
     }
 
     fn failed(&self, e: &crate::store::StoreError) {
-        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!("alerts: {e}");
     }
 
@@ -63,7 +64,7 @@ impl Engine {
                     self.manager
                         .hit(&rule, &hit.namespace, &hit.destination, flow, samples, now)
                 {
-                    self.store_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("alerts: {e}");
                 }
             }

@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 /// Collects the notifications Alertmanager posts.
 pub struct Receiver {
     pub url: String,
-    got: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    got: Got,
 }
 
 type Got = Arc<Mutex<Vec<(Option<String>, Value)>>>;
