@@ -22,9 +22,11 @@
 
 pub mod alert;
 pub mod api;
+pub mod baseline;
 pub mod commands;
 pub mod config;
 pub mod detect;
+pub mod egress;
 pub mod flow;
 pub mod intern;
 pub mod pipeline;

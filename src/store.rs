@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     at_ns INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS baseline_samples (
+    namespace TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    rate REAL NOT NULL,
+    PRIMARY KEY (namespace, hour)
+);
+CREATE TABLE IF NOT EXISTS baseline_hours (hour INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
 INSERT OR IGNORE INTO versions (id, next) VALUES (1, 1);
 ";
@@ -257,6 +264,70 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// Saves hourly egress samples, marks `hours` as sampled, and forgets hours before
+    /// `forget_before`, in one transaction.
+    pub fn save_baseline_samples(
+        &self,
+        rows: &[(String, i64, f64)],
+        hours: &[i64],
+        forget_before: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.error("begin"))?;
+        for (namespace, hour, rate) in rows {
+            tx.execute(
+                "INSERT INTO baseline_samples (namespace, hour, rate) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (namespace, hour) DO UPDATE SET rate = ?3",
+                params![namespace, hour, rate],
+            )
+            .map_err(self.error("save a baseline sample"))?;
+        }
+        for hour in hours {
+            tx.execute(
+                "INSERT OR IGNORE INTO baseline_hours (hour) VALUES (?1)",
+                [hour],
+            )
+            .map_err(self.error("mark an hour sampled"))?;
+        }
+        tx.execute(
+            "DELETE FROM baseline_samples WHERE hour < ?1",
+            [forget_before],
+        )
+        .map_err(self.error("forget old samples"))?;
+        tx.execute(
+            "DELETE FROM baseline_hours WHERE hour < ?1",
+            [forget_before],
+        )
+        .map_err(self.error("forget old hours"))?;
+        tx.commit().map_err(self.error("commit"))
+    }
+
+    /// Every saved (namespace, hour, rate).
+    pub fn baseline_samples(&self) -> Result<Vec<(String, i64, f64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT namespace, hour, rate FROM baseline_samples ORDER BY namespace, hour")
+            .map_err(self.error("read baselines"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.error("read baselines"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read baselines"))
+    }
+
+    /// The hours already sampled.
+    pub fn baseline_hours(&self) -> Result<Vec<i64>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT hour FROM baseline_hours ORDER BY hour")
+            .map_err(self.error("read hours"))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(self.error("read hours"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read hours"))
     }
 
     /// Makes every write fail, as a full or read-only disk would (tests).

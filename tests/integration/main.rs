@@ -9,6 +9,7 @@ mod alertmanager;
 mod cli;
 mod hubble_stream;
 mod hubble_tls;
+mod prometheus;
 mod replay;
 mod support;
 mod wire_compat;

@@ -1,0 +1,126 @@
+//! Rolling 7-day egress baselines per namespace.
+//!
+//! A baseline is the namespace's 10-minute egress rate sampled at every whole hour of the
+//! last 7 days. Its value at time `t` is the mean of the samples at the whole hours in
+//! `[t - 7d, t]`, both ends included: exactly the points PromQL's
+//! `avg_over_time(sum(rate(container_network_transmit_bytes_total{namespace=X}[10m]))[7d:1h])`
+//! averages (168 of them, 169 when `t` is on the hour). An hour where the rate had no value
+//! has no sample, as in PromQL. Memory is one `(hour, rate)` pair per namespace per hour.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Seconds in an hour.
+pub const HOUR: i64 = 3600;
+/// Seconds in the baseline window.
+pub const WEEK: i64 = 7 * 24 * HOUR;
+
+/// The first whole hour at or after `t`.
+pub fn hour_ceil(t: i64) -> i64 {
+    t.div_euclid(HOUR) * HOUR + if t.rem_euclid(HOUR) == 0 { 0 } else { HOUR }
+}
+
+/// The last whole hour at or before `t`.
+pub fn hour_floor(t: i64) -> i64 {
+    t.div_euclid(HOUR) * HOUR
+}
+
+/// How much of a baseline exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Less than the minimum coverage: no spike alerts.
+    Learning,
+    /// Enough to alert on, not yet a full week.
+    Partial,
+    /// A full week of hours.
+    Ready,
+}
+
+/// One namespace's hourly samples.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Baseline {
+    samples: BTreeMap<i64, f64>,
+}
+
+impl Baseline {
+    pub fn insert(&mut self, hour: i64, rate: f64) {
+        if rate.is_finite() && rate >= 0.0 {
+            self.samples.insert(hour, rate);
+        }
+    }
+
+    /// Forgets the hours that can no longer be in a window ending at or after `t`.
+    pub fn prune(&mut self, t: i64) {
+        self.samples = self.samples.split_off(&(t - WEEK));
+    }
+
+    fn window(&self, t: i64) -> impl Iterator<Item = f64> + '_ {
+        self.samples.range(t - WEEK..=t).map(|(_, v)| *v)
+    }
+
+    /// The baseline at `t`: the mean of the hourly samples in `[t - 7d, t]`.
+    pub fn mean_at(&self, t: i64) -> Option<f64> {
+        let (n, sum) = self.window(t).fold((0u32, 0.0), |(n, s), v| (n + 1, s + v));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
+    /// Hours with a sample in the window ending at `t`.
+    pub fn coverage_hours(&self, t: i64) -> usize {
+        self.window(t).count()
+    }
+
+    /// The state at `t` given the hours needed before alerting.
+    pub fn state(&self, t: i64, min_hours: usize) -> State {
+        match self.coverage_hours(t) {
+            n if n < min_hours => State::Learning,
+            n if n < 168 => State::Partial,
+            _ => State::Ready,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_includes_both_ends_like_a_promql_subquery() {
+        let mut b = Baseline::default();
+        let t = 1_000 * HOUR;
+        for h in 0..=200 {
+            b.insert(t - h * HOUR, h as f64);
+        }
+        // On the hour: 169 points, hours 0..=168 back.
+        assert_eq!(b.coverage_hours(t), 169);
+        assert_eq!(b.mean_at(t), Some(84.0));
+        // Off the hour: 168 points.
+        assert_eq!(b.coverage_hours(t - 1800), 168);
+        assert_eq!(hour_ceil(t - 1800), t);
+        assert_eq!(hour_floor(t - 1800), t - HOUR);
+    }
+
+    #[test]
+    fn states_follow_coverage_and_bad_values_are_refused() {
+        let mut b = Baseline::default();
+        b.insert(0, f64::NAN);
+        b.insert(HOUR, -1.0);
+        assert!(b.is_empty());
+        for h in 0..100 {
+            b.insert(h * HOUR, 1.0);
+        }
+        assert_eq!(b.state(99 * HOUR, 72), State::Partial);
+        assert_eq!(b.state(99 * HOUR, 120), State::Learning);
+        b.prune(99 * HOUR + WEEK);
+        assert_eq!(b.len(), 1);
+    }
+}

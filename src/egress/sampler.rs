@@ -1,0 +1,139 @@
+//! Current rates and hourly baseline samples per namespace, from Prometheus.
+//!
+//! [`Sampler::fill`] makes sure every whole hour of the last 7 days has been sampled: the
+//! hours not yet recorded (all of them on a fresh install, the gap after a restart, the new
+//! hour in steady state) are fetched with one `query_range` at a 1-hour step aligned to whole
+//! hours, saved to the store and marked done. An hour is only marked once Prometheus answered
+//! for it, so a blind Prometheus leaves a gap to fill later, never a wrong sample.
+//! [`Sampler::current`] evaluates the rate at a given time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::prometheus::{PromError, Prometheus};
+use crate::baseline::{Baseline, HOUR, WEEK, hour_ceil, hour_floor};
+use crate::store::{Store, StoreError};
+
+/// The egress counter cAdvisor exports.
+pub const EGRESS_METRIC: &str = "container_network_transmit_bytes_total";
+
+/// Why sampling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Prometheus(#[from] PromError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one [`Sampler::fill`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filled {
+    /// Whole hours newly sampled.
+    pub hours: usize,
+    /// Range queries sent.
+    pub queries: usize,
+}
+
+/// Samples the egress rate of every namespace.
+#[derive(Debug)]
+pub struct Sampler {
+    prometheus: Prometheus,
+    rate_query: String,
+    store: Store,
+    baselines: BTreeMap<String, Baseline>,
+    done_hours: BTreeSet<i64>,
+    /// Samples Prometheus returned as NaN or ±Inf (never used).
+    pub non_finite: AtomicU64,
+}
+
+impl Sampler {
+    /// `selector` narrows the counter's series, e.g. `{interface!="lo"}` (empty: all).
+    /// Baselines saved by an earlier run are loaded from `store`.
+    pub fn new(
+        prometheus: Prometheus,
+        selector: &str,
+        store: Store,
+    ) -> Result<Sampler, StoreError> {
+        let rate_query = format!("sum by (namespace) (rate({EGRESS_METRIC}{selector}[10m]))");
+        let mut baselines: BTreeMap<String, Baseline> = BTreeMap::new();
+        for (namespace, hour, rate) in store.baseline_samples()? {
+            baselines.entry(namespace).or_default().insert(hour, rate);
+        }
+        let done_hours = store.baseline_hours()?.into_iter().collect();
+        Ok(Sampler {
+            prometheus,
+            rate_query,
+            store,
+            baselines,
+            done_hours,
+            non_finite: AtomicU64::new(0),
+        })
+    }
+
+    /// The PromQL of the per-namespace rate.
+    pub fn rate_query(&self) -> &str {
+        &self.rate_query
+    }
+
+    pub fn baselines(&self) -> &BTreeMap<String, Baseline> {
+        &self.baselines
+    }
+
+    /// Samples every whole hour of the 7 days before `t` that is not sampled yet.
+    pub async fn fill(&mut self, t: i64) -> Result<Filled, SampleError> {
+        let first = hour_ceil(t - WEEK);
+        // The hour's rate is final once its 10-minute window has passed.
+        let last = hour_floor(t);
+        let missing: Vec<i64> = (0..)
+            .map(|k| first + k * HOUR)
+            .take_while(|h| *h <= last)
+            .filter(|h| !self.done_hours.contains(h))
+            .collect();
+        let (Some(&from), Some(&to)) = (missing.first(), missing.last()) else {
+            return Ok(Filled::default());
+        };
+        let (series, dropped) = self
+            .prometheus
+            .range(&self.rate_query, from, to, HOUR)
+            .await?;
+        self.non_finite.fetch_add(dropped as u64, Ordering::Relaxed);
+        let wanted: BTreeSet<i64> = missing.iter().copied().collect();
+        let mut rows = Vec::new();
+        for s in series {
+            let namespace = s.labels.get("namespace").cloned().unwrap_or_default();
+            if namespace.is_empty() {
+                continue;
+            }
+            let baseline = self.baselines.entry(namespace.clone()).or_default();
+            for (hour, rate) in s.points {
+                if wanted.contains(&hour) {
+                    baseline.insert(hour, rate);
+                    rows.push((namespace.clone(), hour, rate));
+                }
+            }
+        }
+        self.store
+            .save_baseline_samples(&rows, &missing, t - WEEK - HOUR)?;
+        self.done_hours.extend(missing.iter().copied());
+        self.done_hours = self.done_hours.split_off(&(t - WEEK - HOUR));
+        for baseline in self.baselines.values_mut() {
+            baseline.prune(t);
+        }
+        self.baselines.retain(|_, b| !b.is_empty());
+        Ok(Filled {
+            hours: missing.len(),
+            queries: 1,
+        })
+    }
+
+    /// Every namespace's 10-minute egress rate at `t`, bytes per second.
+    pub async fn current(&self, t: f64) -> Result<BTreeMap<String, f64>, PromError> {
+        let (samples, dropped) = self.prometheus.instant(&self.rate_query, t).await?;
+        self.non_finite.fetch_add(dropped as u64, Ordering::Relaxed);
+        Ok(samples
+            .into_iter()
+            .filter_map(|s| Some((s.labels.get("namespace")?.clone(), s.value)))
+            .collect())
+    }
+}

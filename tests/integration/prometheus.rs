@@ -1,0 +1,309 @@
+//! Egress rates and baselines against a real Prometheus (Debian's `prometheus`), filled with
+//! 8 days of generated cAdvisor counters by `promtool tsdb create-blocks-from openmetrics`.
+//! exfilwatch's numbers must equal Prometheus's own evaluation of the guide's PromQL.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use exfilwatch::baseline::{HOUR, hour_floor};
+use exfilwatch::egress::prometheus::Prometheus;
+use exfilwatch::egress::sampler::Sampler;
+use exfilwatch::store::Store;
+
+const INSTALL: &str =
+    "apt-get install -y --no-install-recommends prometheus (scripts/test.sh does this)";
+const DAY: i64 = 86_400;
+
+fn binary(name: &str) -> PathBuf {
+    let path = Path::new("/usr/bin").join(name);
+    assert!(path.exists(), "{name} is not installed: {INSTALL}");
+    path
+}
+
+/// Deterministic noise in [-1, 1].
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// Bytes per second a pod of `namespace` sends at `t`, before noise.
+fn rate(namespace: &str, t: i64, end: i64) -> f64 {
+    let daily = 1.0 + 0.5 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
+    match namespace {
+        "research" => 200_000.0 * daily,
+        "web" => 50_000.0,
+        // The training namespace: a daily rhythm, then bulk upload in the last 40 minutes.
+        _ => 100_000.0 * daily * if t > end - 40 * 60 { 6.0 } else { 1.0 },
+    }
+}
+
+/// OpenMetrics text for 8 days of 60 s samples ending at `end`: three namespaces of three
+/// pods; `web/web-1` restarts (its counter resets) five days in.
+fn openmetrics(end: i64) -> String {
+    let mut out = String::from(
+        "# HELP container_network_transmit_bytes Cumulative count of bytes transmitted\n# TYPE container_network_transmit_bytes counter\n",
+    );
+    let start = end - 8 * DAY;
+    let mut noise = Noise(7);
+    for namespace in ["ai-training", "research", "web"] {
+        for pod in 0..3 {
+            let mut total = 1_000_000.0 * f64::from(pod + 1);
+            let mut t = start;
+            while t <= end {
+                if namespace == "web" && pod == 1 && t == start + 5 * DAY {
+                    total = 0.0;
+                }
+                total += rate(namespace, t, end) * 60.0 * (1.0 + 0.1 * noise.next());
+                let _ = writeln!(
+                    out,
+                    "container_network_transmit_bytes_total{{interface=\"eth0\",namespace=\"{namespace}\",pod=\"{namespace}-{pod}\"}} {total:.1} {t}"
+                );
+                t += 60;
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+struct PromServer {
+    url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl PromServer {
+    /// Backfills the generated data and starts Prometheus on it.
+    async fn start(end: i64) -> PromServer {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("data.om");
+        std::fs::write(&input, openmetrics(end)).unwrap();
+        let tsdb = dir.path().join("tsdb");
+        let status = Command::new(binary("promtool"))
+            .args([
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                "--max-block-duration=200h",
+            ])
+            .arg(&input)
+            .arg(&tsdb)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "promtool backfill failed");
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            "global:\n  scrape_interval: 1h\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = PromServer {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the process on the same data and port.
+    async fn resume(&mut self) {
+        let child = Command::new(binary("prometheus"))
+            .arg(format!(
+                "--config.file={}",
+                self.dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.path().join("tsdb").display()
+            ))
+            .arg("--storage.tsdb.retention.time=10y")
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start prometheus ({e}): {INSTALL}"));
+        self.child = Some(child);
+        exfilwatch::alert::sink::install_crypto();
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/-/ready", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn client(url: &str) -> Prometheus {
+    Prometheus::new(url, Duration::from_secs(30), None).unwrap()
+}
+
+/// Prometheus's own value of `query` at `t`, if any.
+async fn promql(prom: &Prometheus, query: &str, t: i64) -> Option<f64> {
+    let (samples, _) = prom.instant(query, t as f64).await.unwrap();
+    assert!(samples.len() <= 1, "{query}: {samples:?}");
+    samples.first().map(|s| s.value)
+}
+
+fn close(ours: f64, theirs: f64, what: &str) {
+    let rel = ((ours - theirs) / theirs).abs();
+    assert!(
+        rel < 1e-3,
+        "{what}: exfilwatch {ours} vs Prometheus {theirs} ({:.4} %)",
+        rel * 100.0
+    );
+}
+
+/// Compares every namespace's rate, baseline, ratio and spike decision with Prometheus at `t`.
+async fn matches_prometheus(sampler: &Sampler, prom: &Prometheus, t: i64) -> Vec<(String, bool)> {
+    let current = sampler.current(t as f64).await.unwrap();
+    assert_eq!(current.len(), 3, "{current:?}");
+    let mut decisions = Vec::new();
+    for (namespace, rate) in &current {
+        let inner = format!(
+            "sum(rate(container_network_transmit_bytes_total{{namespace=\"{namespace}\"}}[10m]))"
+        );
+        let theirs_rate = promql(prom, &inner, t).await.unwrap();
+        let theirs_baseline = promql(prom, &format!("avg_over_time({inner}[7d:1h])"), t)
+            .await
+            .unwrap();
+        let ours_baseline = sampler.baselines()[namespace].mean_at(t).unwrap();
+        close(*rate, theirs_rate, &format!("{namespace} rate at {t}"));
+        close(
+            ours_baseline,
+            theirs_baseline,
+            &format!("{namespace} baseline at {t}"),
+        );
+        close(
+            rate / ours_baseline,
+            theirs_rate / theirs_baseline,
+            &format!("{namespace} ratio at {t}"),
+        );
+        let theirs_fires = promql(
+            prom,
+            &format!("{inner} > 1.5 * avg_over_time({inner}[7d:1h])"),
+            t,
+        )
+        .await
+        .is_some();
+        let ours_fires = rate / ours_baseline > 1.5;
+        assert_eq!(
+            ours_fires, theirs_fires,
+            "{namespace} spike decision at {t}"
+        );
+        decisions.push((namespace.clone(), ours_fires));
+    }
+    decisions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_and_baselines_equal_prometheus_evaluating_the_guides_promql() {
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let server = PromServer::start(end).await;
+    let prom = client(&server.url);
+    let state = tempfile::tempdir().unwrap();
+    let on_the_hour = hour_floor(end) - 2 * HOUR;
+    let off_the_hour = end - 17 * 60 - 13;
+
+    // A first run samples the week up to 5 hours before `on_the_hour`, then stops.
+    {
+        let mut first = Sampler::new(prom.clone(), "", Store::open(state.path()).unwrap()).unwrap();
+        let filled = first.fill(on_the_hour - 5 * HOUR).await.unwrap();
+        assert_eq!((filled.hours, filled.queries), (169, 1));
+    }
+    // A restart fills only the 5-hour gap, then matches Prometheus on the hour (169 points).
+    let mut sampler = Sampler::new(prom.clone(), "", Store::open(state.path()).unwrap()).unwrap();
+    assert_eq!(
+        sampler.baselines().len(),
+        3,
+        "baselines come back from the store"
+    );
+    let filled = sampler.fill(on_the_hour).await.unwrap();
+    assert_eq!((filled.hours, filled.queries), (5, 1));
+    let decisions = matches_prometheus(&sampler, &prom, on_the_hour).await;
+    assert!(
+        decisions.iter().all(|(_, fires)| !fires),
+        "nothing spikes two hours before the end: {decisions:?}"
+    );
+    assert_eq!(
+        sampler.fill(on_the_hour).await.unwrap().queries,
+        0,
+        "nothing left to fetch"
+    );
+
+    // Off the hour (168 points), during the upload: only the training namespace spikes.
+    sampler.fill(off_the_hour).await.unwrap();
+    let decisions = matches_prometheus(&sampler, &prom, off_the_hour).await;
+    assert_eq!(
+        decisions,
+        [
+            ("ai-training".to_owned(), true),
+            ("research".to_owned(), false),
+            ("web".to_owned(), false)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_prometheus_leaves_baselines_unchanged_and_sampling_resumes() {
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let mut server = PromServer::start(end).await;
+    let prom = client(&server.url);
+    let state = tempfile::tempdir().unwrap();
+    let t = hour_floor(end) - 3 * HOUR;
+    let mut sampler = Sampler::new(prom.clone(), "", Store::open(state.path()).unwrap()).unwrap();
+    sampler.fill(t).await.unwrap();
+    let before = sampler.baselines().clone();
+
+    server.stop();
+    let error = sampler.fill(t + 2 * HOUR).await.unwrap_err().to_string();
+    assert!(error.contains(&server.url), "{error}");
+    assert!(sampler.current(t as f64).await.is_err());
+    assert_eq!(
+        sampler.baselines(),
+        &before,
+        "a blind Prometheus must not touch the baselines"
+    );
+
+    server.resume().await;
+    let filled = sampler.fill(t + 2 * HOUR).await.unwrap();
+    assert_eq!(filled.hours, 2, "the hours missed while blind are filled");
+    matches_prometheus(&sampler, &prom, t + 2 * HOUR).await;
+}
