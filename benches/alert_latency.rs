@@ -93,7 +93,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
-    exfilwatch::alert::sink::install_crypto();
+    exfilwatch::http::install_crypto();
     let client = reqwest::Client::new();
     loop {
         if let Ok(r) = client

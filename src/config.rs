@@ -88,6 +88,12 @@ struct RawTls {
 struct RawPrometheus {
     url: Option<String>,
     interval: Option<String>,
+    selector: Option<String>,
+    timeout: Option<String>,
+    blind_after: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    basic_auth: Option<RawBasicAuth>,
+    tls: Option<RawHttpTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,8 +204,31 @@ impl Default for HubbleConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrometheusConfig {
+    /// Where the egress counters are; without it there are no baselines or spike alerts.
     pub url: Option<String>,
+    /// How often rates are sampled and spike rules evaluated.
     pub interval: Duration,
+    /// Label matchers for the counter's series, e.g. `{interface!="lo"}`.
+    pub selector: String,
+    pub timeout: Duration,
+    /// How long Prometheus may be unreachable or unusable before the blind alert fires.
+    pub blind_after: Duration,
+    pub auth: Option<HttpAuth>,
+    pub tls: Option<HttpTls>,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            url: None,
+            interval: Duration::from_secs(60),
+            selector: String::new(),
+            timeout: Duration::from_secs(10),
+            blind_after: Duration::from_secs(300),
+            auth: None,
+            tls: None,
+        }
+    }
 }
 
 /// Credentials for HTTP targets; secrets never appear in `Debug` output.
@@ -291,10 +320,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             hubble: HubbleConfig::default(),
-            prometheus: PrometheusConfig {
-                url: None,
-                interval: Duration::from_secs(60),
-            },
+            prometheus: PrometheusConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             api: ApiConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -491,6 +517,76 @@ fn normalise_address(address: &str) -> Result<(bool, String), String> {
     ))
 }
 
+/// Credentials for an HTTP client, read from their files.
+fn http_auth(
+    section: &str,
+    basic: Option<RawBasicAuth>,
+    bearer_file: Option<PathBuf>,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<HttpAuth> {
+    let mut secret = |key: String, path: &Path| {
+        String::from_utf8_lossy(&read_file(&key, path, base, problems))
+            .trim()
+            .to_owned()
+    };
+    match (basic, bearer_file) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem {
+                key: format!("{section}.basic_auth"),
+                message: format!("and {section}.bearer_token_file exclude each other"),
+            });
+            None
+        }
+        (Some(b), None) => {
+            let password = secret(
+                format!("{section}.basic_auth.password_file"),
+                &b.password_file,
+            );
+            Some(HttpAuth::Basic {
+                username: b.username,
+                password,
+            })
+        }
+        (None, Some(path)) => Some(HttpAuth::Bearer(secret(
+            format!("{section}.bearer_token_file"),
+            &path,
+        ))),
+        (None, None) => None,
+    }
+}
+
+/// An extra CA and a client certificate for an HTTP client, read from their files.
+fn http_tls(section: &str, t: RawHttpTls, base: &Path, problems: &mut Vec<Problem>) -> HttpTls {
+    let identity_pem = match (&t.cert_file, &t.key_file) {
+        (Some(c), Some(k)) => {
+            let mut pem = read_file(&format!("{section}.tls.cert_file"), c, base, problems);
+            pem.push(b'\n');
+            pem.extend(read_file(
+                &format!("{section}.tls.key_file"),
+                k,
+                base,
+                problems,
+            ));
+            Some(pem)
+        }
+        (None, None) => None,
+        _ => {
+            problems.push(Problem {
+                key: format!("{section}.tls"),
+                message: "cert_file and key_file go together".into(),
+            });
+            None
+        }
+    };
+    HttpTls {
+        ca_pem: t
+            .ca_file
+            .map(|p| read_file(&format!("{section}.tls.ca_file"), &p, base, problems)),
+        identity_pem,
+    }
+}
+
 fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config {
     let defaults = Config::default();
     let mut hubble = defaults.hubble.clone();
@@ -613,15 +709,53 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
         hubble.max_message_bytes = n.max(4096);
     }
 
+    let rp = raw.prometheus;
+    let selector = rp.selector.unwrap_or_default();
+    if !selector.is_empty() && !(selector.starts_with('{') && selector.ends_with('}')) {
+        problems.push(Problem {
+            key: "prometheus.selector".into(),
+            message: format!(
+                "{selector:?} must be label matchers in braces, e.g. {{interface!=\"lo\"}}"
+            ),
+        });
+    }
+    let pd = PrometheusConfig::default();
     let prometheus = PrometheusConfig {
-        url: raw.prometheus.url,
+        url: rp.url,
         interval: duration(
             "prometheus.interval",
-            raw.prometheus.interval.as_deref(),
-            defaults.prometheus.interval,
+            rp.interval.as_deref(),
+            pd.interval,
             problems,
         ),
+        selector,
+        timeout: duration(
+            "prometheus.timeout",
+            rp.timeout.as_deref(),
+            pd.timeout,
+            problems,
+        ),
+        blind_after: duration(
+            "prometheus.blind_after",
+            rp.blind_after.as_deref(),
+            pd.blind_after,
+            problems,
+        ),
+        auth: http_auth(
+            "prometheus",
+            rp.basic_auth,
+            rp.bearer_token_file,
+            base,
+            problems,
+        ),
+        tls: rp.tls.map(|t| http_tls("prometheus", t, base, problems)),
     };
+    if prometheus.interval.is_zero() {
+        problems.push(Problem {
+            key: "prometheus.interval".into(),
+            message: "must be above zero".into(),
+        });
+    }
     let am = raw.alertmanager;
     for (key, url) in prometheus
         .url
@@ -639,58 +773,14 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
         }
     }
     let am_defaults = AlertmanagerConfig::default();
-    let secret = |key: &str, path: &Path, problems: &mut Vec<Problem>| {
-        String::from_utf8_lossy(&read_file(key, path, base, problems))
-            .trim()
-            .to_owned()
-    };
-    let auth = match (am.basic_auth, am.bearer_token_file) {
-        (Some(_), Some(_)) => {
-            problems.push(Problem {
-                key: "alertmanager.basic_auth".into(),
-                message: "and alertmanager.bearer_token_file exclude each other".into(),
-            });
-            None
-        }
-        (Some(b), None) => Some(HttpAuth::Basic {
-            username: b.username,
-            password: secret(
-                "alertmanager.basic_auth.password_file",
-                &b.password_file,
-                problems,
-            ),
-        }),
-        (None, Some(path)) => Some(HttpAuth::Bearer(secret(
-            "alertmanager.bearer_token_file",
-            &path,
-            problems,
-        ))),
-        (None, None) => None,
-    };
-    let tls = am.tls.map(|t| {
-        let identity_pem = match (&t.cert_file, &t.key_file) {
-            (Some(c), Some(k)) => {
-                let mut pem = read_file("alertmanager.tls.cert_file", c, base, problems);
-                pem.push(b'\n');
-                pem.extend(read_file("alertmanager.tls.key_file", k, base, problems));
-                Some(pem)
-            }
-            (None, None) => None,
-            _ => {
-                problems.push(Problem {
-                    key: "alertmanager.tls".into(),
-                    message: "cert_file and key_file go together".into(),
-                });
-                None
-            }
-        };
-        HttpTls {
-            ca_pem: t
-                .ca_file
-                .map(|p| read_file("alertmanager.tls.ca_file", &p, base, problems)),
-            identity_pem,
-        }
-    });
+    let auth = http_auth(
+        "alertmanager",
+        am.basic_auth,
+        am.bearer_token_file,
+        base,
+        problems,
+    );
+    let tls = am.tls.map(|t| http_tls("alertmanager", t, base, problems));
     let alertmanager = AlertmanagerConfig {
         urls: am.urls,
         webhooks: am.webhooks,

@@ -132,7 +132,7 @@ async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    exfilwatch::alert::sink::install_crypto();
+    exfilwatch::http::install_crypto();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

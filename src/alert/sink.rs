@@ -86,38 +86,9 @@ impl Default for DeliveryStats {
     }
 }
 
-/// Makes ring the process's TLS crypto, which HTTP clients need before they are built.
-///
-/// reqwest shares rustls with the gRPC client and is built without a crypto provider of its
-/// own, so one C-free provider serves both. Calling this again is harmless.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Builds the targets the configuration names.
 pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Target>, String> {
-    install_crypto();
-    let mut builder = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout);
-    if let Some(tls) = &config.tls {
-        if let Some(ca) = &tls.ca_pem {
-            let cert = reqwest::Certificate::from_pem(ca)
-                .map_err(|e| format!("alertmanager.tls.ca_file: {e}"))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        if let Some(identity) = &tls.identity_pem {
-            let id = reqwest::Identity::from_pem(identity)
-                .map_err(|e| format!("alertmanager.tls.cert_file/key_file: {e}"))?;
-            builder = builder.identity(id);
-        }
-    }
-    let client = builder.build().map_err(|e| {
-        format!(
-            "alertmanager: cannot build the HTTP client: {}",
-            crate::source::error_chain(&e)
-        )
-    })?;
+    let client = crate::http::client("alertmanager", config.timeout, config.tls.as_ref())?;
     let make = |url: &String, kind| {
         let base = url.trim_end_matches('/');
         Target {
@@ -182,18 +153,12 @@ enum Answer {
 
 impl Target {
     async fn post(&self, body: Vec<u8>) -> Answer {
-        let mut request = self
+        let request = self
             .client
             .post(&self.endpoint)
             .header("content-type", "application/json")
             .body(body);
-        request = match &self.auth {
-            Some(HttpAuth::Basic { username, password }) => {
-                request.basic_auth(username, Some(password))
-            }
-            Some(HttpAuth::Bearer(token)) => request.bearer_auth(token),
-            None => request,
-        };
+        let request = crate::http::authorize(request, self.auth.as_ref());
         match request.send().await {
             Err(e) => Answer::Retry(crate::source::error_chain(&e)),
             Ok(response) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::HttpAuth;
+use crate::config::{HttpAuth, HttpTls};
 
 /// Prometheus refuses range queries with more points per series than this.
 pub const MAX_POINTS: i64 = 11_000;
@@ -107,18 +107,9 @@ impl Prometheus {
         base: &str,
         timeout: Duration,
         auth: Option<HttpAuth>,
+        tls: Option<&HttpTls>,
     ) -> Result<Prometheus, String> {
-        crate::alert::sink::install_crypto();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| {
-                format!(
-                    "prometheus: cannot build the HTTP client: {}",
-                    crate::source::error_chain(&e)
-                )
-            })?;
+        let client = crate::http::client("prometheus", timeout, tls)?;
         Ok(Prometheus {
             base: base.trim_end_matches('/').to_owned(),
             client,
@@ -132,14 +123,8 @@ impl Prometheus {
         params: &[(&str, String)],
     ) -> Result<serde_json::Value, PromError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.client.get(&url).query(params);
-        request = match &self.auth {
-            Some(HttpAuth::Basic { username, password }) => {
-                request.basic_auth(username, Some(password))
-            }
-            Some(HttpAuth::Bearer(token)) => request.bearer_auth(token),
-            None => request,
-        };
+        let request =
+            crate::http::authorize(self.client.get(&url).query(params), self.auth.as_ref());
         let response = request.send().await.map_err(|e| PromError::Transport {
             url: url.clone(),
             detail: crate::source::error_chain(&e),

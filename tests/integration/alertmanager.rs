@@ -159,7 +159,7 @@ impl Alertmanager {
             child,
             _dir: dir,
         };
-        exfilwatch::alert::sink::install_crypto();
+        exfilwatch::http::install_crypto();
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -178,7 +178,7 @@ impl Alertmanager {
 
     /// The alerts Alertmanager holds.
     pub async fn alerts(&self) -> Vec<Value> {
-        exfilwatch::alert::sink::install_crypto();
+        exfilwatch::http::install_crypto();
         let r = reqwest::get(format!("{}/api/v2/alerts", self.url))
             .await
             .unwrap();

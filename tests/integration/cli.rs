@@ -335,7 +335,7 @@ fn replay_reports_the_alerts_the_rules_would_raise() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_serves_metrics_health_and_readiness_behind_tokens() {
-    exfilwatch::alert::sink::install_crypto();
+    exfilwatch::http::install_crypto();
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();

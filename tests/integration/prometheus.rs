@@ -153,7 +153,7 @@ impl PromServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start prometheus ({e}): {INSTALL}"));
         self.child = Some(child);
-        exfilwatch::alert::sink::install_crypto();
+        exfilwatch::http::install_crypto();
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -172,7 +172,7 @@ impl PromServer {
 }
 
 fn client(url: &str) -> Prometheus {
-    Prometheus::new(url, Duration::from_secs(30), None).unwrap()
+    Prometheus::new(url, Duration::from_secs(30), None, None).unwrap()
 }
 
 /// Prometheus's own value of `query` at `t`, if any.
