@@ -711,7 +711,8 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
 
     let rp = raw.prometheus;
     let selector = rp.selector.unwrap_or_default();
-    if !selector.is_empty() && !(selector.starts_with('{') && selector.ends_with('}')) {
+    let braced = selector.starts_with('{') && selector.ends_with('}');
+    if !selector.is_empty() && !braced {
         problems.push(Problem {
             key: "prometheus.selector".into(),
             message: format!(
