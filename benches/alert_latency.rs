@@ -120,6 +120,7 @@ async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
         rx,
         Summary::new(&[]),
         Some(engine),
+        None,
         Engine::tick_interval(&rules),
         |_, _| {},
     ));

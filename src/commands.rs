@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,7 @@ use crate::api::{self, metrics::Telemetry};
 use crate::config::Config;
 use crate::detect::engine::Engine;
 use crate::detect::rules::{self, Rule};
+use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
 use crate::flow::Event;
 use crate::pipeline::{self, CHANNEL_CAPACITY, Summary, destination_label};
 use crate::sim::observer::SimObserver;
@@ -166,7 +167,7 @@ pub fn start_alerting(
         })
         .collect();
     Ok((
-        Engine::new(rules, manager, stats.clone()),
+        Engine::new(rules, manager, stats.clone(), config.prometheus.blind_after),
         Delivery {
             store,
             stats,
@@ -174,6 +175,49 @@ pub fn start_alerting(
             stop_sinks,
         },
     ))
+}
+
+/// The receiving ends of the egress task.
+type EgressFeed = (
+    mpsc::Receiver<EgressReport>,
+    watch::Receiver<Arc<EgressReport>>,
+);
+
+/// Starts the egress task when `prometheus.url` is set. Volume rules without it are
+/// reported once: they cannot be evaluated.
+fn start_egress(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: &Store,
+    cancel: CancellationToken,
+) -> Result<Option<EgressFeed>, String> {
+    let volume_rules: Vec<&str> = rules
+        .iter()
+        .filter(|r| r.enabled && matches!(r.kind, rules::Kind::VolumeSpike(_)))
+        .map(|r| r.name.as_str())
+        .collect();
+    let Some(url) = &config.prometheus.url else {
+        if !volume_rules.is_empty() {
+            tracing::warn!(rules = ?volume_rules, "egress: prometheus.url is not set: volume_spike rules are not evaluated");
+        }
+        return Ok(None);
+    };
+    let p = &config.prometheus;
+    let prometheus = Prometheus::new(url, p.timeout, p.auth.clone(), p.tls.as_ref())?;
+    let sampler =
+        Sampler::new(prometheus, &p.selector, store.clone()).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(4);
+    let (latest_tx, latest_rx) = watch::channel(Arc::new(EgressReport::default()));
+    tokio::spawn(egress::watch::run(
+        sampler,
+        p.interval,
+        Engine::smallest_spike_factor(rules),
+        tx,
+        latest_tx,
+        cancel,
+    ));
+    tracing::info!(%url, interval = ?p.interval, "egress: sampling rates and baselines from Prometheus");
+    Ok(Some((rx, latest_rx)))
 }
 
 /// Logs each policy-denied flow leaving a watched namespace as it arrives.
@@ -281,6 +325,7 @@ pub async fn replay(
         rx,
         Summary::new(&config.hubble.namespaces),
         Some(engine),
+        None,
         tick,
         |_, _| {},
     ));
@@ -397,10 +442,22 @@ async fn follow(
         // Pick up the flows Hubble still holds from while exfilwatch was down.
         source = source.start_at(cursor.saturating_add(1));
     }
+    let egress = match start_egress(config, rules, &store, cancel.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            delivery.finish().await;
+            return Outcome::fail(EXIT_CONFIG, e);
+        }
+    };
+    let (egress_rx, egress_latest) = match egress {
+        Some((rx, latest)) => (Some(rx), Some(latest)),
+        None => (None, None),
+    };
     let telemetry = Arc::new(Telemetry {
         source: stats.clone(),
         delivery: delivery.stats.clone(),
         store: store.clone(),
+        egress: egress_latest,
     });
     let api = match api::prepare(&config.api, telemetry, source.state()) {
         Ok(state) => match api::bind(config.api.listen).await {
@@ -428,6 +485,7 @@ async fn follow(
         rx,
         Summary::new(&config.hubble.namespaces),
         Some(engine),
+        egress_rx,
         Engine::tick_interval(rules),
         |summary, event| {
             log_denials(summary, event);

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::detect::engine::Engine;
+use crate::egress::watch::EgressReport;
 
 use crate::flow::{Event, FlowEvent, Verdict};
 use crate::intern::Sym;
@@ -202,11 +203,13 @@ fn table(out: &mut String, title: &str, rows: impl Iterator<Item = (String, u64)
 }
 
 /// Consumes events until every sender is gone: each event goes to `each` (live output), the
-/// summary and the detection engine, whose clock ticks every `tick_every`. Returns both.
+/// summary and the detection engine, whose clock ticks every `tick_every`; egress reports go
+/// to the engine as they come. Returns both.
 pub async fn consume(
     mut rx: mpsc::Receiver<Event>,
     mut summary: Summary,
     mut engine: Option<Engine>,
+    mut egress: Option<mpsc::Receiver<EgressReport>>,
     tick_every: Duration,
     mut each: impl FnMut(&Summary, &Event),
 ) -> (Summary, Option<Engine>) {
@@ -220,6 +223,13 @@ pub async fn consume(
                 summary.add(&event);
                 if let Some(engine) = &mut engine {
                     engine.observe(&event, Instant::now());
+                }
+            }
+            report = async { egress.as_mut()?.recv().await }, if egress.is_some() => {
+                match (report, &mut engine) {
+                    (Some(report), Some(engine)) => engine.egress(&report, Instant::now()),
+                    (Some(_), None) => {}
+                    (None, _) => egress = None,
                 }
             }
             _ = tick.tick() => {

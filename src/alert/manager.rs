@@ -56,6 +56,10 @@ pub enum Destination {
     },
     /// An address block in the world: /24 or /64 by default.
     Cidr(String),
+    /// Every destination: alerts about a namespace's egress as a whole.
+    All,
+    /// Something exfilwatch depends on, for alerts about exfilwatch itself.
+    Dependency(String),
     Unknown,
 }
 
@@ -65,6 +69,8 @@ impl std::fmt::Display for Destination {
             Destination::Fqdn(name) => f.write_str(name),
             Destination::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
             Destination::Cidr(cidr) => f.write_str(cidr),
+            Destination::All => f.write_str("*"),
+            Destination::Dependency(name) => f.write_str(name),
             Destination::Unknown => f.write_str("unknown"),
         }
     }
@@ -83,7 +89,7 @@ impl Destination {
                 )
             }
             Destination::Cidr(cidr) => format!("cidr={}", encode(cidr)),
-            Destination::Unknown => String::new(),
+            Destination::All | Destination::Dependency(_) | Destination::Unknown => String::new(),
         }
     }
 }
@@ -282,6 +288,95 @@ impl Manager {
         alert
     }
 
+    /// Raises (or keeps raising) an alert whose annotations a detector computed itself:
+    /// `extra` holds at least `summary` and `description`. Called on every evaluation while
+    /// the condition holds; a changed `extra` is re-sent like a changed count.
+    pub fn raise(
+        &mut self,
+        rule: &Arc<Rule>,
+        namespace: &str,
+        destination: &Destination,
+        extra: BTreeMap<String, String>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let key = (
+            rule.name.clone(),
+            namespace.to_owned(),
+            destination.to_string(),
+        );
+        if let Some(active) = self.active.get_mut(&key) {
+            active.last_hit = now;
+            if active.alert.context.extra != extra {
+                active.alert.context.extra = extra;
+                active.dirty = true;
+            }
+            return Ok(());
+        }
+        let context = FlowContext {
+            extra,
+            ..FlowContext::default()
+        };
+        let alert = self.start(rule, namespace, destination, context);
+        tracing::warn!(alert = %rule.name, namespace, destination = %destination, "alert firing: {}", alert.annotations.get("summary").map_or("", String::as_str));
+        let saved = self.store.record(&alert, &self.config.targets);
+        let mut active = Active::new(alert, rule.clone(), now, false);
+        active.unsaved = saved.is_err();
+        self.active.insert(key, active);
+        if saved.is_ok() {
+            self.wake.notify_waiters();
+        }
+        saved
+    }
+
+    /// Resolves the alert for (rule, namespace, destination) now, if it is firing.
+    pub fn clear(
+        &mut self,
+        rule: &str,
+        namespace: &str,
+        destination: &Destination,
+    ) -> Result<(), StoreError> {
+        let key = (
+            rule.to_owned(),
+            namespace.to_owned(),
+            destination.to_string(),
+        );
+        let Some(active) = self.active.remove(&key) else {
+            return Ok(());
+        };
+        let result = self.resolve(key, active);
+        self.wake.notify_waiters();
+        result
+    }
+
+    /// Commits the resolution of an alert taken out of `active`; on failure puts it back, to
+    /// be resolved again at the next tick.
+    fn resolve(
+        &mut self,
+        key: (String, String, String),
+        mut active: Active,
+    ) -> Result<(), StoreError> {
+        let mut alert = active.alert.clone();
+        alert.status = Status::Resolved;
+        alert.ends_at_ns = now_ns();
+        alert.annotations = annotations(&alert, &active.rule);
+        match self.store.record(&alert, &self.config.targets) {
+            Ok(()) => {
+                tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = alert.context.count, "alert resolved");
+                Ok(())
+            }
+            Err(e) => {
+                active.unsaved = true;
+                // Due for resolution again at the next tick.
+                active.last_hit = active
+                    .last_hit
+                    .checked_sub(active.rule.resolve_after)
+                    .unwrap_or(active.last_hit);
+                self.active.insert(key, active);
+                Err(e)
+            }
+        }
+    }
+
     /// Resolves quiet alerts and re-sends due ones. A change the store cannot commit stays
     /// pending and is tried again at the next tick; the first such error is returned.
     pub fn tick(&mut self, now: Instant) -> Result<(), StoreError> {
@@ -316,23 +411,13 @@ impl Manager {
             }
         }
         for key in quiet {
-            let Some(mut active) = self.active.remove(&key) else {
+            let Some(active) = self.active.remove(&key) else {
                 continue;
             };
-            let mut alert = active.alert.clone();
-            alert.status = Status::Resolved;
-            alert.ends_at_ns = now_ns();
-            alert.annotations = annotations(&alert, &active.rule);
-            match self.store.record(&alert, &self.config.targets) {
-                Ok(()) => {
-                    tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = alert.context.count, "alert resolved");
-                    changed = true;
-                }
+            match self.resolve(key, active) {
+                Ok(()) => changed = true,
                 Err(e) => {
-                    // Still firing as far as anyone was told: resolve again next tick.
                     first_error.get_or_insert(e);
-                    active.unsaved = true;
-                    self.active.insert(key, active);
                 }
             }
         }
@@ -354,6 +439,21 @@ fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
 /// read, and the rule's own templated annotations.
 pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
     let c = &alert.context;
+    if !c.extra.is_empty() {
+        // The detector wrote the context (summary, description, figures) itself.
+        let mut out = c.extra.clone();
+        let value = |f: &str| match f {
+            "rule" => rule.name.clone(),
+            "severity" => rule.severity.as_str().to_owned(),
+            "namespace" => alert.labels.get("namespace").cloned().unwrap_or_default(),
+            "destination" => alert.labels.get("destination").cloned().unwrap_or_default(),
+            other => c.field(other),
+        };
+        for (key, template) in &rule.annotations {
+            out.insert(key.clone(), template.render(value));
+        }
+        return out;
+    }
     let ns = alert.labels.get("namespace").cloned().unwrap_or_default();
     let dest = alert.labels.get("destination").cloned().unwrap_or_default();
     let value = |f: &str| match f {

@@ -43,6 +43,10 @@ pub struct FlowContext {
     pub samples: VecDeque<String>,
     /// Distinct values not kept because a field already held [`MAX_VALUES`].
     pub omitted: u64,
+    /// Annotations a detector computed itself (volume figures, summary, description); when
+    /// present they replace the flow-derived ones.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
 }
 
 fn add(set: &mut BTreeSet<String>, value: &str, omitted: &mut u64) {

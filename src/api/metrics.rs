@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::alert::sink::DeliveryStats;
+use crate::egress::watch::EgressReport;
 use crate::flow::{LostEventSource, Verdict};
 use crate::source::SourceStats;
 use crate::store::Store;
@@ -28,6 +29,8 @@ pub struct Telemetry {
     pub source: Arc<SourceStats>,
     pub delivery: Arc<DeliveryStats>,
     pub store: Store,
+    /// The latest egress report, when Prometheus is configured.
+    pub egress: Option<tokio::sync::watch::Receiver<Arc<EgressReport>>>,
 }
 
 fn counter(
@@ -133,6 +136,41 @@ impl Collector for Telemetry {
             None,
             depth.metric_type(),
         )?)?;
+        if let Some(egress) = &self.egress {
+            let report = egress.borrow().clone();
+            let blind = ConstGauge::new(i64::from(report.error.is_some()));
+            blind.encode(e.encode_descriptor(
+                "exfilwatch_prometheus_blind",
+                "1 when the last egress round got no usable answer from Prometheus",
+                None,
+                blind.metric_type(),
+            )?)?;
+            let g = ConstGauge::new(0.0f64);
+            let mut rates = e.encode_descriptor(
+                "exfilwatch_egress_rate_bytes",
+                "10-minute egress rate per namespace, bytes per second",
+                None,
+                g.metric_type(),
+            )?;
+            for (ns, n) in &report.namespaces {
+                if let Some(rate) = n.rate {
+                    ConstGauge::new(rate)
+                        .encode(rates.encode_family(&[("namespace", ns.as_str())])?)?;
+                }
+            }
+            let mut baselines = e.encode_descriptor(
+                "exfilwatch_egress_baseline_bytes",
+                "7-day hourly mean egress rate per namespace, bytes per second",
+                None,
+                g.metric_type(),
+            )?;
+            for (ns, n) in &report.namespaces {
+                if let Some(baseline) = n.baseline {
+                    ConstGauge::new(baseline)
+                        .encode(baselines.encode_family(&[("namespace", ns.as_str())])?)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -155,7 +193,18 @@ impl Telemetry {
 
     /// Details for `/healthz`.
     pub fn health(&self) -> serde_json::Value {
+        let prometheus = self.egress.as_ref().map(|e| {
+            let report = e.borrow();
+            match &report.error {
+                Some(error) => json!({"state": "blind", "error": error, "at": report.at}),
+                None if report.at == 0 => json!({"state": "starting"}),
+                None => {
+                    json!({"state": "ok", "at": report.at, "namespaces": report.namespaces.len()})
+                }
+            }
+        });
         json!({
+            "prometheus": prometheus,
             "flows": self.source.flows.load(Ordering::Relaxed),
             "lost_events": self.source.lost_total(),
             "alert_outbox_depth": self.store.outbox_depth().ok(),

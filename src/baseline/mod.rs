@@ -15,6 +15,9 @@ use serde::Serialize;
 pub const HOUR: i64 = 3600;
 /// Seconds in the baseline window.
 pub const WEEK: i64 = 7 * 24 * HOUR;
+/// Seconds of samples kept: the window, plus a day so a 24-hour dashboard range has a full
+/// window behind every point.
+pub const RETAIN: i64 = WEEK + 24 * HOUR;
 
 /// The first whole hour at or after `t`.
 pub fn hour_ceil(t: i64) -> i64 {
@@ -51,9 +54,9 @@ impl Baseline {
         }
     }
 
-    /// Forgets the hours that can no longer be in a window ending at or after `t`.
+    /// Forgets the hours older than [`RETAIN`] before `t`.
     pub fn prune(&mut self, t: i64) {
-        self.samples = self.samples.split_off(&(t - WEEK));
+        self.samples = self.samples.split_off(&(t - RETAIN));
     }
 
     fn window(&self, t: i64) -> impl Iterator<Item = f64> + '_ {
@@ -120,7 +123,7 @@ mod tests {
         }
         assert_eq!(b.state(99 * HOUR, 72), State::Partial);
         assert_eq!(b.state(99 * HOUR, 120), State::Learning);
-        b.prune(99 * HOUR + WEEK);
+        b.prune(99 * HOUR + RETAIN);
         assert_eq!(b.len(), 1);
     }
 }

@@ -1,40 +1,91 @@
-//! The detection engine: every enabled rule's detector over every flow, hits handed to the
-//! alert manager, and the manager's clock.
+//! The detection engine: every enabled rule's detector over the flow stream and the egress
+//! reports, hits handed to the alert manager, and the manager's clock.
+//!
+//! Flows drive `policy_denied` and fill each volume-watched namespace's window of recent
+//! destinations; egress reports drive `volume_spike`. A Prometheus that stays unusable for
+//! `blind_after` raises the `ExfilwatchBlind` alert (and no spike alert): an attacker must
+//! not be able to hide a bulk upload by blinding the detector.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::policy_denied::PolicyDenied;
-use super::rules::Rule;
+use super::policy_denied::{PolicyDenied, destination};
+use super::rules::{Kind, PolicyDeniedParams, Rule, Selector, Severity, VolumeSpikeParams};
+use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, VolumeSpike};
 use crate::alert::Alert;
-use crate::alert::manager::Manager;
+use crate::alert::manager::{Destination, Manager};
 use crate::alert::sink::DeliveryStats;
-use crate::flow::Event;
+use crate::egress::watch::EgressReport;
+use crate::flow::{Event, TrafficDirection};
+use crate::intern::SymList;
+
+/// The alert raised while Prometheus is unusable.
+pub const BLIND_ALERT: &str = "ExfilwatchBlind";
+/// Namespaces whose labels are remembered for label selectors.
+const MAX_NAMESPACES: usize = 10_000;
 
 /// Runs the detectors and owns the alert manager.
 #[derive(Debug)]
 pub struct Engine {
-    detectors: Vec<PolicyDenied>,
+    policy: Vec<PolicyDenied>,
+    volume: Vec<VolumeSpike>,
     manager: Manager,
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
+    recent: RecentDestinations,
+    namespace_labels: HashMap<String, SymList>,
+    blind_rule: Arc<Rule>,
+    blind_after: Duration,
+    blind_since: Option<Instant>,
+}
+
+/// The built-in rule behind [`BLIND_ALERT`].
+fn blind_rule() -> Rule {
+    Rule {
+        name: BLIND_ALERT.into(),
+        kind: Kind::VolumeSpike(VolumeSpikeParams {
+            factor: 1.5,
+            window: Duration::from_secs(600),
+            baseline: Duration::from_secs(7 * 86_400),
+            min_coverage: Duration::ZERO,
+            floor_bytes_per_second: 0.0,
+            hold_for: Duration::ZERO,
+        }),
+        enabled: true,
+        namespaces: Selector::default(),
+        severity: Severity::Warning,
+        // Cleared explicitly when Prometheus answers again.
+        resolve_after: Duration::from_secs(365 * 86_400),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        origin: "built-in".into(),
+    }
 }
 
 impl Engine {
-    /// An engine for the enabled `rules`.
-    pub fn new(rules: &[Arc<Rule>], manager: Manager, stats: Arc<DeliveryStats>) -> Engine {
-        let detectors = rules
-            .iter()
-            .filter(|r| r.enabled)
-            .filter_map(|r| PolicyDenied::new(r.clone()))
-            .collect();
+    /// An engine for the enabled `rules`; `blind_after` is how long Prometheus may be
+    /// unusable before the blind alert.
+    pub fn new(
+        rules: &[Arc<Rule>],
+        manager: Manager,
+        stats: Arc<DeliveryStats>,
+        blind_after: Duration,
+    ) -> Engine {
+        let enabled = || rules.iter().filter(|r| r.enabled).cloned();
         Engine {
-            detectors,
+            policy: enabled().filter_map(PolicyDenied::new).collect(),
+            volume: enabled().filter_map(VolumeSpike::new).collect(),
             manager,
             stats,
+            recent: RecentDestinations::default(),
+            namespace_labels: HashMap::new(),
+            blind_rule: Arc::new(blind_rule()),
+            blind_after,
+            blind_since: None,
         }
     }
 
@@ -48,15 +99,26 @@ impl Engine {
         (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
-    fn failed(&self, e: &crate::store::StoreError) {
-        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("alerts: {e}");
+    /// The smallest spike factor of the enabled volume rules (infinite when there are none).
+    pub fn smallest_spike_factor(rules: &[Arc<Rule>]) -> f64 {
+        rules
+            .iter()
+            .filter(|r| r.enabled)
+            .filter_map(|r| match &r.kind {
+                Kind::VolumeSpike(p) => Some(p.factor),
+                Kind::PolicyDenied(_) => None,
+            })
+            .fold(f64::INFINITY, f64::min)
     }
 
-    /// Runs every detector on one event.
+    fn failed(&self, e: &crate::store::StoreError) {
+        store_failed(&self.stats, e);
+    }
+
+    /// Runs the flow detectors on one event.
     pub fn observe(&mut self, event: &Event, now: Instant) {
         let Event::Flow(flow) = event else { return };
-        for detector in &mut self.detectors {
+        for detector in &mut self.policy {
             if let Some(hit) = detector.check(flow) {
                 let rule = detector.rule.clone();
                 let samples = detector.samples();
@@ -64,9 +126,88 @@ impl Engine {
                     self.manager
                         .hit(&rule, &hit.namespace, &hit.destination, flow, samples, now)
                 {
-                    self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("alerts: {e}");
+                    store_failed(&self.stats, &e);
                 }
+            }
+        }
+        if self.volume.is_empty() || flow.source.namespace.is_empty() {
+            return;
+        }
+        let ns = &*flow.source.namespace;
+        if !self.namespace_labels.contains_key(ns) && self.namespace_labels.len() < MAX_NAMESPACES {
+            self.namespace_labels
+                .insert(ns.to_owned(), flow.source.labels.clone());
+        }
+        let outgoing = flow.direction != TrafficDirection::Ingress && flow.is_reply != Some(true);
+        if outgoing
+            && self
+                .volume
+                .iter()
+                .any(|d| d.rule.namespaces.matches(ns, &flow.source.labels))
+        {
+            let dest = destination(flow, &DEFAULT_GROUPING).to_string();
+            self.recent.record(ns, dest, flow.time_ns, 10);
+        }
+    }
+
+    /// Evaluates the volume rules on an egress report, or counts the time Prometheus has
+    /// been unusable.
+    pub fn egress(&mut self, report: &EgressReport, now: Instant) {
+        let blind_target = Destination::Dependency("prometheus".into());
+        if let Some(error) = &report.error {
+            let since = *self.blind_since.get_or_insert(now);
+            if now.duration_since(since) >= self.blind_after {
+                let mut extra = BTreeMap::new();
+                extra.insert("summary".into(), "exfilwatch cannot read egress volume from Prometheus: volume spikes go undetected".into());
+                extra.insert(
+                    "description".into(),
+                    format!("For {:?} Prometheus has been unreachable or unusable, so no volume-spike rule is evaluated and baselines are not updated. Last error: {error}", now.duration_since(since)),
+                );
+                extra.insert("error".into(), error.clone());
+                let rule = self.blind_rule.clone();
+                if let Err(e) = self.manager.raise(&rule, "*", &blind_target, extra, now) {
+                    self.failed(&e);
+                }
+            }
+            return;
+        }
+        if self.blind_since.take().is_some()
+            && let Err(e) = self.manager.clear(BLIND_ALERT, "*", &blind_target)
+        {
+            self.failed(&e);
+        }
+        let mut decisions = Vec::new();
+        for detector in &mut self.volume {
+            for (namespace, egress) in &report.namespaces {
+                let labels = self
+                    .namespace_labels
+                    .get(namespace)
+                    .map(|l| &l[..])
+                    .unwrap_or(&[]);
+                if !detector.rule.namespaces.matches(namespace, labels) {
+                    continue;
+                }
+                let top = self.recent.top(namespace, TOP_DESTINATIONS);
+                decisions.push((
+                    detector.rule.clone(),
+                    namespace.clone(),
+                    detector.evaluate(namespace, egress, &top, now),
+                ));
+            }
+        }
+        for (rule, namespace, decision) in decisions {
+            let result = match decision {
+                Decision::Raise(extra) => {
+                    self.manager
+                        .raise(&rule, &namespace, &Destination::All, extra, now)
+                }
+                Decision::Clear => self
+                    .manager
+                    .clear(&rule.name, &namespace, &Destination::All),
+                Decision::Keep => Ok(()),
+            };
+            if let Err(e) = result {
+                self.failed(&e);
             }
         }
     }
@@ -85,3 +226,19 @@ impl Engine {
         alerts
     }
 }
+
+fn store_failed(stats: &DeliveryStats, e: &crate::store::StoreError) {
+    stats.store_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("alerts: {e}");
+}
+
+/// How destinations are grouped in a spike alert: as the policy_denied default does.
+static DEFAULT_GROUPING: PolicyDeniedParams = PolicyDeniedParams {
+    drop_reasons: BTreeSet::new(),
+    direction: super::rules::Direction::Egress,
+    include_audit: false,
+    world_prefix_v4: 24,
+    world_prefix_v6: 64,
+    duplicate_window: Duration::from_secs(1),
+    samples: 1,
+};

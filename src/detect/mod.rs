@@ -5,3 +5,4 @@ pub mod engine;
 pub mod policy_denied;
 pub mod rules;
 pub mod template;
+pub mod volume_spike;

@@ -106,7 +106,7 @@ pub struct PolicyDeniedParams {
     pub samples: usize,
 }
 
-/// Parameters of the `volume_spike` detector (evaluated once the Prometheus baselines exist).
+/// Parameters of the `volume_spike` detector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeSpikeParams {
     pub factor: f64,
@@ -412,12 +412,6 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
         }
     };
     let enabled = raw.enabled.unwrap_or(true);
-    if enabled && matches!(kind, Kind::VolumeSpike(_)) {
-        report.problem(
-            "enabled",
-            "volume_spike needs the Prometheus egress baselines, which this version does not have yet: set enabled: false",
-        );
-    }
     let severity = match raw.severity.as_str() {
         "info" => Severity::Info,
         "warning" => Severity::Warning,
@@ -641,7 +635,11 @@ mod tests {
         assert_eq!(p.drop_reasons, BTreeSet::from([133, 181]));
         assert_eq!(p.direction, Direction::Egress);
         assert!(rules[0].namespaces.names.contains("ai-training"));
-        assert!(!rules[1].enabled);
+        assert!(rules[1].enabled);
+        let Kind::VolumeSpike(v) = &rules[1].kind else {
+            panic!()
+        };
+        assert_eq!((v.factor, v.min_coverage.as_secs()), (1.5, 3 * 86_400));
     }
 
     #[test]

@@ -8,3 +8,4 @@
 
 pub mod prometheus;
 pub mod sampler;
+pub mod watch;

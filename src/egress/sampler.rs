@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::prometheus::{PromError, Prometheus};
-use crate::baseline::{Baseline, HOUR, WEEK, hour_ceil, hour_floor};
+use crate::baseline::{Baseline, HOUR, RETAIN, hour_ceil, hour_floor};
 use crate::store::{Store, StoreError};
 
 /// The egress counter cAdvisor exports.
@@ -40,6 +40,7 @@ pub struct Filled {
 pub struct Sampler {
     prometheus: Prometheus,
     rate_query: String,
+    selector: String,
     store: Store,
     baselines: BTreeMap<String, Baseline>,
     done_hours: BTreeSet<i64>,
@@ -56,6 +57,7 @@ impl Sampler {
         store: Store,
     ) -> Result<Sampler, StoreError> {
         let rate_query = format!("sum by (namespace) (rate({EGRESS_METRIC}{selector}[10m]))");
+        let selector = selector.to_owned();
         let mut baselines: BTreeMap<String, Baseline> = BTreeMap::new();
         for (namespace, hour, rate) in store.baseline_samples()? {
             baselines.entry(namespace).or_default().insert(hour, rate);
@@ -64,6 +66,7 @@ impl Sampler {
         Ok(Sampler {
             prometheus,
             rate_query,
+            selector,
             store,
             baselines,
             done_hours,
@@ -80,9 +83,9 @@ impl Sampler {
         &self.baselines
     }
 
-    /// Samples every whole hour of the 7 days before `t` that is not sampled yet.
+    /// Samples every whole hour kept (the 8 days before `t`) that is not sampled yet.
     pub async fn fill(&mut self, t: i64) -> Result<Filled, SampleError> {
-        let first = hour_ceil(t - WEEK);
+        let first = hour_ceil(t - RETAIN);
         // The hour's rate is final once its 10-minute window has passed.
         let last = hour_floor(t);
         let missing: Vec<i64> = (0..)
@@ -114,9 +117,9 @@ impl Sampler {
             }
         }
         self.store
-            .save_baseline_samples(&rows, &missing, t - WEEK - HOUR)?;
+            .save_baseline_samples(&rows, &missing, t - RETAIN - HOUR)?;
         self.done_hours.extend(missing.iter().copied());
-        self.done_hours = self.done_hours.split_off(&(t - WEEK - HOUR));
+        self.done_hours = self.done_hours.split_off(&(t - RETAIN - HOUR));
         for baseline in self.baselines.values_mut() {
             baseline.prune(t);
         }
@@ -125,6 +128,28 @@ impl Sampler {
             hours: missing.len(),
             queries: 1,
         })
+    }
+
+    /// The `n` pods of `namespace` sending the most at `t`, bytes per second, biggest first.
+    pub async fn top_pods(
+        &self,
+        namespace: &str,
+        t: f64,
+        n: usize,
+    ) -> Result<Vec<(String, f64)>, PromError> {
+        let escaped = namespace.replace('\\', "\\\\").replace('"', "\\\"");
+        let matchers = match self.selector.strip_suffix('}') {
+            Some(open) if open.len() > 1 => format!("{open},namespace=\"{escaped}\"}}"),
+            _ => format!("{{namespace=\"{escaped}\"}}"),
+        };
+        let query = format!("topk({n}, sum by (pod) (rate({EGRESS_METRIC}{matchers}[10m])))");
+        let (samples, _) = self.prometheus.instant(&query, t).await?;
+        let mut pods: Vec<(String, f64)> = samples
+            .into_iter()
+            .filter_map(|s| Some((s.labels.get("pod")?.clone(), s.value)))
+            .collect();
+        pods.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(pods)
     }
 
     /// Every namespace's 10-minute egress rate at `t`, bytes per second.

@@ -280,6 +280,7 @@ impl Pipeline {
             rx,
             Summary::new(&[]),
             Some(engine),
+            None,
             tick,
             |_, _| {},
         ));

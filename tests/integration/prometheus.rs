@@ -246,7 +246,11 @@ async fn rates_and_baselines_equal_prometheus_evaluating_the_guides_promql() {
     {
         let mut first = Sampler::new(prom.clone(), "", Store::open(state.path()).unwrap()).unwrap();
         let filled = first.fill(on_the_hour - 5 * HOUR).await.unwrap();
-        assert_eq!((filled.hours, filled.queries), (169, 1));
+        assert_eq!(
+            (filled.hours, filled.queries),
+            (193, 1),
+            "8 days of whole hours"
+        );
     }
     // A restart fills only the 5-hour gap, then matches Prometheus on the hour (169 points).
     let mut sampler = Sampler::new(prom.clone(), "", Store::open(state.path()).unwrap()).unwrap();
