@@ -112,7 +112,7 @@ impl VolumeSpike {
         extra.insert("ratio".into(), format!("{ratio:.2}"));
         extra.insert(
             "coverage".into(),
-            format!("{} of 168 hours", egress.coverage_hours),
+            format!("{} hourly samples in 7 days", egress.coverage_hours),
         );
         if !pods.is_empty() {
             extra.insert("top_pods".into(), pods.clone());
@@ -131,7 +131,7 @@ impl VolumeSpike {
         extra.insert(
             "description".into(),
             format!(
-                "Namespace {namespace} sent {} over the last 10 minutes, {ratio:.2} times its 7-day hourly average of {} (threshold {}x, baseline covering {} of 168 hours). Top senders: {}. Destinations seen by Hubble in the same window: {}.",
+                "Namespace {namespace} sent {} over the last 10 minutes, {ratio:.2} times its 7-day hourly average of {} (threshold {}x, baseline of {} hourly samples). Top senders: {}. Destinations seen by Hubble in the same window: {}.",
                 human_rate(rate),
                 human_rate(baseline),
                 self.params.factor,

@@ -311,3 +311,117 @@ async fn a_stopped_prometheus_leaves_baselines_unchanged_and_sampling_resumes() 
     assert_eq!(filled.hours, 2, "the hours missed while blind are filled");
     matches_prometheus(&sampler, &prom, t + 2 * HOUR).await;
 }
+
+/// An engine over the shipped rule pack with `blind_after`, alerts kept in memory.
+fn engine(blind_after: Duration) -> exfilwatch::detect::engine::Engine {
+    use std::sync::Arc;
+    let rules: Vec<Arc<_>> =
+        exfilwatch::detect::rules::load_text(exfilwatch::commands::DEFAULT_RULES, "pack")
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let mut config = exfilwatch::config::Config::default();
+    config.prometheus.blind_after = blind_after;
+    let (engine, _delivery) =
+        exfilwatch::commands::start_alerting(&config, &rules, Store::in_memory().unwrap(), false)
+            .unwrap();
+    engine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_raises_the_volume_alert_with_pods_and_flow_destinations() {
+    use exfilwatch::flow::Event;
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let server = PromServer::start(end).await;
+    let mut sampler = Sampler::new(
+        client(&server.url),
+        "{interface=\"eth0\"}",
+        Store::in_memory().unwrap(),
+    )
+    .unwrap();
+    let mut engine = engine(Duration::from_secs(300));
+    let now = tokio::time::Instant::now();
+
+    // Flows of the same minutes: the training pods uploading to an unknown host.
+    let mut decoder = exfilwatch::flow::json::JsonDecoder::default();
+    for i in 0..3 {
+        let line = format!(
+            r#"{{"flow":{{"time":"2026-01-01T00:00:0{i}Z","verdict":"FORWARDED","traffic_direction":"EGRESS","IP":{{"source":"10.0.1.1{i}","destination":"203.0.113.77"}},"l4":{{"TCP":{{"source_port":4000{i},"destination_port":443}}}},"source":{{"namespace":"ai-training","pod_name":"ai-training-{i}"}},"destination":{{"identity":2}},"destination_names":["paste.example.net"]}}}}"#
+        );
+        let Event::Flow(mut flow) = decoder.decode_line(&line).unwrap() else {
+            panic!()
+        };
+        flow.time_ns = (end - 60) * 1_000_000_000;
+        engine.observe(&Event::Flow(flow), now);
+    }
+
+    let quiet =
+        exfilwatch::egress::watch::evaluate(&mut sampler, hour_floor(end) - 2 * HOUR, 1.5).await;
+    assert_eq!(quiet.error, None);
+    engine.egress(&quiet, now);
+    assert!(engine.firing().is_empty(), "{:?}", engine.firing());
+
+    let report = exfilwatch::egress::watch::evaluate(&mut sampler, end - 17 * 60 - 13, 1.5).await;
+    let training = &report.namespaces["ai-training"];
+    assert!(training.ratio().unwrap() > 1.5);
+    assert_eq!(training.top_pods.len(), 3, "{training:?}");
+    engine.egress(&report, now);
+    let firing = engine.firing();
+    assert_eq!(firing.len(), 1, "{firing:#?}");
+    let alert = &firing[0];
+    assert_eq!(alert.labels["alertname"], "TrainingDataEgressVolumeSpike");
+    assert_eq!(alert.labels["namespace"], "ai-training");
+    assert_eq!(alert.labels["destination"], "*");
+    let a = &alert.annotations;
+    assert!(a["summary"].starts_with("ai-training: egress "), "{a:?}");
+    assert!(
+        a["top_pods"].starts_with("ai-training/ai-training-"),
+        "{a:?}"
+    );
+    assert_eq!(a["top_destinations"], "paste.example.net (3 flows)");
+    assert_eq!(a["coverage"], "168 hourly samples in 7 days");
+    assert!(a["ratio"].parse::<f64>().unwrap() > 1.5);
+
+    // The ratio falls back: resolved at once.
+    engine.egress(&quiet, now);
+    assert!(engine.firing().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_prometheus_raises_the_blind_alert_after_the_configured_time_and_no_spike() {
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let mut server = PromServer::start(end).await;
+    let mut sampler = Sampler::new(client(&server.url), "", Store::in_memory().unwrap()).unwrap();
+    let mut engine = engine(Duration::from_secs(120));
+    let start = tokio::time::Instant::now();
+    let spiking_at = end - 17 * 60 - 13;
+    sampler.fill(spiking_at - HOUR).await.unwrap();
+    server.stop();
+
+    let blind = exfilwatch::egress::watch::evaluate(&mut sampler, spiking_at, 1.5).await;
+    assert!(
+        blind.error.as_deref().unwrap_or("").contains(&server.url),
+        "{blind:?}"
+    );
+    engine.egress(&blind, start);
+    engine.egress(&blind, start + Duration::from_secs(60));
+    assert!(engine.firing().is_empty(), "not blind for long enough yet");
+    engine.egress(&blind, start + Duration::from_secs(121));
+    let firing = engine.firing();
+    assert_eq!(firing.len(), 1, "{firing:#?}");
+    assert_eq!(firing[0].labels["alertname"], "ExfilwatchBlind");
+    assert_eq!(firing[0].labels["destination"], "prometheus");
+
+    // Prometheus returns: the blind alert resolves, and the spike it hid is found.
+    server.resume().await;
+    let report = exfilwatch::egress::watch::evaluate(&mut sampler, spiking_at, 1.5).await;
+    assert_eq!(report.error, None);
+    engine.egress(&report, start + Duration::from_secs(180));
+    let names: Vec<String> = engine
+        .firing()
+        .iter()
+        .map(|a| a.labels["alertname"].clone())
+        .collect();
+    assert_eq!(names, ["TrainingDataEgressVolumeSpike"]);
+}
