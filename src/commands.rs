@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::Alert;
 use crate::alert::manager::{LifecycleConfig, Manager};
 use crate::alert::sink::{self, DeliveryStats};
-use crate::api::{self, metrics::Telemetry};
+use crate::api::{self, egress::EgressApi, metrics::Telemetry};
 use crate::config::Config;
 use crate::detect::engine::Engine;
 use crate::detect::rules::{self, Rule};
@@ -181,6 +181,7 @@ pub fn start_alerting(
 type EgressFeed = (
     mpsc::Receiver<EgressReport>,
     watch::Receiver<Arc<EgressReport>>,
+    EgressApi,
 );
 
 /// Starts the egress task when `prometheus.url` is set. Volume rules without it are
@@ -204,6 +205,20 @@ fn start_egress(
     };
     let p = &config.prometheus;
     let prometheus = Prometheus::new(url, p.timeout, p.auth.clone(), p.tls.as_ref())?;
+    let min_coverage_hours = rules
+        .iter()
+        .filter(|r| r.enabled)
+        .filter_map(|r| match &r.kind {
+            rules::Kind::VolumeSpike(v) => Some((v.min_coverage.as_secs() / 3600) as usize),
+            rules::Kind::PolicyDenied(_) => None,
+        })
+        .min()
+        .unwrap_or(72);
+    let dashboards = EgressApi {
+        prometheus: prometheus.clone(),
+        selector: p.selector.clone(),
+        min_coverage_hours,
+    };
     let sampler =
         Sampler::new(prometheus, &p.selector, store.clone()).map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
@@ -217,7 +232,7 @@ fn start_egress(
         cancel,
     ));
     tracing::info!(%url, interval = ?p.interval, "egress: sampling rates and baselines from Prometheus");
-    Ok(Some((rx, latest_rx)))
+    Ok(Some((rx, latest_rx, dashboards)))
 }
 
 /// Logs each policy-denied flow leaving a watched namespace as it arrives.
@@ -449,9 +464,9 @@ async fn follow(
             return Outcome::fail(EXIT_CONFIG, e);
         }
     };
-    let (egress_rx, egress_latest) = match egress {
-        Some((rx, latest)) => (Some(rx), Some(latest)),
-        None => (None, None),
+    let (egress_rx, egress_latest, egress_api) = match egress {
+        Some((rx, latest, api)) => (Some(rx), Some(latest), Some(api)),
+        None => (None, None, None),
     };
     let telemetry = Arc::new(Telemetry {
         source: stats.clone(),
@@ -459,7 +474,7 @@ async fn follow(
         store: store.clone(),
         egress: egress_latest,
     });
-    let api = match api::prepare(&config.api, telemetry, source.state()) {
+    let api = match api::prepare(&config.api, telemetry, source.state(), egress_api) {
         Ok(state) => match api::bind(config.api.listen).await {
             Ok(listener) => Ok((state, listener)),
             Err(e) => Err(e),

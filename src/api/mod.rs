@@ -6,6 +6,7 @@
 //! With tokens (`api.tokens_file`, one per line), every route except the probes needs
 //! `Authorization: Bearer TOKEN`; tokens are compared in constant time.
 
+pub mod egress;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ use crate::source::hubble::StreamState;
 pub struct ApiState {
     pub telemetry: Arc<metrics::Telemetry>,
     pub stream: watch::Receiver<StreamState>,
+    /// Set when Prometheus is configured.
+    pub egress: Option<egress::EgressApi>,
     tokens: Vec<Vec<u8>>,
 }
 
@@ -62,10 +65,12 @@ pub fn prepare(
     config: &ApiConfig,
     telemetry: Arc<metrics::Telemetry>,
     stream: watch::Receiver<StreamState>,
+    egress: Option<egress::EgressApi>,
 ) -> Result<ApiState, String> {
     Ok(ApiState {
         telemetry,
         stream,
+        egress,
         tokens: tokens(config)?,
     })
 }
@@ -164,6 +169,8 @@ async fn not_found() -> Response {
 pub fn router(state: Arc<ApiState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/api/v1/baselines", get(egress::baselines))
+        .route("/api/v1/namespaces/{ns}/egress", get(egress::namespace))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -8,6 +8,7 @@
 //! [`Sampler::current`] evaluates the rate at a given time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::prometheus::{PromError, Prometheus};
@@ -16,6 +17,15 @@ use crate::store::{Store, StoreError};
 
 /// The egress counter cAdvisor exports.
 pub const EGRESS_METRIC: &str = "container_network_transmit_bytes_total";
+
+/// `selector` (label matchers in braces, or empty) narrowed to one namespace.
+pub fn namespace_selector(selector: &str, namespace: &str) -> String {
+    let escaped = namespace.replace('\\', "\\\\").replace('"', "\\\"");
+    match selector.strip_suffix('}') {
+        Some(open) if open.len() > 1 => format!("{open},namespace=\"{escaped}\"}}"),
+        _ => format!("{{namespace=\"{escaped}\"}}"),
+    }
+}
 
 /// Why sampling failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +52,8 @@ pub struct Sampler {
     rate_query: String,
     selector: String,
     store: Store,
-    baselines: BTreeMap<String, Baseline>,
+    /// Shared with the reports; replaced copy-on-write when an hour is added.
+    baselines: Arc<BTreeMap<String, Baseline>>,
     done_hours: BTreeSet<i64>,
     /// Samples Prometheus returned as NaN or ±Inf (never used).
     pub non_finite: AtomicU64,
@@ -68,7 +79,7 @@ impl Sampler {
             rate_query,
             selector,
             store,
-            baselines,
+            baselines: Arc::new(baselines),
             done_hours,
             non_finite: AtomicU64::new(0),
         })
@@ -79,7 +90,7 @@ impl Sampler {
         &self.rate_query
     }
 
-    pub fn baselines(&self) -> &BTreeMap<String, Baseline> {
+    pub fn baselines(&self) -> &Arc<BTreeMap<String, Baseline>> {
         &self.baselines
     }
 
@@ -103,12 +114,13 @@ impl Sampler {
         self.non_finite.fetch_add(dropped as u64, Ordering::Relaxed);
         let wanted: BTreeSet<i64> = missing.iter().copied().collect();
         let mut rows = Vec::new();
+        let baselines = Arc::make_mut(&mut self.baselines);
         for s in series {
             let namespace = s.labels.get("namespace").cloned().unwrap_or_default();
             if namespace.is_empty() {
                 continue;
             }
-            let baseline = self.baselines.entry(namespace.clone()).or_default();
+            let baseline = baselines.entry(namespace.clone()).or_default();
             for (hour, rate) in s.points {
                 if wanted.contains(&hour) {
                     baseline.insert(hour, rate);
@@ -120,10 +132,10 @@ impl Sampler {
             .save_baseline_samples(&rows, &missing, t - RETAIN - HOUR)?;
         self.done_hours.extend(missing.iter().copied());
         self.done_hours = self.done_hours.split_off(&(t - RETAIN - HOUR));
-        for baseline in self.baselines.values_mut() {
+        for baseline in baselines.values_mut() {
             baseline.prune(t);
         }
-        self.baselines.retain(|_, b| !b.is_empty());
+        baselines.retain(|_, b| !b.is_empty());
         Ok(Filled {
             hours: missing.len(),
             queries: 1,
@@ -137,11 +149,7 @@ impl Sampler {
         t: f64,
         n: usize,
     ) -> Result<Vec<(String, f64)>, PromError> {
-        let escaped = namespace.replace('\\', "\\\\").replace('"', "\\\"");
-        let matchers = match self.selector.strip_suffix('}') {
-            Some(open) if open.len() > 1 => format!("{open},namespace=\"{escaped}\"}}"),
-            _ => format!("{{namespace=\"{escaped}\"}}"),
-        };
+        let matchers = namespace_selector(&self.selector, namespace);
         let query = format!("topk({n}, sum by (pod) (rate({EGRESS_METRIC}{matchers}[10m])))");
         let (samples, _) = self.prometheus.instant(&query, t).await?;
         let mut pods: Vec<(String, f64)> = samples

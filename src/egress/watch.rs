@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::sampler::Sampler;
+use crate::baseline::Baseline;
 
 /// Pods listed in a spike alert.
 pub const TOP_PODS: usize = 5;
@@ -49,6 +50,9 @@ pub struct EgressReport {
     pub namespaces: BTreeMap<String, NamespaceEgress>,
     /// Why this round has no numbers.
     pub error: Option<String>,
+    /// The hourly samples behind the baselines, for dashboards.
+    #[serde(skip)]
+    pub baselines: Arc<BTreeMap<String, Baseline>>,
 }
 
 /// Samples and evaluates at `t`; namespaces above `top_factor` times their baseline get
@@ -76,7 +80,8 @@ pub async fn evaluate(sampler: &mut Sampler, t: i64, top_factor: f64) -> EgressR
         ));
         return report;
     }
-    for (namespace, baseline) in sampler.baselines() {
+    report.baselines = sampler.baselines().clone();
+    for (namespace, baseline) in sampler.baselines().iter() {
         let entry = report.namespaces.entry(namespace.clone()).or_default();
         entry.baseline = baseline.mean_at(t);
         entry.coverage_hours = baseline.coverage_hours(t);

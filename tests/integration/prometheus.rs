@@ -425,3 +425,160 @@ async fn a_blind_prometheus_raises_the_blind_alert_after_the_configured_time_and
         .collect();
     assert_eq!(names, ["TrainingDataEgressVolumeSpike"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 60;
+    let server = PromServer::start(end).await;
+    let relay = crate::support::relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hubble:\n  address: http://{}\nprometheus:\n  url: {}\n  interval: 1s\nrules:\n  dir: {}/rules\nstorage:\n  dir: state\napi:\n  listen: 127.0.0.1:{port}\n",
+            relay.addr,
+            server.url,
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let baselines: serde_json::Value = loop {
+        if let Ok(r) = http.get(format!("{base}/api/v1/baselines")).send().await
+            && r.status() == 200
+        {
+            let v: serde_json::Value = r.json().await.unwrap();
+            if v["namespaces"].as_array().is_some_and(|a| a.len() == 3) {
+                break v;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no baselines served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let training = baselines["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == "ai-training")
+        .unwrap();
+    assert_eq!(training["state"], "ready", "{training}");
+    assert!(training["ratio"].as_f64().unwrap() > 1.5, "{training}");
+    assert_eq!(training["coverage_percent"], 100.0);
+
+    let series: serde_json::Value = http
+        .get(format!(
+            "{base}/api/v1/namespaces/ai-training/egress?range=3h&step=5m"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(series["state"], "ready");
+    assert_eq!(
+        series["baseline"].as_array().unwrap().len(),
+        37,
+        "3 h at 5 m, both ends"
+    );
+    assert!(
+        series["current"].as_array().unwrap().len() >= 30,
+        "{series}"
+    );
+    let last_ratio = series["ratio"].as_array().unwrap().last().unwrap()[1]
+        .as_f64()
+        .unwrap();
+    assert!(last_ratio > 1.5, "{series}");
+
+    for (query, status, names) in [
+        (
+            "/api/v1/namespaces/ai-training/egress?range=forever",
+            400,
+            "range",
+        ),
+        (
+            "/api/v1/namespaces/ai-training/egress?range=30d",
+            400,
+            "range",
+        ),
+        ("/api/v1/namespaces/ai-training/egress?step=1s", 400, "step"),
+        (
+            "/api/v1/namespaces/ai-training/egress?window=1h",
+            400,
+            "window",
+        ),
+        ("/api/v1/namespaces/nowhere/egress", 404, "nowhere"),
+    ] {
+        let r = http.get(format!("{base}{query}")).send().await.unwrap();
+        assert_eq!(r.status(), status, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains(names),
+            "{query}: {body}"
+        );
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("exfilwatch_egress_rate_bytes{namespace=\"ai-training\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_egress_baseline_bytes{namespace=\"web\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_prometheus_blind 0"),
+        "{metrics}"
+    );
+    let health: serde_json::Value = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["details"]["prometheus"]["state"], "ok", "{health}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("TrainingDataEgressVolumeSpike [warning] ai-training -> *"),
+        "{stdout}"
+    );
+}
