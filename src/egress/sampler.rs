@@ -27,6 +27,20 @@ pub fn namespace_selector(selector: &str, namespace: &str) -> String {
     }
 }
 
+/// `text` as a literal inside a PromQL regular expression (in a double-quoted string).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push_str("\\\\");
+        } else if c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Why sampling failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -142,22 +156,38 @@ impl Sampler {
         })
     }
 
-    /// The `n` pods of `namespace` sending the most at `t`, bytes per second, biggest first.
+    /// For each of `namespaces`, its `n` pods sending the most at `t` (bytes per second,
+    /// biggest first), in one query.
     pub async fn top_pods(
         &self,
-        namespace: &str,
+        namespaces: &[String],
         t: f64,
         n: usize,
-    ) -> Result<Vec<(String, f64)>, PromError> {
-        let matchers = namespace_selector(&self.selector, namespace);
-        let query = format!("topk({n}, sum by (pod) (rate({EGRESS_METRIC}{matchers}[10m])))");
+    ) -> Result<BTreeMap<String, Vec<(String, f64)>>, PromError> {
+        if namespaces.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let alternatives: Vec<String> = namespaces.iter().map(|ns| regex_escape(ns)).collect();
+        let matchers = namespace_selector(&self.selector, "").replace(
+            "namespace=\"\"",
+            &format!("namespace=~\"{}\"", alternatives.join("|")),
+        );
+        let query = format!(
+            "topk by (namespace) ({n}, sum by (namespace, pod) (rate({EGRESS_METRIC}{matchers}[10m])))"
+        );
         let (samples, _) = self.prometheus.instant(&query, t).await?;
-        let mut pods: Vec<(String, f64)> = samples
-            .into_iter()
-            .filter_map(|s| Some((s.labels.get("pod")?.clone(), s.value)))
-            .collect();
-        pods.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(pods)
+        let mut out: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+        for s in samples {
+            if let (Some(ns), Some(pod)) = (s.labels.get("namespace"), s.labels.get("pod")) {
+                out.entry(ns.clone())
+                    .or_default()
+                    .push((pod.clone(), s.value));
+            }
+        }
+        for pods in out.values_mut() {
+            pods.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        Ok(out)
     }
 
     /// Every namespace's 10-minute egress rate at `t`, bytes per second.

@@ -95,11 +95,13 @@ pub async fn evaluate(sampler: &mut Sampler, t: i64, top_factor: f64) -> EgressR
         .filter(|(_, e)| e.ratio().is_some_and(|r| r > top_factor))
         .map(|(ns, _)| ns.clone())
         .collect();
-    for namespace in spiking {
-        match sampler.top_pods(&namespace, t as f64, TOP_PODS).await {
-            Ok(pods) => report.namespaces.entry(namespace).or_default().top_pods = pods,
-            Err(e) => tracing::warn!(namespace, "egress: top pods unavailable: {e}"),
+    match sampler.top_pods(&spiking, t as f64, TOP_PODS).await {
+        Ok(top) => {
+            for (namespace, pods) in top {
+                report.namespaces.entry(namespace).or_default().top_pods = pods;
+            }
         }
+        Err(e) => tracing::warn!(namespaces = ?spiking, "egress: top pods unavailable: {e}"),
     }
     report
 }
