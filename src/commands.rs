@@ -27,6 +27,7 @@ use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::Egres
 use crate::flow::Event;
 use crate::pipeline::{self, CHANNEL_CAPACITY, Summary, destination_label};
 use crate::sim::observer::SimObserver;
+use crate::sim::prometheus::EgressModel;
 use crate::sim::traffic::{TRAINING_NAMESPACE, TrainingCluster};
 use crate::source::SourceStats;
 use crate::source::hubble::{HubbleError, HubbleSource};
@@ -261,22 +262,36 @@ fn alerts_table(alerts: &[Alert]) -> String {
     let _ = writeln!(out, "\nalerts firing: {}", alerts.len());
     for a in alerts {
         let get = |k: &str| a.annotations.get(k).map_or("", String::as_str);
+        let label = |k: &str| a.labels.get(k).map_or("", String::as_str);
         let _ = writeln!(
             out,
-            "  {} [{}] {} -> {}\n    {}\n    pods: {}  ports: {}  policies: {}",
-            a.labels.get("alertname").map_or("", String::as_str),
-            a.labels.get("severity").map_or("", String::as_str),
-            a.labels.get("namespace").map_or("", String::as_str),
-            a.labels.get("destination").map_or("", String::as_str),
-            get("summary"),
-            get("source_pods"),
-            get("ports"),
-            if get("policies").is_empty() {
+            "  {} [{}] {} -> {}\n    {}",
+            label("alertname"),
+            label("severity"),
+            label("namespace"),
+            label("destination"),
+            get("summary")
+        );
+        if a.context.extra.is_empty() {
+            let policies = if get("policies").is_empty() {
                 "(default deny)"
             } else {
                 get("policies")
-            },
-        );
+            };
+            let _ = writeln!(
+                out,
+                "    pods: {}  ports: {}  policies: {policies}",
+                get("source_pods"),
+                get("ports")
+            );
+        } else if !get("top_pods").is_empty() || !get("top_destinations").is_empty() {
+            let _ = writeln!(
+                out,
+                "    top pods: {}\n    top destinations: {}",
+                get("top_pods"),
+                get("top_destinations")
+            );
+        }
     }
     out
 }
@@ -581,6 +596,10 @@ pub async fn demo(
     let sim = SimObserver::default();
     let server_stop = CancellationToken::new();
     let addr = sim.clone().spawn_local(None, server_stop.clone()).await?;
+    let egress_model = Arc::new(EgressModel::default());
+    let prometheus_addr =
+        crate::sim::prometheus::spawn_local(egress_model.clone(), server_stop.clone()).await?;
+    tracing::info!(%prometheus_addr, "demo: simulated Prometheus API serving the namespaces' egress counters");
     tracing::info!(%addr, "demo: simulated Hubble Relay serving an '{TRAINING_NAMESPACE}' namespace");
 
     let start_ns = crate::alert::now_ns();
@@ -590,6 +609,7 @@ pub async fn demo(
     let generator = {
         let sim = sim.clone();
         let stop = traffic_stop.clone();
+        let egress_model = egress_model.clone();
         tokio::spawn(async move {
             let mut cluster =
                 TrainingCluster::new(7, start_ns, i64::try_from(step.as_nanos()).unwrap_or(1));
@@ -610,6 +630,8 @@ pub async fn demo(
                     for flow in cluster.exfiltration_attempt() {
                         sim.push_flow(flow);
                     }
+                    // ...and worker 2, still allowed to reach S3, starts a bulk upload there.
+                    egress_model.spike_from(crate::alert::now_ns() / 1_000_000_000);
                 }
             }
         })
@@ -619,6 +641,8 @@ pub async fn demo(
     config.hubble.address = format!("http://{addr}");
     config.hubble.namespaces = vec![TRAINING_NAMESPACE.into()];
     config.alertmanager.urls = alertmanager.into_iter().collect();
+    config.prometheus.url = Some(format!("http://{prometheus_addr}"));
+    config.prometheus.interval = Duration::from_secs(1);
     // An ephemeral port: the demo must not collide with a service on 8080.
     config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let rules: Vec<Arc<Rule>> = match rules::load_text(DEFAULT_RULES, "rules/segmentation.yaml") {

@@ -20,7 +20,7 @@ use crate::alert::Alert;
 use crate::alert::manager::{Destination, Manager};
 use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
-use crate::flow::{Event, TrafficDirection};
+use crate::flow::{Event, TrafficDirection, Verdict};
 use crate::intern::SymList;
 
 /// The alert raised while Prometheus is unusable.
@@ -138,7 +138,10 @@ impl Engine {
             self.namespace_labels
                 .insert(ns.to_owned(), flow.source.labels.clone());
         }
-        let outgoing = flow.direction != TrafficDirection::Ingress && flow.is_reply != Some(true);
+        // Only forwarded flows carried the bytes a spike counts.
+        let outgoing = flow.verdict == Verdict::Forwarded
+            && flow.direction != TrafficDirection::Ingress
+            && flow.is_reply != Some(true);
         if outgoing
             && self
                 .volume

@@ -191,14 +191,25 @@ fn the_demo_shows_the_exfiltration_attempt() {
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(0), "{msg}");
     assert!(
-        msg.contains("ai-training/llm-pretrain-worker-2 -> paste.example.net:443/TCP"),
+        msg.contains("TrainingPodUnexpectedEgress [critical] ai-training -> paste.example.net"),
         "{msg}"
     );
     assert!(
-        msg.contains("ai-training/llm-pretrain-worker-2 -> production/orders-db-0:5432/TCP"),
+        msg.contains("TrainingPodUnexpectedEgress [critical] ai-training -> production/orders-db"),
         "{msg}"
     );
-    assert!(msg.contains("POLICY_DENY"), "{msg}");
+    assert!(
+        msg.contains("policies: ai-training/deny-unapproved-egress"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("TrainingDataEgressVolumeSpike [warning] ai-training -> *"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("top pods: ai-training/llm-pretrain-worker-2"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
