@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiState;
-use crate::baseline::{Baseline, RETAIN, State as BaselineState, WEEK};
+use crate::baseline::{Baseline, MAX_RANGE, State as BaselineState};
 use crate::egress::prometheus::{MAX_POINTS, Prometheus};
 use crate::egress::sampler::{EGRESS_METRIC, namespace_selector};
 
@@ -118,7 +118,7 @@ pub async fn namespace(
         Ok(s) => s,
         Err(detail) => return error(StatusCode::BAD_REQUEST, "bad_parameter", detail),
     };
-    let most = Duration::from_secs((RETAIN - WEEK) as u64);
+    let most = Duration::from_secs(MAX_RANGE as u64);
     if range.is_zero() || range > most {
         return error(
             StatusCode::BAD_REQUEST,

@@ -15,9 +15,13 @@ use serde::Serialize;
 pub const HOUR: i64 = 3600;
 /// Seconds in the baseline window.
 pub const WEEK: i64 = 7 * 24 * HOUR;
-/// Seconds of samples kept: the window, plus a day so a 24-hour dashboard range has a full
-/// window behind every point.
-pub const RETAIN: i64 = WEEK + 24 * HOUR;
+/// Weeks of history the hour-of-week model averages over.
+pub const SEASONAL_WEEKS: i64 = 4;
+/// Seconds of samples kept: four weeks for the hour-of-week model, plus a day so a 24-hour
+/// dashboard range has a full window behind every point.
+pub const RETAIN: i64 = SEASONAL_WEEKS * WEEK + 24 * HOUR;
+/// Longest dashboard range served.
+pub const MAX_RANGE: i64 = 24 * HOUR;
 
 /// The first whole hour at or after `t`.
 pub fn hour_ceil(t: i64) -> i64 {
@@ -69,6 +73,37 @@ impl Baseline {
         (n > 0).then(|| sum / f64::from(n))
     }
 
+    /// The hour-of-week seasonal mean at `t`: the mean of the samples at the same hour of
+    /// the week in each of the previous [`SEASONAL_WEEKS`] weeks.
+    pub fn hour_of_week_at(&self, t: i64) -> Option<f64> {
+        let hour = hour_floor(t);
+        let values: Vec<f64> = (1..=SEASONAL_WEEKS)
+            .filter_map(|k| self.samples.get(&(hour - k * WEEK)).copied())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    }
+
+    /// The median of the samples in `[t - 7d, t]` and their median absolute deviation.
+    pub fn median_mad_at(&self, t: i64) -> Option<(f64, f64)> {
+        fn median(sorted: &[f64]) -> f64 {
+            let n = sorted.len();
+            if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            }
+        }
+        let mut values: Vec<f64> = self.window(t).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let m = median(&values);
+        let mut deviations: Vec<f64> = values.iter().map(|v| (v - m).abs()).collect();
+        deviations.sort_by(f64::total_cmp);
+        Some((m, median(&deviations)))
+    }
+
     /// Hours with a sample in the window ending at `t`.
     pub fn coverage_hours(&self, t: i64) -> usize {
         self.window(t).count()
@@ -110,6 +145,29 @@ mod tests {
         assert_eq!(b.coverage_hours(t - 1800), 168);
         assert_eq!(hour_ceil(t - 1800), t);
         assert_eq!(hour_floor(t - 1800), t - HOUR);
+    }
+
+    #[test]
+    fn the_seasonal_model_compares_an_hour_with_the_same_hour_of_earlier_weeks() {
+        let mut b = Baseline::default();
+        let t = 10_000 * HOUR + 1800;
+        // Busy on this hour of the week, quiet the rest of the time.
+        for h in 0..(5 * 168) {
+            let hour = hour_floor(t) - h * HOUR;
+            b.insert(hour, if h % 168 == 0 { 900.0 } else { 100.0 });
+        }
+        assert_eq!(b.hour_of_week_at(t), Some(900.0));
+        assert!(b.mean_at(t).unwrap() < 110.0);
+    }
+
+    #[test]
+    fn median_and_mad_shrug_off_an_outlier() {
+        let mut b = Baseline::default();
+        for h in 0..168 {
+            b.insert(h * HOUR, if h == 5 { 1e9 } else { 100.0 + (h % 3) as f64 });
+        }
+        let (median, mad) = b.median_mad_at(167 * HOUR).unwrap();
+        assert_eq!((median, mad), (101.0, 1.0));
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn blind_rule() -> Rule {
     Rule {
         name: BLIND_ALERT.into(),
         kind: Kind::VolumeSpike(VolumeSpikeParams {
+            model: super::rules::BaselineModel::Mean,
             factor: 1.5,
             window: Duration::from_secs(600),
             baseline: Duration::from_secs(7 * 86_400),
@@ -191,11 +192,9 @@ impl Engine {
                     continue;
                 }
                 let top = self.recent.top(namespace, TOP_DESTINATIONS);
-                decisions.push((
-                    detector.rule.clone(),
-                    namespace.clone(),
-                    detector.evaluate(namespace, egress, &top, now),
-                ));
+                let history = report.baselines.get(namespace);
+                let decision = detector.evaluate(namespace, egress, history, report.at, &top, now);
+                decisions.push((detector.rule.clone(), namespace.clone(), decision));
             }
         }
         for (rule, namespace, decision) in decisions {

@@ -106,9 +106,32 @@ pub struct PolicyDeniedParams {
     pub samples: usize,
 }
 
+/// What a namespace's egress is compared with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BaselineModel {
+    /// The mean of the last 7 days' hourly rates: the guide's `avg_over_time(...[7d:1h])`.
+    Mean,
+    /// The mean of the same hour of the week over the last 4 weeks.
+    HourOfWeek,
+    /// The median of the last 7 days' hourly rates; the rate must also be `threshold`
+    /// robust standard deviations (1.4826 x MAD) above it.
+    MedianMad { threshold: f64 },
+}
+
+impl BaselineModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineModel::Mean => "mean",
+            BaselineModel::HourOfWeek => "hour_of_week",
+            BaselineModel::MedianMad { .. } => "median_mad",
+        }
+    }
+}
+
 /// Parameters of the `volume_spike` detector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeSpikeParams {
+    pub model: BaselineModel,
     pub factor: f64,
     pub window: Duration,
     pub baseline: Duration,
@@ -221,6 +244,8 @@ struct RawPolicyDenied {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawVolumeSpike {
+    model: Option<String>,
+    mad_threshold: Option<f64>,
     factor: Option<f64>,
     window: Option<String>,
     baseline: Option<String>,
@@ -368,7 +393,29 @@ fn volume_spike(raw: Option<Value>, report: &mut Report<'_>) -> VolumeSpikeParam
             format!("{floor} must be zero or more"),
         );
     }
+    let mad_threshold = p.mad_threshold.unwrap_or(3.0);
+    if !(mad_threshold.is_finite() && mad_threshold > 0.0) {
+        report.problem(
+            "params.mad_threshold",
+            format!("{mad_threshold} must be a number above 0"),
+        );
+    }
+    let model = match p.model.as_deref().unwrap_or("mean") {
+        "mean" => BaselineModel::Mean,
+        "hour_of_week" => BaselineModel::HourOfWeek,
+        "median_mad" => BaselineModel::MedianMad {
+            threshold: mad_threshold,
+        },
+        other => {
+            report.problem(
+                "params.model",
+                format!("{other:?} is not one of mean, hour_of_week, median_mad"),
+            );
+            BaselineModel::Mean
+        }
+    };
     VolumeSpikeParams {
+        model,
         factor,
         window: report.duration(
             "params.window",
@@ -720,6 +767,22 @@ mod tests {
         assert_eq!(p, ["r.yaml:1: rule A: name: already defined at r.yaml:1"]);
         let p = problems("- name: A\n  kind: [oops\n");
         assert!(p[0].starts_with("r.yaml:3: "), "{p:?}");
+    }
+
+    #[test]
+    fn volume_parameters_are_checked() {
+        let p = problems(
+            "- name: V\n  kind: volume_spike\n  namespaces: { names: [x] }\n  severity: warning\n  params: { model: ewma, factor: 0.9, mad_threshold: -1 }\n",
+        );
+        let expect = [
+            "r.yaml:1: rule V: params.model: \"ewma\" is not one of mean, hour_of_week, median_mad",
+            "r.yaml:1: rule V: params.factor: 0.9 must be a number above 1",
+            "r.yaml:1: rule V: params.mad_threshold: -1 must be a number above 0",
+        ];
+        for e in expect {
+            assert!(p.iter().any(|m| m == e), "missing {e:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), 3, "{p:#?}");
     }
 
     #[test]

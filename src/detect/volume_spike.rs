@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::detect::rules::{Kind, Rule, VolumeSpikeParams};
+use crate::baseline::Baseline;
+use crate::detect::rules::{BaselineModel, Kind, Rule, VolumeSpikeParams};
 use crate::egress::watch::NamespaceEgress;
 
 /// Distinct destinations counted per namespace per minute; more are counted as "(other)".
@@ -67,19 +68,39 @@ impl VolumeSpike {
         self.params.factor
     }
 
-    /// Decides for one namespace.
+    /// Decides for one namespace at `at`; `history` holds its hourly samples (the mean model
+    /// only needs `egress.baseline`).
     pub fn evaluate(
         &mut self,
         namespace: &str,
         egress: &NamespaceEgress,
+        history: Option<&Baseline>,
+        at: i64,
         destinations: &[(String, u64)],
         now: Instant,
     ) -> Decision {
-        let (Some(rate), Some(baseline)) = (egress.rate, egress.baseline) else {
+        let Some(rate) = egress.rate else {
+            return Decision::Keep;
+        };
+        let (baseline, spread_ok) = match self.params.model {
+            BaselineModel::Mean => (egress.baseline, true),
+            BaselineModel::HourOfWeek => (history.and_then(|h| h.hour_of_week_at(at)), true),
+            BaselineModel::MedianMad { threshold } => {
+                match history.and_then(|h| h.median_mad_at(at)) {
+                    Some((median, mad)) => (
+                        Some(median),
+                        mad == 0.0 || (rate - median) / (1.4826 * mad) > threshold,
+                    ),
+                    None => (None, false),
+                }
+            }
+        };
+        let Some(baseline) = baseline else {
             return Decision::Keep;
         };
         let min_hours = (self.params.min_coverage.as_secs() / 3600) as usize;
         let exceeded = egress.coverage_hours >= min_hours
+            && spread_ok
             && rate > self.params.factor * baseline
             && rate >= self.params.floor_bytes_per_second;
         if !exceeded {
@@ -110,6 +131,7 @@ impl VolumeSpike {
         extra.insert("current_rate".into(), format!("{rate:.0}"));
         extra.insert("baseline".into(), format!("{baseline:.0}"));
         extra.insert("ratio".into(), format!("{ratio:.2}"));
+        extra.insert("model".into(), self.params.model.name().into());
         extra.insert(
             "coverage".into(),
             format!("{} hourly samples in 7 days", egress.coverage_hours),
@@ -226,6 +248,8 @@ mod tests {
         let Decision::Raise(extra) = d.evaluate(
             "ai-training",
             &egress(151.0, 100.0, 168),
+            None,
+            0,
             &[("s3".into(), 9)],
             now,
         ) else {
@@ -235,11 +259,11 @@ mod tests {
         assert_eq!(extra["top_pods"], "ai-training/w-0 (151.0 B/s)");
         assert_eq!(extra["top_destinations"], "s3 (9 flows)");
         assert_eq!(
-            d.evaluate("ai-training", &egress(150.0, 100.0, 168), &[], now),
+            d.evaluate("ai-training", &egress(150.0, 100.0, 168), None, 0, &[], now),
             Decision::Clear
         );
         assert_eq!(
-            d.evaluate("ai-training", &egress(900.0, 100.0, 71), &[], now),
+            d.evaluate("ai-training", &egress(900.0, 100.0, 71), None, 0, &[], now),
             Decision::Clear,
             "under 3 days of hours"
         );
@@ -248,7 +272,7 @@ mod tests {
             ..egress(0.0, 100.0, 168)
         };
         assert_eq!(
-            d.evaluate("ai-training", &no_rate, &[], now),
+            d.evaluate("ai-training", &no_rate, None, 0, &[], now),
             Decision::Keep,
             "no data, no decision"
         );
@@ -259,18 +283,77 @@ mod tests {
         let mut d = detector("5m");
         let now = Instant::now();
         assert_eq!(
-            d.evaluate("ns", &egress(500.0, 100.0, 168), &[], now),
+            d.evaluate("ns", &egress(500.0, 100.0, 168), None, 0, &[], now),
             Decision::Keep
         );
         assert!(matches!(
             d.evaluate(
                 "ns",
                 &egress(500.0, 100.0, 168),
+                None,
+                0,
                 &[],
                 now + Duration::from_secs(300)
             ),
             Decision::Raise(_)
         ));
+    }
+
+    fn with_model(model: &str) -> VolumeSpike {
+        let pack = crate::commands::DEFAULT_RULES
+            .replace("factor: 1.5", &format!("factor: 1.5\n    model: {model}"));
+        let rule = load_text(&pack, "pack")
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "TrainingDataEgressVolumeSpike")
+            .unwrap();
+        VolumeSpike::new(Arc::new(rule)).unwrap()
+    }
+
+    #[test]
+    fn the_seasonal_model_expects_this_hours_usual_busyness() {
+        let mut d = with_model("hour_of_week");
+        let mut h = Baseline::default();
+        let t = 10_000 * 3600 + 1800;
+        for k in 0..(5 * 168) {
+            let hour = crate::baseline::hour_floor(t) - k * 3600;
+            h.insert(hour, if k % 168 == 0 { 1000.0 } else { 100.0 });
+        }
+        let now = Instant::now();
+        // 900 B/s is 9x the weekly mean but normal for this hour of the week.
+        assert_eq!(
+            d.evaluate("ns", &egress(900.0, 100.0, 168), Some(&h), t, &[], now),
+            Decision::Clear
+        );
+        assert!(matches!(
+            d.evaluate("ns", &egress(1600.0, 100.0, 168), Some(&h), t, &[], now),
+            Decision::Raise(_)
+        ));
+    }
+
+    #[test]
+    fn the_median_model_needs_a_robust_outlier() {
+        let mut d = with_model("median_mad");
+        let mut h = Baseline::default();
+        for k in 0..168 {
+            h.insert(k * 3600, 100.0 + (k % 40) as f64);
+        }
+        let now = Instant::now();
+        let t = 167 * 3600;
+        // 1.6x the median but within the usual spread? The spread here is ~10 B/s: 200 is far out.
+        assert!(matches!(
+            d.evaluate("ns", &egress(250.0, 120.0, 168), Some(&h), t, &[], now),
+            Decision::Raise(_)
+        ));
+        let mut noisy = Baseline::default();
+        for k in 0..168 {
+            noisy.insert(k * 3600, if k % 2 == 0 { 20.0 } else { 200.0 });
+        }
+        assert_eq!(
+            d.evaluate("ns", &egress(250.0, 110.0, 168), Some(&noisy), t, &[], now),
+            Decision::Clear,
+            "within 3 robust deviations"
+        );
     }
 
     #[test]

@@ -248,8 +248,8 @@ async fn rates_and_baselines_equal_prometheus_evaluating_the_guides_promql() {
         let filled = first.fill(on_the_hour - 5 * HOUR).await.unwrap();
         assert_eq!(
             (filled.hours, filled.queries),
-            (193, 1),
-            "8 days of whole hours"
+            (4 * 168 + 24 + 1, 1),
+            "4 weeks and a day of whole hours, both ends"
         );
     }
     // A restart fills only the 5-hour gap, then matches Prometheus on the hour (169 points).
