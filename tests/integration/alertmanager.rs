@@ -426,7 +426,11 @@ async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
     let receiver = Receiver::start().await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let pipeline = Pipeline::start(&config(&[&url], &[]), &rules("10m"));
+    let mut config = config(&[&url], &[]);
+    // The retry delay grows to its cap during the outage.
+    config.alertmanager.retry_max = Duration::from_secs(5);
+    let outage_began = tokio::time::Instant::now();
+    let pipeline = Pipeline::start(&config, &rules("10m"));
     let mut attack = Attack::new();
     for template in [
         attack.upload.clone(),
@@ -452,6 +456,14 @@ async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
     }
     assert_eq!(pipeline.delivery.store.outbox_depth().unwrap(), 3);
 
+    // Alertmanager comes back a minute later.
+    tokio::time::sleep_until(outage_began + Duration::from_secs(60)).await;
+    assert_eq!(
+        pipeline.delivery.store.outbox_depth().unwrap(),
+        3,
+        "still queued, nothing dropped"
+    );
+    assert!(receiver.notifications().is_empty());
     let _am = Alertmanager::start(port, &receiver.url).await;
     let got = receiver
         .wait_for("three alerts", |n| firing_destinations(n).len() >= 3)
