@@ -469,10 +469,14 @@ async fn follow(
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let mut source = HubbleSource::new(config.hubble.clone(), stats.clone());
     if let Ok(Some(cursor)) = store.cursor(HUBBLE_CURSOR) {
-        // Pick up the flows Hubble still holds from while exfilwatch was down.
-        source = source.start_at(cursor.saturating_add(1));
+        // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
+        // nodes with some delay, so start an overlap early: a flow counted twice is better
+        // than a flow missed.
+        let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
+        source = source.start_at(cursor.saturating_sub(overlap));
     }
-    let egress = match start_egress(config, rules, &store, cancel.clone()) {
+    let egress_stop = cancel.child_token();
+    let egress = match start_egress(config, rules, &store, egress_stop.clone()) {
         Ok(e) => e,
         Err(e) => {
             delivery.finish().await;
@@ -499,6 +503,7 @@ async fn follow(
     let (api_state, listener) = match api {
         Ok(a) => a,
         Err(e) => {
+            egress_stop.cancel();
             delivery.finish().await;
             return Outcome::fail(EXIT_CONFIG, e);
         }

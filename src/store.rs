@@ -330,6 +330,15 @@ impl Store {
             .map_err(self.error("read hours"))
     }
 
+    /// Overwrites a queued state with bytes that are not an alert (tests).
+    #[cfg(test)]
+    pub(crate) fn corrupt_outbox_row(&self, target: &str, fingerprint: &str) {
+        let _ = self.lock().execute(
+            "UPDATE outbox SET body = '{not an alert' WHERE target = ?1 AND fingerprint = ?2",
+            params![target, fingerprint],
+        );
+    }
+
     /// Makes every write fail, as a full or read-only disk would (tests).
     #[cfg(test)]
     pub(crate) fn refuse_writes(&self, refuse: bool) {

@@ -259,10 +259,26 @@ pub async fn deliver(
             }
             continue;
         }
-        let batch: Vec<(Pending, Alert)> = pending
-            .into_iter()
-            .filter_map(|p| serde_json::from_str::<Alert>(&p.alert).ok().map(|a| (p, a)))
-            .collect();
+        let mut batch: Vec<(Pending, Alert)> = Vec::with_capacity(pending.len());
+        for p in pending {
+            match serde_json::from_str::<Alert>(&p.alert) {
+                Ok(alert) => batch.push((p, alert)),
+                Err(e) => {
+                    // Never sendable: keep it for inspection instead of retrying it forever.
+                    let reason = format!("undecodable alert state: {e}");
+                    tracing::error!(target = %target.id, fingerprint = %p.fingerprint, "alerts: {reason}");
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = store.refused(&target.id, &p, &reason) {
+                        tracing::error!(target = %target.id, "alerts: {e}");
+                        // The store is failing too: do not spin on the same row.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let answer = if stopping {
             match tokio::time::timeout(target.flush_timeout, target.send(&batch)).await {
                 Ok(answer) => answer,
@@ -313,5 +329,89 @@ pub async fn deliver(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use axum::Router;
+    use axum::routing::post;
+
+    use super::*;
+    use crate::alert::FlowContext;
+
+    fn alert(fingerprint: &str) -> Alert {
+        Alert {
+            fingerprint: fingerprint.into(),
+            rule: "R".into(),
+            labels: BTreeMap::from([
+                ("alertname".to_owned(), "R".to_owned()),
+                ("destination".to_owned(), fingerprint.to_owned()),
+            ]),
+            annotations: BTreeMap::new(),
+            context: FlowContext::default(),
+            status: Status::Firing,
+            starts_at_ns: 1,
+            ends_at_ns: 2,
+            generator_url: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_outbox_row_becomes_a_dead_letter_and_the_rest_is_delivered() {
+        let got = Arc::new(Mutex::new(0usize));
+        let counter = got.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move || {
+                let counter = counter.clone();
+                async move {
+                    *counter.lock().unwrap() += 1;
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let config = AlertmanagerConfig {
+            webhooks: vec![url],
+            ..AlertmanagerConfig::default()
+        };
+        let target = targets(&config, "http://exfilwatch").unwrap().remove(0);
+        let store = Store::in_memory().unwrap();
+        store
+            .record(&alert("good"), std::slice::from_ref(&target.id))
+            .unwrap();
+        store
+            .record(&alert("broken"), std::slice::from_ref(&target.id))
+            .unwrap();
+        store.corrupt_outbox_row(&target.id, "broken");
+
+        let stats = Arc::new(DeliveryStats::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(deliver(
+            target,
+            store.clone(),
+            Arc::new(Notify::new()),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.outbox_depth().unwrap() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the outbox never drained"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(*got.lock().unwrap(), 1, "only the readable alert is sent");
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.sent.load(Ordering::Relaxed), 1);
     }
 }
