@@ -7,13 +7,16 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::SourceStats;
 use crate::flow::Event;
 use crate::flow::json::JsonDecoder;
+
+/// Longest line read; a longer one is a bad line, skipped without being held in memory.
+pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How many bad lines are kept (with their reasons) for the report; the rest are counted.
 pub const BAD_LINES_KEPT: usize = 100;
@@ -82,11 +85,32 @@ pub async fn replay<R: AsyncBufRead + Unpin>(
     let mut buf = Vec::with_capacity(4096);
     while !cancel.is_cancelled() {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf).await? == 0 {
+        if (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut buf)
+            .await?
+            == 0
+        {
             break;
         }
         report.lines += 1;
+        let too_long = buf.len() as u64 > MAX_LINE_BYTES;
+        if too_long {
+            // Skip the rest of the line without holding it.
+            while buf.last() != Some(&b'\n') {
+                buf.clear();
+                if (&mut reader)
+                    .take(64 * 1024)
+                    .read_until(b'\n', &mut buf)
+                    .await?
+                    == 0
+                {
+                    break;
+                }
+            }
+        }
         let decoded = match std::str::from_utf8(&buf) {
+            _ if too_long => Err(format!("line longer than {MAX_LINE_BYTES} bytes")),
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => decoder.decode_line(text.trim()).map_err(|e| e.to_string()),
             Err(e) => Err(format!("invalid UTF-8 at byte {}", e.valid_up_to())),

@@ -118,3 +118,24 @@ async fn older_schemas_with_legacy_fields_and_unknown_keys_decode() {
     assert_eq!(f.destination.port, 53);
     assert_eq!(f.time_rfc3339(), "2020-01-02T03:04:05.000000006Z");
 }
+
+#[tokio::test]
+async fn an_endless_line_is_a_bad_line_not_a_memory_problem() {
+    let good: Vec<&str> = JSONPB.lines().collect();
+    let mut input = Vec::new();
+    input.extend_from_slice(good[0].as_bytes());
+    input.push(b'\n');
+    input.extend(std::iter::repeat_n(b'x', 17 * 1024 * 1024));
+    input.push(b'\n');
+    input.extend_from_slice(good[1].as_bytes());
+    input.push(b'\n');
+    let (events, report, _) = run(input).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(report.bad.len(), 1);
+    assert_eq!(report.bad[0].line, 2);
+    assert!(
+        report.bad[0].reason.contains("longer than 16777216 bytes"),
+        "{:?}",
+        report.bad
+    );
+}
