@@ -7,6 +7,7 @@
 
 mod alertmanager;
 mod cli;
+mod deploy;
 mod hubble_stream;
 mod hubble_tls;
 mod prometheus;

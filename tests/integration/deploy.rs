@@ -1,0 +1,296 @@
+//! The deployment files are valid: the Prometheus rules (`promtool check rules`), the
+//! Alertmanager example (`amtool check-config`), the ConfigMap's configuration and rules
+//! (`exfilwatch check`), a structural check of the Cilium policies, the security settings of
+//! the Deployment, and the kustomization's file references.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = Path::new("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{name} is missing: apt-get install -y --no-install-recommends prometheus prometheus-alertmanager (scripts/test.sh does this)"
+    );
+    path
+}
+
+#[test]
+fn the_prometheus_rules_pass_promtool() {
+    let out = Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(root().join("deploy/policies/prometheus-rules.yml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("SUCCESS: 2 rules found"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_alertmanager_example_passes_amtool() {
+    let out = Command::new(tool("amtool"))
+        .arg("check-config")
+        .arg(root().join("deploy/alertmanager/alertmanager.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_configmap_config_and_rules_pass_exfilwatch_check() {
+    let base = root().join("deploy/kubernetes/base");
+    let shipped = std::fs::read_to_string(root().join("rules/segmentation.yaml")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(base.join("segmentation.yaml")).unwrap(),
+        shipped,
+        "the ConfigMap's rules drifted from rules/"
+    );
+    // Lay the mounted files out under a temporary /etc/exfilwatch.
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc/exfilwatch");
+    for sub in ["config", "rules", "hubble-tls", "api"] {
+        std::fs::create_dir_all(etc.join(sub)).unwrap();
+    }
+    let config = std::fs::read_to_string(base.join("config.yaml"))
+        .unwrap()
+        .replace("/etc/exfilwatch", &etc.display().to_string())
+        .replace(
+            "/var/lib/exfilwatch",
+            &dir.path().join("state").display().to_string(),
+        );
+    std::fs::write(etc.join("config/config.yaml"), config).unwrap();
+    std::fs::write(etc.join("rules/segmentation.yaml"), &shipped).unwrap();
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(
+            etc.join("hubble-tls").join(f),
+            "-----BEGIN CERTIFICATE-----\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(etc.join("api/tokens"), "a-token\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+        .args(["check", "--config"])
+        .arg(etc.join("config/config.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 rule(s), 2 enabled"), "{text}");
+}
+
+/// Keys a Cilium rule may use, by direction (cilium.io/v2 CiliumNetworkPolicy).
+const INGRESS_KEYS: &[&str] = &[
+    "fromEndpoints",
+    "fromEntities",
+    "fromCIDR",
+    "fromCIDRSet",
+    "fromRequires",
+    "toPorts",
+    "icmps",
+    "authentication",
+];
+const EGRESS_KEYS: &[&str] = &[
+    "toEndpoints",
+    "toEntities",
+    "toCIDR",
+    "toCIDRSet",
+    "toRequires",
+    "toFQDNs",
+    "toServices",
+    "toGroups",
+    "toPorts",
+    "icmps",
+    "authentication",
+];
+
+fn check_ports(policy: &str, to_ports: &Value) {
+    for port_rule in to_ports
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{policy}: toPorts is a list"))
+    {
+        for port in port_rule["ports"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{policy}: toPorts[].ports is a list"))
+        {
+            let number = port["port"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{policy}: port must be a string"));
+            assert!(
+                number.parse::<u16>().is_ok_and(|p| p > 0),
+                "{policy}: port {number:?}"
+            );
+            let protocol = port["protocol"].as_str().unwrap_or("ANY");
+            assert!(
+                ["TCP", "UDP", "SCTP", "ANY"].contains(&protocol),
+                "{policy}: protocol {protocol:?}"
+            );
+        }
+        if let Some(rules) = port_rule.get("rules") {
+            for rule in rules["dns"].as_sequence().into_iter().flatten() {
+                assert!(
+                    rule.get("matchName").or(rule.get("matchPattern")).is_some(),
+                    "{policy}: dns rule {rule:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cilium_policies_are_structurally_valid() {
+    let mut policies = 0;
+    for file in yaml_files(&root().join("deploy/policies")) {
+        for doc in documents(&file) {
+            if doc["apiVersion"] != "cilium.io/v2" {
+                continue;
+            }
+            policies += 1;
+            let name = format!(
+                "{}:{}",
+                file.display(),
+                doc["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            assert_eq!(doc["kind"], "CiliumNetworkPolicy", "{name}");
+            assert!(
+                doc["metadata"]["namespace"].is_string(),
+                "{name}: namespaced"
+            );
+            let spec = &doc["spec"];
+            assert!(
+                spec["endpointSelector"].is_mapping(),
+                "{name}: endpointSelector"
+            );
+            for (direction, allowed) in [("ingress", INGRESS_KEYS), ("egress", EGRESS_KEYS)] {
+                for rule in spec[direction].as_sequence().into_iter().flatten() {
+                    let rule_map = rule
+                        .as_mapping()
+                        .unwrap_or_else(|| panic!("{name}: {direction} rule is a mapping"));
+                    for key in rule_map.keys() {
+                        let key = key.as_str().unwrap_or("");
+                        assert!(
+                            allowed.contains(&key),
+                            "{name}: {direction} rule key {key:?}"
+                        );
+                    }
+                    if let Some(to_ports) = rule.get("toPorts") {
+                        check_ports(&name, to_ports);
+                    }
+                    for fqdn in rule["toFQDNs"].as_sequence().into_iter().flatten() {
+                        assert!(
+                            fqdn.get("matchName").or(fqdn.get("matchPattern")).is_some(),
+                            "{name}: toFQDNs entry {fqdn:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(policies, 4, "default deny, peers, DNS, object storage");
+}
+
+#[test]
+fn the_deployment_runs_locked_down() {
+    let docs = documents(&root().join("deploy/kubernetes/base/deployment.yaml"));
+    let pod = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["limits"]["memory"].is_string());
+}
+
+#[test]
+fn every_manifest_names_itself_and_the_kustomization_finds_its_files() {
+    for dir in ["deploy/kubernetes/base", "deploy/policies"] {
+        for file in yaml_files(&root().join(dir)) {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if [
+                "kustomization.yaml",
+                "config.yaml",
+                "segmentation.yaml",
+                "prometheus-rules.yml",
+            ]
+            .contains(&name.as_str())
+            {
+                continue;
+            }
+            for doc in documents(&file) {
+                assert!(
+                    doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                    "{}",
+                    file.display()
+                );
+                assert!(doc["metadata"]["name"].is_string(), "{}", file.display());
+            }
+        }
+    }
+    for kustomization in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/overlays/example",
+    ] {
+        let dir = root().join(kustomization);
+        let k = &documents(&dir.join("kustomization.yaml"))[0];
+        let mut refs: Vec<&str> = k["resources"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for generator in k["configMapGenerator"].as_sequence().into_iter().flatten() {
+            refs.extend(
+                generator["files"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str),
+            );
+        }
+        assert!(!refs.is_empty());
+        for r in refs {
+            assert!(dir.join(r).exists(), "{kustomization}: {r} does not exist");
+        }
+    }
+}
