@@ -211,7 +211,7 @@ fn start_egress(
         .filter(|r| r.enabled)
         .filter_map(|r| match &r.kind {
             rules::Kind::VolumeSpike(v) => Some((v.min_coverage.as_secs() / 3600) as usize),
-            rules::Kind::PolicyDenied(_) => None,
+            rules::Kind::PolicyDenied(_) | rules::Kind::Scan(_) => None,
         })
         .min()
         .unwrap_or(72);
@@ -283,6 +283,13 @@ fn alerts_table(alerts: &[Alert]) -> String {
                 "    pods: {}  ports: {}  policies: {policies}",
                 get("source_pods"),
                 get("ports")
+            );
+        } else if !get("scanners").is_empty() {
+            let _ = writeln!(
+                out,
+                "    {}\n    destinations include: {}",
+                get("scanners"),
+                get("sample_destinations")
             );
         } else if !get("top_pods").is_empty() || !get("top_destinations").is_empty() {
             let _ = writeln!(

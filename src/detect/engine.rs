@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::policy_denied::{PolicyDenied, destination};
 use super::rules::{Kind, PolicyDeniedParams, Rule, Selector, Severity, VolumeSpikeParams};
+use super::scan::Scan;
 use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, VolumeSpike};
 use crate::alert::Alert;
 use crate::alert::manager::{Destination, Manager};
@@ -33,6 +34,7 @@ const MAX_NAMESPACES: usize = 10_000;
 pub struct Engine {
     policy: Vec<PolicyDenied>,
     volume: Vec<VolumeSpike>,
+    scan: Vec<Scan>,
     manager: Manager,
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
@@ -80,6 +82,7 @@ impl Engine {
         Engine {
             policy: enabled().filter_map(PolicyDenied::new).collect(),
             volume: enabled().filter_map(VolumeSpike::new).collect(),
+            scan: enabled().filter_map(Scan::new).collect(),
             manager,
             stats,
             recent: RecentDestinations::default(),
@@ -107,7 +110,7 @@ impl Engine {
             .filter(|r| r.enabled)
             .filter_map(|r| match &r.kind {
                 Kind::VolumeSpike(p) => Some(p.factor),
-                Kind::PolicyDenied(_) => None,
+                Kind::PolicyDenied(_) | Kind::Scan(_) => None,
             })
             .fold(f64::INFINITY, f64::min)
     }
@@ -126,6 +129,17 @@ impl Engine {
                 if let Err(e) =
                     self.manager
                         .hit(&rule, &hit.namespace, &hit.destination, flow, samples, now)
+                {
+                    store_failed(&self.stats, &e);
+                }
+            }
+        }
+        for detector in &mut self.scan {
+            if let Some(hit) = detector.check(flow) {
+                let rule = detector.rule.clone();
+                if let Err(e) =
+                    self.manager
+                        .raise(&rule, &hit.namespace, &Destination::All, hit.extra, now)
                 {
                     store_failed(&self.stats, &e);
                 }

@@ -4,5 +4,6 @@
 pub mod engine;
 pub mod policy_denied;
 pub mod rules;
+pub mod scan;
 pub mod template;
 pub mod volume_spike;

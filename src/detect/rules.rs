@@ -145,6 +145,7 @@ pub struct VolumeSpikeParams {
 pub enum Kind {
     PolicyDenied(PolicyDeniedParams),
     VolumeSpike(VolumeSpikeParams),
+    Scan(ScanParams),
 }
 
 impl Kind {
@@ -152,8 +153,20 @@ impl Kind {
         match self {
             Kind::PolicyDenied(_) => "policy_denied",
             Kind::VolumeSpike(_) => "volume_spike",
+            Kind::Scan(_) => "scan",
         }
     }
+}
+
+/// Parameters of the `scan` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanParams {
+    /// The sliding window distinct destinations and ports are counted in.
+    pub window: Duration,
+    /// Distinct destinations (FQDN, namespace/workload or address block) that make a scan.
+    pub destinations: usize,
+    /// Distinct (destination, port) pairs that make a scan.
+    pub ports: usize,
 }
 
 /// One validated rule.
@@ -371,6 +384,49 @@ fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedPar
     }
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawScan {
+    window: Option<String>,
+    destinations: Option<usize>,
+    ports: Option<usize>,
+}
+
+fn scan(raw: Option<Value>, report: &mut Report<'_>) -> ScanParams {
+    let p: RawScan = match raw.map(serde_yaml_ng::from_value).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.problem("params", params_message(&e.to_string()));
+            RawScan::default()
+        }
+    };
+    let mut count = |field: &str, value: Option<usize>, default: usize| {
+        let n = value.unwrap_or(default);
+        if !(2..=100_000).contains(&n) {
+            report.problem(field, format!("{n} is not between 2 and 100000"));
+        }
+        n
+    };
+    let destinations = count("params.destinations", p.destinations, 20);
+    let ports = count("params.ports", p.ports, 50);
+    let window = report.duration(
+        "params.window",
+        p.window.as_deref(),
+        Duration::from_secs(60),
+    );
+    if window.is_zero() || window > Duration::from_secs(3600) {
+        report.problem(
+            "params.window",
+            format!("{window:?} must be above zero and at most 1h"),
+        );
+    }
+    ScanParams {
+        window,
+        destinations,
+        ports,
+    }
+}
+
 fn volume_spike(raw: Option<Value>, report: &mut Report<'_>) -> VolumeSpikeParams {
     let p: RawVolumeSpike = match raw.map(serde_yaml_ng::from_value).transpose() {
         Ok(p) => p.unwrap_or_default(),
@@ -450,10 +506,11 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
     let kind = match raw.kind.as_str() {
         "policy_denied" => Kind::PolicyDenied(policy_denied(raw.params, report)),
         "volume_spike" => Kind::VolumeSpike(volume_spike(raw.params, report)),
+        "scan" => Kind::Scan(scan(raw.params, report)),
         other => {
             report.problem(
                 "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike"),
+                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan"),
             );
             Kind::PolicyDenied(policy_denied(None, report))
         }
@@ -673,7 +730,8 @@ mod tests {
             names,
             [
                 "TrainingPodUnexpectedEgress",
-                "TrainingDataEgressVolumeSpike"
+                "TrainingDataEgressVolumeSpike",
+                "TrainingPodScanning"
             ]
         );
         let Kind::PolicyDenied(p) = &rules[0].kind else {
@@ -697,7 +755,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike"
+                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan"
             ]
         );
     }

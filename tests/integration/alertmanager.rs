@@ -677,3 +677,49 @@ async fn replay_send_delivers_the_alerts_of_a_capture() {
         BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_sweep_from_a_training_pod_raises_one_scan_alert() {
+    let receiver = Receiver::start().await;
+    let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
+    let mut attack = Attack::new();
+    for host in 1..=40 {
+        let mut probe = attack.raw_ip.clone();
+        probe.ip.as_mut().unwrap().destination = format!("10.0.9.{host}");
+        probe.drop_reason_desc = 0;
+        probe.drop_reason = 0;
+        probe.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
+        pipeline.tx.send(attack.event(&probe)).await.unwrap();
+    }
+    let got = receiver
+        .wait_for("the scan alert", |n| {
+            n.iter()
+                .any(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodScanning")
+        })
+        .await;
+    let scans: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodScanning")
+        .collect();
+    let alert = &scans[0]["alerts"][0];
+    assert_eq!(alert["labels"]["namespace"], "ai-training");
+    assert_eq!(alert["labels"]["destination"], "*");
+    assert_eq!(
+        alert["annotations"]["source_pods"],
+        "ai-training/llm-pretrain-worker-2"
+    );
+    assert!(
+        alert["annotations"]["sample_destinations"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.9."),
+        "{alert}"
+    );
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("1 pod(s) reaching unusually many destinations"),
+        "{alert}"
+    );
+}

@@ -1,0 +1,328 @@
+//! The `scan` detector: one source pod touching many distinct destinations, or many distinct
+//! destination ports, within a sliding window, allowed or denied: scanning and lateral
+//! movement from a compromised pod.
+//!
+//! Destinations are told apart by the most specific name known: the FQDN, the destination's
+//! namespace/workload, or else the exact IP (so a sweep across one subnet counts every host).
+//! Gradient traffic between the trainers of one job is one destination, and S3 by name is
+//! one, however many IPs serve it. State is bounded: at most `MAX_SOURCES` pods and
+//! `MAX_EVENTS` flows per pod are remembered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::detect::rules::{Kind, Rule, ScanParams};
+use crate::flow::{FlowEvent, TrafficDirection};
+
+/// Pods followed at once; beyond it the quietest is forgotten.
+const MAX_SOURCES: usize = 10_000;
+/// Flows remembered per pod within the window.
+const MAX_EVENTS: usize = 20_000;
+/// Destinations listed in the alert.
+const SAMPLE: usize = 10;
+
+/// The destination of a flow, as the scan detector tells destinations apart.
+pub fn scan_destination(flow: &FlowEvent) -> String {
+    let dst = &flow.destination;
+    if let Some(name) = flow.destination_names.first() {
+        name.to_string()
+    } else if !dst.namespace.is_empty() {
+        let name = if dst.workload.is_empty() {
+            &dst.pod
+        } else {
+            &dst.workload
+        };
+        format!("{}/{}", dst.namespace, name)
+    } else {
+        dst.ip
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    }
+}
+
+fn key(parts: impl Hash) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    /// (time, destination key, destination+port key), oldest first.
+    events: VecDeque<(i64, u64, u64)>,
+    destinations: HashMap<u64, (u32, String)>,
+    ports: HashMap<u64, u32>,
+    last_ns: i64,
+}
+
+impl Window {
+    fn expire(&mut self, before_ns: i64) {
+        while let Some(&(t, d, p)) = self.events.front() {
+            if t >= before_ns && self.events.len() <= MAX_EVENTS {
+                break;
+            }
+            self.events.pop_front();
+            if let Some((n, _)) = self.destinations.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    self.destinations.remove(&d);
+                }
+            }
+            if let Some(n) = self.ports.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports.remove(&p);
+                }
+            }
+        }
+    }
+}
+
+/// A namespace with at least one pod over the thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanHit {
+    pub namespace: String,
+    /// Annotations describing every pod of the namespace over the thresholds.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One `scan` rule's detector.
+#[derive(Debug)]
+pub struct Scan {
+    pub rule: Arc<Rule>,
+    params: ScanParams,
+    sources: HashMap<(String, String), Window>,
+}
+
+impl Scan {
+    pub fn new(rule: Arc<Rule>) -> Option<Scan> {
+        let Kind::Scan(params) = &rule.kind else {
+            return None;
+        };
+        let params = params.clone();
+        Some(Scan {
+            rule,
+            params,
+            sources: HashMap::new(),
+        })
+    }
+
+    fn over(params: &ScanParams, w: &Window) -> bool {
+        w.destinations.len() >= params.destinations || w.ports.len() >= params.ports
+    }
+
+    /// Counts `flow`; a hit when its pod is over a threshold.
+    pub fn check(&mut self, flow: &FlowEvent) -> Option<ScanHit> {
+        let src = &flow.source;
+        if src.pod.is_empty()
+            || flow.direction == TrafficDirection::Ingress
+            || flow.is_reply == Some(true)
+            || !self.rule.namespaces.matches(&src.namespace, &src.labels)
+        {
+            return None;
+        }
+        let id = (src.namespace.to_string(), src.pod.to_string());
+        if !self.sources.contains_key(&id) && self.sources.len() >= MAX_SOURCES {
+            let quietest = self
+                .sources
+                .iter()
+                .min_by_key(|(_, w)| w.last_ns)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = quietest {
+                self.sources.remove(&k);
+            }
+        }
+        let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
+        let w = self.sources.entry(id).or_default();
+        let destination = scan_destination(flow);
+        let d = key(&destination);
+        let p = key((&destination, flow.destination.port, flow.protocol));
+        w.events.push_back((flow.time_ns, d, p));
+        w.destinations.entry(d).or_insert((0, destination)).0 += 1;
+        *w.ports.entry(p).or_default() += 1;
+        w.last_ns = w.last_ns.max(flow.time_ns);
+        let cutoff = w.last_ns.saturating_sub(window_ns);
+        w.expire(cutoff);
+        if !Self::over(&self.params, w) {
+            return None;
+        }
+        Some(self.describe(&src.namespace))
+    }
+
+    /// The annotations for every pod of `namespace` over the thresholds.
+    fn describe(&self, namespace: &str) -> ScanHit {
+        let mut pods: Vec<(&str, &Window)> = self
+            .sources
+            .iter()
+            .filter(|((ns, _), w)| ns == namespace && Self::over(&self.params, w))
+            .map(|((_, pod), w)| (pod.as_str(), w))
+            .collect();
+        pods.sort_by(|a, b| {
+            b.1.destinations
+                .len()
+                .cmp(&a.1.destinations.len())
+                .then(a.0.cmp(b.0))
+        });
+        let window = format!("{:?}", self.params.window);
+        let lines: Vec<String> = pods
+            .iter()
+            .map(|(pod, w)| {
+                format!(
+                    "{namespace}/{pod}: {} destinations, {} destination ports",
+                    w.destinations.len(),
+                    w.ports.len()
+                )
+            })
+            .collect();
+        let mut sample: Vec<&str> = pods
+            .first()
+            .map(|(_, w)| {
+                w.destinations
+                    .values()
+                    .map(|(_, label)| label.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        sample.sort_unstable();
+        sample.truncate(SAMPLE);
+        let mut extra = BTreeMap::new();
+        extra.insert(
+            "source_pods".into(),
+            pods.iter()
+                .map(|(p, _)| format!("{namespace}/{p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        extra.insert("scanners".into(), lines.join("; "));
+        extra.insert("sample_destinations".into(), sample.join(", "));
+        extra.insert("window".into(), window.clone());
+        extra.insert(
+            "summary".into(),
+            format!(
+                "{namespace}: {} pod(s) reaching unusually many destinations or ports in {window}",
+                pods.len()
+            ),
+        );
+        extra.insert(
+            "description".into(),
+            format!(
+                "{}. Expected: fewer than {} distinct destinations and {} distinct destination ports per pod per {window}, allowed or denied. Scanning or lateral movement from a compromised pod looks like this. Destinations include: {}.",
+                lines.join("; "),
+                self.params.destinations,
+                self.params.ports,
+                sample.join(", ")
+            ),
+        );
+        ScanHit {
+            namespace: namespace.to_owned(),
+            extra,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::load_text;
+    use crate::flow::Event;
+    use crate::flow::wire::Decoder;
+    use crate::proto::observer::GetFlowsResponse;
+    use crate::proto::observer::get_flows_response::ResponseTypes;
+    use crate::sim::traffic::TrainingCluster;
+    use prost::Message;
+
+    fn detector() -> Scan {
+        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
+        let rule = rules
+            .into_iter()
+            .find(|r| r.name == "TrainingPodScanning")
+            .unwrap();
+        Scan::new(Arc::new(rule)).unwrap()
+    }
+
+    fn event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
+        let bytes = GetFlowsResponse {
+            node_name: flow.node_name.clone(),
+            time: flow.time,
+            response_types: Some(ResponseTypes::Flow(flow)),
+        }
+        .encode_to_vec();
+        match decoder.decode_response(&bytes).unwrap().unwrap() {
+            Event::Flow(f) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_training_job_at_work_is_not_a_scan() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let mut cluster = TrainingCluster::new(3, 1_764_115_200_000_000_000, 1_000_000);
+        for _ in 0..20_000 {
+            let f = event(&mut decoder, cluster.next_flow());
+            assert_eq!(d.check(&f), None, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_sweep_and_a_port_sweep_are_scans() {
+        let mut decoder = Decoder::default();
+        let mut cluster = TrainingCluster::new(4, 1_764_115_200_000_000_000, 1_000_000);
+        let template = cluster.exfiltration_attempt()[1].clone();
+        // Sweep 30 hosts of one subnet on 22.
+        let mut d = detector();
+        let mut hit = None;
+        for host in 1..=30 {
+            let mut f = template.clone();
+            f.destination = None;
+            f.ip.as_mut().unwrap().destination = format!("10.0.9.{host}");
+            if let Some(h) = d.check(&event(&mut decoder, f)) {
+                hit = Some((host, h));
+                break;
+            }
+        }
+        let (after, hit) = hit.expect("a host sweep is a scan");
+        assert_eq!(after, 20);
+        assert_eq!(hit.namespace, "ai-training");
+        assert_eq!(
+            hit.extra["source_pods"],
+            "ai-training/llm-pretrain-worker-2"
+        );
+        assert!(
+            hit.extra["scanners"].contains("20 destinations"),
+            "{:?}",
+            hit.extra
+        );
+        // Sweep 60 ports of one database.
+        let mut d = detector();
+        let mut fired = false;
+        for port in 1..=60u32 {
+            let mut f = template.clone();
+            if let Some(crate::proto::flow::layer4::Protocol::Tcp(tcp)) =
+                f.l4.as_mut().and_then(|l| l.protocol.as_mut())
+            {
+                tcp.destination_port = port;
+            }
+            fired |= d.check(&event(&mut decoder, f)).is_some();
+        }
+        assert!(fired, "a port sweep is a scan");
+    }
+
+    #[test]
+    fn the_window_forgets_old_destinations() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let template = TrainingCluster::new(5, 0, 1).exfiltration_attempt()[1].clone();
+        // 15 hosts a minute apart never make 20 within one minute.
+        for host in 1..=40 {
+            let mut f = template.clone();
+            f.destination = None;
+            f.ip.as_mut().unwrap().destination = format!("10.0.9.{host}");
+            f.time = Some(prost_types::Timestamp {
+                seconds: host * 10,
+                nanos: 0,
+            });
+            assert_eq!(d.check(&event(&mut decoder, f)), None, "host {host}");
+        }
+    }
+}
