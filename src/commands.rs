@@ -211,7 +211,9 @@ fn start_egress(
         .filter(|r| r.enabled)
         .filter_map(|r| match &r.kind {
             rules::Kind::VolumeSpike(v) => Some((v.min_coverage.as_secs() / 3600) as usize),
-            rules::Kind::PolicyDenied(_) | rules::Kind::Scan(_) => None,
+            rules::Kind::PolicyDenied(_)
+            | rules::Kind::Scan(_)
+            | rules::Kind::DnsExfiltration(_) => None,
         })
         .min()
         .unwrap_or(72);
@@ -283,6 +285,13 @@ fn alerts_table(alerts: &[Alert]) -> String {
                 "    pods: {}  ports: {}  policies: {policies}",
                 get("source_pods"),
                 get("ports")
+            );
+        } else if !get("reasons").is_empty() {
+            let _ = writeln!(
+                out,
+                "    {}\n    names: {}",
+                get("reasons"),
+                get("sample_queries")
             );
         } else if !get("scanners").is_empty() {
             let _ = writeln!(

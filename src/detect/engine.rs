@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dns_exfil::DnsExfil;
 use super::policy_denied::{PolicyDenied, destination};
 use super::rules::{Kind, PolicyDeniedParams, Rule, Selector, Severity, VolumeSpikeParams};
 use super::scan::Scan;
@@ -35,6 +36,7 @@ pub struct Engine {
     policy: Vec<PolicyDenied>,
     volume: Vec<VolumeSpike>,
     scan: Vec<Scan>,
+    dns: Vec<DnsExfil>,
     manager: Manager,
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
@@ -83,6 +85,7 @@ impl Engine {
             policy: enabled().filter_map(PolicyDenied::new).collect(),
             volume: enabled().filter_map(VolumeSpike::new).collect(),
             scan: enabled().filter_map(Scan::new).collect(),
+            dns: enabled().filter_map(DnsExfil::new).collect(),
             manager,
             stats,
             recent: RecentDestinations::default(),
@@ -110,7 +113,7 @@ impl Engine {
             .filter(|r| r.enabled)
             .filter_map(|r| match &r.kind {
                 Kind::VolumeSpike(p) => Some(p.factor),
-                Kind::PolicyDenied(_) | Kind::Scan(_) => None,
+                Kind::PolicyDenied(_) | Kind::Scan(_) | Kind::DnsExfiltration(_) => None,
             })
             .fold(f64::INFINITY, f64::min)
     }
@@ -142,6 +145,22 @@ impl Engine {
                         .raise(&rule, &hit.namespace, &Destination::All, hit.extra, now)
                 {
                     store_failed(&self.stats, &e);
+                }
+            }
+        }
+        if flow.dns.is_some() {
+            for detector in &mut self.dns {
+                if let Some(hit) = detector.check(flow) {
+                    let rule = detector.rule.clone();
+                    if let Err(e) = self.manager.raise(
+                        &rule,
+                        &hit.namespace,
+                        &Destination::Fqdn(hit.domain),
+                        hit.extra,
+                        now,
+                    ) {
+                        store_failed(&self.stats, &e);
+                    }
                 }
             }
         }

@@ -146,6 +146,7 @@ pub enum Kind {
     PolicyDenied(PolicyDeniedParams),
     VolumeSpike(VolumeSpikeParams),
     Scan(ScanParams),
+    DnsExfiltration(DnsParams),
 }
 
 impl Kind {
@@ -154,8 +155,29 @@ impl Kind {
             Kind::PolicyDenied(_) => "policy_denied",
             Kind::VolumeSpike(_) => "volume_spike",
             Kind::Scan(_) => "scan",
+            Kind::DnsExfiltration(_) => "dns_exfiltration",
         }
     }
+}
+
+/// Parameters of the `dns_exfiltration` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsParams {
+    pub window: Duration,
+    /// A label at least this long is suspicious on its own.
+    pub max_label_length: usize,
+    /// A label of 20+ characters, no hyphen, letters and digits mixed, with at least this
+    /// much Shannon entropy (bits per character) looks like encoded data.
+    pub max_label_entropy: f64,
+    /// Distinct names under one registered domain per window.
+    pub unique_subdomains: usize,
+    /// Share of TXT/NULL queries to one registered domain, once it had `min_queries`.
+    pub txt_share: f64,
+    /// Share of NXDOMAIN answers from one registered domain, once it had `min_queries`.
+    pub nxdomain_share: f64,
+    pub min_queries: usize,
+    /// Registered domains (and their subdomains) never reported, e.g. the cluster's own.
+    pub allow: Vec<String>,
 }
 
 /// Parameters of the `scan` detector.
@@ -386,6 +408,66 @@ fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedPar
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+struct RawDns {
+    window: Option<String>,
+    max_label_length: Option<usize>,
+    max_label_entropy: Option<f64>,
+    unique_subdomains: Option<usize>,
+    txt_share: Option<f64>,
+    nxdomain_share: Option<f64>,
+    min_queries: Option<usize>,
+    allow: Option<Vec<String>>,
+}
+
+fn dns(raw: Option<Value>, report: &mut Report<'_>) -> DnsParams {
+    let p: RawDns = match raw.map(serde_yaml_ng::from_value).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.problem("params", params_message(&e.to_string()));
+            RawDns::default()
+        }
+    };
+    let share = |field: &str, v: Option<f64>, default: f64, report: &mut Report<'_>| {
+        let v = v.unwrap_or(default);
+        if !(v > 0.0 && v <= 1.0) {
+            report.problem(field, format!("{v} must be in (0, 1]"));
+        }
+        v
+    };
+    let txt_share = share("params.txt_share", p.txt_share, 0.5, report);
+    let nxdomain_share = share("params.nxdomain_share", p.nxdomain_share, 0.5, report);
+    let max_label_length = p.max_label_length.unwrap_or(56);
+    if !(8..=63).contains(&max_label_length) {
+        report.problem(
+            "params.max_label_length",
+            format!("{max_label_length} is not between 8 and 63"),
+        );
+    }
+    let max_label_entropy = p.max_label_entropy.unwrap_or(3.5);
+    if !(max_label_entropy > 1.0 && max_label_entropy <= 6.0) {
+        report.problem(
+            "params.max_label_entropy",
+            format!("{max_label_entropy} is not in (1, 6]"),
+        );
+    }
+    DnsParams {
+        window: report.duration(
+            "params.window",
+            p.window.as_deref(),
+            Duration::from_secs(300),
+        ),
+        max_label_length,
+        max_label_entropy,
+        unique_subdomains: p.unique_subdomains.unwrap_or(50).max(2),
+        txt_share,
+        nxdomain_share,
+        min_queries: p.min_queries.unwrap_or(20).max(1),
+        allow: p.allow.unwrap_or_else(|| vec!["cluster.local".into()]),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawScan {
     window: Option<String>,
     destinations: Option<usize>,
@@ -507,10 +589,11 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
         "policy_denied" => Kind::PolicyDenied(policy_denied(raw.params, report)),
         "volume_spike" => Kind::VolumeSpike(volume_spike(raw.params, report)),
         "scan" => Kind::Scan(scan(raw.params, report)),
+        "dns_exfiltration" => Kind::DnsExfiltration(dns(raw.params, report)),
         other => {
             report.problem(
                 "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan"),
+                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration"),
             );
             Kind::PolicyDenied(policy_denied(None, report))
         }
@@ -731,7 +814,8 @@ mod tests {
             [
                 "TrainingPodUnexpectedEgress",
                 "TrainingDataEgressVolumeSpike",
-                "TrainingPodScanning"
+                "TrainingPodScanning",
+                "TrainingPodDnsExfiltration"
             ]
         );
         let Kind::PolicyDenied(p) = &rules[0].kind else {
@@ -755,7 +839,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan"
+                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration"
             ]
         );
     }

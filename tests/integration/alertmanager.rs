@@ -723,3 +723,53 @@ async fn a_host_sweep_from_a_training_pod_raises_one_scan_alert() {
         "{alert}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
+    use exfilwatch::proto::flow::{Dns, L7FlowType, Layer7, layer7};
+    let receiver = Receiver::start().await;
+    let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
+    let mut attack = Attack::new();
+    for chunk in [
+        "dGhlIHdlaWdodHMgb2YgbGxhbWE",
+        "LTcwYiBhcmUgYXQgczM6Ly9tb2",
+        "RlbHMvbGxhbWEtNzBiLw0KCg",
+    ] {
+        let mut query = attack.probe.clone();
+        query.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
+        query.l7 = Some(Layer7 {
+            r#type: L7FlowType::Request as i32,
+            latency_ns: 0,
+            record: Some(layer7::Record::Dns(Dns {
+                query: format!("{chunk}1.x.tunnel.example.com."),
+                qtypes: vec!["A".into()],
+                ..Default::default()
+            })),
+        });
+        pipeline.tx.send(attack.event(&query)).await.unwrap();
+    }
+    let got = receiver
+        .wait_for("the DNS alert", |n| {
+            n.iter()
+                .any(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodDnsExfiltration")
+        })
+        .await;
+    let alerts: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodDnsExfiltration")
+        .collect();
+    assert_eq!(alerts.len(), 1, "one alert for the domain: {got:#?}");
+    let alert = &alerts[0]["alerts"][0];
+    assert_eq!(alert["labels"]["destination"], "example.com");
+    assert_eq!(
+        alert["annotations"]["source_pods"],
+        "ai-training/llm-pretrain-worker-2"
+    );
+    assert!(
+        alert["annotations"]["reasons"]
+            .as_str()
+            .unwrap()
+            .contains("encoded data"),
+        "{alert}"
+    );
+}
