@@ -211,9 +211,7 @@ fn start_egress(
         .filter(|r| r.enabled)
         .filter_map(|r| match &r.kind {
             rules::Kind::VolumeSpike(v) => Some((v.min_coverage.as_secs() / 3600) as usize),
-            rules::Kind::PolicyDenied(_)
-            | rules::Kind::Scan(_)
-            | rules::Kind::DnsExfiltration(_) => None,
+            _ => None,
         })
         .min()
         .unwrap_or(72);
@@ -285,6 +283,14 @@ fn alerts_table(alerts: &[Alert]) -> String {
                 "    pods: {}  ports: {}  policies: {policies}",
                 get("source_pods"),
                 get("ports")
+            );
+        } else if !get("expected").is_empty() {
+            let _ = writeln!(
+                out,
+                "    pods: {}  ports: {}\n    expected only: {}",
+                get("source_pods"),
+                get("ports"),
+                get("expected")
             );
         } else if !get("reasons").is_empty() {
             let _ = writeln!(

@@ -6,7 +6,7 @@
 //! `blind_after` raises the `ExfilwatchBlind` alert (and no spike alert): an attacker must
 //! not be able to hide a bulk upload by blinding the detector.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use super::dns_exfil::DnsExfil;
 use super::policy_denied::{PolicyDenied, destination};
-use super::rules::{Kind, PolicyDeniedParams, Rule, Selector, Severity, VolumeSpikeParams};
+use super::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
 use super::scan::Scan;
+use super::segmentation::Segmentation;
 use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, VolumeSpike};
 use crate::alert::Alert;
 use crate::alert::manager::{Destination, Manager};
@@ -37,6 +38,7 @@ pub struct Engine {
     volume: Vec<VolumeSpike>,
     scan: Vec<Scan>,
     dns: Vec<DnsExfil>,
+    segmentation: Vec<Segmentation>,
     manager: Manager,
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
@@ -86,6 +88,7 @@ impl Engine {
             volume: enabled().filter_map(VolumeSpike::new).collect(),
             scan: enabled().filter_map(Scan::new).collect(),
             dns: enabled().filter_map(DnsExfil::new).collect(),
+            segmentation: enabled().filter_map(Segmentation::new).collect(),
             manager,
             stats,
             recent: RecentDestinations::default(),
@@ -113,7 +116,7 @@ impl Engine {
             .filter(|r| r.enabled)
             .filter_map(|r| match &r.kind {
                 Kind::VolumeSpike(p) => Some(p.factor),
-                Kind::PolicyDenied(_) | Kind::Scan(_) | Kind::DnsExfiltration(_) => None,
+                _ => None,
             })
             .fold(f64::INFINITY, f64::min)
     }
@@ -144,6 +147,20 @@ impl Engine {
                     self.manager
                         .raise(&rule, &hit.namespace, &Destination::All, hit.extra, now)
                 {
+                    store_failed(&self.stats, &e);
+                }
+            }
+        }
+        for detector in &mut self.segmentation {
+            if let Some(breach) = detector.check(flow) {
+                let rule = detector.rule.clone();
+                if let Err(e) = self.manager.raise(
+                    &rule,
+                    &breach.namespace,
+                    &breach.destination,
+                    breach.extra,
+                    now,
+                ) {
                     store_failed(&self.stats, &e);
                 }
             }
@@ -182,7 +199,7 @@ impl Engine {
                 .iter()
                 .any(|d| d.rule.namespaces.matches(ns, &flow.source.labels))
         {
-            let dest = destination(flow, &DEFAULT_GROUPING).to_string();
+            let dest = destination(flow, &super::policy_denied::DEFAULT_GROUPING).to_string();
             self.recent.record(ns, dest, flow.time_ns, 10);
         }
     }
@@ -266,14 +283,3 @@ fn store_failed(stats: &DeliveryStats, e: &crate::store::StoreError) {
     stats.store_errors.fetch_add(1, Ordering::Relaxed);
     tracing::error!("alerts: {e}");
 }
-
-/// How destinations are grouped in a spike alert: as the policy_denied default does.
-static DEFAULT_GROUPING: PolicyDeniedParams = PolicyDeniedParams {
-    drop_reasons: BTreeSet::new(),
-    direction: super::rules::Direction::Egress,
-    include_audit: false,
-    world_prefix_v4: 24,
-    world_prefix_v6: 64,
-    duplicate_window: Duration::from_secs(1),
-    samples: 1,
-};

@@ -6,5 +6,6 @@ pub mod engine;
 pub mod policy_denied;
 pub mod rules;
 pub mod scan;
+pub mod segmentation;
 pub mod template;
 pub mod volume_spike;

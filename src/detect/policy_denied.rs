@@ -36,6 +36,17 @@ pub struct PolicyDenied {
     order: VecDeque<(i64, u64)>,
 }
 
+/// Destination grouping with the default prefixes, for detectors that group like this one.
+pub static DEFAULT_GROUPING: PolicyDeniedParams = PolicyDeniedParams {
+    drop_reasons: std::collections::BTreeSet::new(),
+    direction: Direction::Egress,
+    include_audit: false,
+    world_prefix_v4: 24,
+    world_prefix_v6: 64,
+    duplicate_window: std::time::Duration::from_secs(1),
+    samples: 1,
+};
+
 /// The network block of `ip` with `bits` prefix bits, e.g. 203.0.113.0/24.
 pub fn cidr(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> String {
     match ip {

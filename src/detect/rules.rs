@@ -147,6 +147,7 @@ pub enum Kind {
     VolumeSpike(VolumeSpikeParams),
     Scan(ScanParams),
     DnsExfiltration(DnsParams),
+    Segmentation(SegmentationParams),
 }
 
 impl Kind {
@@ -156,8 +157,32 @@ impl Kind {
             Kind::VolumeSpike(_) => "volume_spike",
             Kind::Scan(_) => "scan",
             Kind::DnsExfiltration(_) => "dns_exfiltration",
+            Kind::Segmentation(_) => "segmentation",
         }
     }
+}
+
+/// One kind of traffic a namespace may send: every field given must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Allowed {
+    /// Destination namespaces.
+    pub namespaces: Vec<String>,
+    /// Destination pod labels, key to value.
+    pub labels: BTreeMap<String, String>,
+    /// Destination address blocks.
+    pub cidrs: Vec<(std::net::IpAddr, u8)>,
+    /// Destination DNS names; a leading `*.` matches any subdomain.
+    pub fqdns: Vec<String>,
+    /// Destination ports (inclusive ranges); empty means any.
+    pub ports: Vec<(u16, u16)>,
+    /// What the entry is for, shown in alerts.
+    pub description: String,
+}
+
+/// Parameters of the `segmentation` detector.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SegmentationParams {
+    pub allow: Vec<Allowed>,
 }
 
 /// Parameters of the `dns_exfiltration` detector.
@@ -408,6 +433,105 @@ fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedPar
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
+struct RawSegmentation {
+    allow: Vec<RawAllowed>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAllowed {
+    description: String,
+    namespaces: Vec<String>,
+    labels: BTreeMap<String, String>,
+    cidrs: Vec<String>,
+    fqdns: Vec<String>,
+    ports: Vec<serde_yaml_ng::Value>,
+}
+
+fn segmentation(raw: Option<Value>, report: &mut Report<'_>) -> SegmentationParams {
+    let p: RawSegmentation = match raw.map(serde_yaml_ng::from_value).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.problem("params", params_message(&e.to_string()));
+            RawSegmentation::default()
+        }
+    };
+    if p.allow.is_empty() {
+        report.problem("params.allow", "lists nothing: every flow would alert");
+    }
+    let mut allow = Vec::new();
+    for (i, a) in p.allow.into_iter().enumerate() {
+        let field = format!("params.allow[{i}]");
+        if a.namespaces.is_empty()
+            && a.labels.is_empty()
+            && a.cidrs.is_empty()
+            && a.fqdns.is_empty()
+            && a.ports.is_empty()
+        {
+            report.problem(
+                &field,
+                "matches everything: give namespaces, labels, cidrs, fqdns or ports",
+            );
+        }
+        let mut cidrs = Vec::new();
+        for c in &a.cidrs {
+            let parsed = c.split_once('/').and_then(|(ip, bits)| {
+                Some((
+                    ip.parse::<std::net::IpAddr>().ok()?,
+                    bits.parse::<u8>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((ip, bits)) if bits <= if ip.is_ipv4() { 32 } else { 128 } => {
+                    cidrs.push((ip, bits))
+                }
+                _ => report.problem(
+                    &format!("{field}.cidrs"),
+                    format!("{c:?} is not an address block like 10.0.0.0/8"),
+                ),
+            }
+        }
+        let mut ports = Vec::new();
+        for v in &a.ports {
+            let text = match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            let range = match text.split_once('-') {
+                Some((lo, hi)) => lo
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .zip(hi.trim().parse::<u16>().ok()),
+                None => text.trim().parse::<u16>().ok().map(|p| (p, p)),
+            };
+            match range {
+                Some((lo, hi)) if lo > 0 && lo <= hi => ports.push((lo, hi)),
+                _ => report.problem(
+                    &format!("{field}.ports"),
+                    format!("{text:?} is not a port or a range like 29500-29501"),
+                ),
+            }
+        }
+        allow.push(Allowed {
+            namespaces: a.namespaces,
+            labels: a.labels,
+            cidrs,
+            fqdns: a
+                .fqdns
+                .into_iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
+            ports,
+            description: a.description,
+        });
+    }
+    SegmentationParams { allow }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawDns {
     window: Option<String>,
     max_label_length: Option<usize>,
@@ -590,10 +714,11 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
         "volume_spike" => Kind::VolumeSpike(volume_spike(raw.params, report)),
         "scan" => Kind::Scan(scan(raw.params, report)),
         "dns_exfiltration" => Kind::DnsExfiltration(dns(raw.params, report)),
+        "segmentation" => Kind::Segmentation(segmentation(raw.params, report)),
         other => {
             report.problem(
                 "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration"),
+                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation"),
             );
             Kind::PolicyDenied(policy_denied(None, report))
         }
@@ -815,7 +940,8 @@ mod tests {
                 "TrainingPodUnexpectedEgress",
                 "TrainingDataEgressVolumeSpike",
                 "TrainingPodScanning",
-                "TrainingPodDnsExfiltration"
+                "TrainingPodDnsExfiltration",
+                "TrainingNamespaceSegmentation"
             ]
         );
         let Kind::PolicyDenied(p) = &rules[0].kind else {
@@ -839,7 +965,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration"
+                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation"
             ]
         );
     }

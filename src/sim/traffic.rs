@@ -58,10 +58,11 @@ fn trainer(i: usize) -> (Endpoint, String) {
     (endpoint, format!("10.0.1.{}", 10 + i))
 }
 
+/// An endpoint of a service; `app_label` is its identifying "key=value" label.
 fn service(
     namespace: &str,
     pod: &str,
-    app: &str,
+    app_label: &str,
     identity: u32,
     kind: &str,
     workload: &str,
@@ -71,7 +72,7 @@ fn service(
         identity,
         namespace: namespace.into(),
         labels: labels(&[
-            &format!("app={app}"),
+            app_label,
             &format!("io.kubernetes.pod.namespace={namespace}"),
         ]),
         pod_name: pod.into(),
@@ -177,7 +178,7 @@ impl TrainingCluster {
                 let dns = service(
                     "kube-system",
                     "coredns-5d78c9869d-x7k2p",
-                    "kube-dns",
+                    "k8s-app=kube-dns",
                     102,
                     "Deployment",
                     "coredns",
@@ -216,7 +217,7 @@ impl TrainingCluster {
                 let minio = service(
                     "storage",
                     "minio-0",
-                    "minio",
+                    "app=minio",
                     52_010,
                     "StatefulSet",
                     "minio",
@@ -245,7 +246,7 @@ impl TrainingCluster {
         let db = service(
             "production",
             "orders-db-0",
-            "postgres",
+            "app=postgres",
             60_100,
             "StatefulSet",
             "orders-db",

@@ -1,0 +1,285 @@
+//! The `segmentation` detector: the guide's intended connectivity, asserted continuously.
+//!
+//! A rule lists what a namespace may reach (destination namespaces, pod labels, address
+//! blocks, DNS names, each with ports). A FORWARDED egress flow that matches no entry got
+//! through the network although the segmentation says it should not: the policy that should
+//! have stopped it is missing or too broad. One alert per (namespace, destination), grouped
+//! like `policy_denied`'s, with the count, pods, ports and what was expected.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::alert::manager::Destination;
+use crate::detect::policy_denied::{DEFAULT_GROUPING, destination};
+use crate::detect::rules::{Allowed, Kind, Rule, SegmentationParams};
+use crate::flow::{FlowEvent, TrafficDirection, Verdict};
+
+/// (namespace, destination) pairs counted at once.
+const MAX_TRACKED: usize = 10_000;
+
+fn in_block(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(bits))
+            };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(bits))
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn fqdn_matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len()
+                && name.ends_with(suffix)
+                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+        }
+        None => name.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// True when `flow` is traffic `entry` allows.
+pub fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
+    let dst = &flow.destination;
+    let port_ok = entry.ports.is_empty()
+        || entry
+            .ports
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&dst.port));
+    let ns_ok =
+        entry.namespaces.is_empty() || entry.namespaces.iter().any(|n| n == &*dst.namespace);
+    let labels_ok = entry.labels.iter().all(|(k, v)| {
+        dst.labels
+            .iter()
+            .any(|l| l.split_once(':').map_or(&**l, |(_, kv)| kv) == format!("{k}={v}"))
+    });
+    let cidr_ok = entry.cidrs.is_empty()
+        || dst
+            .ip
+            .is_some_and(|ip| entry.cidrs.iter().any(|b| in_block(ip, *b)));
+    let fqdn_ok = entry.fqdns.is_empty()
+        || flow
+            .destination_names
+            .iter()
+            .any(|n| entry.fqdns.iter().any(|p| fqdn_matches(p, n)))
+        || flow
+            .dns
+            .as_ref()
+            .is_some_and(|d| entry.fqdns.iter().any(|p| fqdn_matches(p, &d.query)));
+    port_ok && ns_ok && labels_ok && cidr_ok && fqdn_ok
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    count: u64,
+    pods: BTreeSet<String>,
+    ports: BTreeSet<String>,
+}
+
+/// A flow outside the allowed connectivity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    pub namespace: String,
+    pub destination: Destination,
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One `segmentation` rule's detector.
+#[derive(Debug)]
+pub struct Segmentation {
+    pub rule: Arc<Rule>,
+    params: SegmentationParams,
+    seen: HashMap<(String, String), Seen>,
+}
+
+impl Segmentation {
+    pub fn new(rule: Arc<Rule>) -> Option<Segmentation> {
+        let Kind::Segmentation(params) = &rule.kind else {
+            return None;
+        };
+        let params = params.clone();
+        Some(Segmentation {
+            rule,
+            params,
+            seen: HashMap::new(),
+        })
+    }
+
+    /// A breach when `flow` left a watched namespace without matching any allowed entry.
+    pub fn check(&mut self, flow: &FlowEvent) -> Option<Breach> {
+        let src = &flow.source;
+        if flow.verdict != Verdict::Forwarded
+            || flow.direction == TrafficDirection::Ingress
+            || flow.is_reply == Some(true)
+            || !self.rule.namespaces.matches(&src.namespace, &src.labels)
+            || self.params.allow.iter().any(|a| allows(a, flow))
+        {
+            return None;
+        }
+        let dest = destination(flow, &DEFAULT_GROUPING);
+        let key = (src.namespace.to_string(), dest.to_string());
+        if !self.seen.contains_key(&key) && self.seen.len() >= MAX_TRACKED {
+            return None;
+        }
+        let seen = self.seen.entry(key).or_default();
+        seen.count += 1;
+        if seen.pods.len() < 20 && !src.pod.is_empty() {
+            seen.pods.insert(format!("{}/{}", src.namespace, src.pod));
+        }
+        if seen.ports.len() < 20 {
+            seen.ports.insert(format!(
+                "{}/{}",
+                flow.destination.port,
+                flow.protocol.as_str()
+            ));
+        }
+        let expected: Vec<&str> = self
+            .params
+            .allow
+            .iter()
+            .map(|a| a.description.as_str())
+            .filter(|d| !d.is_empty())
+            .collect();
+        let pods = seen.pods.iter().cloned().collect::<Vec<_>>().join(", ");
+        let ports = seen.ports.iter().cloned().collect::<Vec<_>>().join(", ");
+        let ip = flow
+            .destination
+            .ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let mut extra = BTreeMap::new();
+        extra.insert("count".into(), seen.count.to_string());
+        extra.insert("source_pods".into(), pods.clone());
+        extra.insert("ports".into(), ports.clone());
+        extra.insert("destination_ips".into(), ip.clone());
+        extra.insert("expected".into(), expected.join("; "));
+        extra.insert(
+            "summary".into(),
+            format!(
+                "{}: traffic to {dest} got through the network although segmentation forbids it",
+                src.namespace
+            ),
+        );
+        extra.insert(
+            "description".into(),
+            format!(
+                "Pods {pods} reached {dest} ({ip}) on {ports}, {} flow(s) forwarded by the network. The namespace may only reach: {}. A network policy that should block this is missing or too broad.",
+                seen.count,
+                expected.join("; ")
+            ),
+        );
+        Some(Breach {
+            namespace: src.namespace.to_string(),
+            destination: dest,
+            extra,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::load_text;
+    use crate::flow::Event;
+    use crate::flow::wire::Decoder;
+    use crate::proto::observer::GetFlowsResponse;
+    use crate::proto::observer::get_flows_response::ResponseTypes;
+    use crate::sim::traffic::TrainingCluster;
+    use prost::Message;
+
+    fn detector() -> Segmentation {
+        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
+        Segmentation::new(Arc::new(
+            rules
+                .into_iter()
+                .find(|r| r.name == "TrainingNamespaceSegmentation")
+                .unwrap(),
+        ))
+        .unwrap()
+    }
+
+    fn event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
+        let bytes = GetFlowsResponse {
+            node_name: flow.node_name.clone(),
+            time: flow.time,
+            response_types: Some(ResponseTypes::Flow(flow)),
+        }
+        .encode_to_vec();
+        match decoder.decode_response(&bytes).unwrap().unwrap() {
+            Event::Flow(f) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_guides_allowed_traffic_is_quiet() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let mut cluster = TrainingCluster::new(8, 1_764_115_200_000_000_000, 1_000_000);
+        for _ in 0..20_000 {
+            let f = event(&mut decoder, cluster.next_flow());
+            assert_eq!(d.check(&f), None, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_traffic_to_production_or_an_unknown_host_breaches() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let flows =
+            TrainingCluster::new(9, 1_764_115_200_000_000_000, 1_000_000).exfiltration_attempt();
+        // The same attempts, but a too-broad policy let them through.
+        for template in [&flows[1], &flows[3]] {
+            let mut f = template.clone();
+            f.verdict = Verdict::Forwarded as i32;
+            f.drop_reason_desc = 0;
+            let breach = d.check(&event(&mut decoder, f)).expect("a breach");
+            assert_eq!(breach.namespace, "ai-training");
+            assert!(
+                breach.extra["expected"].contains("trainer peers"),
+                "{:?}",
+                breach.extra
+            );
+        }
+        // Denied traffic is the policy working: not a breach.
+        assert_eq!(d.check(&event(&mut decoder, flows[1].clone())), None);
+    }
+
+    #[test]
+    fn fqdn_patterns_and_blocks_match_precisely() {
+        assert!(fqdn_matches(
+            "*.s3.us-east-1.amazonaws.com",
+            "training-data.s3.us-east-1.amazonaws.com."
+        ));
+        assert!(!fqdn_matches(
+            "*.s3.us-east-1.amazonaws.com",
+            "s3.us-east-1.amazonaws.com"
+        ));
+        assert!(!fqdn_matches(
+            "*.s3.us-east-1.amazonaws.com",
+            "evil-s3.us-east-1.amazonaws.com"
+        ));
+        assert!(in_block(
+            "10.1.2.3".parse().unwrap(),
+            ("10.0.0.0".parse().unwrap(), 8)
+        ));
+        assert!(!in_block(
+            "11.1.2.3".parse().unwrap(),
+            ("10.0.0.0".parse().unwrap(), 8)
+        ));
+    }
+}
