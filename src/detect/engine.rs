@@ -199,8 +199,10 @@ impl Engine {
                 .iter()
                 .any(|d| d.rule.namespaces.matches(ns, &flow.source.labels))
         {
-            let dest = destination(flow, &super::policy_denied::DEFAULT_GROUPING).to_string();
-            self.recent.record(ns, dest, flow.time_ns, 10);
+            let key = crate::detect::scan::destination_key(flow);
+            let label = || destination(flow, &super::policy_denied::DEFAULT_GROUPING).to_string();
+            self.recent
+                .record(&flow.source.namespace, label, key, flow.time_ns, 10);
         }
     }
 

@@ -9,11 +9,12 @@
 //! `MAX_EVENTS` flows per pod are remembered.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::detect::rules::{Kind, Rule, ScanParams};
 use crate::flow::{FlowEvent, TrafficDirection};
+use crate::intern::Sym;
 
 /// Pods followed at once; beyond it the quietest is forgotten.
 const MAX_SOURCES: usize = 10_000;
@@ -41,9 +42,26 @@ pub fn scan_destination(flow: &FlowEvent) -> String {
 }
 
 fn key(parts: impl Hash) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
+    foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(parts)
+}
+
+/// The hash of [`scan_destination`]'s value, computed without building the string.
+pub fn destination_key(flow: &FlowEvent) -> u64 {
+    let dst = &flow.destination;
+    if let Some(name) = flow.destination_names.first() {
+        key((0u8, &**name))
+    } else if !dst.namespace.is_empty() {
+        let name = if dst.workload.is_empty() {
+            &dst.pod
+        } else {
+            &dst.workload
+        };
+        key((1u8, &*dst.namespace, &**name))
+    } else {
+        key((2u8, dst.ip))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +109,7 @@ pub struct ScanHit {
 pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
-    sources: HashMap<(String, String), Window>,
+    sources: HashMap<(Sym, Sym), Window>,
 }
 
 impl Scan {
@@ -121,7 +139,7 @@ impl Scan {
         {
             return None;
         }
-        let id = (src.namespace.to_string(), src.pod.to_string());
+        let id = (src.namespace.clone(), src.pod.clone());
         if !self.sources.contains_key(&id) && self.sources.len() >= MAX_SOURCES {
             let quietest = self
                 .sources
@@ -134,11 +152,13 @@ impl Scan {
         }
         let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
         let w = self.sources.entry(id).or_default();
-        let destination = scan_destination(flow);
-        let d = key(&destination);
-        let p = key((&destination, flow.destination.port, flow.protocol));
+        let d = destination_key(flow);
+        let p = key((d, flow.destination.port, flow.protocol));
         w.events.push_back((flow.time_ns, d, p));
-        w.destinations.entry(d).or_insert((0, destination)).0 += 1;
+        w.destinations
+            .entry(d)
+            .or_insert_with(|| (0, scan_destination(flow)))
+            .0 += 1;
         *w.ports.entry(p).or_default() += 1;
         w.last_ns = w.last_ns.max(flow.time_ns);
         let cutoff = w.last_ns.saturating_sub(window_ns);
@@ -154,8 +174,8 @@ impl Scan {
         let mut pods: Vec<(&str, &Window)> = self
             .sources
             .iter()
-            .filter(|((ns, _), w)| ns == namespace && Self::over(&self.params, w))
-            .map(|((_, pod), w)| (pod.as_str(), w))
+            .filter(|((ns, _), w)| &**ns == namespace && Self::over(&self.params, w))
+            .map(|((_, pod), w)| (&**pod, w))
             .collect();
         pods.sort_by(|a, b| {
             b.1.destinations

@@ -52,8 +52,27 @@ fn fqdn_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// An allow entry with its labels as "key=value", ready to compare with Cilium's labels.
+#[derive(Debug)]
+struct Entry {
+    allowed: Allowed,
+    labels: Vec<String>,
+}
+
+impl Entry {
+    fn new(allowed: Allowed) -> Entry {
+        let labels = allowed
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Entry { allowed, labels }
+    }
+}
+
 /// True when `flow` is traffic `entry` allows.
-pub fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
+fn allows(entry: &Entry, flow: &FlowEvent) -> bool {
+    let (labels, entry) = (&entry.labels, &entry.allowed);
     let dst = &flow.destination;
     let port_ok = entry.ports.is_empty()
         || entry
@@ -62,10 +81,11 @@ pub fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
             .any(|(lo, hi)| (*lo..=*hi).contains(&dst.port));
     let ns_ok =
         entry.namespaces.is_empty() || entry.namespaces.iter().any(|n| n == &*dst.namespace);
-    let labels_ok = entry.labels.iter().all(|(k, v)| {
+    // Cilium labels carry a source prefix ("k8s:app=minio").
+    let labels_ok = labels.iter().all(|kv| {
         dst.labels
             .iter()
-            .any(|l| l.split_once(':').map_or(&**l, |(_, kv)| kv) == format!("{k}={v}"))
+            .any(|l| l.split_once(':').map_or(&**l, |(_, rest)| rest) == kv)
     });
     let cidr_ok = entry.cidrs.is_empty()
         || dst
@@ -102,19 +122,19 @@ pub struct Breach {
 #[derive(Debug)]
 pub struct Segmentation {
     pub rule: Arc<Rule>,
-    params: SegmentationParams,
+    entries: Vec<Entry>,
     seen: HashMap<(String, String), Seen>,
 }
 
 impl Segmentation {
     pub fn new(rule: Arc<Rule>) -> Option<Segmentation> {
-        let Kind::Segmentation(params) = &rule.kind else {
+        let Kind::Segmentation(SegmentationParams { allow }) = &rule.kind else {
             return None;
         };
-        let params = params.clone();
+        let entries = allow.iter().cloned().map(Entry::new).collect();
         Some(Segmentation {
             rule,
-            params,
+            entries,
             seen: HashMap::new(),
         })
     }
@@ -126,7 +146,7 @@ impl Segmentation {
             || flow.direction == TrafficDirection::Ingress
             || flow.is_reply == Some(true)
             || !self.rule.namespaces.matches(&src.namespace, &src.labels)
-            || self.params.allow.iter().any(|a| allows(a, flow))
+            || self.entries.iter().any(|e| allows(e, flow))
         {
             return None;
         }
@@ -148,10 +168,9 @@ impl Segmentation {
             ));
         }
         let expected: Vec<&str> = self
-            .params
-            .allow
+            .entries
             .iter()
-            .map(|a| a.description.as_str())
+            .map(|e| e.allowed.description.as_str())
             .filter(|d| !d.is_empty())
             .collect();
         let pods = seen.pods.iter().cloned().collect::<Vec<_>>().join(", ");

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::baseline::Baseline;
 use crate::detect::rules::{BaselineModel, Kind, Rule, VolumeSpikeParams};
 use crate::egress::watch::NamespaceEgress;
+use crate::intern::Sym;
 
 /// Distinct destinations counted per namespace per minute; more are counted as "(other)".
 const MAX_DESTINATIONS: usize = 1000;
@@ -166,21 +167,32 @@ impl VolumeSpike {
     }
 }
 
-/// Flows per destination in one minute (minutes since the epoch).
-type MinuteCounts = (i64, HashMap<String, u64>);
+/// Flows per destination in one minute (minutes since the epoch): key to (count, label).
+type MinuteCounts = (i64, HashMap<u64, (u64, String)>);
 
 /// Per namespace, the destinations of its egress flows over the last minutes, in per-minute
 /// buckets; bounded in minutes and in distinct destinations per minute.
 #[derive(Debug, Default)]
 pub struct RecentDestinations {
-    by_namespace: HashMap<String, VecDeque<MinuteCounts>>,
+    by_namespace: HashMap<Sym, VecDeque<MinuteCounts>>,
 }
 
 impl RecentDestinations {
-    /// Counts a flow from `namespace` to `destination` at `time_ns`, keeping `minutes`.
-    pub fn record(&mut self, namespace: &str, destination: String, time_ns: i64, minutes: i64) {
+    /// Counts a flow from `namespace` to the destination `label` names at `time_ns`, keeping
+    /// `minutes`. `label` runs only for a destination new in its minute.
+    pub fn record(
+        &mut self,
+        namespace: &Sym,
+        label: impl FnOnce() -> String,
+        key: u64,
+        time_ns: i64,
+        minutes: i64,
+    ) {
         let minute = time_ns.div_euclid(60_000_000_000);
-        let buckets = self.by_namespace.entry(namespace.to_owned()).or_default();
+        let buckets = match self.by_namespace.get_mut(namespace) {
+            Some(b) => b,
+            None => self.by_namespace.entry(namespace.clone()).or_default(),
+        };
         if buckets.back().is_none_or(|(m, _)| *m < minute) {
             buckets.push_back((minute, HashMap::new()));
         }
@@ -191,11 +203,11 @@ impl RecentDestinations {
             return;
         };
         let full = counts.len() >= MAX_DESTINATIONS;
-        match counts.get_mut(&destination) {
-            Some(n) => *n += 1,
-            None if full => *counts.entry("(other)".into()).or_default() += 1,
+        match counts.get_mut(&key) {
+            Some((n, _)) => *n += 1,
+            None if full => counts.entry(0).or_insert_with(|| (0, "(other)".into())).0 += 1,
             None => {
-                counts.insert(destination, 1);
+                counts.insert(key, (1, label()));
             }
         }
     }
@@ -204,7 +216,7 @@ impl RecentDestinations {
     pub fn top(&self, namespace: &str, n: usize) -> Vec<(String, u64)> {
         let mut total: HashMap<&str, u64> = HashMap::new();
         for (_, counts) in self.by_namespace.get(namespace).into_iter().flatten() {
-            for (d, c) in counts {
+            for (c, d) in counts.values() {
                 *total.entry(d).or_default() += c;
             }
         }
@@ -360,11 +372,12 @@ mod tests {
     fn recent_destinations_keep_the_window_and_rank() {
         let mut r = RecentDestinations::default();
         let minute = 60_000_000_000i64;
-        r.record("ns", "old.example".into(), 0, 10);
+        let ns: Sym = "ns".into();
+        r.record(&ns, || "old.example".into(), 1, 0, 10);
         for _ in 0..3 {
-            r.record("ns", "s3".into(), 20 * minute, 10);
+            r.record(&ns, || "s3".into(), 2, 20 * minute, 10);
         }
-        r.record("ns", "minio".into(), 20 * minute + 1, 10);
+        r.record(&ns, || "minio".into(), 3, 20 * minute + 1, 10);
         assert_eq!(
             r.top("ns", 5),
             [("s3".to_owned(), 3), ("minio".to_owned(), 1)]

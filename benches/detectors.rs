@@ -1,0 +1,96 @@
+//! Detection cost: flows per second through decode and the detection engine with one
+//! detector (`policy_denied`, the guide's first rule) against the whole default pack
+//! (`policy_denied`, `scan`, `dns_exfiltration`, `segmentation`; `volume_spike` works on
+//! egress reports, not flows). Input: the simulator's training-namespace mix with a denied
+//! attempt every 1,000 flows. The target: all detectors keep at least half the
+//! single-detector rate. Run: `cargo bench --bench detectors`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use divan::Bencher;
+use divan::counter::ItemsCount;
+use exfilwatch::commands::{DEFAULT_RULES, start_alerting};
+use exfilwatch::config::Config;
+use exfilwatch::detect::engine::Engine;
+use exfilwatch::detect::rules::{self, Rule};
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::proto::observer::GetFlowsResponse;
+use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::sim::traffic::TrainingCluster;
+use exfilwatch::store::Store;
+use prost::Message;
+use tokio::time::Instant;
+
+fn main() {
+    divan::main();
+}
+
+const BATCH: usize = 4096;
+
+fn messages() -> Vec<Vec<u8>> {
+    let mut cluster = TrainingCluster::new(11, 1_764_115_200_000_000_000, 100_000);
+    let mut out = Vec::with_capacity(BATCH);
+    while out.len() < BATCH {
+        let flows = if out.len() % 1000 == 999 {
+            cluster.exfiltration_attempt()
+        } else {
+            vec![cluster.next_flow()]
+        };
+        for f in flows {
+            out.push(
+                GetFlowsResponse {
+                    node_name: f.node_name.clone(),
+                    time: f.time,
+                    response_types: Some(ResponseTypes::Flow(f)),
+                }
+                .encode_to_vec(),
+            );
+        }
+    }
+    out
+}
+
+fn engine(keep: impl Fn(&Rule) -> bool) -> Engine {
+    let rules: Vec<Arc<Rule>> = rules::load_text(DEFAULT_RULES, "pack")
+        .unwrap()
+        .into_iter()
+        .filter(|r| keep(r))
+        .map(Arc::new)
+        .collect();
+    start_alerting(
+        &Config::default(),
+        &rules,
+        Store::in_memory().unwrap(),
+        false,
+    )
+    .unwrap()
+    .0
+}
+
+fn run(bencher: Bencher, mut engine: Engine) {
+    let messages = messages();
+    let mut decoder = Decoder::default();
+    bencher
+        .counter(ItemsCount::new(messages.len()))
+        .bench_local(|| {
+            let now = Instant::now();
+            for m in &messages {
+                if let Some(event) = decoder.decode_response(black_box(m)).unwrap() {
+                    engine.observe(&event, now);
+                }
+            }
+        });
+}
+
+#[divan::bench]
+fn policy_denied_only(bencher: Bencher) {
+    run(bencher, engine(|r| r.name == "TrainingPodUnexpectedEgress"));
+}
+
+#[divan::bench]
+fn all_detectors(bencher: Bencher) {
+    run(bencher, engine(|_| true));
+}
