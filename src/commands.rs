@@ -535,6 +535,8 @@ async fn follow(
     }
     let api_stop = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(listener, Arc::new(api_state), api_stop.clone()));
+    let mut engine = engine;
+    engine.watch_stream(source.state());
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
     let mut last_log = tokio::time::Instant::now();
     let mut last_cursor = tokio::time::Instant::now();

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::coverage::{Coverage, Gap};
 use super::dns_exfil::DnsExfil;
 use super::policy_denied::{PolicyDenied, destination};
 use super::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
@@ -25,6 +27,7 @@ use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
 use crate::flow::{Event, TrafficDirection, Verdict};
 use crate::intern::SymList;
+use crate::source::hubble::StreamState;
 
 /// The alert raised while Prometheus is unusable.
 pub const BLIND_ALERT: &str = "ExfilwatchBlind";
@@ -47,6 +50,9 @@ pub struct Engine {
     blind_rule: Arc<Rule>,
     blind_after: Duration,
     blind_since: Option<Instant>,
+    coverage: Vec<Coverage>,
+    /// The Hubble stream's state, for the coverage detectors.
+    stream: Option<watch::Receiver<StreamState>>,
 }
 
 /// The built-in rule behind [`BLIND_ALERT`].
@@ -96,6 +102,40 @@ impl Engine {
             blind_rule: Arc::new(blind_rule()),
             blind_after,
             blind_since: None,
+            coverage: rules
+                .iter()
+                .filter(|r| r.enabled)
+                .cloned()
+                .filter_map(Coverage::new)
+                .collect(),
+            stream: None,
+        }
+    }
+
+    /// Lets the coverage detectors watch the Hubble stream's state.
+    pub fn watch_stream(&mut self, stream: watch::Receiver<StreamState>) {
+        self.stream = Some(stream);
+    }
+
+    /// Acts on what a coverage detector found.
+    fn coverage_gap(&mut self, rule: &Arc<Rule>, gap: Option<Gap>, now: Instant) {
+        let result = match gap {
+            None => return,
+            Some(Gap::Raise { destination, extra }) => self.manager.raise(
+                rule,
+                "*",
+                &Destination::Dependency(destination.into()),
+                extra,
+                now,
+            ),
+            Some(Gap::StreamBack) => self.manager.clear(
+                &rule.name,
+                "*",
+                &Destination::Dependency("hubble-stream".into()),
+            ),
+        };
+        if let Err(e) = result {
+            self.failed(&e);
         }
     }
 
@@ -127,7 +167,25 @@ impl Engine {
 
     /// Runs the flow detectors on one event.
     pub fn observe(&mut self, event: &Event, now: Instant) {
-        let Event::Flow(flow) = event else { return };
+        let flow = match event {
+            Event::Flow(flow) => flow,
+            Event::Lost(lost) => {
+                for i in 0..self.coverage.len() {
+                    let gap = self.coverage[i].lost(lost, now);
+                    let rule = self.coverage[i].rule.clone();
+                    self.coverage_gap(&rule, gap, now);
+                }
+                return;
+            }
+            Event::NodeStatus(status) => {
+                for i in 0..self.coverage.len() {
+                    let gap = self.coverage[i].node_status(status);
+                    let rule = self.coverage[i].rule.clone();
+                    self.coverage_gap(&rule, gap, now);
+                }
+                return;
+            }
+        };
         for detector in &mut self.policy {
             if let Some(hit) = detector.check(flow) {
                 let rule = detector.rule.clone();
@@ -268,6 +326,22 @@ impl Engine {
 
     /// Resolves and re-sends alerts as their timers say.
     pub fn tick(&mut self, now: Instant) {
+        if let Some(stream) = &self.stream {
+            let state = stream.borrow().clone();
+            let (up, error) = match &state {
+                StreamState::Streaming => (true, String::new()),
+                StreamState::Connecting => (false, "connecting".to_owned()),
+                StreamState::Retrying { error } => (false, error.clone()),
+                StreamState::Stopped { error } => {
+                    (false, error.clone().unwrap_or_else(|| "stopped".into()))
+                }
+            };
+            for i in 0..self.coverage.len() {
+                let gap = self.coverage[i].stream(up, &error, now);
+                let rule = self.coverage[i].rule.clone();
+                self.coverage_gap(&rule, gap, now);
+            }
+        }
         if let Err(e) = self.manager.tick(now) {
             self.failed(&e);
         }
@@ -284,4 +358,80 @@ impl Engine {
 fn store_failed(stats: &DeliveryStats, e: &crate::store::StoreError) {
     stats.store_errors.fetch_add(1, Ordering::Relaxed);
     tracing::error!("alerts: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{DEFAULT_RULES, start_alerting};
+    use crate::config::Config;
+    use crate::detect::rules::load_text;
+    use crate::flow::{LostEvent, LostEventSource};
+    use crate::store::Store;
+
+    fn engine() -> Engine {
+        let rules: Vec<Arc<Rule>> = load_text(DEFAULT_RULES, "pack")
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        start_alerting(
+            &Config::default(),
+            &rules,
+            Store::in_memory().unwrap(),
+            false,
+        )
+        .unwrap()
+        .0
+    }
+
+    fn gaps(engine: &Engine) -> Vec<String> {
+        engine
+            .firing()
+            .into_iter()
+            .filter(|a| a.rule == "ExfilwatchCoverageGap")
+            .map(|a| a.labels["destination"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_down_for_long_is_a_coverage_alert_until_it_returns() {
+        let mut engine = engine();
+        let (state, rx) = watch::channel(StreamState::Retrying {
+            error: "connection refused".into(),
+        });
+        engine.watch_stream(rx);
+        let t = Instant::now();
+        engine.tick(t);
+        assert!(gaps(&engine).is_empty());
+        engine.tick(t + Duration::from_secs(121));
+        assert_eq!(gaps(&engine), ["hubble-stream"]);
+        state.send_replace(StreamState::Streaming);
+        engine.tick(t + Duration::from_secs(125));
+        assert!(gaps(&engine).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_lost_events_is_a_coverage_alert() {
+        let mut engine = engine();
+        let lost = LostEvent {
+            source: LostEventSource::HubbleRingBuffer,
+            count: 5000,
+            cpu: None,
+            first_ns: None,
+            last_ns: None,
+            node: "gpu-node-a".into(),
+        };
+        engine.observe(&Event::Lost(lost), Instant::now());
+        assert_eq!(gaps(&engine), ["hubble"]);
+        let alert = engine
+            .firing()
+            .into_iter()
+            .find(|a| a.rule == "ExfilwatchCoverageGap")
+            .unwrap();
+        assert_eq!(
+            alert.annotations["lost_by_source"],
+            "HUBBLE_RING_BUFFER: 5000"
+        );
+    }
 }

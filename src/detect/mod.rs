@@ -1,6 +1,7 @@
 //! Detection: the rule pack ([`rules`]), its templates ([`template`]), the detectors
 //! ([`policy_denied`]) and the engine that runs them over the flow stream ([`engine`]).
 
+pub mod coverage;
 pub mod dns_exfil;
 pub mod engine;
 pub mod policy_denied;

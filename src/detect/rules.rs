@@ -148,6 +148,7 @@ pub enum Kind {
     Scan(ScanParams),
     DnsExfiltration(DnsParams),
     Segmentation(SegmentationParams),
+    Coverage(CoverageParams),
 }
 
 impl Kind {
@@ -158,6 +159,7 @@ impl Kind {
             Kind::Scan(_) => "scan",
             Kind::DnsExfiltration(_) => "dns_exfiltration",
             Kind::Segmentation(_) => "segmentation",
+            Kind::Coverage(_) => "coverage",
         }
     }
 }
@@ -177,6 +179,16 @@ pub struct Allowed {
     pub ports: Vec<(u16, u16)>,
     /// What the entry is for, shown in alerts.
     pub description: String,
+}
+
+/// Parameters of the `coverage` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoverageParams {
+    pub window: Duration,
+    /// Events Hubble reported lost within `window` that make a gap worth an alert.
+    pub lost_events: u64,
+    /// How long the Hubble stream may be down before it is an alert.
+    pub stream_down_after: Duration,
 }
 
 /// Parameters of the `segmentation` detector.
@@ -428,6 +440,41 @@ fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedPar
             Duration::from_secs(1),
         ),
         samples,
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCoverage {
+    window: Option<String>,
+    lost_events: Option<u64>,
+    stream_down_after: Option<String>,
+}
+
+fn coverage(raw: Option<Value>, report: &mut Report<'_>) -> CoverageParams {
+    let p: RawCoverage = match raw.map(serde_yaml_ng::from_value).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.problem("params", params_message(&e.to_string()));
+            RawCoverage::default()
+        }
+    };
+    let lost_events = p.lost_events.unwrap_or(1000);
+    if lost_events == 0 {
+        report.problem("params.lost_events", "must be at least 1");
+    }
+    CoverageParams {
+        window: report.duration(
+            "params.window",
+            p.window.as_deref(),
+            Duration::from_secs(300),
+        ),
+        lost_events: lost_events.max(1),
+        stream_down_after: report.duration(
+            "params.stream_down_after",
+            p.stream_down_after.as_deref(),
+            Duration::from_secs(120),
+        ),
     }
 }
 
@@ -715,10 +762,11 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
         "scan" => Kind::Scan(scan(raw.params, report)),
         "dns_exfiltration" => Kind::DnsExfiltration(dns(raw.params, report)),
         "segmentation" => Kind::Segmentation(segmentation(raw.params, report)),
+        "coverage" => Kind::Coverage(coverage(raw.params, report)),
         other => {
             report.problem(
                 "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation"),
+                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage"),
             );
             Kind::PolicyDenied(policy_denied(None, report))
         }
@@ -941,7 +989,8 @@ mod tests {
                 "TrainingDataEgressVolumeSpike",
                 "TrainingPodScanning",
                 "TrainingPodDnsExfiltration",
-                "TrainingNamespaceSegmentation"
+                "TrainingNamespaceSegmentation",
+                "ExfilwatchCoverageGap"
             ]
         );
         let Kind::PolicyDenied(p) = &rules[0].kind else {
@@ -965,7 +1014,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation"
+                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage"
             ]
         );
     }

@@ -665,16 +665,21 @@ async fn replay_send_delivers_the_alerts_of_a_capture() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("sent: 2 alert state(s) delivered, 0 still queued"),
+        stdout.contains("sent: 4 alert state(s) delivered, 0 still queued"),
         "{stdout}"
     );
     let got = receiver
-        .wait_for("two notifications", |n| firing_destinations(n).len() >= 2)
+        .wait_for("four notifications", |n| firing_destinations(n).len() >= 4)
         .await;
     let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
     assert_eq!(
         destinations,
-        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
+        BTreeSet::from([
+            "paste.example.net".into(),
+            "production/orders-db".into(),
+            "hubble".into(),
+            "hubble-nodes".into()
+        ])
     );
 }
 

@@ -329,13 +329,31 @@ fn replay_reports_the_alerts_the_rules_would_raise() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let alerts = summary["alerts"].as_array().unwrap();
+    let all = summary["alerts"].as_array().unwrap();
+    // The capture's lost-events notice is a coverage gap of its own.
+    let gap = all
+        .iter()
+        .find(|a| a["rule"] == "ExfilwatchCoverageGap")
+        .expect("a coverage alert");
+    assert_eq!(gap["labels"]["destination"], "hubble");
+    assert_eq!(gap["annotations"]["lost_events"], "12345678901");
+    let alerts: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|a| a["rule"] == "TrainingPodUnexpectedEgress")
+        .collect();
     let destinations: Vec<&str> = alerts
         .iter()
         .map(|a| a["labels"]["destination"].as_str().unwrap())
         .collect();
     // The AUDIT flow is not a drop, so the default rule leaves it out.
     assert_eq!(destinations, ["paste.example.net", "production/orders-db"]);
+    // ...and so is the node Relay reported unavailable.
+    assert!(
+        all.iter()
+            .any(|a| a["labels"]["destination"] == "hubble-nodes"),
+        "{all:#?}"
+    );
+    assert_eq!(all.len(), 4, "{all:#?}");
     assert_eq!(
         alerts[0]["annotations"]["policies"],
         "ai-training/deny-unapproved-egress, cluster-lockdown"
