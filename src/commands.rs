@@ -259,15 +259,27 @@ fn alerts_table(alerts: &[Alert]) -> String {
         out.push_str("\nalerts: none\n");
         return out;
     }
-    let _ = writeln!(out, "\nalerts firing: {}", alerts.len());
+    let firing = alerts
+        .iter()
+        .filter(|a| a.status == crate::alert::Status::Firing)
+        .count();
+    if firing == alerts.len() {
+        let _ = writeln!(out, "\nalerts firing: {firing}");
+    } else {
+        let _ = writeln!(out, "\nalerts: {}, {firing} still firing", alerts.len());
+    }
     for a in alerts {
         let get = |k: &str| a.annotations.get(k).map_or("", String::as_str);
         let label = |k: &str| a.labels.get(k).map_or("", String::as_str);
+        let severity = match a.status {
+            crate::alert::Status::Firing => label("severity").to_owned(),
+            crate::alert::Status::Resolved => format!("{}, resolved", label("severity")),
+        };
         let _ = writeln!(
             out,
             "  {} [{}] {} -> {}\n    {}",
             label("alertname"),
-            label("severity"),
+            severity,
             label("namespace"),
             label("destination"),
             get("summary")
@@ -338,14 +350,107 @@ struct FileJson<'a> {
 
 /// `exfilwatch replay`: reads captures, evaluates the rules, summarises, and with `send`
 /// delivers the alerts to the configured Alertmanagers.
+/// Prometheus history to backtest the volume rules against.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub url: String,
+    /// Unix seconds.
+    pub from: i64,
+    pub to: i64,
+}
+
+impl History {
+    /// From the command line: a URL and two RFC 3339 times, `from` before `to`.
+    pub fn parse(url: &str, from: Option<&str>, to: Option<&str>) -> Result<History, String> {
+        let time = |name: &str, text: Option<&str>| {
+            let text = text.ok_or_else(|| format!("--{name} is required with --prometheus"))?;
+            text.parse::<prost_types::Timestamp>()
+                .map(|t| t.seconds)
+                .map_err(|_| format!("--{name} {text:?} is not an RFC 3339 time"))
+        };
+        let (from, to) = (time("from", from)?, time("to", to)?);
+        if from >= to {
+            return Err(format!("--from must be before --to ({from} >= {to})"));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "--prometheus {url:?} must start with http:// or https://"
+            ));
+        }
+        Ok(History {
+            url: url.to_owned(),
+            from,
+            to,
+        })
+    }
+}
+
+/// Evaluates the volume rules at every `prometheus.interval` from `history.from` to
+/// `history.to`, on the engine's simulated clock. Returns the number of rounds.
+async fn backtest(
+    history: &History,
+    config: &Config,
+    rules: &[Arc<Rule>],
+    engine: &mut Engine,
+) -> Result<usize, String> {
+    let p = &config.prometheus;
+    let prometheus = Prometheus::new(&history.url, p.timeout, p.auth.clone(), p.tls.as_ref())?;
+    let store = Store::in_memory().map_err(|e| e.to_string())?;
+    let mut sampler = Sampler::new(prometheus, &p.selector, store).map_err(|e| e.to_string())?;
+    let step = i64::try_from(p.interval.as_secs()).unwrap_or(60).max(1);
+    let factor = Engine::smallest_spike_factor(rules);
+    let start = tokio::time::Instant::now();
+    let mut t = history.from;
+    let mut rounds = 0;
+    while t <= history.to {
+        let report = egress::watch::evaluate(&mut sampler, t, factor).await;
+        if let Some(e) = &report.error {
+            return Err(format!(
+                "backtest at {}: {e}",
+                crate::flow::format_time(t * 1_000_000_000)
+            ));
+        }
+        let now = start + Duration::from_secs(u64::try_from(t - history.from).unwrap_or(0));
+        engine.egress(&report, now);
+        engine.tick(now);
+        rounds += 1;
+        t += step;
+    }
+    Ok(rounds)
+}
+
+/// What `replay` reads and does.
+#[derive(Debug)]
+pub struct ReplayOptions {
+    pub config: Option<Config>,
+    /// Rules to evaluate instead of the configuration's (or the default pack).
+    pub rules: Option<std::path::PathBuf>,
+    pub format: OutputFormat,
+    pub send: bool,
+    pub history: Option<History>,
+}
+
+/// `exfilwatch replay`: reads captures, evaluates the rules (and, with history, the volume
+/// rules at every interval of it), summarises, reports every alert that fired, and with
+/// `send` delivers them to the configured Alertmanagers.
 pub async fn replay(
     inputs: &[String],
-    config: Option<&Config>,
-    format: OutputFormat,
-    send: bool,
+    options: ReplayOptions,
     cancel: CancellationToken,
 ) -> Outcome {
-    let rules = match load_rules(config) {
+    let ReplayOptions {
+        config,
+        rules: rules_dir,
+        format,
+        send,
+        history,
+    } = options;
+    let config = config.as_ref();
+    let rules = match &rules_dir {
+        Some(dir) => rules::load_dir(dir).map(|r| r.into_iter().map(Arc::new).collect()),
+        None => load_rules(config),
+    };
+    let rules: Vec<Arc<Rule>> = match rules {
         Ok(r) => r,
         Err(e) => return Outcome::fail(EXIT_CONFIG, e),
     };
@@ -393,12 +498,24 @@ pub async fn replay(
         }
     }
     drop(tx);
-    let (summary, engine) = consumer.await.unwrap_or_default();
-    let alerts = engine.map(|e| e.firing()).unwrap_or_default();
+    let (summary, mut engine) = consumer.await.unwrap_or_default();
     if let Some(e) = failed {
         delivery.finish().await;
         return Outcome::fail(EXIT_NO_INPUT, format!("cannot read {e}"));
     }
+    let mut rounds = None;
+    if let (Some(history), Some(engine)) = (&history, engine.as_mut()) {
+        match backtest(history, config, &rules, engine).await {
+            Ok(n) => rounds = Some(n),
+            Err(e) => {
+                delivery.finish().await;
+                return Outcome::fail(EXIT_SOURCE, e);
+            }
+        }
+    }
+    // Every alert that fired, including those the backtest saw resolve.
+    let mut alerts = delivery.store.alerts().unwrap_or_default();
+    alerts.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
     if send {
         // Give the sinks time to deliver before they are asked to stop.
         let deadline = tokio::time::Instant::now() + config.alertmanager.timeout * 3;
@@ -418,6 +535,12 @@ pub async fn replay(
                 ("bad lines", bad_lines),
                 ("node status events", summary.node_status),
             ]);
+            if let Some(n) = rounds {
+                let _ = writeln!(
+                    text,
+                    "\nbacktest: {n} evaluation round(s) of the volume rules against Prometheus history"
+                );
+            }
             text.push_str(&alerts_table(&alerts));
             if send {
                 let _ = writeln!(

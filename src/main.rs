@@ -44,6 +44,18 @@ enum Command {
         /// Deliver the alerts to the configuration's Alertmanagers and webhooks.
         #[arg(long, requires = "config")]
         send: bool,
+        /// Evaluate the rules in this directory instead of the configuration's.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Backtest the volume rules against this Prometheus's history too.
+        #[arg(long, requires_all = ["from", "to"])]
+        prometheus: Option<String>,
+        /// Start of the history to backtest, RFC 3339.
+        #[arg(long, requires = "prometheus")]
+        from: Option<String>,
+        /// End of the history to backtest, RFC 3339.
+        #[arg(long, requires = "prometheus")]
+        to: Option<String>,
     },
     /// Validate the configuration and rules; exit 64 listing every problem.
     Check {
@@ -111,8 +123,36 @@ async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
             config,
             output,
             send,
+            rules,
+            prometheus,
+            from,
+            to,
         } => match config.as_deref().map(Config::load).transpose() {
-            Ok(c) => commands::replay(&inputs, c.as_ref(), output, send, cancel).await,
+            Ok(c) => {
+                let history = match prometheus
+                    .map(|url| commands::History::parse(&url, from.as_deref(), to.as_deref()))
+                    .transpose()
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        return Outcome {
+                            exit_code: EXIT_CONFIG,
+                            output: format!(
+                                "{e}
+"
+                            ),
+                        };
+                    }
+                };
+                let options = commands::ReplayOptions {
+                    config: c,
+                    rules,
+                    format: output,
+                    send,
+                    history,
+                };
+                commands::replay(&inputs, options, cancel).await
+            }
             Err(e) => config_error(e),
         },
         Command::Check { config } => commands::check(&config),

@@ -345,6 +345,23 @@ impl Store {
         let _ = self.lock().pragma_update(None, "query_only", refuse);
     }
 
+    /// Every alert recorded, firing or resolved, by fingerprint.
+    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT body FROM alerts ORDER BY fingerprint")
+            .map_err(self.error("read alerts"))?;
+        let bodies = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.error("read alerts"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.error("read alerts"))?;
+        Ok(bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect())
+    }
+
     pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.lock()
             .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
