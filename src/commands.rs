@@ -168,7 +168,13 @@ pub fn start_alerting(
         })
         .collect();
     Ok((
-        Engine::new(rules, manager, stats.clone(), config.prometheus.blind_after),
+        Engine::new(
+            rules,
+            manager,
+            stats.clone(),
+            config.prometheus.blind_after,
+            &store,
+        ),
         Delivery {
             store,
             stats,

@@ -81,6 +81,13 @@ CREATE TABLE IF NOT EXISTS baseline_samples (
     PRIMARY KEY (namespace, hour)
 );
 CREATE TABLE IF NOT EXISTS baseline_hours (hour INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS known_destinations (
+    rule TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    PRIMARY KEY (rule, namespace, destination)
+);
 CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
 INSERT OR IGNORE INTO versions (id, next) VALUES (1, 1);
 ";
@@ -343,6 +350,37 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn refuse_writes(&self, refuse: bool) {
         let _ = self.lock().pragma_update(None, "query_only", refuse);
+    }
+
+    /// Remembers that `namespace` reached `destination` at `seen_ns` (for `rule`).
+    pub fn save_known_destination(
+        &self,
+        rule: &str,
+        namespace: &str,
+        destination: &str,
+        seen_ns: i64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO known_destinations (rule, namespace, destination, last_seen_ns) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (rule, namespace, destination) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, ?4)",
+                params![rule, namespace, destination, seen_ns],
+            )
+            .map(|_| ())
+            .map_err(self.error("save a known destination"))
+    }
+
+    /// The destinations `rule` learned: (namespace, destination, last seen).
+    pub fn known_destinations(&self, rule: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT namespace, destination, last_seen_ns FROM known_destinations WHERE rule = ?1")
+            .map_err(self.error("read known destinations"))?;
+        let rows = stmt
+            .query_map([rule], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.error("read known destinations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read known destinations"))
     }
 
     /// Every alert recorded, firing or resolved, by fingerprint.

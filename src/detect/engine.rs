@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::coverage::{Coverage, Gap};
 use super::dns_exfil::DnsExfil;
+use super::new_destination::NewDestination;
 use super::policy_denied::{PolicyDenied, destination};
 use super::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
 use super::scan::Scan;
@@ -28,6 +29,7 @@ use crate::egress::watch::EgressReport;
 use crate::flow::{Event, TrafficDirection, Verdict};
 use crate::intern::SymList;
 use crate::source::hubble::StreamState;
+use crate::store::Store;
 
 /// The alert raised while Prometheus is unusable.
 pub const BLIND_ALERT: &str = "ExfilwatchBlind";
@@ -51,6 +53,7 @@ pub struct Engine {
     blind_after: Duration,
     blind_since: Option<Instant>,
     coverage: Vec<Coverage>,
+    new_destinations: Vec<NewDestination>,
     /// The Hubble stream's state, for the coverage detectors.
     stream: Option<watch::Receiver<StreamState>>,
 }
@@ -87,6 +90,7 @@ impl Engine {
         manager: Manager,
         stats: Arc<DeliveryStats>,
         blind_after: Duration,
+        store: &Store,
     ) -> Engine {
         let enabled = || rules.iter().filter(|r| r.enabled).cloned();
         Engine {
@@ -109,6 +113,17 @@ impl Engine {
                 .filter_map(Coverage::new)
                 .collect(),
             stream: None,
+            new_destinations: rules
+                .iter()
+                .filter(|r| r.enabled)
+                .filter_map(|r| match NewDestination::new(r.clone(), store.clone())? {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::error!(rule = %r.name, "cannot load what the rule learned, it stays off: {e}");
+                        None
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -207,6 +222,21 @@ impl Engine {
                 {
                     store_failed(&self.stats, &e);
                 }
+            }
+        }
+        for detector in &mut self.new_destinations {
+            match detector.check(flow) {
+                Ok(Some(hit)) => {
+                    let rule = detector.rule.clone();
+                    if let Err(e) =
+                        self.manager
+                            .raise(&rule, &hit.namespace, &hit.destination, hit.extra, now)
+                    {
+                        store_failed(&self.stats, &e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => store_failed(&self.stats, &e),
             }
         }
         for detector in &mut self.segmentation {

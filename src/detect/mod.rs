@@ -4,6 +4,7 @@
 pub mod coverage;
 pub mod dns_exfil;
 pub mod engine;
+pub mod new_destination;
 pub mod policy_denied;
 pub mod rules;
 pub mod scan;

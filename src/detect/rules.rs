@@ -149,6 +149,7 @@ pub enum Kind {
     DnsExfiltration(DnsParams),
     Segmentation(SegmentationParams),
     Coverage(CoverageParams),
+    NewDestination(NewDestinationParams),
 }
 
 impl Kind {
@@ -160,6 +161,7 @@ impl Kind {
             Kind::DnsExfiltration(_) => "dns_exfiltration",
             Kind::Segmentation(_) => "segmentation",
             Kind::Coverage(_) => "coverage",
+            Kind::NewDestination(_) => "new_destination",
         }
     }
 }
@@ -179,6 +181,17 @@ pub struct Allowed {
     pub ports: Vec<(u16, u16)>,
     /// What the entry is for, shown in alerts.
     pub description: String,
+}
+
+/// Parameters of the `new_destination` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDestinationParams {
+    /// How long a namespace is only learned from before anything new alerts.
+    pub learning: Duration,
+    /// How long a destination stays known after it was last seen.
+    pub history: Duration,
+    /// Destinations never reported; `*` matches any run of characters.
+    pub allow: Vec<String>,
 }
 
 /// Parameters of the `coverage` detector.
@@ -440,6 +453,44 @@ fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedPar
             Duration::from_secs(1),
         ),
         samples,
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawNewDestination {
+    learning: Option<String>,
+    history: Option<String>,
+    allow: Vec<String>,
+}
+
+fn new_destination(raw: Option<Value>, report: &mut Report<'_>) -> NewDestinationParams {
+    let p: RawNewDestination = match raw.map(serde_yaml_ng::from_value).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.problem("params", params_message(&e.to_string()));
+            RawNewDestination::default()
+        }
+    };
+    let history = report.duration(
+        "params.history",
+        p.history.as_deref(),
+        Duration::from_secs(7 * 86_400),
+    );
+    if history < Duration::from_secs(3600) {
+        report.problem(
+            "params.history",
+            format!("{history:?} is shorter than an hour"),
+        );
+    }
+    NewDestinationParams {
+        learning: report.duration(
+            "params.learning",
+            p.learning.as_deref(),
+            Duration::from_secs(86_400),
+        ),
+        history,
+        allow: p.allow,
     }
 }
 
@@ -763,10 +814,11 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
         "dns_exfiltration" => Kind::DnsExfiltration(dns(raw.params, report)),
         "segmentation" => Kind::Segmentation(segmentation(raw.params, report)),
         "coverage" => Kind::Coverage(coverage(raw.params, report)),
+        "new_destination" => Kind::NewDestination(new_destination(raw.params, report)),
         other => {
             report.problem(
                 "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage"),
+                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage, new_destination"),
             );
             Kind::PolicyDenied(policy_denied(None, report))
         }
@@ -990,7 +1042,8 @@ mod tests {
                 "TrainingPodScanning",
                 "TrainingPodDnsExfiltration",
                 "TrainingNamespaceSegmentation",
-                "ExfilwatchCoverageGap"
+                "ExfilwatchCoverageGap",
+                "TrainingPodNewDestination"
             ]
         );
         let Kind::PolicyDenied(p) = &rules[0].kind else {
@@ -1014,7 +1067,7 @@ mod tests {
         assert_eq!(
             p,
             [
-                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage"
+                "r.yaml:1: rule A: kind: unknown detector \"policy_deny\"; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage, new_destination"
             ]
         );
     }

@@ -256,7 +256,7 @@ fn the_configmap_config_and_rules_pass_exfilwatch_check() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("6 rule(s), 6 enabled"), "{text}");
+    assert!(text.contains("7 rule(s), 7 enabled"), "{text}");
 }
 
 /// Keys a Cilium rule may use, by direction (cilium.io/v2 CiliumNetworkPolicy).
