@@ -136,7 +136,7 @@ impl NewDestination {
             return Ok(None);
         }
         let since = self.since.get(&src.namespace).copied().unwrap_or(now);
-        if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, &label))
+        if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, label))
         {
             return Ok(None);
         }
