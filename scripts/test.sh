@@ -77,20 +77,20 @@ assert ":10: invalid JSON" in bad[0] and ":20: invalid JSON: unknown Verdict val
 print(f"corrupted copy: bad lines reported as {bad[0].split(': ')[0]} and {bad[1].split(': ')[0]}")
 PY
   rm -f "$summary" "$corrupted"
-  # Benign traffic raises nothing: the scan and DNS-exfiltration rules, pointed at the
-  # captures' own namespaces, stay silent over all of them.
+  # Benign traffic raises nothing: the scan, DNS-exfiltration and coverage rules, pointed at
+  # the captures' own namespaces, stay silent over all of them.
   benign=$(mktemp -d)
   mkdir -p "$benign/rules"
   python3 - rules/segmentation.yaml "$benign/rules/r.yaml" <<'PY'
 import sys
 text = open(sys.argv[1]).read().replace("names: [ai-training]", "names: [bookinfo, kube-system, istio-system, jaeger, default]")
-rules = ["- name: " + r for r in text.split("\n- name: ")[1:] if r.startswith(("TrainingPodScanning", "TrainingPodDnsExfiltration"))]
-assert len(rules) == 2, rules
+rules = ["- name: " + r for r in text.split("\n- name: ")[1:] if r.startswith(("TrainingPodScanning", "TrainingPodDnsExfiltration", "ExfilwatchCoverageGap"))]
+assert len(rules) == 3, rules
 open(sys.argv[2], "w").write("\n".join(rules))
 PY
   printf 'rules:\n  dir: rules\nhubble:\n  namespaces: []\n' >"$benign/c.yaml"
   ./target/debug/exfilwatch replay --config "$benign/c.yaml" --output json "$captures"/*.jsonl >"$benign/out.json" 2>/dev/null
-  python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["alerts"]; assert not a, a; print("hubble captures: scan and DNS-exfiltration rules raise no alert")' "$benign/out.json"
+  python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["alerts"]; assert not a, a; print("hubble captures: scan, DNS-exfiltration and coverage rules raise no alert")' "$benign/out.json"
   rm -rf "$benign"
 else
   echo "note: $captures not present; the real-capture replay check did not run"
