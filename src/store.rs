@@ -252,10 +252,19 @@ impl Store {
 
     /// Alerts that were firing when the store was last written.
     pub fn firing(&self) -> Result<Vec<Alert>, StoreError> {
+        self.read_alerts("SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint")
+    }
+
+    /// Every alert recorded, firing or resolved, by fingerprint.
+    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.read_alerts("SELECT body FROM alerts ORDER BY fingerprint")
+    }
+
+    /// Decodes the alert bodies `sql` selects; a body that no longer decodes is logged and
+    /// skipped rather than failing the whole read.
+    fn read_alerts(&self, sql: &str) -> Result<Vec<Alert>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint")
-            .map_err(self.error("read alerts"))?;
+        let mut stmt = conn.prepare(sql).map_err(self.error("read alerts"))?;
         let bodies = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(self.error("read alerts"))?
@@ -381,23 +390,6 @@ impl Store {
             .map_err(self.error("read known destinations"))?;
         rows.collect::<Result<_, _>>()
             .map_err(self.error("read known destinations"))
-    }
-
-    /// Every alert recorded, firing or resolved, by fingerprint.
-    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT body FROM alerts ORDER BY fingerprint")
-            .map_err(self.error("read alerts"))?;
-        let bodies = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.error("read alerts"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.error("read alerts"))?;
-        Ok(bodies
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect())
     }
 
     pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {

@@ -168,18 +168,11 @@ impl Coverage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
+    use crate::detect::testing::default_rule;
     use crate::flow::LostEventSource;
 
     fn detector() -> Coverage {
-        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
-        Coverage::new(Arc::new(
-            rules
-                .into_iter()
-                .find(|r| r.name == "ExfilwatchCoverageGap")
-                .unwrap(),
-        ))
-        .unwrap()
+        Coverage::new(default_rule("ExfilwatchCoverageGap")).unwrap()
     }
 
     fn lost(n: u64) -> LostEvent {

@@ -268,19 +268,12 @@ impl DnsExfil {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
+    use crate::detect::testing::default_rule;
     use crate::flow::Event;
     use crate::flow::json::JsonDecoder;
 
     fn detector() -> DnsExfil {
-        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
-        DnsExfil::new(Arc::new(
-            rules
-                .into_iter()
-                .find(|r| r.name == "TrainingPodDnsExfiltration")
-                .unwrap(),
-        ))
-        .unwrap()
+        DnsExfil::new(default_rule("TrainingPodDnsExfiltration")).unwrap()
     }
 
     fn query(decoder: &mut JsonDecoder, name: &str, qtype: &str, second: u32) -> FlowEvent {

@@ -177,19 +177,14 @@ impl NewDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
+    use crate::detect::testing::default_rule;
     use crate::flow::Event;
     use crate::flow::json::JsonDecoder;
 
     const HOUR: i64 = 3_600_000_000_000;
 
     fn detector(store: &Store) -> NewDestination {
-        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
-        let rule = rules
-            .into_iter()
-            .find(|r| r.name == "TrainingPodNewDestination")
-            .unwrap();
-        NewDestination::new(Arc::new(rule), store.clone())
+        NewDestination::new(default_rule("TrainingPodNewDestination"), store.clone())
             .unwrap()
             .unwrap()
     }

@@ -243,34 +243,12 @@ impl Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
-    use crate::flow::Event;
+    use crate::detect::testing::{default_rule, flow_event as event};
     use crate::flow::wire::Decoder;
-    use crate::proto::observer::GetFlowsResponse;
-    use crate::proto::observer::get_flows_response::ResponseTypes;
     use crate::sim::traffic::TrainingCluster;
-    use prost::Message;
 
     fn detector() -> Scan {
-        let rules = load_text(crate::commands::DEFAULT_RULES, "pack").unwrap();
-        let rule = rules
-            .into_iter()
-            .find(|r| r.name == "TrainingPodScanning")
-            .unwrap();
-        Scan::new(Arc::new(rule)).unwrap()
-    }
-
-    fn event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
-        let bytes = GetFlowsResponse {
-            node_name: flow.node_name.clone(),
-            time: flow.time,
-            response_types: Some(ResponseTypes::Flow(flow)),
-        }
-        .encode_to_vec();
-        match decoder.decode_response(&bytes).unwrap().unwrap() {
-            Event::Flow(f) => f,
-            other => panic!("{other:?}"),
-        }
+        Scan::new(default_rule("TrainingPodScanning")).unwrap()
     }
 
     #[test]

@@ -231,17 +231,12 @@ impl RecentDestinations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
+    use crate::detect::testing::rule_in;
     use std::time::Duration;
 
     fn detector(hold: &str) -> VolumeSpike {
         let pack = crate::commands::DEFAULT_RULES.replace("for: 0s", &format!("for: {hold}"));
-        let rule = load_text(&pack, "pack")
-            .unwrap()
-            .into_iter()
-            .find(|r| r.name == "TrainingDataEgressVolumeSpike")
-            .unwrap();
-        VolumeSpike::new(Arc::new(rule)).unwrap()
+        VolumeSpike::new(rule_in(&pack, "TrainingDataEgressVolumeSpike")).unwrap()
     }
 
     fn egress(rate: f64, baseline: f64, hours: usize) -> NamespaceEgress {
@@ -314,12 +309,7 @@ mod tests {
     fn with_model(model: &str) -> VolumeSpike {
         let pack = crate::commands::DEFAULT_RULES
             .replace("factor: 1.5", &format!("factor: 1.5\n    model: {model}"));
-        let rule = load_text(&pack, "pack")
-            .unwrap()
-            .into_iter()
-            .find(|r| r.name == "TrainingDataEgressVolumeSpike")
-            .unwrap();
-        VolumeSpike::new(Arc::new(rule)).unwrap()
+        VolumeSpike::new(rule_in(&pack, "TrainingDataEgressVolumeSpike")).unwrap()
     }
 
     #[test]
