@@ -1,7 +1,7 @@
 //! Detection cost: flows per second through decode and the detection engine with one
 //! detector (`policy_denied`, the guide's first rule) against the whole default pack
-//! (`policy_denied`, `scan`, `dns_exfiltration`, `segmentation`; `volume_spike` works on
-//! egress reports, not flows). Input: the simulator's training-namespace mix with a denied
+//! (`policy_denied`, `scan`, `dns_exfiltration`, `segmentation`, `coverage`, `new_destination`;
+//! `volume_spike` works on egress reports, not flows). Input: the simulator's training-namespace mix with a denied
 //! attempt every 1,000 flows. The target: all detectors keep at least half the
 //! single-detector rate. Run: `cargo bench --bench detectors`.
 

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::alert::manager::Destination;
-use crate::detect::policy_denied::{DEFAULT_GROUPING, destination};
+use crate::detect::policy_denied::{DEFAULT_GROUPING, destination_ref};
 use crate::detect::rules::{Kind, NewDestinationParams, Rule};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 use crate::intern::Sym;
@@ -103,7 +103,7 @@ impl NewDestination {
             return Ok(None);
         }
         let now = flow.time_ns;
-        let dest = destination(flow, &DEFAULT_GROUPING);
+        let dest = destination_ref(flow, &DEFAULT_GROUPING);
         self.label.clear();
         let _ = write!(self.label, "{dest}");
         let label = self.label.as_str();
@@ -168,7 +168,7 @@ impl NewDestination {
         );
         Ok(Some(NewHit {
             namespace: src.namespace.to_string(),
-            destination: dest,
+            destination: dest.owned(),
             extra,
         }))
     }

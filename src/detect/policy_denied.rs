@@ -49,48 +49,88 @@ pub static DEFAULT_GROUPING: PolicyDeniedParams = PolicyDeniedParams {
 
 /// The network block of `ip` with `bits` prefix bits, e.g. 203.0.113.0/24.
 pub fn cidr(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> String {
+    let (net, bits) = network(ip, v4_bits, v6_bits);
+    format!("{net}/{bits}")
+}
+
+/// The network address of `ip` and the prefix length kept.
+fn network(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> (IpAddr, u32) {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4_bits.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            format!("{}/{bits}", std::net::Ipv4Addr::from(u32::from(v4) & mask))
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            (std::net::Ipv4Addr::from(u32::from(v4) & mask).into(), bits)
         }
         IpAddr::V6(v6) => {
             let bits = u32::from(v6_bits.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            format!("{}/{bits}", std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            (std::net::Ipv6Addr::from(u128::from(v6) & mask).into(), bits)
         }
     }
 }
 
-/// The alert destination for a flow.
-pub fn destination(flow: &FlowEvent, params: &PolicyDeniedParams) -> Destination {
+/// Where a flow went, borrowed from the flow: [`destination`] without allocating, for the
+/// per-flow paths that only need its text. Displays exactly as the owned [`Destination`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationRef<'a> {
+    Fqdn(&'a str),
+    Workload { namespace: &'a str, name: &'a str },
+    Cidr(IpAddr, u32),
+    Unknown,
+}
+
+impl std::fmt::Display for DestinationRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DestinationRef::Fqdn(name) => f.write_str(name),
+            DestinationRef::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
+            DestinationRef::Cidr(net, bits) => write!(f, "{net}/{bits}"),
+            DestinationRef::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl DestinationRef<'_> {
+    pub fn owned(&self) -> Destination {
+        match *self {
+            DestinationRef::Fqdn(name) => Destination::Fqdn(name.to_owned()),
+            DestinationRef::Workload { namespace, name } => Destination::Workload {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            DestinationRef::Cidr(..) => Destination::Cidr(self.to_string()),
+            DestinationRef::Unknown => Destination::Unknown,
+        }
+    }
+}
+
+/// The alert destination for a flow: its first DNS name, else its workload (or pod), else
+/// its address block in the world.
+pub fn destination_ref<'a>(flow: &'a FlowEvent, params: &PolicyDeniedParams) -> DestinationRef<'a> {
     let dst = &flow.destination;
     if let Some(name) = flow.destination_names.first() {
-        Destination::Fqdn(name.to_string())
+        DestinationRef::Fqdn(name)
     } else if !dst.namespace.is_empty() {
         let name = if dst.workload.is_empty() {
             &dst.pod
         } else {
             &dst.workload
         };
-        Destination::Workload {
-            namespace: dst.namespace.to_string(),
-            name: name.to_string(),
+        DestinationRef::Workload {
+            namespace: &dst.namespace,
+            name,
         }
     } else if let Some(ip) = dst.ip {
-        Destination::Cidr(cidr(ip, params.world_prefix_v4, params.world_prefix_v6))
+        let (net, bits) = network(ip, params.world_prefix_v4, params.world_prefix_v6);
+        DestinationRef::Cidr(net, bits)
     } else {
-        Destination::Unknown
+        DestinationRef::Unknown
     }
+}
+
+/// The alert destination for a flow, owned.
+pub fn destination(flow: &FlowEvent, params: &PolicyDeniedParams) -> Destination {
+    destination_ref(flow, params).owned()
 }
 
 fn packet_key(flow: &FlowEvent) -> u64 {
@@ -264,6 +304,43 @@ mod tests {
         assert_eq!(
             cidr("2001:db8:1:2:3::9".parse().unwrap(), 24, 64),
             "2001:db8:1:2::/64"
+        );
+        assert_eq!(cidr("203.0.113.77".parse().unwrap(), 0, 64), "0.0.0.0/0");
+        assert_eq!(
+            cidr("203.0.113.77".parse().unwrap(), 32, 64),
+            "203.0.113.77/32"
+        );
+    }
+
+    #[test]
+    fn the_borrowed_destination_reads_as_the_owned_one() {
+        let world = DENIED_DB
+            .replace(r#""namespace":"production","pod_name":"orders-db-0","workloads":[{"name":"orders-db","kind":"StatefulSet"}]"#, r#""identity":2"#)
+            .replace("10.0.5.20", "203.0.113.77");
+        let named = world.replace(
+            r#""IP""#,
+            r#""destination_names":["paste.example.net"],"IP""#,
+        );
+        let nowhere = world.replace(
+            r#""IP":{"source":"10.0.1.12","destination":"203.0.113.77"},"#,
+            "",
+        );
+        let mut texts = Vec::new();
+        for json in [DENIED_DB, world.as_str(), named.as_str(), nowhere.as_str()] {
+            let f = flow(json);
+            let borrowed = destination_ref(&f, &DEFAULT_GROUPING);
+            assert_eq!(borrowed.to_string(), borrowed.owned().to_string());
+            assert_eq!(borrowed.owned(), destination(&f, &DEFAULT_GROUPING));
+            texts.push(borrowed.to_string());
+        }
+        assert_eq!(
+            texts,
+            [
+                "production/orders-db",
+                "203.0.113.0/24",
+                "paste.example.net",
+                "unknown"
+            ]
         );
     }
 }

@@ -45,6 +45,16 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `exfilwatch check --config <config>`: its exit code and everything it printed.
+fn check(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = exfilwatch()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.code(), text(&out))
+}
+
 #[test]
 fn check_lists_every_config_problem_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,13 +64,8 @@ fn check_lists_every_config_problem_and_exits_64() {
         "hubble:\n  address: tls://relay:443\n  namespaces: [Prod_DB]\napi:\n  listen: nowhere\n",
     )
     .unwrap();
-    let out = exfilwatch()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let msg = text(&out);
-    assert_eq!(out.status.code(), Some(64), "{msg}");
+    let (code, msg) = check(&config);
+    assert_eq!(code, Some(64), "{msg}");
     assert!(msg.contains("exfilwatch.yaml: 3 problem(s)"), "{msg}");
     assert!(msg.contains("hubble.tls.ca_file: is required"), "{msg}");
     assert!(
@@ -79,13 +84,8 @@ fn check_names_a_misspelt_key_with_its_line_and_a_suggestion() {
         "hubble:\n  namespaces: [ai-training]\n  adress: http://relay:80\n",
     )
     .unwrap();
-    let out = exfilwatch()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let msg = text(&out);
-    assert_eq!(out.status.code(), Some(64), "{msg}");
+    let (code, msg) = check(&config);
+    assert_eq!(code, Some(64), "{msg}");
     assert!(
         msg.contains("c.yaml:3:3: hubble: unknown field `adress`"),
         "{msg}"
@@ -104,13 +104,8 @@ fn check_reports_a_broken_rule_file_with_its_line() {
     )
     .unwrap();
     std::fs::write(dir.path().join("c.yaml"), "rules:\n  dir: rules\n").unwrap();
-    let out = exfilwatch()
-        .args(["check", "--config"])
-        .arg(dir.path().join("c.yaml"))
-        .output()
-        .unwrap();
-    let msg = text(&out);
-    assert_eq!(out.status.code(), Some(64), "{msg}");
+    let (code, msg) = check(&dir.path().join("c.yaml"));
+    assert_eq!(code, Some(64), "{msg}");
     assert!(
         msg.contains("rules/bad.yaml:3: did not find expected ',' or ']'"),
         "{msg}"
@@ -118,30 +113,18 @@ fn check_reports_a_broken_rule_file_with_its_line() {
     assert!(!msg.contains("good.yaml"), "{msg}");
 
     std::fs::remove_file(dir.path().join("rules/bad.yaml")).unwrap();
-    let out = exfilwatch()
-        .args(["check", "--config"])
-        .arg(dir.path().join("c.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        text(&out).contains("1 rule(s), 1 enabled"),
-        "{}",
-        text(&out)
-    );
+    let (code, msg) = check(&dir.path().join("c.yaml"));
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(msg.contains("1 rule(s), 1 enabled"), "{msg}");
 }
 
 #[test]
 fn the_shipped_example_config_passes_check() {
-    let out = exfilwatch()
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/exfilwatch.yaml"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, msg) = check(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/exfilwatch.yaml"
+    )));
+    assert_eq!(code, Some(0), "{msg}");
 }
 
 #[test]
