@@ -104,6 +104,16 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Waits for a notification about `alertname` and returns every one received so far.
+    pub async fn wait_for_alert(&self, alertname: &str) -> Vec<Value> {
+        let about = |m: &Value| m["alerts"][0]["labels"]["alertname"] == alertname;
+        self.wait_for(alertname, |n| n.iter().any(about))
+            .await
+            .into_iter()
+            .filter(about)
+            .collect()
+    }
 }
 
 /// A real Alertmanager process.
@@ -696,16 +706,7 @@ async fn a_host_sweep_from_a_training_pod_raises_one_scan_alert() {
         probe.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
         pipeline.tx.send(attack.event(&probe)).await.unwrap();
     }
-    let got = receiver
-        .wait_for("the scan alert", |n| {
-            n.iter()
-                .any(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodScanning")
-        })
-        .await;
-    let scans: Vec<&Value> = got
-        .iter()
-        .filter(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodScanning")
-        .collect();
+    let scans = receiver.wait_for_alert("TrainingPodScanning").await;
     let alert = &scans[0]["alerts"][0];
     assert_eq!(alert["labels"]["namespace"], "ai-training");
     assert_eq!(alert["labels"]["destination"], "*");
@@ -753,17 +754,8 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
         });
         pipeline.tx.send(attack.event(&query)).await.unwrap();
     }
-    let got = receiver
-        .wait_for("the DNS alert", |n| {
-            n.iter()
-                .any(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodDnsExfiltration")
-        })
-        .await;
-    let alerts: Vec<&Value> = got
-        .iter()
-        .filter(|m| m["alerts"][0]["labels"]["alertname"] == "TrainingPodDnsExfiltration")
-        .collect();
-    assert_eq!(alerts.len(), 1, "one alert for the domain: {got:#?}");
+    let alerts = receiver.wait_for_alert("TrainingPodDnsExfiltration").await;
+    assert_eq!(alerts.len(), 1, "one alert for the domain: {alerts:#?}");
     let alert = &alerts[0]["alerts"][0];
     assert_eq!(alert["labels"]["destination"], "example.com");
     assert_eq!(
