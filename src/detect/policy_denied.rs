@@ -54,7 +54,7 @@ pub fn cidr(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> String {
 }
 
 /// The network address of `ip` and the prefix length kept.
-fn network(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> (IpAddr, u32) {
+pub fn network(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> (IpAddr, u32) {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4_bits.min(32));

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::alert::manager::Destination;
-use crate::detect::policy_denied::{DEFAULT_GROUPING, destination};
+use crate::detect::policy_denied::{DEFAULT_GROUPING, destination, network};
 use crate::detect::rules::{Allowed, Kind, Rule, SegmentationParams};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 
@@ -19,34 +19,21 @@ use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 const MAX_TRACKED: usize = 10_000;
 
 fn in_block(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(bits))
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(bits))
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
+    ip.is_ipv4() == net.is_ipv4() && network(ip, bits, bits) == network(net, bits, bits)
 }
 
+/// True when `name` (a DNS name, trailing dot or not, any case) matches `pattern`: a name, or
+/// `*.` and a suffix that must follow at least one label.
 fn fqdn_matches(pattern: &str, name: &str) -> bool {
     let name = name.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
-            name.len() > suffix.len()
-                && name.ends_with(suffix)
-                && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+            let Some(head) = name.len().checked_sub(suffix.len() + 1) else {
+                return false;
+            };
+            name.as_bytes()[head] == b'.'
+                && name.as_bytes()[head + 1..].eq_ignore_ascii_case(suffix.as_bytes())
+                && head > 0
         }
         None => name.eq_ignore_ascii_case(pattern),
     }
@@ -267,6 +254,15 @@ mod tests {
         assert!(!fqdn_matches(
             "*.s3.us-east-1.amazonaws.com",
             "evil-s3.us-east-1.amazonaws.com"
+        ));
+        // Resolvers randomise the case of queries; DNS names compare without it.
+        assert!(fqdn_matches(
+            "*.s3.us-east-1.amazonaws.com",
+            "Training-Data.S3.us-east-1.AmazonAWS.com."
+        ));
+        assert!(!fqdn_matches(
+            "*.s3.us-east-1.amazonaws.com",
+            ".s3.us-east-1.amazonaws.com"
         ));
         assert!(in_block(
             "10.1.2.3".parse().unwrap(),
