@@ -28,6 +28,7 @@ pub mod config;
 pub mod detect;
 pub mod egress;
 pub mod flow;
+pub mod flows;
 pub mod http;
 pub mod intern;
 pub mod pipeline;

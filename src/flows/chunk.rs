@@ -1,0 +1,457 @@
+//! The columnar form of stored flows.
+//!
+//! A [`Chunk`] is a polars `DataFrame` of numeric columns plus the chunk's own dictionaries:
+//! every string (namespace, pod, workload, node, FQDN, policy) and every IP address is a
+//! `u32` code into them. A flow costs about 110 bytes in memory whatever its strings, and a
+//! chunk's dictionaries go when the chunk goes, so dropping old flows frees their strings.
+//! Code 0 is always the empty string / no address.
+//!
+//! On disk a chunk becomes a parquet segment with the strings written out (parquet
+//! dictionary-encodes them itself), so segments can be read by any parquet tool; reading one
+//! back builds a chunk again.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use polars::prelude::*;
+
+use crate::flow::{Endpoint, FlowEvent};
+use crate::intern::Sym;
+
+/// Numeric and coded columns, in order after `seq` and `time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Col {
+    Verdict,
+    DropReason,
+    Direction,
+    Protocol,
+    TcpFlags,
+    /// 0 unknown, 1 request, 2 reply.
+    IsReply,
+    EventType,
+    Node,
+    SrcNamespace,
+    SrcPod,
+    SrcWorkload,
+    SrcIp,
+    SrcPort,
+    SrcIdentity,
+    DstNamespace,
+    DstPod,
+    DstWorkload,
+    DstIp,
+    DstPort,
+    DstIdentity,
+    Fqdn,
+    PolicyNamespace,
+    Policy,
+}
+
+/// How a column's values are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Number,
+    Text,
+    Ip,
+}
+
+pub const COLUMNS: usize = 23;
+
+/// Name and kind of every [`Col`], in order.
+pub const SCHEMA: [(&str, Kind); COLUMNS] = [
+    ("verdict", Kind::Number),
+    ("drop_reason", Kind::Number),
+    ("direction", Kind::Number),
+    ("protocol", Kind::Number),
+    ("tcp_flags", Kind::Number),
+    ("is_reply", Kind::Number),
+    ("event_type", Kind::Number),
+    ("node", Kind::Text),
+    ("src_namespace", Kind::Text),
+    ("src_pod", Kind::Text),
+    ("src_workload", Kind::Text),
+    ("src_ip", Kind::Ip),
+    ("src_port", Kind::Number),
+    ("src_identity", Kind::Number),
+    ("dst_namespace", Kind::Text),
+    ("dst_pod", Kind::Text),
+    ("dst_workload", Kind::Text),
+    ("dst_ip", Kind::Ip),
+    ("dst_port", Kind::Number),
+    ("dst_identity", Kind::Number),
+    ("fqdn", Kind::Text),
+    ("policy_namespace", Kind::Text),
+    ("policy", Kind::Text),
+];
+
+impl Col {
+    pub const ALL: [Col; COLUMNS] = [
+        Col::Verdict,
+        Col::DropReason,
+        Col::Direction,
+        Col::Protocol,
+        Col::TcpFlags,
+        Col::IsReply,
+        Col::EventType,
+        Col::Node,
+        Col::SrcNamespace,
+        Col::SrcPod,
+        Col::SrcWorkload,
+        Col::SrcIp,
+        Col::SrcPort,
+        Col::SrcIdentity,
+        Col::DstNamespace,
+        Col::DstPod,
+        Col::DstWorkload,
+        Col::DstIp,
+        Col::DstPort,
+        Col::DstIdentity,
+        Col::Fqdn,
+        Col::PolicyNamespace,
+        Col::Policy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        SCHEMA[self as usize].0
+    }
+
+    pub fn kind(self) -> Kind {
+        SCHEMA[self as usize].1
+    }
+}
+
+/// What the flow store keeps of a flow, as the pipeline hands it over: shared strings and
+/// endpoints only, so making one costs no allocation.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub time_ns: i64,
+    pub numbers: [u32; 7],
+    pub node: Sym,
+    pub source: Arc<Endpoint>,
+    pub source_ip: Option<IpAddr>,
+    pub source_port: u16,
+    pub destination: Arc<Endpoint>,
+    pub destination_ip: Option<IpAddr>,
+    pub destination_port: u16,
+    pub fqdn: Option<Sym>,
+    pub policy: Option<(Sym, Sym)>,
+}
+
+impl Row {
+    pub fn new(flow: &FlowEvent) -> Row {
+        let policy = flow
+            .egress_denied_by
+            .first()
+            .or(flow.ingress_denied_by.first())
+            .map(|p| (p.namespace.clone(), p.name.clone()));
+        Row {
+            time_ns: flow.time_ns,
+            numbers: [
+                flow.verdict as u32,
+                flow.drop_reason,
+                flow.direction as u32,
+                flow.protocol as u32,
+                u32::from(flow.tcp_flags.0),
+                match flow.is_reply {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                },
+                u32::try_from(flow.event_type).unwrap_or(0),
+            ],
+            node: flow.node.clone(),
+            source: flow.source.endpoint.clone(),
+            source_ip: flow.source.ip,
+            source_port: flow.source.port,
+            destination: flow.destination.endpoint.clone(),
+            destination_ip: flow.destination.ip,
+            destination_port: flow.destination.port,
+            fqdn: flow.destination_names.first().cloned(),
+            policy,
+        }
+    }
+}
+
+/// Values and their codes; code 0 is `K::default()`.
+#[derive(Debug, Clone)]
+pub struct Dict<K> {
+    codes: HashMap<K, u32, foldhash::fast::RandomState>,
+    pub values: Vec<K>,
+}
+
+impl<K: Hash + Eq + Clone + Default> Default for Dict<K> {
+    fn default() -> Self {
+        let mut d = Dict {
+            codes: HashMap::default(),
+            values: Vec::new(),
+        };
+        d.code(&K::default());
+        d
+    }
+}
+
+impl<K: Hash + Eq + Clone + Default> Dict<K> {
+    pub fn code(&mut self, value: &K) -> u32 {
+        if let Some(&c) = self.codes.get(value) {
+            return c;
+        }
+        let c = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.values.push(value.clone());
+        self.codes.insert(value.clone(), c);
+        c
+    }
+}
+
+/// Rows being gathered before they become a [`Chunk`].
+#[derive(Debug)]
+pub struct Builder {
+    seq: Vec<u64>,
+    time: Vec<i64>,
+    columns: Vec<Vec<u32>>,
+    texts: Dict<Sym>,
+    ips: Dict<Option<IpAddr>>,
+}
+
+impl Builder {
+    pub fn with_capacity(rows: usize) -> Builder {
+        Builder {
+            seq: Vec::with_capacity(rows),
+            time: Vec::with_capacity(rows),
+            columns: (0..COLUMNS).map(|_| Vec::with_capacity(rows)).collect(),
+            texts: Dict::default(),
+            ips: Dict::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    /// Bytes the builder holds, counting reserved capacity.
+    pub fn bytes(&self) -> usize {
+        let rows = self.seq.capacity();
+        rows * (16 + 4 * COLUMNS) + dict_bytes(&self.texts.values) + self.ips.values.len() * 40
+    }
+
+    pub fn push(&mut self, seq: u64, row: &Row) {
+        self.seq.push(seq);
+        self.time.push(row.time_ns);
+        let text = |b: &mut Builder, col: Col, s: &Sym| {
+            let code = b.texts.code(s);
+            b.columns[col as usize].push(code);
+        };
+        for (i, n) in row.numbers.iter().enumerate() {
+            self.columns[i].push(*n);
+        }
+        text(self, Col::Node, &row.node);
+        text(self, Col::SrcNamespace, &row.source.namespace);
+        text(self, Col::SrcPod, &row.source.pod);
+        text(self, Col::SrcWorkload, &row.source.workload);
+        let ip = self.ips.code(&row.source_ip);
+        self.columns[Col::SrcIp as usize].push(ip);
+        self.columns[Col::SrcPort as usize].push(u32::from(row.source_port));
+        self.columns[Col::SrcIdentity as usize].push(row.source.identity);
+        text(self, Col::DstNamespace, &row.destination.namespace);
+        text(self, Col::DstPod, &row.destination.pod);
+        text(self, Col::DstWorkload, &row.destination.workload);
+        let ip = self.ips.code(&row.destination_ip);
+        self.columns[Col::DstIp as usize].push(ip);
+        self.columns[Col::DstPort as usize].push(u32::from(row.destination_port));
+        self.columns[Col::DstIdentity as usize].push(row.destination.identity);
+        let empty = self.texts.values[0].clone();
+        text(self, Col::Fqdn, row.fqdn.as_ref().unwrap_or(&empty));
+        let (pns, pname) = row.policy.clone().unwrap_or((empty.clone(), empty));
+        text(self, Col::PolicyNamespace, &pns);
+        text(self, Col::Policy, &pname);
+    }
+
+    /// A chunk of the rows so far; the builder keeps them (a query's snapshot).
+    pub fn snapshot(&self) -> Result<Chunk, PolarsError> {
+        Chunk::new(
+            self.seq.clone(),
+            self.time.clone(),
+            self.columns.clone(),
+            self.texts.values.clone(),
+            self.ips.values.clone(),
+        )
+    }
+
+    /// The rows as a chunk, leaving the builder empty.
+    pub fn seal(&mut self) -> Result<Chunk, PolarsError> {
+        let rows = self.seq.capacity();
+        let old = std::mem::replace(self, Builder::with_capacity(rows));
+        Chunk::new(
+            old.seq,
+            old.time,
+            old.columns,
+            old.texts.values,
+            old.ips.values,
+        )
+    }
+}
+
+fn dict_bytes(values: &[Sym]) -> usize {
+    values.iter().map(|s| s.len() + 32).sum()
+}
+
+/// Sealed rows: a polars frame of codes and numbers with the dictionaries to read it.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub frame: DataFrame,
+    pub texts: Arc<[Sym]>,
+    pub ips: Arc<[Option<IpAddr>]>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+impl Chunk {
+    fn new(
+        seq: Vec<u64>,
+        time: Vec<i64>,
+        columns: Vec<Vec<u32>>,
+        texts: Vec<Sym>,
+        ips: Vec<Option<IpAddr>>,
+    ) -> Result<Chunk, PolarsError> {
+        let first_seq = seq.first().copied().unwrap_or(0);
+        let last_seq = seq.last().copied().unwrap_or(0);
+        let min_time = time.iter().copied().min().unwrap_or(0);
+        let max_time = time.iter().copied().max().unwrap_or(0);
+        let height = seq.len();
+        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 2);
+        cols.push(UInt64Chunked::from_vec("seq".into(), seq).into_column());
+        cols.push(Int64Chunked::from_vec("time".into(), time).into_column());
+        for (values, (name, _)) in columns.into_iter().zip(SCHEMA) {
+            cols.push(UInt32Chunked::from_vec(name.into(), values).into_column());
+        }
+        Ok(Chunk {
+            frame: DataFrame::new(height, cols)?,
+            texts: texts.into(),
+            ips: ips.into(),
+            first_seq,
+            last_seq,
+            min_time,
+            max_time,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.frame.height()
+    }
+
+    /// Bytes the chunk holds in memory.
+    pub fn bytes(&self) -> usize {
+        self.frame.estimated_size() + dict_bytes(&self.texts) + self.ips.len() * 40
+    }
+
+    /// The chunk with strings and addresses written out: what a parquet segment holds.
+    pub fn to_parquet_frame(&self) -> Result<DataFrame, PolarsError> {
+        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 2);
+        cols.push(self.frame.column("seq")?.clone());
+        cols.push(self.frame.column("time")?.clone());
+        for col in Col::ALL {
+            let codes = self.frame.column(col.name())?.u32()?;
+            let column = match col.kind() {
+                Kind::Number => codes.clone().into_column(),
+                Kind::Text => {
+                    let values: Vec<&str> = codes
+                        .into_no_null_iter()
+                        .map(|c| self.texts.get(c as usize).map_or("", |s| &**s))
+                        .collect();
+                    StringChunked::from_slice(col.name().into(), &values).into_column()
+                }
+                Kind::Ip => {
+                    let values: Vec<String> = codes
+                        .into_no_null_iter()
+                        .map(|c| {
+                            self.ips
+                                .get(c as usize)
+                                .copied()
+                                .flatten()
+                                .map_or_else(String::new, |ip| ip.to_string())
+                        })
+                        .collect();
+                    StringChunked::from_iter_values(
+                        col.name().into(),
+                        values.iter().map(String::as_str),
+                    )
+                    .into_column()
+                }
+            };
+            cols.push(column);
+        }
+        DataFrame::new(self.frame.height(), cols)
+    }
+
+    /// A chunk from a frame read from a parquet segment, checking every column.
+    pub fn from_parquet_frame(frame: &DataFrame) -> Result<Chunk, String> {
+        let seq = frame
+            .column("seq")
+            .and_then(|c| c.u64().cloned())
+            .map_err(|e| format!("column seq: {e}"))?;
+        let time = frame
+            .column("time")
+            .and_then(|c| c.i64().cloned())
+            .map_err(|e| format!("column time: {e}"))?;
+        if seq.null_count() > 0 || time.null_count() > 0 {
+            return Err("column seq or time holds nulls".into());
+        }
+        let mut texts: Dict<Sym> = Dict::default();
+        let mut ips: Dict<Option<IpAddr>> = Dict::default();
+        let mut columns = Vec::with_capacity(COLUMNS);
+        for col in Col::ALL {
+            let column = frame
+                .column(col.name())
+                .map_err(|e| format!("column {}: {e}", col.name()))?;
+            let values: Vec<u32> = match col.kind() {
+                Kind::Number => column
+                    .u32()
+                    .map_err(|e| format!("column {}: {e}", col.name()))?
+                    .iter()
+                    .map(|v| v.unwrap_or(0))
+                    .collect(),
+                Kind::Text | Kind::Ip => {
+                    let strings = column
+                        .str()
+                        .map_err(|e| format!("column {}: {e}", col.name()))?;
+                    let mut last: Option<(&str, u32)> = None;
+                    let mut out = Vec::with_capacity(strings.len());
+                    for s in strings.iter() {
+                        let s = s.unwrap_or("");
+                        let code = match last {
+                            Some((prev, code)) if prev == s => code,
+                            _ if col.kind() == Kind::Text => texts.code(&Sym::from(s)),
+                            _ if s.is_empty() => 0,
+                            _ => {
+                                let ip: IpAddr = s.parse().map_err(|_| {
+                                    format!("column {}: invalid address {s:?}", col.name())
+                                })?;
+                                ips.code(&Some(ip))
+                            }
+                        };
+                        last = Some((s, code));
+                        out.push(code);
+                    }
+                    out
+                }
+            };
+            columns.push(values);
+        }
+        Chunk::new(
+            seq.into_no_null_iter().collect(),
+            time.into_no_null_iter().collect(),
+            columns,
+            texts.values,
+            ips.values,
+        )
+        .map_err(|e| e.to_string())
+    }
+}

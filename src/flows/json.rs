@@ -1,0 +1,406 @@
+//! Stored flows read back, and their JSON: the field names and enum spellings of Hubble's
+//! jsonpb, so a `format=ndjson` answer reads like `hubble observe -o jsonpb` output.
+
+use std::net::IpAddr;
+
+use polars::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::GroupBy;
+use super::chunk::{COLUMNS, Chunk, Col, Kind};
+use crate::flow::{L4Protocol, TcpFlags, TrafficDirection, Verdict, drop_reason_name};
+use crate::intern::Sym;
+
+/// One stored flow, read from a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFlow {
+    pub seq: u64,
+    pub time_ns: i64,
+    /// Numbers by [`Col`]; text and address columns hold codes.
+    values: [u32; COLUMNS],
+    texts: Vec<Sym>,
+    ips: [Option<IpAddr>; 2],
+}
+
+impl StoredFlow {
+    /// The rows of `found`, a frame selected from `chunk`, in its order.
+    pub fn read(chunk: &Chunk, found: &DataFrame) -> PolarsResult<Vec<StoredFlow>> {
+        let seq = found.column("seq")?.u64()?;
+        let time = found.column("time")?.i64()?;
+        let columns: Vec<&UInt32Chunked> = Col::ALL
+            .iter()
+            .map(|c| found.column(c.name()).and_then(|x| x.u32()))
+            .collect::<PolarsResult<_>>()?;
+        let mut out = Vec::with_capacity(found.height());
+        for i in 0..found.height() {
+            let mut values = [0u32; COLUMNS];
+            let mut texts = Vec::new();
+            let mut ips = [None, None];
+            for (c, column) in Col::ALL.iter().zip(&columns) {
+                let v = column.get(i).unwrap_or(0);
+                values[*c as usize] = v;
+                match c.kind() {
+                    Kind::Number => {}
+                    Kind::Text => texts.push(text(chunk, v)),
+                    Kind::Ip => ips[usize::from(*c == Col::DstIp)] = ip(chunk, v),
+                }
+            }
+            out.push(StoredFlow {
+                seq: seq.get(i).unwrap_or(0),
+                time_ns: time.get(i).unwrap_or(0),
+                values,
+                texts,
+                ips,
+            });
+        }
+        Ok(out)
+    }
+
+    fn number(&self, c: Col) -> u32 {
+        self.values[c as usize]
+    }
+
+    fn text(&self, c: Col) -> &str {
+        let index = Col::ALL
+            .iter()
+            .filter(|x| x.kind() == Kind::Text)
+            .position(|x| *x == c)
+            .unwrap_or(0);
+        self.texts.get(index).map_or("", |s| s)
+    }
+
+    fn endpoint(&self, source: bool) -> EndpointJson {
+        let (ns, pod, workload, identity) = if source {
+            (
+                Col::SrcNamespace,
+                Col::SrcPod,
+                Col::SrcWorkload,
+                Col::SrcIdentity,
+            )
+        } else {
+            (
+                Col::DstNamespace,
+                Col::DstPod,
+                Col::DstWorkload,
+                Col::DstIdentity,
+            )
+        };
+        let workload = self.text(workload);
+        EndpointJson {
+            identity: self.number(identity),
+            namespace: self.text(ns).to_owned(),
+            pod_name: self.text(pod).to_owned(),
+            workloads: if workload.is_empty() {
+                Vec::new()
+            } else {
+                vec![WorkloadJson {
+                    name: workload.to_owned(),
+                }]
+            },
+        }
+    }
+
+    /// The flow in Hubble's JSON form.
+    pub fn to_json(&self) -> FlowJson {
+        let verdict = i32::try_from(self.number(Col::Verdict))
+            .ok()
+            .and_then(|v| Verdict::try_from(v).ok())
+            .unwrap_or(Verdict::Unknown);
+        let direction = i32::try_from(self.number(Col::Direction))
+            .ok()
+            .and_then(|v| TrafficDirection::try_from(v).ok())
+            .unwrap_or(TrafficDirection::Unknown);
+        let drop = self.number(Col::DropReason);
+        let ip = match self.ips {
+            [None, None] => None,
+            [s, d] => Some(IpJson {
+                source: s.map(|x| x.to_string()).unwrap_or_default(),
+                destination: d.map(|x| x.to_string()).unwrap_or_default(),
+                ip_version: if s.or(d).is_some_and(|x| x.is_ipv6()) {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                },
+            }),
+        };
+        let ports = PortsJson {
+            source_port: self.number(Col::SrcPort),
+            destination_port: self.number(Col::DstPort),
+            flags: None,
+        };
+        let flags = TcpFlags(u16::try_from(self.number(Col::TcpFlags)).unwrap_or(0));
+        let mut l4 = L4Json::default();
+        match protocol(self.number(Col::Protocol)) {
+            L4Protocol::Tcp => {
+                l4.tcp = Some(PortsJson {
+                    flags: (flags.0 != 0).then(|| {
+                        TcpFlags::NAMES
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| flags.0 & (1 << i) != 0)
+                            .map(|(_, n)| (*n).to_owned())
+                            .collect()
+                    }),
+                    ..ports
+                });
+            }
+            L4Protocol::Udp => l4.udp = Some(ports),
+            L4Protocol::Sctp => l4.sctp = Some(ports),
+            L4Protocol::Icmpv4 => l4.icmpv4 = Some(IcmpJson::default()),
+            L4Protocol::Icmpv6 => l4.icmpv6 = Some(IcmpJson::default()),
+            L4Protocol::Unknown => {}
+        }
+        let fqdn = self.text(Col::Fqdn);
+        let policy = self.text(Col::Policy);
+        let denied_by = if policy.is_empty() {
+            Vec::new()
+        } else {
+            vec![PolicyJson {
+                name: policy.to_owned(),
+                namespace: self.text(Col::PolicyNamespace).to_owned(),
+            }]
+        };
+        let is_reply = match self.number(Col::IsReply) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        };
+        FlowJson {
+            time: crate::flow::format_time(self.time_ns),
+            verdict: verdict.as_str_name(),
+            drop_reason_desc: match (drop, drop_reason_name(drop)) {
+                (0, _) => String::new(),
+                (n, "") => n.to_string(),
+                (_, name) => name.to_owned(),
+            },
+            ip,
+            l4: (protocol(self.number(Col::Protocol)) != L4Protocol::Unknown).then_some(l4),
+            source: self.endpoint(true),
+            destination: self.endpoint(false),
+            kind: "L3_L4",
+            node_name: self.text(Col::Node).to_owned(),
+            destination_names: if fqdn.is_empty() {
+                Vec::new()
+            } else {
+                vec![fqdn.to_owned()]
+            },
+            is_reply,
+            event_type: EventTypeJson {
+                kind: self.number(Col::EventType),
+            },
+            traffic_direction: direction.as_str_name(),
+            egress_denied_by: if direction == TrafficDirection::Ingress {
+                Vec::new()
+            } else {
+                denied_by.clone()
+            },
+            ingress_denied_by: if direction == TrafficDirection::Ingress {
+                denied_by
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The line `hubble observe -o jsonpb` would print for this flow.
+    pub fn to_jsonpb_line(&self) -> String {
+        let flow = self.to_json();
+        let line = ObserveLine {
+            node_name: flow.node_name.clone(),
+            time: flow.time.clone(),
+            flow,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+fn protocol(n: u32) -> L4Protocol {
+    [
+        L4Protocol::Unknown,
+        L4Protocol::Tcp,
+        L4Protocol::Udp,
+        L4Protocol::Icmpv4,
+        L4Protocol::Icmpv6,
+        L4Protocol::Sctp,
+    ]
+    .into_iter()
+    .find(|p| *p as u32 == n)
+    .unwrap_or_default()
+}
+
+fn text(chunk: &Chunk, code: u32) -> Sym {
+    chunk
+        .texts
+        .get(code as usize)
+        .cloned()
+        .unwrap_or_else(|| chunk.texts[0].clone())
+}
+
+fn ip(chunk: &Chunk, code: u32) -> Option<IpAddr> {
+    chunk.ips.get(code as usize).copied().flatten()
+}
+
+/// A `/flows/top` group's key from its codes (in the order of `by`'s columns).
+pub fn group_key(chunk: &Chunk, by: GroupBy, codes: &[u32]) -> String {
+    let t = |i: usize| text(chunk, codes.get(i).copied().unwrap_or(0));
+    let n = |i: usize| codes.get(i).copied().unwrap_or(0);
+    match by {
+        GroupBy::Destination => {
+            let (fqdn, ns, pod) = (t(0), t(1), t(2));
+            let target = if !fqdn.is_empty() {
+                fqdn.to_string()
+            } else if !ns.is_empty() {
+                format!("{ns}/{pod}")
+            } else {
+                ip(chunk, n(3)).map_or_else(|| "unknown".into(), |ip| ip.to_string())
+            };
+            port_label(target, n(4), n(5))
+        }
+        GroupBy::Source => match (&*t(0), &*t(1)) {
+            ("", "") => "(world)".into(),
+            (ns, pod) => format!("{ns}/{pod}"),
+        },
+        GroupBy::Fqdn => t(0).to_string(),
+        GroupBy::Port => port_label(String::new(), n(0), n(1))
+            .trim_start_matches(':')
+            .to_owned(),
+        GroupBy::Namespace => match &*t(0) {
+            "" => "(world)".into(),
+            ns => ns.to_owned(),
+        },
+        GroupBy::Verdict => i32::try_from(n(0))
+            .ok()
+            .and_then(|v| Verdict::try_from(v).ok())
+            .map_or_else(|| n(0).to_string(), |v| v.as_str_name().to_owned()),
+    }
+}
+
+fn port_label(target: String, port: u32, proto: u32) -> String {
+    let proto = protocol(proto).as_str();
+    match (port, proto) {
+        (0, "") => target,
+        (0, p) => format!("{target} {p}"),
+        (port, "") => format!("{target}:{port}"),
+        (port, p) => format!("{target}:{port}/{p}"),
+    }
+}
+
+/// A flow as Hubble's JSON spells it (the fields exfilwatch keeps).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlowJson {
+    /// RFC 3339 with nanoseconds.
+    pub time: String,
+    /// FORWARDED, DROPPED, AUDIT, ...
+    pub verdict: &'static str,
+    /// The drop reason's name (POLICY_DENIED, ...); empty unless dropped.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub drop_reason_desc: String,
+    #[serde(rename = "IP", skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l4: Option<L4Json>,
+    pub source: EndpointJson,
+    pub destination: EndpointJson,
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    pub node_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destination_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_reply: Option<bool>,
+    pub event_type: EventTypeJson,
+    /// INGRESS, EGRESS or TRAFFIC_DIRECTION_UNKNOWN.
+    pub traffic_direction: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<PolicyJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<PolicyJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IpJson {
+    pub source: String,
+    pub destination: String,
+    #[serde(rename = "ipVersion")]
+    pub ip_version: &'static str,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct L4Json {
+    #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<PortsJson>,
+    #[serde(rename = "UDP", skip_serializing_if = "Option::is_none")]
+    pub udp: Option<PortsJson>,
+    #[serde(rename = "SCTP", skip_serializing_if = "Option::is_none")]
+    pub sctp: Option<PortsJson>,
+    #[serde(rename = "ICMPv4", skip_serializing_if = "Option::is_none")]
+    pub icmpv4: Option<IcmpJson>,
+    #[serde(rename = "ICMPv6", skip_serializing_if = "Option::is_none")]
+    pub icmpv6: Option<IcmpJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PortsJson {
+    pub source_port: u32,
+    pub destination_port: u32,
+    /// Set TCP flags by name, as Hubble's `TCPFlags` (`{"SYN": true}`) lists them.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "flags_object"
+    )]
+    #[schema(value_type = Option<Object>)]
+    pub flags: Option<Vec<String>>,
+}
+
+fn flags_object<S: serde::Serializer>(
+    flags: &Option<Vec<String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let flags = flags.as_deref().unwrap_or_default();
+    let mut map = s.serialize_map(Some(flags.len()))?;
+    for f in flags {
+        map.serialize_entry(f, &true)?;
+    }
+    map.end()
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct IcmpJson {}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EndpointJson {
+    pub identity: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pod_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadJson>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkloadJson {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PolicyJson {
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventTypeJson {
+    #[serde(rename = "type")]
+    pub kind: u32,
+}
+
+/// A `format=ndjson` line: what `hubble observe -o jsonpb` prints.
+#[derive(Debug, Serialize)]
+struct ObserveLine {
+    flow: FlowJson,
+    node_name: String,
+    time: String,
+}

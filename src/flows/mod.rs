@@ -1,0 +1,1095 @@
+//! The flow store: every received flow, kept so SREs can ask about them hours later.
+//!
+//! Hubble Relay remembers minutes of flows; exfilwatch keeps them in a bounded columnar store
+//! on polars. The pipeline hands each flow to a [`FlowSink`] (an allocation-free push into a
+//! pending batch); a writer thread moves batches into the store off the per-flow path. Recent
+//! flows stay in memory as [`Chunk`]s, bounded by count and bytes; older chunks roll into
+//! zstd parquet segments under `storage.dir/flows`, deleted by age and total size. Every flow
+//! gets a sequence number that survives restarts; pages of results are cut by it, so a cursor
+//! neither skips nor repeats flows while new ones arrive.
+//!
+//! Queries ([`FlowStore::list`], [`FlowStore::top`]) block: the API runs them in
+//! `spawn_blocking` (polars' collect must not run on an async worker).
+
+pub mod chunk;
+pub mod json;
+pub mod query;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use polars::prelude::*;
+
+pub use chunk::{Builder, Chunk, Col, Row};
+pub use query::{BadParameter, Filter};
+
+use crate::flow::FlowEvent;
+
+/// Flow store settings (`storage.flows` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowStoreConfig {
+    /// Most flows kept in memory.
+    pub memory_flows: usize,
+    /// Most bytes the in-memory flows may take.
+    pub memory_bytes: usize,
+    /// Flows per chunk (and per parquet segment).
+    pub chunk_flows: usize,
+    /// Where segments go; `None` keeps memory only (older flows are dropped).
+    pub dir: Option<PathBuf>,
+    /// Segments older than this are deleted.
+    pub retention: Duration,
+    /// Most bytes the segments may take on disk.
+    pub disk_bytes: u64,
+    /// How long a flow may wait in the pending batch before it is queryable.
+    pub flush_interval: Duration,
+}
+
+impl Default for FlowStoreConfig {
+    fn default() -> Self {
+        FlowStoreConfig {
+            memory_flows: 2_000_000,
+            memory_bytes: 256 << 20,
+            chunk_flows: 65_536,
+            dir: None,
+            retention: Duration::from_secs(7 * 86_400),
+            disk_bytes: 10 << 30,
+            flush_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("flow store: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("flow store {path}: {message}")]
+    Segment { path: String, message: String },
+    #[error("flow store {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Counters and sizes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub appended: AtomicU64,
+    /// Flows the sink refused because the writer fell behind.
+    pub dropped: AtomicU64,
+    /// Flows removed from memory without a segment to go to, or by retention.
+    pub expired: AtomicU64,
+    pub segment_errors: AtomicU64,
+    pub memory_flows: AtomicU64,
+    pub memory_bytes: AtomicU64,
+    pub disk_flows: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub segments: AtomicU64,
+}
+
+/// A parquet segment, described by its file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    path: PathBuf,
+    first_seq: u64,
+    last_seq: u64,
+    min_time: i64,
+    max_time: i64,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Segment {
+    fn file_name(c: &Chunk) -> String {
+        format!(
+            "flows_{}_{}_{}_{}_{}.parquet",
+            c.first_seq,
+            c.last_seq,
+            c.min_time,
+            c.max_time,
+            c.rows()
+        )
+    }
+
+    fn parse(path: &Path, bytes: u64) -> Option<Segment> {
+        let name = path.file_name()?.to_str()?;
+        let rest = name.strip_prefix("flows_")?.strip_suffix(".parquet")?;
+        let mut parts = rest.split('_');
+        let mut next = || parts.next()?.parse::<i64>().ok();
+        let (first, last, min, max, rows) = (next()?, next()?, next()?, next()?, next()?);
+        Some(Segment {
+            path: path.to_path_buf(),
+            first_seq: u64::try_from(first).ok()?,
+            last_seq: u64::try_from(last).ok()?,
+            min_time: min,
+            max_time: max,
+            rows: u64::try_from(rows).ok()?,
+            bytes,
+        })
+    }
+}
+
+/// Where a query reads: a chunk in memory or a segment on disk.
+#[derive(Debug, Clone)]
+enum Source {
+    Memory(Arc<Chunk>),
+    Disk(Segment),
+}
+
+impl Source {
+    fn span(&self) -> (u64, u64, i64, i64) {
+        match self {
+            Source::Memory(c) => (c.first_seq, c.last_seq, c.min_time, c.max_time),
+            Source::Disk(s) => (s.first_seq, s.last_seq, s.min_time, s.max_time),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    builder: Builder,
+    /// Oldest first.
+    sealed: VecDeque<Arc<Chunk>>,
+    /// Oldest first.
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+    /// The builder's rows as a chunk, kept while no row is added.
+    snapshot: Option<Arc<Chunk>>,
+}
+
+/// The store. Appends come from one writer; queries from any thread.
+#[derive(Debug)]
+pub struct FlowStore {
+    config: FlowStoreConfig,
+    inner: Mutex<Inner>,
+    /// Recently read segments, newest use last.
+    cache: Mutex<VecDeque<(PathBuf, Arc<Chunk>)>>,
+    pub stats: StoreStats,
+}
+
+const SEGMENT_CACHE: usize = 4;
+
+/// One page of flows, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub flows: Vec<json::StoredFlow>,
+    /// Pass as `cursor` for the next (older) page; `None` on the last page.
+    pub next_cursor: Option<u64>,
+}
+
+/// How `/flows/top` groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Destination,
+    Source,
+    Fqdn,
+    Port,
+    Namespace,
+    Verdict,
+}
+
+impl GroupBy {
+    pub const NAMES: [&'static str; 6] = [
+        "destination",
+        "source",
+        "fqdn",
+        "port",
+        "namespace",
+        "verdict",
+    ];
+
+    pub fn parse(name: &str) -> Option<GroupBy> {
+        Some(match name {
+            "destination" => GroupBy::Destination,
+            "source" => GroupBy::Source,
+            "fqdn" => GroupBy::Fqdn,
+            "port" => GroupBy::Port,
+            "namespace" => GroupBy::Namespace,
+            "verdict" => GroupBy::Verdict,
+            _ => return None,
+        })
+    }
+
+    fn columns(self) -> &'static [Col] {
+        match self {
+            GroupBy::Destination => &[
+                Col::Fqdn,
+                Col::DstNamespace,
+                Col::DstPod,
+                Col::DstIp,
+                Col::DstPort,
+                Col::Protocol,
+            ],
+            GroupBy::Source => &[Col::SrcNamespace, Col::SrcPod],
+            GroupBy::Fqdn => &[Col::Fqdn],
+            GroupBy::Port => &[Col::DstPort, Col::Protocol],
+            GroupBy::Namespace => &[Col::SrcNamespace],
+            GroupBy::Verdict => &[Col::Verdict],
+        }
+    }
+}
+
+/// One group of `/flows/top`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub key: String,
+    pub count: u64,
+    pub first_ns: i64,
+    pub last_ns: i64,
+}
+
+impl FlowStore {
+    /// Opens the store, finding the segments a previous run left under `config.dir`.
+    pub fn open(config: FlowStoreConfig) -> Result<Arc<FlowStore>, StoreError> {
+        let mut segments = Vec::new();
+        if let Some(dir) = &config.dir {
+            let io = |source| StoreError::Io {
+                path: dir.display().to_string(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(io)?;
+            for entry in std::fs::read_dir(dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    // A segment whose write did not finish; its flows were still in memory.
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                match Segment::parse(&path, bytes) {
+                    Some(s) => segments.push(s),
+                    None => tracing::warn!(
+                        "flow store: ignoring {}: not a segment name",
+                        path.display()
+                    ),
+                }
+            }
+        }
+        segments.sort_by_key(|s| s.first_seq);
+        let next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
+        let store = Arc::new(FlowStore {
+            inner: Mutex::new(Inner {
+                builder: Builder::with_capacity(config.chunk_flows),
+                sealed: VecDeque::new(),
+                segments: segments.into(),
+                next_seq,
+                snapshot: None,
+            }),
+            config,
+            cache: Mutex::new(VecDeque::new()),
+            stats: StoreStats::default(),
+        });
+        store.retain(crate::alert::now_ns());
+        store.update_sizes(&store.lock());
+        Ok(store)
+    }
+
+    /// A memory-only store (tests, replay).
+    pub fn in_memory(config: FlowStoreConfig) -> Arc<FlowStore> {
+        let config = FlowStoreConfig {
+            dir: None,
+            ..config
+        };
+        match FlowStore::open(config) {
+            Ok(s) => s,
+            Err(_) => unreachable!("a memory-only store touches no file"),
+        }
+    }
+
+    pub fn config(&self) -> &FlowStoreConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds flows; seals full chunks and moves the oldest out of memory when over a bound.
+    pub fn append(&self, rows: &[Row]) {
+        let mut inner = self.lock();
+        for row in rows {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.builder.push(seq, row);
+            if inner.builder.len() >= self.config.chunk_flows {
+                match inner.builder.seal() {
+                    Ok(chunk) => inner.sealed.push_back(Arc::new(chunk)),
+                    Err(e) => tracing::error!("flow store: sealing a chunk: {e}"),
+                }
+            }
+        }
+        inner.snapshot = None;
+        self.stats
+            .appended
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        drop(inner);
+        self.enforce_bounds();
+    }
+
+    fn memory(inner: &Inner) -> (usize, usize) {
+        let rows = inner.builder.len() + inner.sealed.iter().map(|c| c.rows()).sum::<usize>();
+        let bytes = inner.builder.bytes() + inner.sealed.iter().map(|c| c.bytes()).sum::<usize>();
+        (rows, bytes)
+    }
+
+    fn update_sizes(&self, inner: &Inner) {
+        let (rows, bytes) = Self::memory(inner);
+        let s = &self.stats;
+        s.memory_flows.store(rows as u64, Ordering::Relaxed);
+        s.memory_bytes.store(bytes as u64, Ordering::Relaxed);
+        s.segments
+            .store(inner.segments.len() as u64, Ordering::Relaxed);
+        s.disk_flows.store(
+            inner.segments.iter().map(|x| x.rows).sum(),
+            Ordering::Relaxed,
+        );
+        s.disk_bytes.store(
+            inner.segments.iter().map(|x| x.bytes).sum(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Moves the oldest chunks out while memory is over its bounds. The chunk stays
+    /// queryable in memory until its segment is on disk.
+    fn enforce_bounds(&self) {
+        loop {
+            let oldest = {
+                let inner = self.lock();
+                let (rows, bytes) = Self::memory(&inner);
+                if rows <= self.config.memory_flows && bytes <= self.config.memory_bytes {
+                    self.update_sizes(&inner);
+                    return;
+                }
+                match inner.sealed.front() {
+                    Some(c) => c.clone(),
+                    None => {
+                        self.update_sizes(&inner);
+                        return;
+                    }
+                }
+            };
+            let segment = self.config.dir.as_ref().map(|dir| self.write(dir, &oldest));
+            let wrote = matches!(segment, Some(Ok(_)));
+            let mut inner = self.lock();
+            inner.sealed.pop_front();
+            match segment {
+                Some(Ok(s)) => inner.segments.push_back(s),
+                Some(Err(e)) => {
+                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .expired
+                        .fetch_add(oldest.rows() as u64, Ordering::Relaxed);
+                    tracing::error!("{e}; {} flows dropped from the store", oldest.rows());
+                }
+                None => {
+                    self.stats
+                        .expired
+                        .fetch_add(oldest.rows() as u64, Ordering::Relaxed);
+                }
+            }
+            drop(inner);
+            if wrote {
+                self.retain(crate::alert::now_ns());
+            }
+        }
+    }
+
+    /// Writes a chunk as a segment: to a temporary name, synced, then renamed.
+    fn write(&self, dir: &Path, chunk: &Chunk) -> Result<Segment, StoreError> {
+        let path = dir.join(Segment::file_name(chunk));
+        let tmp = path.with_extension("tmp");
+        let io = |source| StoreError::Io {
+            path: tmp.display().to_string(),
+            source,
+        };
+        let mut frame = chunk.to_parquet_frame()?;
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        let written = ParquetWriter::new(&mut file)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut frame);
+        if let Err(e) = written {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let synced = file.sync_all().and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok(Segment {
+            path,
+            first_seq: chunk.first_seq,
+            last_seq: chunk.last_seq,
+            min_time: chunk.min_time,
+            max_time: chunk.max_time,
+            rows: chunk.rows() as u64,
+            bytes,
+        })
+    }
+
+    /// Deletes segments past the retention age, then the oldest while over the size bound.
+    fn retain(&self, now_ns: i64) {
+        let cutoff =
+            now_ns.saturating_sub(i64::try_from(self.config.retention.as_nanos()).unwrap_or(0));
+        let mut inner = self.lock();
+        let mut total: u64 = inner.segments.iter().map(|s| s.bytes).sum();
+        while let Some(oldest) = inner.segments.front() {
+            if oldest.max_time >= cutoff && total <= self.config.disk_bytes {
+                break;
+            }
+            total -= oldest.bytes;
+            if let Err(e) = std::fs::remove_file(&oldest.path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::error!("flow store: deleting {}: {e}", oldest.path.display());
+                self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats.expired.fetch_add(oldest.rows, Ordering::Relaxed);
+            inner.segments.pop_front();
+        }
+        self.update_sizes(&inner);
+    }
+
+    /// Writes every flow still in memory to segments (at shutdown, so a restart keeps them).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        let Some(dir) = self.config.dir.clone() else {
+            return Ok(());
+        };
+        let mut inner = self.lock();
+        if !inner.builder.is_empty() {
+            let chunk = inner.builder.seal()?;
+            inner.sealed.push_back(Arc::new(chunk));
+        }
+        while let Some(chunk) = inner.sealed.front().cloned() {
+            let segment = self.write(&dir, &chunk)?;
+            inner.segments.push_back(segment);
+            inner.sealed.pop_front();
+        }
+        inner.snapshot = None;
+        self.update_sizes(&inner);
+        Ok(())
+    }
+
+    /// Everything a query may read, newest first.
+    fn sources(&self) -> Result<Vec<Source>, StoreError> {
+        let mut inner = self.lock();
+        let mut out = Vec::with_capacity(inner.sealed.len() + inner.segments.len() + 1);
+        if !inner.builder.is_empty() {
+            let snapshot = match &inner.snapshot {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(inner.builder.snapshot()?);
+                    inner.snapshot = Some(s.clone());
+                    s
+                }
+            };
+            out.push(Source::Memory(snapshot));
+        }
+        out.extend(inner.sealed.iter().rev().cloned().map(Source::Memory));
+        out.extend(inner.segments.iter().rev().cloned().map(Source::Disk));
+        Ok(out)
+    }
+
+    fn load(&self, source: &Source) -> Result<Arc<Chunk>, StoreError> {
+        let segment = match source {
+            Source::Memory(c) => return Ok(c.clone()),
+            Source::Disk(s) => s,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = cache.iter().position(|(p, _)| *p == segment.path) {
+            let hit = cache.remove(i).unwrap_or_else(|| unreachable!());
+            let chunk = hit.1.clone();
+            cache.push_back(hit);
+            return Ok(chunk);
+        }
+        drop(cache);
+        let fail = |message: String| StoreError::Segment {
+            path: segment.path.display().to_string(),
+            message,
+        };
+        let file = std::fs::File::open(&segment.path).map_err(|e| fail(e.to_string()))?;
+        let frame = ParquetReader::new(file)
+            .finish()
+            .map_err(|e| fail(e.to_string()))?;
+        let chunk = Arc::new(Chunk::from_parquet_frame(&frame).map_err(fail)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.push_back((segment.path.clone(), chunk.clone()));
+        if cache.len() > SEGMENT_CACHE {
+            cache.pop_front();
+        }
+        Ok(chunk)
+    }
+
+    /// Flows matching `filter`, newest first, older than `cursor` when given.
+    pub fn list(
+        &self,
+        filter: &Filter,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mut flows: Vec<json::StoredFlow> = Vec::with_capacity(limit.min(1024) + 1);
+        for source in self.sources()? {
+            if flows.len() > limit {
+                break;
+            }
+            let (first_seq, _, min_time, max_time) = source.span();
+            if cursor.is_some_and(|c| first_seq >= c) || !filter.overlaps(min_time, max_time) {
+                continue;
+            }
+            let chunk = match self.load(&source) {
+                Ok(c) => c,
+                Err(e) => {
+                    // A damaged segment must not hide every other flow.
+                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("{e}");
+                    continue;
+                }
+            };
+            let Some(mut predicate) = filter.predicate(&chunk) else {
+                continue;
+            };
+            if let Some(c) = cursor {
+                predicate = predicate.and(col("seq").lt(lit(c)));
+            }
+            let want = limit + 1 - flows.len();
+            let found = chunk
+                .frame
+                .clone()
+                .lazy()
+                .filter(predicate)
+                .tail(u32::try_from(want).unwrap_or(u32::MAX) as IdxSize)
+                .collect()?;
+            let mut rows = json::StoredFlow::read(&chunk, &found)?;
+            rows.reverse();
+            flows.extend(rows);
+        }
+        let next_cursor = if flows.len() > limit {
+            flows.truncate(limit);
+            flows.last().map(|f| f.seq)
+        } else {
+            None
+        };
+        Ok(Page { flows, next_cursor })
+    }
+
+    /// Matching flows grouped by `by`: the `limit` biggest groups, and the total count.
+    pub fn top(
+        &self,
+        filter: &Filter,
+        by: GroupBy,
+        limit: usize,
+    ) -> Result<(Vec<Group>, u64), StoreError> {
+        let keys: Vec<Expr> = by.columns().iter().map(|c| col(c.name())).collect();
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        let mut total = 0u64;
+        for source in self.sources()? {
+            let (_, _, min_time, max_time) = source.span();
+            if !filter.overlaps(min_time, max_time) {
+                continue;
+            }
+            let chunk = match self.load(&source) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("{e}");
+                    continue;
+                }
+            };
+            let Some(mut predicate) = filter.predicate(&chunk) else {
+                continue;
+            };
+            if by == GroupBy::Fqdn {
+                predicate = predicate.and(col(Col::Fqdn.name()).neq(lit(0u32)));
+            }
+            let found = chunk
+                .frame
+                .clone()
+                .lazy()
+                .filter(predicate)
+                .group_by(keys.clone())
+                .agg([
+                    len().alias("count"),
+                    col("time").min().alias("first"),
+                    col("time").max().alias("last"),
+                ])
+                .collect()?;
+            let counts = found.column("count")?.idx()?;
+            let firsts = found.column("first")?.i64()?;
+            let lasts = found.column("last")?.i64()?;
+            let key_columns: Vec<&UInt32Chunked> = by
+                .columns()
+                .iter()
+                .map(|c| found.column(c.name()).and_then(|x| x.u32()))
+                .collect::<Result<_, _>>()?;
+            for i in 0..found.height() {
+                let codes: Vec<u32> = key_columns.iter().map(|c| c.get(i).unwrap_or(0)).collect();
+                let key = json::group_key(&chunk, by, &codes);
+                let count = u64::from(counts.get(i).unwrap_or(0));
+                let (first, last) = (firsts.get(i).unwrap_or(0), lasts.get(i).unwrap_or(0));
+                total += count;
+                let g = groups.entry(key.clone()).or_insert(Group {
+                    key,
+                    count: 0,
+                    first_ns: first,
+                    last_ns: last,
+                });
+                g.count += count;
+                g.first_ns = g.first_ns.min(first);
+                g.last_ns = g.last_ns.max(last);
+            }
+        }
+        let mut groups: Vec<Group> = groups.into_values().collect();
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        groups.truncate(limit);
+        Ok((groups, total))
+    }
+}
+
+/// Hands flows to the store without waiting: the pipeline's side of the writer thread.
+#[derive(Debug, Clone)]
+pub struct FlowSink {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Vec<Row>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    store: Arc<FlowStore>,
+}
+
+/// Rows that wake the writer early.
+const BATCH: usize = 4096;
+/// Most rows waiting for the writer; beyond it flows are counted as dropped.
+const MAX_PENDING: usize = 262_144;
+
+impl FlowSink {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Arc<FlowStore>) -> (FlowSink, std::thread::JoinHandle<()>) {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(BATCH)),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            store,
+        });
+        let writer = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("flow-store".into())
+            .spawn(move || write_loop(&writer))
+            .unwrap_or_else(|e| panic!("cannot start the flow store thread: {e}"));
+        (FlowSink { shared }, handle)
+    }
+
+    pub fn store(&self) -> &Arc<FlowStore> {
+        &self.shared.store
+    }
+
+    /// Queues one flow.
+    pub fn push(&self, flow: &FlowEvent) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING {
+            drop(pending);
+            self.shared
+                .store
+                .stats
+                .dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.push(Row::new(flow));
+        if pending.len() == BATCH {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Stops the writer after it stored everything queued.
+    pub fn close(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+fn write_loop(shared: &Shared) {
+    let interval = shared.store.config.flush_interval;
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
+    loop {
+        let stopping = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() < BATCH && !shared.stop.load(Ordering::Acquire) {
+                pending = shared
+                    .wake
+                    .wait_timeout(pending, interval)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            batch.clear();
+            std::mem::swap(&mut *pending, &mut batch);
+            shared.stop.load(Ordering::Acquire)
+        };
+        if !batch.is_empty() {
+            shared.store.append(&batch);
+        }
+        if stopping && batch.is_empty() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testing::flow_event;
+    use crate::flow::json::JsonDecoder;
+    use crate::flow::wire::Decoder;
+    use crate::flow::{Event, Verdict};
+    use crate::pipeline::destination_label;
+    use crate::sim::traffic::TrainingCluster;
+
+    /// `n` simulated flows with an exfiltration attempt every 50th.
+    fn flows(n: usize) -> Vec<FlowEvent> {
+        let mut cluster = TrainingCluster::new(7, 1_767_225_600_000_000_000, 1_000_000);
+        let mut decoder = Decoder::default();
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if out.len() % 50 == 49 {
+                for f in cluster.exfiltration_attempt() {
+                    out.push(flow_event(&mut decoder, f));
+                }
+            } else {
+                out.push(flow_event(&mut decoder, cluster.next_flow()));
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn small(dir: Option<PathBuf>) -> FlowStoreConfig {
+        FlowStoreConfig {
+            memory_flows: 3_000,
+            chunk_flows: 1_000,
+            dir,
+            // The simulated flows are from January 2026.
+            retention: Duration::from_secs(3_650 * 86_400),
+            ..FlowStoreConfig::default()
+        }
+    }
+
+    fn filled(config: FlowStoreConfig, flows: &[FlowEvent]) -> Arc<FlowStore> {
+        let store = FlowStore::open(config).unwrap();
+        let rows: Vec<Row> = flows.iter().map(Row::new).collect();
+        for batch in rows.chunks(777) {
+            store.append(batch);
+        }
+        store
+    }
+
+    fn filter(params: &[(&str, &str)]) -> Filter {
+        let mut f = Filter::default();
+        for (k, v) in params {
+            assert!(f.set(k, v, 0).unwrap(), "{k} is a filter");
+        }
+        f
+    }
+
+    /// Every page of a filtered listing, as sequence numbers.
+    fn all_pages(store: &FlowStore, f: &Filter, limit: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.list(f, cursor, limit).unwrap();
+            assert!(page.flows.len() <= limit);
+            seqs.extend(page.flows.iter().map(|x| x.seq));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return seqs,
+            }
+        }
+    }
+
+    fn expected(flows: &[FlowEvent], keep: impl Fn(&FlowEvent) -> bool) -> Vec<u64> {
+        let mut seqs: Vec<u64> = (1u64..)
+            .zip(flows)
+            .filter(|(_, f)| keep(f))
+            .map(|(s, _)| s)
+            .collect();
+        seqs.reverse();
+        seqs
+    }
+
+    #[test]
+    fn filters_select_what_a_plain_scan_selects_across_memory_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(8_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        assert!(
+            store.stats.segments.load(Ordering::Relaxed) >= 5,
+            "flows rolled to disk"
+        );
+        let ns = |f: &FlowEvent| f.source.namespace.to_string();
+        type Keep = Box<dyn Fn(&FlowEvent) -> bool>;
+        let cases: Vec<(Vec<(&str, &str)>, Keep)> = vec![
+            (vec![], Box::new(|_| true)),
+            (
+                vec![("verdict", "DROPPED")],
+                Box::new(|f| f.verdict == Verdict::Dropped),
+            ),
+            (
+                vec![("source_namespace", "ai-training"), ("port", "29500")],
+                Box::new(move |f| {
+                    ns(f) == "ai-training"
+                        && (f.source.port == 29500 || f.destination.port == 29500)
+                }),
+            ),
+            (
+                vec![("fqdn", "AmazonAws.com")],
+                Box::new(|f| {
+                    f.destination_names
+                        .first()
+                        .is_some_and(|n| n.ends_with(".amazonaws.com"))
+                }),
+            ),
+            (
+                vec![("destination_cidr", "10.0.0.0/16"), ("protocol", "tcp")],
+                Box::new(|f| {
+                    f.destination
+                        .ip
+                        .is_some_and(|ip| ip.to_string().starts_with("10.0."))
+                        && f.protocol == crate::flow::L4Protocol::Tcp
+                }),
+            ),
+            (
+                vec![("pod", "llm-"), ("drop_reason", "POLICY_DENIED,181")],
+                Box::new(|f| {
+                    (f.source.pod.starts_with("llm-") || f.destination.pod.starts_with("llm-"))
+                        && [133, 181].contains(&f.drop_reason)
+                }),
+            ),
+            (
+                vec![("destination_ip", crate::sim::traffic::EXFIL_IP)],
+                Box::new(|f| {
+                    f.destination.ip.map(|i| i.to_string()).as_deref()
+                        == Some(crate::sim::traffic::EXFIL_IP)
+                }),
+            ),
+            (
+                vec![("namespace", "no-such-namespace")],
+                Box::new(|_| false),
+            ),
+        ];
+        for (params, keep) in cases {
+            let want = expected(&flows, keep);
+            let got = all_pages(&store, &filter(&params), 997);
+            assert_eq!(got.len(), want.len(), "{params:?}");
+            assert_eq!(got, want, "{params:?}");
+        }
+        // A time window.
+        let (since, until) = (flows[1000].time_ns, flows[6000].time_ns);
+        let mut f = Filter::default();
+        f.since_ns = Some(since);
+        f.until_ns = Some(until);
+        let want = expected(&flows, |x| x.time_ns >= since && x.time_ns < until);
+        assert_eq!(all_pages(&store, &f, 2_500), want);
+        f.set("verdict", "DROPPED", 0).unwrap();
+        assert!(all_pages(&store, &f, 100).len() < want.len());
+    }
+
+    #[test]
+    fn pages_neither_skip_nor_repeat_while_flows_arrive() {
+        let flows = flows(6_000);
+        let store = FlowStore::in_memory(FlowStoreConfig {
+            chunk_flows: 700,
+            ..FlowStoreConfig::default()
+        });
+        let rows: Vec<Row> = flows.iter().map(Row::new).collect();
+        store.append(&rows[..3_000]);
+        let f = Filter::default();
+        let first = store.list(&f, None, 250).unwrap();
+        let mut seen: Vec<u64> = first.flows.iter().map(|x| x.seq).collect();
+        let mut cursor = first.next_cursor;
+        let mut next = 3_000;
+        while let Some(c) = cursor {
+            if next < rows.len() {
+                store.append(&rows[next..next + 150]);
+                next += 150;
+            }
+            let page = store.list(&f, Some(c), 250).unwrap();
+            seen.extend(page.flows.iter().map(|x| x.seq));
+            cursor = page.next_cursor;
+        }
+        assert_eq!(seen, (1..=3_000).rev().collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn memory_stays_within_its_bounds_and_segments_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(10_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        let s = &store.stats;
+        assert!(s.memory_flows.load(Ordering::Relaxed) <= 3_000);
+        assert_eq!(
+            s.memory_flows.load(Ordering::Relaxed) + s.disk_flows.load(Ordering::Relaxed),
+            10_000
+        );
+        store.persist().unwrap();
+        drop(store);
+        let reopened = FlowStore::open(small(Some(dir.path().into()))).unwrap();
+        assert_eq!(reopened.stats.disk_flows.load(Ordering::Relaxed), 10_000);
+        let all = all_pages(&reopened, &Filter::default(), 4_000);
+        assert_eq!(all, (1..=10_000).rev().collect::<Vec<u64>>());
+        reopened.append(&[Row::new(&flows[0])]);
+        let newest = reopened.list(&Filter::default(), None, 1).unwrap();
+        assert_eq!(newest.flows[0].seq, 10_001, "sequence numbers continue");
+
+        // Memory only: the bound holds by dropping the oldest flows.
+        let bytes = FlowStore::in_memory(FlowStoreConfig {
+            memory_bytes: 600_000,
+            chunk_flows: 1_000,
+            ..FlowStoreConfig::default()
+        });
+        for batch in flows.chunks(500) {
+            bytes.append(&batch.iter().map(Row::new).collect::<Vec<_>>());
+            assert!(bytes.stats.memory_bytes.load(Ordering::Relaxed) <= 600_000);
+        }
+        assert!(bytes.stats.expired.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn retention_deletes_old_and_oversized_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(6_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        store.persist().unwrap();
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files(), 6);
+        // The simulated flows are from 2026-01-01: a day's retention keeps none.
+        let aged = FlowStore::open(FlowStoreConfig {
+            retention: Duration::from_secs(86_400),
+            ..small(Some(dir.path().into()))
+        })
+        .unwrap();
+        assert_eq!(files(), 0);
+        assert_eq!(aged.stats.expired.load(Ordering::Relaxed), 6_000);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_reported_and_the_rest_still_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(5_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        store.persist().unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        std::fs::write(&names[0], b"not parquet").unwrap();
+        let reopened = FlowStore::open(small(Some(dir.path().into()))).unwrap();
+        let got = all_pages(&reopened, &Filter::default(), 5_000);
+        assert_eq!(got.len(), 4_000);
+        assert!(reopened.stats.segment_errors.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn ndjson_lines_decode_back_to_the_same_flow() {
+        let flows = flows(600);
+        let store = filled(small(None), &flows);
+        let page = store.list(&Filter::default(), None, 600).unwrap();
+        let mut decoder = JsonDecoder::default();
+        for stored in &page.flows {
+            let original = &flows[(stored.seq - 1) as usize];
+            let line = stored.to_jsonpb_line();
+            let Event::Flow(back) = decoder.decode_line(&line).unwrap() else {
+                panic!("{line}")
+            };
+            assert_eq!(back.time_ns, original.time_ns, "{line}");
+            assert_eq!(back.verdict, original.verdict, "{line}");
+            assert_eq!(back.drop_reason, original.drop_reason, "{line}");
+            assert_eq!(back.direction, original.direction, "{line}");
+            assert_eq!(back.protocol, original.protocol, "{line}");
+            assert_eq!(back.node, original.node, "{line}");
+            for (b, o) in [
+                (&back.source, &original.source),
+                (&back.destination, &original.destination),
+            ] {
+                assert_eq!(
+                    (&b.namespace, &b.pod, b.ip, b.port, b.identity),
+                    (&o.namespace, &o.pod, o.ip, o.port, o.identity),
+                    "{line}"
+                );
+            }
+            assert_eq!(
+                back.destination_names.first(),
+                original.destination_names.first(),
+                "{line}"
+            );
+            assert_eq!(
+                back.egress_denied_by.first().map(|p| &p.name),
+                original.egress_denied_by.first().map(|p| &p.name),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_groups_count_what_they_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(7_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        let f = filter(&[("verdict", "DROPPED")]);
+        let (groups, total) = store.top(&f, GroupBy::Destination, 1_000).unwrap();
+        let mut want: HashMap<String, u64> = HashMap::new();
+        for flow in flows.iter().filter(|x| x.verdict == Verdict::Dropped) {
+            *want.entry(destination_label(flow)).or_default() += 1;
+        }
+        assert_eq!(total, want.values().sum::<u64>());
+        let got: HashMap<String, u64> = groups.iter().map(|g| (g.key.clone(), g.count)).collect();
+        assert_eq!(got, want);
+        assert!(groups.windows(2).all(|w| w[0].count >= w[1].count));
+        let (verdicts, all) = store.top(&Filter::default(), GroupBy::Verdict, 10).unwrap();
+        assert_eq!(all, 7_000);
+        assert!(verdicts.iter().any(|g| g.key == "DROPPED"));
+        let (one, _) = store.top(&Filter::default(), GroupBy::Source, 1).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].first_ns <= one[0].last_ns);
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        let mut f = Filter::default();
+        for (k, v) in [
+            ("verdict", "MAYBE"),
+            ("port", "70000"),
+            ("cidr", "10.0.0.0/33"),
+            ("ip", "10.0.0"),
+            ("since", "yesterday"),
+            ("pod", ""),
+            ("protocol", "QUIC"),
+        ] {
+            let e = f.set(k, v, 0).unwrap_err();
+            assert_eq!(e.parameter, k);
+            assert!(e.to_string().contains(v), "{e}");
+        }
+        assert!(!f.set("colour", "blue", 0).unwrap());
+        assert_eq!(
+            query::parse_time("since", "2h", 10_000_000_000_000).unwrap(),
+            10_000_000_000_000 - 7_200_000_000_000
+        );
+        let r = filter(&[
+            ("since", "2026-01-02T00:00:00Z"),
+            ("until", "2026-01-01T00:00:00Z"),
+        ]);
+        assert_eq!(r.check_range().unwrap_err().parameter, "until");
+    }
+}

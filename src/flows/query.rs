@@ -1,0 +1,367 @@
+//! Flow filters: parsed once from the REST API's parameters, resolved against each chunk's
+//! dictionaries into a polars expression on codes, so matching never compares strings per row.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use polars::prelude::*;
+
+use super::chunk::{Chunk, Col};
+use crate::detect::policy_denied::network;
+use crate::flow::{DropReason, L4Protocol, TrafficDirection, Verdict};
+
+/// Flows per page when `limit` is not given, and the most a page may hold.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+/// The longest `since`..`until` range a query may cover.
+pub const MAX_RANGE: Duration = Duration::from_secs(31 * 86_400);
+
+/// A parameter the API could not use: which one, the value and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter {parameter}={value:?}: {reason}")]
+pub struct BadParameter {
+    pub parameter: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(parameter: &str, value: &str, reason: impl Into<String>) -> BadParameter {
+    BadParameter {
+        parameter: parameter.into(),
+        value: value.chars().take(200).collect(),
+        reason: reason.into(),
+    }
+}
+
+/// What a condition tests a column's value against.
+#[derive(Debug, Clone, PartialEq)]
+enum Test {
+    /// Dictionary strings equal to it.
+    Equal(String),
+    /// Dictionary strings starting with it.
+    Prefix(String),
+    /// Names equal to it or ending in ".it", without case.
+    DomainSuffix(String),
+    Ip(IpAddr),
+    Network(IpAddr, u32),
+    /// Plain numbers, any of them.
+    Numbers(Vec<u32>),
+}
+
+/// One filter: its test must hold on any of `columns` (two for an either-side filter).
+#[derive(Debug, Clone, PartialEq)]
+struct Condition {
+    columns: Vec<Col>,
+    test: Test,
+}
+
+/// A flow filter: all conditions hold, within the time range.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    conditions: Vec<Condition>,
+    /// Nanoseconds since the epoch, inclusive.
+    pub since_ns: Option<i64>,
+    /// Nanoseconds since the epoch, exclusive.
+    pub until_ns: Option<i64>,
+}
+
+/// Parameters shared by `/flows` and `/flows/top`, with the columns each side reads.
+const SIDED: [(&str, Col, Col); 6] = [
+    ("namespace", Col::SrcNamespace, Col::DstNamespace),
+    ("pod", Col::SrcPod, Col::DstPod),
+    ("workload", Col::SrcWorkload, Col::DstWorkload),
+    ("ip", Col::SrcIp, Col::DstIp),
+    ("cidr", Col::SrcIp, Col::DstIp),
+    ("port", Col::SrcPort, Col::DstPort),
+];
+
+/// Every filter parameter's name, for the error on an unknown one.
+pub const FILTER_PARAMETERS: &[&str] = &[
+    "namespace",
+    "pod",
+    "workload",
+    "ip",
+    "cidr",
+    "port",
+    "source_namespace",
+    "source_pod",
+    "source_workload",
+    "source_ip",
+    "source_cidr",
+    "source_port",
+    "destination_namespace",
+    "destination_pod",
+    "destination_workload",
+    "destination_ip",
+    "destination_cidr",
+    "destination_port",
+    "verdict",
+    "drop_reason",
+    "direction",
+    "protocol",
+    "fqdn",
+    "node",
+    "policy",
+    "since",
+    "until",
+];
+
+impl Filter {
+    /// Takes the filter parameters out of `params`; `now_ns` anchors relative times.
+    /// Returns `Ok(false)` for a parameter that is not a filter.
+    pub fn set(&mut self, key: &str, value: &str, now_ns: i64) -> Result<bool, BadParameter> {
+        let (side, base) = if let Some(b) = key.strip_prefix("source_") {
+            (Some(0), b)
+        } else if let Some(b) = key.strip_prefix("destination_") {
+            (Some(1), b)
+        } else {
+            (None, key)
+        };
+        if let Some((_, src, dst)) = SIDED.iter().find(|(name, _, _)| *name == base) {
+            let columns = match side {
+                Some(0) => vec![*src],
+                Some(_) => vec![*dst],
+                None => vec![*src, *dst],
+            };
+            let test = match base {
+                "namespace" | "workload" => Test::Equal(nonempty(key, value)?.to_owned()),
+                "pod" => Test::Prefix(nonempty(key, value)?.to_owned()),
+                "ip" => Test::Ip(
+                    value
+                        .parse()
+                        .map_err(|_| bad(key, value, "not an IP address"))?,
+                ),
+                "cidr" => parse_cidr(key, value)?,
+                _ => Test::Numbers(vec![u32::from(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| bad(key, value, "not a port number (0-65535)"))?,
+                )]),
+            };
+            self.conditions.push(Condition { columns, test });
+            return Ok(true);
+        }
+        if side.is_some() {
+            return Ok(false);
+        }
+        let (column, test) = match key {
+            "verdict" => (
+                Col::Verdict,
+                names(key, value, |v| {
+                    Verdict::from_str_name(&v.to_ascii_uppercase()).map(|x| x as u32)
+                })?,
+            ),
+            "drop_reason" => (
+                Col::DropReason,
+                names(key, value, |v| {
+                    DropReason::from_str_name(&v.to_ascii_uppercase()).map(|x| x as u32)
+                })?,
+            ),
+            "direction" => (
+                Col::Direction,
+                names(key, value, |v| {
+                    TrafficDirection::from_str_name(&v.to_ascii_uppercase()).map(|x| x as u32)
+                })?,
+            ),
+            "protocol" => (
+                Col::Protocol,
+                names(key, value, |v| protocol(v).map(|p| p as u32))?,
+            ),
+            "fqdn" => {
+                let name = nonempty(key, value)?
+                    .trim_start_matches("*.")
+                    .trim_end_matches('.');
+                (Col::Fqdn, Test::DomainSuffix(name.to_ascii_lowercase()))
+            }
+            "node" => (Col::Node, Test::Equal(nonempty(key, value)?.to_owned())),
+            "policy" => (Col::Policy, Test::Equal(nonempty(key, value)?.to_owned())),
+            "since" => {
+                self.since_ns = Some(parse_time(key, value, now_ns)?);
+                return Ok(true);
+            }
+            "until" => {
+                self.until_ns = Some(parse_time(key, value, now_ns)?);
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        self.conditions.push(Condition {
+            columns: vec![column],
+            test,
+        });
+        Ok(true)
+    }
+
+    /// Checks the time range once every parameter is in.
+    pub fn check_range(&self) -> Result<(), BadParameter> {
+        if let (Some(since), Some(until)) = (self.since_ns, self.until_ns) {
+            if until <= since {
+                return Err(bad(
+                    "until",
+                    &crate::flow::format_time(until),
+                    "must be later than since",
+                ));
+            }
+            let max = i64::try_from(MAX_RANGE.as_nanos()).unwrap_or(i64::MAX);
+            if until - since > max {
+                return Err(bad(
+                    "since",
+                    &crate::flow::format_time(since),
+                    "range longer than 31 days",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a chunk's time span can hold matching flows.
+    pub fn overlaps(&self, min_time: i64, max_time: i64) -> bool {
+        self.since_ns.is_none_or(|s| max_time >= s) && self.until_ns.is_none_or(|u| min_time < u)
+    }
+
+    /// The filter as a polars predicate on `chunk`'s codes; `None` when nothing in the chunk
+    /// can match (a wanted string is not in its dictionary).
+    pub fn predicate(&self, chunk: &Chunk) -> Option<Expr> {
+        let mut all: Vec<Expr> = Vec::new();
+        if let Some(s) = self.since_ns {
+            all.push(col("time").gt_eq(lit(s)));
+        }
+        if let Some(u) = self.until_ns {
+            all.push(col("time").lt(lit(u)));
+        }
+        for condition in &self.conditions {
+            let codes = codes(&condition.test, chunk);
+            if codes.is_empty() {
+                return None;
+            }
+            let any = condition
+                .columns
+                .iter()
+                .map(|c| one_of(c.name(), &codes))
+                .reduce(Expr::or)?;
+            all.push(any);
+        }
+        Some(all.into_iter().reduce(Expr::and).unwrap_or(lit(true)))
+    }
+}
+
+fn nonempty<'a>(key: &str, value: &'a str) -> Result<&'a str, BadParameter> {
+    if value.is_empty() {
+        Err(bad(key, value, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A comma-separated list of enum names or numbers.
+fn names(
+    key: &str,
+    value: &str,
+    lookup: impl Fn(&str) -> Option<u32>,
+) -> Result<Test, BadParameter> {
+    let mut out = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        let n = part
+            .parse::<u32>()
+            .ok()
+            .or_else(|| lookup(part))
+            .ok_or_else(|| bad(key, value, format!("unknown value {part:?}")))?;
+        out.push(n);
+    }
+    Ok(Test::Numbers(out))
+}
+
+pub fn protocol(name: &str) -> Option<L4Protocol> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "TCP" => L4Protocol::Tcp,
+        "UDP" => L4Protocol::Udp,
+        "ICMPV4" => L4Protocol::Icmpv4,
+        "ICMPV6" => L4Protocol::Icmpv6,
+        "SCTP" => L4Protocol::Sctp,
+        _ => return None,
+    })
+}
+
+fn parse_cidr(key: &str, value: &str) -> Result<Test, BadParameter> {
+    let (ip, bits) = value
+        .split_once('/')
+        .ok_or_else(|| bad(key, value, "expected ADDRESS/BITS, e.g. 10.0.0.0/8"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| bad(key, value, "not an IP address before /"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits: u8 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b <= max)
+        .ok_or_else(|| bad(key, value, format!("prefix length must be 0-{max}")))?;
+    let (net, bits) = network(ip, bits, bits);
+    Ok(Test::Network(net, bits))
+}
+
+/// RFC 3339, or a duration before `now_ns` such as "15m" or "2h".
+pub fn parse_time(key: &str, value: &str, now_ns: i64) -> Result<i64, BadParameter> {
+    if value.starts_with(|c: char| c.is_ascii_digit())
+        && value.ends_with(|c: char| c.is_ascii_alphabetic())
+        && !value.contains('-')
+    {
+        let d = crate::config::parse_duration(value).map_err(|e| bad(key, value, e))?;
+        let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        return Ok(now_ns.saturating_sub(ns));
+    }
+    let ts: prost_types::Timestamp = value.parse().map_err(|_| {
+        bad(
+            key,
+            value,
+            "expected RFC 3339 (2026-01-31T12:00:00Z) or a duration ago (30m, 2h, 7d)",
+        )
+    })?;
+    Ok(crate::flow::timestamp_ns(ts.seconds, ts.nanos))
+}
+
+/// Codes in `chunk` that satisfy `test` (for numbers, the numbers themselves).
+fn codes(test: &Test, chunk: &Chunk) -> Vec<u32> {
+    let texts = |keep: &dyn Fn(&str) -> bool| -> Vec<u32> {
+        (0u32..)
+            .zip(chunk.texts.iter())
+            .filter(|(_, s)| keep(s))
+            .map(|(c, _)| c)
+            .collect()
+    };
+    let ips = |keep: &dyn Fn(IpAddr) -> bool| -> Vec<u32> {
+        (0u32..)
+            .zip(chunk.ips.iter())
+            .filter(|(_, ip)| ip.is_some_and(keep))
+            .map(|(c, _)| c)
+            .collect()
+    };
+    match test {
+        Test::Equal(want) => texts(&|s| s == want),
+        Test::Prefix(want) => texts(&|s| s.starts_with(want.as_str())),
+        Test::DomainSuffix(want) => texts(&|s| domain_matches(s, want)),
+        Test::Ip(want) => ips(&|ip| ip == *want),
+        Test::Network(net, bits) => ips(&|ip| {
+            ip.is_ipv4() == net.is_ipv4() && network(ip, *bits as u8, *bits as u8).0 == *net
+        }),
+        Test::Numbers(n) => n.clone(),
+    }
+}
+
+/// `name` is `suffix` or a subdomain of it, ignoring case and a final dot.
+pub fn domain_matches(name: &str, suffix: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    if name.len() < suffix.len() {
+        return false;
+    }
+    let (head, tail) = name.split_at(name.len() - suffix.len());
+    tail.eq_ignore_ascii_case(suffix) && (head.is_empty() || head.ends_with('.'))
+}
+
+fn one_of(column: &str, codes: &[u32]) -> Expr {
+    if let [one] = codes {
+        col(column).eq(lit(*one))
+    } else {
+        let set = Series::new("set".into(), codes);
+        col(column).is_in(lit(set).implode(false), false)
+    }
+}
