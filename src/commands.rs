@@ -25,6 +25,7 @@ use crate::detect::engine::Engine;
 use crate::detect::rules::{self, Rule};
 use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
 use crate::flow::Event;
+use crate::flows::{FlowSink, FlowStore};
 use crate::pipeline::{self, CHANNEL_CAPACITY, Summary, destination_label};
 use crate::sim::observer::SimObserver;
 use crate::sim::prometheus::EgressModel;
@@ -611,6 +612,10 @@ async fn follow(
     every: Duration,
     cancel: CancellationToken,
 ) -> Outcome {
+    let flow_store = match FlowStore::open(config.flows.clone()) {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(EXIT_STORE, e),
+    };
     let (engine, delivery) = match start_alerting(config, rules, store, true) {
         Ok(a) => a,
         Err(e) => return Outcome::fail(EXIT_CONFIG, e),
@@ -643,8 +648,20 @@ async fn follow(
         delivery: delivery.stats.clone(),
         store: store.clone(),
         egress: egress_latest,
+        flows: Some(flow_store.clone()),
+        query_latency: crate::api::metrics::query_histogram(),
+        bad_requests: Default::default(),
     });
     let api = match api::prepare(&config.api, telemetry, source.state(), egress_api) {
+        Ok(mut state) => {
+            state.flows = Some(flow_store.clone());
+            state.alerts = Some(store.clone());
+            state.watched = config.hubble.namespaces.clone();
+            Ok(state)
+        }
+        Err(e) => Err(e),
+    };
+    let api = match api {
         Ok(state) => match api::bind(config.api.listen).await {
             Ok(listener) => Ok((state, listener)),
             Err(e) => Err(e),
@@ -660,10 +677,16 @@ async fn follow(
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("api: serving http://{addr}/metrics, /healthz, /readyz");
+        tracing::info!("api: serving http://{addr}/api/v1/flows, /metrics, /healthz, /readyz");
     }
+    let (flow_sink, flow_writer) = FlowSink::start(flow_store.clone());
     let api_stop = CancellationToken::new();
-    let api_task = tokio::spawn(api::serve(listener, Arc::new(api_state), api_stop.clone()));
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        Arc::new(api_state),
+        config.api.clone(),
+        api_stop.clone(),
+    ));
     let mut engine = engine;
     engine.watch_stream(source.state());
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
@@ -676,6 +699,9 @@ async fn follow(
         egress_rx,
         Engine::tick_interval(rules),
         |summary, event| {
+            if let Event::Flow(flow) = event {
+                flow_sink.push(flow);
+            }
             log_denials(summary, event);
             if last_log.elapsed() >= every {
                 last_log = tokio::time::Instant::now();
@@ -705,6 +731,15 @@ async fn follow(
         tracing::error!("{e}");
     }
     let result = source_task.await.unwrap_or(Ok(()));
+    flow_sink.close();
+    let persisted = tokio::task::spawn_blocking(move || {
+        let _ = flow_writer.join();
+        flow_store.persist()
+    })
+    .await;
+    if let Ok(Err(e)) = persisted {
+        tracing::error!("{e}; flows still in memory are lost");
+    }
     let alerts = engine.map(|e| e.firing()).unwrap_or_default();
     let delivered = delivery.stats.clone();
     let queued = delivery.finish().await;
@@ -803,6 +838,7 @@ pub async fn demo(
     config.prometheus.interval = Duration::from_secs(1);
     // An ephemeral port: the demo must not collide with a service on 8080.
     config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.flows.dir = None;
     let rules: Vec<Arc<Rule>> = match rules::load_text(DEFAULT_RULES, "rules/segmentation.yaml") {
         Ok(r) => r.into_iter().map(Arc::new).collect(),
         Err(e) => return Ok(Outcome::fail(EXIT_CONFIG, e)),

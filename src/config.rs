@@ -7,7 +7,7 @@
 //! prometheus:   { url: "http://prometheus:9090", interval: 60s }
 //! alertmanager: { urls: ["http://alertmanager:9093"] }
 //! api:          { listen: "127.0.0.1:8080", tokens_file: null }
-//! storage:      { dir: "/var/lib/exfilwatch" }
+//! storage:      { dir: "/var/lib/exfilwatch", flows: { memory_flows: 2000000, memory_bytes: 256MiB, retention: 7d, disk_bytes: 10GiB } }
 //! rules:        { dir: "rules" }
 //! ```
 
@@ -138,6 +138,19 @@ struct RawApi {
 #[serde(deny_unknown_fields, default)]
 struct RawStorage {
     dir: Option<PathBuf>,
+    flows: RawFlows,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFlows {
+    memory_flows: Option<usize>,
+    memory_bytes: Option<String>,
+    chunk_flows: Option<usize>,
+    disk: Option<bool>,
+    retention: Option<String>,
+    disk_bytes: Option<String>,
+    flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +326,9 @@ pub struct Config {
     pub alertmanager: AlertmanagerConfig,
     pub api: ApiConfig,
     pub storage_dir: PathBuf,
+    /// The flow store; its segments go under `storage_dir/flows` unless `storage.flows.disk`
+    /// is false.
+    pub flows: crate::flows::FlowStoreConfig,
     pub rules_dir: PathBuf,
 }
 
@@ -329,6 +345,10 @@ impl Default for Config {
                 allow_unauthenticated: false,
             },
             storage_dir: PathBuf::from("/var/lib/exfilwatch"),
+            flows: crate::flows::FlowStoreConfig {
+                dir: Some(PathBuf::from("/var/lib/exfilwatch/flows")),
+                ..Default::default()
+            },
             rules_dir: PathBuf::from("rules"),
         }
     }
@@ -835,6 +855,11 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
             defaults.api.listen
         }
     };
+    let storage_dir = raw
+        .storage
+        .dir
+        .clone()
+        .map_or(defaults.storage_dir, |p| base.join(p));
     Config {
         hubble,
         prometheus,
@@ -848,12 +873,103 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<Problem>) -> Config 
                 .unwrap_or_else(|| format!("http://{listen}")),
             allow_unauthenticated: raw.api.allow_unauthenticated.unwrap_or(false),
         },
-        storage_dir: raw
-            .storage
-            .dir
-            .map_or(defaults.storage_dir, |p| base.join(p)),
+        flows: flows(&raw.storage.flows, &storage_dir, problems),
+        storage_dir,
         rules_dir: base.join(raw.rules.dir.unwrap_or(defaults.rules_dir)),
     }
+}
+
+fn flows(
+    raw: &RawFlows,
+    storage_dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> crate::flows::FlowStoreConfig {
+    let d = crate::flows::FlowStoreConfig::default();
+    let mut size =
+        |key: &str, value: &Option<String>, default: u64| match value.as_deref().map(parse_size) {
+            None => default,
+            Some(Ok(n)) => n,
+            Some(Err(message)) => {
+                problems.push(Problem {
+                    key: format!("storage.flows.{key}"),
+                    message,
+                });
+                default
+            }
+        };
+    let memory_bytes = size("memory_bytes", &raw.memory_bytes, d.memory_bytes as u64);
+    let disk_bytes = size("disk_bytes", &raw.disk_bytes, d.disk_bytes);
+    let config = crate::flows::FlowStoreConfig {
+        memory_flows: raw.memory_flows.unwrap_or(d.memory_flows),
+        memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+        chunk_flows: raw.chunk_flows.unwrap_or(d.chunk_flows),
+        dir: raw.disk.unwrap_or(true).then(|| storage_dir.join("flows")),
+        retention: duration(
+            "storage.flows.retention",
+            raw.retention.as_deref(),
+            d.retention,
+            problems,
+        ),
+        disk_bytes,
+        flush_interval: duration(
+            "storage.flows.flush_interval",
+            raw.flush_interval.as_deref(),
+            d.flush_interval,
+            problems,
+        ),
+    };
+    if !(1_000..=1_048_576).contains(&config.chunk_flows) {
+        problems.push(Problem {
+            key: "storage.flows.chunk_flows".into(),
+            message: format!("{} is outside 1000-1048576", config.chunk_flows),
+        });
+    }
+    if config.memory_flows < config.chunk_flows || config.memory_bytes < 1 << 20 {
+        problems.push(Problem {
+            key: "storage.flows.memory_flows".into(),
+            message: format!(
+                "memory_flows {} must be at least chunk_flows {} and memory_bytes {} at least 1MiB",
+                config.memory_flows, config.chunk_flows, config.memory_bytes
+            ),
+        });
+    }
+    if config.flush_interval.is_zero() || config.retention.is_zero() {
+        problems.push(Problem {
+            key: "storage.flows".into(),
+            message: "retention and flush_interval must be above zero".into(),
+        });
+    }
+    config
+}
+
+/// Parses a byte size: "1048576", "512MiB", "10GiB", "100MB".
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected a number and a unit, e.g. 512MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid size {text:?}: unit must be B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::flow::{FlowEvent, format_time, format_uuid};
 pub const MAX_VALUES: usize = 20;
 
 /// The flows behind an alert, summarised for a human.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowContext {
     pub count: u64,
     pub first_seen_ns: i64,
@@ -40,6 +40,7 @@ pub struct FlowContext {
     pub policies: BTreeSet<String>,
     pub nodes: BTreeSet<String>,
     /// UUIDs of the most recent flows.
+    #[schema(value_type = Vec<String>)]
     pub samples: VecDeque<String>,
     /// Distinct values not kept because a field already held [`MAX_VALUES`].
     pub omitted: u64,

@@ -42,15 +42,23 @@ fn state_name(s: BaselineState) -> &'static str {
     }
 }
 
+/// Without Prometheus there is no egress data to serve: the resource does not exist here.
 fn unavailable() -> Response {
     error(
-        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::NOT_FOUND,
         "no_prometheus",
         "egress data needs prometheus.url in the configuration",
     )
 }
 
 /// `GET /api/v1/baselines`.
+#[utoipa::path(get, path = "/api/v1/baselines", tag = "egress",
+    responses(
+        (status = 200, description = "Each namespace's egress rate against its 7-day baseline", body = Object),
+        (status = 401, description = "Missing or unknown bearer token", body = super::flows::ApiError),
+        (status = 404, description = "Prometheus is not configured", body = super::flows::ApiError),
+    ),
+    security(("bearer" = [])))]
 pub async fn baselines(State(state): State<Arc<ApiState>>) -> Response {
     let (Some(latest), Some(api)) = (&state.telemetry.egress, &state.egress) else {
         return unavailable();
@@ -92,6 +100,18 @@ fn duration_param(
 }
 
 /// `GET /api/v1/namespaces/{ns}/egress?range=24h&step=5m`.
+#[utoipa::path(get, path = "/api/v1/namespaces/{ns}/egress", tag = "egress",
+    params(("ns" = String, Path, description = "Namespace"),
+        ("range" = Option<String>, Query, description = "How far back (default 24h)"),
+        ("step" = Option<String>, Query, description = "Resolution, at least 10s (default 5m)")),
+    responses(
+        (status = 200, description = "The namespace's egress rate, baseline and ratio over the range", body = Object),
+        (status = 400, description = "A parameter is invalid; the detail names it", body = super::flows::ApiError),
+        (status = 401, description = "Missing or unknown bearer token", body = super::flows::ApiError),
+        (status = 404, description = "No baseline for the namespace, or Prometheus is not configured", body = super::flows::ApiError),
+        (status = 503, description = "Prometheus is not answering", body = super::flows::ApiError),
+    ),
+    security(("bearer" = [])))]
 pub async fn namespace(
     State(state): State<Arc<ApiState>>,
     Path(ns): Path<String>,

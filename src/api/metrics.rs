@@ -10,13 +10,16 @@ use std::sync::atomic::Ordering;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
 use crate::flow::{LostEventSource, Verdict};
+use crate::flows::FlowStore;
 use crate::source::SourceStats;
 use crate::store::Store;
 
@@ -31,6 +34,26 @@ pub struct Telemetry {
     pub store: Store,
     /// The latest egress report, when Prometheus is configured.
     pub egress: Option<tokio::sync::watch::Receiver<Arc<EgressReport>>>,
+    pub flows: Option<Arc<FlowStore>>,
+    /// Time the flow queries of the REST API took.
+    pub query_latency: Histogram,
+    /// Requests refused with 4xx, e.g. for a bad parameter.
+    pub bad_requests: Counter,
+}
+
+/// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
+pub fn query_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
 fn counter(
@@ -136,6 +159,63 @@ impl Collector for Telemetry {
             None,
             depth.metric_type(),
         )?)?;
+        if let Some(flows) = &self.flows {
+            let f = &flows.stats;
+            counter(
+                &mut e,
+                "exfilwatch_store_flows_appended",
+                "Flows added to the flow store",
+                load(&f.appended),
+            )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_flows_dropped",
+                "Flows the flow store could not take because its writer fell behind",
+                load(&f.dropped),
+            )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_flows_expired",
+                "Flows removed from the flow store by its bounds or retention",
+                load(&f.expired),
+            )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_segment_errors",
+                "Flow store segments that could not be written, read or deleted",
+                load(&f.segment_errors),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_store_memory_flows",
+                "Flows held in memory",
+                load(&f.memory_flows),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_store_memory_bytes",
+                "Bytes the in-memory flows take",
+                load(&f.memory_bytes),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_store_disk_flows",
+                "Flows in parquet segments",
+                load(&f.disk_flows),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_store_disk_bytes",
+                "Bytes the parquet segments take",
+                load(&f.disk_bytes),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_store_segments",
+                "Parquet segments on disk",
+                load(&f.segments),
+            )?;
+        }
         if let Some(egress) = &self.egress {
             let report = egress.borrow().clone();
             let blind = ConstGauge::new(i64::from(report.error.is_some()));
@@ -184,6 +264,16 @@ impl Telemetry {
             "exfilwatch_alert_delivery_latency_seconds",
             "Time from an alert state's commit to its acceptance by a target",
             self.delivery.latency.clone(),
+        );
+        registry.register(
+            "exfilwatch_api_query_duration_seconds",
+            "Time the REST API's flow queries took",
+            self.query_latency.clone(),
+        );
+        registry.register(
+            "exfilwatch_api_bad_requests",
+            "REST API requests refused with a 4xx status",
+            self.bad_requests.clone(),
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)

@@ -1,16 +1,21 @@
-//! The HTTP API on `api.listen`: `/metrics` for Prometheus, `/healthz` and `/readyz` for
-//! Kubernetes probes. (The REST flow API joins them here.)
+//! The HTTP API on `api.listen`: the REST flow API under `/api/v1` ([`flows`]), dashboard
+//! data ([`egress`]), `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes
+//! probes, and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! Secure by default: it listens on loopback unless configured otherwise, and refuses a
 //! non-loopback address without bearer tokens unless `api.allow_unauthenticated` says so.
-//! With tokens (`api.tokens_file`, one per line), every route except the probes needs
-//! `Authorization: Bearer TOKEN`; tokens are compared in constant time.
+//! With tokens (`api.tokens_file`, one per line, re-read when the file changes), every route
+//! except the probes needs `Authorization: Bearer TOKEN`; tokens are compared in constant
+//! time. Requests are bounded: no body, a query string of at most 8 KiB.
 
 pub mod egress;
+pub mod flows;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -22,6 +27,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 use crate::config::ApiConfig;
 use crate::source::hubble::StreamState;
@@ -33,7 +39,12 @@ pub struct ApiState {
     pub stream: watch::Receiver<StreamState>,
     /// Set when Prometheus is configured.
     pub egress: Option<egress::EgressApi>,
-    tokens: Vec<Vec<u8>>,
+    pub flows: Option<Arc<crate::flows::FlowStore>>,
+    pub alerts: Option<crate::store::Store>,
+    /// `hubble.namespaces`: the watched namespaces (all when empty).
+    pub watched: Vec<String>,
+    tokens: RwLock<Vec<Vec<u8>>>,
+    tokens_file: Option<PathBuf>,
 }
 
 /// Reads the tokens and checks the listen address against them.
@@ -71,8 +82,49 @@ pub fn prepare(
         telemetry,
         stream,
         egress,
-        tokens: tokens(config)?,
+        flows: None,
+        alerts: None,
+        watched: Vec::new(),
+        tokens: RwLock::new(tokens(config)?),
+        tokens_file: config.tokens_file.clone(),
     })
+}
+
+/// How often the tokens file is checked for changes.
+const TOKENS_CHECK: Duration = Duration::from_secs(2);
+
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-reads `api.tokens_file` when it changes; a file that becomes unreadable or empty
+/// keeps the tokens in force (and says so), it never opens the API.
+async fn reload_tokens(state: Arc<ApiState>, config: ApiConfig, cancel: CancellationToken) {
+    let Some(path) = state.tokens_file.clone() else {
+        return;
+    };
+    let mut stamp = file_stamp(&path);
+    let mut tick = tokio::time::interval(TOKENS_CHECK);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = file_stamp(&path);
+        if now == stamp {
+            continue;
+        }
+        stamp = now;
+        match tokens(&config) {
+            Ok(new) => {
+                let n = new.len();
+                *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::info!("api: reloaded {n} token(s) from {}", path.display());
+            }
+            Err(e) => tracing::error!("api: keeping the current tokens: {e}"),
+        }
+    }
 }
 
 /// Equal in time independent of where the inputs differ.
@@ -88,21 +140,21 @@ async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
-    if state.tokens.is_empty() {
-        return next.run(request).await;
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    let ok = presented.is_some_and(|p| {
-        state
-            .tokens
-            .iter()
-            .fold(false, |found, t| found | constant_time_eq(p, t))
-    });
+    let ok = {
+        let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens.is_empty()
+            || presented.is_some_and(|p| {
+                tokens
+                    .iter()
+                    .fold(false, |found, t| found | constant_time_eq(p, t))
+            })
+    };
     if ok {
         next.run(request).await
     } else {
@@ -116,6 +168,73 @@ async fn authenticate(
     }
 }
 
+/// Longest query string accepted.
+const MAX_QUERY: usize = 8 * 1024;
+
+/// Refuses bodies (no route takes one) and long query strings before any handler runs, and
+/// counts every request refused with a 4xx status.
+async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    let query = request.uri().query().map_or(0, str::len);
+    if body > 0 || chunked || query > MAX_QUERY {
+        state.telemetry.bad_requests.inc();
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({
+                "error": "too_large",
+                "detail": format!("requests take no body and a query string of at most {MAX_QUERY} bytes"),
+            })),
+        )
+            .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status().is_client_error() {
+        state.telemetry.bad_requests.inc();
+    }
+    response
+}
+
+/// The OpenAPI document, generated from the handlers.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "exfilwatch", description = "Flows, alerts and egress of watched Kubernetes namespaces, from Cilium Hubble and Prometheus."),
+    paths(flows::flows, flows::top, flows::alerts, flows::alert, flows::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler),
+    components(schemas(flows::ApiError, flows::FlowPage, flows::TopPage, flows::AlertJson, flows::AlertDetail, flows::NamespaceJson)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "Missing or unknown bearer token", body = flows::ApiError),
+    ),
+    security(("bearer" = [])))]
 async fn metrics_handler(State(state): State<Arc<ApiState>>) -> Response {
     match state.telemetry.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
@@ -137,12 +256,21 @@ fn stream_text(state: &StreamState) -> String {
     }
 }
 
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive, with the state of each input", body = Object)))]
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     let stream = stream_text(&state.stream.borrow());
     let details = state.telemetry.health();
     axum::Json(json!({"status": "ok", "hubble": stream, "details": details})).into_response()
 }
 
+/// `GET /readyz`: the Hubble stream is up.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Streaming from Hubble", body = Object),
+        (status = 503, description = "Not streaming from Hubble yet", body = Object),
+    ))]
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     let current = state.stream.borrow().clone();
     let status = if current == StreamState::Streaming {
@@ -169,6 +297,12 @@ async fn not_found() -> Response {
 pub fn router(state: Arc<ApiState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/flows", get(flows::flows))
+        .route("/api/v1/flows/top", get(flows::top))
+        .route("/api/v1/alerts", get(flows::alerts))
+        .route("/api/v1/alerts/{fingerprint}", get(flows::alert))
+        .route("/api/v1/namespaces", get(flows::namespaces))
         .route("/api/v1/baselines", get(egress::baselines))
         .route("/api/v1/namespaces/{ns}/egress", get(egress::namespace))
         .fallback(not_found)
@@ -177,6 +311,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
 }
 
@@ -187,8 +322,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("api.listen {addr}: cannot listen: {e}"))
 }
 
-/// Serves until `cancel` fires.
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: CancellationToken) {
+/// Serves until `cancel` fires, re-reading the tokens file when it changes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    config: ApiConfig,
+    cancel: CancellationToken,
+) {
+    let reload = tokio::spawn(reload_tokens(state.clone(), config, cancel.clone()));
     let app = router(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
@@ -196,6 +337,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: Cancella
     {
         tracing::error!("api: {e}");
     }
+    reload.abort();
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod alertmanager;
 mod cli;
 mod deploy;
+mod flow_api;
 mod hubble_stream;
 mod hubble_tls;
 mod prometheus;

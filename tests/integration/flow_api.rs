@@ -1,0 +1,734 @@
+//! The REST flow API of a running `exfilwatch run`, fed by a Hubble server on loopback: every
+//! endpoint and filter, pagination while flows arrive, auth on and off (with a token change
+//! picked up live), bad parameters, and a property-based fuzz run of the OpenAPI document.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::flow::{Event, FlowEvent, L4Protocol, Verdict};
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::proto::observer::GetFlowsResponse;
+use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::sim::traffic::{EXFIL_FQDN, EXFIL_IP, TrainingCluster};
+use prost::Message;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{GUARD, Relay, relay};
+
+const TOKEN: &str = "flow-api-token";
+
+/// `exfilwatch run` against `relay`, its API on a free port; killed on drop.
+struct Service {
+    child: Child,
+    base: String,
+    token: Option<String>,
+    client: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Service {
+    async fn start(relay: &Relay, tokens: bool) -> Service {
+        exfilwatch::http::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let tokens_line = if tokens {
+            std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
+            "  tokens_file: tokens\n"
+        } else {
+            ""
+        };
+        let config = dir.path().join("exfilwatch.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n  flows:\n    flush_interval: 20ms\n    chunk_flows: 1000\napi:\n  listen: 127.0.0.1:{port}\n{tokens_line}",
+                relay.addr,
+                env!("CARGO_MANIFEST_DIR"),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("exfilwatch.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let service = Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            token: tokens.then(|| TOKEN.to_owned()),
+            client: reqwest::Client::new(),
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            if let Ok(r) = service.client.get(service.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return service;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get_raw(&self, path: &str) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.get_raw(path).await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {path}: {status}: not JSON ({e}): {text}"));
+        (status, value)
+    }
+
+    async fn ok(&self, path: &str) -> Value {
+        let (status, value) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {value}");
+        value
+    }
+
+    /// Every flow a query selects, following cursors; their times, newest first.
+    async fn all_times(&self, query: &str, limit: usize) -> Vec<String> {
+        let mut times = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/flows?limit={limit}");
+            if !query.is_empty() {
+                path.push('&');
+                path.push_str(query);
+            }
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.ok(&path).await;
+            let flows = page["flows"].as_array().unwrap();
+            assert!(flows.len() <= limit);
+            times.extend(flows.iter().map(|f| f["time"].as_str().unwrap().to_owned()));
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return times,
+            }
+        }
+    }
+
+    /// Waits until the store holds `n` flows.
+    async fn wait_for_flows(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let top = self.ok("/api/v1/flows/top?by=verdict").await;
+            if top["total"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "store holds {} flows, expected {n}",
+                top["total"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The flows as exfilwatch decodes them, to compute what each filter should select.
+fn decoded(flows: &[Flow]) -> Vec<FlowEvent> {
+    let mut decoder = Decoder::default();
+    flows
+        .iter()
+        .map(|f| {
+            let bytes = GetFlowsResponse {
+                node_name: f.node_name.clone(),
+                time: f.time,
+                response_types: Some(ResponseTypes::Flow(f.clone())),
+            }
+            .encode_to_vec();
+            match decoder.decode_response(&bytes).unwrap().unwrap() {
+                Event::Flow(f) => f,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Simulated traffic: `n` flows with an exfiltration attempt every 100.
+fn traffic(cluster: &mut TrainingCluster, n: usize) -> Vec<Flow> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        if out.len() % 100 == 99 {
+            out.extend(cluster.exfiltration_attempt());
+        } else {
+            out.push(cluster.next_flow());
+        }
+    }
+    out
+}
+
+fn time_of(f: &FlowEvent) -> String {
+    exfilwatch::flow::format_time(f.time_ns)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_filter_selects_what_it_names() {
+    let relay = relay(None).await;
+    let service = Service::start(&relay, true).await;
+    let mut cluster = TrainingCluster::new(21, exfilwatch::alert::now_ns(), 1_000_000);
+    let flows = traffic(&mut cluster, 3_000);
+    for f in &flows {
+        relay.sim.push_flow(f.clone());
+    }
+    service.wait_for_flows(flows.len() as u64).await;
+    let events = decoded(&flows);
+    let middle = time_of(&events[1_500]);
+    type Keep = Box<dyn Fn(&FlowEvent) -> bool>;
+    let has_port = |f: &FlowEvent, p: u16| f.source.port == p || f.destination.port == p;
+    let cases: Vec<(String, Keep)> = vec![
+        ("".into(), Box::new(|_| true)),
+        (
+            "verdict=DROPPED".into(),
+            Box::new(|f| f.verdict == Verdict::Dropped),
+        ),
+        (
+            "verdict=dropped,audit".into(),
+            Box::new(|f| matches!(f.verdict, Verdict::Audit | Verdict::Dropped)),
+        ),
+        (
+            "drop_reason=POLICY_DENY".into(),
+            Box::new(|f| f.drop_reason == 181),
+        ),
+        (
+            "namespace=storage".into(),
+            Box::new(|f| {
+                &*f.source.namespace == "storage" || &*f.destination.namespace == "storage"
+            }),
+        ),
+        (
+            "source_namespace=ai-training&destination_namespace=kube-system".into(),
+            Box::new(|f| {
+                &*f.source.namespace == "ai-training" && &*f.destination.namespace == "kube-system"
+            }),
+        ),
+        (
+            "destination_pod=coredns".into(),
+            Box::new(|f| f.destination.pod.starts_with("coredns")),
+        ),
+        (
+            "pod=llm-pretrain-worker-1".into(),
+            Box::new(|f| {
+                f.source.pod.starts_with("llm-pretrain-worker-1")
+                    || f.destination.pod.starts_with("llm-pretrain-worker-1")
+            }),
+        ),
+        (
+            "workload=minio".into(),
+            Box::new(|f| &*f.source.workload == "minio" || &*f.destination.workload == "minio"),
+        ),
+        (
+            format!("ip={EXFIL_IP}"),
+            Box::new(|f| {
+                [f.source.ip, f.destination.ip]
+                    .iter()
+                    .any(|ip| ip.map(|i| i.to_string()).as_deref() == Some(EXFIL_IP))
+            }),
+        ),
+        (
+            "destination_cidr=10.0.0.0%2F8".into(),
+            Box::new(|f| {
+                f.destination
+                    .ip
+                    .is_some_and(|ip| ip.to_string().starts_with("10."))
+            }),
+        ),
+        ("port=29500".into(), Box::new(move |f| has_port(f, 29500))),
+        (
+            "destination_port=53&protocol=UDP".into(),
+            Box::new(|f| f.destination.port == 53 && f.protocol == L4Protocol::Udp),
+        ),
+        (
+            // The simulated flows all leave their pods: direction narrows nothing on its own.
+            "direction=EGRESS&protocol=TCP".into(),
+            Box::new(|f| {
+                f.direction == exfilwatch::flow::TrafficDirection::Egress
+                    && f.protocol == L4Protocol::Tcp
+            }),
+        ),
+        (
+            "fqdn=amazonaws.com".into(),
+            Box::new(|f| {
+                f.destination_names
+                    .first()
+                    .is_some_and(|n| n.trim_end_matches('.').ends_with(".amazonaws.com"))
+            }),
+        ),
+        (
+            format!("fqdn={EXFIL_FQDN}"),
+            Box::new(|f| f.destination_names.first().map(|n| &**n) == Some(EXFIL_FQDN)),
+        ),
+        (
+            "node=gpu-node-a".into(),
+            Box::new(|f| &*f.node == "gpu-node-a"),
+        ),
+        (
+            format!("since={}", middle.replace(':', "%3A")),
+            Box::new({
+                let t = events[1_500].time_ns;
+                move |f| f.time_ns >= t
+            }),
+        ),
+        (
+            format!("until={}", middle.replace(':', "%3A")),
+            Box::new({
+                let t = events[1_500].time_ns;
+                move |f| f.time_ns < t
+            }),
+        ),
+        ("since=1h".into(), Box::new(|_| true)),
+    ];
+    for (query, keep) in &cases {
+        let want: Vec<String> = events
+            .iter()
+            .rev()
+            .filter(|f| keep(f))
+            .map(time_of)
+            .collect();
+        let got = service.all_times(query, 400).await;
+        assert_eq!(got.len(), want.len(), "{query}");
+        assert_eq!(got, want, "{query}");
+        let top = service
+            .ok(&format!("/api/v1/flows/top?by=verdict&{query}"))
+            .await;
+        assert_eq!(
+            top["total"].as_u64(),
+            Some(want.len() as u64),
+            "top {query}"
+        );
+    }
+    // Each filter (but the first and the last) must select a proper, non-empty subset, or the
+    // comparison above proves little.
+    for (query, keep) in &cases[1..cases.len() - 1] {
+        let n = events.iter().filter(|f| keep(f)).count();
+        assert!(
+            n > 0 && n < events.len(),
+            "{query} selects {n} of {}",
+            events.len()
+        );
+    }
+
+    // The policy that denied the upload is in the flow.
+    let denied = service
+        .ok(&format!("/api/v1/flows?fqdn={EXFIL_FQDN}&limit=1"))
+        .await;
+    let flow = &denied["flows"][0];
+    assert_eq!(flow["verdict"], "DROPPED");
+    assert_eq!(flow["drop_reason_desc"], "POLICY_DENY");
+    assert_eq!(flow["destination_names"][0], EXFIL_FQDN);
+    assert_eq!(flow["source"]["namespace"], "ai-training");
+    assert_eq!(flow["l4"]["TCP"]["destination_port"], 443);
+    assert!(flow["egress_denied_by"][0]["name"].is_string(), "{flow}");
+
+    // ndjson: lines `hubble observe -o jsonpb` users can pipe on, read by exfilwatch's own
+    // jsonpb decoder; the cursor comes in a header.
+    let r = service
+        .get_raw("/api/v1/flows?verdict=DROPPED&format=ndjson&limit=25")
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    assert!(r.headers().contains_key("x-next-cursor"));
+    let body = r.text().await.unwrap();
+    let mut decoder = exfilwatch::flow::json::JsonDecoder::default();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 25);
+    for line in lines {
+        match decoder.decode_line(line).unwrap() {
+            Event::Flow(f) => assert_eq!(f.verdict, Verdict::Dropped),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Top groups.
+    let top = service
+        .ok("/api/v1/flows/top?by=destination&verdict=DROPPED&limit=2")
+        .await;
+    let groups = top["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    let attempts = events
+        .iter()
+        .filter(|f| f.verdict == Verdict::Dropped)
+        .count()
+        / 2;
+    assert_eq!(groups[0]["count"].as_u64(), Some(attempts as u64), "{top}");
+    assert!(groups[0]["first_seen"].as_str().unwrap() <= groups[0]["last_seen"].as_str().unwrap());
+    let keys: BTreeSet<&str> = groups.iter().map(|g| g["key"].as_str().unwrap()).collect();
+    assert!(
+        keys.contains(format!("{EXFIL_FQDN}:443/TCP").as_str()),
+        "{top}"
+    );
+    for by in ["source", "fqdn", "port", "namespace", "verdict"] {
+        let top = service.ok(&format!("/api/v1/flows/top?by={by}")).await;
+        let sum: u64 = top["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum();
+        assert!(sum <= top["total"].as_u64().unwrap(), "{by}: {top}");
+        assert!(!top["groups"].as_array().unwrap().is_empty(), "{by}");
+    }
+    let ports = service.ok("/api/v1/flows/top?by=port&limit=100").await;
+    assert!(
+        ports["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["key"] == "29500/TCP"),
+        "{ports}"
+    );
+
+    // Alerts, with the flows behind them.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let alerts = loop {
+        let alerts = service.ok("/api/v1/alerts?status=firing").await;
+        if !alerts.as_array().unwrap().is_empty() {
+            break alerts;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no alert");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let alert = &alerts[0];
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["namespace"], "ai-training");
+    assert!(alert["context"]["count"].as_u64().unwrap() > 0);
+    let fingerprint = alert["fingerprint"].as_str().unwrap();
+    let detail = service
+        .ok(&format!("/api/v1/alerts/{fingerprint}?limit=500"))
+        .await;
+    assert_eq!(detail["alert"]["fingerprint"], fingerprint);
+    let behind = detail["flows"].as_array().unwrap();
+    assert!(!behind.is_empty(), "{detail}");
+    for f in behind {
+        assert_eq!(f["verdict"], "DROPPED", "{f}");
+        assert_eq!(f["source"]["namespace"], "ai-training", "{f}");
+    }
+    let (status, body) = service.get("/api/v1/alerts/0123456789abcdef").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+    let none = service.ok("/api/v1/alerts?namespace=production").await;
+    assert!(none.as_array().unwrap().is_empty());
+
+    // Namespaces.
+    let namespaces = service.ok("/api/v1/namespaces").await;
+    let training = namespaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == "ai-training")
+        .unwrap_or_else(|| panic!("{namespaces}"));
+    assert_eq!(training["watched"], true);
+    let from_training = events
+        .iter()
+        .filter(|f| &*f.source.namespace == "ai-training")
+        .count();
+    assert_eq!(training["flows"].as_u64(), Some(from_training as u64));
+    assert_eq!(
+        training["denied"].as_u64(),
+        Some(
+            events
+                .iter()
+                .filter(|f| f.verdict == Verdict::Dropped)
+                .count() as u64
+        )
+    );
+    assert!(training["firing_alerts"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        namespaces.as_array().unwrap().len(),
+        1,
+        "only the watched namespace: {namespaces}"
+    );
+
+    // Store metrics.
+    let metrics = service.get_raw("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "exfilwatch_store_flows_appended_total {}",
+            flows.len()
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("exfilwatch_api_query_duration_seconds_count"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_neither_skip_nor_repeat_while_flows_arrive() {
+    let relay = relay(None).await;
+    let service = Service::start(&relay, false).await;
+    let mut cluster = TrainingCluster::new(5, exfilwatch::alert::now_ns(), 1_000_000);
+    let first = traffic(&mut cluster, 2_000);
+    for f in &first {
+        relay.sim.push_flow(f.clone());
+    }
+    service.wait_for_flows(first.len() as u64).await;
+    let expected: Vec<String> = decoded(&first).iter().rev().map(time_of).collect();
+    // Between every two pages 150 more flows arrive and are stored before the next read.
+    let mut stored = first.len() as u64;
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/flows?limit=150".to_owned(),
+            Some(c) => format!("/api/v1/flows?limit=150&cursor={c}"),
+        };
+        let page = service.ok(&path).await;
+        seen.extend(
+            page["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["time"].as_str().unwrap().to_owned()),
+        );
+        let more = traffic(&mut cluster, 150);
+        for f in &more {
+            relay.sim.push_flow(f.clone());
+        }
+        stored += more.len() as u64;
+        service.wait_for_flows(stored).await;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert!(
+        stored > first.len() as u64 + 1_500,
+        "flows arrived while paging"
+    );
+    assert_eq!(seen.len(), expected.len(), "no flow skipped or repeated");
+    assert_eq!(seen, expected);
+    // Auth off (loopback, no tokens file): the API answers without a token.
+    let open = reqwest::get(service.url("/api/v1/flows?limit=1"))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
+    let relay = relay(None).await;
+    let mut service = Service::start(&relay, true).await;
+    let cases = [
+        ("/api/v1/flows?verdict=MAYBE", "verdict"),
+        ("/api/v1/flows?drop_reason=OOPS", "drop_reason"),
+        ("/api/v1/flows?direction=SIDEWAYS", "direction"),
+        ("/api/v1/flows?protocol=QUIC", "protocol"),
+        ("/api/v1/flows?port=99999", "port"),
+        ("/api/v1/flows?source_port=-1", "source_port"),
+        ("/api/v1/flows?cidr=10.0.0.0%2F33", "cidr"),
+        (
+            "/api/v1/flows?destination_cidr=10.0.0.0",
+            "destination_cidr",
+        ),
+        ("/api/v1/flows?ip=10.0.0", "ip"),
+        ("/api/v1/flows?since=yesterday", "since"),
+        ("/api/v1/flows?until=2026-13-01T00%3A00%3A00Z", "until"),
+        (
+            "/api/v1/flows?since=2026-01-02T00%3A00%3A00Z&until=2026-01-01T00%3A00%3A00Z",
+            "until",
+        ),
+        (
+            "/api/v1/flows?since=2025-01-01T00%3A00%3A00Z&until=2026-01-01T00%3A00%3A00Z",
+            "since",
+        ),
+        ("/api/v1/flows?limit=0", "limit"),
+        ("/api/v1/flows?limit=100001", "limit"),
+        ("/api/v1/flows?limit=ten", "limit"),
+        ("/api/v1/flows?cursor=abc", "cursor"),
+        ("/api/v1/flows?format=xml", "format"),
+        ("/api/v1/flows?pod=", "pod"),
+        ("/api/v1/flows?colour=blue", "colour"),
+        ("/api/v1/flows?namespace=a&namespace=b", "namespace"),
+        ("/api/v1/flows/top?by=colour", "by"),
+        ("/api/v1/flows/top?cursor=1", "cursor"),
+        ("/api/v1/alerts?status=maybe", "status"),
+        ("/api/v1/alerts?limit=-3", "limit"),
+        ("/api/v1/alerts/abc?verdict=DROPPED", "verdict"),
+        ("/api/v1/namespaces?since=soon", "since"),
+    ];
+    for (path, parameter) in cases {
+        let (status, body) = service.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], "bad_parameter", "{path}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!("parameter {parameter}=")),
+            "{path}: {detail}"
+        );
+    }
+    let long = format!("/api/v1/flows?pod={}", "a".repeat(9_000));
+    let (status, body) = service.get(&long).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "too_large");
+    let with_body = service
+        .client
+        .get(service.url("/api/v1/flows"))
+        .bearer_auth(TOKEN)
+        .body("x".repeat(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_body.status(), 413);
+    let (status, body) = service.get("/api/v1/nowhere").await;
+    assert_eq!(status, 404, "{body}");
+
+    // Auth: every API route needs the token; the probes do not.
+    for path in [
+        "/api/v1/flows",
+        "/api/v1/flows/top",
+        "/api/v1/alerts",
+        "/api/v1/alerts/x",
+        "/api/v1/namespaces",
+        "/api/v1/openapi.json",
+        "/api/v1/baselines",
+        "/metrics",
+    ] {
+        let r = reqwest::get(service.url(path)).await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(reqwest::get(service.url(path)).await.unwrap().status(), 200);
+    }
+    // A changed tokens file takes effect without a restart; the old token stops working.
+    std::fs::write(service.dir.path().join("tokens"), "rotated-token\n").unwrap();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        if service.get_raw("/api/v1/flows").await.status() == 401 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old token still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.token = Some("rotated-token".into());
+    assert_eq!(service.get_raw("/api/v1/flows").await.status(), 200);
+    // An emptied file keeps the tokens in force rather than opening the API.
+    std::fs::write(service.dir.path().join("tokens"), "").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reqwest::get(service.url("/api/v1/flows"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(service.get_raw("/api/v1/flows").await.status(), 200);
+}
+
+/// The OpenAPI document is what the server serves, and a property-based run of schemathesis
+/// against the live server finds no server error and no response outside the document.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_holds_under_schemathesis() {
+    let schemathesis =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/schemathesis");
+    assert!(
+        schemathesis.exists(),
+        "{} is missing: run scripts/test.sh, which installs it (pip install schemathesis into .tools/venv)",
+        schemathesis.display()
+    );
+    let relay = relay(None).await;
+    let service = Service::start(&relay, true).await;
+    let mut cluster = TrainingCluster::new(3, exfilwatch::alert::now_ns(), 1_000_000);
+    let flows = traffic(&mut cluster, 500);
+    for f in &flows {
+        relay.sim.push_flow(f.clone());
+    }
+    service.wait_for_flows(flows.len() as u64).await;
+    let doc = service.ok("/api/v1/openapi.json").await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/api/v1/flows",
+        "/api/v1/flows/top",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{fingerprint}",
+        "/api/v1/namespaces",
+    ] {
+        assert!(paths.contains(p), "{p} not documented: {paths:?}");
+    }
+    let schema_file = service.dir.path().join("openapi.json");
+    std::fs::write(&schema_file, doc.to_string()).unwrap();
+    let seconds: u64 = std::env::var("EXFILWATCH_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let out = tokio::task::spawn_blocking({
+        let base = service.base.clone();
+        move || {
+            Command::new(schemathesis)
+                .args(["run", "--url"])
+                .arg(&base)
+                .arg(&schema_file)
+                .args([
+                    "--checks",
+                    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                    "--header",
+                    &format!("Authorization: Bearer {TOKEN}"),
+                    "--max-time",
+                    &seconds.to_string(),
+                    "--workers",
+                    "2",
+                    "--seed",
+                    "42",
+                ])
+                .env("SCHEMATHESIS_HOOKS", "")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    eprintln!("{text}");
+    assert!(text.contains("passed") || text.contains("PASSED"), "{text}");
+}
