@@ -651,8 +651,9 @@ async fn follow(
         flows: Some(flow_store.clone()),
         query_latency: crate::api::metrics::query_histogram(),
         bad_requests: Default::default(),
+        denied: Default::default(),
     });
-    let api = match api::prepare(&config.api, telemetry, source.state(), egress_api) {
+    let api = match api::prepare(&config.api, telemetry.clone(), source.state(), egress_api) {
         Ok(mut state) => {
             state.flows = Some(flow_store.clone());
             state.alerts = Some(store.clone());
@@ -701,6 +702,11 @@ async fn follow(
         |summary, event| {
             if let Event::Flow(flow) = event {
                 flow_sink.push(flow);
+                if summary.is_watched_denial(flow) {
+                    telemetry
+                        .denied
+                        .add(&flow.source.namespace, destination_label(flow));
+                }
             }
             log_denials(summary, event);
             if last_log.elapsed() >= every {

@@ -39,6 +39,37 @@ pub struct Telemetry {
     pub query_latency: Histogram,
     /// Requests refused with 4xx, e.g. for a bad parameter.
     pub bad_requests: Counter,
+    /// Policy-denied flows from watched namespaces, by destination.
+    pub denied: DeniedFlows,
+}
+
+/// Most (namespace, destination) series of `exfilwatch_denied_flows`; further destinations
+/// are counted as "(other)" so a scan cannot flood Prometheus with series.
+pub const MAX_DENIED_SERIES: usize = 500;
+
+/// Counts of policy-denied flows by namespace and destination, bounded in series.
+#[derive(Debug, Default)]
+pub struct DeniedFlows {
+    counts: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+}
+
+impl DeniedFlows {
+    pub fn add(&self, namespace: &str, destination: String) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_owned(), destination);
+        if let Some(n) = counts.get_mut(&key) {
+            *n += 1;
+        } else if counts.len() < MAX_DENIED_SERIES {
+            counts.insert(key, 1);
+        } else {
+            *counts.entry((key.0, "(other)".to_owned())).or_default() += 1;
+        }
+    }
+
+    fn snapshot(&self) -> Vec<((String, String), u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
@@ -159,6 +190,39 @@ impl Collector for Telemetry {
             None,
             depth.metric_type(),
         )?)?;
+        {
+            let c = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "exfilwatch_denied_flows",
+                "Policy-denied flows from watched namespaces, by destination",
+                None,
+                c.metric_type(),
+            )?;
+            for ((namespace, destination), n) in self.denied.snapshot() {
+                ConstCounter::new(n).encode(family.encode_family(&[
+                    ("namespace", namespace.as_str()),
+                    ("destination", destination.as_str()),
+                ])?)?;
+            }
+        }
+        if let Ok(firing) = self.store.firing() {
+            let g = ConstGauge::new(0i64);
+            let mut family = e.encode_descriptor(
+                "exfilwatch_alerts_firing",
+                "Alerts firing, by rule and namespace",
+                None,
+                g.metric_type(),
+            )?;
+            let mut by: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+            for a in &firing {
+                let ns = a.labels.get("namespace").map_or("", String::as_str);
+                *by.entry((a.rule.as_str(), ns)).or_default() += 1;
+            }
+            for ((rule, ns), n) in by {
+                ConstGauge::new(n)
+                    .encode(family.encode_family(&[("alertname", rule), ("namespace", ns)])?)?;
+            }
+        }
         if let Some(flows) = &self.flows {
             let f = &flows.stats;
             counter(

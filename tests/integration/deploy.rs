@@ -441,3 +441,70 @@ fn every_manifest_names_itself_and_the_kustomization_finds_its_files() {
         }
     }
 }
+
+/// Every query of the Grafana dashboard, with its variables filled in.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/exfilwatch.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "exfilwatch");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            queries.push(
+                expr.replace("$__rate_interval", "5m")
+                    .replace("$__range", "6h")
+                    .replace("$namespace", ".*"),
+            );
+        }
+    }
+    queries
+}
+
+#[test]
+fn the_grafana_dashboard_queries_parse_and_name_real_metrics() {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "{queries:?}");
+    // promtool parses every query as a recording rule's expression.
+    let dir = tempfile::tempdir().unwrap();
+    let rules: Vec<String> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("      - record: dashboard:query{i}\n        expr: {q:?}\n"))
+        .collect();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "groups:\n  - name: dashboard\n    rules:\n{}",
+            rules.concat()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every exfilwatch metric a panel reads is one the service exposes.
+    let source = std::fs::read_to_string(root().join("src/api/metrics.rs")).unwrap()
+        + &std::fs::read_to_string(root().join("src/alert/sink.rs")).unwrap();
+    for query in &queries {
+        for name in query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("exfilwatch_"))
+        {
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+            assert!(
+                source.contains(&format!("\"{family}\"")),
+                "the dashboard reads {name}, which exfilwatch does not expose"
+            );
+        }
+    }
+}

@@ -486,6 +486,16 @@ async fn every_filter_selects_what_it_names() {
         "{metrics}"
     );
     assert!(metrics.contains("exfilwatch_api_query_duration_seconds_count"));
+    assert!(
+        metrics.contains(&format!(
+            "exfilwatch_denied_flows_total{{namespace=\"ai-training\",destination=\"{EXFIL_FQDN}:443/TCP\"}} {attempts}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("exfilwatch_alerts_firing{alertname=\"TrainingPodUnexpectedEgress\",namespace=\"ai-training\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ mod alertmanager;
 mod cli;
 mod deploy;
 mod flow_api;
+mod flow_store_memory;
 mod hubble_stream;
 mod hubble_tls;
 mod prometheus;

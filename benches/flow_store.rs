@@ -1,0 +1,239 @@
+//! The flow store: ingest rate, bytes per stored flow, and REST query latency over 1 million
+//! stored flows.
+//!
+//! Flows: the simulator's training namespace with its exfiltration attempts, widened to a
+//! realistic spread (2,000 source pods, 50,000 external addresses, random ports) so the
+//! per-chunk dictionaries hold what a busy cluster gives them.
+//!
+//! - ingest: `FlowSink::push` (what the pipeline pays per flow) for 1M flows, kept within
+//!   100,000 flows of the writer thread, until it has appended all of them; median of 3
+//!   fresh stores.
+//! - bytes per flow: the store's own accounting of its memory for 1M flows, checked against
+//!   the growth of the process's resident set while it filled.
+//! - query latency: the real axum API on loopback, a reqwest client; 300 requests for each
+//!   query over the 1M flows in memory; p50 and p99.
+//!
+//! Run: `cargo bench --bench flow_store`; see the README for the figures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use exfilwatch::api::{self, metrics::Telemetry};
+use exfilwatch::config::ApiConfig;
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::flow::{Event, FlowEvent};
+use exfilwatch::flows::{FlowSink, FlowStore, FlowStoreConfig};
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::proto::observer::GetFlowsResponse;
+use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::sim::traffic::TrainingCluster;
+use exfilwatch::source::hubble::StreamState;
+use exfilwatch::store::Store;
+use prost::Message;
+use tokio::time::Instant;
+
+const FLOWS: usize = 1_000_000;
+
+fn flows() -> Vec<FlowEvent> {
+    let mut cluster = TrainingCluster::new(
+        11,
+        exfilwatch::alert::now_ns() - 3_600_000_000_000,
+        3_000_000,
+    );
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut decoder = Decoder::default();
+    let mut out = Vec::with_capacity(FLOWS);
+    let mut flow = |f: Flow, rng: &mut fastrand::Rng| {
+        let mut f = f;
+        if let Some(src) = &mut f.source
+            && !src.pod_name.is_empty()
+        {
+            src.pod_name = format!("{}-{}", src.pod_name, rng.u32(0..2_000));
+        }
+        if rng.u8(0..5) == 0
+            && let Some(ip) = &mut f.ip
+        {
+            let n = rng.u32(0..50_000);
+            ip.destination = format!("198.18.{}.{}", n / 256, n % 256);
+        }
+        let bytes = GetFlowsResponse {
+            node_name: f.node_name.clone(),
+            time: f.time,
+            response_types: Some(ResponseTypes::Flow(f)),
+        }
+        .encode_to_vec();
+        match decoder.decode_response(&bytes).unwrap().unwrap() {
+            Event::Flow(f) => f,
+            other => panic!("{other:?}"),
+        }
+    };
+    while out.len() < FLOWS {
+        if out.len() % 200 == 199 {
+            for f in cluster.exfiltration_attempt() {
+                out.push(flow(f, &mut rng));
+            }
+        } else {
+            out.push(flow(cluster.next_flow(), &mut rng));
+        }
+    }
+    out.truncate(FLOWS);
+    out
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn config() -> FlowStoreConfig {
+    FlowStoreConfig {
+        memory_flows: 4_000_000,
+        memory_bytes: 4 << 30,
+        flush_interval: Duration::from_millis(20),
+        ..FlowStoreConfig::default()
+    }
+}
+
+/// Pushes every flow through a sink and waits for the writer; returns the store and seconds.
+fn ingest(flows: &[FlowEvent]) -> (Arc<FlowStore>, f64) {
+    let store = FlowStore::in_memory(config());
+    let (sink, writer) = FlowSink::start(store.clone());
+    let started = Instant::now();
+    let stats = &store.stats;
+    for (i, f) in flows.iter().enumerate() {
+        sink.push(f);
+        // The sink drops flows rather than make the pipeline wait; to measure what the writer
+        // sustains, stay within 100,000 flows of it.
+        if i % 10_000 == 0 {
+            while stats.appended.load(Ordering::Relaxed) + 100_000 < i as u64 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+    while stats.appended.load(Ordering::Relaxed) + stats.dropped.load(Ordering::Relaxed)
+        < flows.len() as u64
+    {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        store.stats.dropped.load(Ordering::Relaxed),
+        0,
+        "flows dropped"
+    );
+    sink.close();
+    writer.join().unwrap();
+    (store, seconds)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    println!("generating {FLOWS} flows ...");
+    let flows = flows();
+
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let (_, seconds) = ingest(&flows);
+        rates.push(FLOWS as f64 / seconds);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "ingest into the store: median {:.0} flows/s (runs: {})",
+        rates[1],
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let before = rss_bytes();
+    let (store, _) = ingest(&flows);
+    let after = rss_bytes();
+    let accounted = store.stats.memory_bytes.load(Ordering::Relaxed);
+    println!(
+        "bytes per stored flow: {:.1} by the store's accounting, {:.1} by resident-set growth",
+        accounted as f64 / FLOWS as f64,
+        after.saturating_sub(before) as f64 / FLOWS as f64
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let api_config = ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tokens_file: None,
+            external_url: String::new(),
+            allow_unauthenticated: false,
+        };
+        let alerts = Store::in_memory().unwrap();
+        let telemetry = Arc::new(Telemetry {
+            source: Default::default(),
+            delivery: Default::default(),
+            store: alerts.clone(),
+            egress: None,
+            flows: Some(store.clone()),
+            query_latency: api::metrics::query_histogram(),
+            bad_requests: Default::default(),
+            denied: Default::default(),
+        });
+        let (_tx, stream) = tokio::sync::watch::channel(StreamState::Streaming);
+        let mut state = api::prepare(&api_config, telemetry, stream, None).unwrap();
+        state.flows = Some(store);
+        state.alerts = Some(alerts);
+        state.watched = vec!["ai-training".into()];
+        let listener = api::bind(api_config.listen).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(api::serve(
+            listener,
+            Arc::new(state),
+            api_config,
+            stop.clone(),
+        ));
+        let client = reqwest::Client::new();
+        println!("query latency over {FLOWS} stored flows (300 requests each):");
+        for path in [
+            "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
+            "/api/v1/flows?destination_port=443&fqdn=amazonaws.com&limit=100",
+            "/api/v1/flows?cidr=198.18.0.0%2F16&pod=llm-pretrain-worker-2&limit=1000",
+            "/api/v1/flows/top?by=destination&verdict=DROPPED",
+            "/api/v1/flows/top?by=destination",
+            "/api/v1/flows/top?by=source&since=30m",
+        ] {
+            let mut ms = Vec::with_capacity(300);
+            for i in 0..310 {
+                let started = Instant::now();
+                let r = client.get(format!("{base}{path}")).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{path}");
+                let body = r.bytes().await.unwrap();
+                assert!(body.len() > 20, "{path}");
+                if i >= 10 {
+                    ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            ms.sort_by(f64::total_cmp);
+            println!(
+                "  {path}: p50 {:.1} ms, p99 {:.1} ms",
+                percentile(&ms, 0.5),
+                percentile(&ms, 0.99)
+            );
+        }
+        stop.cancel();
+    });
+}
