@@ -918,10 +918,14 @@ fn flows(
             problems,
         ),
     };
-    if !(1_000..=1_048_576).contains(&config.chunk_flows) {
+    if !(1_000..=crate::flows::MAX_CHUNK_FLOWS).contains(&config.chunk_flows) {
         problems.push(Problem {
             key: "storage.flows.chunk_flows".into(),
-            message: format!("{} is outside 1000-1048576", config.chunk_flows),
+            message: format!(
+                "{} is outside 1000-{}",
+                config.chunk_flows,
+                crate::flows::MAX_CHUNK_FLOWS
+            ),
         });
     }
     if config.memory_flows < config.chunk_flows || config.memory_bytes < 1 << 20 {

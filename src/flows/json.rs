@@ -241,7 +241,7 @@ fn ip(chunk: &Chunk, code: u32) -> Option<IpAddr> {
     chunk.ips.get(code as usize).copied().flatten()
 }
 
-/// A `/flows/top` group's key from its codes (in the order of `by`'s columns).
+/// A `/flows/top` group's key from the codes its packed key holds (see `GroupBy::codes`).
 pub fn group_key(chunk: &Chunk, by: GroupBy, codes: &[u32]) -> String {
     let t = |i: usize| text(chunk, codes.get(i).copied().unwrap_or(0));
     let n = |i: usize| codes.get(i).copied().unwrap_or(0);
