@@ -213,6 +213,7 @@ fn main() {
             "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
             "/api/v1/flows?destination_port=443&fqdn=amazonaws.com&limit=100",
             "/api/v1/flows?cidr=198.18.0.0%2F16&pod=llm-pretrain-worker-2&limit=1000",
+            "/api/v1/flows?destination_port=5432&verdict=DROPPED&limit=1000",
             "/api/v1/flows/top?by=destination&verdict=DROPPED",
             "/api/v1/flows/top?by=destination",
             "/api/v1/flows/top?by=source&since=30m",

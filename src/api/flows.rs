@@ -151,6 +151,12 @@ async fn blocking<T: Send + 'static>(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ crate::flows::StoreError::TooBroad { .. })) => Err(BadParameter {
+            parameter: "since".into(),
+            value: String::new(),
+            reason: e.to_string(),
+        }
+        .into()),
         Ok(Err(e)) => {
             tracing::error!("api: {e}");
             Err(refuse(
@@ -248,7 +254,8 @@ pub struct PageParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FlowPage {
     pub flows: Vec<FlowJson>,
-    /// Pass as `cursor` for the next (older) page; null on the last page.
+    /// Pass as `cursor` for the next (older) page; null on the last page. A page that reached
+    /// the per-request read budget holds fewer than `limit` flows but still has a cursor.
     pub next_cursor: Option<String>,
 }
 

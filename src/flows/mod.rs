@@ -68,6 +68,10 @@ pub enum StoreError {
     Polars(#[from] PolarsError),
     #[error("flow store {path}: {message}")]
     Segment { path: String, message: String },
+    #[error(
+        "the range covers {segments} segments on disk, more than {MAX_SEGMENTS_PER_QUERY} a query may read: narrow since/until"
+    )]
+    TooBroad { segments: usize },
     #[error("flow store {path}: {source}")]
     Io {
         path: String,
@@ -267,6 +271,10 @@ impl GroupBy {
         }
     }
 }
+
+/// Most parquet segments one query reads (4 M flows at the default chunk size), so that a
+/// request's cost is bounded whatever the retention.
+pub const MAX_SEGMENTS_PER_QUERY: usize = 64;
 
 /// Most flows a chunk may hold: with 8 text columns its dictionary then stays below 2^20 + 2
 /// entries, so every code fits in [`CODE_BITS`] bits of a packed group key.
@@ -571,7 +579,9 @@ impl FlowStore {
         Ok(chunk)
     }
 
-    /// Flows matching `filter`, newest first, older than `cursor` when given.
+    /// Flows matching `filter`, newest first, older than `cursor` when given. At most
+    /// [`MAX_SEGMENTS_PER_QUERY`] segments are read: a page cut short there holds fewer than
+    /// `limit` flows and a cursor to go on from.
     pub fn list(
         &self,
         filter: &Filter,
@@ -579,6 +589,10 @@ impl FlowStore {
         limit: usize,
     ) -> Result<Page, StoreError> {
         let mut flows: Vec<json::StoredFlow> = Vec::with_capacity(limit.min(1024) + 1);
+        let mut segments_read = 0;
+        // Where a page cut short by the segment budget stopped: every flow from here up to
+        // the cursor has been looked at.
+        let mut stopped_at = None;
         for source in self.sources()? {
             if flows.len() > limit {
                 break;
@@ -586,6 +600,14 @@ impl FlowStore {
             let (first_seq, _, min_time, max_time) = source.span();
             if cursor.is_some_and(|c| first_seq >= c) || !filter.overlaps(min_time, max_time) {
                 continue;
+            }
+            if matches!(source, Source::Disk(_)) {
+                if segments_read == MAX_SEGMENTS_PER_QUERY {
+                    let next = source.span().1 + 1;
+                    stopped_at = Some(cursor.map_or(next, |c| c.min(next)));
+                    break;
+                }
+                segments_read += 1;
             }
             let chunk = match self.load(&source) {
                 Ok(c) => c,
@@ -618,7 +640,7 @@ impl FlowStore {
             flows.truncate(limit);
             flows.last().map(|f| f.seq)
         } else {
-            None
+            stopped_at
         };
         Ok(Page { flows, next_cursor })
     }
@@ -632,7 +654,18 @@ impl FlowStore {
     ) -> Result<(Vec<Group>, u64), StoreError> {
         let mut groups: HashMap<String, Group> = HashMap::new();
         let mut total = 0u64;
-        for source in self.sources()? {
+        let sources = self.sources()?;
+        let on_disk = sources
+            .iter()
+            .filter(|s| {
+                let (_, _, min_time, max_time) = s.span();
+                matches!(s, Source::Disk(_)) && filter.overlaps(min_time, max_time)
+            })
+            .count();
+        if on_disk > MAX_SEGMENTS_PER_QUERY {
+            return Err(StoreError::TooBroad { segments: on_disk });
+        }
+        for source in sources {
             let (_, _, min_time, max_time) = source.span();
             if !filter.overlaps(min_time, max_time) {
                 continue;
@@ -1102,6 +1135,45 @@ mod tests {
         let (one, _) = store.top(&Filter::default(), GroupBy::Source, 1).unwrap();
         assert_eq!(one.len(), 1);
         assert!(one[0].first_ns <= one[0].last_ns);
+    }
+
+    #[test]
+    fn a_query_reads_a_bounded_number_of_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = (MAX_SEGMENTS_PER_QUERY + 20) * 1_000 + 3_000;
+        let flows = flows(n);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        assert_eq!(
+            store.stats.segments.load(Ordering::Relaxed) as usize,
+            MAX_SEGMENTS_PER_QUERY + 20
+        );
+        // A filter nothing matches: the first page stops at the budget with a cursor, the
+        // next one reads the rest.
+        let none = filter(&[("port", "1")]);
+        let first = store.list(&none, None, 10).unwrap();
+        assert!(first.flows.is_empty());
+        let cursor = first.next_cursor.expect("a cursor to go on from");
+        assert_eq!(cursor, 20 * 1_000 + 1, "64 segments and memory were read");
+        let second = store.list(&none, Some(cursor), 10).unwrap();
+        assert!(second.flows.is_empty());
+        assert_eq!(second.next_cursor, None);
+        // Every flow is still reachable, page by page.
+        assert_eq!(all_pages(&store, &Filter::default(), 5_000).len(), n);
+        // Grouping over more segments than the budget is refused; a narrower range is not.
+        let err = store
+            .top(&Filter::default(), GroupBy::Verdict, 5)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooBroad { segments } if segments == MAX_SEGMENTS_PER_QUERY + 20)
+        );
+        let mut recent = Filter::default();
+        let since = flows[n - 10_000].time_ns;
+        recent.since_ns = Some(since);
+        let (_, total) = store.top(&recent, GroupBy::Verdict, 5).unwrap();
+        assert_eq!(
+            total as usize,
+            flows.iter().filter(|f| f.time_ns >= since).count()
+        );
     }
 
     #[test]
