@@ -985,6 +985,35 @@ mod tests {
     }
 
     #[test]
+    fn flow_store_settings_parse_with_units_and_name_bad_values() {
+        let c = parse("storage:\n  dir: state\n  flows:\n    memory_bytes: 64MiB\n    disk_bytes: 2GB\n    retention: 2d\n    chunk_flows: 8192\n").unwrap();
+        assert_eq!(c.flows.memory_bytes, 64 << 20);
+        assert_eq!(c.flows.disk_bytes, 2_000_000_000);
+        assert_eq!(c.flows.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.flows.chunk_flows, 8192);
+        assert_eq!(
+            c.flows.dir.as_deref(),
+            Some(Path::new("/etc/exfilwatch/state/flows"))
+        );
+        let memory_only = parse("storage:\n  flows:\n    disk: false\n").unwrap();
+        assert_eq!(memory_only.flows.dir, None);
+        let err = parse("storage:\n  flows:\n    memory_bytes: 12 parsecs\n    chunk_flows: 999999999\n    retention: forever\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("storage.flows.memory_bytes: invalid size \"12 parsecs\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("storage.flows.chunk_flows: 999999999 is outside"),
+            "{err}"
+        );
+        assert!(err.contains("storage.flows.retention"), "{err}");
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
     fn a_misspelt_key_names_file_line_key_and_suggestion() {
         let err = parse("hubble:\n  adress: http://relay:80\n")
             .unwrap_err()
