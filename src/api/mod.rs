@@ -22,7 +22,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -120,7 +120,7 @@ async fn reload_tokens(state: Arc<ApiState>, config: ApiConfig, cancel: Cancella
             Ok(new) => {
                 let n = new.len();
                 *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = new;
-                tracing::info!("api: reloaded {n} token(s) from {}", path.display());
+                tracing::warn!("api: reloaded {n} token(s) from {}", path.display());
             }
             Err(e) => tracing::error!("api: keeping the current tokens: {e}"),
         }
@@ -293,24 +293,43 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// The routes: probes open, everything else behind the token check.
+/// Every route with whether it is open (the probes) or needs a token. The router is built
+/// from this table, and a test walks it against a running server.
+pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
+    vec![
+        ("/healthz", true, get(healthz)),
+        ("/readyz", true, get(readyz)),
+        ("/metrics", false, get(metrics_handler)),
+        ("/api/v1/openapi.json", false, get(openapi)),
+        ("/api/v1/flows", false, get(flows::flows)),
+        ("/api/v1/flows/top", false, get(flows::top)),
+        ("/api/v1/alerts", false, get(flows::alerts)),
+        ("/api/v1/alerts/{fingerprint}", false, get(flows::alert)),
+        ("/api/v1/namespaces", false, get(flows::namespaces)),
+        ("/api/v1/baselines", false, get(egress::baselines)),
+        (
+            "/api/v1/namespaces/{ns}/egress",
+            false,
+            get(egress::namespace),
+        ),
+    ]
+}
+
+/// The routes: probes open, everything else (unknown paths too) behind the token check.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let protected = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/flows", get(flows::flows))
-        .route("/api/v1/flows/top", get(flows::top))
-        .route("/api/v1/alerts", get(flows::alerts))
-        .route("/api/v1/alerts/{fingerprint}", get(flows::alert))
-        .route("/api/v1/namespaces", get(flows::namespaces))
-        .route("/api/v1/baselines", get(egress::baselines))
-        .route("/api/v1/namespaces/{ns}/egress", get(egress::namespace))
+    let mut open = Router::new();
+    let mut protected = Router::new();
+    for (path, is_open, route) in routes() {
+        if is_open {
+            open = open.route(path, route);
+        } else {
+            protected = protected.route(path, route);
+        }
+    }
+    let protected = protected
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(protected)
+    open.merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
 }

@@ -117,11 +117,12 @@ impl Prometheus {
         })
     }
 
+    /// One GET: the answer's status and body, or the transport failure.
     async fn get(
         &self,
         path: &str,
         params: &[(&str, String)],
-    ) -> Result<serde_json::Value, PromError> {
+    ) -> Result<(u16, Vec<u8>), PromError> {
         let url = format!("{}{path}", self.base);
         let request =
             crate::http::authorize(self.client.get(&url).query(params), self.auth.as_ref());
@@ -129,83 +130,24 @@ impl Prometheus {
             url: url.clone(),
             detail: crate::source::error_chain(&e),
         })?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| PromError::Transport {
             url: url.clone(),
             detail: crate::source::error_chain(&e),
         })?;
-        let envelope: Envelope = match serde_json::from_slice(&body) {
-            Ok(e) => e,
-            Err(e) if status.is_success() => {
-                return Err(PromError::Parse {
-                    url,
-                    detail: format!("not the API's JSON: {e}"),
-                });
-            }
-            Err(_) => {
-                let text = String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>();
-                return Err(PromError::Http {
-                    url,
-                    status: status.as_u16(),
-                    body: text.trim().to_owned(),
-                });
-            }
-        };
-        if envelope.status != "success" {
-            return Err(PromError::Api {
-                url,
-                error_type: envelope
-                    .error_type
-                    .unwrap_or_else(|| format!("HTTP {}", status.as_u16())),
-                error: envelope.error.unwrap_or_default(),
-            });
-        }
-        envelope.data.ok_or_else(|| PromError::Parse {
-            url,
-            detail: "success without data".into(),
-        })
+        Ok((status, body.to_vec()))
     }
 
     /// Evaluates `query` at `time` (unix seconds). Returns the usable samples and how many
     /// were dropped as non-finite.
     pub async fn instant(&self, query: &str, time: f64) -> Result<(Vec<Sample>, usize), PromError> {
-        let data = self
+        let (status, body) = self
             .get(
                 "/api/v1/query",
                 &[("query", query.to_owned()), ("time", format!("{time:.3}"))],
             )
             .await?;
-        let url = format!("{}/api/v1/query", self.base);
-        let data: Data<VectorItem> =
-            serde_json::from_value(data).map_err(|e| PromError::Parse {
-                url: url.clone(),
-                detail: format!("expected a vector: {e}"),
-            })?;
-        if data.result_type != "vector" {
-            return Err(PromError::Parse {
-                url,
-                detail: format!("expected a vector, got {}", data.result_type),
-            });
-        }
-        let mut dropped = 0;
-        let samples = data
-            .result
-            .into_iter()
-            .filter_map(|item| match number(&item.value.1) {
-                Some(value) => Some(Sample {
-                    labels: item.metric,
-                    value,
-                }),
-                None => {
-                    dropped += 1;
-                    None
-                }
-            })
-            .collect();
-        Ok((samples, dropped))
+        parse_vector(&format!("{}/api/v1/query", self.base), status, &body)
     }
 
     /// Evaluates `query` at `start`, `start + step`, ... up to `end` (unix seconds), in as
@@ -230,26 +172,11 @@ impl Prometheus {
                 ("end", to.to_string()),
                 ("step", step.to_string()),
             ];
-            let data = self.get("/api/v1/query_range", &params).await?;
-            let data: Data<MatrixItem> =
-                serde_json::from_value(data).map_err(|e| PromError::Parse {
-                    url: url.clone(),
-                    detail: format!("expected a matrix: {e}"),
-                })?;
-            if data.result_type != "matrix" {
-                return Err(PromError::Parse {
-                    url,
-                    detail: format!("expected a matrix, got {}", data.result_type),
-                });
-            }
-            for item in data.result {
-                let points = by_labels.entry(item.metric).or_default();
-                for (t, v) in item.values {
-                    match number(&v) {
-                        Some(v) => points.push((t.round() as i64, v)),
-                        None => dropped += 1,
-                    }
-                }
+            let (status, body) = self.get("/api/v1/query_range", &params).await?;
+            let (series, bad) = parse_matrix(&url, status, &body)?;
+            dropped += bad;
+            for s in series {
+                by_labels.entry(s.labels).or_default().extend(s.points);
             }
             from = to + step;
         }
@@ -261,6 +188,116 @@ impl Prometheus {
             dropped,
         ))
     }
+}
+
+/// The `data` of an API answer, or what was wrong with it.
+fn envelope(url: &str, status: u16, body: &[u8]) -> Result<serde_json::Value, PromError> {
+    let envelope: Envelope = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(e) if (200..300).contains(&status) => {
+            return Err(PromError::Parse {
+                url: url.into(),
+                detail: format!("not the API's JSON: {e}"),
+            });
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(body)
+                .chars()
+                .take(200)
+                .collect::<String>();
+            return Err(PromError::Http {
+                url: url.into(),
+                status,
+                body: text.trim().to_owned(),
+            });
+        }
+    };
+    if envelope.status != "success" {
+        return Err(PromError::Api {
+            url: url.into(),
+            error_type: envelope
+                .error_type
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            error: envelope.error.unwrap_or_default(),
+        });
+    }
+    envelope.data.ok_or_else(|| PromError::Parse {
+        url: url.into(),
+        detail: "success without data".into(),
+    })
+}
+
+/// An instant query's answer: the finite samples, and how many were not finite.
+pub fn parse_vector(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<(Vec<Sample>, usize), PromError> {
+    let data: Data<VectorItem> =
+        serde_json::from_value(envelope(url, status, body)?).map_err(|e| PromError::Parse {
+            url: url.into(),
+            detail: format!("expected a vector: {e}"),
+        })?;
+    if data.result_type != "vector" {
+        return Err(PromError::Parse {
+            url: url.into(),
+            detail: format!("expected a vector, got {}", data.result_type),
+        });
+    }
+    let mut dropped = 0;
+    let samples = data
+        .result
+        .into_iter()
+        .filter_map(|item| match number(&item.value.1) {
+            Some(value) => Some(Sample {
+                labels: item.metric,
+                value,
+            }),
+            None => {
+                dropped += 1;
+                None
+            }
+        })
+        .collect();
+    Ok((samples, dropped))
+}
+
+/// One range query answer: the series with their finite points, and how many were not.
+pub fn parse_matrix(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<(Vec<Series>, usize), PromError> {
+    let data: Data<MatrixItem> =
+        serde_json::from_value(envelope(url, status, body)?).map_err(|e| PromError::Parse {
+            url: url.into(),
+            detail: format!("expected a matrix: {e}"),
+        })?;
+    if data.result_type != "matrix" {
+        return Err(PromError::Parse {
+            url: url.into(),
+            detail: format!("expected a matrix, got {}", data.result_type),
+        });
+    }
+    let mut dropped = 0;
+    let series = data
+        .result
+        .into_iter()
+        .map(|item| {
+            let mut points = Vec::with_capacity(item.values.len());
+            for (t, v) in item.values {
+                match number(&v) {
+                    Some(v) if t.is_finite() => points.push((t.round() as i64, v)),
+                    _ => dropped += 1,
+                }
+            }
+            Series {
+                labels: item.metric,
+                points,
+            }
+        })
+        .collect();
+    Ok((series, dropped))
 }
 
 #[cfg(test)]

@@ -46,8 +46,12 @@ fn free_port() -> u16 {
 
 impl Service {
     async fn start(relay: &Relay, tokens: bool) -> Service {
+        Service::start_in(relay, tokens, "", tempfile::tempdir().unwrap()).await
+    }
+
+    /// Starts with extra `storage.flows` settings, its state in `dir`.
+    async fn start_in(relay: &Relay, tokens: bool, flows: &str, dir: tempfile::TempDir) -> Service {
         exfilwatch::http::install_crypto();
-        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let tokens_line = if tokens {
             std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
@@ -59,7 +63,7 @@ impl Service {
         std::fs::write(
             &config,
             format!(
-                "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n  flows:\n    flush_interval: 20ms\n    chunk_flows: 1000\napi:\n  listen: 127.0.0.1:{port}\n{tokens_line}",
+                "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n  flows:\n    flush_interval: 20ms\n    chunk_flows: 1000\n{flows}api:\n  listen: 127.0.0.1:{port}\n{tokens_line}",
                 relay.addr,
                 env!("CARGO_MANIFEST_DIR"),
                 dir.path().display()
@@ -91,6 +95,22 @@ impl Service {
             assert!(tokio::time::Instant::now() < deadline, "never ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SIGKILLs the process, keeping its state directory.
+    fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// The value of an unlabelled metric.
+    async fn metric(&self, name: &str) -> u64 {
+        let text = self.get_raw("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
     }
 
     fn url(&self, path: &str) -> String {
@@ -618,25 +638,37 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
     let (status, body) = service.get("/api/v1/nowhere").await;
     assert_eq!(status, 404, "{body}");
 
-    // Auth: every API route needs the token; the probes do not.
-    for path in [
-        "/api/v1/flows",
-        "/api/v1/flows/top",
-        "/api/v1/alerts",
-        "/api/v1/alerts/x",
-        "/api/v1/namespaces",
-        "/api/v1/openapi.json",
-        "/api/v1/baselines",
-        "/metrics",
-    ] {
-        let r = reqwest::get(service.url(path)).await.unwrap();
-        assert_eq!(r.status(), 401, "{path}");
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(body["error"], "unauthorized");
+    // Auth: every route of the router's own table needs the token, except the probes.
+    let doc = service.ok("/api/v1/openapi.json").await;
+    let routes = exfilwatch::api::routes();
+    assert!(routes.len() >= 11);
+    for (path, open, _) in &routes {
+        let concrete = path
+            .replace("{fingerprint}", "abc")
+            .replace("{ns}", "ai-training");
+        let r = reqwest::get(service.url(&concrete)).await.unwrap();
+        if *open {
+            assert_eq!(r.status(), 200, "{path} is a probe");
+        } else {
+            assert_eq!(r.status(), 401, "{path} answered without a token");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "unauthorized");
+        }
+        if *path != "/api/v1/openapi.json" {
+            assert!(
+                doc["paths"].get(*path).is_some(),
+                "{path} is not documented"
+            );
+        }
     }
-    for path in ["/healthz", "/readyz"] {
-        assert_eq!(reqwest::get(service.url(path)).await.unwrap().status(), 200);
+    for path in doc["paths"].as_object().unwrap().keys() {
+        assert!(
+            routes.iter().any(|(p, _, _)| p == path),
+            "{path} is documented but not routed"
+        );
     }
+    let unknown = reqwest::get(service.url("/nowhere")).await.unwrap();
+    assert_eq!(unknown.status(), 401, "unknown paths are protected too");
     // A changed tokens file takes effect without a restart; the old token stops working.
     std::fs::write(service.dir.path().join("tokens"), "rotated-token\n").unwrap();
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -663,6 +695,53 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
         401
     );
     assert_eq!(service.get_raw("/api/v1/flows").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
+    let relay = relay(None).await;
+    let service = Service::start_in(
+        &relay,
+        false,
+        "    memory_flows: 2000\n",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let mut cluster = TrainingCluster::new(17, exfilwatch::alert::now_ns(), 1_000_000);
+    let flows = traffic(&mut cluster, 7_000);
+    for f in &flows {
+        relay.sim.push_flow(f.clone());
+    }
+    service.wait_for_flows(flows.len() as u64).await;
+    let on_disk = service.metric("exfilwatch_store_disk_flows").await;
+    assert!(on_disk >= 5_000, "{on_disk} flows on disk");
+    let newest_on_disk: Vec<String> = service
+        .all_times("", 1_000)
+        .await
+        .into_iter()
+        .skip(flows.len() - on_disk as usize)
+        .collect();
+    let dir = service.kill();
+
+    // Restarted against an empty Relay: exactly the flows on disk are there, newest first.
+    let empty = crate::support::relay(None).await;
+    let service = Service::start_in(&empty, false, "    memory_flows: 2000\n", dir).await;
+    assert_eq!(service.metric("exfilwatch_store_disk_flows").await, on_disk);
+    assert_eq!(service.all_times("", 999).await, newest_on_disk);
+    // New flows continue the sequence: they come first, and pages still neither skip nor repeat.
+    let more = traffic(&mut cluster, 300);
+    for f in &more {
+        empty.sim.push_flow(f.clone());
+    }
+    service.wait_for_flows(on_disk + more.len() as u64).await;
+    let all = service.all_times("", 123).await;
+    assert_eq!(all.len() as u64, on_disk + more.len() as u64);
+    assert_eq!(&all[more.len()..], &newest_on_disk[..]);
+    let alerts = service.ok("/api/v1/alerts").await;
+    assert!(
+        !alerts.as_array().unwrap().is_empty(),
+        "alerts survived the kill"
+    );
 }
 
 /// The OpenAPI document is what the server serves, and a property-based run of schemathesis
