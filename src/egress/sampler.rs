@@ -18,6 +18,9 @@ use crate::store::{Store, StoreError};
 /// The egress counter cAdvisor exports.
 pub const EGRESS_METRIC: &str = "container_network_transmit_bytes_total";
 
+/// Recent hours whose answer held no usable number are asked again for this many hours.
+const RETRY_EMPTY_HOURS: i64 = 3;
+
 /// `selector` (label matchers in braces, or empty) narrowed to one namespace.
 pub fn namespace_selector(selector: &str, namespace: &str) -> String {
     let escaped = namespace.replace('\\', "\\\\").replace('"', "\\\"");
@@ -127,6 +130,7 @@ impl Sampler {
             .await?;
         self.non_finite.fetch_add(dropped as u64, Ordering::Relaxed);
         let wanted: BTreeSet<i64> = missing.iter().copied().collect();
+        let mut answered: BTreeSet<i64> = BTreeSet::new();
         let mut rows = Vec::new();
         let baselines = Arc::make_mut(&mut self.baselines);
         for s in series {
@@ -139,19 +143,28 @@ impl Sampler {
                 if wanted.contains(&hour) {
                     baseline.insert(hour, rate);
                     rows.push((namespace.clone(), hour, rate));
+                    answered.insert(hour);
                 }
             }
         }
+        // An answer without a single usable number for a recent hour (an empty result, only
+        // NaN) is not taken as the hour's truth: it is asked again next round. Older hours
+        // without data are gaps in Prometheus's history and are settled as such.
+        let settled: Vec<i64> = missing
+            .iter()
+            .copied()
+            .filter(|h| answered.contains(h) || *h < last - RETRY_EMPTY_HOURS * HOUR)
+            .collect();
         self.store
-            .save_baseline_samples(&rows, &missing, t - RETAIN - HOUR)?;
-        self.done_hours.extend(missing.iter().copied());
+            .save_baseline_samples(&rows, &settled, t - RETAIN - HOUR)?;
+        self.done_hours.extend(settled.iter().copied());
         self.done_hours = self.done_hours.split_off(&(t - RETAIN - HOUR));
         for baseline in baselines.values_mut() {
             baseline.prune(t);
         }
         baselines.retain(|_, b| !b.is_empty());
         Ok(Filled {
-            hours: missing.len(),
+            hours: settled.len(),
             queries: 1,
         })
     }

@@ -678,3 +678,175 @@ async fn replay_backtests_the_volume_rules_against_prometheus_history() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("backtest at "));
 }
+
+/// What the fault proxy does to Prometheus's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Status500,
+    Garbage,
+    NaN,
+    Empty,
+    Slow,
+}
+
+/// An HTTP proxy on loopback in front of the real Prometheus that breaks its answers on
+/// demand.
+struct FaultProxy {
+    url: String,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FaultProxy {
+    async fn start(upstream: String) -> FaultProxy {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        let fault = std::sync::Arc::new(std::sync::Mutex::new(Fault::None));
+        let client = reqwest::Client::new();
+        let handler = move |State(fault): State<std::sync::Arc<std::sync::Mutex<Fault>>>,
+                            request: Request| {
+            let client = client.clone();
+            let upstream = upstream.clone();
+            async move {
+                let fault = *fault.lock().unwrap();
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                match fault {
+                    Fault::Status500 => {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error",
+                        )
+                            .into_response();
+                    }
+                    Fault::Garbage => {
+                        return "{\"status\":\"success\",\"data\":{\"resu".into_response();
+                    }
+                    Fault::Slow => tokio::time::sleep(Duration::from_secs(3)).await,
+                    _ => {}
+                }
+                let answer = client
+                    .get(format!("{upstream}{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = answer.status().as_u16();
+                let mut body: serde_json::Value = answer.json().await.unwrap();
+                if let Some(result) = body["data"]["result"].as_array_mut() {
+                    match fault {
+                        Fault::Empty => result.clear(),
+                        Fault::NaN => {
+                            for item in result.iter_mut() {
+                                if item["value"].is_array() {
+                                    item["value"][1] = "NaN".into();
+                                }
+                                for v in item["values"].as_array_mut().into_iter().flatten() {
+                                    v[1] = "NaN".into();
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::Json(body),
+                )
+                    .into_response()
+            }
+        };
+        let app = axum::Router::new()
+            .fallback(handler)
+            .with_state(fault.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        FaultProxy { url, fault, stop }
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_prometheus_raises_no_spike_keeps_the_baselines_and_recovers() {
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let server = PromServer::start(end).await;
+    let proxy = FaultProxy::start(server.url.clone()).await;
+    let prom = Prometheus::new(&proxy.url, Duration::from_secs(1), None, None).unwrap();
+    let mut sampler = Sampler::new(prom, "", Store::in_memory().unwrap()).unwrap();
+    let mut engine = engine(Duration::from_secs(600));
+    let start = tokio::time::Instant::now();
+    let spiking_at = end - 17 * 60 - 13;
+    sampler.fill(spiking_at - 2 * HOUR).await.unwrap();
+    let before = sampler.baselines().clone();
+
+    for (i, fault) in [
+        Fault::Status500,
+        Fault::Garbage,
+        Fault::NaN,
+        Fault::Empty,
+        Fault::Slow,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        proxy.set(fault);
+        let report = exfilwatch::egress::watch::evaluate(&mut sampler, spiking_at, 1.5).await;
+        match fault {
+            Fault::Status500 => {
+                let e = report.error.as_deref().unwrap_or("");
+                assert!(e.contains("500") && e.contains(&proxy.url), "{e}");
+            }
+            Fault::Garbage | Fault::Slow => {
+                assert!(report.error.is_some(), "{fault:?}: {report:?}");
+            }
+            // Answers without usable numbers: no rate, so nothing to compare.
+            Fault::NaN | Fault::Empty => assert!(
+                report.namespaces.values().all(|n| n.rate.is_none()),
+                "{fault:?}: {report:?}"
+            ),
+            Fault::None => unreachable!(),
+        }
+        engine.egress(&report, start + Duration::from_secs(10 * i as u64));
+        assert!(
+            engine
+                .firing()
+                .iter()
+                .all(|a| a.rule != "TrainingDataEgressVolumeSpike"),
+            "{fault:?} raised a spike"
+        );
+        assert_eq!(
+            sampler.baselines(),
+            &before,
+            "{fault:?} changed the baselines"
+        );
+    }
+
+    // Healthy again: the missed hours are filled and the real spike is found.
+    proxy.set(Fault::None);
+    let report = exfilwatch::egress::watch::evaluate(&mut sampler, spiking_at, 1.5).await;
+    assert_eq!(report.error, None);
+    engine.egress(&report, start + Duration::from_secs(60));
+    assert!(
+        engine
+            .firing()
+            .iter()
+            .any(|a| a.rule == "TrainingDataEgressVolumeSpike")
+    );
+    matches_prometheus(&sampler, &client(&server.url), spiking_at).await;
+}
