@@ -15,6 +15,7 @@ mod hubble_stream;
 mod hubble_tls;
 mod prometheus;
 mod replay;
+mod soak;
 mod supply_chain;
 mod support;
 mod wire_compat;

@@ -1,0 +1,257 @@
+//! Soak: `exfilwatch run` fed by a Hubble server on loopback at a fixed rate for a bounded
+//! time while the REST API is queried, with a new exfiltration attempt every second whose
+//! alert goes to a webhook receiver in the test. Records throughput, flows lost, alert latency
+//! and the service's resident set over time, and asserts that nothing is lost and memory
+//! levels off.
+//!
+//! Opt-in (it takes minutes and wants the release build): `scripts/soak.sh`, or
+//! `EXFILWATCH_SOAK_RATE=50000 EXFILWATCH_SOAK_SECONDS=60 cargo test --release --test
+//! integration soak -- --ignored --nocapture`.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use exfilwatch::sim::traffic::TrainingCluster;
+use tokio::time::Instant;
+
+use crate::support::relay;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: minutes long; run scripts/soak.sh"]
+async fn soak() {
+    exfilwatch::http::install_crypto();
+    let rate = env("EXFILWATCH_SOAK_RATE", 50_000);
+    let seconds = env("EXFILWATCH_SOAK_SECONDS", 60);
+    let relay = relay(None).await;
+
+    // The webhook receiver: when each alert's destination first arrived.
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let hook = {
+        let arrivals = arrivals.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let arrivals = arrivals.clone();
+                async move {
+                    let now = Instant::now();
+                    let mut seen = arrivals.lock().unwrap();
+                    for a in body["alerts"].as_array().into_iter().flatten() {
+                        if let Some(d) = a["labels"]["destination"].as_str() {
+                            seen.entry(d.to_owned()).or_insert(now);
+                        }
+                    }
+                    "ok"
+                }
+            }),
+        )
+    };
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("exfilwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nalertmanager:\n  webhooks: [\"http://{hook_addr}/hook\"]\nstorage:\n  dir: {}/state\n  flows:\n    memory_flows: 600000\n    memory_bytes: 64MiB\n    disk_bytes: 256MiB\napi:\n  listen: 127.0.0.1:{port}\n",
+            relay.addr,
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Queries while the flows stream: their latencies.
+    let querying = {
+        let client = client.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            let mut ms = Vec::new();
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let paths = [
+                "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
+                "/api/v1/flows/top?by=destination&since=1m",
+                "/api/v1/flows?fqdn=example.net&limit=100",
+            ];
+            let mut i = 0;
+            while Instant::now() < end {
+                let started = Instant::now();
+                let r = client
+                    .get(format!("{base}{}", paths[i % paths.len()]))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ms
+        })
+    };
+
+    let mut cluster =
+        TrainingCluster::new(99, exfilwatch::alert::now_ns(), 1_000_000_000 / rate as i64);
+    let started = Instant::now();
+    let per_tick = rate / 100;
+    let mut pushed = 0u64;
+    let mut pushed_at: HashMap<String, Instant> = HashMap::new();
+    let mut rss: Vec<(u64, u64)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            relay.sim.push_flow(cluster.next_flow());
+        }
+        pushed += per_tick;
+        n += 1;
+        if n % 100 == 0 {
+            // A new destination every second: a new alert to time.
+            let second = n / 100;
+            let destination = format!("exfil-{second}.example.net");
+            for mut f in cluster.exfiltration_attempt() {
+                if !f.destination_names.is_empty() {
+                    f.destination_names = vec![destination.clone()];
+                }
+                relay.sim.push_flow(f);
+                pushed += 1;
+            }
+            pushed_at.insert(destination, Instant::now());
+            rss.push((second, rss_mib(pid)));
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the service catch up, then read its counters.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let received = metric_sum(&metrics, "exfilwatch_flows_received_total");
+    let lost = metric_sum(&metrics, "exfilwatch_lost_events_total");
+    let stored = metric_sum(&metrics, "exfilwatch_store_flows_appended_total");
+    let store_dropped = metric_sum(&metrics, "exfilwatch_store_flows_dropped_total");
+    let mut query_ms = querying.await.unwrap();
+    query_ms.sort_by(f64::total_cmp);
+    let arrivals = arrivals.lock().unwrap().clone();
+    let mut alert_ms: Vec<f64> = pushed_at
+        .iter()
+        .filter_map(|(d, at)| Some(arrivals.get(d)?.duration_since(*at).as_secs_f64() * 1000.0))
+        .collect();
+    alert_ms.sort_by(f64::total_cmp);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    eprintln!("soak: {rate} flows/s offered for {seconds} s");
+    eprintln!(
+        "  pushed {pushed} flows ({:.0}/s), received {received}, lost events {lost}, stored {stored}, store dropped {store_dropped}",
+        pushed as f64 / elapsed
+    );
+    eprintln!(
+        "  alerts: {} of {} new destinations alerted; latency p50 {:.1} ms, p99 {:.1} ms",
+        alert_ms.len(),
+        pushed_at.len(),
+        percentile(&alert_ms, 0.5),
+        percentile(&alert_ms, 0.99)
+    );
+    eprintln!(
+        "  API during the soak: {} queries, p50 {:.1} ms, p99 {:.1} ms",
+        query_ms.len(),
+        percentile(&query_ms, 0.5),
+        percentile(&query_ms, 0.99)
+    );
+    eprintln!(
+        "  RSS MiB by second: {}",
+        rss.iter()
+            .filter(|(s, _)| s % 5 == 0 || *s == 1)
+            .map(|(s, m)| format!("{s}s:{m}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    assert_eq!(received, pushed, "every flow offered was received");
+    assert_eq!(lost, 0);
+    assert_eq!(stored, received, "every flow received was stored");
+    assert_eq!(
+        alert_ms.len(),
+        pushed_at.len(),
+        "every attempt alerted: {:?}",
+        arrivals.keys().collect::<Vec<_>>()
+    );
+    // Memory levels off once the store reaches its bound (64 MiB, about a third of the run).
+    let settled = rss[rss.len() / 3].1;
+    let peak = rss.iter().map(|r| r.1).max().unwrap_or(0);
+    assert!(
+        peak <= settled + 96,
+        "RSS rose from {settled} to {peak} MiB after the store filled"
+    );
+}
