@@ -1177,6 +1177,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unwritable_segment_dir_is_counted_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = dir.path().join("flows");
+        let flows = flows(9_000);
+        let store = FlowStore::open(small(Some(segments.clone()))).unwrap();
+        // The directory disappears and a file takes its place: every write now fails.
+        std::fs::remove_dir_all(&segments).unwrap();
+        std::fs::write(&segments, b"not a directory").unwrap();
+        let rows: Vec<Row> = flows.iter().map(Row::new).collect();
+        store.append(&rows[..6_000]);
+        assert_eq!(store.stats.segment_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(store.stats.expired.load(Ordering::Relaxed), 3_000);
+        assert!(store.stats.memory_flows.load(Ordering::Relaxed) <= 3_000);
+        assert_eq!(all_pages(&store, &Filter::default(), 1_000).len(), 3_000);
+        // Writable again: segments are written and read as before, no partial file is left.
+        std::fs::remove_file(&segments).unwrap();
+        std::fs::create_dir(&segments).unwrap();
+        store.append(&rows[6_000..]);
+        assert_eq!(store.stats.segments.load(Ordering::Relaxed), 3);
+        assert_eq!(all_pages(&store, &Filter::default(), 1_000).len(), 6_000);
+        let names: Vec<_> = std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".parquet")), "{names:?}");
+    }
+
+    #[test]
     fn packed_group_keys_keep_the_largest_codes_apart() {
         let max = (1u32 << CODE_BITS) - 1;
         let rows: [[u32; 7]; 4] = [

@@ -770,3 +770,57 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
         "{alert}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batch_arrives() {
+    use exfilwatch::alert::{Alert, FlowContext, Status, fingerprint, now_ns};
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let am = Alertmanager::start(port, &receiver.url).await;
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::open(state.path()).unwrap();
+    // Three alert states queued together (as after an outage); Alertmanager refuses a label
+    // name with a space, so it answers 400 for any batch holding the middle one.
+    for (i, bad) in [(0, false), (1, true), (2, false)] {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("alertname".to_owned(), format!("FaultInjection{i}"));
+        labels.insert("namespace".to_owned(), "ai-training".to_owned());
+        if bad {
+            labels.insert("not a label".to_owned(), "x".to_owned());
+        }
+        let alert = Alert {
+            fingerprint: fingerprint(&labels),
+            rule: "TrainingPodUnexpectedEgress".into(),
+            labels,
+            annotations: Default::default(),
+            context: FlowContext::default(),
+            status: Status::Firing,
+            starts_at_ns: now_ns(),
+            ends_at_ns: now_ns() + 600_000_000_000,
+            generator_url: "http://127.0.0.1/api/v1/flows".into(),
+        };
+        store.record(&alert, std::slice::from_ref(&am.url)).unwrap();
+    }
+    let config = config(&[&am.url], &[]);
+    let (_engine, delivery) = start_alerting(&config, &rules("10m"), store.clone(), true).unwrap();
+    drained(&store).await;
+    assert_eq!(
+        delivery
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let names: BTreeSet<String> = am
+        .alerts()
+        .await
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        names.contains("FaultInjection0") && names.contains("FaultInjection2"),
+        "{names:?}"
+    );
+    assert!(!names.contains("FaultInjection1"));
+    delivery.finish().await;
+}
