@@ -171,7 +171,7 @@ async fn soak() {
         }
         pushed += per_tick;
         n += 1;
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             // A new destination every second: a new alert to time.
             let second = n / 100;
             let destination = format!("exfil-{second}.example.net");
