@@ -1016,7 +1016,11 @@ mod tests {
         );
         store.persist().unwrap();
         drop(store);
+        // A segment whose write a crash interrupted.
+        let torn = dir.path().join("flows_10001_11000_0_0_1000.tmp");
+        std::fs::write(&torn, b"PAR1 half a segment").unwrap();
         let reopened = FlowStore::open(small(Some(dir.path().into()))).unwrap();
+        assert!(!torn.exists(), "an unfinished segment is removed");
         assert_eq!(reopened.stats.disk_flows.load(Ordering::Relaxed), 10_000);
         let all = all_pages(&reopened, &Filter::default(), 4_000);
         assert_eq!(all, (1..=10_000).rev().collect::<Vec<u64>>());

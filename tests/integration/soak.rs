@@ -105,7 +105,7 @@ async fn soak() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
         .args(["run", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -233,7 +233,7 @@ async fn soak() {
     eprintln!(
         "  RSS MiB by second: {}",
         rss.iter()
-            .filter(|(s, _)| s % 5 == 0 || *s == 1)
+            .filter(|(s, _)| s % 10 == 0 || *s == 1)
             .map(|(s, m)| format!("{s}s:{m}"))
             .collect::<Vec<_>>()
             .join(" ")
