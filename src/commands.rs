@@ -624,12 +624,22 @@ async fn follow(
     let stats = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let mut source = HubbleSource::new(config.hubble.clone(), stats.clone());
-    if let Ok(Some(cursor)) = store.cursor(HUBBLE_CURSOR) {
-        // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
-        // nodes with some delay, so start an overlap early: a flow counted twice is better
-        // than a flow missed.
-        let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
-        source = source.start_at(cursor.saturating_sub(overlap));
+    match store.cursor(HUBBLE_CURSOR) {
+        Ok(Some(cursor)) => {
+            // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
+            // nodes with some delay, so start an overlap early: a flow counted twice is better
+            // than a flow missed.
+            let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
+            source = source.start_at(cursor.saturating_sub(overlap));
+        }
+        // A first start follows from now; the cursor is set at once, so that a crash before
+        // the first periodic save still resumes from here.
+        Ok(None) => {
+            if let Err(e) = store.set_cursor(HUBBLE_CURSOR, crate::alert::now_ns()) {
+                tracing::error!("{e}");
+            }
+        }
+        Err(e) => tracing::error!("{e}; following Hubble from now"),
     }
     let egress_stop = cancel.child_token();
     let egress = match start_egress(config, rules, &store, egress_stop.clone()) {
@@ -692,7 +702,7 @@ async fn follow(
     engine.watch_stream(source.state());
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
     let mut last_log = tokio::time::Instant::now();
-    let mut last_cursor = tokio::time::Instant::now();
+    let mut last_cursor: Option<tokio::time::Instant> = None;
     let (summary, engine) = pipeline::consume(
         rx,
         Summary::new(&config.hubble.namespaces),
@@ -722,8 +732,11 @@ async fn follow(
                 );
             }
             // Every flow before this event has been through the engine, its alerts committed.
-            if last_cursor.elapsed() >= CURSOR_EVERY && summary.last_flow_ns > 0 {
-                last_cursor = tokio::time::Instant::now();
+            // The first save comes with the first flow, then every CURSOR_EVERY.
+            if last_cursor.is_none_or(|t: tokio::time::Instant| t.elapsed() >= CURSOR_EVERY)
+                && summary.last_flow_ns > 0
+            {
+                last_cursor = Some(tokio::time::Instant::now());
                 if let Err(e) = store.set_cursor(HUBBLE_CURSOR, summary.last_flow_ns) {
                     tracing::error!("{e}");
                 }

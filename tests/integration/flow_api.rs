@@ -744,6 +744,84 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
     );
 }
 
+/// Destinations the webhook receiver has had an alert for.
+fn alerted(receiver: &crate::alertmanager::Receiver) -> BTreeSet<String> {
+    receiver
+        .notifications()
+        .iter()
+        .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["labels"]["destination"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_no_alert_and_no_stored_segment() {
+    let receiver = crate::alertmanager::Receiver::start().await;
+    let relay = relay(None).await;
+    let extra = format!(
+        "    memory_flows: 2000\nalertmanager:\n  webhooks: [\"{}\"]\n  retry_max: 300ms\n",
+        receiver.url
+    );
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut cluster = TrainingCluster::new(23, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut dir = tempfile::tempdir().unwrap();
+    let mut destinations = Vec::new();
+    let mut on_disk = 0;
+    let mut killed_before_delivery = 0;
+    for round in 0..6 {
+        let service = Service::start_in(&relay, false, &extra, dir).await;
+        // What earlier rounds wrote to disk is all there, and the alert store answers.
+        let stored = service.ok("/api/v1/flows/top?by=verdict").await["total"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            stored >= on_disk,
+            "round {round}: {stored} flows, {on_disk} were on disk"
+        );
+        service.ok("/api/v1/alerts").await;
+        on_disk = service.metric("exfilwatch_store_disk_flows").await;
+        // Traffic with a new exfiltration destination, then a kill at a random moment, often
+        // before its alert can have gone out (delivery takes milliseconds).
+        let destination = format!("exfil-round-{round}.example.net");
+        for f in traffic(&mut cluster, 1_500) {
+            relay.sim.push_flow(f);
+        }
+        for mut f in cluster.exfiltration_attempt() {
+            if !f.destination_names.is_empty() {
+                f.destination_names = vec![destination.clone()];
+            }
+            relay.sim.push_flow(f);
+        }
+        destinations.push(destination);
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..12))).await;
+        dir = service.kill();
+        if !alerted(&receiver).contains(destinations.last().unwrap()) {
+            killed_before_delivery += 1;
+        }
+    }
+    // After the last restart every attempt has alerted at least once: those the killed
+    // processes never saw come back from Relay through the resume overlap.
+    let service = Service::start_in(&relay, false, &extra, dir).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    // The seeded kill times include kills before the attempt's alert went out.
+    assert!(
+        killed_before_delivery >= 1,
+        "no kill landed before a delivery"
+    );
+    loop {
+        let seen = alerted(&receiver);
+        if destinations.iter().all(|d| seen.contains(d)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alerts lost: {destinations:?} vs {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.ok("/api/v1/flows?limit=10").await;
+}
+
 /// The OpenAPI document is what the server serves, and a property-based run of schemathesis
 /// against the live server finds no server error and no response outside the document.
 #[tokio::test(flavor = "multi_thread")]
