@@ -713,6 +713,16 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
         relay.sim.push_flow(f.clone());
     }
     service.wait_for_flows(flows.len() as u64).await;
+    // The writer moves chunks to disk after they became queryable: wait until memory is
+    // back within its bound, when nothing more will move.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while service.metric("exfilwatch_store_memory_flows").await > 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory never within bounds"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let on_disk = service.metric("exfilwatch_store_disk_flows").await;
     assert!(on_disk >= 5_000, "{on_disk} flows on disk");
     let newest_on_disk: Vec<String> = service
