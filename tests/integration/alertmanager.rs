@@ -824,3 +824,76 @@ async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batc
     assert!(!names.contains("FaultInjection1"));
     delivery.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
+    use axum::body::Bytes;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let _am = Alertmanager::start(port, &receiver.url).await;
+    // A proxy in front of the real Alertmanager: while `slow`, it holds each request 3 s
+    // (longer than exfilwatch's 2 s timeout) and then passes it on anyway, as an overloaded
+    // Alertmanager would answer late.
+    let slow = Arc::new(AtomicBool::new(true));
+    let upstream = format!("http://127.0.0.1:{port}");
+    let proxy = {
+        let slow = slow.clone();
+        let client = reqwest::Client::new();
+        Router::new().fallback(move |uri: axum::http::Uri, body: Bytes| {
+            let (slow, client, upstream) = (slow.clone(), client.clone(), upstream.clone());
+            async move {
+                if slow.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                let r = client
+                    .post(format!("{upstream}{uri}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap()
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+
+    let pipeline = Pipeline::start(&config(&[&proxy_url], &[]), &rules("10m"));
+    let mut attack = Attack::new();
+    for template in [attack.upload.clone(), attack.probe.clone()] {
+        pipeline.tx.send(attack.event(&template)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while pipeline.delivery.stats.errors.load(Ordering::Relaxed) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no timed-out attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        pipeline.delivery.store.outbox_depth().unwrap() > 0,
+        "still queued"
+    );
+    slow.store(false, Ordering::Relaxed);
+    drained(&pipeline.delivery.store).await;
+    let got = receiver
+        .wait_for("both alerts", |n| firing_destinations(n).len() >= 2)
+        .await;
+    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
+    assert_eq!(
+        destinations,
+        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
+    );
+    // Late copies reached Alertmanager too; it de-duplicates them: one notification each.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        firing_destinations(&receiver.notifications()).len(),
+        2,
+        "{:#?}",
+        receiver.notifications()
+    );
+}
