@@ -143,7 +143,42 @@ impl Alertmanager {
     /// Starts Alertmanager on `port`, routing every alert (grouped per destination, 1 s
     /// group wait and interval) to `webhook`.
     pub async fn start(port: u16, webhook: &str) -> Alertmanager {
+        Alertmanager::start_with(port, webhook, None).await
+    }
+
+    /// Starts Alertmanager serving HTTPS with `tls`: the CA, the server's certificate and
+    /// key (PEM), and whether clients must present a certificate the CA signed.
+    pub async fn start_with(
+        port: u16,
+        webhook: &str,
+        tls: Option<(&str, &(String, String), bool)>,
+    ) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
+        let mut web_config = None;
+        let mut client = reqwest::Client::builder();
+        if let Some((ca, (cert, key), mutual)) = tls {
+            std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
+            std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+            std::fs::write(dir.path().join("server.key"), key).unwrap();
+            let mut text =
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n".to_owned();
+            if mutual {
+                text.push_str(
+                    "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+                );
+            }
+            let path = dir.path().join("web.yml");
+            std::fs::write(&path, text).unwrap();
+            web_config = Some(path);
+            exfilwatch::http::install_crypto();
+            client =
+                client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
+            if mutual {
+                client = client.identity(
+                    reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap(),
+                );
+            }
+        }
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
             &config,
@@ -159,18 +194,20 @@ impl Alertmanager {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(web_config.map(|p| format!("--web.config.file={}", p.display())))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start Alertmanager ({e}): {INSTALL}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let am = Alertmanager {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             child,
             _dir: dir,
         };
         exfilwatch::http::install_crypto();
-        let client = reqwest::Client::new();
+        let client = client.build().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(format!("{}/-/ready", am.url)).send().await
@@ -896,4 +933,58 @@ async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
         "{:#?}",
         receiver.notifications()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_reach_an_alertmanager_that_demands_mutual_tls() {
+    use crate::hubble_tls::{ca, leaf};
+    use exfilwatch::config::HttpTls;
+    use std::sync::atomic::Ordering;
+    let authority = ca("alertmanager-ca");
+    let ca_pem = authority.pem();
+    let server = leaf(&authority, &["127.0.0.1"]);
+    let client = leaf(&authority, &["exfilwatch"]);
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let am = Alertmanager::start_with(port, &receiver.url, Some((&ca_pem, &server, true))).await;
+    assert!(am.url.starts_with("https://"));
+
+    // Without a client certificate the handshake fails; the alert waits in the outbox.
+    let mut config = config(&[&am.url], &[]);
+    config.alertmanager.tls = Some(HttpTls {
+        ca_pem: Some(ca_pem.as_bytes().to_vec()),
+        identity_pem: None,
+    });
+    let refused = Pipeline::start(&config, &rules("10m"));
+    let mut attack = Attack::new();
+    refused
+        .tx
+        .send(attack.event(&attack.upload.clone()))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused.delivery.stats.errors.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.delivery.store.outbox_depth().unwrap(), 1);
+
+    // With the client certificate it arrives.
+    config.alertmanager.tls = Some(HttpTls {
+        ca_pem: Some(ca_pem.as_bytes().to_vec()),
+        identity_pem: Some(format!("{}{}", client.0, client.1).into_bytes()),
+    });
+    let pipeline = Pipeline::start(&config, &rules("10m"));
+    pipeline
+        .tx
+        .send(attack.event(&attack.upload.clone()))
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_for("the alert over mTLS", |n| {
+            !firing_destinations(n).is_empty()
+        })
+        .await;
+    assert_eq!(firing_destinations(&got), ["paste.example.net"]);
+    drained(&pipeline.delivery.store).await;
 }
