@@ -83,6 +83,10 @@ struct PromServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Set when it serves HTTPS.
+    web_config: Option<PathBuf>,
+    /// A client that trusts it, for the readiness check.
+    client: reqwest::Client,
 }
 
 impl Drop for PromServer {
@@ -121,11 +125,14 @@ impl PromServer {
             .local_addr()
             .unwrap()
             .port();
+        exfilwatch::http::install_crypto();
         let mut server = PromServer {
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir,
             child: None,
+            web_config: None,
+            client: reqwest::Client::new(),
         };
         server.resume().await;
         server
@@ -151,13 +158,18 @@ impl PromServer {
             ))
             .arg("--storage.tsdb.retention.time=10y")
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .args(
+                self.web_config
+                    .as_ref()
+                    .map(|p| format!("--web.config.file={}", p.display())),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start prometheus ({e}): {INSTALL}"));
         self.child = Some(child);
         exfilwatch::http::install_crypto();
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client.get(format!("{}/-/ready", self.url)).send().await
@@ -852,4 +864,53 @@ async fn a_faulty_prometheus_raises_no_spike_keeps_the_baselines_and_recovers() 
             .any(|a| a.rule == "TrainingDataEgressVolumeSpike")
     );
     matches_prometheus(&sampler, &client(&server.url), spiking_at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_rates_come_over_tls_from_a_prometheus_serving_https() {
+    use crate::hubble_tls::{ca, leaf};
+    use exfilwatch::config::HttpTls;
+    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let mut server = PromServer::start(end).await;
+    server.stop();
+    // The same data, now over HTTPS with a certificate for 127.0.0.1 from the test's CA.
+    let authority = ca("prometheus-ca");
+    let ca_pem = authority.pem();
+    let (cert, key) = leaf(&authority, &["127.0.0.1"]);
+    let dir = server.dir.path().to_path_buf();
+    std::fs::write(dir.join("server.crt"), &cert).unwrap();
+    std::fs::write(dir.join("server.key"), &key).unwrap();
+    std::fs::write(
+        dir.join("web.yml"),
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    )
+    .unwrap();
+    server.web_config = Some(dir.join("web.yml"));
+    server.url = format!("https://127.0.0.1:{}", server.port);
+    server.client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    server.resume().await;
+
+    let tls = HttpTls {
+        ca_pem: Some(ca_pem.as_bytes().to_vec()),
+        identity_pem: None,
+    };
+    let prom = Prometheus::new(&server.url, Duration::from_secs(10), None, Some(&tls)).unwrap();
+    let mut sampler = Sampler::new(prom, "", Store::in_memory().unwrap()).unwrap();
+    let t = hour_floor(end) - 2 * HOUR;
+    sampler.fill(t).await.unwrap();
+    assert_eq!(sampler.baselines().len(), 3);
+    // Without the CA the certificate is not trusted, and the error says so.
+    let untrusted = Prometheus::new(&server.url, Duration::from_secs(10), None, None).unwrap();
+    let e = untrusted
+        .instant("up", t as f64)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&server.url) && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
 }
