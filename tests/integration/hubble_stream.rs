@@ -266,3 +266,53 @@ async fn an_unreachable_relay_is_retried_not_fatal() {
     client.cancel.cancel();
     assert_eq!(client.task.await.unwrap(), Ok(()));
 }
+
+#[tokio::test]
+async fn a_relay_unavailable_for_a_minute_loses_no_flow() {
+    let relay = relay(None).await;
+    // The first stream is cut after 100 flows; from then on Relay refuses for a minute while
+    // flows keep arriving in its ring, as during a Relay restart without connected nodes.
+    relay.sim.cut_streams_after(Some(100));
+    let mut client = start_client(client_config(format!("http://{}", relay.addr)));
+    client.streaming().await;
+    let mut cluster = TrainingCluster::new(31, exfilwatch::alert::now_ns(), 10 * MS);
+    let mut pushed = Vec::new();
+    for _ in 0..100 {
+        let f = cluster.next_flow();
+        pushed.push(uuid_of(&f));
+        relay.sim.push_flow(f);
+    }
+    let mut received = Vec::new();
+    for _ in 0..100 {
+        received.push(client.next_flow_uuid().await);
+    }
+    relay.sim.cut_streams_after(None);
+    relay
+        .sim
+        .refuse_with(Some((Code::Unavailable, "no connected nodes")));
+    let outage = tokio::time::Instant::now();
+    while outage.elapsed() < std::time::Duration::from_secs(60) {
+        let f = cluster.next_flow();
+        pushed.push(uuid_of(&f));
+        relay.sim.push_flow(f);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Between attempts it is retrying or connecting; never stopped, never streaming.
+        assert!(
+            matches!(
+                *client.state.borrow(),
+                StreamState::Retrying { .. } | StreamState::Connecting
+            ),
+            "{:?}",
+            *client.state.borrow()
+        );
+    }
+    let attempts = client.stats.reconnects.load(Ordering::Relaxed);
+    assert!(attempts >= 100, "retried {attempts} times in a minute");
+    relay.sim.refuse_with(None);
+    while received.len() < pushed.len() {
+        received.push(client.next_flow_uuid().await);
+    }
+    assert_eq!(received, pushed, "every flow once, in order");
+    client.cancel.cancel();
+    assert_eq!(client.task.await.unwrap(), Ok(()));
+}
