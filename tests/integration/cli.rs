@@ -491,3 +491,31 @@ async fn run_refuses_a_non_loopback_api_without_tokens() {
     );
     assert!(relay.sim.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_exits_73_naming_a_storage_dir_it_cannot_use() {
+    let relay = relay(None).await;
+    for broken in ["state", "state/flows"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = run_config(dir.path(), relay.addr, "");
+        // A file where a directory must be: nothing can be written there.
+        let path = dir.path().join(broken);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"not a directory").unwrap();
+        let mut cmd = exfilwatch();
+        cmd.args(["run", "--config"]).arg(&config);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(73), "{broken}: {msg}");
+        assert!(msg.contains(&path.display().to_string()), "{broken}: {msg}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"not a directory",
+            "left as it was"
+        );
+    }
+    assert!(relay.sim.requests().is_empty(), "never connected");
+}
