@@ -521,16 +521,14 @@ pub struct AlertDetail {
 
 /// The flow filter an alert's generator URL carries, bounded by when it resolved.
 fn alert_filter(alert: &Alert) -> Result<Filter, BadParameter> {
-    let query = alert.generator_url.split_once('?').map_or("", |(_, q)| q);
-    let pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            Some((k.to_owned(), percent_decode(v)))
+    let pairs: Vec<(String, String)> = reqwest::Url::parse(&alert.generator_url)
+        .map(|url| {
+            url.query_pairs()
+                .filter(|(k, _)| FILTER_PARAMETERS.contains(&k.as_ref()))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
         })
-        .filter(|(k, _)| FILTER_PARAMETERS.contains(&k.as_str()))
-        .collect();
+        .unwrap_or_default();
     let (mut f, _) = filter(pairs, crate::alert::now_ns())?;
     if f.since_ns.is_none() {
         f.since_ns = Some(alert.context.first_seen_ns);
@@ -539,29 +537,6 @@ fn alert_filter(alert: &Alert) -> Result<Filter, BadParameter> {
         f.until_ns = Some(alert.ends_at_ns.max(alert.context.last_seen_ns) + 1);
     }
     Ok(f)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /api/v1/alerts/{fingerprint}`.

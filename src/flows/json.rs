@@ -2,59 +2,44 @@
 //! jsonpb, so a `format=ndjson` answer reads like `hubble observe -o jsonpb` output.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use polars::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::GroupBy;
-use super::chunk::{COLUMNS, Chunk, Col, Kind};
+use super::chunk::{COLUMNS, Chunk, Col};
 use crate::flow::{L4Protocol, TcpFlags, TrafficDirection, Verdict, drop_reason_name};
 use crate::intern::Sym;
 
-/// One stored flow, read from a chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One stored flow: its codes, read through the chunk it came from.
+#[derive(Debug, Clone)]
 pub struct StoredFlow {
     pub seq: u64,
     pub time_ns: i64,
-    /// Numbers by [`Col`]; text and address columns hold codes.
+    /// Numbers, and codes for text and address columns, by [`Col`].
     values: [u32; COLUMNS],
-    texts: Vec<Sym>,
-    ips: [Option<IpAddr>; 2],
+    chunk: Arc<Chunk>,
 }
 
 impl StoredFlow {
     /// The rows of `found`, a frame selected from `chunk`, in its order.
-    pub fn read(chunk: &Chunk, found: &DataFrame) -> PolarsResult<Vec<StoredFlow>> {
+    pub fn read(chunk: &Arc<Chunk>, found: &DataFrame) -> PolarsResult<Vec<StoredFlow>> {
         let seq = found.column("seq")?.u64()?;
         let time = found.column("time")?.i64()?;
         let columns: Vec<&UInt32Chunked> = Col::ALL
             .iter()
             .map(|c| found.column(c.name()).and_then(|x| x.u32()))
             .collect::<PolarsResult<_>>()?;
-        let mut out = Vec::with_capacity(found.height());
-        for i in 0..found.height() {
-            let mut values = [0u32; COLUMNS];
-            let mut texts = Vec::new();
-            let mut ips = [None, None];
-            for (c, column) in Col::ALL.iter().zip(&columns) {
-                let v = column.get(i).unwrap_or(0);
-                values[*c as usize] = v;
-                match c.kind() {
-                    Kind::Number => {}
-                    Kind::Text => texts.push(text(chunk, v)),
-                    Kind::Ip => ips[usize::from(*c == Col::DstIp)] = ip(chunk, v),
-                }
-            }
-            out.push(StoredFlow {
+        Ok((0..found.height())
+            .map(|i| StoredFlow {
                 seq: seq.get(i).unwrap_or(0),
                 time_ns: time.get(i).unwrap_or(0),
-                values,
-                texts,
-                ips,
-            });
-        }
-        Ok(out)
+                values: std::array::from_fn(|c| columns[c].get(i).unwrap_or(0)),
+                chunk: chunk.clone(),
+            })
+            .collect())
     }
 
     fn number(&self, c: Col) -> u32 {
@@ -62,12 +47,14 @@ impl StoredFlow {
     }
 
     fn text(&self, c: Col) -> &str {
-        let index = Col::ALL
-            .iter()
-            .filter(|x| x.kind() == Kind::Text)
-            .position(|x| *x == c)
-            .unwrap_or(0);
-        self.texts.get(index).map_or("", |s| s)
+        self.chunk
+            .texts
+            .get(self.number(c) as usize)
+            .map_or("", |s| s)
+    }
+
+    fn ip(&self, c: Col) -> Option<IpAddr> {
+        ip(&self.chunk, self.number(c))
     }
 
     fn endpoint(&self, source: bool) -> EndpointJson {
@@ -112,7 +99,7 @@ impl StoredFlow {
             .and_then(|v| TrafficDirection::try_from(v).ok())
             .unwrap_or(TrafficDirection::Unknown);
         let drop = self.number(Col::DropReason);
-        let ip = match self.ips {
+        let ip = match [self.ip(Col::SrcIp), self.ip(Col::DstIp)] {
             [None, None] => None,
             [s, d] => Some(IpJson {
                 source: s.map(|x| x.to_string()).unwrap_or_default(),

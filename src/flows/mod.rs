@@ -549,11 +549,23 @@ impl FlowStore {
         Ok(out)
     }
 
-    fn load(&self, source: &Source) -> Result<Arc<Chunk>, StoreError> {
-        let segment = match source {
-            Source::Memory(c) => return Ok(c.clone()),
-            Source::Disk(s) => s,
-        };
+    /// The chunk `source` holds; a segment that cannot be read is logged, counted and
+    /// skipped, so one damaged file does not hide every other flow.
+    fn load(&self, source: &Source) -> Option<Arc<Chunk>> {
+        match source {
+            Source::Memory(c) => Some(c.clone()),
+            Source::Disk(s) => match self.read_segment(s) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("{e}");
+                    None
+                }
+            },
+        }
+    }
+
+    fn read_segment(&self, segment: &Segment) -> Result<Arc<Chunk>, StoreError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = cache.iter().position(|(p, _)| *p == segment.path) {
             let hit = cache.remove(i).unwrap_or_else(|| unreachable!());
@@ -609,14 +621,8 @@ impl FlowStore {
                 }
                 segments_read += 1;
             }
-            let chunk = match self.load(&source) {
-                Ok(c) => c,
-                Err(e) => {
-                    // A damaged segment must not hide every other flow.
-                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("{e}");
-                    continue;
-                }
+            let Some(chunk) = self.load(&source) else {
+                continue;
             };
             let Some(mut predicate) = filter.predicate(&chunk) else {
                 continue;
@@ -670,13 +676,8 @@ impl FlowStore {
             if !filter.overlaps(min_time, max_time) {
                 continue;
             }
-            let chunk = match self.load(&source) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("{e}");
-                    continue;
-                }
+            let Some(chunk) = self.load(&source) else {
+                continue;
             };
             let Some(mut predicate) = filter.predicate(&chunk) else {
                 continue;

@@ -31,14 +31,6 @@ use crate::support::relay;
 
 const INSTALL: &str = "apt-get install -y --no-install-recommends prometheus-alertmanager (scripts/test.sh does this)";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Collects the notifications Alertmanager posts.
 pub struct Receiver {
     pub url: String,
@@ -368,7 +360,7 @@ fn firing_destinations(notifications: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves() {
     let receiver = Receiver::start().await;
-    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let am = Alertmanager::start(crate::support::free_port(), &receiver.url).await;
     let rules = rules("3s");
     let pipeline = Pipeline::start(&config(&[&am.url], &[]), &rules);
     let mut attack = Attack::new();
@@ -471,7 +463,7 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
     let receiver = Receiver::start().await;
-    let port = free_port();
+    let port = crate::support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut config = config(&[&url], &[]);
     // The retry delay grows to its cap during the outage.
@@ -568,7 +560,7 @@ async fn a_webhook_target_gets_alertmanagers_version_4_payload() {
 async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
     let relay = relay(None).await;
     let receiver = Receiver::start().await;
-    let port = free_port();
+    let port = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("exfilwatch.yaml");
     std::fs::write(
@@ -681,7 +673,7 @@ async fn targets_get_the_configured_bearer_or_basic_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_send_delivers_the_alerts_of_a_capture() {
     let receiver = Receiver::start().await;
-    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let am = Alertmanager::start(crate::support::free_port(), &receiver.url).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.yaml");
     std::fs::write(
@@ -812,7 +804,7 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
 async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batch_arrives() {
     use exfilwatch::alert::{Alert, FlowContext, Status, fingerprint, now_ns};
     let receiver = Receiver::start().await;
-    let port = free_port();
+    let port = crate::support::free_port();
     let am = Alertmanager::start(port, &receiver.url).await;
     let state = tempfile::tempdir().unwrap();
     let store = Store::open(state.path()).unwrap();
@@ -867,7 +859,7 @@ async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
     use axum::body::Bytes;
     use std::sync::atomic::{AtomicBool, Ordering};
     let receiver = Receiver::start().await;
-    let port = free_port();
+    let port = crate::support::free_port();
     let _am = Alertmanager::start(port, &receiver.url).await;
     // A proxy in front of the real Alertmanager: while `slow`, it holds each request 3 s
     // (longer than exfilwatch's 2 s timeout) and then passes it on anyway, as an overloaded
@@ -945,7 +937,7 @@ async fn alerts_reach_an_alertmanager_that_demands_mutual_tls() {
     let server = leaf(&authority, &["127.0.0.1"]);
     let client = leaf(&authority, &["exfilwatch"]);
     let receiver = Receiver::start().await;
-    let port = free_port();
+    let port = crate::support::free_port();
     let am = Alertmanager::start_with(port, &receiver.url, Some((&ca_pem, &server, true))).await;
     assert!(am.url.starts_with("https://"));
 

@@ -351,11 +351,7 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let config = run_config(
         dir.path(),
         relay.addr,

@@ -36,14 +36,6 @@ impl Drop for Service {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Service {
     async fn start(relay: &Relay, tokens: bool) -> Service {
         Service::start_in(relay, tokens, "", tempfile::tempdir().unwrap()).await
@@ -52,7 +44,7 @@ impl Service {
     /// Starts with extra `storage.flows` settings, its state in `dir`.
     async fn start_in(relay: &Relay, tokens: bool, flows: &str, dir: tempfile::TempDir) -> Service {
         exfilwatch::http::install_crypto();
-        let port = free_port();
+        let port = crate::support::free_port();
         let tokens_line = if tokens {
             std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
             "  tokens_file: tokens\n"

@@ -250,11 +250,7 @@ async fn unavailable_is_retried_until_the_relay_recovers() {
 #[tokio::test]
 async fn an_unreachable_relay_is_retried_not_fatal() {
     // Bind and drop a listener to get a port nobody serves.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let mut client = start_client(client_config(format!("http://127.0.0.1:{port}")));
     let state = client
         .wait_state(|s| matches!(s, StreamState::Retrying { .. }))

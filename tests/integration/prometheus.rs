@@ -120,11 +120,7 @@ impl PromServer {
             "global:\n  scrape_interval: 1h\n",
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         exfilwatch::http::install_crypto();
         let mut server = PromServer {
             url: format!("http://127.0.0.1:{port}"),
@@ -461,11 +457,7 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
     let server = PromServer::start(end).await;
     let relay = crate::support::relay(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let config = dir.path().join("c.yaml");
     std::fs::write(
         &config,

@@ -86,11 +86,7 @@ async fn soak() {
     tokio::spawn(async move { axum::serve(hook_listener, hook).await });
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let config = dir.path().join("exfilwatch.yaml");
     std::fs::write(
         &config,

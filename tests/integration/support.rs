@@ -19,6 +19,15 @@ use tonic::transport::ServerTlsConfig;
 /// Upper bound on any single wait; only reached when something is broken.
 pub const GUARD: Duration = Duration::from_secs(20);
 
+/// A port nobody listens on now, for a server the test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Relay {
     pub sim: SimObserver,
     pub addr: SocketAddr,
