@@ -15,16 +15,17 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use exfilwatch::commands::{DEFAULT_RULES, start_alerting};
+use exfilwatch::app::start_alerting;
 use exfilwatch::config::Config;
 use exfilwatch::detect::engine::Engine;
-use exfilwatch::detect::rules;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::pipeline::{self, Summary};
+use exfilwatch::pipeline::{self, Consumers, Summary};
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::rules;
+use exfilwatch::rules::DEFAULT_PACK;
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::store::Store;
+use exfilwatch::state::Store;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -93,7 +94,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
-    exfilwatch::http::install_crypto();
+    exfilwatch::common::http::install_crypto();
     let client = reqwest::Client::new();
     loop {
         if let Ok(r) = client
@@ -108,7 +109,7 @@ async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
     }
     let mut config = Config::default();
     config.alertmanager.urls = vec![format!("http://127.0.0.1:{port}")];
-    let rules: Vec<Arc<_>> = rules::load_text(DEFAULT_RULES, "pack")
+    let rules: Vec<Arc<_>> = rules::load_text(DEFAULT_PACK, "pack")
         .unwrap()
         .into_iter()
         .map(Arc::new)
@@ -116,17 +117,20 @@ async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
     let store = Store::open(&dir.join("state")).unwrap();
     let (engine, delivery) = start_alerting(&config, &rules, store, true).unwrap();
     let (tx, rx) = mpsc::channel(1024);
+    let consumers = Consumers {
+        summary: Summary::new(&[]),
+        engine: Some(engine),
+        ..Default::default()
+    };
     let consumer = tokio::spawn(pipeline::consume(
         rx,
-        Summary::new(&[]),
-        Some(engine),
+        consumers,
         None,
         Engine::tick_interval(&rules),
-        |_, _| {},
     ));
     let mut delivered = delivery.stats.delivered.subscribe();
 
-    let template = TrainingCluster::new(3, exfilwatch::alert::now_ns(), 1_000_000)
+    let template = TrainingCluster::new(3, exfilwatch::common::clock::now_ns(), 1_000_000)
         .exfiltration_attempt()[3]
         .clone();
     let mut decoder = Decoder::default();

@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use divan::Bencher;
 use divan::counter::ItemsCount;
-use exfilwatch::commands::{DEFAULT_RULES, start_alerting};
+use exfilwatch::app::start_alerting;
 use exfilwatch::config::Config;
 use exfilwatch::detect::engine::Engine;
-use exfilwatch::detect::rules::{self, Rule};
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::rules::DEFAULT_PACK;
+use exfilwatch::rules::{self, Rule};
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::store::Store;
+use exfilwatch::state::Store;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -54,7 +55,7 @@ fn messages() -> Vec<Vec<u8>> {
 }
 
 fn engine(keep: impl Fn(&Rule) -> bool) -> Engine {
-    let rules: Vec<Arc<Rule>> = rules::load_text(DEFAULT_RULES, "pack")
+    let rules: Vec<Arc<Rule>> = rules::load_text(DEFAULT_PACK, "pack")
         .unwrap()
         .into_iter()
         .filter(|r| keep(r))

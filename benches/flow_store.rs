@@ -24,15 +24,16 @@ use std::time::Duration;
 
 use exfilwatch::api::{self, metrics::Telemetry};
 use exfilwatch::config::ApiConfig;
+use exfilwatch::config::FlowStoreConfig;
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::flow::{Event, FlowEvent};
-use exfilwatch::flows::{FlowSink, FlowStore, FlowStoreConfig};
+use exfilwatch::flowstore::{FlowSink, FlowStore};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::source::hubble::StreamState;
-use exfilwatch::store::Store;
+use exfilwatch::state::Store;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -41,7 +42,7 @@ const FLOWS: usize = 1_000_000;
 fn flows() -> Vec<FlowEvent> {
     let mut cluster = TrainingCluster::new(
         11,
-        exfilwatch::alert::now_ns() - 3_600_000_000_000,
+        exfilwatch::common::clock::now_ns() - 3_600_000_000_000,
         3_000_000,
     );
     let mut rng = fastrand::Rng::with_seed(5);
@@ -141,7 +142,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    exfilwatch::http::install_crypto();
+    exfilwatch::common::http::install_crypto();
     println!("generating {FLOWS} flows ...");
     let flows = flows();
 

@@ -22,12 +22,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use exfilwatch::commands::{DEFAULT_RULES, start_alerting};
+use exfilwatch::app::start_alerting;
 use exfilwatch::config::Config;
-use exfilwatch::detect::rules;
 use exfilwatch::egress::prometheus::Prometheus;
 use exfilwatch::egress::sampler::Sampler;
-use exfilwatch::store::Store;
+use exfilwatch::rules;
+use exfilwatch::rules::DEFAULT_PACK;
+use exfilwatch::state::Store;
 use tokio::time::Instant;
 
 const NAMESPACES: usize = 1000;
@@ -119,14 +120,14 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let url = format!("http://127.0.0.1:{port}");
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let http = reqwest::Client::new();
         while !http.get(format!("{url}/-/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let prom = Prometheus::new(&url, Duration::from_secs(120), None, None).unwrap();
         let t = end - 7 * 60 - 13;
-        let rules: Vec<Arc<_>> = rules::load_text(DEFAULT_RULES, "pack")
+        let rules: Vec<Arc<_>> = rules::load_text(DEFAULT_PACK, "pack")
             .unwrap()
             .into_iter()
             .map(|mut r| {

@@ -2,37 +2,52 @@
 //! happens, from Cilium Hubble flows and Prometheus egress counters.
 //!
 //! ```text
-//! Hubble Relay ──gRPC GetFlows(follow, since, filters)──► source::hubble ─┐
-//! `hubble observe -o jsonpb` file / stdin ──────────────► source::replay ─┤  Event
-//! built-in Hubble-compatible server (demo) ──gRPC───────► source::hubble ─┘  (FlowEvent,
-//!                                                                   │         lost events)
-//!                                                      bounded mpsc ▼
-//!                                                     pipeline (summary; detection later)
+//! Hubble Relay ──gRPC GetFlows(follow, since)──► source::hubble ─┐
+//! `hubble observe -o jsonpb` file / stdin ─────► source::replay ─┤ Event (FlowEvent,
+//! simulated cluster (demo, tests, benches) ────► sim ──gRPC──────┘  lost events, node status)
+//!                                                                │ bounded mpsc
+//!                                                                ▼
+//!            pipeline: per event ──► flowstore sink ──► chunks, parquet segments ──► api
+//!                                ──► summary (+ denied-flows metric), cursor, progress
+//!                                ──► detect::Engine (rules/) ──► alert::Manager
+//! Prometheus ──► egress (sampler, baselines) ──► EgressReport ──┘        │
+//!                                                        state (SQLite outbox)
+//!                                                                        │
+//!                                              alert::sink ──► Alertmanager API v2, webhooks
 //! ```
 //!
-//! Module map:
-//! - [`proto`]: the Hubble API (wire-compatible with Cilium 1.19) and raw-bytes codecs.
-//! - [`flow`]: `FlowEvent`, the one internal flow type, and its protobuf and jsonpb decoders.
-//! - [`intern`]: shared strings, so repeated namespaces, pods and labels cost nothing.
-//! - [`source`]: flow sources: the Hubble Relay client and the capture replayer.
-//! - [`sim`]: a Hubble-compatible Observer server and a training-cluster traffic simulator,
-//!   for `exfilwatch demo`, the tests and the benchmarks.
-//! - [`config`]: the YAML configuration, validated with precise messages.
-//! - [`pipeline`]: wires sources to consumers and summarises what flowed.
+//! Layers, lowest first; a module imports only from the layers below it (checked by the
+//! `layers` integration test):
+//!
+//! 0. [`common`]: clock, error chains, units, the YAML parser, network blocks, retry, HTTP
+//!    clients.
+//! 1. [`proto`]: the Hubble API (wire-compatible with Cilium 1.19) and raw-bytes codecs.
+//! 2. [`flow`]: `FlowEvent`, the one internal flow type, its interned strings, and its
+//!    protobuf and jsonpb decoders. [`config`]: the YAML configuration, one file per section.
+//! 3. [`state`]: the SQLite state (alert outbox, baselines, learned destinations, cursors).
+//!    [`rules`]: the rule model, loading, templates and the default pack.
+//! 4. [`source`]: Hubble Relay and capture replay. [`egress`]: Prometheus, sampler and
+//!    baselines. [`flowstore`]: the flow history. [`alert`]: the alert model, manager and
+//!    sinks. [`sim`]: the simulated cluster.
+//! 5. [`detect`]: the engine and one file per detector.
+//! 6. [`pipeline`]: the per-event fan-out to its consumers.
+//! 7. [`api`]: the REST API, `/metrics` and probes.
+//! 8. [`app`]: assembles `run`.
+//! 9. [`cli`]: one file per command.
 
 pub mod alert;
 pub mod api;
-pub mod baseline;
-pub mod commands;
+pub mod app;
+pub mod cli;
+pub mod common;
 pub mod config;
 pub mod detect;
 pub mod egress;
 pub mod flow;
-pub mod flows;
-pub mod http;
-pub mod intern;
+pub mod flowstore;
 pub mod pipeline;
 pub mod proto;
+pub mod rules;
 pub mod sim;
 pub mod source;
-pub mod store;
+pub mod state;

@@ -1,24 +1,33 @@
-//! Joins flow sources to what consumes their events.
+//! The per-event fan-out: sources send [`Event`]s into one bounded channel (backpressure,
+//! never an unbounded queue), and [`consume`] hands each event, in this order, to every
+//! consumer of [`Consumers`]:
 //!
-//! Sources send [`Event`]s into one bounded channel (backpressure, never an unbounded queue);
-//! the consumer here folds them into a [`Summary`]: flows per verdict, namespace and drop
-//! reason, lost events per source (the visibility gaps), and the policy-denied flows leaving
-//! watched namespaces. The detection engine attaches to the same channel when it lands.
-
+//! 1. the flow store's sink (the flow becomes queryable by the REST API);
+//! 2. the progress log;
+//! 3. the resume cursor, saved in the state store: every flow before this event has been
+//!    through the engine and its alerts are committed;
+//! 4. the [`Summary`]: flows per verdict, namespace and drop reason, lost events per source,
+//!    and the policy-denied flows leaving watched namespaces (also counted for `/metrics`);
+//! 5. the detection engine, whose clock ticks between events; egress reports from the
+//!    Prometheus task reach it on their own channel.
 use std::collections::HashMap;
 use std::fmt::Write as _;
-
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::alert::sink::DeliveryStats;
 use crate::detect::engine::Engine;
 use crate::egress::watch::EgressReport;
-
+use crate::flow::intern::Sym;
 use crate::flow::{Event, FlowEvent, Verdict};
-use crate::intern::Sym;
+use crate::flowstore::FlowSink;
+use crate::source::SourceStats;
+use crate::state::Store;
 
 /// Events waiting between sources and consumers before sources have to wait.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -67,6 +76,40 @@ pub struct Summary {
     pub denied: Counts<String>,
     #[serde(skip)]
     watched: Vec<String>,
+    /// The same denials by namespace and destination, for `/metrics`.
+    #[serde(skip)]
+    denied_metric: Option<Arc<DeniedFlows>>,
+}
+
+/// Most (namespace, destination) series of `exfilwatch_denied_flows`; further destinations
+/// are counted as "(other)" so a scan cannot flood Prometheus with series.
+pub const MAX_DENIED_SERIES: usize = 500;
+
+/// Counts of policy-denied flows by namespace and destination, bounded in series; shared
+/// with `/metrics`.
+#[derive(Debug, Default)]
+pub struct DeniedFlows {
+    counts: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl DeniedFlows {
+    pub fn add(&self, namespace: &str, destination: String) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_owned(), destination);
+        if let Some(n) = counts.get_mut(&key) {
+            *n += 1;
+        } else if counts.len() < MAX_DENIED_SERIES {
+            counts.insert(key, 1);
+        } else {
+            *counts.entry((key.0, "(other)".to_owned())).or_default() += 1;
+        }
+    }
+
+    /// Every series and its count.
+    pub fn snapshot(&self) -> Vec<((String, String), u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Counts keyed by `K`, hashed with foldhash (the summary sits on the per-flow path).
@@ -89,6 +132,12 @@ impl Summary {
             watched: watched.to_vec(),
             ..Default::default()
         }
+    }
+
+    /// Also counts the denials in `metric`.
+    pub fn with_metric(mut self, metric: Arc<DeniedFlows>) -> Summary {
+        self.denied_metric = Some(metric);
+        self
     }
 
     fn is_watched(&self, namespace: &str) -> bool {
@@ -129,12 +178,21 @@ impl Summary {
                     bump(&mut self.by_drop_reason, reason, || "(other)");
                 }
                 if self.is_watched_denial(flow) {
-                    let key = format!(
-                        "{}/{} -> {}",
+                    let destination = destination_label(flow);
+                    tracing::debug!(
+                        reason = flow.drop_reason_name(),
+                        node = %flow.node,
+                        "policy-denied egress: {}/{} -> {destination}",
                         flow.source.namespace,
                         flow.source.pod,
-                        destination_label(flow)
                     );
+                    let key = format!(
+                        "{}/{} -> {destination}",
+                        flow.source.namespace, flow.source.pod
+                    );
+                    if let Some(metric) = &self.denied_metric {
+                        metric.add(&flow.source.namespace, destination);
+                    }
                     bump(&mut self.denied, key, || "(other)".into());
                 }
             }
@@ -202,42 +260,143 @@ fn table(out: &mut String, title: &str, rows: impl Iterator<Item = (String, u64)
     }
 }
 
-/// Consumes events until every sender is gone: each event goes to `each` (live output), the
-/// summary and the detection engine, whose clock ticks every `tick_every`; egress reports go
-/// to the engine as they come. Returns both.
+/// Saves the time of the last flow processed under a name in the state store, so that a
+/// restarted service resumes the stream from there.
+#[derive(Debug)]
+pub struct Cursor {
+    store: Store,
+    name: &'static str,
+    every: Duration,
+    last_save: Option<Instant>,
+}
+
+impl Cursor {
+    pub fn new(store: Store, name: &'static str, every: Duration) -> Cursor {
+        Cursor {
+            store,
+            name,
+            every,
+            last_save: None,
+        }
+    }
+
+    /// Saves `time_ns` when it is set and the last save is `every` old; the first save comes
+    /// with the first flow.
+    fn maybe_save(&mut self, time_ns: i64) {
+        if time_ns > 0 && self.last_save.is_none_or(|t| t.elapsed() >= self.every) {
+            self.last_save = Some(Instant::now());
+            self.save(time_ns);
+        }
+    }
+
+    fn save(&self, time_ns: i64) {
+        if let Err(e) = self.store.set_cursor(self.name, time_ns) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// Logs what went through every `every`.
+#[derive(Debug)]
+pub struct Progress {
+    pub every: Duration,
+    pub source: Arc<SourceStats>,
+    pub delivery: Arc<DeliveryStats>,
+    pub store: Store,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(
+        every: Duration,
+        source: Arc<SourceStats>,
+        delivery: Arc<DeliveryStats>,
+        store: Store,
+    ) -> Progress {
+        Progress {
+            every,
+            source,
+            delivery,
+            store,
+            last: Some(Instant::now()),
+        }
+    }
+
+    fn maybe_log(&mut self, summary: &Summary) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        tracing::info!(
+            flows = summary.flows,
+            lost = self.source.lost_total(),
+            duplicates = self.source.duplicates.load(Ordering::Relaxed),
+            reconnects = self.source.reconnects.load(Ordering::Relaxed),
+            alerts_sent = self.delivery.sent.load(Ordering::Relaxed),
+            outbox = self.store.outbox_depth().unwrap_or(0),
+            "pipeline: progress"
+        );
+    }
+}
+
+/// Everything an event is handed to; the summary always, the rest when present.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    pub summary: Summary,
+    pub engine: Option<Engine>,
+    pub flows: Option<FlowSink>,
+    pub progress: Option<Progress>,
+    pub cursor: Option<Cursor>,
+}
+
+/// Consumes events until every sender is gone, handing each to `consumers` in the order the
+/// module documentation gives; the engine's clock ticks every `tick_every` and egress reports
+/// reach it as they come. Returns the consumers; the cursor is saved a last time.
 pub async fn consume(
     mut rx: mpsc::Receiver<Event>,
-    mut summary: Summary,
-    mut engine: Option<Engine>,
+    mut consumers: Consumers,
     mut egress: Option<mpsc::Receiver<EgressReport>>,
     tick_every: Duration,
-    mut each: impl FnMut(&Summary, &Event),
-) -> (Summary, Option<Engine>) {
+) -> Consumers {
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let c = &mut consumers;
     loop {
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                each(&summary, &event);
-                summary.add(&event);
-                if let Some(engine) = &mut engine {
+                if let (Some(sink), Event::Flow(flow)) = (&c.flows, &event) {
+                    sink.push(flow);
+                }
+                if let Some(progress) = &mut c.progress {
+                    progress.maybe_log(&c.summary);
+                }
+                if let Some(cursor) = &mut c.cursor {
+                    cursor.maybe_save(c.summary.last_flow_ns);
+                }
+                c.summary.add(&event);
+                if let Some(engine) = &mut c.engine {
                     engine.observe(&event, Instant::now());
                 }
             }
             report = async { egress.as_mut()?.recv().await }, if egress.is_some() => {
-                match (report, &mut engine) {
+                match (report, &mut c.engine) {
                     (Some(report), Some(engine)) => engine.egress(&report, Instant::now()),
                     (Some(_), None) => {}
                     (None, _) => egress = None,
                 }
             }
             _ = tick.tick() => {
-                if let Some(engine) = &mut engine {
+                if let Some(engine) = &mut c.engine {
                     engine.tick(Instant::now());
                 }
             }
         }
     }
-    (summary, engine)
+    if let Some(cursor) = &c.cursor
+        && c.summary.last_flow_ns > 0
+    {
+        cursor.save(c.summary.last_flow_ns);
+    }
+    consumers
 }

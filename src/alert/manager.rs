@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Alert, FlowContext, Status, fingerprint, now_ns};
-use crate::detect::rules::Rule;
+use super::{Alert, FlowContext, Status, fingerprint};
+use crate::common::clock::{format_time, now_ns};
 use crate::flow::FlowEvent;
-use crate::store::{Store, StoreError};
+use crate::rules::Rule;
+use crate::state::{StateError, Store};
 
 /// How the manager paces updates and builds links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,19 +78,16 @@ impl std::fmt::Display for Destination {
 }
 
 impl Destination {
-    /// The REST flow API filter that selects flows to this destination.
-    fn query(&self) -> String {
+    /// The REST flow API filters that select flows to this destination.
+    fn query(&self) -> Vec<(&'static str, &str)> {
         match self {
-            Destination::Fqdn(name) => format!("fqdn={}", encode(name)),
-            Destination::Workload { namespace, name } => {
-                format!(
-                    "destination_namespace={}&destination_workload={}",
-                    encode(namespace),
-                    encode(name)
-                )
-            }
-            Destination::Cidr(cidr) => format!("cidr={}", encode(cidr)),
-            Destination::All | Destination::Dependency(_) | Destination::Unknown => String::new(),
+            Destination::Fqdn(name) => vec![("fqdn", name)],
+            Destination::Workload { namespace, name } => vec![
+                ("destination_namespace", namespace),
+                ("destination_workload", name),
+            ],
+            Destination::Cidr(cidr) => vec![("cidr", cidr)],
+            Destination::All | Destination::Dependency(_) | Destination::Unknown => Vec::new(),
         }
     }
 }
@@ -135,19 +133,6 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl Manager {
     /// A manager over `rules`, resuming the firing alerts in `store`.
     pub fn new(
@@ -155,12 +140,12 @@ impl Manager {
         store: Store,
         wake: Arc<Notify>,
         rules: &[Arc<Rule>],
-    ) -> Result<Manager, StoreError> {
+    ) -> Result<Manager, StateError> {
         let rules: HashMap<String, Arc<Rule>> =
             rules.iter().map(|r| (r.name.clone(), r.clone())).collect();
         let now = Instant::now();
         let mut active = HashMap::new();
-        for alert in store.firing()? {
+        for alert in super::saved_firing(&store)? {
             let Some(rule) = rules.get(&alert.rule) else {
                 continue;
             };
@@ -206,7 +191,7 @@ impl Manager {
         flow: &FlowEvent,
         samples: usize,
         now: Instant,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let key = (
             rule.name.clone(),
             namespace.to_owned(),
@@ -229,7 +214,7 @@ impl Manager {
             "alert firing: {}",
             alert.annotations.get("summary").map_or("", String::as_str)
         );
-        let saved = self.store.record(&alert, &self.config.targets);
+        let saved = super::save(&self.store, &alert, &self.config.targets);
         let mut active = Active::new(alert, rule.clone(), now, false);
         active.unsaved = saved.is_err();
         self.active.insert(key, active);
@@ -267,11 +252,14 @@ impl Manager {
         labels.insert("rule".into(), rule.name.clone());
         let now = now_ns();
         let generator_url = format!(
-            "{}/api/v1/flows?source_namespace={}&verdict=DROPPED&{}&since={}",
+            "{}/api/v1/flows?{}",
             self.config.external_url.trim_end_matches('/'),
-            encode(namespace),
-            query,
-            encode(&crate::flow::format_time(context.first_seen_ns))
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("source_namespace", namespace)
+                .append_pair("verdict", "DROPPED")
+                .extend_pairs(query)
+                .append_pair("since", &format_time(context.first_seen_ns))
+                .finish()
         );
         let mut alert = Alert {
             fingerprint: fingerprint(&labels),
@@ -298,7 +286,7 @@ impl Manager {
         destination: &Destination,
         extra: BTreeMap<String, String>,
         now: Instant,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let key = (
             rule.name.clone(),
             namespace.to_owned(),
@@ -318,7 +306,7 @@ impl Manager {
         };
         let alert = self.start(rule, namespace, destination, context);
         tracing::warn!(alert = %rule.name, namespace, destination = %destination, "alert firing: {}", alert.annotations.get("summary").map_or("", String::as_str));
-        let saved = self.store.record(&alert, &self.config.targets);
+        let saved = super::save(&self.store, &alert, &self.config.targets);
         let mut active = Active::new(alert, rule.clone(), now, false);
         active.unsaved = saved.is_err();
         self.active.insert(key, active);
@@ -334,7 +322,7 @@ impl Manager {
         rule: &str,
         namespace: &str,
         destination: &Destination,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let key = (
             rule.to_owned(),
             namespace.to_owned(),
@@ -354,12 +342,12 @@ impl Manager {
         &mut self,
         key: (String, String, String),
         mut active: Active,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let mut alert = active.alert.clone();
         alert.status = Status::Resolved;
         alert.ends_at_ns = now_ns();
         alert.annotations = annotations(&alert, &active.rule);
-        match self.store.record(&alert, &self.config.targets) {
+        match super::save(&self.store, &alert, &self.config.targets) {
             Ok(()) => {
                 tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = alert.context.count, "alert resolved");
                 Ok(())
@@ -379,7 +367,7 @@ impl Manager {
 
     /// Resolves quiet alerts and re-sends due ones. A change the store cannot commit stays
     /// pending and is tried again at the next tick; the first such error is returned.
-    pub fn tick(&mut self, now: Instant) -> Result<(), StoreError> {
+    pub fn tick(&mut self, now: Instant) -> Result<(), StateError> {
         let mut changed = false;
         let mut first_error = None;
         let mut quiet = Vec::new();
@@ -397,7 +385,7 @@ impl Manager {
             }
             let mut alert = active.alert.clone();
             refresh(&mut alert, &active.rule, &self.config);
-            match self.store.record(&alert, &self.config.targets) {
+            match super::save(&self.store, &alert, &self.config.targets) {
                 Ok(()) => {
                     active.alert = alert;
                     active.last_sent = now;
@@ -542,15 +530,15 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::load_text;
     use crate::flow::Event;
     use crate::flow::json::JsonDecoder;
+    use crate::rules::load_text;
 
     const DENIED: &str = r#"{"flow":{"time":"2026-01-01T00:00:00Z","verdict":"DROPPED","drop_reason_desc":"POLICY_DENIED","traffic_direction":"EGRESS","IP":{"source":"10.0.1.12","destination":"10.0.5.20"},"l4":{"TCP":{"source_port":50000,"destination_port":5432}},"source":{"namespace":"ai-training","pod_name":"w-2"},"destination":{"namespace":"production","pod_name":"db-0"}}}"#;
 
     fn setup() -> (Manager, Store, Arc<Rule>, FlowEvent) {
         let rule = Arc::new(
-            load_text(crate::commands::DEFAULT_RULES, "pack")
+            load_text(crate::rules::DEFAULT_PACK, "pack")
                 .unwrap()
                 .remove(0),
         );
@@ -593,7 +581,7 @@ mod tests {
         assert!(manager.tick(now).is_err(), "still failing");
         store.refuse_writes(false);
         manager.tick(now).unwrap();
-        assert_eq!(store.firing().unwrap().len(), 1);
+        assert_eq!(crate::alert::saved_firing(&store).unwrap().len(), 1);
         assert_eq!(store.outbox_depth().unwrap(), 1);
     }
 
@@ -608,14 +596,14 @@ mod tests {
         let later = start + rule.resolve_after + Duration::from_secs(1);
         assert!(manager.tick(later).is_err());
         assert_eq!(
-            store.firing().unwrap().len(),
+            crate::alert::saved_firing(&store).unwrap().len(),
             1,
             "the store still says firing"
         );
         assert_eq!(manager.firing().count(), 1, "and so does the manager");
         store.refuse_writes(false);
         manager.tick(later).unwrap();
-        assert_eq!(store.firing().unwrap().len(), 0);
+        assert_eq!(crate::alert::saved_firing(&store).unwrap().len(), 0);
         assert_eq!(manager.firing().count(), 0);
     }
 
@@ -643,6 +631,6 @@ mod tests {
             .tick(start + Duration::from_secs(4) + rule.resolve_after)
             .unwrap();
         assert_eq!(manager.firing().count(), 0);
-        assert!(store.firing().unwrap().is_empty());
+        assert!(crate::alert::saved_firing(&store).unwrap().is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! - this module: the [`Alert`] and its [`FlowContext`], fingerprints, the Alertmanager API v2
 //!   and webhook (version 4) payloads;
 //! - [`manager`]: the lifecycle (firing, updated, re-sent, resolved after a quiet period),
-//!   writing every state change to the durable outbox in [`crate::store`] before it is sent;
+//!   writing every state change to the durable outbox in [`crate::state`] before it is sent;
 //! - [`sink`]: delivery from the outbox to every Alertmanager and webhook, with retries.
 //!
 //! Labels identify an alert and stay low-cardinality (`alertname`, `severity`, `namespace`,
@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::{FlowEvent, format_time, format_uuid};
+use crate::common::clock::format_time;
+use crate::flow::{FlowEvent, format_uuid};
+use crate::state::{StateError, Store};
 
 /// Values kept per context field; more are counted in `omitted`.
 pub const MAX_VALUES: usize = 20;
@@ -138,7 +140,7 @@ impl FlowContext {
         }
     }
 
-    /// A field by its template name (see [`crate::detect::template::FIELDS`]).
+    /// A field by its template name (see [`crate::rules::template::FIELDS`]).
     pub fn field(&self, name: &str) -> String {
         match name {
             "count" => self.count.to_string(),
@@ -171,6 +173,23 @@ impl FlowContext {
 pub enum Status {
     Firing,
     Resolved,
+}
+
+impl Status {
+    /// "firing" or "resolved", as Alertmanager, the webhook payload and the API write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        }
+    }
+
+    /// The status named `text`.
+    pub fn parse(text: &str) -> Option<Status> {
+        [Status::Firing, Status::Resolved]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 /// One alert as exfilwatch keeps it.
@@ -215,6 +234,42 @@ pub struct PostableAlert {
     pub generator_url: String,
 }
 
+/// Saves `alert`'s new state in the state store and queues it for every target, in one
+/// transaction.
+pub fn save(store: &Store, alert: &Alert, targets: &[String]) -> Result<(), StateError> {
+    let body = serde_json::to_string(alert).unwrap_or_default();
+    store.record(
+        &alert.fingerprint,
+        alert.status == Status::Firing,
+        &body,
+        targets,
+    )
+}
+
+/// The alerts that were firing when the state store was last written.
+pub fn saved_firing(store: &Store) -> Result<Vec<Alert>, StateError> {
+    Ok(decode_saved(store, store.alert_bodies(true)?))
+}
+
+/// Every alert the state store recorded, firing or resolved, by fingerprint.
+pub fn saved(store: &Store) -> Result<Vec<Alert>, StateError> {
+    Ok(decode_saved(store, store.alert_bodies(false)?))
+}
+
+/// A body that no longer decodes is logged and skipped rather than failing the whole read.
+fn decode_saved(store: &Store, bodies: Vec<String>) -> Vec<Alert> {
+    bodies
+        .iter()
+        .filter_map(|b| match serde_json::from_str(b) {
+            Ok(alert) => Some(alert),
+            Err(e) => {
+                tracing::error!(path = %store.path(), "state store: a saved alert cannot be read, skipped: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
 impl Alert {
     pub fn postable(&self) -> PostableAlert {
         PostableAlert {
@@ -225,13 +280,6 @@ impl Alert {
             generator_url: self.generator_url.clone(),
         }
     }
-}
-
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -15,10 +15,12 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Alert, PostableAlert, Status, now_ns};
-use crate::config::{AlertmanagerConfig, HttpAuth};
-use crate::source::hubble::Backoff;
-use crate::store::{Pending, Store};
+use super::{Alert, PostableAlert};
+use crate::common::clock::now_ns;
+use crate::common::http::HttpAuth;
+use crate::common::retry::Backoff;
+use crate::config::AlertmanagerConfig;
+use crate::state::{Pending, Store};
 
 /// Largest batch posted to Alertmanager at once.
 const BATCH: usize = 256;
@@ -88,7 +90,7 @@ impl Default for DeliveryStats {
 
 /// Builds the targets the configuration names.
 pub fn targets(config: &AlertmanagerConfig, external_url: &str) -> Result<Vec<Target>, String> {
-    let client = crate::http::client("alertmanager", config.timeout, config.tls.as_ref())?;
+    let client = crate::common::http::client("alertmanager", config.timeout, config.tls.as_ref())?;
     let make = |url: &String, kind| {
         let base = url.trim_end_matches('/');
         Target {
@@ -158,9 +160,9 @@ impl Target {
             .post(&self.endpoint)
             .header("content-type", "application/json")
             .body(body);
-        let request = crate::http::authorize(request, self.auth.as_ref());
+        let request = crate::common::http::authorize(request, self.auth.as_ref());
         match request.send().await {
-            Err(e) => Answer::Retry(crate::source::error_chain(&e)),
+            Err(e) => Answer::Retry(crate::common::error_chain(&e)),
             Ok(response) => {
                 let status = response.status();
                 if status.is_success() {
@@ -186,10 +188,7 @@ impl Target {
             }
             TargetKind::Webhook => {
                 for (_, alert) in batch {
-                    let status = match alert.status {
-                        Status::Firing => "firing",
-                        Status::Resolved => "resolved",
-                    };
+                    let status = alert.status.as_str();
                     let message = WebhookMessage {
                         version: "4",
                         group_key: format!("exfilwatch/{}", alert.fingerprint),
@@ -334,6 +333,7 @@ pub async fn deliver(
 
 #[cfg(test)]
 mod tests {
+    use crate::alert::Status;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -383,12 +383,8 @@ mod tests {
         };
         let target = targets(&config, "http://exfilwatch").unwrap().remove(0);
         let store = Store::in_memory().unwrap();
-        store
-            .record(&alert("good"), std::slice::from_ref(&target.id))
-            .unwrap();
-        store
-            .record(&alert("broken"), std::slice::from_ref(&target.id))
-            .unwrap();
+        crate::alert::save(&store, &alert("good"), std::slice::from_ref(&target.id)).unwrap();
+        crate::alert::save(&store, &alert("broken"), std::slice::from_ref(&target.id)).unwrap();
         store.corrupt_outbox_row(&target.id, "broken");
 
         let stats = Arc::new(DeliveryStats::default());

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiState;
-use crate::baseline::{Baseline, MAX_RANGE, State as BaselineState};
+use crate::egress::baseline::{Baseline, MAX_RANGE, State as BaselineState};
 use crate::egress::prometheus::{MAX_POINTS, Prometheus};
 use crate::egress::sampler::{EGRESS_METRIC, namespace_selector};
 
@@ -96,7 +96,7 @@ fn duration_param(
     default: &str,
 ) -> Result<Duration, String> {
     let text = params.get(name).map_or(default, String::as_str);
-    crate::config::parse_duration(text).map_err(|e| format!("{name}: {e}"))
+    crate::common::units::parse_duration(text).map_err(|e| format!("{name}: {e}"))
 }
 
 /// `GET /api/v1/namespaces/{ns}/egress?range=24h&step=5m`.
@@ -169,7 +169,7 @@ pub async fn namespace(
             format!("no egress baseline for namespace {ns:?}"),
         );
     };
-    let end = crate::alert::now_ns() / 1_000_000_000 / step_s * step_s;
+    let end = crate::common::clock::now_ns() / 1_000_000_000 / step_s * step_s;
     let start = end - range_s;
     let query = format!(
         "sum(rate({EGRESS_METRIC}{}[10m]))",

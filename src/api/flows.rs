@@ -15,10 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use crate::alert::{Alert, FlowContext, Status};
-use crate::flow::format_time;
-use crate::flows::json::FlowJson;
-use crate::flows::query::{DEFAULT_LIMIT, FILTER_PARAMETERS, MAX_LIMIT};
-use crate::flows::{BadParameter, Filter, FlowStore, GroupBy};
+use crate::common::clock::format_time;
+use crate::flowstore::json::FlowJson;
+use crate::flowstore::query::{DEFAULT_LIMIT, FILTER_PARAMETERS, MAX_LIMIT};
+use crate::flowstore::{BadParameter, Filter, FlowStore, GroupBy};
 use crate::pipeline::POLICY_DROP_REASONS;
 
 /// The body of every error: a short code and what to do about it.
@@ -138,7 +138,7 @@ fn limit(rest: &HashMap<String, String>, default: usize) -> Result<usize, BadPar
 /// Runs `query` on the blocking pool, timing it.
 async fn blocking<T: Send + 'static>(
     state: &Arc<ApiState>,
-    query: impl FnOnce(&FlowStore) -> Result<T, crate::flows::StoreError> + Send + 'static,
+    query: impl FnOnce(&FlowStore) -> Result<T, crate::flowstore::StoreError> + Send + 'static,
 ) -> Result<T, Refusal> {
     let Some(store) = state.flows.clone() else {
         return Err(no_store());
@@ -151,7 +151,7 @@ async fn blocking<T: Send + 'static>(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ crate::flows::StoreError::TooBroad { .. })) => Err(BadParameter {
+        Ok(Err(e @ crate::flowstore::StoreError::TooBroad { .. })) => Err(BadParameter {
             parameter: "since".into(),
             value: String::new(),
             reason: e.to_string(),
@@ -287,7 +287,7 @@ pub async fn flows(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let pairs = pairs(query, &["limit", "cursor", "format"], true)?;
-    let parsed = filter(pairs, crate::alert::now_ns()).and_then(|(f, rest)| {
+    let parsed = filter(pairs, crate::common::clock::now_ns()).and_then(|(f, rest)| {
         let ndjson = match rest.get("format").map(String::as_str) {
             None | Some("json") => false,
             Some("ndjson") => true,
@@ -373,7 +373,7 @@ pub async fn top(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let pairs = pairs(query, &["by", "limit"], true)?;
-    let parsed = filter(pairs, crate::alert::now_ns()).and_then(|(f, rest)| {
+    let parsed = filter(pairs, crate::common::clock::now_ns()).and_then(|(f, rest)| {
         let by_name = rest.get("by").map_or("destination", String::as_str);
         let by = GroupBy::parse(by_name).ok_or_else(|| BadParameter {
             parameter: "by".into(),
@@ -420,10 +420,7 @@ pub struct AlertJson {
 impl From<Alert> for AlertJson {
     fn from(a: Alert) -> Self {
         AlertJson {
-            status: match a.status {
-                Status::Firing => "firing".into(),
-                Status::Resolved => "resolved".into(),
-            },
+            status: a.status.as_str().into(),
             starts_at: format_time(a.starts_at_ns),
             ends_at: format_time(a.ends_at_ns),
             fingerprint: a.fingerprint,
@@ -458,7 +455,7 @@ fn read_alerts(state: &ApiState) -> Result<Vec<Alert>, Refusal> {
             "this process keeps no alerts",
         ));
     };
-    store.alerts().map_err(|e| {
+    crate::alert::saved(store).map_err(|e| {
         tracing::error!("api: {e}");
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -485,8 +482,7 @@ pub async fn alerts(
     let rest: HashMap<String, String> = pairs.into_iter().collect();
     let status = match rest.get("status").map_or("all", String::as_str) {
         "all" => None,
-        "firing" => Some(Status::Firing),
-        "resolved" => Some(Status::Resolved),
+        other if Status::parse(other).is_some() => Status::parse(other),
         other => {
             return Err(BadParameter {
                 parameter: "status".into(),
@@ -529,7 +525,7 @@ fn alert_filter(alert: &Alert) -> Result<Filter, BadParameter> {
                 .collect()
         })
         .unwrap_or_default();
-    let (mut f, _) = filter(pairs, crate::alert::now_ns())?;
+    let (mut f, _) = filter(pairs, crate::common::clock::now_ns())?;
     if f.since_ns.is_none() {
         f.since_ns = Some(alert.context.first_seen_ns);
     }
@@ -622,7 +618,7 @@ pub async fn namespaces(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let pairs = pairs(query, &["since"], false)?;
-    let now = crate::alert::now_ns();
+    let now = crate::common::clock::now_ns();
     let since = pairs.first().map_or("24h", |(_, v)| v.as_str()).to_owned();
     let (all, denied) = match (filter(vec![("since".into(), since.clone())], now), {
         let reasons: Vec<String> = POLICY_DROP_REASONS.iter().map(u32::to_string).collect();

@@ -19,9 +19,10 @@ use serde_json::json;
 use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
 use crate::flow::{LostEventSource, Verdict};
-use crate::flows::FlowStore;
+use crate::flowstore::FlowStore;
+use crate::pipeline::DeniedFlows;
 use crate::source::SourceStats;
-use crate::store::Store;
+use crate::state::Store;
 
 /// Content type of the text exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,36 +41,7 @@ pub struct Telemetry {
     /// Requests refused with 4xx, e.g. for a bad parameter.
     pub bad_requests: Counter,
     /// Policy-denied flows from watched namespaces, by destination.
-    pub denied: DeniedFlows,
-}
-
-/// Most (namespace, destination) series of `exfilwatch_denied_flows`; further destinations
-/// are counted as "(other)" so a scan cannot flood Prometheus with series.
-pub const MAX_DENIED_SERIES: usize = 500;
-
-/// Counts of policy-denied flows by namespace and destination, bounded in series.
-#[derive(Debug, Default)]
-pub struct DeniedFlows {
-    counts: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
-}
-
-impl DeniedFlows {
-    pub fn add(&self, namespace: &str, destination: String) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (namespace.to_owned(), destination);
-        if let Some(n) = counts.get_mut(&key) {
-            *n += 1;
-        } else if counts.len() < MAX_DENIED_SERIES {
-            counts.insert(key, 1);
-        } else {
-            *counts.entry((key.0, "(other)".to_owned())).or_default() += 1;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<((String, String), u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
+    pub denied: Arc<DeniedFlows>,
 }
 
 /// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
@@ -205,7 +177,7 @@ impl Collector for Telemetry {
                 ])?)?;
             }
         }
-        if let Ok(firing) = self.store.firing() {
+        if let Ok(firing) = crate::alert::saved_firing(&self.store) {
             let g = ConstGauge::new(0i64);
             let mut family = e.encode_descriptor(
                 "exfilwatch_alerts_firing",

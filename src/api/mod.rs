@@ -39,8 +39,8 @@ pub struct ApiState {
     pub stream: watch::Receiver<StreamState>,
     /// Set when Prometheus is configured.
     pub egress: Option<egress::EgressApi>,
-    pub flows: Option<Arc<crate::flows::FlowStore>>,
-    pub alerts: Option<crate::store::Store>,
+    pub flows: Option<Arc<crate::flowstore::FlowStore>>,
+    pub alerts: Option<crate::state::Store>,
     /// `hubble.namespaces`: the watched namespaces (all when empty).
     pub watched: Vec<String>,
     tokens: RwLock<Vec<Vec<u8>>>,

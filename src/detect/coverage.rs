@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::detect::rules::{CoverageParams, Kind, Rule};
 use crate::flow::{LostEvent, NodeState, NodeStatus};
+use crate::rules::{CoverageParams, Kind, Rule};
 
 /// What the coverage detector wants done.
 #[derive(Debug, Clone, PartialEq)]

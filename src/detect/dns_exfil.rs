@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::detect::rules::{DnsParams, Kind, Rule};
 use crate::flow::FlowEvent;
+use crate::rules::{DnsParams, Kind, Rule};
 
 /// (namespace, registered domain) pairs followed at once.
 const MAX_DOMAINS: usize = 10_000;

@@ -18,7 +18,6 @@ use super::coverage::{Coverage, Gap};
 use super::dns_exfil::DnsExfil;
 use super::new_destination::NewDestination;
 use super::policy_denied::{PolicyDenied, destination};
-use super::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
 use super::scan::Scan;
 use super::segmentation::Segmentation;
 use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, VolumeSpike};
@@ -26,10 +25,11 @@ use crate::alert::Alert;
 use crate::alert::manager::{Destination, Manager};
 use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
+use crate::flow::intern::SymList;
 use crate::flow::{Event, TrafficDirection, Verdict};
-use crate::intern::SymList;
+use crate::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
 use crate::source::hubble::StreamState;
-use crate::store::Store;
+use crate::state::Store;
 
 /// The alert raised while Prometheus is unusable.
 pub const BLIND_ALERT: &str = "ExfilwatchBlind";
@@ -63,7 +63,7 @@ fn blind_rule() -> Rule {
     Rule {
         name: BLIND_ALERT.into(),
         kind: Kind::VolumeSpike(VolumeSpikeParams {
-            model: super::rules::BaselineModel::Mean,
+            model: crate::rules::BaselineModel::Mean,
             factor: 1.5,
             window: Duration::from_secs(600),
             baseline: Duration::from_secs(7 * 86_400),
@@ -176,7 +176,7 @@ impl Engine {
             .fold(f64::INFINITY, f64::min)
     }
 
-    fn failed(&self, e: &crate::store::StoreError) {
+    fn failed(&self, e: &crate::state::StateError) {
         store_failed(&self.stats, e);
     }
 
@@ -385,7 +385,7 @@ impl Engine {
     }
 }
 
-fn store_failed(stats: &DeliveryStats, e: &crate::store::StoreError) {
+fn store_failed(stats: &DeliveryStats, e: &crate::state::StateError) {
     stats.store_errors.fetch_add(1, Ordering::Relaxed);
     tracing::error!("alerts: {e}");
 }
@@ -393,26 +393,29 @@ fn store_failed(stats: &DeliveryStats, e: &crate::store::StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::{DEFAULT_RULES, start_alerting};
-    use crate::config::Config;
-    use crate::detect::rules::load_text;
+    use crate::alert::manager::LifecycleConfig;
     use crate::flow::{LostEvent, LostEventSource};
-    use crate::store::Store;
+    use crate::rules::default_pack;
+    use crate::state::Store;
 
     fn engine() -> Engine {
-        let rules: Vec<Arc<Rule>> = load_text(DEFAULT_RULES, "pack")
-            .unwrap()
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        start_alerting(
-            &Config::default(),
+        let rules: Vec<Arc<Rule>> = default_pack().unwrap().into_iter().map(Arc::new).collect();
+        let store = Store::in_memory().unwrap();
+        let lifecycle = LifecycleConfig {
+            resend_interval: Duration::from_secs(60),
+            update_interval: Duration::from_secs(10),
+            external_url: "http://127.0.0.1:8080".into(),
+            targets: Vec::new(),
+        };
+        let manager = Manager::new(
+            lifecycle,
+            store.clone(),
+            Arc::new(tokio::sync::Notify::new()),
             &rules,
-            Store::in_memory().unwrap(),
-            false,
         )
-        .unwrap()
-        .0
+        .unwrap();
+        let stats = Arc::new(DeliveryStats::default());
+        Engine::new(&rules, manager, stats, Duration::from_secs(300), &store)
     }
 
     fn gaps(engine: &Engine) -> Vec<String> {

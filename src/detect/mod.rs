@@ -1,15 +1,21 @@
-//! Detection: the rule pack ([`rules`]), its templates ([`template`]), the detectors
-//! ([`policy_denied`]) and the engine that runs them over the flow stream ([`engine`]).
+//! Detection: the [`engine`] runs every enabled rule's detector over the flow stream and the
+//! egress reports and hands what they find to the alert manager. One file per detector:
+//!
+//! - [`policy_denied`]: flows a network policy refused, leaving a watched namespace;
+//! - [`segmentation`]: forwarded flows to destinations the namespace's segmentation forbids;
+//! - [`scan`]: one pod touching many destinations or ports;
+//! - [`dns_exfil`]: data encoded in DNS query names;
+//! - [`new_destination`]: destinations unseen in the learned history;
+//! - [`volume_spike`]: egress volume above its baseline (from Prometheus);
+//! - [`coverage`]: gaps in what Hubble sees (lost events, unavailable nodes, a down stream).
 
 pub mod coverage;
 pub mod dns_exfil;
 pub mod engine;
 pub mod new_destination;
 pub mod policy_denied;
-pub mod rules;
 pub mod scan;
 pub mod segmentation;
-pub mod template;
 pub mod volume_spike;
 
 /// Helpers the detectors' unit tests share: rules from a pack, flows through the real decoder.
@@ -19,11 +25,11 @@ pub(crate) mod testing {
 
     use prost::Message;
 
-    use crate::detect::rules::{Rule, load_text};
     use crate::flow::wire::Decoder;
     use crate::flow::{Event, FlowEvent};
     use crate::proto::observer::GetFlowsResponse;
     use crate::proto::observer::get_flows_response::ResponseTypes;
+    use crate::rules::{DEFAULT_PACK, Rule, load_text};
 
     /// The rule `name` of `pack` (rule-file text); panics if the pack lacks it.
     pub fn rule_in(pack: &str, name: &str) -> Arc<Rule> {
@@ -37,7 +43,7 @@ pub(crate) mod testing {
 
     /// The rule `name` of the default pack.
     pub fn default_rule(name: &str) -> Arc<Rule> {
-        rule_in(crate::commands::DEFAULT_RULES, name)
+        rule_in(DEFAULT_PACK, name)
     }
 
     /// `flow` as the service sees it: encoded in a response and decoded by the wire decoder.

@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use crate::alert::manager::Destination;
 use crate::detect::policy_denied::{DEFAULT_GROUPING, destination_ref};
-use crate::detect::rules::{Kind, NewDestinationParams, Rule};
+use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
-use crate::intern::Sym;
-use crate::store::{Store, StoreError};
+use crate::rules::{Kind, NewDestinationParams, Rule};
+use crate::state::{StateError, Store};
 
 /// Destinations remembered per namespace.
 const MAX_PER_NAMESPACE: usize = 50_000;
@@ -62,7 +62,7 @@ pub struct NewDestination {
 
 impl NewDestination {
     /// The detector for `rule`, with what an earlier run learned from `store`.
-    pub fn new(rule: Arc<Rule>, store: Store) -> Option<Result<NewDestination, StoreError>> {
+    pub fn new(rule: Arc<Rule>, store: Store) -> Option<Result<NewDestination, StateError>> {
         let Kind::NewDestination(params) = &rule.kind else {
             return None;
         };
@@ -92,7 +92,7 @@ impl NewDestination {
     }
 
     /// A hit when `flow` reaches something its namespace has not reached within `history`.
-    pub fn check(&mut self, flow: &FlowEvent) -> Result<Option<NewHit>, StoreError> {
+    pub fn check(&mut self, flow: &FlowEvent) -> Result<Option<NewHit>, StateError> {
         let src = &flow.source;
         if flow.verdict != Verdict::Forwarded
             || flow.direction == TrafficDirection::Ingress
@@ -151,7 +151,7 @@ impl NewDestination {
         extra.insert("source_pods".into(), pod.clone());
         extra.insert("destination_ips".into(), ip.clone());
         extra.insert("ports".into(), port.clone());
-        extra.insert("first_seen".into(), crate::flow::format_time(now));
+        extra.insert("first_seen".into(), crate::common::clock::format_time(now));
         extra.insert(
             "summary".into(),
             format!(

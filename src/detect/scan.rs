@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use crate::detect::rules::{Kind, Rule, ScanParams};
+use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection};
-use crate::intern::Sym;
+use crate::rules::{Kind, Rule, ScanParams};
 
 /// Pods followed at once; beyond it the quietest is forgotten.
 const MAX_SOURCES: usize = 10_000;

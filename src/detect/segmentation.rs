@@ -11,15 +11,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::alert::manager::Destination;
-use crate::detect::policy_denied::{DEFAULT_GROUPING, destination, network};
-use crate::detect::rules::{Allowed, Kind, Rule, SegmentationParams};
+use crate::common::net::network;
+use crate::detect::policy_denied::{DEFAULT_GROUPING, destination};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
+use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
 
 fn in_block(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
-    ip.is_ipv4() == net.is_ipv4() && network(ip, bits, bits) == network(net, bits, bits)
+    ip.is_ipv4() == net.is_ipv4() && network(net, bits, bits).contains(&ip)
 }
 
 /// True when `name` (a DNS name, trailing dot or not, any case) matches `pattern`: a name, or

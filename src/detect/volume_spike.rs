@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::baseline::Baseline;
-use crate::detect::rules::{BaselineModel, Kind, Rule, VolumeSpikeParams};
+use crate::egress::baseline::Baseline;
 use crate::egress::watch::NamespaceEgress;
-use crate::intern::Sym;
+use crate::flow::intern::Sym;
+use crate::rules::{BaselineModel, Kind, Rule, VolumeSpikeParams};
 
 /// Distinct destinations counted per namespace per minute; more are counted as "(other)".
 const MAX_DESTINATIONS: usize = 1000;
@@ -235,7 +235,7 @@ mod tests {
     use std::time::Duration;
 
     fn detector(hold: &str) -> VolumeSpike {
-        let pack = crate::commands::DEFAULT_RULES.replace("for: 0s", &format!("for: {hold}"));
+        let pack = crate::rules::DEFAULT_PACK.replace("for: 0s", &format!("for: {hold}"));
         VolumeSpike::new(rule_in(&pack, "TrainingDataEgressVolumeSpike")).unwrap()
     }
 
@@ -307,7 +307,7 @@ mod tests {
     }
 
     fn with_model(model: &str) -> VolumeSpike {
-        let pack = crate::commands::DEFAULT_RULES
+        let pack = crate::rules::DEFAULT_PACK
             .replace("factor: 1.5", &format!("factor: 1.5\n    model: {model}"));
         VolumeSpike::new(rule_in(&pack, "TrainingDataEgressVolumeSpike")).unwrap()
     }
@@ -318,7 +318,7 @@ mod tests {
         let mut h = Baseline::default();
         let t = 10_000 * 3600 + 1800;
         for k in 0..(5 * 168) {
-            let hour = crate::baseline::hour_floor(t) - k * 3600;
+            let hour = crate::egress::baseline::hour_floor(t) - k * 3600;
             h.insert(hour, if k % 168 == 0 { 1000.0 } else { 100.0 });
         }
         let now = Instant::now();

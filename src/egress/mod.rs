@@ -6,6 +6,7 @@
 //! Prometheus reports for `sum(rate(...{namespace=X}[10m]))`, counter resets and
 //! extrapolation included.
 
+pub mod baseline;
 pub mod prometheus;
 pub mod sampler;
 pub mod watch;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{HttpAuth, HttpTls};
+use crate::common::http::{HttpAuth, HttpTls};
 
 /// Prometheus refuses range queries with more points per series than this.
 pub const MAX_POINTS: i64 = 11_000;
@@ -109,7 +109,7 @@ impl Prometheus {
         auth: Option<HttpAuth>,
         tls: Option<&HttpTls>,
     ) -> Result<Prometheus, String> {
-        let client = crate::http::client("prometheus", timeout, tls)?;
+        let client = crate::common::http::client("prometheus", timeout, tls)?;
         Ok(Prometheus {
             base: base.trim_end_matches('/').to_owned(),
             client,
@@ -125,15 +125,15 @@ impl Prometheus {
     ) -> Result<(u16, Vec<u8>), PromError> {
         let url = format!("{}{path}", self.base);
         let request =
-            crate::http::authorize(self.client.get(&url).query(params), self.auth.as_ref());
+            crate::common::http::authorize(self.client.get(&url).query(params), self.auth.as_ref());
         let response = request.send().await.map_err(|e| PromError::Transport {
             url: url.clone(),
-            detail: crate::source::error_chain(&e),
+            detail: crate::common::error_chain(&e),
         })?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| PromError::Transport {
             url: url.clone(),
-            detail: crate::source::error_chain(&e),
+            detail: crate::common::error_chain(&e),
         })?;
         Ok((status, body.to_vec()))
     }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::prometheus::{PromError, Prometheus};
-use crate::baseline::{Baseline, HOUR, RETAIN, hour_ceil, hour_floor};
-use crate::store::{Store, StoreError};
+use crate::egress::baseline::{Baseline, HOUR, RETAIN, hour_ceil, hour_floor};
+use crate::state::{StateError, Store};
 
 /// The egress counter cAdvisor exports.
 pub const EGRESS_METRIC: &str = "container_network_transmit_bytes_total";
@@ -50,7 +50,7 @@ pub enum SampleError {
     #[error(transparent)]
     Prometheus(#[from] PromError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StateError),
 }
 
 /// What one [`Sampler::fill`] did.
@@ -83,7 +83,7 @@ impl Sampler {
         prometheus: Prometheus,
         selector: &str,
         store: Store,
-    ) -> Result<Sampler, StoreError> {
+    ) -> Result<Sampler, StateError> {
         let rate_query = format!("sum by (namespace) (rate({EGRESS_METRIC}{selector}[10m]))");
         let selector = selector.to_owned();
         let mut baselines: BTreeMap<String, Baseline> = BTreeMap::new();

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::sampler::Sampler;
-use crate::baseline::Baseline;
+use crate::egress::baseline::Baseline;
 
 /// Pods listed in a spike alert.
 pub const TOP_PODS: usize = 5;
@@ -123,7 +123,7 @@ pub async fn run(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let t = crate::alert::now_ns() / 1_000_000_000;
+        let t = crate::common::clock::now_ns() / 1_000_000_000;
         let report = tokio::select! {
             () = cancel.cancelled() => return,
             report = evaluate(&mut sampler, t, top_factor) => report,

@@ -15,7 +15,7 @@ use super::{
 use crate::flow::{LostEventSource, NodeState, TrafficDirection, Verdict, parse_uuid};
 use std::sync::Arc;
 
-use crate::intern::Interner;
+use crate::flow::intern::Interner;
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -130,7 +130,8 @@ async fn instant(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let query = params.get("query").cloned().unwrap_or_default();
-    let t = number(&params, "time").unwrap_or_else(|| crate::alert::now_ns() / 1_000_000_000);
+    let t =
+        number(&params, "time").unwrap_or_else(|| crate::common::clock::now_ns() / 1_000_000_000);
     let Some(series) = evaluate(&model, &query, t) else {
         return bad(&format!("the demo endpoint does not evaluate {query:?}"));
     };

@@ -68,18 +68,3 @@ impl SourceStats {
 fn lost_index(source: LostEventSource) -> usize {
     usize::try_from(source as i32).unwrap_or(0).min(3)
 }
-
-/// The message of an error and all its causes, "outer: inner: innermost".
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = e.source();
-    }
-    text
-}

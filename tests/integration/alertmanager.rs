@@ -10,18 +10,19 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use exfilwatch::commands::{Delivery, start_alerting};
-use exfilwatch::config::{Config, HttpAuth};
+use exfilwatch::app::{Delivery, start_alerting};
+use exfilwatch::common::http::HttpAuth;
+use exfilwatch::config::Config;
 use exfilwatch::detect::engine::Engine;
-use exfilwatch::detect::rules::{self, Rule};
 use exfilwatch::flow::Event;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::pipeline::{self, Summary};
+use exfilwatch::pipeline::{self, Consumers, Summary};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
+use exfilwatch::rules::{self, Rule};
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::store::Store;
+use exfilwatch::state::Store;
 use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -162,7 +163,7 @@ impl Alertmanager {
             let path = dir.path().join("web.yml");
             std::fs::write(&path, text).unwrap();
             web_config = Some(path);
-            exfilwatch::http::install_crypto();
+            exfilwatch::common::http::install_crypto();
             client =
                 client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
             if mutual {
@@ -198,7 +199,7 @@ impl Alertmanager {
             child,
             _dir: dir,
         };
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let client = client.build().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -217,7 +218,7 @@ impl Alertmanager {
 
     /// The alerts Alertmanager holds.
     pub async fn alerts(&self) -> Vec<Value> {
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let r = reqwest::get(format!("{}/api/v2/alerts", self.url))
             .await
             .unwrap();
@@ -237,8 +238,8 @@ struct Attack {
 
 impl Attack {
     fn new() -> Attack {
-        let flows =
-            TrainingCluster::new(21, exfilwatch::alert::now_ns(), 1_000_000).exfiltration_attempt();
+        let flows = TrainingCluster::new(21, exfilwatch::common::clock::now_ns(), 1_000_000)
+            .exfiltration_attempt();
         let probe = flows[1].clone();
         let upload = flows[3].clone();
         let mut raw_ip = upload.clone();
@@ -262,7 +263,7 @@ impl Attack {
         {
             tcp.source_port = self.rng.u32(32_768..61_000);
         }
-        let now = exfilwatch::alert::now_ns();
+        let now = exfilwatch::common::clock::now_ns();
         f.time = Some(prost_types::Timestamp {
             seconds: now / 1_000_000_000,
             nanos: (now % 1_000_000_000) as i32,
@@ -279,7 +280,7 @@ impl Attack {
 
 /// The shipped pack with a short quiet period, so resolution comes within the test.
 fn rules(resolve_after: &str) -> Vec<Arc<Rule>> {
-    let text = exfilwatch::commands::DEFAULT_RULES.replace(
+    let text = exfilwatch::rules::DEFAULT_PACK.replace(
         "resolve_after: 10m",
         &format!("resolve_after: {resolve_after}"),
     );
@@ -303,7 +304,7 @@ fn config(targets: &[&str], webhooks: &[&str]) -> Config {
 
 struct Pipeline {
     tx: mpsc::Sender<Event>,
-    task: JoinHandle<(Summary, Option<Engine>)>,
+    task: JoinHandle<Consumers>,
     delivery: Delivery,
     _state: tempfile::TempDir,
 }
@@ -315,14 +316,12 @@ impl Pipeline {
         let (engine, delivery) = start_alerting(config, rules, store, true).unwrap();
         let (tx, rx) = mpsc::channel(4096);
         let tick = Engine::tick_interval(rules);
-        let task = tokio::spawn(pipeline::consume(
-            rx,
-            Summary::new(&[]),
-            Some(engine),
-            None,
-            tick,
-            |_, _| {},
-        ));
+        let consumers = Consumers {
+            summary: Summary::new(&[]),
+            engine: Some(engine),
+            ..Default::default()
+        };
+        let task = tokio::spawn(pipeline::consume(rx, consumers, None, tick));
         Pipeline {
             tx,
             task,
@@ -592,8 +591,8 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for flow in
-        TrainingCluster::new(33, exfilwatch::alert::now_ns(), 1_000_000).exfiltration_attempt()
+    for flow in TrainingCluster::new(33, exfilwatch::common::clock::now_ns(), 1_000_000)
+        .exfiltration_attempt()
     {
         relay.sim.push_flow(flow);
     }
@@ -802,7 +801,8 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batch_arrives() {
-    use exfilwatch::alert::{Alert, FlowContext, Status, fingerprint, now_ns};
+    use exfilwatch::alert::{Alert, FlowContext, Status, fingerprint};
+    use exfilwatch::common::clock::now_ns;
     let receiver = Receiver::start().await;
     let port = crate::support::free_port();
     let am = Alertmanager::start(port, &receiver.url).await;
@@ -828,7 +828,7 @@ async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batc
             ends_at_ns: now_ns() + 600_000_000_000,
             generator_url: "http://127.0.0.1/api/v1/flows".into(),
         };
-        store.record(&alert, std::slice::from_ref(&am.url)).unwrap();
+        exfilwatch::alert::save(&store, &alert, std::slice::from_ref(&am.url)).unwrap();
     }
     let config = config(&[&am.url], &[]);
     let (_engine, delivery) = start_alerting(&config, &rules("10m"), store.clone(), true).unwrap();
@@ -930,7 +930,7 @@ async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_reach_an_alertmanager_that_demands_mutual_tls() {
     use crate::hubble_tls::{ca, leaf};
-    use exfilwatch::config::HttpTls;
+    use exfilwatch::common::http::HttpTls;
     use std::sync::atomic::Ordering;
     let authority = ca("alertmanager-ca");
     let ca_pem = authority.pem();

@@ -347,7 +347,7 @@ fn replay_reports_the_alerts_the_rules_would_raise() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_serves_metrics_health_and_readiness_behind_tokens() {
-    exfilwatch::http::install_crypto();
+    exfilwatch::common::http::install_crypto();
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();
@@ -376,7 +376,7 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
         assert!(tokio::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut cluster = TrainingCluster::new(13, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(13, exfilwatch::common::clock::now_ns(), 1_000_000);
     for _ in 0..30 {
         relay.sim.push_flow(cluster.next_flow());
     }

@@ -220,7 +220,7 @@ fn the_alertmanager_example_passes_amtool() {
 #[test]
 fn the_configmap_config_and_rules_pass_exfilwatch_check() {
     let base = root().join("deploy/kubernetes/base");
-    let shipped = std::fs::read_to_string(root().join("rules/segmentation.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(root().join("rules/default.yaml")).unwrap();
     assert_eq!(
         std::fs::read_to_string(base.join("segmentation.yaml")).unwrap(),
         shipped,
@@ -240,7 +240,7 @@ fn the_configmap_config_and_rules_pass_exfilwatch_check() {
             &dir.path().join("state").display().to_string(),
         );
     std::fs::write(etc.join("config/config.yaml"), config).unwrap();
-    std::fs::write(etc.join("rules/segmentation.yaml"), &shipped).unwrap();
+    std::fs::write(etc.join("rules/default.yaml"), &shipped).unwrap();
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         std::fs::write(
             etc.join("hubble-tls").join(f),

@@ -43,7 +43,7 @@ impl Service {
 
     /// Starts with extra `storage.flows` settings, its state in `dir`.
     async fn start_in(relay: &Relay, tokens: bool, flows: &str, dir: tempfile::TempDir) -> Service {
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let port = crate::support::free_port();
         let tokens_line = if tokens {
             std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
@@ -208,14 +208,14 @@ fn traffic(cluster: &mut TrainingCluster, n: usize) -> Vec<Flow> {
 }
 
 fn time_of(f: &FlowEvent) -> String {
-    exfilwatch::flow::format_time(f.time_ns)
+    exfilwatch::common::clock::format_time(f.time_ns)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_filter_selects_what_it_names() {
     let relay = relay(None).await;
     let service = Service::start(&relay, true).await;
-    let mut cluster = TrainingCluster::new(21, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(21, exfilwatch::common::clock::now_ns(), 1_000_000);
     let flows = traffic(&mut cluster, 3_000);
     for f in &flows {
         relay.sim.push_flow(f.clone());
@@ -514,7 +514,7 @@ async fn every_filter_selects_what_it_names() {
 async fn pages_neither_skip_nor_repeat_while_flows_arrive() {
     let relay = relay(None).await;
     let service = Service::start(&relay, false).await;
-    let mut cluster = TrainingCluster::new(5, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(5, exfilwatch::common::clock::now_ns(), 1_000_000);
     let first = traffic(&mut cluster, 2_000);
     for f in &first {
         relay.sim.push_flow(f.clone());
@@ -699,7 +699,7 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
         tempfile::tempdir().unwrap(),
     )
     .await;
-    let mut cluster = TrainingCluster::new(17, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(17, exfilwatch::common::clock::now_ns(), 1_000_000);
     let flows = traffic(&mut cluster, 7_000);
     for f in &flows {
         relay.sim.push_flow(f.clone());
@@ -765,7 +765,7 @@ async fn sigkill_at_random_moments_loses_no_alert_and_no_stored_segment() {
         receiver.url
     );
     let mut rng = fastrand::Rng::with_seed(0x5eed);
-    let mut cluster = TrainingCluster::new(23, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(23, exfilwatch::common::clock::now_ns(), 1_000_000);
     let mut dir = tempfile::tempdir().unwrap();
     let mut destinations = Vec::new();
     let mut on_disk = 0;
@@ -837,7 +837,7 @@ async fn the_openapi_document_holds_under_schemathesis() {
     );
     let relay = relay(None).await;
     let service = Service::start(&relay, true).await;
-    let mut cluster = TrainingCluster::new(3, exfilwatch::alert::now_ns(), 1_000_000);
+    let mut cluster = TrainingCluster::new(3, exfilwatch::common::clock::now_ns(), 1_000_000);
     let flows = traffic(&mut cluster, 500);
     for f in &flows {
         relay.sim.push_flow(f.clone());

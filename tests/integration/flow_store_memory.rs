@@ -4,9 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use exfilwatch::config::FlowStoreConfig;
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::flow::{Event, FlowEvent};
-use exfilwatch::flows::{Filter, FlowSink, FlowStore, FlowStoreConfig};
+use exfilwatch::flowstore::{Filter, FlowSink, FlowStore};
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
@@ -29,7 +30,7 @@ fn rss_bytes() -> u64 {
 
 /// 10,000 distinct flows to cycle through, with fresh times.
 fn pool() -> Vec<FlowEvent> {
-    let mut cluster = TrainingCluster::new(9, exfilwatch::alert::now_ns(), 1_000);
+    let mut cluster = TrainingCluster::new(9, exfilwatch::common::clock::now_ns(), 1_000);
     let mut decoder = Decoder::default();
     (0..10_000)
         .map(|i| {
@@ -67,7 +68,7 @@ fn five_million_flows_stay_within_the_configured_bounds() {
     .unwrap();
     let (sink, writer) = FlowSink::start(store.clone());
     let pool = pool();
-    let start_ns = exfilwatch::alert::now_ns();
+    let start_ns = exfilwatch::common::clock::now_ns();
     let stats = &store.stats;
     let mut rss_after_first_million = 0;
     let mut rss_max = 0;

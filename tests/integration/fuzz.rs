@@ -9,12 +9,12 @@
 //! commit it with the fix.
 
 use exfilwatch::config::Config;
-use exfilwatch::detect::rules;
 use exfilwatch::egress::prometheus::{parse_matrix, parse_vector};
 use exfilwatch::flow::json::JsonDecoder;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::flows::Filter;
-use exfilwatch::flows::query::FILTER_PARAMETERS;
+use exfilwatch::flowstore::Filter;
+use exfilwatch::flowstore::query::FILTER_PARAMETERS;
+use exfilwatch::rules;
 use proptest::prelude::*;
 use proptest::test_runner::Config as Runner;
 
@@ -117,7 +117,7 @@ fn the_config_loader_never_panics_and_names_problems() {
 
 #[test]
 fn the_rule_loader_never_panics_and_names_problems() {
-    let pack = fixture("rules/segmentation.yaml");
+    let pack = fixture("rules/default.yaml");
     let input = prop_oneof![mutated(pack), prop::collection::vec(any::<u8>(), 0..300)];
     proptest!(runner(), |(bytes in input)| {
         if let Err(e) = rules::load_text(&text(bytes), "fuzz.yaml") {

@@ -271,7 +271,7 @@ async fn a_relay_unavailable_for_a_minute_loses_no_flow() {
     relay.sim.cut_streams_after(Some(100));
     let mut client = start_client(client_config(format!("http://{}", relay.addr)));
     client.streaming().await;
-    let mut cluster = TrainingCluster::new(31, exfilwatch::alert::now_ns(), 10 * MS);
+    let mut cluster = TrainingCluster::new(31, exfilwatch::common::clock::now_ns(), 10 * MS);
     let mut pushed = Vec::new();
     for _ in 0..100 {
         let f = cluster.next_flow();

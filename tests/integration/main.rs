@@ -13,6 +13,7 @@ mod flow_store_memory;
 mod fuzz;
 mod hubble_stream;
 mod hubble_tls;
+mod layers;
 mod prometheus;
 mod replay;
 mod soak;

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use exfilwatch::baseline::{HOUR, hour_floor};
+use exfilwatch::egress::baseline::{HOUR, hour_floor};
 use exfilwatch::egress::prometheus::Prometheus;
 use exfilwatch::egress::sampler::Sampler;
-use exfilwatch::store::Store;
+use exfilwatch::state::Store;
 
 const INSTALL: &str =
     "apt-get install -y --no-install-recommends prometheus (scripts/test.sh does this)";
@@ -121,7 +121,7 @@ impl PromServer {
         )
         .unwrap();
         let port = crate::support::free_port();
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let mut server = PromServer {
             url: format!("http://127.0.0.1:{port}"),
             port,
@@ -164,7 +164,7 @@ impl PromServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start prometheus ({e}): {INSTALL}"));
         self.child = Some(child);
-        exfilwatch::http::install_crypto();
+        exfilwatch::common::http::install_crypto();
         let client = self.client.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -246,7 +246,7 @@ async fn matches_prometheus(sampler: &Sampler, prom: &Prometheus, t: i64) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_and_baselines_equal_prometheus_evaluating_the_guides_promql() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let server = PromServer::start(end).await;
     let prom = client(&server.url);
     let state = tempfile::tempdir().unwrap();
@@ -298,7 +298,7 @@ async fn rates_and_baselines_equal_prometheus_evaluating_the_guides_promql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_prometheus_leaves_baselines_unchanged_and_sampling_resumes() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let mut server = PromServer::start(end).await;
     let prom = client(&server.url);
     let state = tempfile::tempdir().unwrap();
@@ -326,16 +326,15 @@ async fn a_stopped_prometheus_leaves_baselines_unchanged_and_sampling_resumes() 
 /// An engine over the shipped rule pack with `blind_after`, alerts kept in memory.
 fn engine(blind_after: Duration) -> exfilwatch::detect::engine::Engine {
     use std::sync::Arc;
-    let rules: Vec<Arc<_>> =
-        exfilwatch::detect::rules::load_text(exfilwatch::commands::DEFAULT_RULES, "pack")
-            .unwrap()
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+    let rules: Vec<Arc<_>> = exfilwatch::rules::load_text(exfilwatch::rules::DEFAULT_PACK, "pack")
+        .unwrap()
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let mut config = exfilwatch::config::Config::default();
     config.prometheus.blind_after = blind_after;
     let (engine, _delivery) =
-        exfilwatch::commands::start_alerting(&config, &rules, Store::in_memory().unwrap(), false)
+        exfilwatch::app::start_alerting(&config, &rules, Store::in_memory().unwrap(), false)
             .unwrap();
     engine
 }
@@ -343,7 +342,7 @@ fn engine(blind_after: Duration) -> exfilwatch::detect::engine::Engine {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spike_raises_the_volume_alert_with_pods_and_flow_destinations() {
     use exfilwatch::flow::Event;
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let server = PromServer::start(end).await;
     let mut sampler = Sampler::new(
         client(&server.url),
@@ -415,7 +414,7 @@ async fn a_spike_raises_the_volume_alert_with_pods_and_flow_destinations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blind_prometheus_raises_the_blind_alert_after_the_configured_time_and_no_spike() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let mut server = PromServer::start(end).await;
     let mut sampler = Sampler::new(client(&server.url), "", Store::in_memory().unwrap()).unwrap();
     let mut engine = engine(Duration::from_secs(120));
@@ -453,7 +452,7 @@ async fn a_blind_prometheus_raises_the_blind_alert_after_the_configured_time_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 60;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 60;
     let server = PromServer::start(end).await;
     let relay = crate::support::relay(None).await;
     let dir = tempfile::tempdir().unwrap();
@@ -606,9 +605,9 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_backtests_the_volume_rules_against_prometheus_history() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 60;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 60;
     let server = PromServer::start(end).await;
-    let rfc3339 = |t: i64| exfilwatch::flow::format_time(t * 1_000_000_000);
+    let rfc3339 = |t: i64| exfilwatch::common::clock::format_time(t * 1_000_000_000);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
     cmd.args([
         "replay",
@@ -791,7 +790,7 @@ impl FaultProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_prometheus_raises_no_spike_keeps_the_baselines_and_recovers() {
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let server = PromServer::start(end).await;
     let proxy = FaultProxy::start(server.url.clone()).await;
     let prom = Prometheus::new(&proxy.url, Duration::from_secs(1), None, None).unwrap();
@@ -861,8 +860,8 @@ async fn a_faulty_prometheus_raises_no_spike_keeps_the_baselines_and_recovers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_rates_come_over_tls_from_a_prometheus_serving_https() {
     use crate::hubble_tls::{ca, leaf};
-    use exfilwatch::config::HttpTls;
-    let end = (exfilwatch::alert::now_ns() / 1_000_000_000) / 60 * 60 - 120;
+    use exfilwatch::common::http::HttpTls;
+    let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 120;
     let mut server = PromServer::start(end).await;
     server.stop();
     // The same data, now over HTTPS with a certificate for 127.0.0.1 from the test's CA.

@@ -55,7 +55,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: minutes long; run scripts/soak.sh"]
 async fn soak() {
-    exfilwatch::http::install_crypto();
+    exfilwatch::common::http::install_crypto();
     let rate = env("EXFILWATCH_SOAK_RATE", 50_000);
     let seconds = env("EXFILWATCH_SOAK_SECONDS", 60);
     let relay = relay(None).await;
@@ -150,8 +150,11 @@ async fn soak() {
         })
     };
 
-    let mut cluster =
-        TrainingCluster::new(99, exfilwatch::alert::now_ns(), 1_000_000_000 / rate as i64);
+    let mut cluster = TrainingCluster::new(
+        99,
+        exfilwatch::common::clock::now_ns(),
+        1_000_000_000 / rate as i64,
+    );
     let started = Instant::now();
     let per_tick = rate / 100;
     let mut pushed = 0u64;

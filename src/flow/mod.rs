@@ -6,6 +6,7 @@
 //! for strings the decoder has seen before. What leaves is an [`Event`]: a flow, a lost-events
 //! notice (a visibility gap) or a Relay node-status change.
 
+pub mod intern;
 pub mod json;
 pub mod wire;
 
@@ -16,7 +17,8 @@ use std::sync::Arc;
 pub use crate::proto::flow::{DropReason, LostEventSource, TrafficDirection, Verdict};
 pub use crate::proto::relay::NodeState;
 
-use crate::intern::{BytesMemo, Interner, InvalidUtf8, Sym, SymList};
+use crate::common::clock::format_time;
+use intern::{BytesMemo, Interner, InvalidUtf8, Sym, SymList};
 
 /// Monitor event type of a drop notification.
 pub const EVENT_DROP: i32 = 1;
@@ -258,15 +260,6 @@ pub fn timestamp_ns(seconds: i64, nanos: i32) -> i64 {
     seconds
         .saturating_mul(1_000_000_000)
         .saturating_add(i64::from(nanos))
-}
-
-/// RFC 3339 with nanoseconds, the form Hubble's JSON uses.
-pub fn format_time(time_ns: i64) -> String {
-    prost_types::Timestamp {
-        seconds: time_ns.div_euclid(1_000_000_000),
-        nanos: i32::try_from(time_ns.rem_euclid(1_000_000_000)).unwrap_or(0),
-    }
-    .to_string()
 }
 
 /// Parses a canonical 36-character UUID ("8-4-4-4-12" hex digits) into a number.

@@ -3,7 +3,38 @@
 
 use std::time::Duration;
 
-use crate::config::{HttpAuth, HttpTls};
+/// Credentials for HTTP targets; secrets never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HttpAuth {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpAuth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            HttpAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// TLS for HTTP targets: an extra CA, and a client certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate followed by its key, PEM.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity_pem.is_some())
+            .finish()
+    }
+}
 
 /// Makes ring the process's TLS crypto, which HTTP clients need before they are built.
 ///
@@ -39,7 +70,7 @@ pub fn client(
     builder.build().map_err(|e| {
         format!(
             "{what}: cannot build the HTTP client: {}",
-            crate::source::error_chain(&e)
+            super::error_chain(&e)
         )
     })
 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use polars::prelude::*;
 
+use crate::flow::intern::Sym;
 use crate::flow::{Endpoint, FlowEvent};
-use crate::intern::Sym;
 
 /// Numeric and coded columns, in order after `seq` and `time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,24 +1,10 @@
-//! The rule format and its loader.
-//!
-//! Every `*.yaml` file in `rules.dir` holds a list of rules:
-//!
-//! ```yaml
-//! - name: TrainingPodUnexpectedEgress      # unique across the pack; the alertname
-//!   kind: policy_denied                    # a detector: policy_denied | volume_spike
-//!   namespaces: { names: [ai-training] }   # and/or labels: { team: ml } (namespace labels)
-//!   severity: critical                     # info | warning | critical
-//!   resolve_after: 10m                     # quiet period before the alert resolves
-//!   params: { drop_reasons: [POLICY_DENIED, POLICY_DENY], direction: egress }
-//!   labels: { team: security }             # extra labels, templated
-//!   annotations: { runbook_url: "https://runbooks.example/egress?ns={{ namespace }}" }
-//! ```
+//! Reading rule files: raw serde structs per kind, validated into [`Rule`]s.
 //!
 //! Loading checks everything and reports every problem as `file:line: rule NAME: field:
 //! message`; a pack with any problem is refused whole, so the service never runs half a rule
 //! set. serde's YAML values carry no positions, so a rule's line is the line of its `name`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,267 +12,10 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::template::Template;
-use crate::config::{parse_duration, parse_yaml};
+use super::*;
+use crate::common::units::parse_duration;
+use crate::common::yaml;
 use crate::flow::DropReason;
-
-/// Prefix of the Cilium labels that carry a pod's namespace labels.
-pub const NAMESPACE_LABEL_PREFIX: &str = "k8s:io.cilium.k8s.namespace.labels.";
-
-/// Label names the service sets itself; rules may not override them.
-pub const RESERVED_LABELS: [&str; 5] =
-    ["alertname", "severity", "namespace", "destination", "rule"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-/// Which namespaces a rule watches: by name, or by namespace labels (all must match).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
-    pub names: BTreeSet<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Selector {
-    /// True when `namespace` (whose pods carry `pod_labels`) is selected.
-    pub fn matches(&self, namespace: &str, pod_labels: &[crate::intern::Sym]) -> bool {
-        if namespace.is_empty() {
-            return false;
-        }
-        if self.names.contains(namespace) {
-            return true;
-        }
-        !self.labels.is_empty()
-            && self.labels.iter().all(|(k, v)| {
-                pod_labels.iter().any(|l| {
-                    l.strip_prefix(NAMESPACE_LABEL_PREFIX)
-                        .and_then(|kv| kv.split_once('='))
-                        .is_some_and(|(lk, lv)| lk == k && lv == v)
-                })
-            })
-    }
-}
-
-/// Which traffic direction a rule looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Egress,
-    Ingress,
-    Any,
-}
-
-/// Parameters of the `policy_denied` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyDeniedParams {
-    /// `DropReason` codes that count as a policy denial.
-    pub drop_reasons: BTreeSet<u32>,
-    pub direction: Direction,
-    /// Also count AUDIT verdicts (policy audit mode reports would-be denials that way).
-    pub include_audit: bool,
-    /// Prefix lengths that group world destinations without a name.
-    pub world_prefix_v4: u8,
-    pub world_prefix_v6: u8,
-    /// Two reports of one packet (policy verdict and drop) closer than this count once.
-    pub duplicate_window: Duration,
-    /// Sample flow UUIDs kept per alert.
-    pub samples: usize,
-}
-
-/// What a namespace's egress is compared with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum BaselineModel {
-    /// The mean of the last 7 days' hourly rates: the guide's `avg_over_time(...[7d:1h])`.
-    Mean,
-    /// The mean of the same hour of the week over the last 4 weeks.
-    HourOfWeek,
-    /// The median of the last 7 days' hourly rates; the rate must also be `threshold`
-    /// robust standard deviations (1.4826 x MAD) above it.
-    MedianMad { threshold: f64 },
-}
-
-impl BaselineModel {
-    pub fn name(self) -> &'static str {
-        match self {
-            BaselineModel::Mean => "mean",
-            BaselineModel::HourOfWeek => "hour_of_week",
-            BaselineModel::MedianMad { .. } => "median_mad",
-        }
-    }
-}
-
-/// Parameters of the `volume_spike` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VolumeSpikeParams {
-    pub model: BaselineModel,
-    pub factor: f64,
-    pub window: Duration,
-    pub baseline: Duration,
-    pub min_coverage: Duration,
-    pub floor_bytes_per_second: f64,
-    pub hold_for: Duration,
-}
-
-/// The detectors, a closed set.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    PolicyDenied(PolicyDeniedParams),
-    VolumeSpike(VolumeSpikeParams),
-    Scan(ScanParams),
-    DnsExfiltration(DnsParams),
-    Segmentation(SegmentationParams),
-    Coverage(CoverageParams),
-    NewDestination(NewDestinationParams),
-}
-
-impl Kind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Kind::PolicyDenied(_) => "policy_denied",
-            Kind::VolumeSpike(_) => "volume_spike",
-            Kind::Scan(_) => "scan",
-            Kind::DnsExfiltration(_) => "dns_exfiltration",
-            Kind::Segmentation(_) => "segmentation",
-            Kind::Coverage(_) => "coverage",
-            Kind::NewDestination(_) => "new_destination",
-        }
-    }
-}
-
-/// One kind of traffic a namespace may send: every field given must match.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Allowed {
-    /// Destination namespaces.
-    pub namespaces: Vec<String>,
-    /// Destination pod labels, key to value.
-    pub labels: BTreeMap<String, String>,
-    /// Destination address blocks.
-    pub cidrs: Vec<(std::net::IpAddr, u8)>,
-    /// Destination DNS names; a leading `*.` matches any subdomain.
-    pub fqdns: Vec<String>,
-    /// Destination ports (inclusive ranges); empty means any.
-    pub ports: Vec<(u16, u16)>,
-    /// What the entry is for, shown in alerts.
-    pub description: String,
-}
-
-/// Parameters of the `new_destination` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewDestinationParams {
-    /// How long a namespace is only learned from before anything new alerts.
-    pub learning: Duration,
-    /// How long a destination stays known after it was last seen.
-    pub history: Duration,
-    /// Destinations never reported; `*` matches any run of characters.
-    pub allow: Vec<String>,
-}
-
-/// Parameters of the `coverage` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CoverageParams {
-    pub window: Duration,
-    /// Events Hubble reported lost within `window` that make a gap worth an alert.
-    pub lost_events: u64,
-    /// How long the Hubble stream may be down before it is an alert.
-    pub stream_down_after: Duration,
-}
-
-/// Parameters of the `segmentation` detector.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SegmentationParams {
-    pub allow: Vec<Allowed>,
-}
-
-/// Parameters of the `dns_exfiltration` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DnsParams {
-    pub window: Duration,
-    /// A label at least this long is suspicious on its own.
-    pub max_label_length: usize,
-    /// A label of 20+ characters, no hyphen, letters and digits mixed, with at least this
-    /// much Shannon entropy (bits per character) looks like encoded data.
-    pub max_label_entropy: f64,
-    /// Distinct names under one registered domain per window.
-    pub unique_subdomains: usize,
-    /// Share of TXT/NULL queries to one registered domain, once it had `min_queries`.
-    pub txt_share: f64,
-    /// Share of NXDOMAIN answers from one registered domain, once it had `min_queries`.
-    pub nxdomain_share: f64,
-    pub min_queries: usize,
-    /// Registered domains (and their subdomains) never reported, e.g. the cluster's own.
-    pub allow: Vec<String>,
-}
-
-/// Parameters of the `scan` detector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanParams {
-    /// The sliding window distinct destinations and ports are counted in.
-    pub window: Duration,
-    /// Distinct destinations (FQDN, namespace/workload or address block) that make a scan.
-    pub destinations: usize,
-    /// Distinct (destination, port) pairs that make a scan.
-    pub ports: usize,
-}
-
-/// One validated rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    pub kind: Kind,
-    pub enabled: bool,
-    pub namespaces: Selector,
-    pub severity: Severity,
-    pub resolve_after: Duration,
-    pub labels: BTreeMap<String, Template>,
-    pub annotations: BTreeMap<String, Template>,
-    /// Where the rule was defined, "file:line".
-    pub origin: String,
-}
-
-/// Every problem found in a rule pack.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} problem(s) in the rules:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-pub struct RuleErrors(pub Vec<RuleProblem>);
-
-/// One problem: where, which rule, which field, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleProblem {
-    pub file: String,
-    pub line: usize,
-    pub rule: String,
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for RuleProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}: ", self.file, self.line)?;
-        } else {
-            write!(f, "{}: ", self.file)?;
-        }
-        if !self.rule.is_empty() {
-            write!(f, "rule {}: ", self.rule)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +88,18 @@ impl Report<'_> {
         });
     }
 
+    /// The rule's `params` as the kind's raw parameters; the defaults (and a problem) when
+    /// they do not fit.
+    fn params<T: serde::de::DeserializeOwned + Default>(&mut self, raw: Option<Value>) -> T {
+        match raw.map(yaml::from_value).transpose() {
+            Ok(p) => p.unwrap_or_default(),
+            Err(message) => {
+                self.problem("params", message);
+                T::default()
+            }
+        }
+    }
+
     fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
         match value.map(parse_duration) {
             None => default,
@@ -371,37 +112,12 @@ impl Report<'_> {
     }
 }
 
-/// The line of the `name: NAME` entry of rule `index` (1-based), or of the list's n-th item.
-fn rule_line(text: &str, name: Option<&str>, index: usize) -> usize {
-    if let Some(name) = name {
-        for (i, line) in text.lines().enumerate() {
-            let t = line.trim_start().trim_start_matches("- ").trim();
-            if let Some(v) = t.strip_prefix("name:")
-                && v.trim().trim_matches(|c| c == '"' || c == '\'') == name
-            {
-                return i + 1;
-            }
-        }
-    }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.starts_with("- "))
-        .nth(index)
-        .map_or(1, |(i, _)| i + 1)
-}
-
 fn drop_reason_code(name: &str) -> Option<u32> {
     DropReason::from_str_name(name).map(|r| r as u32)
 }
 
 fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedParams {
-    let p: RawPolicyDenied = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawPolicyDenied::default()
-        }
-    };
+    let p: RawPolicyDenied = report.params(raw);
     let mut drop_reasons = BTreeSet::new();
     for name in p
         .drop_reasons
@@ -465,13 +181,7 @@ struct RawNewDestination {
 }
 
 fn new_destination(raw: Option<Value>, report: &mut Report<'_>) -> NewDestinationParams {
-    let p: RawNewDestination = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawNewDestination::default()
-        }
-    };
+    let p: RawNewDestination = report.params(raw);
     let history = report.duration(
         "params.history",
         p.history.as_deref(),
@@ -503,13 +213,7 @@ struct RawCoverage {
 }
 
 fn coverage(raw: Option<Value>, report: &mut Report<'_>) -> CoverageParams {
-    let p: RawCoverage = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawCoverage::default()
-        }
-    };
+    let p: RawCoverage = report.params(raw);
     let lost_events = p.lost_events.unwrap_or(1000);
     if lost_events == 0 {
         report.problem("params.lost_events", "must be at least 1");
@@ -547,13 +251,7 @@ struct RawAllowed {
 }
 
 fn segmentation(raw: Option<Value>, report: &mut Report<'_>) -> SegmentationParams {
-    let p: RawSegmentation = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawSegmentation::default()
-        }
-    };
+    let p: RawSegmentation = report.params(raw);
     if p.allow.is_empty() {
         report.problem("params.allow", "lists nothing: every flow would alert");
     }
@@ -642,13 +340,7 @@ struct RawDns {
 }
 
 fn dns(raw: Option<Value>, report: &mut Report<'_>) -> DnsParams {
-    let p: RawDns = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawDns::default()
-        }
-    };
+    let p: RawDns = report.params(raw);
     let share = |field: &str, v: Option<f64>, default: f64, report: &mut Report<'_>| {
         let v = v.unwrap_or(default);
         if !(v > 0.0 && v <= 1.0) {
@@ -697,13 +389,7 @@ struct RawScan {
 }
 
 fn scan(raw: Option<Value>, report: &mut Report<'_>) -> ScanParams {
-    let p: RawScan = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawScan::default()
-        }
-    };
+    let p: RawScan = report.params(raw);
     let mut count = |field: &str, value: Option<usize>, default: usize| {
         let n = value.unwrap_or(default);
         if !(2..=100_000).contains(&n) {
@@ -732,13 +418,7 @@ fn scan(raw: Option<Value>, report: &mut Report<'_>) -> ScanParams {
 }
 
 fn volume_spike(raw: Option<Value>, report: &mut Report<'_>) -> VolumeSpikeParams {
-    let p: RawVolumeSpike = match raw.map(serde_yaml_ng::from_value).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            report.problem("params", params_message(&e.to_string()));
-            RawVolumeSpike::default()
-        }
-    };
+    let p: RawVolumeSpike = report.params(raw);
     let factor = p.factor.unwrap_or(1.5);
     if !(factor.is_finite() && factor > 1.0) {
         report.problem(
@@ -795,15 +475,6 @@ fn volume_spike(raw: Option<Value>, report: &mut Report<'_>) -> VolumeSpikeParam
         floor_bytes_per_second: floor,
         hold_for: report.duration("params.for", p.hold_for.as_deref(), Duration::ZERO),
     }
-}
-
-/// serde's message for a params mapping, with a suggestion for a misspelt key.
-fn params_message(message: &str) -> String {
-    let mut m = message.to_owned();
-    if let Some(cut) = m.find(" at line ") {
-        m.truncate(cut);
-    }
-    crate::config::suggest(&m).map_or(m.clone(), |hint| m + &hint)
 }
 
 fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
@@ -907,15 +578,13 @@ pub fn parse_file(text: &str, file: &str, problems: &mut Vec<RuleProblem>) -> Ve
     let items: Vec<Value> = if text.trim().is_empty() {
         Vec::new()
     } else {
-        match parse_yaml::<Option<Vec<Value>>>(text) {
+        match yaml::parse::<Option<Vec<Value>>>(text) {
             Ok(items) => items.unwrap_or_default(),
-            Err(message) => {
-                let (line, message) = message
-                    .split_once(':')
-                    .and_then(|(l, rest)| {
-                        Some((l.parse().ok()?, rest.split_once(": ")?.1.to_owned()))
-                    })
-                    .unwrap_or((1, format!("expected a list of rules: {message}")));
+            Err(e) => {
+                let (line, message) = match e.position {
+                    Some((line, _)) => (line, e.message),
+                    None => (1, format!("expected a list of rules: {}", e.message)),
+                };
                 problems.push(RuleProblem {
                     file: file.into(),
                     line,
@@ -930,16 +599,16 @@ pub fn parse_file(text: &str, file: &str, problems: &mut Vec<RuleProblem>) -> Ve
     let mut rules = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         let name = item.get("name").and_then(Value::as_str).map(str::to_owned);
-        let line = rule_line(text, name.as_deref(), index);
+        let line = yaml::item_line(text, name.as_deref(), index);
         let mut report = Report {
             file,
             line,
             rule: name.clone().unwrap_or_else(|| format!("#{}", index + 1)),
             problems,
         };
-        match serde_yaml_ng::from_value::<RawRule>(item) {
+        match yaml::from_value::<RawRule>(item) {
             Ok(raw) => rules.push(validate(raw, &mut report)),
-            Err(e) => report.problem("", params_message(&e.to_string())),
+            Err(message) => report.problem("", message),
         }
     }
     rules
@@ -1021,7 +690,7 @@ fn check_unique(rules: &[Rule], problems: &mut Vec<RuleProblem>) {
 mod tests {
     use super::*;
 
-    const PACK: &str = include_str!("../../rules/segmentation.yaml");
+    const PACK: &str = DEFAULT_PACK;
 
     fn problems(text: &str) -> Vec<String> {
         match load_text(text, "r.yaml") {
@@ -1161,7 +830,7 @@ mod tests {
             names: BTreeSet::new(),
             labels: BTreeMap::from([("team".into(), "ml".into())]),
         };
-        let labels: Vec<crate::intern::Sym> =
+        let labels: Vec<crate::flow::intern::Sym> =
             vec!["k8s:io.cilium.k8s.namespace.labels.team=ml".into()];
         assert!(by_label.matches("research", &labels));
         assert!(!by_label.matches("research", &[]));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use polars::prelude::*;
 
 use super::chunk::{Chunk, Col};
-use crate::detect::policy_denied::network;
+use ipnet::IpNet;
+
 use crate::flow::{DropReason, L4Protocol, TrafficDirection, Verdict};
 
 /// Flows per page when `limit` is not given, and the most a page may hold.
@@ -43,7 +44,7 @@ enum Test {
     /// Names equal to it or ending in ".it", without case.
     DomainSuffix(String),
     Ip(IpAddr),
-    Network(IpAddr, u32),
+    Network(IpNet),
     /// Plain numbers, any of them.
     Numbers(Vec<u32>),
 }
@@ -198,7 +199,7 @@ impl Filter {
             if until <= since {
                 return Err(bad(
                     "until",
-                    &crate::flow::format_time(until),
+                    &crate::common::clock::format_time(until),
                     "must be later than since",
                 ));
             }
@@ -206,7 +207,7 @@ impl Filter {
             if until - since > max {
                 return Err(bad(
                     "since",
-                    &crate::flow::format_time(since),
+                    &crate::common::clock::format_time(since),
                     "range longer than 31 days",
                 ));
             }
@@ -290,13 +291,12 @@ fn parse_cidr(key: &str, value: &str) -> Result<Test, BadParameter> {
         .parse()
         .map_err(|_| bad(key, value, "not an IP address before /"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits: u8 = bits
+    let net = bits
         .parse()
         .ok()
-        .filter(|b| *b <= max)
+        .and_then(|b| IpNet::new(ip, b).ok())
         .ok_or_else(|| bad(key, value, format!("prefix length must be 0-{max}")))?;
-    let (net, bits) = network(ip, bits, bits);
-    Ok(Test::Network(net, bits))
+    Ok(Test::Network(net.trunc()))
 }
 
 /// RFC 3339, or a duration before `now_ns` such as "15m" or "2h".
@@ -305,7 +305,7 @@ pub fn parse_time(key: &str, value: &str, now_ns: i64) -> Result<i64, BadParamet
         && value.ends_with(|c: char| c.is_ascii_alphabetic())
         && !value.contains('-')
     {
-        let d = crate::config::parse_duration(value).map_err(|e| bad(key, value, e))?;
+        let d = crate::common::units::parse_duration(value).map_err(|e| bad(key, value, e))?;
         let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         return Ok(now_ns.saturating_sub(ns));
     }
@@ -340,9 +340,7 @@ fn codes(test: &Test, chunk: &Chunk) -> Vec<u32> {
         Test::Prefix(want) => texts(&|s| s.starts_with(want.as_str())),
         Test::DomainSuffix(want) => texts(&|s| domain_matches(s, want)),
         Test::Ip(want) => ips(&|ip| ip == *want),
-        Test::Network(net, bits) => ips(&|ip| {
-            ip.is_ipv4() == net.is_ipv4() && network(ip, *bits as u8, *bits as u8).0 == *net
-        }),
+        Test::Network(net) => ips(&|ip| net.contains(&ip)),
         Test::Numbers(n) => n.clone(),
     }
 }

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 use super::GroupBy;
 use super::chunk::{COLUMNS, Chunk, Col};
+use crate::flow::intern::Sym;
 use crate::flow::{L4Protocol, TcpFlags, TrafficDirection, Verdict, drop_reason_name};
-use crate::intern::Sym;
 
 /// One stored flow: its codes, read through the chunk it came from.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ impl StoredFlow {
             _ => None,
         };
         FlowJson {
-            time: crate::flow::format_time(self.time_ns),
+            time: crate::common::clock::format_time(self.time_ns),
             verdict: verdict.as_str_name(),
             drop_reason_desc: match (drop, drop_reason_name(drop)) {
                 (0, _) => String::new(),

@@ -19,47 +19,14 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 
 use polars::prelude::*;
 
 pub use chunk::{Builder, Chunk, Col, Row};
 pub use query::{BadParameter, Filter};
 
+use crate::config::{FlowStoreConfig, MAX_CHUNK_FLOWS};
 use crate::flow::FlowEvent;
-
-/// Flow store settings (`storage.flows` in the configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowStoreConfig {
-    /// Most flows kept in memory.
-    pub memory_flows: usize,
-    /// Most bytes the in-memory flows may take.
-    pub memory_bytes: usize,
-    /// Flows per chunk (and per parquet segment).
-    pub chunk_flows: usize,
-    /// Where segments go; `None` keeps memory only (older flows are dropped).
-    pub dir: Option<PathBuf>,
-    /// Segments older than this are deleted.
-    pub retention: Duration,
-    /// Most bytes the segments may take on disk.
-    pub disk_bytes: u64,
-    /// How long a flow may wait in the pending batch before it is queryable.
-    pub flush_interval: Duration,
-}
-
-impl Default for FlowStoreConfig {
-    fn default() -> Self {
-        FlowStoreConfig {
-            memory_flows: 2_000_000,
-            memory_bytes: 256 << 20,
-            chunk_flows: 65_536,
-            dir: None,
-            retention: Duration::from_secs(7 * 86_400),
-            disk_bytes: 10 << 30,
-            flush_interval: Duration::from_millis(500),
-        }
-    }
-}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -276,9 +243,6 @@ impl GroupBy {
 /// request's cost is bounded whatever the retention.
 pub const MAX_SEGMENTS_PER_QUERY: usize = 64;
 
-/// Most flows a chunk may hold: with 8 text columns its dictionary then stays below 2^20 + 2
-/// entries, so every code fits in [`CODE_BITS`] bits of a packed group key.
-pub const MAX_CHUNK_FLOWS: usize = 131_072;
 const CODE_BITS: u32 = 21;
 
 /// One group of `/flows/top`.
@@ -336,7 +300,7 @@ impl FlowStore {
             cache: Mutex::new(VecDeque::new()),
             stats: StoreStats::default(),
         });
-        store.retain(crate::alert::now_ns());
+        store.retain(crate::common::clock::now_ns());
         store.update_sizes(&store.lock());
         Ok(store)
     }
@@ -446,7 +410,7 @@ impl FlowStore {
             }
             drop(inner);
             if wrote {
-                self.retain(crate::alert::now_ns());
+                self.retain(crate::common::clock::now_ns());
             }
         }
     }
@@ -822,6 +786,8 @@ fn write_loop(shared: &Shared) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::detect::testing::flow_event;
     use crate::flow::json::JsonDecoder;

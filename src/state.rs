@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::alert::{Alert, Status, now_ns};
+use crate::common::clock::now_ns;
 
 /// A storage failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StateError {
     #[error("state store {path}: {action}: {source}")]
     Sql {
         path: String,
@@ -39,7 +39,7 @@ pub enum StoreError {
 pub struct Pending {
     pub fingerprint: String,
     pub version: i64,
-    /// The alert as JSON (`Alert`).
+    /// The alert as JSON.
     pub alert: String,
     pub enqueued_ns: i64,
 }
@@ -94,18 +94,18 @@ INSERT OR IGNORE INTO versions (id, next) VALUES (1, 1);
 
 impl Store {
     /// Opens (creating) `dir/exfilwatch.db`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
         let path = dir.join("exfilwatch.db");
         let name = path.display().to_string();
         let err = |action| {
             let name = name.clone();
-            move |source| StoreError::Sql {
+            move |source| StateError::Sql {
                 path: name,
                 action,
                 source,
             }
         };
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.display().to_string(),
             action: "create the directory",
             source,
@@ -127,8 +127,8 @@ impl Store {
     }
 
     /// A store that lives in memory only (replay without sending, the demo).
-    pub fn in_memory() -> Result<Store, StoreError> {
-        let err = |source| StoreError::Sql {
+    pub fn in_memory() -> Result<Store, StateError> {
+        let err = |source| StateError::Sql {
             path: ":memory:".into(),
             action: "open",
             source,
@@ -146,21 +146,29 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sql {
+    fn error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError + '_ {
+        move |source| StateError::Sql {
             path: self.path.clone(),
             action,
             source,
         }
     }
 
-    /// Saves an alert's new state and queues it for every target, in one transaction.
-    pub fn record(&self, alert: &Alert, targets: &[String]) -> Result<(), StoreError> {
-        let body = serde_json::to_string(alert).unwrap_or_default();
-        let status = match alert.status {
-            Status::Firing => "firing",
-            Status::Resolved => "resolved",
-        };
+    /// Where the store is, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Saves an alert's new state (`body`, the alert as JSON) and queues it for every target,
+    /// in one transaction.
+    pub fn record(
+        &self,
+        fingerprint: &str,
+        firing: bool,
+        body: &str,
+        targets: &[String],
+    ) -> Result<(), StateError> {
+        let status = if firing { "firing" } else { "resolved" };
         let now = now_ns();
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.error("begin"))?;
@@ -174,14 +182,14 @@ impl Store {
         tx.execute(
             "INSERT INTO alerts (fingerprint, status, body, updated_ns) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (fingerprint) DO UPDATE SET status = ?2, body = ?3, updated_ns = ?4",
-            params![alert.fingerprint, status, body, now],
+            params![fingerprint, status, body, now],
         )
         .map_err(self.error("save the alert"))?;
         for target in targets {
             tx.execute(
                 "INSERT INTO outbox (target, fingerprint, version, body, enqueued_ns) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (target, fingerprint) DO UPDATE SET version = ?3, body = ?4",
-                params![target, alert.fingerprint, version, body, now],
+                params![target, fingerprint, version, body, now],
             )
             .map_err(self.error("queue the alert"))?;
         }
@@ -189,7 +197,7 @@ impl Store {
     }
 
     /// Up to `limit` unsent states for `target`, oldest first.
-    pub fn pending(&self, target: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    pub fn pending(&self, target: &str, limit: usize) -> Result<Vec<Pending>, StateError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
@@ -212,7 +220,7 @@ impl Store {
     }
 
     /// Removes the states `target` accepted, unless a newer version replaced them meanwhile.
-    pub fn delivered(&self, target: &str, sent: &[Pending]) -> Result<(), StoreError> {
+    pub fn delivered(&self, target: &str, sent: &[Pending]) -> Result<(), StateError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.error("begin"))?;
         for p in sent {
@@ -226,7 +234,7 @@ impl Store {
     }
 
     /// Moves a state `target` refused into the dead letters.
-    pub fn refused(&self, target: &str, p: &Pending, error: &str) -> Result<(), StoreError> {
+    pub fn refused(&self, target: &str, p: &Pending, error: &str) -> Result<(), StateError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.error("begin"))?;
         tx.execute(
@@ -243,43 +251,26 @@ impl Store {
     }
 
     /// Unsent states over all targets.
-    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+    pub fn outbox_depth(&self) -> Result<u64, StateError> {
         self.lock()
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
             .map_err(self.error("count the outbox"))
     }
 
-    /// Alerts that were firing when the store was last written.
-    pub fn firing(&self) -> Result<Vec<Alert>, StoreError> {
-        self.read_alerts("SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint")
-    }
-
-    /// Every alert recorded, firing or resolved, by fingerprint.
-    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        self.read_alerts("SELECT body FROM alerts ORDER BY fingerprint")
-    }
-
-    /// Decodes the alert bodies `sql` selects; a body that no longer decodes is logged and
-    /// skipped rather than failing the whole read.
-    fn read_alerts(&self, sql: &str) -> Result<Vec<Alert>, StoreError> {
+    /// The saved alert bodies: only the firing ones, or all, by fingerprint.
+    pub fn alert_bodies(&self, firing_only: bool) -> Result<Vec<String>, StateError> {
+        let sql = if firing_only {
+            "SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint"
+        } else {
+            "SELECT body FROM alerts ORDER BY fingerprint"
+        };
         let conn = self.lock();
         let mut stmt = conn.prepare(sql).map_err(self.error("read alerts"))?;
-        let bodies = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+        stmt.query_map([], |r| r.get::<_, String>(0))
             .map_err(self.error("read alerts"))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(self.error("read alerts"))?;
-        Ok(bodies
-            .iter()
-            .filter_map(|b| match serde_json::from_str(b) {
-                Ok(alert) => Some(alert),
-                Err(e) => {
-                    tracing::error!(path = %self.path, "state store: a saved alert cannot be read, skipped: {e}");
-                    None
-                }
-            })
-            .collect())
+            .map_err(self.error("read alerts"))
     }
 
     /// Saves hourly egress samples, marks `hours` as sampled, and forgets hours before
@@ -289,7 +280,7 @@ impl Store {
         rows: &[(String, i64, f64)],
         hours: &[i64],
         forget_before: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.error("begin"))?;
         for (namespace, hour, rate) in rows {
@@ -321,7 +312,7 @@ impl Store {
     }
 
     /// Every saved (namespace, hour, rate).
-    pub fn baseline_samples(&self) -> Result<Vec<(String, i64, f64)>, StoreError> {
+    pub fn baseline_samples(&self) -> Result<Vec<(String, i64, f64)>, StateError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare("SELECT namespace, hour, rate FROM baseline_samples ORDER BY namespace, hour")
@@ -334,7 +325,7 @@ impl Store {
     }
 
     /// The hours already sampled.
-    pub fn baseline_hours(&self) -> Result<Vec<i64>, StoreError> {
+    pub fn baseline_hours(&self) -> Result<Vec<i64>, StateError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare("SELECT hour FROM baseline_hours ORDER BY hour")
@@ -368,7 +359,7 @@ impl Store {
         namespace: &str,
         destination: &str,
         seen_ns: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         self.lock()
             .execute(
                 "INSERT INTO known_destinations (rule, namespace, destination, last_seen_ns) VALUES (?1, ?2, ?3, ?4)
@@ -380,7 +371,7 @@ impl Store {
     }
 
     /// The destinations `rule` learned: (namespace, destination, last seen).
-    pub fn known_destinations(&self, rule: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub fn known_destinations(&self, rule: &str) -> Result<Vec<(String, String, i64)>, StateError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare("SELECT namespace, destination, last_seen_ns FROM known_destinations WHERE rule = ?1")
@@ -392,7 +383,7 @@ impl Store {
             .map_err(self.error("read known destinations"))
     }
 
-    pub fn cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+    pub fn cursor(&self, name: &str) -> Result<Option<i64>, StateError> {
         self.lock()
             .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
                 r.get(0)
@@ -401,7 +392,7 @@ impl Store {
             .map_err(self.error("read a cursor"))
     }
 
-    pub fn set_cursor(&self, name: &str, value: i64) -> Result<(), StoreError> {
+    pub fn set_cursor(&self, name: &str, value: i64) -> Result<(), StateError> {
         self.lock()
             .execute(
                 "INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2",

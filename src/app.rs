@@ -1,0 +1,323 @@
+//! Assembles `exfilwatch run`: the Hubble source feeding the pipeline, whose consumers are the
+//! flow store, the detection engine (with the alert manager, its outbox and sinks) and the
+//! telemetry; the Prometheus egress task; the REST API. Then shuts them down in order: the
+//! source stops, the pipeline drains into the engine, the engine's last state changes are
+//! committed, the flow store persists, the sinks flush what they can (the rest stays in the
+//! outbox), and the API closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::alert::Alert;
+use crate::alert::manager::{LifecycleConfig, Manager};
+use crate::alert::sink::{self, DeliveryStats};
+use crate::api::{self, egress::EgressApi, metrics::Telemetry};
+use crate::common::clock::now_ns;
+use crate::config::Config;
+use crate::detect::engine::Engine;
+use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
+use crate::flowstore::{FlowSink, FlowStore};
+use crate::pipeline::{self, CHANNEL_CAPACITY, Consumers, Cursor, DeniedFlows, Progress, Summary};
+use crate::rules::{self, Rule};
+use crate::source::SourceStats;
+use crate::source::hubble::{HubbleError, HubbleSource};
+use crate::state::Store;
+
+/// The cursor under which the time of the last processed flow is saved.
+const HUBBLE_CURSOR: &str = "hubble.last_flow_ns";
+/// How often the cursor is saved while flows arrive.
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting that cannot work: an address, a TLS file, a target.
+    #[error("{0}")]
+    Config(String),
+    /// The flow store's directory cannot be used.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// What a finished run leaves to report.
+#[derive(Debug)]
+pub struct Finished {
+    pub summary: Summary,
+    pub source: Arc<SourceStats>,
+    /// Alert states delivered, and still queued in the outbox.
+    pub delivered: u64,
+    pub queued: u64,
+    /// Alerts firing at the end.
+    pub alerts: Vec<Alert>,
+    /// Why the source stopped, when it failed.
+    pub source_result: Result<(), HubbleError>,
+}
+
+/// The sinks delivering from the store's outbox.
+#[derive(Debug)]
+pub struct Delivery {
+    pub store: Store,
+    pub stats: Arc<DeliveryStats>,
+    sinks: Vec<JoinHandle<()>>,
+    stop_sinks: CancellationToken,
+}
+
+impl Delivery {
+    /// Stops the sinks after one last flush; returns what is still queued.
+    pub async fn finish(self) -> u64 {
+        self.stop_sinks.cancel();
+        for sink in self.sinks {
+            let _ = sink.await;
+        }
+        self.store.outbox_depth().unwrap_or(0)
+    }
+}
+
+/// The engine over `store`, and sinks for `config`'s targets (none when `send` is false).
+pub fn start_alerting(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: Store,
+    send: bool,
+) -> Result<(Engine, Delivery), String> {
+    let targets = if send {
+        sink::targets(&config.alertmanager, &config.api.external_url)?
+    } else {
+        Vec::new()
+    };
+    let wake = Arc::new(Notify::new());
+    let lifecycle = LifecycleConfig {
+        resend_interval: config.alertmanager.resend_interval,
+        update_interval: config.alertmanager.update_interval,
+        external_url: config.api.external_url.clone(),
+        targets: targets.iter().map(|t| t.id.clone()).collect(),
+    };
+    let manager =
+        Manager::new(lifecycle, store.clone(), wake.clone(), rules).map_err(|e| e.to_string())?;
+    let stats = Arc::new(DeliveryStats::default());
+    let stop_sinks = CancellationToken::new();
+    let sinks = targets
+        .into_iter()
+        .map(|t| {
+            tokio::spawn(sink::deliver(
+                t,
+                store.clone(),
+                wake.clone(),
+                stats.clone(),
+                stop_sinks.clone(),
+            ))
+        })
+        .collect();
+    Ok((
+        Engine::new(
+            rules,
+            manager,
+            stats.clone(),
+            config.prometheus.blind_after,
+            &store,
+        ),
+        Delivery {
+            store,
+            stats,
+            sinks,
+            stop_sinks,
+        },
+    ))
+}
+
+/// The receiving ends of the egress task.
+type EgressFeed = (
+    mpsc::Receiver<EgressReport>,
+    watch::Receiver<Arc<EgressReport>>,
+    EgressApi,
+);
+
+/// Starts the egress task when `prometheus.url` is set. Volume rules without it are
+/// reported once: they cannot be evaluated.
+fn start_egress(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: &Store,
+    cancel: CancellationToken,
+) -> Result<Option<EgressFeed>, String> {
+    let volume_rules: Vec<&str> = rules
+        .iter()
+        .filter(|r| r.enabled && matches!(r.kind, rules::Kind::VolumeSpike(_)))
+        .map(|r| r.name.as_str())
+        .collect();
+    let Some(url) = &config.prometheus.url else {
+        if !volume_rules.is_empty() {
+            tracing::warn!(rules = ?volume_rules, "egress: prometheus.url is not set: volume_spike rules are not evaluated");
+        }
+        return Ok(None);
+    };
+    let p = &config.prometheus;
+    let prometheus = Prometheus::new(url, p.timeout, p.auth.clone(), p.tls.as_ref())?;
+    let min_coverage_hours = rules
+        .iter()
+        .filter(|r| r.enabled)
+        .filter_map(|r| match &r.kind {
+            rules::Kind::VolumeSpike(v) => Some((v.min_coverage.as_secs() / 3600) as usize),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(72);
+    let dashboards = EgressApi {
+        prometheus: prometheus.clone(),
+        selector: p.selector.clone(),
+        min_coverage_hours,
+    };
+    let sampler =
+        Sampler::new(prometheus, &p.selector, store.clone()).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(4);
+    let (latest_tx, latest_rx) = watch::channel(Arc::new(EgressReport::default()));
+    tokio::spawn(egress::watch::run(
+        sampler,
+        p.interval,
+        Engine::smallest_spike_factor(rules),
+        tx,
+        latest_tx,
+        cancel,
+    ));
+    tracing::info!(%url, interval = ?p.interval, "egress: sampling rates and baselines from Prometheus");
+    Ok(Some((rx, latest_rx, dashboards)))
+}
+
+/// Follows Hubble Relay with `rules` over an opened state `store` until `cancel`, logging
+/// progress every `every`.
+pub async fn run(
+    config: &Config,
+    rules: &[Arc<Rule>],
+    store: Store,
+    every: Duration,
+    cancel: CancellationToken,
+) -> Result<Finished, StartError> {
+    let flow_store =
+        FlowStore::open(config.flows.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+    let (engine, delivery) =
+        start_alerting(config, rules, store, true).map_err(StartError::Config)?;
+    let store = delivery.store.clone();
+    let stats = Arc::new(SourceStats::default());
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let mut source = HubbleSource::new(config.hubble.clone(), stats.clone());
+    match store.cursor(HUBBLE_CURSOR) {
+        Ok(Some(cursor)) => {
+            // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
+            // nodes with some delay, so start an overlap early: a flow counted twice is better
+            // than a flow missed.
+            let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
+            source = source.start_at(cursor.saturating_sub(overlap));
+        }
+        // A first start follows from now; the cursor is set at once, so that a crash before
+        // the first periodic save still resumes from here.
+        Ok(None) => {
+            if let Err(e) = store.set_cursor(HUBBLE_CURSOR, now_ns()) {
+                tracing::error!("{e}");
+            }
+        }
+        Err(e) => tracing::error!("{e}; following Hubble from now"),
+    }
+    let egress_stop = cancel.child_token();
+    let egress = match start_egress(config, rules, &store, egress_stop.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            delivery.finish().await;
+            return Err(StartError::Config(e));
+        }
+    };
+    let (egress_rx, egress_latest, egress_api) = match egress {
+        Some((rx, latest, api)) => (Some(rx), Some(latest), Some(api)),
+        None => (None, None, None),
+    };
+    let denied = Arc::new(DeniedFlows::default());
+    let telemetry = Arc::new(Telemetry {
+        source: stats.clone(),
+        delivery: delivery.stats.clone(),
+        store: store.clone(),
+        egress: egress_latest,
+        flows: Some(flow_store.clone()),
+        query_latency: crate::api::metrics::query_histogram(),
+        bad_requests: Default::default(),
+        denied: denied.clone(),
+    });
+    let api = async {
+        let mut state = api::prepare(&config.api, telemetry.clone(), source.state(), egress_api)?;
+        state.flows = Some(flow_store.clone());
+        state.alerts = Some(store.clone());
+        state.watched = config.hubble.namespaces.clone();
+        let listener = api::bind(config.api.listen).await?;
+        Ok::<_, String>((state, listener))
+    };
+    let (api_state, listener) = match api.await {
+        Ok(a) => a,
+        Err(e) => {
+            egress_stop.cancel();
+            delivery.finish().await;
+            return Err(StartError::Config(e));
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("api: serving http://{addr}/api/v1/flows, /metrics, /healthz, /readyz");
+    }
+    let (flow_sink, flow_writer) = FlowSink::start(flow_store.clone());
+    let api_stop = CancellationToken::new();
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        Arc::new(api_state),
+        config.api.clone(),
+        api_stop.clone(),
+    ));
+    let mut engine = engine;
+    engine.watch_stream(source.state());
+    let source_task = tokio::spawn(source.run(tx, cancel.clone()));
+    let consumers = Consumers {
+        summary: Summary::new(&config.hubble.namespaces).with_metric(denied),
+        engine: Some(engine),
+        flows: Some(flow_sink),
+        progress: Some(Progress::new(
+            every,
+            stats.clone(),
+            delivery.stats.clone(),
+            store.clone(),
+        )),
+        cursor: Some(Cursor::new(store.clone(), HUBBLE_CURSOR, CURSOR_EVERY)),
+    };
+    let consumers = pipeline::consume(rx, consumers, egress_rx, Engine::tick_interval(rules)).await;
+    let source_result = source_task.await.unwrap_or(Ok(()));
+    if let Some(sink) = &consumers.flows {
+        sink.close();
+    }
+    let persisted = tokio::task::spawn_blocking(move || {
+        let _ = flow_writer.join();
+        flow_store.persist()
+    })
+    .await;
+    if let Ok(Err(e)) = persisted {
+        tracing::error!("{e}; flows still in memory are lost");
+    }
+    let alerts = consumers
+        .engine
+        .as_ref()
+        .map(Engine::firing)
+        .unwrap_or_default();
+    let delivery_stats = delivery.stats.clone();
+    let queued = delivery.finish().await;
+    // Read after the sinks' last flush.
+    let delivered = delivery_stats
+        .sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    api_stop.cancel();
+    let _ = api_task.await;
+    Ok(Finished {
+        summary: consumers.summary,
+        source: stats,
+        delivered,
+        queued,
+        alerts,
+        source_result,
+    })
+}

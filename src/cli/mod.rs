@@ -1,0 +1,173 @@
+//! The command line: `run`, `replay`, `check` and `demo`, one file each, the exit codes and
+//! the text they print.
+//!
+//! Each command takes its inputs, runs to completion or until the cancellation token fires,
+//! and returns an [`Outcome`] that `main` turns into an exit code and output.
+
+mod check;
+mod demo;
+mod replay;
+mod run;
+mod text;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use replay::{History, ReplayOptions};
+
+use crate::common::units::parse_duration;
+use crate::config::Config;
+
+/// Exit code for a configuration, rule or usage error (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for an input file that cannot be read (BSD `EX_NOINPUT`).
+pub const EXIT_NO_INPUT: u8 = 66;
+/// Exit code when the flow source stopped for a reason retrying cannot fix.
+pub const EXIT_SOURCE: u8 = 69;
+/// Exit code when the state store cannot be opened (BSD `EX_CANTCREAT`).
+pub const EXIT_STORE: u8 = 73;
+
+/// Output format of summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// What a command produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit_code: u8,
+    /// Printed on stdout.
+    pub output: String,
+}
+
+impl Outcome {
+    fn fail(exit_code: u8, message: impl std::fmt::Display) -> Outcome {
+        Outcome {
+            exit_code,
+            output: format!("{message}\n"),
+        }
+    }
+}
+
+/// Catches data exfiltration from Kubernetes AI-training namespaces, from Cilium Hubble flows.
+#[derive(Debug, Parser)]
+#[command(name = "exfilwatch", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow Hubble Relay's flow stream until SIGINT or SIGTERM.
+    Run {
+        /// Configuration file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often to log progress.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        progress_every: Duration,
+    },
+    /// Read `hubble observe -o jsonpb` captures (files, or - for stdin) and summarise them.
+    Replay {
+        /// Capture files; - reads stdin.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Configuration file; its hubble.namespaces are the watched namespaces.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Summary format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Deliver the alerts to the configuration's Alertmanagers and webhooks.
+        #[arg(long, requires = "config")]
+        send: bool,
+        /// Evaluate the rules in this directory instead of the configuration's.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Backtest the volume rules against this Prometheus's history too.
+        #[arg(long, requires_all = ["from", "to"])]
+        prometheus: Option<String>,
+        /// Start of the history to backtest, RFC 3339.
+        #[arg(long, requires = "prometheus")]
+        from: Option<String>,
+        /// End of the history to backtest, RFC 3339.
+        #[arg(long, requires = "prometheus")]
+        to: Option<String>,
+    },
+    /// Validate the configuration and rules; exit 64 listing every problem.
+    Check {
+        /// Configuration file (YAML); rules are read from its rules.dir.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the pipeline against a built-in simulated training cluster on loopback.
+    Demo {
+        /// How long to run.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Simulated flows per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// Also send the alerts to this Alertmanager, e.g. http://127.0.0.1:9093.
+        #[arg(long)]
+        alertmanager: Option<String>,
+    },
+}
+
+/// Runs `command` until it finishes or `cancel` fires.
+pub async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
+    let config_error = |e: crate::config::ConfigError| Outcome::fail(EXIT_CONFIG, e);
+    match command {
+        Command::Run {
+            config,
+            progress_every,
+        } => match Config::load(&config) {
+            Ok(c) => run::run(c, progress_every, cancel).await,
+            Err(e) => config_error(e),
+        },
+        Command::Replay {
+            inputs,
+            config,
+            output,
+            send,
+            rules,
+            prometheus,
+            from,
+            to,
+        } => match config.as_deref().map(Config::load).transpose() {
+            Ok(c) => {
+                let history = match prometheus
+                    .map(|url| History::parse(&url, from.as_deref(), to.as_deref()))
+                    .transpose()
+                {
+                    Ok(h) => h,
+                    Err(e) => return Outcome::fail(EXIT_CONFIG, e),
+                };
+                let options = ReplayOptions {
+                    config: c,
+                    rules,
+                    format: output,
+                    send,
+                    history,
+                };
+                replay::replay(&inputs, options, cancel).await
+            }
+            Err(e) => config_error(e),
+        },
+        Command::Check { config } => check::check(&config),
+        Command::Demo {
+            duration,
+            rate,
+            alertmanager,
+        } => match demo::demo(duration, rate, alertmanager, cancel).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::fail(1, format!("demo: {e}")),
+        },
+    }
+}

@@ -1,0 +1,303 @@
+//! Rules: what the service looks for, as operators write it in `rules.dir`.
+//!
+//! - this module: the validated rule model ([`Rule`], one [`Kind`] per detector with its
+//!   parameters), the namespace [`Selector`], and the default pack shipped in `rules/`;
+//! - [`load`]: reading rule files, with every problem reported as `file:line`;
+//! - [`template`]: the `{{ field }}` templates of labels and annotations.
+//!
+//! Every `*.yaml` file in `rules.dir` holds a list of rules:
+//!
+//! ```yaml
+//! - name: TrainingPodUnexpectedEgress      # unique across the pack; the alertname
+//!   kind: policy_denied                    # a detector: policy_denied | volume_spike
+//!   namespaces: { names: [ai-training] }   # and/or labels: { team: ml } (namespace labels)
+//!   severity: critical                     # info | warning | critical
+//!   resolve_after: 10m                     # quiet period before the alert resolves
+//!   params: { drop_reasons: [POLICY_DENIED, POLICY_DENY], direction: egress }
+//!   labels: { team: security }             # extra labels, templated
+//!   annotations: { runbook_url: "https://runbooks.example/egress?ns={{ namespace }}" }
+//! ```
+//!
+//! Kinds: `policy_denied`, `volume_spike`, `scan`, `dns_exfiltration`, `segmentation`,
+//! `coverage`, `new_destination` (see rules/README.md for each one's parameters).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub mod load;
+pub mod template;
+
+pub use load::{load_dir, load_text, parse_file};
+use template::Template;
+
+/// The rule pack shipped in `rules/`, used when no configuration names another.
+pub const DEFAULT_PACK: &str = include_str!("../../rules/default.yaml");
+/// The name of [`DEFAULT_PACK`] in messages.
+pub const DEFAULT_PACK_NAME: &str = "rules/default.yaml";
+
+/// The default pack, validated.
+pub fn default_pack() -> Result<Vec<Rule>, RuleErrors> {
+    load_text(DEFAULT_PACK, DEFAULT_PACK_NAME)
+}
+
+/// Prefix of the Cilium labels that carry a pod's namespace labels.
+pub const NAMESPACE_LABEL_PREFIX: &str = "k8s:io.cilium.k8s.namespace.labels.";
+
+/// Label names the service sets itself; rules may not override them.
+pub const RESERVED_LABELS: [&str; 5] =
+    ["alertname", "severity", "namespace", "destination", "rule"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Which namespaces a rule watches: by name, or by namespace labels (all must match).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub names: BTreeSet<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// True when `namespace` (whose pods carry `pod_labels`) is selected.
+    pub fn matches(&self, namespace: &str, pod_labels: &[crate::flow::intern::Sym]) -> bool {
+        if namespace.is_empty() {
+            return false;
+        }
+        if self.names.contains(namespace) {
+            return true;
+        }
+        !self.labels.is_empty()
+            && self.labels.iter().all(|(k, v)| {
+                pod_labels.iter().any(|l| {
+                    l.strip_prefix(NAMESPACE_LABEL_PREFIX)
+                        .and_then(|kv| kv.split_once('='))
+                        .is_some_and(|(lk, lv)| lk == k && lv == v)
+                })
+            })
+    }
+}
+
+/// Which traffic direction a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Any,
+}
+
+/// Parameters of the `policy_denied` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDeniedParams {
+    /// `DropReason` codes that count as a policy denial.
+    pub drop_reasons: BTreeSet<u32>,
+    pub direction: Direction,
+    /// Also count AUDIT verdicts (policy audit mode reports would-be denials that way).
+    pub include_audit: bool,
+    /// Prefix lengths that group world destinations without a name.
+    pub world_prefix_v4: u8,
+    pub world_prefix_v6: u8,
+    /// Two reports of one packet (policy verdict and drop) closer than this count once.
+    pub duplicate_window: Duration,
+    /// Sample flow UUIDs kept per alert.
+    pub samples: usize,
+}
+
+/// What a namespace's egress is compared with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BaselineModel {
+    /// The mean of the last 7 days' hourly rates: the guide's `avg_over_time(...[7d:1h])`.
+    Mean,
+    /// The mean of the same hour of the week over the last 4 weeks.
+    HourOfWeek,
+    /// The median of the last 7 days' hourly rates; the rate must also be `threshold`
+    /// robust standard deviations (1.4826 x MAD) above it.
+    MedianMad { threshold: f64 },
+}
+
+impl BaselineModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineModel::Mean => "mean",
+            BaselineModel::HourOfWeek => "hour_of_week",
+            BaselineModel::MedianMad { .. } => "median_mad",
+        }
+    }
+}
+
+/// Parameters of the `volume_spike` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSpikeParams {
+    pub model: BaselineModel,
+    pub factor: f64,
+    pub window: Duration,
+    pub baseline: Duration,
+    pub min_coverage: Duration,
+    pub floor_bytes_per_second: f64,
+    pub hold_for: Duration,
+}
+
+/// The detectors, a closed set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    PolicyDenied(PolicyDeniedParams),
+    VolumeSpike(VolumeSpikeParams),
+    Scan(ScanParams),
+    DnsExfiltration(DnsParams),
+    Segmentation(SegmentationParams),
+    Coverage(CoverageParams),
+    NewDestination(NewDestinationParams),
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::PolicyDenied(_) => "policy_denied",
+            Kind::VolumeSpike(_) => "volume_spike",
+            Kind::Scan(_) => "scan",
+            Kind::DnsExfiltration(_) => "dns_exfiltration",
+            Kind::Segmentation(_) => "segmentation",
+            Kind::Coverage(_) => "coverage",
+            Kind::NewDestination(_) => "new_destination",
+        }
+    }
+}
+
+/// One kind of traffic a namespace may send: every field given must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Allowed {
+    /// Destination namespaces.
+    pub namespaces: Vec<String>,
+    /// Destination pod labels, key to value.
+    pub labels: BTreeMap<String, String>,
+    /// Destination address blocks.
+    pub cidrs: Vec<(std::net::IpAddr, u8)>,
+    /// Destination DNS names; a leading `*.` matches any subdomain.
+    pub fqdns: Vec<String>,
+    /// Destination ports (inclusive ranges); empty means any.
+    pub ports: Vec<(u16, u16)>,
+    /// What the entry is for, shown in alerts.
+    pub description: String,
+}
+
+/// Parameters of the `new_destination` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDestinationParams {
+    /// How long a namespace is only learned from before anything new alerts.
+    pub learning: Duration,
+    /// How long a destination stays known after it was last seen.
+    pub history: Duration,
+    /// Destinations never reported; `*` matches any run of characters.
+    pub allow: Vec<String>,
+}
+
+/// Parameters of the `coverage` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoverageParams {
+    pub window: Duration,
+    /// Events Hubble reported lost within `window` that make a gap worth an alert.
+    pub lost_events: u64,
+    /// How long the Hubble stream may be down before it is an alert.
+    pub stream_down_after: Duration,
+}
+
+/// Parameters of the `segmentation` detector.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SegmentationParams {
+    pub allow: Vec<Allowed>,
+}
+
+/// Parameters of the `dns_exfiltration` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsParams {
+    pub window: Duration,
+    /// A label at least this long is suspicious on its own.
+    pub max_label_length: usize,
+    /// A label of 20+ characters, no hyphen, letters and digits mixed, with at least this
+    /// much Shannon entropy (bits per character) looks like encoded data.
+    pub max_label_entropy: f64,
+    /// Distinct names under one registered domain per window.
+    pub unique_subdomains: usize,
+    /// Share of TXT/NULL queries to one registered domain, once it had `min_queries`.
+    pub txt_share: f64,
+    /// Share of NXDOMAIN answers from one registered domain, once it had `min_queries`.
+    pub nxdomain_share: f64,
+    pub min_queries: usize,
+    /// Registered domains (and their subdomains) never reported, e.g. the cluster's own.
+    pub allow: Vec<String>,
+}
+
+/// Parameters of the `scan` detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanParams {
+    /// The sliding window distinct destinations and ports are counted in.
+    pub window: Duration,
+    /// Distinct destinations (FQDN, namespace/workload or address block) that make a scan.
+    pub destinations: usize,
+    /// Distinct (destination, port) pairs that make a scan.
+    pub ports: usize,
+}
+
+/// One validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub kind: Kind,
+    pub enabled: bool,
+    pub namespaces: Selector,
+    pub severity: Severity,
+    pub resolve_after: Duration,
+    pub labels: BTreeMap<String, Template>,
+    pub annotations: BTreeMap<String, Template>,
+    /// Where the rule was defined, "file:line".
+    pub origin: String,
+}
+
+/// Every problem found in a rule pack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} problem(s) in the rules:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct RuleErrors(pub Vec<RuleProblem>);
+
+/// One problem: where, which rule, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub file: String,
+    pub line: usize,
+    pub rule: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: ", self.file, self.line)?;
+        } else {
+            write!(f, "{}: ", self.file)?;
+        }
+        if !self.rule.is_empty() {
+            write!(f, "rule {}: ", self.rule)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
