@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin exfilwatch \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/exfilwatch /usr/local/bin/exfilwatch
 # The default rule pack; the Kubernetes deployment mounts its own over it.
-COPY rules/segmentation.yaml /etc/exfilwatch/rules/segmentation.yaml
+COPY rules/default.yaml /etc/exfilwatch/rules/default.yaml
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/exfilwatch"]

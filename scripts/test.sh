@@ -82,7 +82,7 @@ PY
   # the captures' own namespaces, stay silent over all of them.
   benign=$(mktemp -d)
   mkdir -p "$benign/rules"
-  python3 - rules/segmentation.yaml "$benign/rules/r.yaml" <<'PY'
+  python3 - rules/default.yaml "$benign/rules/r.yaml" <<'PY'
 import sys
 text = open(sys.argv[1]).read().replace("names: [ai-training]", "names: [bookinfo, kube-system, istio-system, jaeger, default]")
 rules = ["- name: " + r for r in text.split("\n- name: ")[1:] if r.startswith(("TrainingPodScanning", "TrainingPodDnsExfiltration", "ExfilwatchCoverageGap"))]

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiState;
+use super::error::refuse;
 use crate::egress::baseline::{Baseline, MAX_RANGE, State as BaselineState};
 use crate::egress::prometheus::{MAX_POINTS, Prometheus};
 use crate::egress::sampler::{EGRESS_METRIC, namespace_selector};
@@ -26,12 +27,8 @@ pub struct EgressApi {
 }
 
 /// A JSON error: `{error, detail}` with `status`.
-pub fn error(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "detail": detail.into()})),
-    )
-        .into_response()
+fn error(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
+    refuse(status, code, detail).into_response()
 }
 
 fn state_name(s: BaselineState) -> &'static str {
@@ -55,8 +52,8 @@ fn unavailable() -> Response {
 #[utoipa::path(get, path = "/api/v1/baselines", tag = "egress",
     responses(
         (status = 200, description = "Each namespace's egress rate against its 7-day baseline", body = Object),
-        (status = 401, description = "Missing or unknown bearer token", body = super::flows::ApiError),
-        (status = 404, description = "Prometheus is not configured", body = super::flows::ApiError),
+        (status = 401, description = "Missing or unknown bearer token", body = super::error::ApiError),
+        (status = 404, description = "Prometheus is not configured", body = super::error::ApiError),
     ),
     security(("bearer" = [])))]
 pub async fn baselines(State(state): State<Arc<ApiState>>) -> Response {
@@ -106,10 +103,10 @@ fn duration_param(
         ("step" = Option<String>, Query, description = "Resolution, at least 10s (default 5m)")),
     responses(
         (status = 200, description = "The namespace's egress rate, baseline and ratio over the range", body = Object),
-        (status = 400, description = "A parameter is invalid; the detail names it", body = super::flows::ApiError),
-        (status = 401, description = "Missing or unknown bearer token", body = super::flows::ApiError),
-        (status = 404, description = "No baseline for the namespace, or Prometheus is not configured", body = super::flows::ApiError),
-        (status = 503, description = "Prometheus is not answering", body = super::flows::ApiError),
+        (status = 400, description = "A parameter is invalid; the detail names it", body = super::error::ApiError),
+        (status = 401, description = "Missing or unknown bearer token", body = super::error::ApiError),
+        (status = 404, description = "No baseline for the namespace, or Prometheus is not configured", body = super::error::ApiError),
+        (status = 503, description = "Prometheus is not answering", body = super::error::ApiError),
     ),
     security(("bearer" = [])))]
 pub async fn namespace(

@@ -8,9 +8,13 @@
 //! except the probes needs `Authorization: Bearer TOKEN`; tokens are compared in constant
 //! time. Requests are bounded: no body, a query string of at most 8 KiB.
 
+pub mod alerts;
 pub mod egress;
+pub mod error;
 pub mod flows;
 pub mod metrics;
+pub mod namespaces;
+mod params;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +35,7 @@ use utoipa::OpenApi;
 
 use crate::config::ApiConfig;
 use crate::source::hubble::StreamState;
+use error::refuse;
 
 /// What the API serves from.
 #[derive(Debug)]
@@ -158,11 +163,13 @@ async fn authenticate(
     if ok {
         next.run(request).await
     } else {
-        let body = json!({"error": "unauthorized", "detail": "send Authorization: Bearer TOKEN with a token from api.tokens_file"});
         (
-            StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            axum::Json(body),
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer TOKEN with a token from api.tokens_file",
+            ),
         )
             .into_response()
     }
@@ -184,14 +191,12 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
     let query = request.uri().query().map_or(0, str::len);
     if body > 0 || chunked || query > MAX_QUERY {
         state.telemetry.bad_requests.inc();
-        return (
+        return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(json!({
-                "error": "too_large",
-                "detail": format!("requests take no body and a query string of at most {MAX_QUERY} bytes"),
-            })),
+            "too_large",
+            format!("requests take no body and a query string of at most {MAX_QUERY} bytes"),
         )
-            .into_response();
+        .into_response();
     }
     let response = next.run(request).await;
     if response.status().is_client_error() {
@@ -204,8 +209,8 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "exfilwatch", description = "Flows, alerts and egress of watched Kubernetes namespaces, from Cilium Hubble and Prometheus."),
-    paths(flows::flows, flows::top, flows::alerts, flows::alert, flows::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler),
-    components(schemas(flows::ApiError, flows::FlowPage, flows::TopPage, flows::AlertJson, flows::AlertDetail, flows::NamespaceJson)),
+    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler),
+    components(schemas(error::ApiError, flows::FlowPage, flows::TopPage, alerts::AlertJson, alerts::AlertDetail, namespaces::NamespaceJson)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -232,17 +237,13 @@ async fn openapi() -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "application/openmetrics-text"),
-        (status = 401, description = "Missing or unknown bearer token", body = flows::ApiError),
+        (status = 401, description = "Missing or unknown bearer token", body = error::ApiError),
     ),
     security(("bearer" = [])))]
 async fn metrics_handler(State(state): State<Arc<ApiState>>) -> Response {
     match state.telemetry.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": "metrics", "detail": e})),
-        )
-            .into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e).into_response(),
     }
 }
 
@@ -286,11 +287,7 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({"error": "not_found", "detail": "no such route"})),
-    )
-        .into_response()
+    refuse(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
 /// Every route with whether it is open (the probes) or needs a token. The router is built
@@ -303,9 +300,9 @@ pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
         ("/api/v1/openapi.json", false, get(openapi)),
         ("/api/v1/flows", false, get(flows::flows)),
         ("/api/v1/flows/top", false, get(flows::top)),
-        ("/api/v1/alerts", false, get(flows::alerts)),
-        ("/api/v1/alerts/{fingerprint}", false, get(flows::alert)),
-        ("/api/v1/namespaces", false, get(flows::namespaces)),
+        ("/api/v1/alerts", false, get(alerts::alerts)),
+        ("/api/v1/alerts/{fingerprint}", false, get(alerts::alert)),
+        ("/api/v1/namespaces", false, get(namespaces::namespaces)),
         ("/api/v1/baselines", false, get(egress::baselines)),
         (
             "/api/v1/namespaces/{ns}/egress",

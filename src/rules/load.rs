@@ -701,7 +701,7 @@ mod tests {
 
     #[test]
     fn the_default_pack_loads() {
-        let rules = load_text(PACK, "segmentation.yaml").unwrap();
+        let rules = load_text(PACK, "default.yaml").unwrap();
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,

@@ -222,7 +222,7 @@ fn the_configmap_config_and_rules_pass_exfilwatch_check() {
     let base = root().join("deploy/kubernetes/base");
     let shipped = std::fs::read_to_string(root().join("rules/default.yaml")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(base.join("segmentation.yaml")).unwrap(),
+        std::fs::read_to_string(base.join("default.yaml")).unwrap(),
         shipped,
         "the ConfigMap's rules drifted from rules/"
     );
@@ -397,7 +397,7 @@ fn every_manifest_names_itself_and_the_kustomization_finds_its_files() {
             if [
                 "kustomization.yaml",
                 "config.yaml",
-                "segmentation.yaml",
+                "default.yaml",
                 "prometheus-rules.yml",
             ]
             .contains(&name.as_str())
