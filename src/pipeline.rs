@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::alert::sink::DeliveryStats;
 use crate::detect::engine::Engine;
 use crate::egress::watch::EgressReport;
+use crate::flow::destination;
 use crate::flow::intern::Sym;
 use crate::flow::{Event, FlowEvent, Verdict};
 use crate::flowstore::FlowSink;
@@ -38,26 +39,6 @@ pub const POLICY_DROP_REASONS: [u32; 3] = [133, 181, 189];
 
 /// Largest number of distinct keys a summary table keeps; the rest is counted as "(other)".
 const MAX_KEYS: usize = 10_000;
-
-/// Where a flow was going, in the most telling form known: FQDN, namespace/pod, or IP.
-pub fn destination_label(flow: &FlowEvent) -> String {
-    let port = flow.destination.port;
-    let proto = flow.protocol.as_str();
-    let target = if let Some(name) = flow.destination_names.first() {
-        name.to_string()
-    } else if !flow.destination.namespace.is_empty() {
-        format!("{}/{}", flow.destination.namespace, flow.destination.pod)
-    } else {
-        flow.destination
-            .ip
-            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
-    };
-    if port == 0 {
-        format!("{target} {proto}")
-    } else {
-        format!("{target}:{port}/{proto}")
-    }
-}
 
 /// Counts of what flowed.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -178,7 +159,7 @@ impl Summary {
                     bump(&mut self.by_drop_reason, reason, || "(other)");
                 }
                 if self.is_watched_denial(flow) {
-                    let destination = destination_label(flow);
+                    let destination = destination::label(flow);
                     tracing::debug!(
                         reason = flow.drop_reason_name(),
                         node = %flow.node,

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::{Alert, FlowContext, Status, fingerprint};
 use crate::common::clock::{format_time, now_ns};
 use crate::flow::FlowEvent;
+use crate::flow::destination::Destination;
 use crate::rules::Rule;
 use crate::state::{StateError, Store};
 
@@ -41,53 +42,6 @@ impl Default for LifecycleConfig {
             update_interval: Duration::from_secs(10),
             external_url: "http://127.0.0.1:8080".into(),
             targets: Vec::new(),
-        }
-    }
-}
-
-/// Where denied flows were going, in the most telling form known.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Destination {
-    /// A DNS name the destination IP is known by.
-    Fqdn(String),
-    /// A workload (or pod) in a namespace.
-    Workload {
-        namespace: String,
-        name: String,
-    },
-    /// An address block in the world: /24 or /64 by default.
-    Cidr(String),
-    /// Every destination: alerts about a namespace's egress as a whole.
-    All,
-    /// Something exfilwatch depends on, for alerts about exfilwatch itself.
-    Dependency(String),
-    Unknown,
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Destination::Fqdn(name) => f.write_str(name),
-            Destination::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
-            Destination::Cidr(cidr) => f.write_str(cidr),
-            Destination::All => f.write_str("*"),
-            Destination::Dependency(name) => f.write_str(name),
-            Destination::Unknown => f.write_str("unknown"),
-        }
-    }
-}
-
-impl Destination {
-    /// The REST flow API filters that select flows to this destination.
-    fn query(&self) -> Vec<(&'static str, &str)> {
-        match self {
-            Destination::Fqdn(name) => vec![("fqdn", name)],
-            Destination::Workload { namespace, name } => vec![
-                ("destination_namespace", namespace),
-                ("destination_workload", name),
-            ],
-            Destination::Cidr(cidr) => vec![("cidr", cidr)],
-            Destination::All | Destination::Dependency(_) | Destination::Unknown => Vec::new(),
         }
     }
 }

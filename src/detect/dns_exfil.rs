@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use super::Hit;
 use crate::flow::FlowEvent;
+use crate::flow::destination::Destination;
 use crate::rules::{DnsParams, Kind, Rule};
 
 /// (namespace, registered domain) pairs followed at once.
@@ -94,14 +96,6 @@ impl DomainWindow {
     }
 }
 
-/// A namespace's DNS to one registered domain looks like a channel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DnsHit {
-    pub namespace: String,
-    pub domain: String,
-    pub extra: BTreeMap<String, String>,
-}
-
 /// One `dns_exfiltration` rule's detector.
 #[derive(Debug)]
 pub struct DnsExfil {
@@ -143,7 +137,7 @@ impl DnsExfil {
     }
 
     /// Counts one flow's DNS record; a hit when its domain looks like a channel.
-    pub fn check(&mut self, flow: &FlowEvent) -> Option<DnsHit> {
+    pub fn check(&mut self, flow: &FlowEvent) -> Option<Hit> {
         let dns = flow.dns.as_deref()?;
         // The pod that asked: the source of a request, the destination of an answer.
         let client = if dns.response {
@@ -257,13 +251,15 @@ impl DnsExfil {
                 extra["source_pods"], reasons.join("; "), samples.join(", ")
             ),
         );
-        Some(DnsHit {
+        Some(Hit {
             namespace,
-            domain,
+            destination: Destination::Fqdn(domain),
             extra,
         })
     }
 }
+
+flow_detector!(DnsExfil);
 
 #[cfg(test)]
 mod tests {
@@ -325,7 +321,7 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(
-            (hit.namespace.as_str(), hit.domain.as_str()),
+            (hit.namespace.as_str(), hit.destination.to_string().as_str()),
             ("ai-training", "example.com")
         );
         assert!(

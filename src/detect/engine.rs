@@ -1,8 +1,10 @@
 //! The detection engine: every enabled rule's detector over the flow stream and the egress
 //! reports, hits handed to the alert manager, and the manager's clock.
 //!
-//! Flows drive `policy_denied` and fill each volume-watched namespace's window of recent
-//! destinations; egress reports drive `volume_spike`. A Prometheus that stays unusable for
+//! Flows go to every [`FlowDetector`] (policy_denied, scan, new_destination, segmentation,
+//! dns_exfiltration) and fill each volume-watched namespace's window of recent destinations;
+//! lost events, node status and the stream's state go to the coverage detectors; egress
+//! reports drive `volume_spike`. A Prometheus that stays unusable for
 //! `blind_after` raises the `ExfilwatchBlind` alert (and no spike alert): an attacker must
 //! not be able to hide a bulk upload by blinding the detector.
 
@@ -14,17 +16,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::FlowDetector;
 use super::coverage::{Coverage, Gap};
 use super::dns_exfil::DnsExfil;
 use super::new_destination::NewDestination;
-use super::policy_denied::{PolicyDenied, destination};
+use super::policy_denied::PolicyDenied;
 use super::scan::Scan;
 use super::segmentation::Segmentation;
 use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, VolumeSpike};
 use crate::alert::Alert;
-use crate::alert::manager::{Destination, Manager};
+use crate::alert::manager::Manager;
 use crate::alert::sink::DeliveryStats;
 use crate::egress::watch::EgressReport;
+use crate::flow::destination::{DEFAULT_GROUPING, Destination, DestinationRef, Granularity};
 use crate::flow::intern::SymList;
 use crate::flow::{Event, TrafficDirection, Verdict};
 use crate::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
@@ -39,11 +43,10 @@ const MAX_NAMESPACES: usize = 10_000;
 /// Runs the detectors and owns the alert manager.
 #[derive(Debug)]
 pub struct Engine {
-    policy: Vec<PolicyDenied>,
+    /// Every flow detector, in the order of their kinds: policy_denied, scan,
+    /// new_destination, segmentation, dns_exfiltration.
+    flow: Vec<Box<dyn FlowDetector>>,
     volume: Vec<VolumeSpike>,
-    scan: Vec<Scan>,
-    dns: Vec<DnsExfil>,
-    segmentation: Vec<Segmentation>,
     manager: Manager,
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
@@ -53,7 +56,6 @@ pub struct Engine {
     blind_after: Duration,
     blind_since: Option<Instant>,
     coverage: Vec<Coverage>,
-    new_destinations: Vec<NewDestination>,
     /// The Hubble stream's state, for the coverage detectors.
     stream: Option<watch::Receiver<StreamState>>,
 }
@@ -93,12 +95,39 @@ impl Engine {
         store: &Store,
     ) -> Engine {
         let enabled = || rules.iter().filter(|r| r.enabled).cloned();
+        let mut flow: Vec<Box<dyn FlowDetector>> = Vec::new();
+        flow.extend(
+            enabled()
+                .filter_map(PolicyDenied::new)
+                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
+        );
+        flow.extend(
+            enabled()
+                .filter_map(Scan::new)
+                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
+        );
+        for rule in enabled() {
+            match NewDestination::new(rule.clone(), store.clone()) {
+                Some(Ok(d)) => flow.push(Box::new(d)),
+                Some(Err(e)) => {
+                    tracing::error!(rule = %rule.name, "cannot load what the rule learned, it stays off: {e}");
+                }
+                None => {}
+            }
+        }
+        flow.extend(
+            enabled()
+                .filter_map(Segmentation::new)
+                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
+        );
+        flow.extend(
+            enabled()
+                .filter_map(DnsExfil::new)
+                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
+        );
         Engine {
-            policy: enabled().filter_map(PolicyDenied::new).collect(),
+            flow,
             volume: enabled().filter_map(VolumeSpike::new).collect(),
-            scan: enabled().filter_map(Scan::new).collect(),
-            dns: enabled().filter_map(DnsExfil::new).collect(),
-            segmentation: enabled().filter_map(Segmentation::new).collect(),
             manager,
             stats,
             recent: RecentDestinations::default(),
@@ -106,24 +135,8 @@ impl Engine {
             blind_rule: Arc::new(blind_rule()),
             blind_after,
             blind_since: None,
-            coverage: rules
-                .iter()
-                .filter(|r| r.enabled)
-                .cloned()
-                .filter_map(Coverage::new)
-                .collect(),
+            coverage: enabled().filter_map(Coverage::new).collect(),
             stream: None,
-            new_destinations: rules
-                .iter()
-                .filter(|r| r.enabled)
-                .filter_map(|r| match NewDestination::new(r.clone(), store.clone())? {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        tracing::error!(rule = %r.name, "cannot load what the rule learned, it stays off: {e}");
-                        None
-                    }
-                })
-                .collect(),
         }
     }
 
@@ -201,72 +214,26 @@ impl Engine {
                 return;
             }
         };
-        for detector in &mut self.policy {
-            if let Some(hit) = detector.check(flow) {
-                let rule = detector.rule.clone();
+        for detector in &mut self.flow {
+            let hit = match detector.check(flow) {
+                Ok(Some(hit)) => hit,
+                Ok(None) => continue,
+                Err(e) => {
+                    store_failed(&self.stats, &e);
+                    continue;
+                }
+            };
+            let rule = detector.rule();
+            let result = if hit.extra.is_empty() {
                 let samples = detector.samples();
-                if let Err(e) =
-                    self.manager
-                        .hit(&rule, &hit.namespace, &hit.destination, flow, samples, now)
-                {
-                    store_failed(&self.stats, &e);
-                }
-            }
-        }
-        for detector in &mut self.scan {
-            if let Some(hit) = detector.check(flow) {
-                let rule = detector.rule.clone();
-                if let Err(e) =
-                    self.manager
-                        .raise(&rule, &hit.namespace, &Destination::All, hit.extra, now)
-                {
-                    store_failed(&self.stats, &e);
-                }
-            }
-        }
-        for detector in &mut self.new_destinations {
-            match detector.check(flow) {
-                Ok(Some(hit)) => {
-                    let rule = detector.rule.clone();
-                    if let Err(e) =
-                        self.manager
-                            .raise(&rule, &hit.namespace, &hit.destination, hit.extra, now)
-                    {
-                        store_failed(&self.stats, &e);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => store_failed(&self.stats, &e),
-            }
-        }
-        for detector in &mut self.segmentation {
-            if let Some(breach) = detector.check(flow) {
-                let rule = detector.rule.clone();
-                if let Err(e) = self.manager.raise(
-                    &rule,
-                    &breach.namespace,
-                    &breach.destination,
-                    breach.extra,
-                    now,
-                ) {
-                    store_failed(&self.stats, &e);
-                }
-            }
-        }
-        if flow.dns.is_some() {
-            for detector in &mut self.dns {
-                if let Some(hit) = detector.check(flow) {
-                    let rule = detector.rule.clone();
-                    if let Err(e) = self.manager.raise(
-                        &rule,
-                        &hit.namespace,
-                        &Destination::Fqdn(hit.domain),
-                        hit.extra,
-                        now,
-                    ) {
-                        store_failed(&self.stats, &e);
-                    }
-                }
+                self.manager
+                    .hit(rule, &hit.namespace, &hit.destination, flow, samples, now)
+            } else {
+                self.manager
+                    .raise(rule, &hit.namespace, &hit.destination, hit.extra, now)
+            };
+            if let Err(e) = result {
+                store_failed(&self.stats, &e);
             }
         }
         if self.volume.is_empty() || flow.source.namespace.is_empty() {
@@ -287,8 +254,8 @@ impl Engine {
                 .iter()
                 .any(|d| d.rule.namespaces.matches(ns, &flow.source.labels))
         {
-            let key = crate::detect::scan::destination_key(flow);
-            let label = || destination(flow, &super::policy_denied::DEFAULT_GROUPING).to_string();
+            let key = DestinationRef::of(flow, Granularity::Exact).key();
+            let label = || DestinationRef::of(flow, DEFAULT_GROUPING).to_string();
             self.recent
                 .record(&flow.source.namespace, label, key, flow.time_ns, 10);
         }

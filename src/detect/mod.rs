@@ -9,6 +9,59 @@
 //! - [`volume_spike`]: egress volume above its baseline (from Prometheus);
 //! - [`coverage`]: gaps in what Hubble sees (lost events, unavailable nodes, a down stream).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::flow::FlowEvent;
+use crate::flow::destination::Destination;
+use crate::rules::Rule;
+use crate::state::StateError;
+
+/// What a flow detector found: an alert for `namespace` and `destination`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub namespace: String,
+    pub destination: Destination,
+    /// Annotations the detector computed from what it counts itself; empty when the alert's
+    /// context is built from the flows that hit.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// A detector over the flow stream, one per enabled rule of its kind. The engine hands every
+/// flow to every such detector and what they find to the alert manager.
+pub trait FlowDetector: std::fmt::Debug + Send {
+    /// The rule it evaluates.
+    fn rule(&self) -> &Arc<Rule>;
+
+    /// What `flow` shows, if anything; an error when what the detector learned could not be
+    /// saved (the flow is still counted).
+    fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError>;
+
+    /// How many sample flows its alerts keep.
+    fn samples(&self) -> usize {
+        1
+    }
+}
+
+/// Implements [`FlowDetector`] for a detector whose inherent `check` cannot fail; the
+/// detector modules below see it by textual scope.
+macro_rules! flow_detector {
+    ($detector:ty) => {
+        impl $crate::detect::FlowDetector for $detector {
+            fn rule(&self) -> &std::sync::Arc<$crate::rules::Rule> {
+                &self.rule
+            }
+
+            fn check(
+                &mut self,
+                flow: &$crate::flow::FlowEvent,
+            ) -> Result<Option<$crate::detect::Hit>, $crate::state::StateError> {
+                Ok(<$detector>::check(self, flow))
+            }
+        }
+    };
+}
+
 pub mod coverage;
 pub mod dns_exfil;
 pub mod engine;

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::alert::manager::Destination;
-use crate::detect::policy_denied::{DEFAULT_GROUPING, destination_ref};
+use super::{FlowDetector, Hit};
+use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 use crate::rules::{Kind, NewDestinationParams, Rule};
@@ -36,14 +36,6 @@ fn glob(pattern: &str, text: &str) -> bool {
                 })
         }
     }
-}
-
-/// A namespace reached something new.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewHit {
-    pub namespace: String,
-    pub destination: Destination,
-    pub extra: BTreeMap<String, String>,
 }
 
 /// One `new_destination` rule's detector.
@@ -92,7 +84,7 @@ impl NewDestination {
     }
 
     /// A hit when `flow` reaches something its namespace has not reached within `history`.
-    pub fn check(&mut self, flow: &FlowEvent) -> Result<Option<NewHit>, StateError> {
+    pub fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError> {
         let src = &flow.source;
         if flow.verdict != Verdict::Forwarded
             || flow.direction == TrafficDirection::Ingress
@@ -103,7 +95,7 @@ impl NewDestination {
             return Ok(None);
         }
         let now = flow.time_ns;
-        let dest = destination_ref(flow, &DEFAULT_GROUPING);
+        let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
         self.label.clear();
         let _ = write!(self.label, "{dest}");
         let label = self.label.as_str();
@@ -166,11 +158,21 @@ impl NewDestination {
                 src.namespace, self.params.history
             ),
         );
-        Ok(Some(NewHit {
+        Ok(Some(Hit {
             namespace: src.namespace.to_string(),
             destination: dest.owned(),
             extra,
         }))
+    }
+}
+
+impl FlowDetector for NewDestination {
+    fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
+    fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError> {
+        NewDestination::check(self, flow)
     }
 }
 

@@ -8,25 +8,18 @@
 //! Each hit names the alert's destination, in order of what is known: the FQDN, the
 //! namespace/workload, or the world address block (/24, /64).
 
-use ipnet::IpNet;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::alert::manager::Destination;
-use crate::common::net::network;
+use super::{FlowDetector, Hit};
+use crate::flow::destination::{DestinationRef, Granularity};
 use crate::flow::{FlowEvent, Peer, TrafficDirection, Verdict};
 use crate::rules::{Direction, Kind, PolicyDeniedParams, Rule};
+use crate::state::StateError;
 
 /// Most recent packets remembered for double-report detection.
 const RECENT_CAPACITY: usize = 65_536;
-
-/// What a matching flow means for the alerts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hit {
-    pub namespace: String,
-    pub destination: Destination,
-}
 
 /// One `policy_denied` rule's detector.
 #[derive(Debug)]
@@ -37,78 +30,12 @@ pub struct PolicyDenied {
     order: VecDeque<(i64, u64)>,
 }
 
-/// Destination grouping with the default prefixes, for detectors that group like this one.
-pub static DEFAULT_GROUPING: PolicyDeniedParams = PolicyDeniedParams {
-    drop_reasons: std::collections::BTreeSet::new(),
-    direction: Direction::Egress,
-    include_audit: false,
-    world_prefix_v4: 24,
-    world_prefix_v6: 64,
-    duplicate_window: std::time::Duration::from_secs(1),
-    samples: 1,
-};
-
-/// Where a flow went, borrowed from the flow: [`destination`] without allocating, for the
-/// per-flow paths that only need its text. Displays exactly as the owned [`Destination`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DestinationRef<'a> {
-    Fqdn(&'a str),
-    Workload { namespace: &'a str, name: &'a str },
-    Cidr(IpNet),
-    Unknown,
-}
-
-impl std::fmt::Display for DestinationRef<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DestinationRef::Fqdn(name) => f.write_str(name),
-            DestinationRef::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
-            DestinationRef::Cidr(net) => write!(f, "{net}"),
-            DestinationRef::Unknown => f.write_str("unknown"),
-        }
+/// How the rule groups destinations into alerts.
+fn grouping(params: &PolicyDeniedParams) -> Granularity {
+    Granularity::Grouped {
+        v4_bits: params.world_prefix_v4,
+        v6_bits: params.world_prefix_v6,
     }
-}
-
-impl DestinationRef<'_> {
-    pub fn owned(&self) -> Destination {
-        match *self {
-            DestinationRef::Fqdn(name) => Destination::Fqdn(name.to_owned()),
-            DestinationRef::Workload { namespace, name } => Destination::Workload {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            },
-            DestinationRef::Cidr(..) => Destination::Cidr(self.to_string()),
-            DestinationRef::Unknown => Destination::Unknown,
-        }
-    }
-}
-
-/// The alert destination for a flow: its first DNS name, else its workload (or pod), else
-/// its address block in the world.
-pub fn destination_ref<'a>(flow: &'a FlowEvent, params: &PolicyDeniedParams) -> DestinationRef<'a> {
-    let dst = &flow.destination;
-    if let Some(name) = flow.destination_names.first() {
-        DestinationRef::Fqdn(name)
-    } else if !dst.namespace.is_empty() {
-        let name = if dst.workload.is_empty() {
-            &dst.pod
-        } else {
-            &dst.workload
-        };
-        DestinationRef::Workload {
-            namespace: &dst.namespace,
-            name,
-        }
-    } else if let Some(ip) = dst.ip {
-        DestinationRef::Cidr(network(ip, params.world_prefix_v4, params.world_prefix_v6))
-    } else {
-        DestinationRef::Unknown
-    }
-}
-
-/// The alert destination for a flow, owned.
-pub fn destination(flow: &FlowEvent, params: &PolicyDeniedParams) -> Destination {
-    destination_ref(flow, params).owned()
 }
 
 fn packet_key(flow: &FlowEvent) -> u64 {
@@ -137,10 +64,6 @@ impl PolicyDenied {
             recent: HashMap::default(),
             order: VecDeque::new(),
         })
-    }
-
-    pub fn samples(&self) -> usize {
-        self.params.samples
     }
 
     fn watched(&self, peer: &Peer) -> bool {
@@ -172,7 +95,9 @@ impl PolicyDenied {
         }
         Some(Hit {
             namespace: namespace.to_string(),
-            destination: destination(flow, &self.params),
+            destination: DestinationRef::of(flow, grouping(&self.params)).owned(),
+            // The alert's context is built from the flows it counts.
+            extra: BTreeMap::new(),
         })
     }
 
@@ -203,10 +128,25 @@ impl PolicyDenied {
     }
 }
 
+impl FlowDetector for PolicyDenied {
+    fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
+    fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError> {
+        Ok(PolicyDenied::check(self, flow))
+    }
+
+    fn samples(&self) -> usize {
+        self.params.samples
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::flow::Event;
+    use crate::flow::destination::DEFAULT_GROUPING;
     use crate::flow::json::JsonDecoder;
     use crate::rules::load_text;
 
@@ -297,9 +237,8 @@ mod tests {
         let mut texts = Vec::new();
         for json in [DENIED_DB, world.as_str(), named.as_str(), nowhere.as_str()] {
             let f = flow(json);
-            let borrowed = destination_ref(&f, &DEFAULT_GROUPING);
+            let borrowed = DestinationRef::of(&f, DEFAULT_GROUPING);
             assert_eq!(borrowed.to_string(), borrowed.owned().to_string());
-            assert_eq!(borrowed.owned(), destination(&f, &DEFAULT_GROUPING));
             texts.push(borrowed.to_string());
         }
         assert_eq!(

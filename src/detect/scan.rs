@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
+use super::Hit;
+use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection};
 use crate::rules::{Kind, Rule, ScanParams};
@@ -23,45 +25,10 @@ const MAX_EVENTS: usize = 20_000;
 /// Destinations listed in the alert.
 const SAMPLE: usize = 10;
 
-/// The destination of a flow, as the scan detector tells destinations apart.
-pub fn scan_destination(flow: &FlowEvent) -> String {
-    let dst = &flow.destination;
-    if let Some(name) = flow.destination_names.first() {
-        name.to_string()
-    } else if !dst.namespace.is_empty() {
-        let name = if dst.workload.is_empty() {
-            &dst.pod
-        } else {
-            &dst.workload
-        };
-        format!("{}/{}", dst.namespace, name)
-    } else {
-        dst.ip
-            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
-    }
-}
-
 fn key(parts: impl Hash) -> u64 {
     use std::hash::BuildHasher;
     // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
     foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(parts)
-}
-
-/// The hash of [`scan_destination`]'s value, computed without building the string.
-pub fn destination_key(flow: &FlowEvent) -> u64 {
-    let dst = &flow.destination;
-    if let Some(name) = flow.destination_names.first() {
-        key((0u8, &**name))
-    } else if !dst.namespace.is_empty() {
-        let name = if dst.workload.is_empty() {
-            &dst.pod
-        } else {
-            &dst.workload
-        };
-        key((1u8, &*dst.namespace, &**name))
-    } else {
-        key((2u8, dst.ip))
-    }
 }
 
 #[derive(Debug, Default)]
@@ -96,14 +63,6 @@ impl Window {
     }
 }
 
-/// A namespace with at least one pod over the thresholds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanHit {
-    pub namespace: String,
-    /// Annotations describing every pod of the namespace over the thresholds.
-    pub extra: BTreeMap<String, String>,
-}
-
 /// One `scan` rule's detector.
 #[derive(Debug)]
 pub struct Scan {
@@ -130,7 +89,7 @@ impl Scan {
     }
 
     /// Counts `flow`; a hit when its pod is over a threshold.
-    pub fn check(&mut self, flow: &FlowEvent) -> Option<ScanHit> {
+    pub fn check(&mut self, flow: &FlowEvent) -> Option<Hit> {
         let src = &flow.source;
         if src.pod.is_empty()
             || flow.direction == TrafficDirection::Ingress
@@ -152,12 +111,13 @@ impl Scan {
         }
         let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
         let w = self.sources.entry(id).or_default();
-        let d = destination_key(flow);
+        let destination = DestinationRef::of(flow, Granularity::Exact);
+        let d = destination.key();
         let p = key((d, flow.destination.port, flow.protocol));
         w.events.push_back((flow.time_ns, d, p));
         w.destinations
             .entry(d)
-            .or_insert_with(|| (0, scan_destination(flow)))
+            .or_insert_with(|| (0, destination.to_string()))
             .0 += 1;
         *w.ports.entry(p).or_default() += 1;
         w.last_ns = w.last_ns.max(flow.time_ns);
@@ -170,7 +130,7 @@ impl Scan {
     }
 
     /// The annotations for every pod of `namespace` over the thresholds.
-    fn describe(&self, namespace: &str) -> ScanHit {
+    fn describe(&self, namespace: &str) -> Hit {
         let mut pods: Vec<(&str, &Window)> = self
             .sources
             .iter()
@@ -233,12 +193,15 @@ impl Scan {
                 sample.join(", ")
             ),
         );
-        ScanHit {
+        Hit {
             namespace: namespace.to_owned(),
+            destination: Destination::All,
             extra,
         }
     }
 }
+
+flow_detector!(Scan);
 
 #[cfg(test)]
 mod tests {

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::alert::manager::Destination;
+use super::Hit;
 use crate::common::net::network;
-use crate::detect::policy_denied::{DEFAULT_GROUPING, destination};
+use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
 
@@ -98,14 +98,6 @@ struct Seen {
     ports: BTreeSet<String>,
 }
 
-/// A flow outside the allowed connectivity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Breach {
-    pub namespace: String,
-    pub destination: Destination,
-    pub extra: BTreeMap<String, String>,
-}
-
 /// One `segmentation` rule's detector.
 #[derive(Debug)]
 pub struct Segmentation {
@@ -128,7 +120,7 @@ impl Segmentation {
     }
 
     /// A breach when `flow` left a watched namespace without matching any allowed entry.
-    pub fn check(&mut self, flow: &FlowEvent) -> Option<Breach> {
+    pub fn check(&mut self, flow: &FlowEvent) -> Option<Hit> {
         let src = &flow.source;
         if flow.verdict != Verdict::Forwarded
             || flow.direction == TrafficDirection::Ingress
@@ -138,7 +130,7 @@ impl Segmentation {
         {
             return None;
         }
-        let dest = destination(flow, &DEFAULT_GROUPING);
+        let dest = DestinationRef::of(flow, DEFAULT_GROUPING).owned();
         let key = (src.namespace.to_string(), dest.to_string());
         if !self.seen.contains_key(&key) && self.seen.len() >= MAX_TRACKED {
             return None;
@@ -189,13 +181,15 @@ impl Segmentation {
                 expected.join("; ")
             ),
         );
-        Some(Breach {
+        Some(Hit {
             namespace: src.namespace.to_string(),
             destination: dest,
             extra,
         })
     }
 }
+
+flow_detector!(Segmentation);
 
 #[cfg(test)]
 mod tests {

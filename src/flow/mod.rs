@@ -6,6 +6,7 @@
 //! for strings the decoder has seen before. What leaves is an [`Event`]: a flow, a lost-events
 //! notice (a visibility gap) or a Relay node-status change.
 
+pub mod destination;
 pub mod intern;
 pub mod json;
 pub mod wire;

@@ -188,7 +188,7 @@ impl GroupBy {
     /// The group's key as one `u64` per row: a single-column group-by is many times faster
     /// than grouping by several columns. Codes take [`CODE_BITS`] bits each, ports 16 and
     /// protocols 3; the destination takes the first of FQDN, namespace/pod or address,
-    /// tagged in bits 42-43 of the target, as [`crate::pipeline::destination_label`] does.
+    /// tagged in bits 42-43 of the target, as [`crate::flow::destination::label`] does.
     fn key(self) -> Expr {
         let c = |x: Col| col(x.name()).cast(DataType::UInt64);
         let shift = |e: Expr, bits: u32| e * lit(1u64 << bits);
@@ -790,10 +790,10 @@ mod tests {
 
     use super::*;
     use crate::detect::testing::flow_event;
+    use crate::flow::destination::label as destination_label;
     use crate::flow::json::JsonDecoder;
     use crate::flow::wire::Decoder;
     use crate::flow::{Event, Verdict};
-    use crate::pipeline::destination_label;
     use crate::sim::traffic::TrainingCluster;
 
     /// `n` simulated flows with an exfiltration attempt every 50th.

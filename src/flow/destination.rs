@@ -1,0 +1,167 @@
+//! Where a flow went: the one destination type, in the three granularities the service uses.
+//!
+//! Every form prefers the most telling name Hubble knew: the first DNS name of the destination
+//! address, else the destination's namespace and workload (or pod), else its address. They
+//! differ only in how fine they cut:
+//! - [`Granularity::Grouped`]: alerts. A workload, and world addresses by block (/24, /64), so
+//!   one alert covers a service that answers from many addresses.
+//! - [`Granularity::Exact`]: counting distinct destinations (scans). A workload, the address.
+//! - [`Granularity::Pod`]: what a person reads in a log line or a metric label. The pod, the
+//!   address; with the port in [`label`].
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::FlowEvent;
+use crate::common::net::network;
+
+/// How finely destinations are told apart; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// Workloads, and world addresses by block of these prefix lengths.
+    Grouped { v4_bits: u8, v6_bits: u8 },
+    /// Workloads, and exact addresses.
+    Exact,
+    /// Pods, and exact addresses.
+    Pod,
+}
+
+/// The grouping alerts use unless a rule sets its own: /24 for IPv4, /64 for IPv6.
+pub const DEFAULT_GROUPING: Granularity = Granularity::Grouped {
+    v4_bits: 24,
+    v6_bits: 64,
+};
+
+/// Where a flow went, borrowed from the flow: no allocation on the per-flow paths.
+/// Displays exactly as its owned [`Destination`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestinationRef<'a> {
+    Fqdn(&'a str),
+    Workload { namespace: &'a str, name: &'a str },
+    Address(IpAddr),
+    Block(IpNet),
+    Unknown,
+}
+
+impl<'a> DestinationRef<'a> {
+    /// Where `flow` went, told apart as finely as `granularity` says.
+    pub fn of(flow: &'a FlowEvent, granularity: Granularity) -> DestinationRef<'a> {
+        let dst = &flow.destination;
+        if let Some(name) = flow.destination_names.first() {
+            DestinationRef::Fqdn(name)
+        } else if !dst.namespace.is_empty() {
+            let name = if dst.workload.is_empty() || granularity == Granularity::Pod {
+                &dst.pod
+            } else {
+                &dst.workload
+            };
+            DestinationRef::Workload {
+                namespace: &dst.namespace,
+                name,
+            }
+        } else if let Some(ip) = dst.ip {
+            match granularity {
+                Granularity::Grouped { v4_bits, v6_bits } => {
+                    DestinationRef::Block(network(ip, v4_bits, v6_bits))
+                }
+                Granularity::Exact | Granularity::Pod => DestinationRef::Address(ip),
+            }
+        } else {
+            DestinationRef::Unknown
+        }
+    }
+
+    /// The owned form, for an alert's identity.
+    pub fn owned(&self) -> Destination {
+        match *self {
+            DestinationRef::Fqdn(name) => Destination::Fqdn(name.to_owned()),
+            DestinationRef::Workload { namespace, name } => Destination::Workload {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            DestinationRef::Address(ip) => Destination::Cidr(IpNet::from(ip).to_string()),
+            DestinationRef::Block(net) => Destination::Cidr(net.to_string()),
+            DestinationRef::Unknown => Destination::Unknown,
+        }
+    }
+
+    /// A stable 64-bit identity for counting, computed without building the text.
+    pub fn key(&self) -> u64 {
+        // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
+        foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(self)
+    }
+}
+
+impl fmt::Display for DestinationRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestinationRef::Fqdn(name) => f.write_str(name),
+            DestinationRef::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
+            DestinationRef::Address(ip) => write!(f, "{ip}"),
+            DestinationRef::Block(net) => write!(f, "{net}"),
+            DestinationRef::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Where an alert's flows were going: its `destination` label and the filter of its link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A DNS name the destination IP is known by.
+    Fqdn(String),
+    /// A workload (or pod) in a namespace.
+    Workload {
+        namespace: String,
+        name: String,
+    },
+    /// An address block in the world: /24 or /64 by default.
+    Cidr(String),
+    /// Every destination: alerts about a namespace's egress as a whole.
+    All,
+    /// Something exfilwatch depends on, for alerts about exfilwatch itself.
+    Dependency(String),
+    Unknown,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Fqdn(name) => f.write_str(name),
+            Destination::Workload { namespace, name } => write!(f, "{namespace}/{name}"),
+            Destination::Cidr(cidr) => f.write_str(cidr),
+            Destination::All => f.write_str("*"),
+            Destination::Dependency(name) => f.write_str(name),
+            Destination::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl Destination {
+    /// The REST flow API filters that select flows to this destination.
+    pub fn query(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Destination::Fqdn(name) => vec![("fqdn", name)],
+            Destination::Workload { namespace, name } => vec![
+                ("destination_namespace", namespace),
+                ("destination_workload", name),
+            ],
+            Destination::Cidr(cidr) => vec![("cidr", cidr)],
+            Destination::All | Destination::Dependency(_) | Destination::Unknown => Vec::new(),
+        }
+    }
+}
+
+/// Where `flow` was going as a person reads it: the pod or the address, with the port,
+/// e.g. "production/orders-db-0:5432/TCP", "paste.example.net:443/TCP", "10.0.0.9 ICMPv4".
+pub fn label(flow: &FlowEvent) -> String {
+    let target = DestinationRef::of(flow, Granularity::Pod);
+    let (port, proto) = (flow.destination.port, flow.protocol.as_str());
+    if port == 0 {
+        format!("{target} {proto}")
+    } else {
+        format!("{target}:{port}/{proto}")
+    }
+}
