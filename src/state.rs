@@ -6,7 +6,13 @@
 //!   accepted that version. Re-posting an alert's newest state is all Alertmanager needs, so a
 //!   newer change replaces an older unsent one;
 //! - `dead_letters`: states a target refused as invalid (HTTP 4xx), kept for inspection;
-//! - `cursors`: named positions such as the time of the last flow processed.
+//! - `cursors`: named positions such as the time of the last flow processed;
+//! - `baseline_samples`, `baseline_hours`: hourly egress rates per namespace, and which hours
+//!   were sampled (see `egress::baseline`);
+//! - `known_destinations`: what each `new_destination` rule has learned;
+//! - `versions`: the counter that orders alert states in the outbox.
+//!
+//! Alert states are opaque JSON bodies here: the `alert` module encodes and decodes them.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};

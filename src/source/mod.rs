@@ -4,8 +4,8 @@
 //!   reconnects, resume and de-duplication.
 //! - [`replay`]: `hubble observe -o jsonpb` captures from a file or stdin.
 //!
-//! Every source counts what it saw in a shared [`SourceStats`], which the pipeline summary
-//! (and later `/metrics`) reads.
+//! Every source counts what it saw in a shared [`SourceStats`], which the progress log and
+//! `/metrics` read.
 
 pub mod hubble;
 pub mod replay;
