@@ -20,13 +20,10 @@ use exfilwatch::config::Config;
 use exfilwatch::detect::engine::Engine;
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::pipeline::{self, Consumers, Summary};
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::rules;
 use exfilwatch::rules::DEFAULT_PACK;
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::state::Store;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -141,13 +138,10 @@ async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
         flow.destination_names.clear();
         flow.ip.as_mut().unwrap().destination = format!("100.{}.{}.9", 64 + i / 256, i % 256);
         flow.uuid = exfilwatch::flow::format_uuid(i as u128 + 1);
-        let bytes = GetFlowsResponse {
-            node_name: flow.node_name.clone(),
-            time: flow.time,
-            response_types: Some(ResponseTypes::Flow(flow)),
-        }
-        .encode_to_vec();
-        let event = decoder.decode_response(&bytes).unwrap().unwrap();
+        let event = decoder
+            .decode_response(&exfilwatch::sim::encode(flow))
+            .unwrap()
+            .unwrap();
         let start = Instant::now();
         tx.send(event).await.unwrap();
         delivered.wait_for(|n| *n as usize > i).await.unwrap();

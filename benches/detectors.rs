@@ -16,13 +16,10 @@ use exfilwatch::app::start_alerting;
 use exfilwatch::config::Config;
 use exfilwatch::detect::engine::Engine;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::rules::DEFAULT_PACK;
 use exfilwatch::rules::{self, Rule};
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::state::Store;
-use prost::Message;
 use tokio::time::Instant;
 
 fn main() {
@@ -41,14 +38,7 @@ fn messages() -> Vec<Vec<u8>> {
             vec![cluster.next_flow()]
         };
         for f in flows {
-            out.push(
-                GetFlowsResponse {
-                    node_name: f.node_name.clone(),
-                    time: f.time,
-                    response_types: Some(ResponseTypes::Flow(f)),
-                }
-                .encode_to_vec(),
-            );
+            out.push(exfilwatch::sim::encode(f));
         }
     }
     out

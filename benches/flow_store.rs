@@ -29,12 +29,9 @@ use exfilwatch::flow::wire::Decoder;
 use exfilwatch::flow::{Event, FlowEvent};
 use exfilwatch::flowstore::{FlowSink, FlowStore};
 use exfilwatch::proto::flow::Flow;
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::source::hubble::StreamState;
 use exfilwatch::state::Store;
-use prost::Message;
 use tokio::time::Instant;
 
 const FLOWS: usize = 1_000_000;
@@ -61,13 +58,11 @@ fn flows() -> Vec<FlowEvent> {
             let n = rng.u32(0..50_000);
             ip.destination = format!("198.18.{}.{}", n / 256, n % 256);
         }
-        let bytes = GetFlowsResponse {
-            node_name: f.node_name.clone(),
-            time: f.time,
-            response_types: Some(ResponseTypes::Flow(f)),
-        }
-        .encode_to_vec();
-        match decoder.decode_response(&bytes).unwrap().unwrap() {
+        match decoder
+            .decode_response(&exfilwatch::sim::encode(f))
+            .unwrap()
+            .unwrap()
+        {
             Event::Flow(f) => f,
             other => panic!("{other:?}"),
         }

@@ -25,7 +25,6 @@ use exfilwatch::flow::wire::Decoder;
 use exfilwatch::pipeline::{self, Summary};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::observer::SimObserver;
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::source::SourceStats;
@@ -52,19 +51,8 @@ fn flows(n: usize) -> Vec<Flow> {
         .collect()
 }
 
-fn response(flow: Flow) -> GetFlowsResponse {
-    GetFlowsResponse {
-        node_name: flow.node_name.clone(),
-        time: flow.time,
-        response_types: Some(ResponseTypes::Flow(flow)),
-    }
-}
-
 fn encoded(n: usize) -> Vec<Vec<u8>> {
-    flows(n)
-        .into_iter()
-        .map(|f| response(f).encode_to_vec())
-        .collect()
+    flows(n).into_iter().map(exfilwatch::sim::encode).collect()
 }
 
 #[divan::bench_group(name = "decode")]

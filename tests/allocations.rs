@@ -6,10 +6,7 @@
 use std::alloc::System;
 
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
-use prost::Message;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -22,14 +19,7 @@ fn decoding_flows_of_known_pods_allocates_nothing() {
     let messages: Vec<Vec<u8>> = std::iter::repeat_with(|| cluster.next_flow())
         .filter(|f| f.l7.is_none())
         .take(2000)
-        .map(|f| {
-            GetFlowsResponse {
-                node_name: f.node_name.clone(),
-                time: f.time,
-                response_types: Some(ResponseTypes::Flow(f)),
-            }
-            .encode_to_vec()
-        })
+        .map(exfilwatch::sim::encode)
         .collect();
     let mut decoder = Decoder::default();
     // Warm up: the first flows teach the decoder the pods, labels and nodes.

@@ -76,12 +76,9 @@ pub mod volume_spike;
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use prost::Message;
-
     use crate::flow::wire::Decoder;
     use crate::flow::{Event, FlowEvent};
-    use crate::proto::observer::GetFlowsResponse;
-    use crate::proto::observer::get_flows_response::ResponseTypes;
+
     use crate::rules::{DEFAULT_PACK, Rule, load_text};
 
     /// The rule `name` of `pack` (rule-file text); panics if the pack lacks it.
@@ -101,13 +98,11 @@ pub(crate) mod testing {
 
     /// `flow` as the service sees it: encoded in a response and decoded by the wire decoder.
     pub fn flow_event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
-        let bytes = GetFlowsResponse {
-            node_name: flow.node_name.clone(),
-            time: flow.time,
-            response_types: Some(ResponseTypes::Flow(flow)),
-        }
-        .encode_to_vec();
-        match decoder.decode_response(&bytes).unwrap().unwrap() {
+        match decoder
+            .decode_response(&crate::sim::encode(flow))
+            .unwrap()
+            .unwrap()
+        {
             Event::Flow(f) => f,
             other => panic!("{other:?}"),
         }

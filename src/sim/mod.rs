@@ -6,3 +6,23 @@
 pub mod observer;
 pub mod prometheus;
 pub mod traffic;
+
+use prost::Message;
+
+use crate::proto::flow::Flow;
+use crate::proto::observer::GetFlowsResponse;
+use crate::proto::observer::get_flows_response::ResponseTypes;
+
+/// `flow` in the `GetFlowsResponse` Relay sends it in, with the flow's node and time.
+pub fn response(flow: Flow) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: flow.node_name.clone(),
+        time: flow.time,
+        response_types: Some(ResponseTypes::Flow(flow)),
+    }
+}
+
+/// `flow` as bytes on the wire: its response, encoded.
+pub fn encode(flow: Flow) -> Vec<u8> {
+    response(flow).encode_to_vec()
+}

@@ -118,12 +118,7 @@ impl SimObserver {
 
     /// Adds a flow, wrapped in a response with the flow's node and time.
     pub fn push_flow(&self, flow: Flow) {
-        let response = GetFlowsResponse {
-            node_name: flow.node_name.clone(),
-            time: flow.time,
-            response_types: Some(ResponseTypes::Flow(flow)),
-        };
-        self.push(&response);
+        self.push(&super::response(flow));
     }
 
     fn push_encoded(&self, time_ns: i64, flow: Option<FlowKeys>, bytes: Bytes) {

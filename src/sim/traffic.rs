@@ -200,16 +200,7 @@ impl TrainingCluster {
                     r#type: EVENT_L7,
                     sub_type: 0,
                 });
-                f.l7 = Some(Layer7 {
-                    r#type: L7FlowType::Request as i32,
-                    latency_ns: 0,
-                    record: Some(layer7::Record::Dns(Dns {
-                        query: format!("{query}."),
-                        qtypes: vec!["A".into()],
-                        observation_source: "proxy".into(),
-                        ..Default::default()
-                    })),
-                });
+                f.l7 = Some(dns_request(query));
                 f
             }
             // Dataset shards from in-cluster MinIO.
@@ -288,5 +279,19 @@ impl TrainingCluster {
             out.push(drop);
         }
         out
+    }
+}
+
+/// The L7 record of a DNS request for an A record of `name`, as Cilium's DNS proxy reports it.
+pub fn dns_request(name: &str) -> Layer7 {
+    Layer7 {
+        r#type: L7FlowType::Request as i32,
+        latency_ns: 0,
+        record: Some(layer7::Record::Dns(Dns {
+            query: format!("{name}."),
+            qtypes: vec!["A".into()],
+            observation_source: "proxy".into(),
+            ..Default::default()
+        })),
     }
 }

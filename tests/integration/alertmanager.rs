@@ -18,17 +18,15 @@ use exfilwatch::flow::Event;
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::pipeline::{self, Consumers, Summary};
 use exfilwatch::proto::flow::Flow;
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::rules::{self, Rule};
 use exfilwatch::sim::traffic::TrainingCluster;
 use exfilwatch::state::Store;
-use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::support::relay;
+use crate::support::service::{RunConfig, Service, exfilwatch, output};
 
 const INSTALL: &str = "apt-get install -y --no-install-recommends prometheus-alertmanager (scripts/test.sh does this)";
 
@@ -99,6 +97,19 @@ impl Receiver {
     }
 
     /// Waits for a notification about `alertname` and returns every one received so far.
+    /// Waits until firing notifications name as many destinations as `want`, and checks that
+    /// they are exactly those.
+    pub async fn wait_for_destinations(&self, want: &[&str]) {
+        let got = self
+            .wait_for(&format!("alerts for {want:?}"), |n| {
+                firing_destinations(n).len() >= want.len()
+            })
+            .await;
+        let got: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
+        let want: BTreeSet<String> = want.iter().map(|d| (*d).to_owned()).collect();
+        assert_eq!(got, want);
+    }
+
     pub async fn wait_for_alert(&self, alertname: &str) -> Vec<Value> {
         let about = |m: &Value| m["alerts"][0]["labels"]["alertname"] == alertname;
         self.wait_for(alertname, |n| n.iter().any(about))
@@ -268,13 +279,7 @@ impl Attack {
             seconds: now / 1_000_000_000,
             nanos: (now % 1_000_000_000) as i32,
         });
-        let bytes = GetFlowsResponse {
-            node_name: f.node_name.clone(),
-            time: f.time,
-            response_types: Some(ResponseTypes::Flow(f)),
-        }
-        .encode_to_vec();
-        self.decoder.decode_response(&bytes).unwrap().unwrap()
+        Event::Flow(crate::support::received(&mut self.decoder, f))
     }
 }
 
@@ -340,6 +345,17 @@ async fn drained(store: &Store) {
             "the outbox never drained"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each annotation of `alert` contains its text.
+fn assert_annotations(alert: &Value, expected: &[(&str, &str)]) {
+    for (key, text) in expected {
+        let value = alert["annotations"][key].as_str().unwrap_or("");
+        assert!(
+            value.contains(text),
+            "{key}: {value:?} lacks {text:?}: {alert}"
+        );
     }
 }
 
@@ -503,18 +519,13 @@ async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
     );
     assert!(receiver.notifications().is_empty());
     let _am = Alertmanager::start(port, &receiver.url).await;
-    let got = receiver
-        .wait_for("three alerts", |n| firing_destinations(n).len() >= 3)
-        .await;
-    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
-    assert_eq!(
-        destinations,
-        BTreeSet::from([
-            "paste.example.net".into(),
-            "production/orders-db".into(),
-            "198.51.100.0/24".into()
+    receiver
+        .wait_for_destinations(&[
+            "paste.example.net",
+            "production/orders-db",
+            "198.51.100.0/24",
         ])
-    );
+        .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         receiver.notifications().len(),
@@ -560,29 +571,11 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
     let relay = relay(None).await;
     let receiver = Receiver::start().await;
     let port = crate::support::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("exfilwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\nalertmanager:\n  urls: [\"http://127.0.0.1:{port}\"]\n  retry_max: 300ms\n  timeout: 2s\napi:\n  listen: 127.0.0.1:0\n",
-            relay.addr,
-            env!("CARGO_MANIFEST_DIR"),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = start();
+    let config = RunConfig::new(relay.addr).with(
+        "alertmanager",
+        &format!("urls: [\"http://127.0.0.1:{port}\"]\nretry_max: 300ms\ntimeout: 2s"),
+    );
+    let first = Service::spawn(&config, tempfile::tempdir().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while relay.sim.requests().is_empty() {
         assert!(
@@ -597,7 +590,7 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
         relay.sim.push_flow(flow);
     }
     // Both alerts committed to the outbox, none delivered: Alertmanager is not running.
-    let store = Store::open(&dir.path().join("state")).unwrap();
+    let store = Store::open(&first.dir.path().join("state")).unwrap();
     while store.outbox_depth().unwrap() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -605,19 +598,13 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    let dir = first.kill();
 
     let _am = Alertmanager::start(port, &receiver.url).await;
-    let mut second = start();
-    let got = receiver
-        .wait_for("both alerts", |n| firing_destinations(n).len() >= 2)
+    let second = Service::spawn(&config, dir);
+    receiver
+        .wait_for_destinations(&["paste.example.net", "production/orders-db"])
         .await;
-    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
-    assert_eq!(
-        destinations,
-        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
-    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         receiver.notifications().len(),
@@ -625,11 +612,8 @@ async fn sigkill_with_undelivered_alerts_then_restart_delivers_each_once() {
         "each alert exactly once: {:#?}",
         receiver.notifications()
     );
-    Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(second.wait().unwrap().success());
+    let (code, msg) = second.terminate().await;
+    assert_eq!(code, Some(0), "{msg}");
     assert_eq!(store.outbox_depth().unwrap(), 0);
 }
 
@@ -674,28 +658,22 @@ async fn replay_send_delivers_the_alerts_of_a_capture() {
     let receiver = Receiver::start().await;
     let am = Alertmanager::start(crate::support::free_port(), &receiver.url).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "rules:\n  dir: {}/rules\nstorage:\n  dir: state\nalertmanager:\n  urls: [\"{}\"]\n",
-            env!("CARGO_MANIFEST_DIR"),
-            am.url
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
+    let config = RunConfig::empty()
+        .with(
+            "rules",
+            &format!("dir: {}/rules", env!("CARGO_MANIFEST_DIR")),
+        )
+        .with("storage", "dir: state")
+        .with("alertmanager", &format!("urls: [\"{}\"]", am.url))
+        .write(dir.path(), 0);
+    let mut cmd = exfilwatch();
     cmd.args(["replay", "--send", "--config"])
         .arg(&config)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/flows.jsonl"
-        ))
-        .env("RUST_LOG", "warn");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+        ));
+    let out = output(cmd).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -706,19 +684,14 @@ async fn replay_send_delivers_the_alerts_of_a_capture() {
         stdout.contains("sent: 4 alert state(s) delivered, 0 still queued"),
         "{stdout}"
     );
-    let got = receiver
-        .wait_for("four notifications", |n| firing_destinations(n).len() >= 4)
-        .await;
-    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
-    assert_eq!(
-        destinations,
-        BTreeSet::from([
-            "paste.example.net".into(),
-            "production/orders-db".into(),
-            "hubble".into(),
-            "hubble-nodes".into()
+    receiver
+        .wait_for_destinations(&[
+            "paste.example.net",
+            "production/orders-db",
+            "hubble",
+            "hubble-nodes",
         ])
-    );
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,29 +711,18 @@ async fn a_host_sweep_from_a_training_pod_raises_one_scan_alert() {
     let alert = &scans[0]["alerts"][0];
     assert_eq!(alert["labels"]["namespace"], "ai-training");
     assert_eq!(alert["labels"]["destination"], "*");
-    assert_eq!(
-        alert["annotations"]["source_pods"],
-        "ai-training/llm-pretrain-worker-2"
-    );
-    assert!(
-        alert["annotations"]["sample_destinations"]
-            .as_str()
-            .unwrap()
-            .contains("10.0.9."),
-        "{alert}"
-    );
-    assert!(
-        alert["annotations"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("1 pod(s) reaching unusually many destinations"),
-        "{alert}"
+    assert_annotations(
+        alert,
+        &[
+            ("source_pods", "ai-training/llm-pretrain-worker-2"),
+            ("sample_destinations", "10.0.9."),
+            ("summary", "1 pod(s) reaching unusually many destinations"),
+        ],
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
-    use exfilwatch::proto::flow::{Dns, L7FlowType, Layer7, layer7};
     let receiver = Receiver::start().await;
     let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
     let mut attack = Attack::new();
@@ -771,31 +733,21 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
     ] {
         let mut query = attack.probe.clone();
         query.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
-        query.l7 = Some(Layer7 {
-            r#type: L7FlowType::Request as i32,
-            latency_ns: 0,
-            record: Some(layer7::Record::Dns(Dns {
-                query: format!("{chunk}1.x.tunnel.example.com."),
-                qtypes: vec!["A".into()],
-                ..Default::default()
-            })),
-        });
+        query.l7 = Some(exfilwatch::sim::traffic::dns_request(&format!(
+            "{chunk}1.x.tunnel.example.com"
+        )));
         pipeline.tx.send(attack.event(&query)).await.unwrap();
     }
     let alerts = receiver.wait_for_alert("TrainingPodDnsExfiltration").await;
     assert_eq!(alerts.len(), 1, "one alert for the domain: {alerts:#?}");
     let alert = &alerts[0]["alerts"][0];
     assert_eq!(alert["labels"]["destination"], "example.com");
-    assert_eq!(
-        alert["annotations"]["source_pods"],
-        "ai-training/llm-pretrain-worker-2"
-    );
-    assert!(
-        alert["annotations"]["reasons"]
-            .as_str()
-            .unwrap()
-            .contains("encoded data"),
-        "{alert}"
+    assert_annotations(
+        alert,
+        &[
+            ("source_pods", "ai-training/llm-pretrain-worker-2"),
+            ("reasons", "encoded data"),
+        ],
     );
 }
 
@@ -909,14 +861,9 @@ async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
     );
     slow.store(false, Ordering::Relaxed);
     drained(&pipeline.delivery.store).await;
-    let got = receiver
-        .wait_for("both alerts", |n| firing_destinations(n).len() >= 2)
+    receiver
+        .wait_for_destinations(&["paste.example.net", "production/orders-db"])
         .await;
-    let destinations: BTreeSet<String> = firing_destinations(&got).into_iter().collect();
-    assert_eq!(
-        destinations,
-        BTreeSet::from(["paste.example.net".into(), "production/orders-db".into()])
-    );
     // Late copies reached Alertmanager too; it de-duplicates them: one notification each.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(

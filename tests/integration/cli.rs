@@ -1,49 +1,14 @@
 //! The `exfilwatch` binary: exit codes, messages, the demo, and shutdown on SIGTERM.
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use exfilwatch::sim::traffic::TrainingCluster;
 use tonic::Code;
 
 use crate::support::relay;
+use crate::support::service::{RunConfig, Service, exfilwatch, run_once, text};
 
 const GOOD_RULE: &str = "- name: A\n  kind: policy_denied\n  namespaces: { names: [ai-training] }\n  severity: critical\n";
-
-/// A `run` configuration for a relay at `relay`, with the shipped rules and state under `dir`.
-fn run_config(
-    dir: &std::path::Path,
-    relay: std::net::SocketAddr,
-    extra: &str,
-) -> std::path::PathBuf {
-    let config = dir.join("exfilwatch.yaml");
-    let text = format!(
-        "hubble:\n  address: http://{relay}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n{}",
-        env!("CARGO_MANIFEST_DIR"),
-        dir.display(),
-        if extra.contains("api:") {
-            extra.to_owned()
-        } else {
-            format!("api:\n  listen: 127.0.0.1:0\n{extra}")
-        }
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
-fn exfilwatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
-    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    cmd
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// `exfilwatch check --config <config>`: its exit code and everything it printed.
 fn check(config: &std::path::Path) -> (Option<i32>, String) {
@@ -198,15 +163,7 @@ fn the_demo_shows_the_exfiltration_attempt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_stops_cleanly_on_sigterm_with_a_summary() {
     let relay = relay(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = run_config(dir.path(), relay.addr, "");
-    let child = exfilwatch()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let service = Service::spawn(&RunConfig::new(relay.addr), tempfile::tempdir().unwrap());
     // Wait for the stream, then send flows.
     tokio::time::timeout(crate::support::GUARD, async {
         while relay.sim.requests().is_empty() {
@@ -220,21 +177,9 @@ async fn run_stops_cleanly_on_sigterm_with_a_summary() {
         relay.sim.push_flow(cluster.next_flow());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let msg = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{msg}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("flows: 50\n"),
-        "{msg}"
-    );
+    let (code, msg) = service.terminate().await;
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(msg.starts_with("flows: 50\n"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,13 +189,7 @@ async fn run_exits_69_when_the_relay_refuses_the_credentials() {
         .sim
         .refuse_with(Some((Code::PermissionDenied, "mTLS required")));
     let dir = tempfile::tempdir().unwrap();
-    let config = run_config(dir.path(), relay.addr, "");
-    let mut cmd = exfilwatch();
-    cmd.args(["run", "--config"]).arg(&config);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = run_once(&RunConfig::new(relay.addr), dir.path()).await;
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(69), "{msg}");
     assert!(
@@ -272,21 +211,10 @@ async fn run_refuses_a_rule_pack_with_any_bad_rule_and_never_connects() {
         "- name: B\n  kind: dns_tunnel\n  namespaces: { names: [ai-training] }\n  severity: critical\n",
     )
     .unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hubble:\n  address: http://{}\nrules:\n  dir: rules\nstorage:\n  dir: state\n",
-            relay.addr
-        ),
-    )
-    .unwrap();
-    let mut cmd = exfilwatch();
-    cmd.args(["run", "--config"]).arg(&config);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let config = RunConfig::new(relay.addr)
+        .with("rules", "dir: rules")
+        .with("storage", "dir: state");
+    let out = run_once(&config, dir.path()).await;
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(64), "{msg}");
     assert!(
@@ -351,31 +279,13 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();
-    let port = crate::support::free_port();
-    let config = run_config(
-        dir.path(),
-        relay.addr,
-        &format!("api:\n  listen: 127.0.0.1:{port}\n  tokens_file: tokens\n"),
+    let service = Service::spawn(
+        &RunConfig::new(relay.addr).with("api", "tokens_file: tokens"),
+        dir,
     );
-    let child = exfilwatch()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    service.ready().await;
+    let (base, client) = (service.base.clone(), service.client.clone());
     let deadline = tokio::time::Instant::now() + crate::support::GUARD;
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut cluster = TrainingCluster::new(13, exfilwatch::common::clock::now_ns(), 1_000_000);
     for _ in 0..30 {
         relay.sim.push_flow(cluster.next_flow());
@@ -384,14 +294,7 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
         relay.sim.push_flow(flow);
     }
 
-    let health: serde_json::Value = client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = service.ok("/healthz").await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["hubble"], "streaming");
     let refused = client.get(format!("{base}/metrics")).send().await.unwrap();
@@ -453,32 +356,17 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        !text(&out).contains("s3cret"),
-        "a token leaked into the output"
-    );
+    let (code, msg) = service.terminate().await;
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(!msg.contains("s3cret"), "a token leaked into the output");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_refuses_a_non_loopback_api_without_tokens() {
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = run_config(dir.path(), relay.addr, "api:\n  listen: 0.0.0.0:0\n");
-    let mut cmd = exfilwatch();
-    cmd.args(["run", "--config"]).arg(&config);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let config = RunConfig::new(relay.addr).with("api", "listen: 0.0.0.0:0");
+    let out = run_once(&config, dir.path()).await;
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(64), "{msg}");
     assert!(
@@ -493,17 +381,11 @@ async fn run_exits_73_naming_a_storage_dir_it_cannot_use() {
     let relay = relay(None).await;
     for broken in ["state", "state/flows"] {
         let dir = tempfile::tempdir().unwrap();
-        let config = run_config(dir.path(), relay.addr, "");
         // A file where a directory must be: nothing can be written there.
         let path = dir.path().join(broken);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"not a directory").unwrap();
-        let mut cmd = exfilwatch();
-        cmd.args(["run", "--config"]).arg(&config);
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .unwrap()
-            .unwrap();
+        let out = run_once(&RunConfig::new(relay.addr), dir.path()).await;
         let msg = text(&out);
         assert_eq!(out.status.code(), Some(73), "{broken}: {msg}");
         assert!(msg.contains(&path.display().to_string()), "{broken}: {msg}");

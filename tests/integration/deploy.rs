@@ -9,6 +9,8 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::support::service::text;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -128,12 +130,7 @@ fn every_kubernetes_object_passes_strict_schema_validation_offline() {
         .args(&files)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -209,12 +206,7 @@ fn the_alertmanager_example_passes_amtool() {
         .arg(root().join("deploy/alertmanager/alertmanager.yml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -249,7 +241,7 @@ fn the_configmap_config_and_rules_pass_exfilwatch_check() {
         .unwrap();
     }
     std::fs::write(etc.join("api/tokens"), "a-token\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
+    let out = crate::support::service::exfilwatch()
         .args(["check", "--config"])
         .arg(etc.join("config/config.yaml"))
         .output()
@@ -486,12 +478,7 @@ fn the_grafana_dashboard_queries_parse_and_name_real_metrics() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out));
     // Every exfilwatch metric a panel reads is one the service exposes.
     let source = std::fs::read_to_string(root().join("src/api/metrics.rs")).unwrap()
         + &std::fs::read_to_string(root().join("src/alert/sink.rs")).unwrap();

@@ -3,174 +3,84 @@
 //! picked up live), bad parameters, and a property-based fuzz run of the OpenAPI document.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use exfilwatch::flow::wire::Decoder;
 use exfilwatch::flow::{Event, FlowEvent, L4Protocol, Verdict};
 use exfilwatch::proto::flow::Flow;
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::{EXFIL_FQDN, EXFIL_IP, TrainingCluster};
-use prost::Message;
-use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::support::service::{RunConfig, Service};
 use crate::support::{GUARD, Relay, relay};
 
 const TOKEN: &str = "flow-api-token";
 
-/// `exfilwatch run` against `relay`, its API on a free port; killed on drop.
-struct Service {
-    child: Child,
-    base: String,
-    token: Option<String>,
-    client: reqwest::Client,
-    dir: tempfile::TempDir,
+/// The API tests' service configuration: flows queryable within 20 ms, small chunks, and
+/// `flows` (more `storage.flows` lines, indented by two).
+fn config(relay: &Relay, flows: &str) -> RunConfig {
+    RunConfig::new(relay.addr).with(
+        "storage",
+        &format!("flows:\n  flush_interval: 20ms\n  chunk_flows: 1000\n{flows}"),
+    )
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `exfilwatch run` against `relay`, with a token when `tokens`.
+async fn start(relay: &Relay, tokens: bool) -> Service {
+    start_in(&config(relay, ""), tokens, tempfile::tempdir().unwrap()).await
+}
+
+/// `exfilwatch run` with `config` and its state in `dir`, ready.
+async fn start_in(config: &RunConfig, tokens: bool, dir: tempfile::TempDir) -> Service {
+    let service = if tokens {
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
+        Service::spawn(&config.clone().with("api", "tokens_file: tokens"), dir).with_token(TOKEN)
+    } else {
+        Service::spawn(config, dir)
+    };
+    service.ready().await;
+    service
+}
+
+/// Every flow a query selects, following cursors; their times, newest first.
+async fn all_times(service: &Service, query: &str, limit: usize) -> Vec<String> {
+    let mut times = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/flows?limit={limit}");
+        if !query.is_empty() {
+            path.push('&');
+            path.push_str(query);
+        }
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = service.ok(&path).await;
+        let flows = page["flows"].as_array().unwrap();
+        assert!(flows.len() <= limit);
+        times.extend(flows.iter().map(|f| f["time"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return times,
+        }
     }
 }
 
-impl Service {
-    async fn start(relay: &Relay, tokens: bool) -> Service {
-        Service::start_in(relay, tokens, "", tempfile::tempdir().unwrap()).await
-    }
-
-    /// Starts with extra `storage.flows` settings, its state in `dir`.
-    async fn start_in(relay: &Relay, tokens: bool, flows: &str, dir: tempfile::TempDir) -> Service {
-        exfilwatch::common::http::install_crypto();
-        let port = crate::support::free_port();
-        let tokens_line = if tokens {
-            std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
-            "  tokens_file: tokens\n"
-        } else {
-            ""
-        };
-        let config = dir.path().join("exfilwatch.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nstorage:\n  dir: {}/state\n  flows:\n    flush_interval: 20ms\n    chunk_flows: 1000\n{flows}api:\n  listen: 127.0.0.1:{port}\n{tokens_line}",
-                relay.addr,
-                env!("CARGO_MANIFEST_DIR"),
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("exfilwatch.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let service = Service {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            token: tokens.then(|| TOKEN.to_owned()),
-            client: reqwest::Client::new(),
-            dir,
-        };
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            if let Ok(r) = service.client.get(service.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return service;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until the store holds `n` flows.
+async fn wait_for_flows(service: &Service, n: u64) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let top = service.ok("/api/v1/flows/top?by=verdict").await;
+        if top["total"].as_u64() == Some(n) {
+            return;
         }
-    }
-
-    /// SIGKILLs the process, keeping its state directory.
-    fn kill(mut self) -> tempfile::TempDir {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
-    }
-
-    /// The value of an unlabelled metric.
-    async fn metric(&self, name: &str) -> u64 {
-        let text = self.get_raw("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get_raw(&self, path: &str) -> reqwest::Response {
-        let mut request = self.client.get(self.url(path));
-        if let Some(t) = &self.token {
-            request = request.bearer_auth(t);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.get_raw(path).await;
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("GET {path}: {status}: not JSON ({e}): {text}"));
-        (status, value)
-    }
-
-    async fn ok(&self, path: &str) -> Value {
-        let (status, value) = self.get(path).await;
-        assert_eq!(status, 200, "GET {path}: {value}");
-        value
-    }
-
-    /// Every flow a query selects, following cursors; their times, newest first.
-    async fn all_times(&self, query: &str, limit: usize) -> Vec<String> {
-        let mut times = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/api/v1/flows?limit={limit}");
-            if !query.is_empty() {
-                path.push('&');
-                path.push_str(query);
-            }
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={c}"));
-            }
-            let page = self.ok(&path).await;
-            let flows = page["flows"].as_array().unwrap();
-            assert!(flows.len() <= limit);
-            times.extend(flows.iter().map(|f| f["time"].as_str().unwrap().to_owned()));
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => return times,
-            }
-        }
-    }
-
-    /// Waits until the store holds `n` flows.
-    async fn wait_for_flows(&self, n: u64) {
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let top = self.ok("/api/v1/flows/top?by=verdict").await;
-            if top["total"].as_u64() == Some(n) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "store holds {} flows, expected {n}",
-                top["total"]
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store holds {} flows, expected {n}",
+            top["total"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -179,18 +89,7 @@ fn decoded(flows: &[Flow]) -> Vec<FlowEvent> {
     let mut decoder = Decoder::default();
     flows
         .iter()
-        .map(|f| {
-            let bytes = GetFlowsResponse {
-                node_name: f.node_name.clone(),
-                time: f.time,
-                response_types: Some(ResponseTypes::Flow(f.clone())),
-            }
-            .encode_to_vec();
-            match decoder.decode_response(&bytes).unwrap().unwrap() {
-                Event::Flow(f) => f,
-                other => panic!("{other:?}"),
-            }
-        })
+        .map(|f| crate::support::received(&mut decoder, f.clone()))
         .collect()
 }
 
@@ -211,17 +110,47 @@ fn time_of(f: &FlowEvent) -> String {
     exfilwatch::common::clock::format_time(f.time_ns)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_filter_selects_what_it_names() {
+/// A service holding 3,000 flows of simulated traffic with exfiltration attempts among them,
+/// and those flows as exfilwatch decodes them.
+struct Loaded {
+    _relay: Relay,
+    service: Service,
+    flows: Vec<Flow>,
+    events: Vec<FlowEvent>,
+}
+
+async fn loaded() -> Loaded {
     let relay = relay(None).await;
-    let service = Service::start(&relay, true).await;
+    let service = start(&relay, true).await;
     let mut cluster = TrainingCluster::new(21, exfilwatch::common::clock::now_ns(), 1_000_000);
     let flows = traffic(&mut cluster, 3_000);
     for f in &flows {
         relay.sim.push_flow(f.clone());
     }
-    service.wait_for_flows(flows.len() as u64).await;
+    wait_for_flows(&service, flows.len() as u64).await;
     let events = decoded(&flows);
+    Loaded {
+        _relay: relay,
+        service,
+        flows,
+        events,
+    }
+}
+
+/// Exfiltration attempts among `events`: Hubble reports each denied packet twice.
+fn attempts(events: &[FlowEvent]) -> usize {
+    events
+        .iter()
+        .filter(|f| f.verdict == Verdict::Dropped)
+        .count()
+        / 2
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_filter_selects_what_it_names() {
+    let Loaded {
+        service, events, ..
+    } = loaded().await;
     let middle = time_of(&events[1_500]);
     type Keep = Box<dyn Fn(&FlowEvent) -> bool>;
     let has_port = |f: &FlowEvent, p: u16| f.source.port == p || f.destination.port == p;
@@ -334,7 +263,7 @@ async fn every_filter_selects_what_it_names() {
             .filter(|f| keep(f))
             .map(time_of)
             .collect();
-        let got = service.all_times(query, 400).await;
+        let got = all_times(&service, query, 400).await;
         assert_eq!(got.len(), want.len(), "{query}");
         assert_eq!(got, want, "{query}");
         let top = service
@@ -356,7 +285,13 @@ async fn every_filter_selects_what_it_names() {
             events.len()
         );
     }
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_flow_reads_as_hubble_json_and_as_ndjson() {
+    let Loaded {
+        service, events: _, ..
+    } = loaded().await;
     // The policy that denied the upload is in the flow.
     let denied = service
         .ok(&format!("/api/v1/flows?fqdn={EXFIL_FQDN}&limit=1"))
@@ -387,18 +322,20 @@ async fn every_filter_selects_what_it_names() {
             other => panic!("{other:?}"),
         }
     }
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn top_groups_count_the_flows_they_cover() {
+    let Loaded {
+        service, events, ..
+    } = loaded().await;
     // Top groups.
     let top = service
         .ok("/api/v1/flows/top?by=destination&verdict=DROPPED&limit=2")
         .await;
     let groups = top["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
-    let attempts = events
-        .iter()
-        .filter(|f| f.verdict == Verdict::Dropped)
-        .count()
-        / 2;
+    let attempts = attempts(&events);
     assert_eq!(groups[0]["count"].as_u64(), Some(attempts as u64), "{top}");
     assert!(groups[0]["first_seen"].as_str().unwrap() <= groups[0]["last_seen"].as_str().unwrap());
     let keys: BTreeSet<&str> = groups.iter().map(|g| g["key"].as_str().unwrap()).collect();
@@ -426,7 +363,13 @@ async fn every_filter_selects_what_it_names() {
             .any(|g| g["key"] == "29500/TCP"),
         "{ports}"
     );
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_lead_to_the_flows_behind_them() {
+    let Loaded {
+        service, events: _, ..
+    } = loaded().await;
     // Alerts, with the flows behind them.
     let deadline = tokio::time::Instant::now() + GUARD;
     let alerts = loop {
@@ -457,7 +400,17 @@ async fn every_filter_selects_what_it_names() {
     assert_eq!(body["error"], "not_found");
     let none = service.ok("/api/v1/alerts?namespace=production").await;
     assert!(none.as_array().unwrap().is_empty());
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_and_metrics_count_the_stored_flows() {
+    let Loaded {
+        service,
+        flows,
+        events,
+        ..
+    } = loaded().await;
+    let attempts = attempts(&events);
     // Namespaces.
     let namespaces = service.ok("/api/v1/namespaces").await;
     let training = namespaces
@@ -513,13 +466,13 @@ async fn every_filter_selects_what_it_names() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_neither_skip_nor_repeat_while_flows_arrive() {
     let relay = relay(None).await;
-    let service = Service::start(&relay, false).await;
+    let service = start(&relay, false).await;
     let mut cluster = TrainingCluster::new(5, exfilwatch::common::clock::now_ns(), 1_000_000);
     let first = traffic(&mut cluster, 2_000);
     for f in &first {
         relay.sim.push_flow(f.clone());
     }
-    service.wait_for_flows(first.len() as u64).await;
+    wait_for_flows(&service, first.len() as u64).await;
     let expected: Vec<String> = decoded(&first).iter().rev().map(time_of).collect();
     // Between every two pages 150 more flows arrive and are stored before the next read.
     let mut stored = first.len() as u64;
@@ -543,7 +496,7 @@ async fn pages_neither_skip_nor_repeat_while_flows_arrive() {
             relay.sim.push_flow(f.clone());
         }
         stored += more.len() as u64;
-        service.wait_for_flows(stored).await;
+        wait_for_flows(&service, stored).await;
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -565,7 +518,7 @@ async fn pages_neither_skip_nor_repeat_while_flows_arrive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
     let relay = relay(None).await;
-    let mut service = Service::start(&relay, true).await;
+    let mut service = start(&relay, true).await;
     let cases = [
         ("/api/v1/flows?verdict=MAYBE", "verdict"),
         ("/api/v1/flows?drop_reason=OOPS", "drop_reason"),
@@ -692,10 +645,9 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
     let relay = relay(None).await;
-    let service = Service::start_in(
-        &relay,
+    let service = start_in(
+        &config(&relay, "  memory_flows: 2000\n"),
         false,
-        "    memory_flows: 2000\n",
         tempfile::tempdir().unwrap(),
     )
     .await;
@@ -704,7 +656,7 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
     for f in &flows {
         relay.sim.push_flow(f.clone());
     }
-    service.wait_for_flows(flows.len() as u64).await;
+    wait_for_flows(&service, flows.len() as u64).await;
     // The writer moves chunks to disk after they became queryable: wait until memory is
     // back within its bound, when nothing more will move.
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -717,8 +669,7 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
     }
     let on_disk = service.metric("exfilwatch_store_disk_flows").await;
     assert!(on_disk >= 5_000, "{on_disk} flows on disk");
-    let newest_on_disk: Vec<String> = service
-        .all_times("", 1_000)
+    let newest_on_disk: Vec<String> = all_times(&service, "", 1_000)
         .await
         .into_iter()
         .skip(flows.len() - on_disk as usize)
@@ -727,16 +678,16 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
 
     // Restarted against an empty Relay: exactly the flows on disk are there, newest first.
     let empty = crate::support::relay(None).await;
-    let service = Service::start_in(&empty, false, "    memory_flows: 2000\n", dir).await;
+    let service = start_in(&config(&empty, "  memory_flows: 2000\n"), false, dir).await;
     assert_eq!(service.metric("exfilwatch_store_disk_flows").await, on_disk);
-    assert_eq!(service.all_times("", 999).await, newest_on_disk);
+    assert_eq!(all_times(&service, "", 999).await, newest_on_disk);
     // New flows continue the sequence: they come first, and pages still neither skip nor repeat.
     let more = traffic(&mut cluster, 300);
     for f in &more {
         empty.sim.push_flow(f.clone());
     }
-    service.wait_for_flows(on_disk + more.len() as u64).await;
-    let all = service.all_times("", 123).await;
+    wait_for_flows(&service, on_disk + more.len() as u64).await;
+    let all = all_times(&service, "", 123).await;
     assert_eq!(all.len() as u64, on_disk + more.len() as u64);
     assert_eq!(&all[more.len()..], &newest_on_disk[..]);
     let alerts = service.ok("/api/v1/alerts").await;
@@ -760,9 +711,9 @@ fn alerted(receiver: &crate::alertmanager::Receiver) -> BTreeSet<String> {
 async fn sigkill_at_random_moments_loses_no_alert_and_no_stored_segment() {
     let receiver = crate::alertmanager::Receiver::start().await;
     let relay = relay(None).await;
-    let extra = format!(
-        "    memory_flows: 2000\nalertmanager:\n  webhooks: [\"{}\"]\n  retry_max: 300ms\n",
-        receiver.url
+    let config = config(&relay, "  memory_flows: 2000\n").with(
+        "alertmanager",
+        &format!("webhooks: [\"{}\"]\nretry_max: 300ms", receiver.url),
     );
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut cluster = TrainingCluster::new(23, exfilwatch::common::clock::now_ns(), 1_000_000);
@@ -771,7 +722,7 @@ async fn sigkill_at_random_moments_loses_no_alert_and_no_stored_segment() {
     let mut on_disk = 0;
     let mut killed_before_delivery = 0;
     for round in 0..6 {
-        let service = Service::start_in(&relay, false, &extra, dir).await;
+        let service = start_in(&config, false, dir).await;
         // What earlier rounds wrote to disk is all there, and the alert store answers.
         let stored = service.ok("/api/v1/flows/top?by=verdict").await["total"]
             .as_u64()
@@ -803,7 +754,7 @@ async fn sigkill_at_random_moments_loses_no_alert_and_no_stored_segment() {
     }
     // After the last restart every attempt has alerted at least once: those the killed
     // processes never saw come back from Relay through the resume overlap.
-    let service = Service::start_in(&relay, false, &extra, dir).await;
+    let service = start_in(&config, false, dir).await;
     let deadline = tokio::time::Instant::now() + GUARD;
     // The seeded kill times include kills before the attempt's alert went out.
     assert!(
@@ -836,13 +787,13 @@ async fn the_openapi_document_holds_under_schemathesis() {
         schemathesis.display()
     );
     let relay = relay(None).await;
-    let service = Service::start(&relay, true).await;
+    let service = start(&relay, true).await;
     let mut cluster = TrainingCluster::new(3, exfilwatch::common::clock::now_ns(), 1_000_000);
     let flows = traffic(&mut cluster, 500);
     for f in &flows {
         relay.sim.push_flow(f.clone());
     }
-    service.wait_for_flows(flows.len() as u64).await;
+    wait_for_flows(&service, flows.len() as u64).await;
     let doc = service.ok("/api/v1/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths: BTreeSet<&str> = doc["paths"]

@@ -5,13 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use exfilwatch::config::FlowStoreConfig;
+use exfilwatch::flow::FlowEvent;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::flow::{Event, FlowEvent};
 use exfilwatch::flowstore::{Filter, FlowSink, FlowStore};
-use exfilwatch::proto::observer::GetFlowsResponse;
-use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
-use prost::Message;
 
 const FLOWS: u64 = 5_000_000;
 const MEMORY_BYTES: usize = 24 << 20;
@@ -39,16 +36,7 @@ fn pool() -> Vec<FlowEvent> {
             } else {
                 cluster.next_flow()
             };
-            let bytes = GetFlowsResponse {
-                node_name: f.node_name.clone(),
-                time: f.time,
-                response_types: Some(ResponseTypes::Flow(f)),
-            }
-            .encode_to_vec();
-            match decoder.decode_response(&bytes).unwrap().unwrap() {
-                Event::Flow(f) => f,
-                other => panic!("{other:?}"),
-            }
+            crate::support::received(&mut decoder, f)
         })
         .collect()
 }

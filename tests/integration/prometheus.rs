@@ -12,6 +12,8 @@ use exfilwatch::egress::prometheus::Prometheus;
 use exfilwatch::egress::sampler::Sampler;
 use exfilwatch::state::Store;
 
+use crate::support::service::{RunConfig, Service, exfilwatch, output};
+
 const INSTALL: &str =
     "apt-get install -y --no-install-recommends prometheus (scripts/test.sh does this)";
 const DAY: i64 = 86_400;
@@ -455,29 +457,10 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
     let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 60;
     let server = PromServer::start(end).await;
     let relay = crate::support::relay(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = crate::support::free_port();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hubble:\n  address: http://{}\nprometheus:\n  url: {}\n  interval: 1s\nrules:\n  dir: {}/rules\nstorage:\n  dir: state\napi:\n  listen: 127.0.0.1:{port}\n",
-            relay.addr,
-            server.url,
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let config = RunConfig::new(relay.addr)
+        .with("prometheus", &format!("url: {}\ninterval: 1s", server.url));
+    let service = Service::spawn(&config, tempfile::tempdir().unwrap());
+    let (base, http) = (service.base.clone(), service.client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let baselines: serde_json::Value = loop {
         if let Ok(r) = http.get(format!("{base}/api/v1/baselines")).send().await
@@ -504,16 +487,9 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
     assert!(training["ratio"].as_f64().unwrap() > 1.5, "{training}");
     assert_eq!(training["coverage_percent"], 100.0);
 
-    let series: serde_json::Value = http
-        .get(format!(
-            "{base}/api/v1/namespaces/ai-training/egress?range=3h&step=5m"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let series = service
+        .ok("/api/v1/namespaces/ai-training/egress?range=3h&step=5m")
+        .await;
     assert_eq!(series["state"], "ready");
     assert_eq!(
         series["baseline"].as_array().unwrap().len(),
@@ -548,23 +524,15 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
         ),
         ("/api/v1/namespaces/nowhere/egress", 404, "nowhere"),
     ] {
-        let r = http.get(format!("{base}{query}")).send().await.unwrap();
-        assert_eq!(r.status(), status, "{query}");
-        let body: serde_json::Value = r.json().await.unwrap();
+        let (code, body) = service.get(query).await;
+        assert_eq!(code, status, "{query}");
         assert!(
             body["detail"].as_str().unwrap().contains(names),
             "{query}: {body}"
         );
         assert!(body["error"].is_string(), "{body}");
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.text("/metrics").await;
     assert!(
         metrics.contains("exfilwatch_egress_rate_bytes{namespace=\"ai-training\"}"),
         "{metrics}"
@@ -577,26 +545,11 @@ async fn run_serves_baselines_and_egress_series_and_fires_the_spike() {
         metrics.contains("exfilwatch_prometheus_blind 0"),
         "{metrics}"
     );
-    let health: serde_json::Value = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = service.ok("/healthz").await;
     assert_eq!(health["details"]["prometheus"]["state"], "ok", "{health}");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (code, stdout) = service.terminate().await;
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("TrainingDataEgressVolumeSpike [warning] ai-training -> *"),
         "{stdout}"
@@ -608,7 +561,7 @@ async fn replay_backtests_the_volume_rules_against_prometheus_history() {
     let end = (exfilwatch::common::clock::now_ns() / 1_000_000_000) / 60 * 60 - 60;
     let server = PromServer::start(end).await;
     let rfc3339 = |t: i64| exfilwatch::common::clock::format_time(t * 1_000_000_000);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
+    let mut cmd = exfilwatch();
     cmd.args([
         "replay",
         "--output",
@@ -629,10 +582,7 @@ async fn replay_backtests_the_volume_rules_against_prometheus_history() {
         "/tests/fixtures/flows.jsonl"
     ))
     .env("RUST_LOG", "error");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = output(cmd).await;
     assert!(
         out.status.success(),
         "{}",
@@ -658,7 +608,7 @@ async fn replay_backtests_the_volume_rules_against_prometheus_history() {
     );
 
     // A Prometheus that is not there is an error, not an empty backtest.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
+    let mut cmd = exfilwatch();
     cmd.args([
         "replay",
         "--prometheus",
@@ -672,10 +622,7 @@ async fn replay_backtests_the_volume_rules_against_prometheus_history() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/flows.jsonl"
     ));
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = output(cmd).await;
     assert_eq!(
         out.status.code(),
         Some(69),

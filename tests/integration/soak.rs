@@ -9,7 +9,7 @@
 //! integration soak -- --ignored --nocapture`.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use exfilwatch::sim::traffic::TrainingCluster;
 use tokio::time::Instant;
 
 use crate::support::relay;
+use crate::support::service::{RunConfig, Service};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -85,40 +86,19 @@ async fn soak() {
     let hook_addr = hook_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(hook_listener, hook).await });
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = crate::support::free_port();
-    let config = dir.path().join("exfilwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "hubble:\n  address: http://{}\n  namespaces: [ai-training]\nrules:\n  dir: {}/rules\nalertmanager:\n  webhooks: [\"http://{hook_addr}/hook\"]\nstorage:\n  dir: {}/state\n  flows:\n    memory_flows: 600000\n    memory_bytes: 64MiB\n    disk_bytes: 256MiB\napi:\n  listen: 127.0.0.1:{port}\n",
-            relay.addr,
-            env!("CARGO_MANIFEST_DIR"),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exfilwatch"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let config = RunConfig::new(relay.addr)
+        .with(
+            "alertmanager",
+            &format!("webhooks: [\"http://{hook_addr}/hook\"]"),
+        )
+        .with(
+            "storage",
+            "flows:\n  memory_flows: 600000\n  memory_bytes: 64MiB\n  disk_bytes: 256MiB",
+        );
+    let service = Service::spawn(&config, tempfile::tempdir().unwrap());
+    service.ready().await;
+    let pid = service.pid();
+    let (base, client) = (service.base.clone(), service.client.clone());
 
     // Queries while the flows stream: their latencies.
     let querying = {
@@ -188,14 +168,7 @@ async fn soak() {
     let elapsed = started.elapsed().as_secs_f64();
     // Let the service catch up, then read its counters.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.text("/metrics").await;
     let received = metric_sum(&metrics, "exfilwatch_flows_received_total");
     let lost = metric_sum(&metrics, "exfilwatch_lost_events_total");
     let stored = metric_sum(&metrics, "exfilwatch_store_flows_appended_total");
@@ -208,8 +181,7 @@ async fn soak() {
         .filter_map(|(d, at)| Some(arrivals.get(d)?.duration_since(*at).as_secs_f64() * 1000.0))
         .collect();
     alert_ms.sort_by(f64::total_cmp);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(service);
 
     eprintln!("soak: {rate} flows/s offered for {seconds} s");
     eprintln!(

@@ -1,5 +1,8 @@
-//! Shared helpers: a simulated Relay on loopback, a fast-retrying client config, and waiting
-//! for events with a generous guard timeout (a hang fails the test instead of blocking CI).
+//! The one test harness: a simulated Relay on loopback, a fast-retrying client config,
+//! waiting for events with a generous guard timeout (a hang fails the test instead of
+//! blocking CI), and the service itself ([`service`]).
+
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +117,21 @@ impl Client {
             Event::Flow(f) => f.uuid.expect("flow has a uuid"),
             other => panic!("expected a flow, got {other:?}"),
         }
+    }
+}
+
+/// `flow` as the service sees it: encoded as Relay sends it, decoded by the wire decoder.
+pub fn received(
+    decoder: &mut exfilwatch::flow::wire::Decoder,
+    flow: Flow,
+) -> exfilwatch::flow::FlowEvent {
+    match decoder
+        .decode_response(&exfilwatch::sim::encode(flow))
+        .unwrap()
+        .unwrap()
+    {
+        Event::Flow(f) => f,
+        other => panic!("expected a flow, got {other:?}"),
     }
 }
 
