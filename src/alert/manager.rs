@@ -521,21 +521,32 @@ mod tests {
         }
     }
 
+    /// A denied flow to the database at `now`, counted with 10 samples.
+    fn hit(
+        manager: &mut Manager,
+        rule: &Arc<Rule>,
+        flow: &FlowEvent,
+        now: Instant,
+    ) -> Result<(), StateError> {
+        manager.hit(rule, "ai-training", &db(), flow, 10, now)
+    }
+
+    /// Alerts the state store holds as firing.
+    fn saved_firing(store: &Store) -> usize {
+        crate::alert::saved_firing(store).unwrap().len()
+    }
+
     #[tokio::test]
     async fn an_alert_the_store_could_not_commit_is_kept_and_committed_later() {
         let (mut manager, store, rule, flow) = setup();
         store.refuse_writes(true);
         let now = Instant::now();
-        assert!(
-            manager
-                .hit(&rule, "ai-training", &db(), &flow, 10, now)
-                .is_err()
-        );
+        assert!(hit(&mut manager, &rule, &flow, now).is_err());
         assert_eq!(manager.firing().count(), 1, "kept in memory");
         assert!(manager.tick(now).is_err(), "still failing");
         store.refuse_writes(false);
         manager.tick(now).unwrap();
-        assert_eq!(crate::alert::saved_firing(&store).unwrap().len(), 1);
+        assert_eq!(saved_firing(&store), 1);
         assert_eq!(store.outbox_depth().unwrap(), 1);
     }
 
@@ -543,21 +554,15 @@ mod tests {
     async fn a_resolution_the_store_could_not_commit_is_retried() {
         let (mut manager, store, rule, flow) = setup();
         let start = Instant::now();
-        manager
-            .hit(&rule, "ai-training", &db(), &flow, 10, start)
-            .unwrap();
+        hit(&mut manager, &rule, &flow, start).unwrap();
         store.refuse_writes(true);
         let later = start + rule.resolve_after + Duration::from_secs(1);
         assert!(manager.tick(later).is_err());
-        assert_eq!(
-            crate::alert::saved_firing(&store).unwrap().len(),
-            1,
-            "the store still says firing"
-        );
+        assert_eq!(saved_firing(&store), 1, "the store still says firing");
         assert_eq!(manager.firing().count(), 1, "and so does the manager");
         store.refuse_writes(false);
         manager.tick(later).unwrap();
-        assert_eq!(crate::alert::saved_firing(&store).unwrap().len(), 0);
+        assert_eq!(saved_firing(&store), 0);
         assert_eq!(manager.firing().count(), 0);
     }
 
@@ -566,16 +571,7 @@ mod tests {
         let (mut manager, store, rule, flow) = setup();
         let start = Instant::now();
         for i in 0..5 {
-            manager
-                .hit(
-                    &rule,
-                    "ai-training",
-                    &db(),
-                    &flow,
-                    10,
-                    start + Duration::from_secs(i),
-                )
-                .unwrap();
+            hit(&mut manager, &rule, &flow, start + Duration::from_secs(i)).unwrap();
         }
         let alerts: Vec<&Alert> = manager.firing().collect();
         assert_eq!(alerts.len(), 1);
@@ -585,6 +581,6 @@ mod tests {
             .tick(start + Duration::from_secs(4) + rule.resolve_after)
             .unwrap();
         assert_eq!(manager.firing().count(), 0);
-        assert!(crate::alert::saved_firing(&store).unwrap().is_empty());
+        assert!(saved_firing(&store) == 0);
     }
 }
