@@ -33,6 +33,27 @@ fn raw_observer(flows_codec: &str) -> Service {
         .build()
 }
 
+/// Sets `EXFILWATCH_REVISION` to the checkout's git revision, for `--version`, `/healthz` and
+/// `exfilwatch_build_info`; "unknown" where there is no checkout (a container build) or no git.
+fn revision() {
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=EXFILWATCH_REVISION={revision}");
+    // A new commit moves HEAD or the branch it names.
+    for path in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/flow/flow.proto",
@@ -43,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    revision();
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)

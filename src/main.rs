@@ -2,12 +2,27 @@
 //! command of [`exfilwatch::cli`] until it finishes or a signal asks it to stop, and exits
 //! with its code.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
 use exfilwatch::cli::{self, Cli};
+use exfilwatch::config::LogFormat;
 use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr at `RUST_LOG`'s levels (info by default), as `format` says. Text is coloured
+/// only when stderr is a terminal, so files and `kubectl logs` carry no escape codes.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
 
 /// Cancels `token` on the first SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
@@ -36,13 +51,7 @@ fn cancel_on_signal(token: CancellationToken) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     exfilwatch::common::http::install_crypto();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -177,6 +177,19 @@ impl Collector for Telemetry {
                 ])?)?;
             }
         }
+        {
+            let g = ConstGauge::new(1i64);
+            let mut family = e.encode_descriptor(
+                "exfilwatch_build_info",
+                "The version and git revision of this build; always 1",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(family.encode_family(&[
+                ("version", crate::common::version::VERSION),
+                ("revision", crate::common::version::REVISION),
+            ])?)?;
+        }
         if let Ok(firing) = crate::alert::saved_firing(&self.store) {
             let g = ConstGauge::new(0i64);
             let mut family = e.encode_descriptor(

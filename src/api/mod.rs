@@ -140,6 +140,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is matched without case
+/// (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
     request: Request,
@@ -149,7 +158,7 @@ async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .map(str::as_bytes);
     let ok = {
         let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
@@ -263,7 +272,14 @@ fn stream_text(state: &StreamState) -> String {
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     let stream = stream_text(&state.stream.borrow());
     let details = state.telemetry.health();
-    axum::Json(json!({"status": "ok", "hubble": stream, "details": details})).into_response()
+    axum::Json(json!({
+        "status": "ok",
+        "version": crate::common::version::VERSION,
+        "revision": crate::common::version::REVISION,
+        "hubble": stream,
+        "details": details,
+    }))
+    .into_response()
 }
 
 /// `GET /readyz`: the Hubble stream is up.
@@ -359,6 +375,15 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_case() {
+        assert_eq!(bearer_token("Bearer t0ken"), Some("t0ken"));
+        assert_eq!(bearer_token("bearer t0ken"), Some("t0ken"));
+        assert_eq!(bearer_token("BEARER  t0ken"), Some("t0ken"));
+        assert_eq!(bearer_token("Basic dDBrZW4="), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use replay::{History, ReplayOptions};
 
 use crate::common::units::parse_duration;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// Exit code for a configuration, rule or usage error (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
@@ -56,10 +56,34 @@ impl Outcome {
 
 /// Catches data exfiltration from Kubernetes AI-training namespaces, from Cilium Hubble flows.
 #[derive(Debug, Parser)]
-#[command(name = "exfilwatch", version)]
+#[command(name = "exfilwatch", version = crate::common::version::LONG)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text (coloured only on a terminal) or json (one object per
+    /// line); overrides the configuration's log.format.
+    #[arg(long, global = true, value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// The log format: the flag's, else the configuration's (when the command reads one and
+    /// it loads; its problems are reported by the command), else text.
+    pub fn log_format(&self) -> LogFormat {
+        let configured = || {
+            let path = match &self.command {
+                Command::Run { config, .. } | Command::Check { config } => Some(config),
+                Command::Replay { config, .. } => config.as_ref(),
+                Command::Demo { .. } => None,
+            }?;
+            Config::load(path).ok().map(|c| c.log)
+        };
+        self.log_format.or_else(configured).unwrap_or_default()
+    }
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(text).ok_or_else(|| format!("{text:?} is not text or json"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod http;
 pub mod net;
 pub mod retry;
 pub mod units;
+pub mod version;
 pub mod yaml;
 
 pub use error::error_chain;

@@ -1,7 +1,8 @@
 //! The YAML configuration: raw serde structs that reject unknown keys, validated into typed
 //! values with every problem reported at once (file, key, value and, for a misspelt key, the
 //! key that was probably meant). One file per section: [`hubble`], [`prometheus`],
-//! [`alertmanager`], [`api`], [`storage`], and the HTTP client settings they share ([`http`]).
+//! [`alertmanager`], [`api`], [`storage`], [`log`], and the HTTP client settings they share
+//! ([`http`]).
 //!
 //! ```yaml
 //! hubble:       { address: "http://hubble-relay:80", tls: { ca_file, cert_file, key_file, server_name }, namespaces: [ai-training] }
@@ -10,12 +11,14 @@
 //! api:          { listen: "127.0.0.1:8080", tokens_file: null }
 //! storage:      { dir: "/var/lib/exfilwatch", flows: { memory_flows: 2000000, memory_bytes: 256MiB, retention: 7d, disk_bytes: 10GiB } }
 //! rules:        { dir: "rules" }
+//! log:          { format: text }        # or json: one object per line
 //! ```
 
 mod alertmanager;
 mod api;
 mod http;
 mod hubble;
+mod log;
 mod prometheus;
 mod storage;
 
@@ -28,6 +31,7 @@ use serde::Deserialize;
 pub use alertmanager::AlertmanagerConfig;
 pub use api::ApiConfig;
 pub use hubble::{HubbleConfig, TlsConfig};
+pub use log::LogFormat;
 pub use prometheus::PrometheusConfig;
 pub use storage::{FlowStoreConfig, MAX_CHUNK_FLOWS};
 
@@ -132,6 +136,7 @@ struct RawConfig {
     api: api::RawApi,
     storage: storage::RawStorage,
     rules: RawRules,
+    log: log::RawLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +157,7 @@ pub struct Config {
     /// is false.
     pub flows: FlowStoreConfig,
     pub rules_dir: PathBuf,
+    pub log: LogFormat,
 }
 
 impl Default for Config {
@@ -167,6 +173,7 @@ impl Default for Config {
                 ..Default::default()
             },
             rules_dir: PathBuf::from("rules"),
+            log: LogFormat::Text,
         }
     }
 }
@@ -225,6 +232,7 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         flows: raw.storage.flows.validate(&storage_dir, v),
         storage_dir,
         rules_dir: v.base.join(raw.rules.dir.unwrap_or(defaults.rules_dir)),
+        log: raw.log.validate(v),
     }
 }
 

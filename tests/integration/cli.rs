@@ -296,6 +296,8 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
 
     let health = service.ok("/healthz").await;
     assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["revision"], revision());
     assert_eq!(health["hubble"], "streaming");
     let refused = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
@@ -355,6 +357,22 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "exfilwatch_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            revision()
+        )),
+        "{metrics}"
+    );
+    // The scheme is matched without case (RFC 7235).
+    let lower = client
+        .get(format!("{base}/metrics"))
+        .header("Authorization", "bearer s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
 
     let (code, msg) = service.terminate().await;
     assert_eq!(code, Some(0), "{msg}");
@@ -396,4 +414,123 @@ async fn run_exits_73_naming_a_storage_dir_it_cannot_use() {
         );
     }
     assert!(relay.sim.requests().is_empty(), "never connected");
+}
+
+/// What `git rev-parse` says of the checkout the binary was built from, as the build saw it.
+fn revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
+}
+
+#[test]
+fn version_names_the_build_revision() {
+    let out = exfilwatch().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "exfilwatch {} (revision {})",
+            env!("CARGO_PKG_VERSION"),
+            revision()
+        )
+    );
+}
+
+/// Waits until the service has logged the warning every default start gives without
+/// Prometheus, and returns the log.
+async fn startup_log(service: &Service) -> String {
+    service.ready().await;
+    let deadline = tokio::time::Instant::now() + crate::support::GUARD;
+    loop {
+        let log = service.log();
+        if log.contains("volume_spike rules are not evaluated") {
+            return log;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no warning: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_written_to_a_file_carries_no_terminal_escape_codes() {
+    let relay = relay(None).await;
+    let service = Service::spawn(&RunConfig::new(relay.addr), tempfile::tempdir().unwrap());
+    let log = startup_log(&service).await;
+    assert!(!log.contains('\u{1b}'), "escape codes in {log:?}");
+    assert!(log.contains(" WARN "), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_log_is_one_object_per_line_with_level_target_and_fields() {
+    let relay = relay(None).await;
+    let config = RunConfig::new(relay.addr).with("log", "format: json");
+    let service = Service::spawn(&config, tempfile::tempdir().unwrap());
+    let log = startup_log(&service).await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("volume_spike"))
+        })
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["target"], "exfilwatch::app");
+    assert!(warning["timestamp"].is_string(), "{warning}");
+    assert!(
+        warning["rules"].is_string(),
+        "the event's fields: {warning}"
+    );
+
+    // The flag sets it where there is no configuration, and for every line.
+    let out = exfilwatch()
+        .args([
+            "--log-format",
+            "json",
+            "demo",
+            "--duration",
+            "1s",
+            "--rate",
+            "50",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() > 2, "{stderr}");
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
+    }
+    let bad = exfilwatch()
+        .args(["check", "--config"])
+        .arg(
+            RunConfig::new(relay.addr)
+                .with("log", "format: yaml")
+                .write(service.dir.path(), 0),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        text(&bad).contains("log.format: \"yaml\" is not text or json"),
+        "{}",
+        text(&bad)
+    );
 }

@@ -12,10 +12,10 @@ use serde_json::Value;
 
 use super::{GUARD, free_port};
 
-/// The binary, logging warnings and errors only, without colour.
+/// The binary, logging warnings and errors only.
 pub fn exfilwatch() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
-    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    cmd.env("RUST_LOG", "warn").env_remove("NO_COLOR");
     cmd
 }
 
