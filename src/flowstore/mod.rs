@@ -1251,6 +1251,8 @@ mod tests {
             ("cidr", "10.0.0.0/33"),
             ("ip", "10.0.0"),
             ("since", "yesterday"),
+            ("since", "9999999999d"),
+            ("until", "3651d"),
             ("pod", ""),
             ("protocol", "QUIC"),
         ] {

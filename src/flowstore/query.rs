@@ -16,6 +16,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 /// The longest `since`..`until` range a query may cover.
 pub const MAX_RANGE: Duration = Duration::from_secs(31 * 86_400);
+/// The longest "ago" a time parameter takes: no flow is kept longer.
+pub const MAX_AGO: Duration = Duration::from_secs(3_650 * 86_400);
 
 /// A parameter the API could not use: which one, the value and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -306,6 +308,9 @@ pub fn parse_time(key: &str, value: &str, now_ns: i64) -> Result<i64, BadParamet
         && !value.contains('-')
     {
         let d = crate::common::units::parse_duration(value).map_err(|e| bad(key, value, e))?;
+        if d > MAX_AGO {
+            return Err(bad(key, value, "more than 10 years (3650d) ago"));
+        }
         let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         return Ok(now_ns.saturating_sub(ns));
     }

@@ -533,6 +533,8 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
         ),
         ("/api/v1/flows?ip=10.0.0", "ip"),
         ("/api/v1/flows?since=yesterday", "since"),
+        ("/api/v1/flows?since=9999999999d", "since"),
+        ("/api/v1/flows/top?until=3651d", "until"),
         ("/api/v1/flows?until=2026-13-01T00%3A00%3A00Z", "until"),
         (
             "/api/v1/flows?since=2026-01-02T00%3A00%3A00Z&until=2026-01-01T00%3A00%3A00Z",
