@@ -43,8 +43,7 @@ const MAX_NAMESPACES: usize = 10_000;
 /// Runs the detectors and owns the alert manager.
 #[derive(Debug)]
 pub struct Engine {
-    /// Every flow detector, in the order of their kinds: policy_denied, scan,
-    /// new_destination, segmentation, dns_exfiltration.
+    /// A detector for every enabled rule that looks at flows, in the pack's order.
     flow: Vec<Box<dyn FlowDetector>>,
     volume: Vec<VolumeSpike>,
     manager: Manager,
@@ -84,6 +83,25 @@ fn blind_rule() -> Rule {
     }
 }
 
+/// The detector of `rule` when its kind looks at flows; a `new_destination` rule whose
+/// learned history cannot be read stays off, with the reason logged.
+fn flow_detector(rule: Arc<Rule>, store: &Store) -> Option<Box<dyn FlowDetector>> {
+    Some(match rule.kind {
+        Kind::PolicyDenied(_) => Box::new(PolicyDenied::new(rule)?),
+        Kind::Scan(_) => Box::new(Scan::new(rule)?),
+        Kind::Segmentation(_) => Box::new(Segmentation::new(rule)?),
+        Kind::DnsExfiltration(_) => Box::new(DnsExfil::new(rule)?),
+        Kind::NewDestination(_) => match NewDestination::new(rule.clone(), store.clone())? {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                tracing::error!(rule = %rule.name, "cannot load what the rule learned, it stays off: {e}");
+                return None;
+            }
+        },
+        Kind::VolumeSpike(_) | Kind::Coverage(_) => return None,
+    })
+}
+
 impl Engine {
     /// An engine for the enabled `rules`; `blind_after` is how long Prometheus may be
     /// unusable before the blind alert.
@@ -95,36 +113,7 @@ impl Engine {
         store: &Store,
     ) -> Engine {
         let enabled = || rules.iter().filter(|r| r.enabled).cloned();
-        let mut flow: Vec<Box<dyn FlowDetector>> = Vec::new();
-        flow.extend(
-            enabled()
-                .filter_map(PolicyDenied::new)
-                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
-        );
-        flow.extend(
-            enabled()
-                .filter_map(Scan::new)
-                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
-        );
-        for rule in enabled() {
-            match NewDestination::new(rule.clone(), store.clone()) {
-                Some(Ok(d)) => flow.push(Box::new(d)),
-                Some(Err(e)) => {
-                    tracing::error!(rule = %rule.name, "cannot load what the rule learned, it stays off: {e}");
-                }
-                None => {}
-            }
-        }
-        flow.extend(
-            enabled()
-                .filter_map(Segmentation::new)
-                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
-        );
-        flow.extend(
-            enabled()
-                .filter_map(DnsExfil::new)
-                .map(|d| Box::new(d) as Box<dyn FlowDetector>),
-        );
+        let flow = enabled().filter_map(|r| flow_detector(r, store)).collect();
         Engine {
             flow,
             volume: enabled().filter_map(VolumeSpike::new).collect(),
