@@ -315,6 +315,11 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Hands `event` to the pipeline as a source would.
+    async fn send(&self, event: Event) {
+        self.tx.send(event).await.unwrap();
+    }
+
     fn start(config: &Config, rules: &[Arc<Rule>]) -> Pipeline {
         let state = tempfile::tempdir().unwrap();
         let store = Store::open(state.path()).unwrap();
@@ -380,11 +385,7 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
     let pipeline = Pipeline::start(&config(&[&am.url], &[]), &rules);
     let mut attack = Attack::new();
 
-    pipeline
-        .tx
-        .send(attack.event(&attack.upload.clone()))
-        .await
-        .unwrap();
+    pipeline.send(attack.event(&attack.upload.clone())).await;
     let got = receiver
         .wait_for("the firing notification", |n| !n.is_empty())
         .await;
@@ -433,11 +434,7 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
 
     // 1,000 more attempts to the same destination: one alert, a growing count.
     for _ in 0..1000 {
-        pipeline
-            .tx
-            .send(attack.event(&attack.upload.clone()))
-            .await
-            .unwrap();
+        pipeline.send(attack.event(&attack.upload.clone())).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -491,7 +488,7 @@ async fn alerts_fired_while_alertmanager_is_down_all_arrive_when_it_returns() {
         attack.probe.clone(),
         attack.raw_ip.clone(),
     ] {
-        pipeline.tx.send(attack.event(&template)).await.unwrap();
+        pipeline.send(attack.event(&template)).await;
     }
     // Delivery fails and keeps failing while Alertmanager is down; nothing is lost.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -542,11 +539,7 @@ async fn a_webhook_target_gets_alertmanagers_version_4_payload() {
     let receiver = Receiver::start().await;
     let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
     let mut attack = Attack::new();
-    pipeline
-        .tx
-        .send(attack.event(&attack.probe.clone()))
-        .await
-        .unwrap();
+    pipeline.send(attack.event(&attack.probe.clone())).await;
     let got = receiver.wait_for("the webhook", |n| !n.is_empty()).await;
     let m = &got[0];
     assert_eq!(m["version"], "4");
@@ -635,11 +628,7 @@ async fn targets_get_the_configured_bearer_or_basic_credentials() {
         let pipeline = Pipeline::start(&config, &rules("10m"));
         let mut attack = Attack::new();
         let before = receiver.notifications().len();
-        pipeline
-            .tx
-            .send(attack.event(&attack.probe.clone()))
-            .await
-            .unwrap();
+        pipeline.send(attack.event(&attack.probe.clone())).await;
         receiver.wait_for("a delivery", |n| n.len() > before).await;
         assert_eq!(
             receiver.authorizations().last().unwrap().as_deref(),
@@ -705,7 +694,7 @@ async fn a_host_sweep_from_a_training_pod_raises_one_scan_alert() {
         probe.drop_reason_desc = 0;
         probe.drop_reason = 0;
         probe.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
-        pipeline.tx.send(attack.event(&probe)).await.unwrap();
+        pipeline.send(attack.event(&probe)).await;
     }
     let scans = receiver.wait_for_alert("TrainingPodScanning").await;
     let alert = &scans[0]["alerts"][0];
@@ -736,7 +725,7 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
         query.l7 = Some(exfilwatch::sim::traffic::dns_request(&format!(
             "{chunk}1.x.tunnel.example.com"
         )));
-        pipeline.tx.send(attack.event(&query)).await.unwrap();
+        pipeline.send(attack.event(&query)).await;
     }
     let alerts = receiver.wait_for_alert("TrainingPodDnsExfiltration").await;
     assert_eq!(alerts.len(), 1, "one alert for the domain: {alerts:#?}");
@@ -845,7 +834,7 @@ async fn a_slow_alertmanager_delays_alerts_but_loses_and_duplicates_none() {
     let pipeline = Pipeline::start(&config(&[&proxy_url], &[]), &rules("10m"));
     let mut attack = Attack::new();
     for template in [attack.upload.clone(), attack.probe.clone()] {
-        pipeline.tx.send(attack.event(&template)).await.unwrap();
+        pipeline.send(attack.event(&template)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while pipeline.delivery.stats.errors.load(Ordering::Relaxed) < 2 {
@@ -896,11 +885,7 @@ async fn alerts_reach_an_alertmanager_that_demands_mutual_tls() {
     });
     let refused = Pipeline::start(&config, &rules("10m"));
     let mut attack = Attack::new();
-    refused
-        .tx
-        .send(attack.event(&attack.upload.clone()))
-        .await
-        .unwrap();
+    refused.send(attack.event(&attack.upload.clone())).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while refused.delivery.stats.errors.load(Ordering::Relaxed) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
@@ -914,11 +899,7 @@ async fn alerts_reach_an_alertmanager_that_demands_mutual_tls() {
         identity_pem: Some(format!("{}{}", client.0, client.1).into_bytes()),
     });
     let pipeline = Pipeline::start(&config, &rules("10m"));
-    pipeline
-        .tx
-        .send(attack.event(&attack.upload.clone()))
-        .await
-        .unwrap();
+    pipeline.send(attack.event(&attack.upload.clone())).await;
     let got = receiver
         .wait_for("the alert over mTLS", |n| {
             !firing_destinations(n).is_empty()
