@@ -25,8 +25,8 @@ use std::time::Duration;
 use exfilwatch::api::{self, metrics::Telemetry};
 use exfilwatch::config::ApiConfig;
 use exfilwatch::config::FlowStoreConfig;
+use exfilwatch::flow::FlowEvent;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::flow::{Event, FlowEvent};
 use exfilwatch::flowstore::{FlowSink, FlowStore};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::sim::traffic::TrainingCluster;
@@ -58,14 +58,7 @@ fn flows() -> Vec<FlowEvent> {
             let n = rng.u32(0..50_000);
             ip.destination = format!("198.18.{}.{}", n / 256, n % 256);
         }
-        match decoder
-            .decode_response(&exfilwatch::sim::encode(f))
-            .unwrap()
-            .unwrap()
-        {
-            Event::Flow(f) => f,
-            other => panic!("{other:?}"),
-        }
+        exfilwatch::sim::received(&mut decoder, f).expect("the simulator's flows decode")
     };
     while out.len() < FLOWS {
         if out.len() % 200 == 199 {

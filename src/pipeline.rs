@@ -280,11 +280,11 @@ impl Cursor {
 /// Logs what went through every `every`.
 #[derive(Debug)]
 pub struct Progress {
-    pub every: Duration,
-    pub source: Arc<SourceStats>,
-    pub delivery: Arc<DeliveryStats>,
-    pub store: Store,
-    last: Option<Instant>,
+    every: Duration,
+    source: Arc<SourceStats>,
+    delivery: Arc<DeliveryStats>,
+    store: Store,
+    last: Instant,
 }
 
 impl Progress {
@@ -299,15 +299,15 @@ impl Progress {
             source,
             delivery,
             store,
-            last: Some(Instant::now()),
+            last: Instant::now(),
         }
     }
 
     fn maybe_log(&mut self, summary: &Summary) {
-        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+        if self.last.elapsed() < self.every {
             return;
         }
-        self.last = Some(Instant::now());
+        self.last = Instant::now();
         tracing::info!(
             flows = summary.flows,
             lost = self.source.lost_total(),

@@ -105,12 +105,9 @@ pub async fn alerts(
         "all" => None,
         other if Status::parse(other).is_some() => Status::parse(other),
         other => {
-            return Err(BadParameter {
-                parameter: "status".into(),
-                value: other.chars().take(100).collect(),
-                reason: "must be firing, resolved or all".into(),
-            }
-            .into());
+            return Err(
+                BadParameter::new("status", other, "must be firing, resolved or all").into(),
+            );
         }
     };
     let limit = limit(&rest, DEFAULT_LIMIT)?;

@@ -107,11 +107,8 @@ pub struct FlowPage {
 fn parse_cursor(rest: &HashMap<String, String>) -> Result<Option<u64>, BadParameter> {
     rest.get("cursor")
         .map(|c| {
-            c.parse::<u64>().map_err(|_| BadParameter {
-                parameter: "cursor".into(),
-                value: c.chars().take(100).collect(),
-                reason: "not a cursor this API returned".into(),
-            })
+            c.parse::<u64>()
+                .map_err(|_| BadParameter::new("cursor", c, "not a cursor this API returned"))
         })
         .transpose()
 }
@@ -137,11 +134,7 @@ pub async fn flows(
             None | Some("json") => false,
             Some("ndjson") => true,
             Some(other) => {
-                return Err(BadParameter {
-                    parameter: "format".into(),
-                    value: other.chars().take(100).collect(),
-                    reason: "must be json or ndjson".into(),
-                });
+                return Err(BadParameter::new("format", other, "must be json or ndjson"));
             }
         };
         Ok((
@@ -220,10 +213,12 @@ pub async fn top(
     let pairs = pairs(query, &["by", "limit"], true)?;
     let parsed = filter(pairs, crate::common::clock::now_ns()).and_then(|(f, rest)| {
         let by_name = rest.get("by").map_or("destination", String::as_str);
-        let by = GroupBy::parse(by_name).ok_or_else(|| BadParameter {
-            parameter: "by".into(),
-            value: by_name.chars().take(100).collect(),
-            reason: format!("must be one of {}", GroupBy::NAMES.join(", ")),
+        let by = GroupBy::parse(by_name).ok_or_else(|| {
+            BadParameter::new(
+                "by",
+                by_name,
+                format!("must be one of {}", GroupBy::NAMES.join(", ")),
+            )
         })?;
         Ok((f, by, by_name.to_owned(), limit(&rest, 20)?))
     });

@@ -26,19 +26,14 @@ pub(super) fn pairs(
         let known =
             extra.contains(&key.as_str()) || (filters && FILTER_PARAMETERS.contains(&key.as_str()));
         if !known {
-            return Err(BadParameter {
-                parameter: key.chars().take(100).collect(),
-                value: value.chars().take(100).collect(),
-                reason: "unknown parameter".into(),
-            }
-            .into());
+            return Err(BadParameter::new(key, value, "unknown parameter").into());
         }
         if seen.contains(&key.as_str()) {
-            return Err(BadParameter {
-                parameter: key.clone(),
-                value: value.chars().take(100).collect(),
-                reason: "given more than once (list values with commas)".into(),
-            }
+            return Err(BadParameter::new(
+                key,
+                value,
+                "given more than once (list values with commas)",
+            )
             .into());
         }
         seen.push(key);
@@ -69,10 +64,12 @@ pub(super) fn limit(rest: &HashMap<String, String>, default: usize) -> Result<us
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| BadParameter {
-                parameter: "limit".into(),
-                value: v.chars().take(100).collect(),
-                reason: format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            .ok_or_else(|| {
+                BadParameter::new(
+                    "limit",
+                    v,
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )
             }),
     }
 }
@@ -93,12 +90,9 @@ pub(super) async fn blocking<T: Send + 'static>(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ crate::flowstore::StoreError::TooBroad { .. })) => Err(BadParameter {
-            parameter: "since".into(),
-            value: String::new(),
-            reason: e.to_string(),
+        Ok(Err(e @ crate::flowstore::StoreError::TooBroad { .. })) => {
+            Err(BadParameter::new("since", "", e.to_string()).into())
         }
-        .into()),
         Ok(Err(e)) => {
             tracing::error!("api: {e}");
             Err(refuse(

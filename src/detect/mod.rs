@@ -76,8 +76,8 @@ pub mod volume_spike;
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use crate::flow::FlowEvent;
     use crate::flow::wire::Decoder;
-    use crate::flow::{Event, FlowEvent};
 
     use crate::rules::{DEFAULT_PACK, Rule, load_text};
 
@@ -98,13 +98,6 @@ pub(crate) mod testing {
 
     /// `flow` as the service sees it: encoded in a response and decoded by the wire decoder.
     pub fn flow_event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
-        match decoder
-            .decode_response(&crate::sim::encode(flow))
-            .unwrap()
-            .unwrap()
-        {
-            Event::Flow(f) => f,
-            other => panic!("{other:?}"),
-        }
+        crate::sim::received(decoder, flow).expect("the simulator's flows decode")
     }
 }

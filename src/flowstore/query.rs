@@ -28,12 +28,20 @@ pub struct BadParameter {
     pub reason: String,
 }
 
-fn bad(parameter: &str, value: &str, reason: impl Into<String>) -> BadParameter {
-    BadParameter {
-        parameter: parameter.into(),
-        value: value.chars().take(200).collect(),
-        reason: reason.into(),
+impl BadParameter {
+    /// `parameter` and `value` as the request gave them (cut to 100 characters: they are the
+    /// client's text, echoed in the answer), and why they cannot be used.
+    pub fn new(parameter: &str, value: &str, reason: impl Into<String>) -> BadParameter {
+        BadParameter {
+            parameter: parameter.chars().take(100).collect(),
+            value: value.chars().take(100).collect(),
+            reason: reason.into(),
+        }
     }
+}
+
+fn bad(parameter: &str, value: &str, reason: impl Into<String>) -> BadParameter {
+    BadParameter::new(parameter, value, reason)
 }
 
 /// What a condition tests a column's value against.
@@ -286,18 +294,13 @@ pub fn protocol(name: &str) -> Option<L4Protocol> {
 }
 
 fn parse_cidr(key: &str, value: &str) -> Result<Test, BadParameter> {
-    let (ip, bits) = value
-        .split_once('/')
-        .ok_or_else(|| bad(key, value, "expected ADDRESS/BITS, e.g. 10.0.0.0/8"))?;
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| bad(key, value, "not an IP address before /"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let net = bits
-        .parse()
-        .ok()
-        .and_then(|b| IpNet::new(ip, b).ok())
-        .ok_or_else(|| bad(key, value, format!("prefix length must be 0-{max}")))?;
+    let net: IpNet = value.parse().map_err(|_| {
+        bad(
+            key,
+            value,
+            "expected an address block such as 10.0.0.0/8 (prefix length 0-32, or 0-128 for IPv6)",
+        )
+    })?;
     Ok(Test::Network(net.trunc()))
 }
 

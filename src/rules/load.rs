@@ -271,17 +271,9 @@ fn segmentation(raw: Option<Value>, report: &mut Report<'_>) -> SegmentationPara
         }
         let mut cidrs = Vec::new();
         for c in &a.cidrs {
-            let parsed = c.split_once('/').and_then(|(ip, bits)| {
-                Some((
-                    ip.parse::<std::net::IpAddr>().ok()?,
-                    bits.parse::<u8>().ok()?,
-                ))
-            });
-            match parsed {
-                Some((ip, bits)) if bits <= if ip.is_ipv4() { 32 } else { 128 } => {
-                    cidrs.push((ip, bits))
-                }
-                _ => report.problem(
+            match c.parse::<ipnet::IpNet>() {
+                Ok(net) => cidrs.push(net.trunc()),
+                Err(_) => report.problem(
                     &format!("{field}.cidrs"),
                     format!("{c:?} is not an address block like 10.0.0.0/8"),
                 ),

@@ -188,7 +188,7 @@ pub struct Allowed {
     /// Destination pod labels, key to value.
     pub labels: BTreeMap<String, String>,
     /// Destination address blocks.
-    pub cidrs: Vec<(std::net::IpAddr, u8)>,
+    pub cidrs: Vec<ipnet::IpNet>,
     /// Destination DNS names; a leading `*.` matches any subdomain.
     pub fqdns: Vec<String>,
     /// Destination ports (inclusive ranges); empty means any.

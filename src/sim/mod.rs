@@ -9,6 +9,8 @@ pub mod traffic;
 
 use prost::Message;
 
+use crate::flow::wire::Decoder;
+use crate::flow::{Event, FlowEvent};
 use crate::proto::flow::Flow;
 use crate::proto::observer::GetFlowsResponse;
 use crate::proto::observer::get_flows_response::ResponseTypes;
@@ -25,4 +27,13 @@ pub fn response(flow: Flow) -> GetFlowsResponse {
 /// `flow` as bytes on the wire: its response, encoded.
 pub fn encode(flow: Flow) -> Vec<u8> {
     response(flow).encode_to_vec()
+}
+
+/// `flow` as the service sees it: sent as Relay sends it, read by the wire decoder. `None`
+/// when the decoder refuses it.
+pub fn received(decoder: &mut Decoder, flow: Flow) -> Option<FlowEvent> {
+    match decoder.decode_response(&encode(flow)) {
+        Ok(Some(Event::Flow(f))) => Some(f),
+        _ => None,
+    }
 }

@@ -125,14 +125,7 @@ pub fn received(
     decoder: &mut exfilwatch::flow::wire::Decoder,
     flow: Flow,
 ) -> exfilwatch::flow::FlowEvent {
-    match decoder
-        .decode_response(&exfilwatch::sim::encode(flow))
-        .unwrap()
-        .unwrap()
-    {
-        Event::Flow(f) => f,
-        other => panic!("expected a flow, got {other:?}"),
-    }
+    exfilwatch::sim::received(decoder, flow).expect("the simulator's flows decode")
 }
 
 pub fn uuid_of(flow: &Flow) -> u128 {
