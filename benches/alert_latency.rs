@@ -122,7 +122,7 @@ async fn measure(port: u16, dir: &std::path::Path) -> Vec<Duration> {
     let consumer = tokio::spawn(pipeline::consume(
         rx,
         consumers,
-        None,
+        Default::default(),
         Engine::tick_interval(&rules),
     ));
     let mut delivered = delivery.stats.delivered.subscribe();

@@ -181,6 +181,7 @@ fn main() {
             query_latency: api::metrics::query_histogram(),
             bad_requests: Default::default(),
             denied: Default::default(),
+            reload: None,
         });
         let (_tx, stream) = tokio::sync::watch::channel(StreamState::Streaming);
         let mut state = api::prepare(&api_config, telemetry, stream, None).unwrap();

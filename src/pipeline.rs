@@ -9,7 +9,7 @@
 //! 4. the [`Summary`]: flows per verdict, namespace and drop reason, lost events per source,
 //!    and the policy-denied flows leaving watched namespaces (also counted for `/metrics`);
 //! 5. the detection engine, whose clock ticks between events; egress reports from the
-//!    Prometheus task reach it on their own channel.
+//!    Prometheus task and reloaded rule packs reach it on their own channels, between events.
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -17,16 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::alert::sink::DeliveryStats;
-use crate::detect::engine::Engine;
+use crate::detect::engine::{Engine, RuleChanges};
 use crate::egress::watch::EgressReport;
 use crate::flow::destination;
 use crate::flow::intern::Sym;
 use crate::flow::{Event, FlowEvent, Verdict};
 use crate::flowstore::FlowSink;
+use crate::rules::Rule;
 use crate::source::SourceStats;
 use crate::state::Store;
 
@@ -330,17 +331,43 @@ pub struct Consumers {
     pub cursor: Option<Cursor>,
 }
 
+/// A validated rule pack to put in force, and who wants to know what changed.
+#[derive(Debug)]
+pub struct RuleUpdate {
+    pub rules: Vec<Arc<Rule>>,
+    pub applied: oneshot::Sender<RuleChanges>,
+}
+
+/// What reaches the engine beside the events.
+#[derive(Debug, Default)]
+pub struct Side {
+    /// Egress reports from the Prometheus task.
+    pub egress: Option<mpsc::Receiver<EgressReport>>,
+    /// Reloaded rule packs.
+    pub rules: Option<mpsc::Receiver<RuleUpdate>>,
+}
+
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Consumes events until every sender is gone, handing each to `consumers` in the order the
 /// module documentation gives; the engine's clock ticks every `tick_every` and egress reports
-/// reach it as they come. Returns the consumers; the cursor is saved a last time.
+/// and rule packs reach it as they come. Returns the consumers; the cursor is saved a last
+/// time.
 pub async fn consume(
     mut rx: mpsc::Receiver<Event>,
     mut consumers: Consumers,
-    mut egress: Option<mpsc::Receiver<EgressReport>>,
+    side: Side,
     tick_every: Duration,
 ) -> Consumers {
-    let mut tick = tokio::time::interval(tick_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Side {
+        mut egress,
+        rules: mut updates,
+    } = side;
+    let mut tick = ticker(tick_every);
     let c = &mut consumers;
     loop {
         tokio::select! {
@@ -365,6 +392,17 @@ pub async fn consume(
                     (Some(report), Some(engine)) => engine.egress(&report, Instant::now()),
                     (Some(_), None) => {}
                     (None, _) => egress = None,
+                }
+            }
+            update = async { updates.as_mut()?.recv().await }, if updates.is_some() => {
+                match (update, &mut c.engine) {
+                    (Some(update), Some(engine)) => {
+                        let changes = engine.reload(&update.rules);
+                        tick = ticker(Engine::tick_interval(&update.rules));
+                        let _ = update.applied.send(changes);
+                    }
+                    (Some(_), None) => {}
+                    (None, _) => updates = None,
                 }
             }
             _ = tick.tick() => {

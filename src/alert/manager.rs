@@ -136,6 +136,42 @@ impl Manager {
         self.rules.get(name)
     }
 
+    /// Puts `rules` in force, as a reload does. Alerts of unchanged rules keep firing as they
+    /// are; those of changed rules keep their count and context and are re-rendered (and
+    /// re-sent at the next update) under the new rule; those of rules removed or disabled
+    /// resolve now. Alerts of built-in rules are left alone.
+    pub fn set_rules(&mut self, rules: &[Arc<Rule>]) -> Result<(), StateError> {
+        let old = std::mem::replace(
+            &mut self.rules,
+            rules.iter().map(|r| (r.name.clone(), r.clone())).collect(),
+        );
+        let mut gone = Vec::new();
+        for (key, active) in &mut self.active {
+            if !old.contains_key(&key.0) {
+                continue;
+            }
+            match self.rules.get(&key.0) {
+                Some(rule) if rule.enabled => {
+                    if !rule.same_as(&active.rule) {
+                        active.rule = rule.clone();
+                        active.dirty = true;
+                    }
+                }
+                _ => gone.push(key.clone()),
+            }
+        }
+        let mut first_error = None;
+        for key in gone {
+            if let Some(active) = self.active.remove(&key)
+                && let Err(e) = self.resolve(key, active)
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.wake.notify_waiters();
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// A flow matched `rule` for (namespace, destination).
     pub fn hit(
         &mut self,

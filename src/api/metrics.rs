@@ -42,6 +42,8 @@ pub struct Telemetry {
     pub bad_requests: Counter,
     /// Policy-denied flows from watched namespaces, by destination.
     pub denied: Arc<DeniedFlows>,
+    /// The last reload's outcome, when the service can reload.
+    pub reload: Option<Arc<super::reload::ReloadStatus>>,
 }
 
 /// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
@@ -176,6 +178,20 @@ impl Collector for Telemetry {
                     ("destination", destination.as_str()),
                 ])?)?;
             }
+        }
+        if let Some(reload) = &self.reload {
+            gauge(
+                &mut e,
+                "exfilwatch_config_last_reload_successful",
+                "Whether the last reload of the configuration and rules succeeded (1) or was refused (0)",
+                u64::from(reload.successful()),
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_config_last_reload_success_timestamp_seconds",
+                "When the configuration and rules were last loaded successfully (at start or by a reload)",
+                u64::try_from(reload.success_seconds()).unwrap_or(0),
+            )?;
         }
         {
             let g = ConstGauge::new(1i64);

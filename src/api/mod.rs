@@ -1,6 +1,6 @@
 //! The HTTP API on `api.listen`: the REST flow API under `/api/v1` ([`flows`]), dashboard
 //! data ([`egress`]), `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes
-//! probes, and the OpenAPI document at `/api/v1/openapi.json`.
+//! probes, `POST /-/reload` ([`reload`]), and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! Secure by default: it listens on loopback unless configured otherwise, and refuses a
 //! non-loopback address without bearer tokens unless `api.allow_unauthenticated` says so.
@@ -15,6 +15,7 @@ pub mod flows;
 pub mod metrics;
 pub mod namespaces;
 mod params;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub alerts: Option<crate::state::Store>,
     /// `hubble.namespaces`: the watched namespaces (all when empty).
     pub watched: Vec<String>,
+    /// Where `POST /-/reload` asks for a reload, when the service can reload.
+    pub reloads: Option<reload::Reloads>,
     tokens: RwLock<Vec<Vec<u8>>>,
     tokens_file: Option<PathBuf>,
 }
@@ -90,6 +93,7 @@ pub fn prepare(
         flows: None,
         alerts: None,
         watched: Vec::new(),
+        reloads: None,
         tokens: RwLock::new(tokens(config)?),
         tokens_file: config.tokens_file.clone(),
     })
@@ -218,7 +222,7 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "exfilwatch", description = "Flows, alerts and egress of watched Kubernetes namespaces, from Cilium Hubble and Prometheus."),
-    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler),
+    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler, reload::reload),
     components(schemas(error::ApiError, flows::FlowPage, flows::TopPage, alerts::AlertJson, alerts::AlertDetail, namespaces::NamespaceJson)),
     modifiers(&BearerAuth),
 )]
@@ -313,6 +317,7 @@ pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
         ("/healthz", true, get(healthz)),
         ("/readyz", true, get(readyz)),
         ("/metrics", false, get(metrics_handler)),
+        ("/-/reload", false, post(reload::reload)),
         ("/api/v1/openapi.json", false, get(openapi)),
         ("/api/v1/flows", false, get(flows::flows)),
         ("/api/v1/flows/top", false, get(flows::top)),

@@ -88,8 +88,15 @@ pub(super) async fn demo(
             run_cancel.cancel();
         })
     };
-    let outcome =
-        super::run::follow(&config, &rules, store, Duration::from_secs(5), run_cancel).await;
+    let outcome = super::run::follow(
+        &config,
+        None,
+        &rules,
+        store,
+        Duration::from_secs(5),
+        run_cancel,
+    )
+    .await;
     traffic_stop.cancel();
     timer.abort();
     let _ = generator.await;

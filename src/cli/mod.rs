@@ -152,7 +152,7 @@ pub async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
             config,
             progress_every,
         } => match Config::load(&config) {
-            Ok(c) => run::run(c, progress_every, cancel).await,
+            Ok(c) => run::run(c, config, progress_every, cancel).await,
             Err(e) => config_error(e),
         },
         Command::Replay {

@@ -177,7 +177,7 @@ pub(super) async fn replay(
         engine: Some(engine),
         ..Default::default()
     };
-    let consumer = tokio::spawn(pipeline::consume(rx, consumers, None, tick));
+    let consumer = tokio::spawn(pipeline::consume(rx, consumers, Default::default(), tick));
     let mut reports: Vec<ReplayReport> = Vec::new();
     let mut failed = None;
     for input in inputs {

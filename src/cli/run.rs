@@ -1,5 +1,6 @@
 //! `exfilwatch run`: the service, until SIGINT or SIGTERM; then a summary of what it saw.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,7 +16,12 @@ use crate::source::hubble::HubbleError;
 use crate::state::Store;
 
 /// `exfilwatch run`: follows Hubble Relay and raises alerts until cancelled.
-pub(super) async fn run(config: Config, every: Duration, cancel: CancellationToken) -> Outcome {
+pub(super) async fn run(
+    config: Config,
+    path: PathBuf,
+    every: Duration,
+    cancel: CancellationToken,
+) -> Outcome {
     let rules: Vec<Arc<Rule>> = match rules::load_dir(&config.rules_dir) {
         Ok(r) => r.into_iter().map(Arc::new).collect(),
         Err(e) => return Outcome::fail(EXIT_CONFIG, e),
@@ -24,18 +30,20 @@ pub(super) async fn run(config: Config, every: Duration, cancel: CancellationTok
         Ok(s) => s,
         Err(e) => return Outcome::fail(EXIT_STORE, e),
     };
-    follow(&config, &rules, store, every, cancel).await
+    follow(&config, Some(path), &rules, store, every, cancel).await
 }
 
-/// Runs the service over an opened state store and reports how it ended.
+/// Runs the service over an opened state store and reports how it ended; with `path`, the
+/// configuration's file, rules are reloaded while it runs.
 pub(super) async fn follow(
     config: &Config,
+    path: Option<PathBuf>,
     rules: &[Arc<Rule>],
     store: Store,
     every: Duration,
     cancel: CancellationToken,
 ) -> Outcome {
-    let finished = match app::run(config, rules, store, every, cancel).await {
+    let finished = match app::run(config, path, rules, store, every, cancel).await {
         Ok(f) => f,
         Err(e @ StartError::Config(_)) => return Outcome::fail(EXIT_CONFIG, e),
         Err(e @ StartError::Storage(_)) => return Outcome::fail(EXIT_STORE, e),

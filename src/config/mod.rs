@@ -10,7 +10,7 @@
 //! alertmanager: { urls: ["http://alertmanager:9093"] }
 //! api:          { listen: "127.0.0.1:8080", tokens_file: null }
 //! storage:      { dir: "/var/lib/exfilwatch", flows: { memory_flows: 2000000, memory_bytes: 256MiB, retention: 7d, disk_bytes: 10GiB } }
-//! rules:        { dir: "rules" }
+//! rules:        { dir: "rules", watch_interval: 10s }   # 0s: reload on SIGHUP or POST /-/reload only
 //! log:          { format: text }        # or json: one object per line
 //! ```
 
@@ -143,6 +143,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawRules {
     dir: Option<PathBuf>,
+    watch_interval: Option<String>,
 }
 
 /// The whole configuration, validated.
@@ -157,6 +158,9 @@ pub struct Config {
     /// is false.
     pub flows: FlowStoreConfig,
     pub rules_dir: PathBuf,
+    /// How often the configuration file and the rule directory are checked for changes, to
+    /// reload them; zero turns the check off.
+    pub rules_watch: Duration,
     pub log: LogFormat,
 }
 
@@ -173,6 +177,7 @@ impl Default for Config {
                 ..Default::default()
             },
             rules_dir: PathBuf::from("rules"),
+            rules_watch: Duration::from_secs(10),
             log: LogFormat::Text,
         }
     }
@@ -232,6 +237,11 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         flows: raw.storage.flows.validate(&storage_dir, v),
         storage_dir,
         rules_dir: v.base.join(raw.rules.dir.unwrap_or(defaults.rules_dir)),
+        rules_watch: v.duration(
+            "rules.watch_interval",
+            raw.rules.watch_interval.as_deref(),
+            defaults.rules_watch,
+        ),
         log: raw.log.validate(v),
     }
 }

@@ -57,6 +57,77 @@ pub struct Engine {
     coverage: Vec<Coverage>,
     /// The Hubble stream's state, for the coverage detectors.
     stream: Option<watch::Receiver<StreamState>>,
+    /// The pack in force, every rule, enabled or not.
+    rules: Vec<Arc<Rule>>,
+    /// Where `new_destination` detectors keep what they learn.
+    store: Store,
+}
+
+/// What a reload changed, by rule name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuleChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl std::fmt::Display for RuleChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added {:?}, {} changed {:?}, {} removed {:?}, {} unchanged",
+            self.added.len(),
+            self.added,
+            self.changed.len(),
+            self.changed,
+            self.removed.len(),
+            self.removed,
+            self.unchanged
+        )
+    }
+}
+
+impl RuleChanges {
+    /// The difference from the pack `old` to the pack `new`.
+    pub fn between(old: &[Arc<Rule>], new: &[Arc<Rule>]) -> RuleChanges {
+        let mut changes = RuleChanges::default();
+        for rule in new {
+            match old.iter().find(|o| o.name == rule.name) {
+                None => changes.added.push(rule.name.clone()),
+                Some(o) if o.same_as(rule) => changes.unchanged += 1,
+                Some(_) => changes.changed.push(rule.name.clone()),
+            }
+        }
+        changes.removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|r| r.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        changes
+    }
+}
+
+/// The detectors for the enabled `rules`, in the pack's order: a rule unchanged since `old`
+/// keeps its detector and what that learned, any other gets a new one from `make`.
+fn renew<D>(
+    old: Vec<D>,
+    rules: &[Arc<Rule>],
+    rule_of: impl Fn(&D) -> &Rule,
+    mut make: impl FnMut(Arc<Rule>) -> Option<D>,
+) -> Vec<D> {
+    let mut old: Vec<Option<D>> = old.into_iter().map(Some).collect();
+    let mut detectors = Vec::new();
+    for rule in rules.iter().filter(|r| r.enabled) {
+        let kept = old
+            .iter_mut()
+            .find(|d| d.as_ref().is_some_and(|d| rule_of(d).same_as(rule)))
+            .and_then(Option::take);
+        if let Some(detector) = kept.or_else(|| make(rule.clone())) {
+            detectors.push(detector);
+        }
+    }
+    detectors
 }
 
 /// The built-in rule behind [`BLIND_ALERT`].
@@ -112,11 +183,9 @@ impl Engine {
         blind_after: Duration,
         store: &Store,
     ) -> Engine {
-        let enabled = || rules.iter().filter(|r| r.enabled).cloned();
-        let flow = enabled().filter_map(|r| flow_detector(r, store)).collect();
-        Engine {
-            flow,
-            volume: enabled().filter_map(VolumeSpike::new).collect(),
+        let mut engine = Engine {
+            flow: Vec::new(),
+            volume: Vec::new(),
             manager,
             stats,
             recent: RecentDestinations::default(),
@@ -124,9 +193,54 @@ impl Engine {
             blind_rule: Arc::new(blind_rule()),
             blind_after,
             blind_since: None,
-            coverage: enabled().filter_map(Coverage::new).collect(),
+            coverage: Vec::new(),
             stream: None,
+            rules: Vec::new(),
+            store: store.clone(),
+        };
+        engine.build(rules);
+        engine
+    }
+
+    /// Builds the detectors for `rules`, keeping those of unchanged rules.
+    fn build(&mut self, rules: &[Arc<Rule>]) {
+        let store = &self.store;
+        self.flow = renew(
+            std::mem::take(&mut self.flow),
+            rules,
+            |d| d.rule().as_ref(),
+            |r| flow_detector(r, store),
+        );
+        self.volume = renew(
+            std::mem::take(&mut self.volume),
+            rules,
+            |d| &d.rule,
+            VolumeSpike::new,
+        );
+        self.coverage = renew(
+            std::mem::take(&mut self.coverage),
+            rules,
+            |d| &d.rule,
+            Coverage::new,
+        );
+        self.rules = rules.to_vec();
+    }
+
+    /// Puts a new pack in force without losing alert state: unchanged rules keep their
+    /// detectors and firing alerts, changed rules apply to the next flows (their alerts keep
+    /// firing with their counts), removed or disabled rules' alerts resolve now.
+    pub fn reload(&mut self, rules: &[Arc<Rule>]) -> RuleChanges {
+        let changes = RuleChanges::between(&self.rules, rules);
+        self.build(rules);
+        if let Err(e) = self.manager.set_rules(rules) {
+            self.failed(&e);
         }
+        changes
+    }
+
+    /// The pack in force.
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
     }
 
     /// Lets the coverage detectors watch the Hubble stream's state.
@@ -381,6 +495,27 @@ mod tests {
             .filter(|a| a.rule == "ExfilwatchCoverageGap")
             .map(|a| a.labels["destination"].clone())
             .collect()
+    }
+
+    #[test]
+    fn a_reload_tells_added_changed_removed_and_unchanged_rules_apart() {
+        let old: Vec<Arc<Rule>> = default_pack().unwrap().into_iter().map(Arc::new).collect();
+        let mut new: Vec<Arc<Rule>> = old[1..].to_vec();
+        // Moved in its file: the same rule.
+        let mut moved = (*new[0]).clone();
+        moved.origin = "elsewhere.yaml:99".into();
+        new[0] = Arc::new(moved);
+        let mut tuned = (*new[1]).clone();
+        tuned.resolve_after = Duration::from_secs(1);
+        new[1] = Arc::new(tuned);
+        let mut added = (*old[0]).clone();
+        added.name = "Added".into();
+        new.push(Arc::new(added));
+        let changes = RuleChanges::between(&old, &new);
+        assert_eq!(changes.added, ["Added"]);
+        assert_eq!(changes.changed, [old[2].name.clone()]);
+        assert_eq!(changes.removed, [old[0].name.clone()]);
+        assert_eq!(changes.unchanged, old.len() - 2);
     }
 
     #[tokio::test]

@@ -107,11 +107,11 @@ pub async fn evaluate(sampler: &mut Sampler, t: i64, top_factor: f64) -> EgressR
 }
 
 /// Evaluates every `interval` until `cancel` fires; each report goes to `tx` (the engine)
-/// and `latest` (metrics, dashboards).
+/// and `latest` (metrics, dashboards). `top_factor` follows the rule pack in force.
 pub async fn run(
     mut sampler: Sampler,
     interval: Duration,
-    top_factor: f64,
+    top_factor: watch::Receiver<f64>,
     tx: mpsc::Sender<EgressReport>,
     latest: watch::Sender<Arc<EgressReport>>,
     cancel: CancellationToken,
@@ -124,9 +124,10 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let t = crate::common::clock::now_ns() / 1_000_000_000;
+        let factor = *top_factor.borrow();
         let report = tokio::select! {
             () = cancel.cancelled() => return,
-            report = evaluate(&mut sampler, t, top_factor) => report,
+            report = evaluate(&mut sampler, t, factor) => report,
         };
         if let Some(e) = &report.error {
             tracing::warn!("egress: {e}");

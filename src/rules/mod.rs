@@ -270,6 +270,32 @@ pub struct Rule {
     pub origin: String,
 }
 
+impl Rule {
+    /// True when `other` behaves the same: every field but where it was written. A reload
+    /// keeps the detector (and what it learned) of a rule that is only moved in its file.
+    pub fn same_as(&self, other: &Rule) -> bool {
+        let Rule {
+            name,
+            kind,
+            enabled,
+            namespaces,
+            severity,
+            resolve_after,
+            labels,
+            annotations,
+            origin: _,
+        } = self;
+        *name == other.name
+            && *kind == other.kind
+            && *enabled == other.enabled
+            && *namespaces == other.namespaces
+            && *severity == other.severity
+            && *resolve_after == other.resolve_after
+            && *labels == other.labels
+            && *annotations == other.annotations
+    }
+}
+
 /// Every problem found in a rule pack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{} problem(s) in the rules:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]

@@ -331,7 +331,7 @@ impl Pipeline {
             engine: Some(engine),
             ..Default::default()
         };
-        let task = tokio::spawn(pipeline::consume(rx, consumers, None, tick));
+        let task = tokio::spawn(pipeline::consume(rx, consumers, Default::default(), tick));
         Pipeline {
             tx,
             task,

@@ -107,9 +107,11 @@ fn the_kustomize_base_and_overlay_render() {
         assert!(
             text.contains("kind: Deployment")
                 && text.contains("name: exfilwatch-config-")
-                && text.contains("name: exfilwatch-rules-"),
+                && text.contains("name: exfilwatch-rules\n"),
             "{text}"
         );
+        // The rules are reloaded in place, not rolled out under a new name.
+        assert!(!text.contains("name: exfilwatch-rules-"), "{text}");
     }
     assert!(
         example.contains("image: registry.example.com/security/exfilwatch:0.1.0"),

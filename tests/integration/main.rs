@@ -15,6 +15,7 @@ mod hubble_stream;
 mod hubble_tls;
 mod layers;
 mod prometheus;
+mod reload;
 mod replay;
 mod soak;
 mod supply_chain;

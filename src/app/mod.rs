@@ -3,8 +3,11 @@
 //! telemetry; the Prometheus egress task; the REST API. Then shuts them down in order: the
 //! source stops, the pipeline drains into the engine, the engine's last state changes are
 //! committed, the flow store persists, the sinks flush what they can (the rest stays in the
-//! outbox), and the API closes.
+//! outbox), and the API closes. [`reload`] puts edited rules in force while it runs.
 
+pub mod reload;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +18,16 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::Alert;
 use crate::alert::manager::{LifecycleConfig, Manager};
 use crate::alert::sink::{self, DeliveryStats};
+use crate::api::reload::ReloadStatus;
 use crate::api::{self, egress::EgressApi, metrics::Telemetry};
 use crate::common::clock::now_ns;
 use crate::config::Config;
 use crate::detect::engine::Engine;
 use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
 use crate::flowstore::{FlowSink, FlowStore};
-use crate::pipeline::{self, CHANNEL_CAPACITY, Consumers, Cursor, DeniedFlows, Progress, Summary};
+use crate::pipeline::{
+    self, CHANNEL_CAPACITY, Consumers, Cursor, DeniedFlows, Progress, Side, Summary,
+};
 use crate::rules::{self, Rule};
 use crate::source::SourceStats;
 use crate::source::hubble::{HubbleError, HubbleSource};
@@ -137,11 +143,12 @@ type EgressFeed = (
 );
 
 /// Starts the egress task when `prometheus.url` is set. Volume rules without it are
-/// reported once: they cannot be evaluated.
+/// reported once: they cannot be evaluated. `spike_factor` follows the pack in force.
 fn start_egress(
     config: &Config,
     rules: &[Arc<Rule>],
     store: &Store,
+    spike_factor: watch::Receiver<f64>,
     cancel: CancellationToken,
 ) -> Result<Option<EgressFeed>, String> {
     let volume_rules: Vec<&str> = rules
@@ -178,7 +185,7 @@ fn start_egress(
     tokio::spawn(egress::watch::run(
         sampler,
         p.interval,
-        Engine::smallest_spike_factor(rules),
+        spike_factor,
         tx,
         latest_tx,
         cancel,
@@ -188,9 +195,11 @@ fn start_egress(
 }
 
 /// Follows Hubble Relay with `rules` over an opened state `store` until `cancel`, logging
-/// progress every `every`.
+/// progress every `every`. With `config_path`, the file `config` was read from, the rules
+/// are reloaded while running (see [`reload`]).
 pub async fn run(
     config: &Config,
+    config_path: Option<PathBuf>,
     rules: &[Arc<Rule>],
     store: Store,
     every: Duration,
@@ -222,7 +231,8 @@ pub async fn run(
         Err(e) => tracing::error!("{e}; following Hubble from now"),
     }
     let egress_stop = cancel.child_token();
-    let egress = match start_egress(config, rules, &store, egress_stop.clone()) {
+    let (spike_factor, spike_factor_rx) = watch::channel(Engine::smallest_spike_factor(rules));
+    let egress = match start_egress(config, rules, &store, spike_factor_rx, egress_stop.clone()) {
         Ok(e) => e,
         Err(e) => {
             delivery.finish().await;
@@ -234,6 +244,9 @@ pub async fn run(
         None => (None, None, None),
     };
     let denied = Arc::new(DeniedFlows::default());
+    let reload_status = config_path
+        .as_ref()
+        .map(|_| Arc::new(ReloadStatus::default()));
     let telemetry = Arc::new(Telemetry {
         source: stats.clone(),
         delivery: delivery.stats.clone(),
@@ -243,12 +256,17 @@ pub async fn run(
         query_latency: crate::api::metrics::query_histogram(),
         bad_requests: Default::default(),
         denied: denied.clone(),
+        reload: reload_status.clone(),
     });
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let api = async {
         let mut state = api::prepare(&config.api, telemetry.clone(), source.state(), egress_api)?;
         state.flows = Some(flow_store.clone());
         state.alerts = Some(store.clone());
         state.watched = config.hubble.namespaces.clone();
+        if config_path.is_some() {
+            state.reloads = Some(reload_tx);
+        }
         let listener = api::bind(config.api.listen).await?;
         Ok::<_, String>((state, listener))
     };
@@ -271,6 +289,20 @@ pub async fn run(
         config.api.clone(),
         api_stop.clone(),
     ));
+    let (rules_tx, rules_rx) = mpsc::channel(1);
+    let reloader = match (config_path, reload_status) {
+        (Some(path), Some(status)) => {
+            let reloader = reload::Reloader {
+                path,
+                config: config.clone(),
+                status,
+                engine: rules_tx,
+                spike_factor,
+            };
+            Some(tokio::spawn(reloader.run(reload_rx, cancel.child_token())))
+        }
+        _ => None,
+    };
     let mut engine = engine;
     engine.watch_stream(source.state());
     let source_task = tokio::spawn(source.run(tx, cancel.clone()));
@@ -286,7 +318,14 @@ pub async fn run(
         )),
         cursor: Some(Cursor::new(store.clone(), HUBBLE_CURSOR, CURSOR_EVERY)),
     };
-    let consumers = pipeline::consume(rx, consumers, egress_rx, Engine::tick_interval(rules)).await;
+    let side = Side {
+        egress: egress_rx,
+        rules: Some(rules_rx),
+    };
+    let consumers = pipeline::consume(rx, consumers, side, Engine::tick_interval(rules)).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     let source_result = source_task.await.unwrap_or(Ok(()));
     if let Some(sink) = &consumers.flows {
         sink.close();
