@@ -2,9 +2,11 @@
 //!
 //! A [`Chunk`] is a polars `DataFrame` of numeric columns plus the chunk's own dictionaries:
 //! every string (namespace, pod, workload, node, FQDN, policy) and every IP address is a
-//! `u32` code into them. A flow costs about 110 bytes in memory whatever its strings, and a
+//! `u32` code into them. A flow costs about 140 bytes in memory whatever its strings, and a
 //! chunk's dictionaries go when the chunk goes, so dropping old flows frees their strings.
-//! Code 0 is always the empty string / no address.
+//! Code 0 is always the empty string / no address. Each flow's Hubble UUID is kept as two
+//! `u64` columns (`uuid_hi`, `uuid_lo`; both 0 when the flow had none), so the flows an
+//! alert names can be looked up.
 //!
 //! On disk a chunk becomes a parquet segment with the strings written out (parquet
 //! dictionary-encodes them itself), so segments can be read by any parquet tool; reading one
@@ -48,7 +50,15 @@ pub enum Col {
     Fqdn,
     PolicyNamespace,
     Policy,
+    /// The queried name of a DNS record (requests and responses).
+    DnsQuery,
+    /// 0 no L7 record, 1 DNS request, 2 DNS response.
+    L7,
+    DnsRcode,
 }
+
+/// Columns a segment written by an earlier version may lack.
+const ADDED: [Col; 3] = [Col::DnsQuery, Col::L7, Col::DnsRcode];
 
 /// How a column's values are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +68,7 @@ pub enum Kind {
     Ip,
 }
 
-pub const COLUMNS: usize = 23;
+pub const COLUMNS: usize = 26;
 
 /// Name and kind of every [`Col`], in order.
 pub const SCHEMA: [(&str, Kind); COLUMNS] = [
@@ -85,7 +95,13 @@ pub const SCHEMA: [(&str, Kind); COLUMNS] = [
     ("fqdn", Kind::Text),
     ("policy_namespace", Kind::Text),
     ("policy", Kind::Text),
+    ("dns_query", Kind::Text),
+    ("l7", Kind::Number),
+    ("dns_rcode", Kind::Number),
 ];
+
+/// The columns that hold a flow's UUID, high and low 64 bits.
+pub const UUID_COLUMNS: [&str; 2] = ["uuid_hi", "uuid_lo"];
 
 impl Col {
     pub const ALL: [Col; COLUMNS] = [
@@ -112,6 +128,9 @@ impl Col {
         Col::Fqdn,
         Col::PolicyNamespace,
         Col::Policy,
+        Col::DnsQuery,
+        Col::L7,
+        Col::DnsRcode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +147,8 @@ impl Col {
 #[derive(Debug, Clone)]
 pub struct Row {
     pub time_ns: i64,
+    /// Hubble's UUID; 0 when the flow had none.
+    pub uuid: u128,
     pub numbers: [u32; 7],
     pub node: Sym,
     pub source: Arc<Endpoint>,
@@ -138,6 +159,8 @@ pub struct Row {
     pub destination_port: u16,
     pub fqdn: Option<Sym>,
     pub policy: Option<(Sym, Sym)>,
+    /// The DNS record's name, response flag and rcode.
+    pub dns: Option<(Sym, bool, u32)>,
 }
 
 impl Row {
@@ -149,6 +172,7 @@ impl Row {
             .map(|p| (p.namespace.clone(), p.name.clone()));
         Row {
             time_ns: flow.time_ns,
+            uuid: flow.uuid.unwrap_or(0),
             numbers: [
                 flow.verdict as u32,
                 flow.drop_reason,
@@ -171,6 +195,10 @@ impl Row {
             destination_port: flow.destination.port,
             fqdn: flow.destination_names.first().cloned(),
             policy,
+            dns: flow
+                .dns
+                .as_ref()
+                .map(|d| (d.query.clone(), d.response, d.rcode)),
         }
     }
 }
@@ -210,6 +238,7 @@ impl<K: Hash + Eq + Clone + Default> Dict<K> {
 pub struct Builder {
     seq: Vec<u64>,
     time: Vec<i64>,
+    uuid: Vec<u128>,
     columns: Vec<Vec<u32>>,
     texts: Dict<Sym>,
     ips: Dict<Option<IpAddr>>,
@@ -220,6 +249,7 @@ impl Builder {
         Builder {
             seq: Vec::with_capacity(rows),
             time: Vec::with_capacity(rows),
+            uuid: Vec::with_capacity(rows),
             columns: (0..COLUMNS).map(|_| Vec::with_capacity(rows)).collect(),
             texts: Dict::default(),
             ips: Dict::default(),
@@ -237,12 +267,13 @@ impl Builder {
     /// Bytes the builder holds, counting reserved capacity.
     pub fn bytes(&self) -> usize {
         let rows = self.seq.capacity();
-        rows * (16 + 4 * COLUMNS) + dict_bytes(&self.texts.values) + self.ips.values.len() * 40
+        rows * (32 + 4 * COLUMNS) + dict_bytes(&self.texts.values) + self.ips.values.len() * 40
     }
 
     pub fn push(&mut self, seq: u64, row: &Row) {
         self.seq.push(seq);
         self.time.push(row.time_ns);
+        self.uuid.push(row.uuid);
         let text = |b: &mut Builder, col: Col, s: &Sym| {
             let code = b.texts.code(s);
             b.columns[col as usize].push(code);
@@ -270,6 +301,14 @@ impl Builder {
         let (pns, pname) = row.policy.clone().unwrap_or((empty.clone(), empty));
         text(self, Col::PolicyNamespace, &pns);
         text(self, Col::Policy, &pname);
+        let (query, l7, rcode) = match &row.dns {
+            None => (None, 0, 0),
+            Some((query, response, rcode)) => (Some(query), 1 + u32::from(*response), *rcode),
+        };
+        let empty = self.texts.values[0].clone();
+        text(self, Col::DnsQuery, query.unwrap_or(&empty));
+        self.columns[Col::L7 as usize].push(l7);
+        self.columns[Col::DnsRcode as usize].push(rcode);
     }
 
     /// A chunk of the rows so far; the builder keeps them (a query's snapshot).
@@ -277,6 +316,7 @@ impl Builder {
         Chunk::new(
             self.seq.clone(),
             self.time.clone(),
+            &self.uuid,
             self.columns.clone(),
             self.texts.values.clone(),
             self.ips.values.clone(),
@@ -290,6 +330,7 @@ impl Builder {
         Chunk::new(
             old.seq,
             old.time,
+            &old.uuid,
             old.columns,
             old.texts.values,
             old.ips.values,
@@ -317,6 +358,7 @@ impl Chunk {
     fn new(
         seq: Vec<u64>,
         time: Vec<i64>,
+        uuid: &[u128],
         columns: Vec<Vec<u32>>,
         texts: Vec<Sym>,
         ips: Vec<Option<IpAddr>>,
@@ -326,9 +368,13 @@ impl Chunk {
         let min_time = time.iter().copied().min().unwrap_or(0);
         let max_time = time.iter().copied().max().unwrap_or(0);
         let height = seq.len();
-        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 2);
+        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);
         cols.push(UInt64Chunked::from_vec("seq".into(), seq).into_column());
         cols.push(Int64Chunked::from_vec("time".into(), time).into_column());
+        let hi: Vec<u64> = uuid.iter().map(|u| (u >> 64) as u64).collect();
+        let lo: Vec<u64> = uuid.iter().map(|u| *u as u64).collect();
+        cols.push(UInt64Chunked::from_vec(UUID_COLUMNS[0].into(), hi).into_column());
+        cols.push(UInt64Chunked::from_vec(UUID_COLUMNS[1].into(), lo).into_column());
         for (values, (name, _)) in columns.into_iter().zip(SCHEMA) {
             cols.push(UInt32Chunked::from_vec(name.into(), values).into_column());
         }
@@ -354,9 +400,10 @@ impl Chunk {
 
     /// The chunk with strings and addresses written out: what a parquet segment holds.
     pub fn to_parquet_frame(&self) -> Result<DataFrame, PolarsError> {
-        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 2);
-        cols.push(self.frame.column("seq")?.clone());
-        cols.push(self.frame.column("time")?.clone());
+        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);
+        for name in ["seq", "time", UUID_COLUMNS[0], UUID_COLUMNS[1]] {
+            cols.push(self.frame.column(name)?.clone());
+        }
         for col in Col::ALL {
             let codes = self.frame.column(col.name())?.u32()?;
             let column = match col.kind() {
@@ -391,7 +438,8 @@ impl Chunk {
         DataFrame::new(self.frame.height(), cols)
     }
 
-    /// A chunk from a frame read from a parquet segment, checking every column.
+    /// A chunk from a frame read from a parquet segment, checking every column. Columns
+    /// added since a segment was written (UUIDs, DNS) read as empty.
     pub fn from_parquet_frame(frame: &DataFrame) -> Result<Chunk, String> {
         let seq = frame
             .column("seq")
@@ -404,13 +452,37 @@ impl Chunk {
         if seq.null_count() > 0 || time.null_count() > 0 {
             return Err("column seq or time holds nulls".into());
         }
+        let height = frame.height();
+        let mut halves = Vec::with_capacity(2);
+        for name in UUID_COLUMNS {
+            let half: Vec<u64> = match frame.column(name) {
+                Err(_) => vec![0; height],
+                Ok(c) => c
+                    .u64()
+                    .map_err(|e| format!("column {name}: {e}"))?
+                    .iter()
+                    .map(|v| v.unwrap_or(0))
+                    .collect(),
+            };
+            halves.push(half);
+        }
+        let uuid: Vec<u128> = halves[0]
+            .iter()
+            .zip(&halves[1])
+            .map(|(hi, lo)| (u128::from(*hi) << 64) | u128::from(*lo))
+            .collect();
         let mut texts: Dict<Sym> = Dict::default();
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut columns = Vec::with_capacity(COLUMNS);
         for col in Col::ALL {
-            let column = frame
-                .column(col.name())
-                .map_err(|e| format!("column {}: {e}", col.name()))?;
+            let column = match frame.column(col.name()) {
+                Ok(c) => c,
+                Err(_) if ADDED.contains(&col) => {
+                    columns.push(vec![0; height]);
+                    continue;
+                }
+                Err(e) => return Err(format!("column {}: {e}", col.name())),
+            };
             let values: Vec<u32> = match col.kind() {
                 Kind::Number => column
                     .u32()
@@ -448,10 +520,80 @@ impl Chunk {
         Chunk::new(
             seq.into_no_null_iter().collect(),
             time.into_no_null_iter().collect(),
+            &uuid,
             columns,
             texts.values,
             ips.values,
         )
         .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::traffic::TrainingCluster;
+
+    fn chunk(n: usize) -> Chunk {
+        let mut cluster = TrainingCluster::new(3, 1_700_000_000_000_000_000, 1_000_000);
+        let mut decoder = crate::flow::wire::Decoder::default();
+        let mut builder = Builder::with_capacity(n);
+        for seq in 0..n {
+            let flow = crate::sim::received(&mut decoder, cluster.next_flow()).unwrap();
+            builder.push(seq as u64 + 1, &Row::new(&flow));
+        }
+        builder.seal().unwrap()
+    }
+
+    #[test]
+    fn a_segment_keeps_uuids_and_dns_queries() {
+        let chunk = chunk(500);
+        let back = Chunk::from_parquet_frame(&chunk.to_parquet_frame().unwrap()).unwrap();
+        // Numbers read back as written; texts are re-coded, so they are compared as text.
+        for name in UUID_COLUMNS.into_iter().chain(["l7", "dns_rcode"]) {
+            assert!(
+                back.frame
+                    .column(name)
+                    .unwrap()
+                    .equals(chunk.frame.column(name).unwrap()),
+                "{name}"
+            );
+        }
+        let hi = back.frame.column("uuid_hi").unwrap().u64().unwrap().clone();
+        assert_eq!(hi.null_count(), 0);
+        assert!(
+            hi.into_no_null_iter().all(|v| v != 0),
+            "every flow had a UUID"
+        );
+        let queries = back
+            .frame
+            .column("dns_query")
+            .unwrap()
+            .u32()
+            .unwrap()
+            .clone();
+        assert!(
+            queries
+                .into_no_null_iter()
+                .any(|c| !back.texts[c as usize].is_empty()),
+            "DNS records keep their query"
+        );
+    }
+
+    #[test]
+    fn a_segment_written_before_uuids_and_dns_reads_with_them_empty() {
+        let chunk = chunk(100);
+        let mut old = chunk.to_parquet_frame().unwrap();
+        for name in ["uuid_hi", "uuid_lo", "dns_query", "l7", "dns_rcode"] {
+            old = old.drop(name).unwrap();
+        }
+        let back = Chunk::from_parquet_frame(&old).unwrap();
+        assert_eq!(back.rows(), 100);
+        let lo = back.frame.column("uuid_lo").unwrap().u64().unwrap().clone();
+        assert!(lo.into_no_null_iter().all(|v| v == 0));
+        // A column it should have had is still an error.
+        let broken = chunk.to_parquet_frame().unwrap().drop("verdict").unwrap();
+        let e = Chunk::from_parquet_frame(&broken).unwrap_err();
+        assert!(e.contains("verdict"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::GroupBy;
-use super::chunk::{COLUMNS, Chunk, Col};
+use super::chunk::{COLUMNS, Chunk, Col, UUID_COLUMNS};
 use crate::flow::intern::Sym;
 use crate::flow::{L4Protocol, TcpFlags, TrafficDirection, Verdict, drop_reason_name};
 
@@ -18,6 +18,8 @@ use crate::flow::{L4Protocol, TcpFlags, TrafficDirection, Verdict, drop_reason_n
 pub struct StoredFlow {
     pub seq: u64,
     pub time_ns: i64,
+    /// Hubble's UUID; 0 when the flow had none.
+    pub uuid: u128,
     /// Numbers, and codes for text and address columns, by [`Col`].
     values: [u32; COLUMNS],
     chunk: Arc<Chunk>,
@@ -28,6 +30,8 @@ impl StoredFlow {
     pub fn read(chunk: &Arc<Chunk>, found: &DataFrame) -> PolarsResult<Vec<StoredFlow>> {
         let seq = found.column("seq")?.u64()?;
         let time = found.column("time")?.i64()?;
+        let hi = found.column(UUID_COLUMNS[0])?.u64()?;
+        let lo = found.column(UUID_COLUMNS[1])?.u64()?;
         let columns: Vec<&UInt32Chunked> = Col::ALL
             .iter()
             .map(|c| found.column(c.name()).and_then(|x| x.u32()))
@@ -36,6 +40,8 @@ impl StoredFlow {
             .map(|i| StoredFlow {
                 seq: seq.get(i).unwrap_or(0),
                 time_ns: time.get(i).unwrap_or(0),
+                uuid: (u128::from(hi.get(i).unwrap_or(0)) << 64)
+                    | u128::from(lo.get(i).unwrap_or(0)),
                 values: std::array::from_fn(|c| columns[c].get(i).unwrap_or(0)),
                 chunk: chunk.clone(),
             })
@@ -153,8 +159,28 @@ impl StoredFlow {
             2 => Some(true),
             _ => None,
         };
+        let query = self.text(Col::DnsQuery);
+        let l7 = match self.number(Col::L7) {
+            1 | 2 if !query.is_empty() => Some(L7Json {
+                kind: if self.number(Col::L7) == 2 {
+                    "RESPONSE"
+                } else {
+                    "REQUEST"
+                },
+                dns: DnsJson {
+                    query: query.to_owned(),
+                    rcode: self.number(Col::DnsRcode),
+                },
+            }),
+            _ => None,
+        };
         FlowJson {
             time: crate::common::clock::format_time(self.time_ns),
+            uuid: if self.uuid == 0 {
+                String::new()
+            } else {
+                crate::flow::format_uuid(self.uuid)
+            },
             verdict: verdict.as_str_name(),
             drop_reason_desc: match (drop, drop_reason_name(drop)) {
                 (0, _) => String::new(),
@@ -165,7 +191,8 @@ impl StoredFlow {
             l4: (protocol(self.number(Col::Protocol)) != L4Protocol::Unknown).then_some(l4),
             source: self.endpoint(true),
             destination: self.endpoint(false),
-            kind: "L3_L4",
+            kind: if l7.is_some() { "L7" } else { "L3_L4" },
+            l7,
             node_name: self.text(Col::Node).to_owned(),
             destination_names: if fqdn.is_empty() {
                 Vec::new()
@@ -278,6 +305,9 @@ fn port_label(target: String, port: u32, proto: u32) -> String {
 pub struct FlowJson {
     /// RFC 3339 with nanoseconds.
     pub time: String,
+    /// Hubble's flow UUID (empty when the flow had none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uuid: String,
     /// FORWARDED, DROPPED, AUDIT, ...
     pub verdict: &'static str,
     /// The drop reason's name (POLICY_DENIED, ...); empty unless dropped.
@@ -289,8 +319,12 @@ pub struct FlowJson {
     pub l4: Option<L4Json>,
     pub source: EndpointJson,
     pub destination: EndpointJson,
+    /// L3_L4, or L7 for a DNS record.
     #[serde(rename = "Type")]
     pub kind: &'static str,
+    /// The DNS record of an L7 flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Json>,
     pub node_name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_names: Vec<String>,
@@ -303,6 +337,23 @@ pub struct FlowJson {
     pub egress_denied_by: Vec<PolicyJson>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ingress_denied_by: Vec<PolicyJson>,
+}
+
+/// An L7 record, as Hubble spells it; exfilwatch keeps DNS ones.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct L7Json {
+    /// REQUEST or RESPONSE.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub dns: DnsJson,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DnsJson {
+    /// The queried name.
+    pub query: String,
+    /// The response code (0 NOERROR, 3 NXDOMAIN); 0 for a request.
+    pub rcode: u32,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

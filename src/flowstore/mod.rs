@@ -877,6 +877,16 @@ mod tests {
             "flows rolled to disk"
         );
         let ns = |f: &FlowEvent| f.source.namespace.to_string();
+        // Three flows by UUID: one in memory, two in segments.
+        let wanted: Vec<u128> = [7, 4_000, 7_999]
+            .iter()
+            .map(|&i: &usize| flows[i].uuid.unwrap())
+            .collect();
+        let picked = wanted
+            .iter()
+            .map(|u| crate::flow::format_uuid(*u))
+            .collect::<Vec<_>>()
+            .join(",");
         type Keep = Box<dyn Fn(&FlowEvent) -> bool>;
         let cases: Vec<(Vec<(&str, &str)>, Keep)> = vec![
             (vec![], Box::new(|_| true)),
@@ -897,6 +907,9 @@ mod tests {
                     f.destination_names
                         .first()
                         .is_some_and(|n| n.ends_with(".amazonaws.com"))
+                        || f.dns.as_ref().is_some_and(|d| {
+                            d.query.trim_end_matches('.').ends_with(".amazonaws.com")
+                        })
                 }),
             ),
             (
@@ -925,6 +938,10 @@ mod tests {
             (
                 vec![("namespace", "no-such-namespace")],
                 Box::new(|_| false),
+            ),
+            (
+                vec![("uuid", &picked)],
+                Box::new(move |f| wanted.contains(&f.uuid.unwrap())),
             ),
         ];
         for (params, keep) in cases {

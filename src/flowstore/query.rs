@@ -16,6 +16,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 /// The longest `since`..`until` range a query may cover.
 pub const MAX_RANGE: Duration = Duration::from_secs(31 * 86_400);
+/// UUIDs one `uuid` parameter may list.
+pub const MAX_UUIDS: usize = 100;
 /// The longest "ago" a time parameter takes: no flow is kept longer.
 pub const MAX_AGO: Duration = Duration::from_secs(3_650 * 86_400);
 
@@ -57,6 +59,8 @@ enum Test {
     Network(IpNet),
     /// Plain numbers, any of them.
     Numbers(Vec<u32>),
+    /// Flow UUIDs, any of them (the columns are ignored).
+    Uuids(Vec<u128>),
 }
 
 /// One filter: its test must hold on any of `columns` (two for an either-side filter).
@@ -113,6 +117,7 @@ pub const FILTER_PARAMETERS: &[&str] = &[
     "fqdn",
     "node",
     "policy",
+    "uuid",
     "since",
     "until",
 ];
@@ -182,7 +187,28 @@ impl Filter {
                 let name = nonempty(key, value)?
                     .trim_start_matches("*.")
                     .trim_end_matches('.');
-                (Col::Fqdn, Test::DomainSuffix(name.to_ascii_lowercase()))
+                // The destination's name, or the name a DNS record asks about.
+                self.conditions.push(Condition {
+                    columns: vec![Col::Fqdn, Col::DnsQuery],
+                    test: Test::DomainSuffix(name.to_ascii_lowercase()),
+                });
+                return Ok(true);
+            }
+            "uuid" => {
+                let mut uuids = Vec::new();
+                for part in value.split(',').map(str::trim) {
+                    let uuid = crate::flow::parse_uuid(part.as_bytes())
+                        .ok_or_else(|| bad(key, value, format!("{part:?} is not a flow UUID")))?;
+                    uuids.push(uuid);
+                }
+                if uuids.len() > MAX_UUIDS {
+                    return Err(bad(key, value, format!("more than {MAX_UUIDS} UUIDs")));
+                }
+                self.conditions.push(Condition {
+                    columns: Vec::new(),
+                    test: Test::Uuids(uuids),
+                });
+                return Ok(true);
             }
             "node" => (Col::Node, Test::Equal(nonempty(key, value)?.to_owned())),
             "policy" => (Col::Policy, Test::Equal(nonempty(key, value)?.to_owned())),
@@ -241,6 +267,15 @@ impl Filter {
             all.push(col("time").lt(lit(u)));
         }
         for condition in &self.conditions {
+            if let Test::Uuids(uuids) = &condition.test {
+                let [hi, lo] = super::chunk::UUID_COLUMNS;
+                let any = uuids
+                    .iter()
+                    .map(|u| equals_u64(hi, (u >> 64) as u64).and(equals_u64(lo, *u as u64)))
+                    .reduce(Expr::or)?;
+                all.push(any);
+                continue;
+            }
             let codes = codes(&condition.test, chunk);
             if codes.is_empty() {
                 return None;
@@ -350,6 +385,7 @@ fn codes(test: &Test, chunk: &Chunk) -> Vec<u32> {
         Test::Ip(want) => ips(&|ip| ip == *want),
         Test::Network(net) => ips(&|ip| net.contains(&ip)),
         Test::Numbers(n) => n.clone(),
+        Test::Uuids(_) => Vec::new(),
     }
 }
 
@@ -361,6 +397,13 @@ pub fn domain_matches(name: &str, suffix: &str) -> bool {
     }
     let (head, tail) = name.split_at(name.len() - suffix.len());
     tail.eq_ignore_ascii_case(suffix) && (head.is_empty() || head.ends_with('.'))
+}
+
+/// `column` equals `value`; through a one-value set, as a `u64` literal above `i64::MAX`
+/// would not build without polars' i128 support.
+fn equals_u64(column: &str, value: u64) -> Expr {
+    let set = Series::new("set".into(), [value]);
+    col(column).is_in(lit(set).implode(false), false)
 }
 
 fn one_of(column: &str, codes: &[u32]) -> Expr {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::flow::{Event, FlowEvent, L4Protocol, Verdict};
+use exfilwatch::flow::{Event, FlowEvent, L4Protocol, Verdict, format_uuid};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::sim::traffic::{EXFIL_FQDN, EXFIL_IP, TrainingCluster};
 use serde_json::Value;
@@ -225,11 +225,26 @@ async fn every_filter_selects_what_it_names() {
             }),
         ),
         (
+            // The destination's name or a DNS record's query.
             "fqdn=amazonaws.com".into(),
             Box::new(|f| {
                 f.destination_names
                     .first()
                     .is_some_and(|n| n.trim_end_matches('.').ends_with(".amazonaws.com"))
+                    || f.dns
+                        .as_ref()
+                        .is_some_and(|d| d.query.trim_end_matches('.').ends_with(".amazonaws.com"))
+            }),
+        ),
+        (
+            format!(
+                "uuid={},{}",
+                format_uuid(events[10].uuid.unwrap()),
+                format_uuid(events[2_000].uuid.unwrap())
+            ),
+            Box::new({
+                let wanted = [events[10].uuid, events[2_000].uuid];
+                move |f| wanted.contains(&f.uuid)
             }),
         ),
         (
@@ -290,7 +305,7 @@ async fn every_filter_selects_what_it_names() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_flow_reads_as_hubble_json_and_as_ndjson() {
     let Loaded {
-        service, events: _, ..
+        service, events, ..
     } = loaded().await;
     // The policy that denied the upload is in the flow.
     let denied = service
@@ -303,6 +318,32 @@ async fn a_stored_flow_reads_as_hubble_json_and_as_ndjson() {
     assert_eq!(flow["source"]["namespace"], "ai-training");
     assert_eq!(flow["l4"]["TCP"]["destination_port"], 443);
     assert!(flow["egress_denied_by"][0]["name"].is_string(), "{flow}");
+    // Its Hubble UUID is kept, and finds the flow again.
+    let uuid = flow["uuid"].as_str().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.uuid.map(format_uuid).as_deref() == Some(uuid)),
+        "{uuid} was sent"
+    );
+    let again = service.ok(&format!("/api/v1/flows?uuid={uuid}")).await;
+    assert_eq!(again["flows"].as_array().unwrap().len(), 1);
+    assert_eq!(again["flows"][0]["time"], flow["time"]);
+    // A DNS request keeps its query, as an L7 record.
+    let dns = service
+        .ok("/api/v1/flows?fqdn=amazonaws.com&destination_port=53&limit=1")
+        .await;
+    let dns = &dns["flows"][0];
+    assert_eq!(dns["Type"], "L7", "{dns}");
+    assert_eq!(dns["l7"]["type"], "REQUEST", "{dns}");
+    assert!(
+        dns["l7"]["dns"]["query"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('.')
+            .ends_with(".amazonaws.com"),
+        "{dns}"
+    );
 
     // ndjson: lines `hubble observe -o jsonpb` users can pipe on, read by exfilwatch's own
     // jsonpb decoder; the cursor comes in a header.
@@ -318,7 +359,10 @@ async fn a_stored_flow_reads_as_hubble_json_and_as_ndjson() {
     assert_eq!(lines.len(), 25);
     for line in lines {
         match decoder.decode_line(line).unwrap() {
-            Event::Flow(f) => assert_eq!(f.verdict, Verdict::Dropped),
+            Event::Flow(f) => {
+                assert_eq!(f.verdict, Verdict::Dropped);
+                assert!(f.uuid.is_some(), "{line}");
+            }
             other => panic!("{other:?}"),
         }
     }
