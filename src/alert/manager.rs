@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Alert, FlowContext, Status, fingerprint};
+use super::{Alert, FlowContext, Hit, Status, fingerprint};
 use crate::common::clock::{format_time, now_ns};
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
-use crate::rules::Rule;
+use crate::rules::{Direction, Kind, Rule};
 use crate::state::{StateError, Store};
 
 /// How the manager paces updates and builds links.
@@ -172,29 +172,43 @@ impl Manager {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// A flow matched `rule` for (namespace, destination).
+    /// `flow` matched `rule` as `hit` says: it joins the alert for (namespace, destination),
+    /// starting it if none fires. The detector's own figures replace the alert's previous ones.
     pub fn hit(
         &mut self,
         rule: &Arc<Rule>,
-        namespace: &str,
-        destination: &Destination,
+        hit: Hit,
         flow: &FlowEvent,
         samples: usize,
         now: Instant,
     ) -> Result<(), StateError> {
-        let key = (
-            rule.name.clone(),
-            namespace.to_owned(),
-            destination.to_string(),
-        );
+        let Hit {
+            namespace,
+            destination,
+            extra,
+            earlier,
+        } = hit;
+        let key = (rule.name.clone(), namespace, destination.to_string());
         if let Some(active) = self.active.get_mut(&key) {
-            active.alert.context.add(flow, samples);
+            let context = &mut active.alert.context;
+            context.add(flow, samples);
+            if !extra.is_empty() {
+                context.extra = extra;
+            }
             active.last_hit = now;
             active.dirty = true;
             return Ok(());
         }
-        let mut context = FlowContext::default();
+        let (namespace, destination) = (key.1.as_str(), &destination);
+        let mut context = FlowContext {
+            extra,
+            ..FlowContext::default()
+        };
         context.add(flow, samples);
+        if let Some(earlier) = earlier {
+            context.count += earlier.flows;
+            context.first_seen_ns = context.first_seen_ns.min(earlier.since_ns);
+        }
         let alert = self.start(rule, namespace, destination, context);
         tracing::warn!(
             alert = %alert.labels["alertname"],
@@ -221,7 +235,13 @@ impl Manager {
         destination: &Destination,
         context: FlowContext,
     ) -> Alert {
-        let query = destination.query();
+        let generator_url = format!(
+            "{}/api/v1/flows?{}",
+            self.config.external_url.trim_end_matches('/'),
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(evidence_query(rule, namespace, destination, &context))
+                .finish()
+        );
         let destination = destination.to_string();
         let fixed = |f: &str| match f {
             "rule" => rule.name.clone(),
@@ -241,16 +261,6 @@ impl Manager {
         labels.insert("destination".into(), destination.clone());
         labels.insert("rule".into(), rule.name.clone());
         let now = now_ns();
-        let generator_url = format!(
-            "{}/api/v1/flows?{}",
-            self.config.external_url.trim_end_matches('/'),
-            form_urlencoded::Serializer::new(String::new())
-                .append_pair("source_namespace", namespace)
-                .append_pair("verdict", "DROPPED")
-                .extend_pairs(query)
-                .append_pair("since", &format_time(context.first_seen_ns))
-                .finish()
-        );
         let mut alert = Alert {
             fingerprint: fingerprint(&labels),
             rule: rule.name.clone(),
@@ -284,14 +294,19 @@ impl Manager {
         );
         if let Some(active) = self.active.get_mut(&key) {
             active.last_hit = now;
+            active.alert.context.last_seen_ns = now_ns();
             if active.alert.context.extra != extra {
                 active.alert.context.extra = extra;
                 active.dirty = true;
             }
             return Ok(());
         }
+        // No flow is behind it: the condition's own time span is.
+        let seen = now_ns();
         let context = FlowContext {
             extra,
+            first_seen_ns: seen.saturating_sub(lookback_ns(rule)),
+            last_seen_ns: seen,
             ..FlowContext::default()
         };
         let alert = self.start(rule, namespace, destination, context);
@@ -406,6 +421,92 @@ impl Manager {
     }
 }
 
+/// How far before it was raised the evidence of an alert no flow raised reaches: a volume
+/// spike's window, a coverage gap's.
+fn lookback_ns(rule: &Rule) -> i64 {
+    let span = match &rule.kind {
+        Kind::VolumeSpike(p) => p.window,
+        Kind::Coverage(p) => p.window,
+        _ => Duration::ZERO,
+    };
+    i64::try_from(span.as_nanos()).unwrap_or(0)
+}
+
+/// The flow query that returns the flows behind an alert of `rule` for (namespace,
+/// destination): the verdicts the rule looks at, the source pod for kinds that follow one,
+/// the destination, and `since` the first flow of the alert.
+pub fn evidence_query(
+    rule: &Rule,
+    namespace: &str,
+    destination: &Destination,
+    context: &FlowContext,
+) -> Vec<(&'static str, String)> {
+    let mut query: Vec<(&'static str, String)> = Vec::new();
+    let pod = context
+        .source_pods
+        .iter()
+        .next()
+        .and_then(|p| p.split_once('/'))
+        .map(|(_, pod)| pod.to_owned());
+    let in_namespace = namespace != "*" && !namespace.is_empty();
+    let mut side = "source_namespace";
+    let mut verdict = None;
+    let mut with_destination = true;
+    match &rule.kind {
+        Kind::PolicyDenied(p) => {
+            if p.direction == Direction::Ingress {
+                side = "destination_namespace";
+            }
+            verdict = Some(if p.include_audit {
+                "DROPPED,AUDIT"
+            } else {
+                "DROPPED"
+            });
+        }
+        Kind::Segmentation(_) | Kind::NewDestination(_) => verdict = Some("FORWARDED"),
+        // Allowed and denied alike: a sweep is both.
+        Kind::Scan(_) => {
+            with_destination = false;
+            if let Some(pod) = &pod {
+                query.push(("source_pod", pod.clone()));
+            }
+        }
+        // Requests leave the pod, answers come back to it.
+        Kind::DnsExfiltration(_) => {
+            side = "namespace";
+            if let Some(pod) = &pod {
+                query.push(("pod", pod.clone()));
+            }
+        }
+        Kind::VolumeSpike(_) => verdict = Some("FORWARDED"),
+        Kind::Coverage(_) => {
+            side = "namespace";
+            with_destination = false;
+        }
+    }
+    if in_namespace {
+        query.insert(0, (side, namespace.to_owned()));
+    }
+    if let Some(v) = verdict {
+        query.push(("verdict", v.to_owned()));
+    }
+    if with_destination {
+        query.extend(
+            destination
+                .query()
+                .into_iter()
+                .map(|(k, v)| (k, v.to_owned())),
+        );
+    }
+    let since = if context.first_seen_ns > 0 {
+        context.first_seen_ns
+    } else {
+        now_ns()
+    };
+    query.push(("since", format_time(since)));
+    query
+}
+
 /// Re-renders the annotations and pushes `endsAt` ahead of the next re-send.
 fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
     let ahead = (config.resend_interval * 4).max(Duration::from_secs(300));
@@ -413,25 +514,11 @@ fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
     alert.annotations = annotations(alert, rule);
 }
 
-/// The annotations: the flow context field by field, a summary and description a human can
-/// read, and the rule's own templated annotations.
+/// The annotations: the flow context field by field (every kind has one), the figures a
+/// detector computed itself, a summary and description a human can read, and the rule's own
+/// templated annotations.
 pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
     let c = &alert.context;
-    if !c.extra.is_empty() {
-        // The detector wrote the context (summary, description, figures) itself.
-        let mut out = c.extra.clone();
-        let value = |f: &str| match f {
-            "rule" => rule.name.clone(),
-            "severity" => rule.severity.as_str().to_owned(),
-            "namespace" => alert.labels.get("namespace").cloned().unwrap_or_default(),
-            "destination" => alert.labels.get("destination").cloned().unwrap_or_default(),
-            other => c.field(other),
-        };
-        for (key, template) in &rule.annotations {
-            out.insert(key.clone(), template.render(value));
-        }
-        return out;
-    }
     let ns = alert.labels.get("namespace").cloned().unwrap_or_default();
     let dest = alert.labels.get("destination").cloned().unwrap_or_default();
     let value = |f: &str| match f {
@@ -442,26 +529,42 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
         other => c.field(other),
     };
     let mut out = BTreeMap::new();
-    for name in [
-        "count",
-        "source_pods",
-        "source_workloads",
-        "destination_ips",
-        "destination_fqdns",
-        "destination_namespace",
-        "destination_pods",
-        "ports",
-        "drop_reasons",
-        "policies",
-        "nodes",
-        "first_seen",
-        "last_seen",
-        "sample_flows",
-    ] {
+    let fields: &[&str] = if c.count > 0 {
+        &[
+            "count",
+            "source_pods",
+            "source_workloads",
+            "destination_ips",
+            "destination_fqdns",
+            "destination_namespace",
+            "destination_pods",
+            "ports",
+            "drop_reasons",
+            "policies",
+            "nodes",
+            "first_seen",
+            "last_seen",
+            "sample_flows",
+        ]
+    } else {
+        &["first_seen", "last_seen"]
+    };
+    for name in fields {
         let v = value(name);
         if !v.is_empty() {
-            out.insert(name.to_owned(), v);
+            out.insert((*name).to_owned(), v);
         }
+    }
+    if c.omitted > 0 {
+        out.insert("omitted_values".into(), c.omitted.to_string());
+    }
+    if !c.extra.is_empty() {
+        // The detector wrote the summary, description and its own figures.
+        out.extend(c.extra.clone());
+        for (key, template) in &rule.annotations {
+            out.insert(key.clone(), template.render(value));
+        }
+        return out;
     }
     let attempts = if c.count == 1 { "attempt" } else { "attempts" };
     out.insert(
@@ -564,7 +667,13 @@ mod tests {
         flow: &FlowEvent,
         now: Instant,
     ) -> Result<(), StateError> {
-        manager.hit(rule, "ai-training", &db(), flow, 10, now)
+        let hit = Hit {
+            namespace: "ai-training".into(),
+            destination: db(),
+            extra: BTreeMap::new(),
+            earlier: None,
+        };
+        manager.hit(rule, hit, flow, 10, now)
     }
 
     /// Alerts the state store holds as firing.

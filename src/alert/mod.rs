@@ -17,8 +17,30 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::common::clock::format_time;
+use crate::flow::destination::Destination;
 use crate::flow::{FlowEvent, format_uuid};
 use crate::state::{StateError, Store};
+
+/// What a flow detector found in a flow: an alert for `namespace` and `destination`, whose
+/// context the flow joins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub namespace: String,
+    pub destination: Destination,
+    /// Figures the detector computed itself (query counts, destinations touched, a summary
+    /// and description); empty when the flow context says it all.
+    pub extra: BTreeMap<String, String>,
+    /// For a detector that decides over a window: the window's flows that led up to this one.
+    pub earlier: Option<Earlier>,
+}
+
+/// The flows of a detector's window before the one that raised its alert: they are
+/// counted in the new alert's context, and its evidence link starts at the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Earlier {
+    pub flows: u64,
+    pub since_ns: i64,
+}
 
 /// Values kept per context field; more are counted in `omitted`.
 pub const MAX_VALUES: usize = 20;

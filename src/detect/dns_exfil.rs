@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use super::Hit;
+use super::{Earlier, Hit};
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
 use crate::rules::{DnsParams, Kind, Rule};
@@ -231,11 +231,12 @@ impl DnsExfil {
         samples.sort_unstable();
         samples.truncate(5);
         let namespace = client.namespace.to_string();
+        let pods = w.pods.iter().cloned().collect::<Vec<_>>().join(", ");
+        let earlier = Earlier {
+            flows: w.events.len().saturating_sub(1) as u64,
+            since_ns: w.events.front().map_or(flow.time_ns, |e| e.0),
+        };
         let mut extra = BTreeMap::new();
-        extra.insert(
-            "source_pods".into(),
-            w.pods.iter().cloned().collect::<Vec<_>>().join(", "),
-        );
         extra.insert("reasons".into(), reasons.join("; "));
         extra.insert("sample_queries".into(), samples.join(", "));
         extra.insert("distinct_names".into(), w.names.len().to_string());
@@ -248,13 +249,14 @@ impl DnsExfil {
             "description".into(),
             format!(
                 "Pods {} queried names under {domain} in a way ordinary lookups do not: {}. Sample names: {}. Expected: short, repeated names, few TXT queries, few NXDOMAIN answers.",
-                extra["source_pods"], reasons.join("; "), samples.join(", ")
+                pods, reasons.join("; "), samples.join(", ")
             ),
         );
         Some(Hit {
             namespace,
             destination: Destination::Fqdn(domain),
             extra,
+            earlier: Some(earlier),
         })
     }
 }

@@ -326,16 +326,8 @@ impl Engine {
                     continue;
                 }
             };
-            let rule = detector.rule();
-            let result = if hit.extra.is_empty() {
-                let samples = detector.samples();
-                self.manager
-                    .hit(rule, &hit.namespace, &hit.destination, flow, samples, now)
-            } else {
-                self.manager
-                    .raise(rule, &hit.namespace, &hit.destination, hit.extra, now)
-            };
-            if let Err(e) = result {
+            let (rule, samples) = (detector.rule(), detector.samples());
+            if let Err(e) = self.manager.hit(rule, hit, flow, samples, now) {
                 store_failed(&self.stats, &e);
             }
         }

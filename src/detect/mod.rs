@@ -9,23 +9,12 @@
 //! - [`volume_spike`]: egress volume above its baseline (from Prometheus);
 //! - [`coverage`]: gaps in what Hubble sees (lost events, unavailable nodes, a down stream).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::alert::{Earlier, Hit};
 use crate::flow::FlowEvent;
-use crate::flow::destination::Destination;
 use crate::rules::Rule;
 use crate::state::StateError;
-
-/// What a flow detector found: an alert for `namespace` and `destination`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    pub namespace: String,
-    pub destination: Destination,
-    /// Annotations the detector computed from what it counts itself; empty when the alert's
-    /// context is built from the flows that hit.
-    pub extra: BTreeMap<String, String>,
-}
 
 /// A detector over the flow stream, one per enabled rule of its kind. The engine hands every
 /// flow to every such detector and what they find to the alert manager.
@@ -37,9 +26,9 @@ pub trait FlowDetector: std::fmt::Debug + Send {
     /// saved (the flow is still counted).
     fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError>;
 
-    /// How many sample flows its alerts keep.
+    /// How many sample flows (their UUIDs, newest) its alerts keep.
     fn samples(&self) -> usize {
-        1
+        10
     }
 }
 

@@ -4,9 +4,10 @@
 //! Destinations are grouped as `policy_denied` groups them, DNS names first, so cloud IP churn
 //! behind a known name is not new. Each namespace is only learned from for `learning` after
 //! exfilwatch first sees it; after that, a forwarded egress flow to a destination not seen
-//! within `history` (and not on the allowlist) alerts once per (namespace, destination). What
-//! was learned is persisted, so a restart does not start learning again. Bounded in
-//! destinations per namespace.
+//! within `history` (and not on the allowlist) raises an alert per (namespace, destination),
+//! and every further flow there joins that alert until it has been quiet for the rule's
+//! `resolve_after`. What was learned is persisted, so a restart does not start learning again.
+//! Bounded in destinations per namespace.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -48,6 +49,9 @@ pub struct NewDestination {
     known: HashMap<Sym, HashMap<String, (i64, i64)>>,
     /// namespace → when exfilwatch first saw it.
     since: HashMap<Sym, i64>,
+    /// namespace → destination alerted on → its last flow, nanoseconds: while the alert
+    /// lives, flows there join it.
+    raised: HashMap<Sym, HashMap<String, i64>>,
     /// Reused for each flow's destination label.
     label: String,
 }
@@ -79,6 +83,7 @@ impl NewDestination {
             store,
             known,
             since,
+            raised: HashMap::new(),
             label: String::new(),
         }))
     }
@@ -118,7 +123,16 @@ impl NewDestination {
                     .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
             }
             if now.saturating_sub(was_seen) <= history {
-                return Ok(None);
+                let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
+                let raised = self
+                    .raised
+                    .get_mut(&src.namespace)
+                    .and_then(|r| r.get_mut(label));
+                match raised {
+                    Some(last) if now.saturating_sub(*last) < quiet => *last = now,
+                    _ => return Ok(None),
+                }
+                return Ok(Some(self.hit(flow)));
             }
         } else if known.len() < MAX_PER_NAMESPACE {
             known.insert(label.to_owned(), (now, now));
@@ -132,6 +146,22 @@ impl NewDestination {
         {
             return Ok(None);
         }
+        let raised = self.raised.entry(src.namespace.clone()).or_default();
+        if raised.len() >= MAX_PER_NAMESPACE {
+            let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
+            raised.retain(|_, last| now.saturating_sub(*last) < quiet);
+        }
+        if raised.len() < MAX_PER_NAMESPACE {
+            raised.insert(self.label.clone(), now);
+        }
+        Ok(Some(self.hit(flow)))
+    }
+
+    /// The hit for `flow`, whose destination is in `self.label`.
+    fn hit(&self, flow: &FlowEvent) -> Hit {
+        let src = &flow.source;
+        let label = self.label.as_str();
+        let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
         let ip = flow
             .destination
             .ip
@@ -140,10 +170,6 @@ impl NewDestination {
         let port = format!("{}/{}", flow.destination.port, flow.protocol.as_str());
         let pod = format!("{}/{}", src.namespace, src.pod);
         let mut extra = BTreeMap::new();
-        extra.insert("source_pods".into(), pod.clone());
-        extra.insert("destination_ips".into(), ip.clone());
-        extra.insert("ports".into(), port.clone());
-        extra.insert("first_seen".into(), crate::common::clock::format_time(now));
         extra.insert(
             "summary".into(),
             format!(
@@ -158,11 +184,12 @@ impl NewDestination {
                 src.namespace, self.params.history
             ),
         );
-        Ok(Some(Hit {
+        Hit {
             namespace: src.namespace.to_string(),
             destination: dest.owned(),
             extra,
-        }))
+            earlier: None,
+        }
     }
 }
 

@@ -98,6 +98,7 @@ impl PolicyDenied {
             destination: DestinationRef::of(flow, grouping(&self.params)).owned(),
             // The alert's context is built from the flows it counts.
             extra: BTreeMap::new(),
+            earlier: None,
         })
     }
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::Hit;
+use super::{Earlier, Hit};
 use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection};
@@ -126,7 +126,13 @@ impl Scan {
         if !Self::over(&self.params, w) {
             return None;
         }
-        Some(self.describe(&src.namespace))
+        let earlier = Earlier {
+            flows: w.events.len().saturating_sub(1) as u64,
+            since_ns: w.events.front().map_or(flow.time_ns, |e| e.0),
+        };
+        let mut hit = self.describe(&src.namespace);
+        hit.earlier = Some(earlier);
+        Some(hit)
     }
 
     /// The annotations for every pod of `namespace` over the thresholds.
@@ -166,13 +172,6 @@ impl Scan {
         sample.sort_unstable();
         sample.truncate(SAMPLE);
         let mut extra = BTreeMap::new();
-        extra.insert(
-            "source_pods".into(),
-            pods.iter()
-                .map(|(p, _)| format!("{namespace}/{p}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
         extra.insert("scanners".into(), lines.join("; "));
         extra.insert("sample_destinations".into(), sample.join(", "));
         extra.insert("window".into(), window.clone());
@@ -197,6 +196,7 @@ impl Scan {
             namespace: namespace.to_owned(),
             destination: Destination::All,
             extra,
+            earlier: None,
         }
     }
 }
@@ -245,9 +245,13 @@ mod tests {
         let (after, hit) = hit.expect("a host sweep is a scan");
         assert_eq!(after, 20);
         assert_eq!(hit.namespace, "ai-training");
-        assert_eq!(
-            hit.extra["source_pods"],
-            "ai-training/llm-pretrain-worker-2"
+        // The 19 flows before it are the alert's evidence too, from the first one's time.
+        let earlier = hit.earlier.unwrap();
+        assert_eq!(earlier.flows, 19);
+        assert!(
+            hit.extra["scanners"].starts_with("ai-training/llm-pretrain-worker-2:"),
+            "{:?}",
+            hit.extra
         );
         assert!(
             hit.extra["scanners"].contains("20 destinations"),

@@ -155,10 +155,6 @@ impl Segmentation {
             .map(|ip| ip.to_string())
             .unwrap_or_default();
         let mut extra = BTreeMap::new();
-        extra.insert("count".into(), seen.count.to_string());
-        extra.insert("source_pods".into(), pods.clone());
-        extra.insert("ports".into(), ports.clone());
-        extra.insert("destination_ips".into(), ip.clone());
         extra.insert("expected".into(), expected.join("; "));
         extra.insert(
             "summary".into(),
@@ -179,6 +175,7 @@ impl Segmentation {
             namespace: src.namespace.to_string(),
             destination: dest,
             extra,
+            earlier: None,
         })
     }
 }

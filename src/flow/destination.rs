@@ -148,7 +148,7 @@ impl Destination {
                 ("destination_namespace", namespace),
                 ("destination_workload", name),
             ],
-            Destination::Cidr(cidr) => vec![("cidr", cidr)],
+            Destination::Cidr(cidr) => vec![("destination_cidr", cidr)],
             Destination::All | Destination::Dependency(_) | Destination::Unknown => Vec::new(),
         }
     }
