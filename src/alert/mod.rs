@@ -139,7 +139,9 @@ impl FlowContext {
             format!("{}/{}", flow.destination.port, flow.protocol.as_str())
         };
         add(&mut self.ports, &port, o);
-        add(&mut self.drop_reasons, flow.drop_reason_name(), o);
+        if flow.drop_reason != 0 {
+            add(&mut self.drop_reasons, flow.drop_reason_name(), o);
+        }
         for p in flow
             .egress_denied_by
             .iter()

@@ -80,8 +80,8 @@ fn openmetrics(end: i64) -> String {
     out
 }
 
-struct PromServer {
-    url: String,
+pub struct PromServer {
+    pub url: String,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -98,8 +98,9 @@ impl Drop for PromServer {
 }
 
 impl PromServer {
-    /// Backfills the generated data and starts Prometheus on it.
-    async fn start(end: i64) -> PromServer {
+    /// Backfills the generated data (ai-training's egress spiking for the last 40 minutes
+    /// before `end`) and starts Prometheus on it.
+    pub async fn start(end: i64) -> PromServer {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("data.om");
         std::fs::write(&input, openmetrics(end)).unwrap();
