@@ -86,7 +86,7 @@ async fn counted(
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         let alert = held(am, alertname, destination).await;
-        if alert["annotations"]["count"] == count.to_string() {
+        if alert["annotations"]["count"].as_str() == Some(count.to_string().as_str()) {
             return alert;
         }
         assert!(
