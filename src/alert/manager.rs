@@ -351,7 +351,7 @@ impl Manager {
         let mut alert = active.alert.clone();
         alert.status = Status::Resolved;
         alert.ends_at_ns = now_ns();
-        alert.annotations = annotations(&alert, &active.rule);
+        alert.annotations = render(&alert, &active.rule, &self.config);
         match super::save(&self.store, &alert, &self.config.targets) {
             Ok(()) => {
                 tracing::info!(alert = %key.0, namespace = %key.1, destination = %key.2, count = alert.context.count, "alert resolved");
@@ -511,7 +511,19 @@ pub fn evidence_query(
 fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
     let ahead = (config.resend_interval * 4).max(Duration::from_secs(300));
     alert.ends_at_ns = now_ns().saturating_add(i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX));
-    alert.annotations = annotations(alert, rule);
+    alert.annotations = render(alert, rule, config);
+}
+
+/// The annotations, with the link to the alert's runbook served by exfilwatch when the rule
+/// names none of its own.
+fn render(alert: &Alert, rule: &Rule, config: &LifecycleConfig) -> BTreeMap<String, String> {
+    let mut out = annotations(alert, rule);
+    if !out.contains_key("runbook_url")
+        && let Some(link) = crate::rules::runbooks::link(&config.external_url, &rule.name)
+    {
+        out.insert("runbook_url".into(), link);
+    }
+    out
 }
 
 /// The annotations: the flow context field by field (every kind has one), the figures a

@@ -1,11 +1,12 @@
 //! The HTTP API on `api.listen`: the REST flow API under `/api/v1` ([`flows`]), dashboard
 //! data ([`egress`]), `/metrics` for Prometheus, `/healthz` and `/readyz` for Kubernetes
-//! probes, `POST /-/reload` ([`reload`]), and the OpenAPI document at `/api/v1/openapi.json`.
+//! probes, `POST /-/reload` ([`reload`]), the alerts' runbooks ([`runbooks`]), and the
+//! OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! Secure by default: it listens on loopback unless configured otherwise, and refuses a
 //! non-loopback address without bearer tokens unless `api.allow_unauthenticated` says so.
 //! With tokens (`api.tokens_file`, one per line, re-read when the file changes), every route
-//! except the probes needs `Authorization: Bearer TOKEN`; tokens are compared in constant
+//! except the probes and runbooks needs `Authorization: Bearer TOKEN`; tokens are compared in constant
 //! time. Requests are bounded: no body, a query string of at most 8 KiB.
 
 pub mod alerts;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod namespaces;
 mod params;
 pub mod reload;
+pub mod runbooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -222,7 +224,7 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "exfilwatch", description = "Flows, alerts and egress of watched Kubernetes namespaces, from Cilium Hubble and Prometheus."),
-    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler, reload::reload),
+    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler, reload::reload, runbooks::index, runbooks::runbook),
     components(schemas(error::ApiError, flows::FlowPage, flows::TopPage, alerts::AlertJson, alerts::AlertDetail, namespaces::NamespaceJson)),
     modifiers(&BearerAuth),
 )]
@@ -316,6 +318,8 @@ pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
     vec![
         ("/healthz", true, get(healthz)),
         ("/readyz", true, get(readyz)),
+        ("/runbooks/", true, get(runbooks::index)),
+        ("/runbooks/{name}", true, get(runbooks::runbook)),
         ("/metrics", false, get(metrics_handler)),
         ("/-/reload", false, post(reload::reload)),
         ("/api/v1/openapi.json", false, get(openapi)),

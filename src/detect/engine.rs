@@ -148,10 +148,26 @@ fn blind_rule() -> Rule {
         severity: Severity::Warning,
         // Cleared explicitly when Prometheus answers again.
         resolve_after: Duration::from_secs(365 * 86_400),
-        labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        labels: fixed(&[("mitre_tactic", "TA0005"), ("mitre_technique", "T1562")]),
+        annotations: fixed(&[(
+            "mitre_attack",
+            "Defense Evasion (TA0005): Impair Defenses (T1562)",
+        )]),
         origin: "built-in".into(),
     }
+}
+
+/// Templates without placeholders, by name.
+fn fixed(pairs: &[(&str, &str)]) -> BTreeMap<String, crate::rules::template::Template> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                (*k).to_owned(),
+                crate::rules::template::Template::parse(v).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// The detector of `rule` when its kind looks at flows; a `new_destination` rule whose

@@ -15,7 +15,7 @@
 //!   resolve_after: 10m                     # quiet period before the alert resolves
 //!   params: { drop_reasons: [POLICY_DENIED, POLICY_DENY], direction: egress }
 //!   labels: { team: security }             # extra labels, templated
-//!   annotations: { runbook_url: "https://runbooks.example/egress?ns={{ namespace }}" }
+//!   annotations: { dashboard: "https://grafana.example/d/egress?var-ns={{ namespace }}" }
 //! ```
 //!
 //! Kinds: `policy_denied`, `volume_spike`, `scan`, `dns_exfiltration`, `segmentation`,
@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod load;
+pub mod runbooks;
 pub mod template;
 
 pub use load::{load_dir, load_text, parse_file};

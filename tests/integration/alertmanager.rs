@@ -398,9 +398,12 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
     assert_eq!(labels["namespace"], "ai-training");
     assert_eq!(labels["destination"], "paste.example.net");
     assert_eq!(labels["rule"], "TrainingPodUnexpectedEgress");
+    // The rule's own labels: constant per rule, for routing by technique.
+    assert_eq!(labels["mitre_tactic"], "TA0010");
+    assert_eq!(labels["mitre_technique"], "T1048");
     assert_eq!(
         labels.as_object().unwrap().len(),
-        5,
+        7,
         "labels stay low-cardinality: {labels}"
     );
     let a = &alert["annotations"];
@@ -422,10 +425,16 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
         "ai-training: 1 egress attempt to paste.example.net denied by network policy"
     );
     assert!(a["description"].as_str().unwrap().contains("Pods ai-training/llm-pretrain-worker-2 in namespace ai-training tried to reach paste.example.net"), "{a}");
-    assert!(
-        a["runbook_url"].as_str().unwrap().starts_with("https://"),
-        "the rule's own annotation"
+    // The runbook served by exfilwatch itself, and the MITRE ATT&CK technique.
+    assert_eq!(
+        a["runbook_url"],
+        "http://127.0.0.1:8080/runbooks/TrainingPodUnexpectedEgress"
     );
+    assert_eq!(
+        a["mitre_attack"],
+        "Exfiltration (TA0010): Exfiltration Over Alternative Protocol (T1048)"
+    );
+    assert_eq!(alert["labels"]["mitre_technique"], "T1048");
     assert!(
         alert["generatorURL"].as_str().unwrap().starts_with("http://127.0.0.1:8080/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&fqdn=paste.example.net&since="),
         "{}",

@@ -314,7 +314,10 @@ fn check_ports(policy: &str, to_ports: &Value) {
 #[test]
 fn the_cilium_policies_are_structurally_valid() {
     let mut policies = 0;
-    for file in yaml_files(&root().join("deploy/policies")) {
+    let mut files = yaml_files(&root().join("deploy/policies"));
+    // The runbooks' quarantine policy.
+    files.extend(yaml_files(&root().join("docs/runbooks")));
+    for file in files {
         for doc in documents(&file) {
             if doc["apiVersion"] != "cilium.io/v2" {
                 continue;
@@ -335,7 +338,12 @@ fn the_cilium_policies_are_structurally_valid() {
                 spec["endpointSelector"].is_mapping(),
                 "{name}: endpointSelector"
             );
-            for (direction, allowed) in [("ingress", INGRESS_KEYS), ("egress", EGRESS_KEYS)] {
+            for (direction, allowed) in [
+                ("ingress", INGRESS_KEYS),
+                ("egress", EGRESS_KEYS),
+                ("ingressDeny", INGRESS_KEYS),
+                ("egressDeny", EGRESS_KEYS),
+            ] {
                 for rule in spec[direction].as_sequence().into_iter().flatten() {
                     let rule_map = rule
                         .as_mapping()
@@ -360,7 +368,10 @@ fn the_cilium_policies_are_structurally_valid() {
             }
         }
     }
-    assert_eq!(policies, 4, "default deny, peers, DNS, object storage");
+    assert_eq!(
+        policies, 5,
+        "default deny, peers, DNS, object storage; quarantine"
+    );
 }
 
 #[test]

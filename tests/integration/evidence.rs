@@ -242,6 +242,19 @@ async fn every_kinds_alert_links_to_the_flows_behind_it_and_counts_them() {
         let flows = evidence(&service, &alert).await;
         assert_eq!(flows.len() as u64, count, "{alertname}: {flows:#?}");
         assert_eq!(pods(&flows, "source"), [pod], "{alertname}");
+        // The runbook link works without a token, served by the service itself.
+        let runbook = alert["annotations"]["runbook_url"].as_str().unwrap();
+        assert_eq!(runbook, service.url(&format!("/runbooks/{alertname}")));
+        let r = reqwest::get(runbook).await.unwrap();
+        assert_eq!(r.status(), 200, "{runbook}");
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .starts_with(&format!("# {alertname}\n")),
+            "{runbook}"
+        );
+        assert!(alert["labels"]["mitre_technique"].is_string(), "{alert:#}");
         let samples = alert["annotations"]["sample_flows"].as_str().unwrap();
         assert!(
             flows

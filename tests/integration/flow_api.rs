@@ -636,7 +636,8 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
     for (path, open, _) in &routes {
         let concrete = path
             .replace("{fingerprint}", "abc")
-            .replace("{ns}", "ai-training");
+            .replace("{ns}", "ai-training")
+            .replace("{name}", "TrainingPodScanning");
         let r = reqwest::get(service.url(&concrete)).await.unwrap();
         if *open {
             assert_eq!(r.status(), 200, "{path} is a probe");
