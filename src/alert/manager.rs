@@ -370,6 +370,34 @@ impl Manager {
         }
     }
 
+    /// Commits every firing alert whose context changed since it was last sent, without
+    /// waiting for `update_interval`: at the end of a replay or a run, so what is stored and
+    /// delivered is the grown context.
+    pub fn flush(&mut self, now: Instant) -> Result<(), StateError> {
+        let mut first_error = None;
+        let mut changed = false;
+        for active in self.active.values_mut().filter(|a| a.dirty || a.unsaved) {
+            let mut alert = active.alert.clone();
+            refresh(&mut alert, &active.rule, &self.config);
+            match super::save(&self.store, &alert, &self.config.targets) {
+                Ok(()) => {
+                    active.alert = alert;
+                    active.last_sent = now;
+                    active.dirty = false;
+                    active.unsaved = false;
+                    changed = true;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if changed {
+            self.wake.notify_waiters();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Resolves quiet alerts and re-sends due ones. A change the store cannot commit stays
     /// pending and is tried again at the next tick; the first such error is returned.
     pub fn tick(&mut self, now: Instant) -> Result<(), StateError> {

@@ -338,6 +338,12 @@ pub async fn run(
     if let Ok(Err(e)) = persisted {
         tracing::error!("{e}; flows still in memory are lost");
     }
+    let mut consumers = consumers;
+    // The last flows' effect on firing alerts is committed (and delivered by the sinks' last
+    // flush, or at the next start).
+    if let Some(engine) = consumers.engine.as_mut() {
+        engine.flush(tokio::time::Instant::now());
+    }
     let alerts = consumers
         .engine
         .as_ref()

@@ -209,7 +209,11 @@ pub(super) async fn replay(
             }
         }
     }
-    // Every alert that fired, including those the backtest saw resolve.
+    // Every alert that fired, including those the backtest saw resolve, with the context it
+    // grew to.
+    if let Some(engine) = engine.as_mut() {
+        engine.flush(tokio::time::Instant::now());
+    }
     let mut alerts = crate::alert::saved(&delivery.store).unwrap_or_default();
     alerts.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
     if send {

@@ -1,29 +1,42 @@
 //! The `dns_exfiltration` detector: data smuggled out in DNS names, from Hubble's L7 DNS
 //! records.
 //!
-//! Per (namespace, registered domain) and sliding window it watches for: a label longer than
-//! `max_label_length`, or one that looks like encoded data (20+ characters, no hyphen, letters
-//! and digits mixed, Shannon entropy at least `max_label_entropy`: base32, base64 and hex
-//! chunks do, hyphenated host names do not); many distinct names under one domain (one name per
-//! chunk); a high share of TXT/NULL queries (the channel back); a high NXDOMAIN rate (names
-//! no resolver knows). The cluster's own names (`allow`, `cluster.local` by default) are
-//! skipped. State is bounded per domain and in domains.
+//! It decides on evidence, not on one name. Per (namespace, client pod, registered domain),
+//! the registered domain found with the Public Suffix List (so `a.b.example.co.uk` is under
+//! `example.co.uk` and `bucket.s3.amazonaws.com` is its own), it adds up over `window`:
+//!
+//! - the data the distinct names carry: each label left of the registered domain that looks
+//!   encoded (bytes outside the hostname alphabet, DNS escapes such as `\200`, mixed case, or
+//!   16+ characters of letters and digits with high entropy) counts for the bytes its
+//!   alphabet can hold (hex 4 bits a character, base32 5, base64 6, escapes and raw bytes 8);
+//! - the query-type mix: a share of TXT/NULL queries of at least `txt_share` doubles the
+//!   evidence (the channel back);
+//! - the NXDOMAIN share of the answers: at least `nxdomain_share` doubles it.
+//!
+//! A channel is `min_names` distinct names carrying `min_encoded_bytes`. Ordinary lookups repeat
+//! a few names, and even CDN or telemetry names with 32-hex-character labels carry a few dozen
+//! bytes per pod and domain; a tunnel carries kilobytes within a minute. The cluster's own
+//! names (`allow`, `cluster.local` by default) are skipped. State is bounded in keys and in
+//! records per key.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::{Earlier, Hit};
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
+use crate::flow::intern::Sym;
 use crate::rules::{DnsParams, Kind, Rule};
 
-/// (namespace, registered domain) pairs followed at once.
-const MAX_DOMAINS: usize = 10_000;
-/// Records remembered per domain within the window.
+/// (namespace, pod, registered domain) keys followed at once.
+const MAX_KEYS: usize = 10_000;
+/// Records remembered per key within the window.
 const MAX_EVENTS: usize = 20_000;
 /// NXDOMAIN's response code.
 const NXDOMAIN: u32 = 3;
+/// Sample names kept per key.
+const SAMPLES: usize = 5;
 
 /// Shannon entropy of `text`, bits per character.
 pub fn entropy(text: &str) -> f64 {
@@ -45,55 +58,147 @@ pub fn entropy(text: &str) -> f64 {
         .sum()
 }
 
-/// The registered domain of `name`: its last two labels, or three under a two-level public
-/// suffix such as `co.uk`.
-pub fn registered_domain(name: &str) -> String {
-    let labels: Vec<&str> = name.trim_end_matches('.').rsplit('.').collect();
-    let two_level = labels.len() >= 3
-        && labels[0].len() == 2
-        && ["co", "com", "net", "org", "gov", "ac", "edu"].contains(&labels[1]);
-    let take = if two_level { 3 } else { 2 }.min(labels.len());
-    let mut kept: Vec<&str> = labels[..take].to_vec();
-    kept.reverse();
-    kept.join(".")
+/// The registered domain of `name` by the Public Suffix List; a name that is itself a public
+/// suffix (or has no known one) is its own.
+pub fn registered_domain(name: &str) -> &str {
+    let name = name.trim_end_matches('.');
+    psl::domain_str(name).unwrap_or(name)
+}
+
+/// Bytes of data a label of the query carries, estimated from its alphabet; 0 for a label
+/// that reads like a host name. `min_entropy` is the entropy from which a 16+ character
+/// label of letters and digits counts as encoded.
+pub fn encoded_bytes(label: &str, min_entropy: f64) -> f64 {
+    let n = label.len();
+    if n == 0 {
+        return 0.0;
+    }
+    // DNS presentation escapes (\DDD) and bytes outside ASCII are raw data: 8 bits each.
+    let escapes = label.matches('\\').count();
+    let raw = label.bytes().filter(|b| !b.is_ascii()).count();
+    if escapes > 0 || raw > 0 {
+        let rest = n.saturating_sub(escapes * 4 + raw);
+        return (escapes + raw) as f64 + rest as f64 * 0.75;
+    }
+    let upper = label.bytes().any(|b| b.is_ascii_uppercase());
+    let lower = label.bytes().any(|b| b.is_ascii_lowercase());
+    let symbols = label.bytes().any(|b| b"+/=_".contains(&b));
+    if (upper && lower && n >= 8) || symbols {
+        // Case-sensitive base64 and its relatives: 6 bits a character.
+        return n as f64 * 0.75;
+    }
+    let digits = label.bytes().any(|b| b.is_ascii_digit());
+    let letters = label.bytes().any(|b| b.is_ascii_alphabetic());
+    if n < 16 || !digits || !letters || entropy(label) < min_entropy {
+        return 0.0;
+    }
+    if label.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        n as f64 * 0.5
+    } else {
+        n as f64 * 0.625
+    }
+}
+
+/// One DNS record remembered in a key's window.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    time_ns: i64,
+    name: u64,
+    /// Estimated bytes the name carries (counted once per distinct name).
+    bytes: f64,
+    txt: bool,
+    answer: bool,
+    nxdomain: bool,
+    /// Index of the query type in `Window::types`.
+    qtype: u8,
 }
 
 #[derive(Debug, Default)]
-struct DomainWindow {
-    /// (time, name key, is TXT/NULL query, is an answer, is NXDOMAIN), oldest first.
-    events: VecDeque<(i64, u64, bool, bool, bool)>,
-    names: HashMap<u64, (u32, String)>,
+struct Window {
+    records: VecDeque<Record>,
+    /// Distinct names: how many records in the window carry each, and its bytes.
+    names: HashMap<u64, (u32, f64)>,
+    bytes: f64,
     queries: usize,
     txt: usize,
     answers: usize,
     nxdomain: usize,
+    /// Query types seen (bounded) and queries per type in the window.
+    types: Vec<(Sym, usize)>,
+    samples: VecDeque<String>,
     last_ns: i64,
-    pods: BTreeSet<String>,
-    odd_labels: BTreeSet<String>,
 }
 
-impl DomainWindow {
-    fn expire(&mut self, before_ns: i64) {
-        while let Some(&(t, key, txt, answer, nx)) = self.events.front() {
-            if t >= before_ns && self.events.len() <= MAX_EVENTS {
-                break;
-            }
-            self.events.pop_front();
-            if let Some((n, _)) = self.names.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.names.remove(&key);
-                }
-            }
-            if answer {
-                self.answers -= 1;
-                self.nxdomain -= usize::from(nx);
-            } else {
-                self.queries -= 1;
-                self.txt -= usize::from(txt);
+impl Window {
+    fn add(&mut self, r: Record) {
+        let entry = self.names.entry(r.name).or_insert((0, r.bytes));
+        if entry.0 == 0 {
+            self.bytes += r.bytes;
+        }
+        entry.0 += 1;
+        if r.answer {
+            self.answers += 1;
+            self.nxdomain += usize::from(r.nxdomain);
+        } else {
+            self.queries += 1;
+            self.txt += usize::from(r.txt);
+            if let Some(t) = self.types.get_mut(usize::from(r.qtype)) {
+                t.1 += 1;
             }
         }
+        self.last_ns = self.last_ns.max(r.time_ns);
+        self.records.push_back(r);
     }
+
+    fn expire(&mut self, before_ns: i64) {
+        while let Some(&r) = self.records.front() {
+            if r.time_ns >= before_ns && self.records.len() <= MAX_EVENTS {
+                break;
+            }
+            self.records.pop_front();
+            if let Some(entry) = self.names.get_mut(&r.name) {
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    self.bytes -= entry.1;
+                    self.names.remove(&r.name);
+                }
+            }
+            if r.answer {
+                self.answers -= 1;
+                self.nxdomain -= usize::from(r.nxdomain);
+            } else {
+                self.queries -= 1;
+                self.txt -= usize::from(r.txt);
+                if let Some(t) = self.types.get_mut(usize::from(r.qtype)) {
+                    t.1 -= 1;
+                }
+            }
+        }
+        if self.records.is_empty() {
+            self.bytes = 0.0;
+        }
+    }
+
+    /// The query type's index, remembering at most 16 types.
+    fn qtype(&mut self, name: Option<&Sym>) -> u8 {
+        let Some(name) = name else {
+            return u8::MAX;
+        };
+        if let Some(i) = self.types.iter().position(|(t, _)| t == name) {
+            return i as u8;
+        }
+        if self.types.len() >= 16 {
+            return u8::MAX;
+        }
+        self.types.push((name.clone(), 0));
+        (self.types.len() - 1) as u8
+    }
+}
+
+/// What a window shows: its weighted evidence in bytes, and the reasons.
+struct Evidence {
+    score: f64,
+    reasons: Vec<String>,
 }
 
 /// One `dns_exfiltration` rule's detector.
@@ -101,7 +206,8 @@ impl DomainWindow {
 pub struct DnsExfil {
     pub rule: Arc<Rule>,
     params: DnsParams,
-    domains: HashMap<(String, String), DomainWindow>,
+    windows: HashMap<(Sym, Sym, String), Window>,
+    hasher: foldhash::fast::FixedState,
 }
 
 impl DnsExfil {
@@ -113,30 +219,49 @@ impl DnsExfil {
         Some(DnsExfil {
             rule,
             params,
-            domains: HashMap::new(),
+            windows: HashMap::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0xd45e_7f11),
         })
     }
 
     fn allowed(&self, name: &str) -> bool {
-        self.params
-            .allow
-            .iter()
-            .any(|a| name == a || name.ends_with(&format!(".{a}")))
-    }
-
-    /// A label that looks like encoded data, if any.
-    fn odd_label<'n>(&self, name: &'n str) -> Option<&'n str> {
-        name.split('.').find(|l| {
-            let encoded = l.len() >= 20
-                && !l.contains('-')
-                && l.bytes().any(|b| b.is_ascii_digit())
-                && l.bytes().any(|b| b.is_ascii_alphabetic())
-                && entropy(l) >= self.params.max_label_entropy;
-            l.len() >= self.params.max_label_length || encoded
+        self.params.allow.iter().any(|a| {
+            name.len() >= a.len()
+                && name[name.len() - a.len()..].eq_ignore_ascii_case(a)
+                && (name.len() == a.len() || name.as_bytes()[name.len() - a.len() - 1] == b'.')
         })
     }
+}
 
-    /// Counts one flow's DNS record; a hit when its domain looks like a channel.
+/// What `w` shows under `p`.
+fn evidence(p: &DnsParams, w: &Window, domain: &str) -> Evidence {
+    let mut reasons = Vec::new();
+    let mut score = w.bytes;
+    if w.queries >= p.min_queries && w.txt as f64 >= p.txt_share * w.queries as f64 {
+        score *= 2.0;
+        reasons.push(format!(
+            "{} of {} queries for TXT/NULL records",
+            w.txt, w.queries
+        ));
+    }
+    if w.answers >= p.min_queries && w.nxdomain as f64 >= p.nxdomain_share * w.answers as f64 {
+        score *= 2.0;
+        reasons.push(format!("{} of {} answers NXDOMAIN", w.nxdomain, w.answers));
+    }
+    reasons.insert(
+        0,
+        format!(
+            "{} distinct names under {domain} carrying about {:.0} bytes of encoded data",
+            w.names.len(),
+            w.bytes
+        ),
+    );
+    Evidence { score, reasons }
+}
+
+impl DnsExfil {
+    /// Counts one flow's DNS record; a hit while its pod's names under a domain carry a
+    /// channel's worth of data.
     pub fn check(&mut self, flow: &FlowEvent) -> Option<Hit> {
         let dns = flow.dns.as_deref()?;
         // The pod that asked: the source of a request, the destination of an answer.
@@ -153,111 +278,126 @@ impl DnsExfil {
         {
             return None;
         }
-        let name = dns.query.trim_end_matches('.').to_ascii_lowercase();
-        if name.is_empty() || self.allowed(&name) {
+        let name = dns.query.trim_end_matches('.');
+        if name.is_empty() || self.allowed(name) {
             return None;
         }
-        let domain = registered_domain(&name);
-        let odd = if dns.response {
-            None
+        let lower = name.to_ascii_lowercase();
+        let domain = registered_domain(&lower);
+        // The labels left of the registered domain, in the query's own case.
+        let head = &name[..name.len() - domain.len()].trim_end_matches('.');
+        let bytes: f64 = if dns.response {
+            0.0
         } else {
-            self.odd_label(&name).map(str::to_owned)
+            head.split('.')
+                .map(|l| encoded_bytes(l, self.params.label_entropy))
+                .sum()
         };
-        let id = (client.namespace.to_string(), domain.clone());
-        if !self.domains.contains_key(&id) && self.domains.len() >= MAX_DOMAINS {
+        let key = (
+            client.namespace.clone(),
+            client.pod.clone(),
+            domain.to_owned(),
+        );
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_KEYS {
             let quietest = self
-                .domains
+                .windows
                 .iter()
                 .min_by_key(|(_, w)| w.last_ns)
                 .map(|(k, _)| k.clone());
             if let Some(k) = quietest {
-                self.domains.remove(&k);
+                self.windows.remove(&k);
             }
         }
         let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
-        let w = self.domains.entry(id).or_default();
-        let mut h = std::hash::DefaultHasher::new();
-        name.hash(&mut h);
-        let key = h.finish();
+        let name_key = self.hasher.hash_one(&lower);
         let txt = dns.qtypes.iter().any(|q| &**q == "TXT" || &**q == "NULL");
-        let nx = dns.response && dns.rcode == NXDOMAIN;
-        w.events
-            .push_back((flow.time_ns, key, txt, dns.response, nx));
-        w.names.entry(key).or_insert((0, name.clone())).0 += 1;
-        if dns.response {
-            w.answers += 1;
-            w.nxdomain += usize::from(nx);
-        } else {
-            w.queries += 1;
-            w.txt += usize::from(txt);
+        let w = self.windows.entry(key).or_default();
+        let qtype = w.qtype(dns.qtypes.first());
+        w.add(Record {
+            time_ns: flow.time_ns,
+            name: name_key,
+            bytes,
+            txt,
+            answer: dns.response,
+            nxdomain: dns.response && dns.rcode == NXDOMAIN,
+            qtype,
+        });
+        if bytes > 0.0 && !w.samples.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            if w.samples.len() == SAMPLES {
+                w.samples.pop_front();
+            }
+            w.samples.push_back(name.to_owned());
         }
-        if w.pods.len() < 20 {
-            w.pods
-                .insert(format!("{}/{}", client.namespace, client.pod));
-        }
-        if let Some(label) = odd
-            && w.odd_labels.len() < 5
-        {
-            w.odd_labels.insert(label);
-        }
-        w.last_ns = w.last_ns.max(flow.time_ns);
         let cutoff = w.last_ns.saturating_sub(window_ns);
         w.expire(cutoff);
-
         let p = &self.params;
-        let mut reasons = Vec::new();
-        if !w.odd_labels.is_empty() {
-            reasons.push(format!(
-                "labels that look like encoded data ({} or more characters, or high entropy)",
-                p.max_label_length
-            ));
-        }
-        if w.names.len() >= p.unique_subdomains {
-            reasons.push(format!("{} distinct names under {domain}", w.names.len()));
-        }
-        if w.queries >= p.min_queries && w.txt as f64 / w.queries as f64 >= p.txt_share {
-            reasons.push(format!(
-                "{} of {} queries for TXT/NULL records",
-                w.txt, w.queries
-            ));
-        }
-        if w.answers >= p.min_queries && w.nxdomain as f64 / w.answers as f64 >= p.nxdomain_share {
-            reasons.push(format!("{} of {} answers NXDOMAIN", w.nxdomain, w.answers));
-        }
-        if reasons.is_empty() {
+        if w.names.len() < p.min_names {
             return None;
         }
-        let mut samples: Vec<&str> = w.names.values().map(|(_, n)| n.as_str()).collect();
-        samples.sort_unstable();
-        samples.truncate(5);
-        let namespace = client.namespace.to_string();
-        let pods = w.pods.iter().cloned().collect::<Vec<_>>().join(", ");
-        let earlier = Earlier {
-            flows: w.events.len().saturating_sub(1) as u64,
-            since_ns: w.events.front().map_or(flow.time_ns, |e| e.0),
-        };
-        let mut extra = BTreeMap::new();
-        extra.insert("reasons".into(), reasons.join("; "));
-        extra.insert("sample_queries".into(), samples.join(", "));
-        extra.insert("distinct_names".into(), w.names.len().to_string());
-        extra.insert("queries".into(), w.queries.to_string());
-        extra.insert(
-            "summary".into(),
-            format!("{namespace}: DNS to {domain} looks like a data channel"),
-        );
-        extra.insert(
+        let evidence = evidence(p, w, domain);
+        if evidence.score < p.min_encoded_bytes as f64 {
+            return None;
+        }
+        Some(hit(
+            p,
+            w,
+            client.namespace.to_string(),
+            domain,
+            evidence,
+            flow,
+        ))
+    }
+}
+
+/// The hit for a window that shows a channel.
+fn hit(
+    p: &DnsParams,
+    w: &Window,
+    namespace: String,
+    domain: &str,
+    evidence: Evidence,
+    flow: &FlowEvent,
+) -> Hit {
+    let samples: Vec<&str> = w.samples.iter().map(String::as_str).collect();
+    let types: Vec<String> = w
+        .types
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect();
+    let reasons = evidence.reasons.join("; ");
+    let mut extra = BTreeMap::new();
+    extra.insert("reasons".into(), reasons.clone());
+    extra.insert("sample_queries".into(), samples.join(", "));
+    extra.insert("distinct_names".into(), w.names.len().to_string());
+    extra.insert("queries".into(), w.queries.to_string());
+    extra.insert("query_types".into(), types.join(", "));
+    extra.insert("encoded_bytes".into(), format!("{:.0}", w.bytes));
+    extra.insert(
+        "nxdomain".into(),
+        format!("{} of {} answers", w.nxdomain, w.answers),
+    );
+    extra.insert(
+        "summary".into(),
+        format!("{namespace}: DNS names under {domain} carry data out"),
+    );
+    extra.insert(
             "description".into(),
             format!(
-                "Pods {} queried names under {domain} in a way ordinary lookups do not: {}. Sample names: {}. Expected: short, repeated names, few TXT queries, few NXDOMAIN answers.",
-                pods, reasons.join("; "), samples.join(", ")
+                "Within {:?}, a pod's DNS queries under {domain} carried data the way a tunnel does: {reasons}. Query types: {}. Sample names: {}. Ordinary lookups repeat a few names carrying little; a tunnel sends a new name per chunk of data.",
+                p.window,
+                types.join(", "),
+                samples.join(", ")
             ),
         );
-        Some(Hit {
-            namespace,
-            destination: Destination::Fqdn(domain),
-            extra,
-            earlier: Some(earlier),
-        })
+    Hit {
+        namespace,
+        destination: Destination::Fqdn(domain.to_owned()),
+        extra,
+        earlier: Some(Earlier {
+            flows: w.records.len().saturating_sub(1) as u64,
+            since_ns: w.records.front().map_or(flow.time_ns, |r| r.time_ns),
+        }),
     }
 }
 
@@ -274,11 +414,13 @@ mod tests {
         DnsExfil::new(default_rule("TrainingPodDnsExfiltration")).unwrap()
     }
 
-    fn query(decoder: &mut JsonDecoder, name: &str, qtype: &str, second: u32) -> FlowEvent {
+    /// A DNS request from `pod` at `ms` milliseconds.
+    fn query(decoder: &mut JsonDecoder, pod: &str, name: &str, qtype: &str, ms: u64) -> FlowEvent {
         let line = format!(
-            r#"{{"flow":{{"time":"2026-01-01T00:00:{:02}.{:06}Z","verdict":"FORWARDED","Type":"L7","l7":{{"type":"REQUEST","dns":{{"query":"{name}.","qtypes":["{qtype}"]}}}},"source":{{"namespace":"ai-training","pod_name":"w-2"}},"destination":{{"namespace":"kube-system","pod_name":"coredns-0"}},"traffic_direction":"EGRESS"}}}}"#,
-            second / 1000,
-            second % 1000
+            r#"{{"flow":{{"time":"2026-01-01T00:{:02}:{:02}.{:03}Z","verdict":"FORWARDED","Type":"L7","l7":{{"type":"REQUEST","dns":{{"query":"{name}.","qtypes":["{qtype}"]}}}},"source":{{"namespace":"ai-training","pod_name":"{pod}"}},"destination":{{"namespace":"kube-system","pod_name":"coredns-0"}},"traffic_direction":"EGRESS"}}}}"#,
+            ms / 60_000,
+            ms / 1000 % 60,
+            ms % 1000
         );
         match decoder.decode_line(&line).unwrap() {
             Event::Flow(f) => f,
@@ -286,13 +428,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn entropy_and_registered_domains() {
-        assert!(entropy("aGVsbG8gd29ybGQgZXhmaWw") > 4.0);
-        assert!(entropy("training-data") < 3.5);
-        assert_eq!(registered_domain("a.b.exfil.example.com."), "example.com");
-        assert_eq!(registered_domain("x.bucket.example.co.uk"), "example.co.uk");
-        assert_eq!(registered_domain("localhost"), "localhost");
+    /// 60 hex characters of chunk `i`, as two labels.
+    fn chunk(i: u64) -> String {
+        let hex: String = (0..30)
+            .map(|j| format!("{:02x}", (i * 131 + j * 17 + 7) % 251))
+            .collect();
+        format!("{}.{}", &hex[..30], &hex[30..])
     }
 
     #[test]
@@ -304,73 +445,100 @@ mod tests {
                 "training-data.s3.us-east-1.amazonaws.com",
                 "minio.storage.svc.cluster.local",
                 "pypi.org",
+                "47e224be59415ec068b94bca857581bd7dde7fb6.cws.conviva.com",
             ] {
-                assert_eq!(d.check(&query(&mut decoder, name, "A", i)), None, "{name}");
+                let q = query(&mut decoder, "w-1", name, "A", i * 100);
+                assert_eq!(d.check(&q), None, "{name}");
             }
         }
     }
 
     #[test]
-    fn encoded_labels_many_subdomains_and_txt_queries_are_caught() {
+    fn one_encoded_name_is_not_a_channel_and_a_stream_of_them_is() {
         let mut decoder = JsonDecoder::default();
         let mut d = detector();
-        let hit = d
-            .check(&query(
-                &mut decoder,
-                "dGhlIHdlaWdodHMgb2YgbGxhbWEtNzBi.q.exfil.example.com",
-                "A",
-                1,
-            ))
-            .unwrap();
-        assert_eq!(
-            (hit.namespace.as_str(), hit.destination.to_string().as_str()),
-            ("ai-training", "example.com")
+        let one = query(
+            &mut decoder,
+            "w-2",
+            "00cd97a48b18a09252dd4eb8d4609d8e.example.org",
+            "A",
+            0,
         );
-        assert!(
-            hit.extra["reasons"].contains("encoded data"),
-            "{:?}",
-            hit.extra
-        );
-        // Hex chunks too; long hyphenated host names are not data.
-        let mut d = detector();
-        assert!(
-            d.check(&query(
-                &mut decoder,
-                "00cd97a48b18a09252dd4eb8d4609d8e.example.org",
-                "A",
-                2
-            ))
-            .is_some()
-        );
-        let mut d = detector();
-        assert_eq!(
-            d.check(&query(
-                &mut decoder,
-                "gke-ilya-otel-demo-1-ilya-otel-demo-1-6114bb84-zr1l.c.example.internal",
-                "A",
-                3
-            )),
-            None
-        );
-
-        let mut d = detector();
+        assert_eq!(d.check(&one), None);
+        // dnscat2-like: 60 hex characters (30 bytes) per query, A records, 2 a second.
         let mut fired = None;
-        for i in 0..60 {
-            if let Some(h) = d.check(&query(
-                &mut decoder,
-                &format!("c{i}.t.exfil.example.net"),
-                "TXT",
-                i,
-            )) {
+        for i in 0..120 {
+            let name = format!("{}.t.exfil.example.net", chunk(i));
+            if let Some(h) = d.check(&query(&mut decoder, "w-2", &name, "A", 1_000 + i * 500)) {
                 fired.get_or_insert((i, h));
             }
         }
-        let (at, hit) = fired.expect("a TXT channel");
-        assert_eq!(at, 19, "TXT share trips at min_queries");
+        let (at, hit) = fired.expect("a channel");
+        // 2048 bytes at 30 a name: the 69th name.
+        assert_eq!(at, 68);
+        assert_eq!(hit.destination.to_string(), "example.net");
+        assert_eq!(hit.earlier.unwrap().flows, 68);
         assert!(
-            hit.extra["reasons"].contains("queries for TXT/NULL records"),
+            hit.extra["reasons"].contains("69 distinct names under example.net"),
             "{:?}",
             hit.extra
         );
+        assert_eq!(hit.extra["query_types"], "A: 69");
+        // TXT queries are the channel back: the same data trips it at half the bytes.
+        let mut d = detector();
+        let mut fired = None;
+        for i in 0..120 {
+            let name = format!("{}.t.exfil.example.net", chunk(i));
+            if d.check(&query(&mut decoder, "w-3", &name, "TXT", i * 500))
+                .is_some()
+            {
+                fired.get_or_insert(i);
+            }
+        }
+        assert_eq!(fired, Some(34));
+    }
+
+    #[test]
+    fn pods_and_registered_domains_are_weighed_apart() {
+        let mut decoder = JsonDecoder::default();
+        let mut d = detector();
+        // 100 chunks spread over 4 pods and 2 domains stay under the evidence of one.
+        for i in 0..100 {
+            let pod = format!("w-{}", i % 4);
+            let domain = if i % 8 < 4 { "a.example" } else { "b.example" };
+            let name = format!("{}.{domain}", chunk(i));
+            assert_eq!(
+                d.check(&query(&mut decoder, &pod, &name, "A", i * 500)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn registered_domains_follow_the_public_suffix_list() {
+        for (name, domain) in [
+            ("a.b.example.co.uk", "example.co.uk"),
+            ("bucket.s3.amazonaws.com", "bucket.s3.amazonaws.com"),
+            ("x.y.t.tunnel.example", "tunnel.example"),
+            ("www.example.com.", "example.com"),
+            ("com", "com"),
+        ] {
+            assert_eq!(registered_domain(name), domain, "{name}");
+        }
+    }
+
+    #[test]
+    fn labels_are_weighed_by_the_data_their_alphabet_holds() {
+        let e = 3.0;
+        // Host names carry nothing.
+        for label in ["www", "api", "cdn-eu-west-1", "telemetry", "d3anogn3pbtk4v"] {
+            assert_eq!(encoded_bytes(label, e), 0.0, "{label}");
+        }
+        // 32 hex characters: 16 bytes; base32: 5 bits a character; base64 with case: 6.
+        assert_eq!(encoded_bytes("47e224be59415ec068b94bca857581bd", e), 16.0);
+        assert_eq!(encoded_bytes("mfrggzdfmztwq2lknnwg23tpobyxe43u", e), 20.0);
+        assert_eq!(encoded_bytes("aGVsbG8gd29ybGQhIQ", e), 13.5);
+        // Escaped raw bytes: one each.
+        assert_eq!(encoded_bytes("\\200\\201\\255", e), 3.0);
     }
 }

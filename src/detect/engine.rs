@@ -455,6 +455,13 @@ impl Engine {
         }
     }
 
+    /// Commits the grown context of every firing alert now (see [`Manager::flush`]).
+    pub fn flush(&mut self, now: Instant) {
+        if let Err(e) = self.manager.flush(now) {
+            self.failed(&e);
+        }
+    }
+
     /// Alerts firing now, sorted by rule, namespace and destination.
     pub fn firing(&self) -> Vec<Alert> {
         let mut alerts: Vec<Alert> = self.manager.firing().cloned().collect();

@@ -322,9 +322,9 @@ fn segmentation(raw: Option<Value>, report: &mut Report<'_>) -> SegmentationPara
 #[serde(deny_unknown_fields, default)]
 struct RawDns {
     window: Option<String>,
-    max_label_length: Option<usize>,
-    max_label_entropy: Option<f64>,
-    unique_subdomains: Option<usize>,
+    min_names: Option<usize>,
+    min_encoded_bytes: Option<u64>,
+    label_entropy: Option<f64>,
     txt_share: Option<f64>,
     nxdomain_share: Option<f64>,
     min_queries: Option<usize>,
@@ -342,29 +342,33 @@ fn dns(raw: Option<Value>, report: &mut Report<'_>) -> DnsParams {
     };
     let txt_share = share("params.txt_share", p.txt_share, 0.5, report);
     let nxdomain_share = share("params.nxdomain_share", p.nxdomain_share, 0.5, report);
-    let max_label_length = p.max_label_length.unwrap_or(56);
-    if !(8..=63).contains(&max_label_length) {
+    let label_entropy = p.label_entropy.unwrap_or(3.0);
+    if !(label_entropy > 1.0 && label_entropy <= 6.0) {
         report.problem(
-            "params.max_label_length",
-            format!("{max_label_length} is not between 8 and 63"),
+            "params.label_entropy",
+            format!("{label_entropy} is not in (1, 6]"),
         );
     }
-    let max_label_entropy = p.max_label_entropy.unwrap_or(3.5);
-    if !(max_label_entropy > 1.0 && max_label_entropy <= 6.0) {
+    let min_encoded_bytes = p.min_encoded_bytes.unwrap_or(2048);
+    if min_encoded_bytes == 0 {
+        report.problem("params.min_encoded_bytes", "0 must be above 0");
+    }
+    let window = report.duration(
+        "params.window",
+        p.window.as_deref(),
+        Duration::from_secs(900),
+    );
+    if window > Duration::from_secs(3600) || window.is_zero() {
         report.problem(
-            "params.max_label_entropy",
-            format!("{max_label_entropy} is not in (1, 6]"),
+            "params.window",
+            format!("{window:?} is not between 1s and 1h"),
         );
     }
     DnsParams {
-        window: report.duration(
-            "params.window",
-            p.window.as_deref(),
-            Duration::from_secs(300),
-        ),
-        max_label_length,
-        max_label_entropy,
-        unique_subdomains: p.unique_subdomains.unwrap_or(50).max(2),
+        window,
+        min_names: p.min_names.unwrap_or(20).max(2),
+        min_encoded_bytes,
+        label_entropy,
         txt_share,
         nxdomain_share,
         min_queries: p.min_queries.unwrap_or(20).max(1),

@@ -228,17 +228,20 @@ pub struct SegmentationParams {
 /// Parameters of the `dns_exfiltration` detector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsParams {
+    /// How long the evidence of one pod and registered domain adds up.
     pub window: Duration,
-    /// A label at least this long is suspicious on its own.
-    pub max_label_length: usize,
-    /// A label of 20+ characters, no hyphen, letters and digits mixed, with at least this
-    /// much Shannon entropy (bits per character) looks like encoded data.
-    pub max_label_entropy: f64,
-    /// Distinct names under one registered domain per window.
-    pub unique_subdomains: usize,
-    /// Share of TXT/NULL queries to one registered domain, once it had `min_queries`.
+    /// Distinct names a channel needs within the window: one lookup is not a data channel.
+    pub min_names: usize,
+    /// Bytes of data the names must carry within the window (estimated from their encoded
+    /// labels), before the query-type and NXDOMAIN weights.
+    pub min_encoded_bytes: u64,
+    /// A label of the hostname alphabet counts as encoded from 16 characters, letters and
+    /// digits mixed, with at least this Shannon entropy (bits per character).
+    pub label_entropy: f64,
+    /// A share of TXT/NULL queries at least this (once `min_queries` were seen) doubles the
+    /// evidence: it is how a tunnel gets data back.
     pub txt_share: f64,
-    /// Share of NXDOMAIN answers from one registered domain, once it had `min_queries`.
+    /// A share of NXDOMAIN answers at least this (once `min_queries` were seen) doubles it.
     pub nxdomain_share: f64,
     pub min_queries: usize,
     /// Registered domains (and their subdomains) never reported, e.g. the cluster's own.

@@ -175,33 +175,12 @@ impl TrainingCluster {
             }
             // Name lookups through kube-dns, seen by the DNS proxy as L7 flows.
             60..=69 => {
-                let dns = service(
-                    "kube-system",
-                    "coredns-5d78c9869d-x7k2p",
-                    "k8s-app=kube-dns",
-                    102,
-                    "Deployment",
-                    "coredns",
-                );
-                let mut f = self.base(src, &src_ip, dns, "10.0.0.10");
-                f.l4 = Some(Layer4 {
-                    protocol: Some(layer4::Protocol::Udp(Udp {
-                        source_port: sport,
-                        destination_port: 53,
-                    })),
-                });
                 let query = if self.rng.bool() {
                     DATASET_FQDN
                 } else {
                     "minio.storage.svc.cluster.local"
                 };
-                f.r#type = FlowType::L7 as i32;
-                f.event_type = Some(CiliumEventType {
-                    r#type: EVENT_L7,
-                    sub_type: 0,
-                });
-                f.l7 = Some(dns_request(query));
-                f
+                self.lookup_from(src, &src_ip, sport, query, "A")
             }
             // Dataset shards from in-cluster MinIO.
             70..=84 => {
@@ -226,6 +205,55 @@ impl TrainingCluster {
                 f
             }
         }
+    }
+
+    /// A lookup of `name` (query type `qtype`) by trainer `i` through kube-dns, as the DNS
+    /// proxy reports it.
+    pub fn lookup(&mut self, i: usize, name: &str, qtype: &str) -> Flow {
+        let (src, src_ip) = trainer(i);
+        let sport = self.rng.u32(32_768..61_000);
+        self.lookup_from(src, &src_ip, sport, name, qtype)
+    }
+
+    fn lookup_from(
+        &mut self,
+        src: Endpoint,
+        src_ip: &str,
+        sport: u32,
+        name: &str,
+        qtype: &str,
+    ) -> Flow {
+        let dns = service(
+            "kube-system",
+            "coredns-5d78c9869d-x7k2p",
+            "k8s-app=kube-dns",
+            102,
+            "Deployment",
+            "coredns",
+        );
+        let mut f = self.base(src, src_ip, dns, "10.0.0.10");
+        f.l4 = Some(Layer4 {
+            protocol: Some(layer4::Protocol::Udp(Udp {
+                source_port: sport,
+                destination_port: 53,
+            })),
+        });
+        f.r#type = FlowType::L7 as i32;
+        f.event_type = Some(CiliumEventType {
+            r#type: EVENT_L7,
+            sub_type: 0,
+        });
+        let mut l7 = dns_request(name);
+        if let Some(layer7::Record::Dns(d)) = &mut l7.record {
+            d.qtypes = vec![qtype.into()];
+        }
+        f.l7 = Some(l7);
+        f
+    }
+
+    /// Moves the simulated clock to `t` (nanoseconds since the epoch).
+    pub fn set_now_ns(&mut self, t: i64) {
+        self.now_ns = t;
     }
 
     /// What a compromised trainer does: probe the production database (dropped by the

@@ -724,16 +724,16 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
     let receiver = Receiver::start().await;
     let pipeline = Pipeline::start(&config(&[], &[&receiver.url]), &rules("10m"));
     let mut attack = Attack::new();
-    for chunk in [
-        "dGhlIHdlaWdodHMgb2YgbGxhbWE",
-        "LTcwYiBhcmUgYXQgczM6Ly9tb2",
-        "RlbHMvbGxhbWEtNzBiLw0KCg",
-    ] {
+    // dns2tcp's shape: TXT queries with base64 labels, a new name per chunk.
+    for i in 0..40 {
+        let (name, qtype) = exfilwatch::sim::dns::Tunnel::Dns2tcp.query(i, "x.tunnel.example.com");
         let mut query = attack.probe.clone();
         query.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
-        query.l7 = Some(exfilwatch::sim::traffic::dns_request(&format!(
-            "{chunk}1.x.tunnel.example.com"
-        )));
+        let mut l7 = exfilwatch::sim::traffic::dns_request(&name);
+        if let Some(exfilwatch::proto::flow::layer7::Record::Dns(d)) = &mut l7.record {
+            d.qtypes = vec![qtype.into()];
+        }
+        query.l7 = Some(l7);
         pipeline.send(attack.event(&query)).await;
     }
     let alerts = receiver.wait_for_alert("TrainingPodDnsExfiltration").await;
@@ -745,6 +745,7 @@ async fn dns_queries_carrying_data_raise_one_alert_per_domain() {
         &[
             ("source_pods", "ai-training/llm-pretrain-worker-2"),
             ("reasons", "encoded data"),
+            ("query_types", "TXT: "),
         ],
     );
 }

@@ -121,6 +121,46 @@ fn replay_prints_a_json_summary_with_bad_line_numbers() {
 }
 
 #[test]
+fn replay_shows_the_context_an_alert_grew_to() {
+    // 60 dnscat2-shaped queries, two a second: the alert fires partway and keeps counting.
+    let mut capture = String::new();
+    for i in 0..60u64 {
+        let (name, qtype) = exfilwatch::sim::dns::Tunnel::Dnscat2.query(i, "t.tunnel.example");
+        capture.push_str(&format!(
+            r#"{{"flow":{{"time":"2026-01-01T00:00:{:02}.{:03}Z","uuid":"{}","verdict":"FORWARDED","Type":"L7","l7":{{"type":"REQUEST","dns":{{"query":"{name}.","qtypes":["{qtype}"]}}}},"source":{{"namespace":"ai-training","pod_name":"llm-pretrain-worker-2"}},"destination":{{"namespace":"kube-system","pod_name":"coredns-0"}},"traffic_direction":"EGRESS"}}}}"#,
+            i / 2,
+            (i % 2) * 500,
+            exfilwatch::flow::format_uuid(u128::from(i) + 1)
+        ));
+        capture.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tunnel.jsonl");
+    std::fs::write(&path, capture).unwrap();
+    let out = exfilwatch()
+        .args(["replay", "--output", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alert = summary["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule"] == "TrainingPodDnsExfiltration")
+        .unwrap_or_else(|| panic!("{summary:#}"));
+    assert_eq!(alert["labels"]["destination"], "tunnel.example");
+    // Every query counts, those before the alert too, and the figures are the last ones.
+    let a = &alert["annotations"];
+    assert_eq!(a["count"], "60", "{alert:#}");
+    assert_eq!(a["queries"], "60", "{alert:#}");
+    assert_eq!(a["distinct_names"], "60", "{alert:#}");
+    assert_eq!(a["source_pods"], "ai-training/llm-pretrain-worker-2");
+    assert_eq!(a["query_types"], "TXT: 20, CNAME: 20, MX: 20", "{alert:#}");
+}
+
+#[test]
 fn replay_of_a_missing_file_exits_66() {
     let out = exfilwatch()
         .args(["replay", "/nonexistent/capture.jsonl"])

@@ -8,6 +8,7 @@
 mod alertmanager;
 mod cli;
 mod deploy;
+mod dns_corpus;
 mod evidence;
 mod flow_api;
 mod flow_store_memory;
