@@ -185,6 +185,27 @@ fn main() {
         });
         let (_tx, stream) = tokio::sync::watch::channel(StreamState::Streaming);
         let mut state = api::prepare(&api_config, telemetry, stream, None).unwrap();
+        // An alert for the console's alert page: the denied flows of the training namespace.
+        let alert = exfilwatch::alert::Alert {
+            fingerprint: "0123456789abcdef".into(),
+            rule: "TrainingPodUnexpectedEgress".into(),
+            labels: [
+                ("alertname", "TrainingPodUnexpectedEgress"),
+                ("namespace", "ai-training"),
+                ("severity", "critical"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            annotations: Default::default(),
+            context: Default::default(),
+            status: exfilwatch::alert::Status::Firing,
+            starts_at_ns: 1,
+            ends_at_ns: i64::MAX / 2,
+            generator_url: String::new(),
+            query: "source_namespace=ai-training&verdict=DROPPED&since=2025-01-01T00:00:00Z".into(),
+        };
+        exfilwatch::alert::save(&alerts, &alert, &[]).unwrap();
         state.flows = Some(store);
         state.alerts = Some(alerts);
         state.watched = vec!["ai-training".into()];
@@ -207,6 +228,10 @@ fn main() {
             "/api/v1/flows/top?by=destination&verdict=DROPPED",
             "/api/v1/flows/top?by=destination",
             "/api/v1/flows/top?by=source&since=30m",
+            "/ui/",
+            "/ui/alerts/0123456789abcdef",
+            "/ui/namespaces",
+            "/ui/flows?verdict=DROPPED&since=2025-01-01T00:00:00Z",
         ] {
             let mut ms = Vec::with_capacity(300);
             for i in 0..310 {
@@ -220,8 +245,20 @@ fn main() {
                 }
             }
             ms.sort_by(f64::total_cmp);
+            let weight = if path.starts_with("/ui/") {
+                let page = client.get(format!("{base}{path}")).send().await.unwrap();
+                let css = client
+                    .get(format!("{base}/ui/console.css"))
+                    .send()
+                    .await
+                    .unwrap();
+                let bytes = page.bytes().await.unwrap().len() + css.bytes().await.unwrap().len();
+                format!(", {:.1} KB with its stylesheet", bytes as f64 / 1000.0)
+            } else {
+                String::new()
+            };
             println!(
-                "  {path}: p50 {:.1} ms, p99 {:.1} ms",
+                "  {path}: p50 {:.1} ms, p99 {:.1} ms{weight}",
                 percentile(&ms, 0.5),
                 percentile(&ms, 0.99)
             );

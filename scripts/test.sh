@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 # Debian packages the integration tests run for real: Alertmanager (and Prometheus, which
-# the baseline tests use). The packages' install scripts would start system daemons on
-# 0.0.0.0; a policy-rc.d that forbids service starts stays in place during the install.
-if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null; then
+# the baseline tests use), and headless Chromium with its WebDriver for the console's tests.
+# The packages' install scripts would start system daemons on 0.0.0.0; a policy-rc.d that
+# forbids service starts stays in place during the install.
+if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
+  || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "missing prometheus/prometheus-alertmanager: run as root, or: sudo apt-get install -y --no-install-recommends prometheus prometheus-alertmanager" >&2
+    echo "missing packages: run as root, or: sudo apt-get install -y --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver" >&2
     exit 1
   fi
   created_policy=
@@ -22,7 +24,7 @@ if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/
     created_policy=1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver >/dev/null
   [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 

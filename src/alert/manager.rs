@@ -235,13 +235,9 @@ impl Manager {
         destination: &Destination,
         context: FlowContext,
     ) -> Alert {
-        let generator_url = format!(
-            "{}/api/v1/flows?{}",
-            self.config.external_url.trim_end_matches('/'),
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(evidence_query(rule, namespace, destination, &context))
-                .finish()
-        );
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(evidence_query(rule, namespace, destination, &context))
+            .finish();
         let destination = destination.to_string();
         let fixed = |f: &str| match f {
             "rule" => rule.name.clone(),
@@ -261,8 +257,13 @@ impl Manager {
         labels.insert("destination".into(), destination.clone());
         labels.insert("rule".into(), rule.name.clone());
         let now = now_ns();
+        let fingerprint = fingerprint(&labels);
+        let generator_url = format!(
+            "{}/ui/alerts/{fingerprint}",
+            self.config.external_url.trim_end_matches('/')
+        );
         let mut alert = Alert {
-            fingerprint: fingerprint(&labels),
+            fingerprint,
             rule: rule.name.clone(),
             labels,
             annotations: BTreeMap::new(),
@@ -271,6 +272,7 @@ impl Manager {
             starts_at_ns: now,
             ends_at_ns: now,
             generator_url,
+            query,
         };
         refresh(&mut alert, rule, &self.config);
         alert

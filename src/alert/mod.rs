@@ -230,7 +230,11 @@ pub struct Alert {
     /// For a firing alert, when Alertmanager should expire it unless re-sent; for a resolved
     /// one, when it resolved.
     pub ends_at_ns: i64,
+    /// The alert's page in the console; it shows the flows behind the alert.
     pub generator_url: String,
+    /// The flow query (`/api/v1/flows?...` parameters) that returns the flows behind it.
+    #[serde(default)]
+    pub query: String,
 }
 
 /// A stable identity for a label set: FNV-1a over the sorted pairs, as 16 hex digits.

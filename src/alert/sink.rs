@@ -357,6 +357,7 @@ mod tests {
             starts_at_ns: 1,
             ends_at_ns: 2,
             generator_url: String::new(),
+            query: String::new(),
         }
     }
 

@@ -33,8 +33,10 @@ pub struct AlertJson {
     pub starts_at: String,
     /// When a firing alert expires unless re-sent, or when a resolved one resolved.
     pub ends_at: String,
-    /// The flow query behind the alert.
+    /// The alert's page in the console.
     pub generator_url: String,
+    /// The flow query behind the alert: `/api/v1/flows?` with it returns its flows.
+    pub query: String,
     pub context: FlowContext,
 }
 
@@ -49,6 +51,7 @@ impl From<Alert> for AlertJson {
             labels: a.labels,
             annotations: a.annotations,
             generator_url: a.generator_url,
+            query: a.query,
             context: a.context,
         }
     }
@@ -134,15 +137,20 @@ pub struct AlertDetail {
 }
 
 /// The flow filter an alert's generator URL carries, bounded by when it resolved.
-fn alert_filter(alert: &Alert) -> Result<Filter, BadParameter> {
-    let pairs: Vec<(String, String)> = reqwest::Url::parse(&alert.generator_url)
-        .map(|url| {
-            url.query_pairs()
-                .filter(|(k, _)| FILTER_PARAMETERS.contains(&k.as_ref()))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+pub(super) fn alert_filter(alert: &Alert) -> Result<Filter, BadParameter> {
+    // Alerts saved before the query was kept carry it in their generator URL.
+    let query = if alert.query.is_empty() {
+        reqwest::Url::parse(&alert.generator_url)
+            .ok()
+            .and_then(|u| u.query().map(str::to_owned))
+            .unwrap_or_default()
+    } else {
+        alert.query.clone()
+    };
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| FILTER_PARAMETERS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let (mut f, _) = filter(pairs, crate::common::clock::now_ns())?;
     if f.since_ns.is_none() {
         f.since_ns = Some(alert.context.first_seen_ns);
@@ -172,7 +180,12 @@ pub async fn alert(
     let pairs = pairs(query, &["limit"], false)?;
     let rest: HashMap<String, String> = pairs.into_iter().collect();
     let limit = limit(&rest, DEFAULT_LIMIT)?;
-    let alerts = read_alerts(&state)?;
+    detail(&state, &fingerprint, limit).await
+}
+
+/// The alert with `fingerprint` and the newest `limit` flows behind it, as JSON.
+pub(super) async fn detail(state: &Arc<ApiState>, fingerprint: &str, limit: usize) -> Answer {
+    let alerts = read_alerts(state)?;
     let Some(alert) = alerts.into_iter().find(|a| a.fingerprint == fingerprint) else {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -194,7 +207,7 @@ pub async fn alert(
             ));
         }
     };
-    let page = blocking(&state, move |s| s.list(&f, None, limit)).await?;
+    let page = blocking(state, move |s| s.list(&f, None, limit)).await?;
     Ok(Json(AlertDetail {
         alert: alert.into(),
         flows: page.flows.iter().map(|f| f.to_json()).collect(),

@@ -96,6 +96,40 @@ fn duration_param(
     crate::common::units::parse_duration(text).map_err(|e| format!("{name}: {e}"))
 }
 
+/// A series of points, (seconds since the epoch, bytes per second).
+pub type Points = Vec<(i64, f64)>;
+
+/// `ns`'s 10-minute egress rate from Prometheus and its baseline, from `start` to `end`
+/// (seconds) every `step`.
+pub(super) async fn series(
+    api: &EgressApi,
+    baseline: &Baseline,
+    ns: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<(Points, Points), String> {
+    let query = format!(
+        "sum(rate({EGRESS_METRIC}{}[10m]))",
+        namespace_selector(&api.selector, ns)
+    );
+    let (series, _) = api
+        .prometheus
+        .range(&query, start, end, step)
+        .await
+        .map_err(|e| e.to_string())?;
+    let current = series
+        .into_iter()
+        .next()
+        .map(|s| s.points)
+        .unwrap_or_default();
+    let baseline = (0..=(end - start) / step)
+        .map(|k| start + k * step)
+        .filter_map(|t| Some((t, baseline.mean_at(t)?)))
+        .collect();
+    Ok((current, baseline))
+}
+
 /// `GET /api/v1/namespaces/{ns}/egress?range=24h&step=5m`.
 #[utoipa::path(get, path = "/api/v1/namespaces/{ns}/egress", tag = "egress",
     params(("ns" = String, Path, description = "Namespace"),
@@ -168,23 +202,10 @@ pub async fn namespace(
     };
     let end = crate::common::clock::now_ns() / 1_000_000_000 / step_s * step_s;
     let start = end - range_s;
-    let query = format!(
-        "sum(rate({EGRESS_METRIC}{}[10m]))",
-        namespace_selector(&api.selector, &ns)
-    );
-    let series = match api.prometheus.range(&query, start, end, step_s).await {
-        Ok((series, _)) => series,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "prometheus", e.to_string()),
+    let (current, baseline_series) = match series(api, baseline, &ns, start, end, step_s).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "prometheus", e),
     };
-    let current: Vec<(i64, f64)> = series
-        .into_iter()
-        .next()
-        .map(|s| s.points)
-        .unwrap_or_default();
-    let baseline_series: Vec<(i64, f64)> = (0..=range_s / step_s)
-        .map(|k| start + k * step_s)
-        .filter_map(|t| Some((t, baseline.mean_at(t)?)))
-        .collect();
     let by_time: HashMap<i64, f64> = baseline_series.iter().copied().collect();
     let ratio: Vec<(i64, f64)> = current
         .iter()

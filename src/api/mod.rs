@@ -18,6 +18,7 @@ pub mod namespaces;
 mod params;
 pub mod reload;
 pub mod runbooks;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,13 @@ pub struct ApiState {
     pub reloads: Option<reload::Reloads>,
     tokens: RwLock<Vec<Vec<u8>>>,
     tokens_file: Option<PathBuf>,
+    /// Signs the console's session cookies.
+    session_key: ui::SessionKey,
+    /// Whether users reach the API over HTTPS (`api.external_url`): session cookies are
+    /// then `Secure`.
+    external_https: bool,
+    /// Alertmanager's address, for the console's silence links.
+    pub alertmanager: Option<String>,
 }
 
 /// Reads the tokens and checks the listen address against them.
@@ -98,6 +106,9 @@ pub fn prepare(
         reloads: None,
         tokens: RwLock::new(tokens(config)?),
         tokens_file: config.tokens_file.clone(),
+        session_key: ui::SessionKey::random(),
+        external_https: config.external_url.starts_with("https://"),
+        alertmanager: None,
     })
 }
 
@@ -138,6 +149,13 @@ async fn reload_tokens(state: Arc<ApiState>, config: ApiConfig, cancel: Cancella
     }
 }
 
+/// Whether `presented` is one of `tokens`, compared in constant time with every one.
+fn token_known(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
+    tokens
+        .iter()
+        .fold(false, |found, t| found | constant_time_eq(presented, t))
+}
+
 /// Equal in time independent of where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -168,12 +186,7 @@ async fn authenticate(
         .map(str::as_bytes);
     let ok = {
         let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
-        tokens.is_empty()
-            || presented.is_some_and(|p| {
-                tokens
-                    .iter()
-                    .fold(false, |found, t| found | constant_time_eq(p, t))
-            })
+        tokens.is_empty() || presented.is_some_and(|p| token_known(&tokens, p))
     };
     if ok {
         next.run(request).await
@@ -204,7 +217,12 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
         .unwrap_or(0);
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     let query = request.uri().query().map_or(0, str::len);
-    if body > 0 || chunked || query > MAX_QUERY {
+    // The console's sign-in form is the one body taken.
+    let form = request.method() == axum::http::Method::POST
+        && request.uri().path() == "/ui/login"
+        && !chunked
+        && body <= ui::MAX_FORM;
+    if (body > 0 && !form) || chunked || query > MAX_QUERY {
         state.telemetry.bad_requests.inc();
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -351,7 +369,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let protected = protected
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    open.merge(protected)
+    open.merge(ui::router(state.clone()))
+        .merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
 }

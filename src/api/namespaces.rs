@@ -52,8 +52,16 @@ pub async fn namespaces(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let pairs = pairs(query, &["since"], false)?;
-    let now = crate::common::clock::now_ns();
     let since = pairs.first().map_or("24h", |(_, v)| v.as_str()).to_owned();
+    Ok(Json(rows(&state, since).await?).into_response())
+}
+
+/// The watched namespaces with their counts since `since`, alerts and egress.
+pub(super) async fn rows(
+    state: &Arc<ApiState>,
+    since: String,
+) -> Result<Vec<NamespaceJson>, super::error::Refusal> {
+    let now = crate::common::clock::now_ns();
     let (all, denied) = match (filter(vec![("since".into(), since.clone())], now), {
         let reasons: Vec<String> = POLICY_DROP_REASONS.iter().map(u32::to_string).collect();
         filter(
@@ -68,7 +76,7 @@ pub async fn namespaces(
         (Ok((a, _)), Ok((d, _))) => (a, d),
         (Err(e), _) | (_, Err(e)) => return Err(e.into()),
     };
-    let counts = blocking(&state, move |s| {
+    let counts = blocking(state, move |s| {
         let (all, _) = s.top(&all, GroupBy::Namespace, usize::MAX)?;
         let (denied, _) = s.top(&denied, GroupBy::Namespace, usize::MAX)?;
         Ok((all, denied))
@@ -99,7 +107,7 @@ pub async fn namespaces(
         r.flows += flows;
         r.denied += denied;
     }
-    if let Ok(alerts) = read_alerts(&state) {
+    if let Ok(alerts) = read_alerts(state) {
         for a in alerts.iter().filter(|a| a.status == Status::Firing) {
             if let Some(ns) = a.labels.get("namespace")
                 && let Some(r) = rows.get_mut(ns)
@@ -117,5 +125,5 @@ pub async fn namespaces(
             }
         }
     }
-    Ok(Json(rows.into_values().collect::<Vec<_>>()).into_response())
+    Ok(rows.into_values().collect())
 }

@@ -264,6 +264,7 @@ pub async fn run(
         state.flows = Some(flow_store.clone());
         state.alerts = Some(store.clone());
         state.watched = config.hubble.namespaces.clone();
+        state.alertmanager = config.alertmanager.urls.first().cloned();
         if config_path.is_some() {
             state.reloads = Some(reload_tx);
         }
@@ -279,7 +280,9 @@ pub async fn run(
         }
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("api: serving http://{addr}/api/v1/flows, /metrics, /healthz, /readyz");
+        tracing::info!(
+            "api: serving the console at http://{addr}/ui/, and /api/v1/flows, /metrics, /healthz, /readyz"
+        );
     }
     let (flow_sink, flow_writer) = FlowSink::start(flow_store.clone());
     let api_stop = CancellationToken::new();

@@ -72,8 +72,16 @@ pub(super) async fn demo(
     config.alertmanager.urls = alertmanager.into_iter().collect();
     config.prometheus.url = Some(format!("http://{prometheus_addr}"));
     config.prometheus.interval = Duration::from_secs(1);
-    // An ephemeral port: the demo must not collide with a service on 8080.
-    config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // A free port: the demo must not collide with a service on 8080. The console's links
+    // need the port it ends up on.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port());
+    config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    config.api.external_url = format!("http://127.0.0.1:{port}");
+    tracing::info!(
+        "demo: the console is at http://127.0.0.1:{port}/ui/ while the demo runs (--duration 10m to look around)"
+    );
     config.flows.dir = None;
     let rules: Vec<Arc<Rule>> = match rules::default_pack() {
         Ok(r) => r.into_iter().map(Arc::new).collect(),

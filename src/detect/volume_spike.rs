@@ -132,6 +132,7 @@ impl VolumeSpike {
         extra.insert("current_rate".into(), format!("{rate:.0}"));
         extra.insert("baseline".into(), format!("{baseline:.0}"));
         extra.insert("ratio".into(), format!("{ratio:.2}"));
+        extra.insert("factor".into(), self.params.factor.to_string());
         extra.insert("model".into(), self.params.model.name().into());
         extra.insert(
             "coverage".into(),

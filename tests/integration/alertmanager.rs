@@ -435,10 +435,14 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
         "Exfiltration (TA0010): Exfiltration Over Alternative Protocol (T1048)"
     );
     assert_eq!(alert["labels"]["mitre_technique"], "T1048");
+    // The link opens the alert's page in the console.
+    let link = alert["generatorURL"].as_str().unwrap();
+    let id = link
+        .strip_prefix("http://127.0.0.1:8080/ui/alerts/")
+        .unwrap_or_else(|| panic!("{link}"));
     assert!(
-        alert["generatorURL"].as_str().unwrap().starts_with("http://127.0.0.1:8080/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&fqdn=paste.example.net&since="),
-        "{}",
-        alert["generatorURL"]
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{link}"
     );
 
     // 1,000 more attempts to the same destination: one alert, a growing count.
@@ -777,7 +781,8 @@ async fn an_alert_alertmanager_refuses_is_a_dead_letter_and_the_rest_of_its_batc
             status: Status::Firing,
             starts_at_ns: now_ns(),
             ends_at_ns: now_ns() + 600_000_000_000,
-            generator_url: "http://127.0.0.1/api/v1/flows".into(),
+            generator_url: "http://127.0.0.1/ui/alerts/x".into(),
+            query: String::new(),
         };
         exfilwatch::alert::save(&store, &alert, std::slice::from_ref(&am.url)).unwrap();
     }

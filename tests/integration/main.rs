@@ -7,6 +7,7 @@
 
 mod alertmanager;
 mod cli;
+mod console;
 mod deploy;
 mod dns_corpus;
 mod evidence;

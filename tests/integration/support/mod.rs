@@ -2,6 +2,7 @@
 //! waiting for events with a generous guard timeout (a hang fails the test instead of
 //! blocking CI), and the service itself ([`service`]).
 
+pub mod browser;
 pub mod service;
 
 use std::net::SocketAddr;

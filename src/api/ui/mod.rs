@@ -1,0 +1,429 @@
+//! The web console under `/ui/`: alerts, an alert's evidence, the watched namespaces against
+//! their baselines, and a flows explorer; served by `exfilwatch run` from the binary itself.
+//!
+//! Pages are rendered on the server as HTML with inline SVG charts and need no JavaScript; the
+//! stylesheet is the only other resource. Every value that comes from flows, alerts or the
+//! request (pod names, DNS names, labels: attacker-controlled text) goes through [`escape`].
+//! Responses carry a strict Content-Security-Policy (no script at all, styles from the console
+//! only, no framing).
+//!
+//! Sign-in: where API tokens are configured, a browser cannot send a bearer header, so a token
+//! entered once on `/ui/login` becomes a session cookie (`HttpOnly`, `SameSite=Strict`,
+//! `Secure` behind HTTPS, 8 hours), signed with HMAC-SHA256 under a key made at start-up, and
+//! bound to the token: removing the token from `api.tokens_file` ends its sessions. Bearer
+//! tokens work on the console too (an API client that follows an alert's link gets JSON).
+//! Without tokens (loopback), there is no sign-in.
+
+mod pages;
+mod svg;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use ring::hmac;
+
+use super::ApiState;
+
+/// How long a session lasts.
+pub const SESSION: Duration = Duration::from_secs(8 * 3600);
+/// The session cookie's name.
+const COOKIE: &str = "exfilwatch_session";
+/// Largest sign-in form accepted.
+pub const MAX_FORM: u64 = 4096;
+
+const CSS: &str = include_str!("console.css");
+
+/// Headers of every console response.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// `text` with HTML's special characters replaced, safe in element content and in quoted
+/// attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() && c != '\n' && c != '\t' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The signing key of session cookies: random, made once per process.
+#[derive(Debug)]
+pub struct SessionKey(hmac::Key);
+
+impl SessionKey {
+    pub fn random() -> SessionKey {
+        let rng = ring::rand::SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+            hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &crate::common::clock::now_ns().to_le_bytes(),
+            )
+        });
+        SessionKey(key)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A short digest naming a token without revealing it.
+fn token_id(token: &[u8]) -> String {
+    hex(&ring::digest::digest(&ring::digest::SHA256, token).as_ref()[..12])
+}
+
+/// The cookie value for a session of `token` ending at `expires` (seconds since the epoch).
+fn session_value(key: &SessionKey, token: &[u8], expires: i64) -> String {
+    let body = format!("{expires}.{}", token_id(token));
+    let tag = hmac::sign(&key.0, body.as_bytes());
+    format!("{body}.{}", hex(tag.as_ref()))
+}
+
+/// Whether `value` is a session signed with `key`, not expired at `now` (seconds), for a
+/// token still in `tokens`.
+fn session_valid(key: &SessionKey, value: &str, tokens: &[Vec<u8>], now: i64) -> bool {
+    let mut parts = value.splitn(3, '.');
+    let (Some(expires), Some(id), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(expires_at) = expires.parse::<i64>() else {
+        return false;
+    };
+    let Some(tag) = (0..tag.len())
+        .step_by(2)
+        .map(|i| {
+            tag.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let body = format!("{expires}.{id}");
+    hmac::verify(&key.0, body.as_bytes(), &tag).is_ok()
+        && expires_at > now
+        && tokens.iter().any(|t| token_id(t) == id)
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// How a request to the console is authenticated, if at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No tokens are configured: the console is open.
+    Open,
+    Session,
+    Bearer,
+}
+
+fn access(state: &ApiState, headers: &HeaderMap) -> Option<Access> {
+    let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
+    if tokens.is_empty() {
+        return Some(Access::Open);
+    }
+    if let Some(value) = cookie_value(headers, COOKIE)
+        && session_valid(
+            &state.session_key,
+            value,
+            &tokens,
+            crate::common::clock::now_ns() / 1_000_000_000,
+        )
+    {
+        return Some(Access::Session);
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::bearer_token)?;
+    super::token_known(&tokens, bearer.as_bytes()).then_some(Access::Bearer)
+}
+
+/// Lets signed-in requests through; sends the rest to the sign-in page.
+async fn require_session(
+    State(state): State<Arc<ApiState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match access(&state, request.headers()) {
+        Some(how) => {
+            request.extensions_mut().insert(how);
+            next.run(request).await
+        }
+        None => {
+            let here = request
+                .uri()
+                .path_and_query()
+                .map_or("/ui/", |p| p.as_str())
+                .to_owned();
+            let target = format!(
+                "/ui/login?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", &here)
+                    .finish()
+            );
+            Redirect::to(&target).into_response()
+        }
+    }
+}
+
+/// Adds the console's security headers.
+async fn secure_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An HTML page: the console's frame around `body`, titled `title`.
+pub fn page(state: &ApiState, title: &str, current: &str, body: &str) -> Response {
+    let signed_in = !state
+        .tokens
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty();
+    let mut html = String::with_capacity(body.len() + 2048);
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · exfilwatch</title><link rel=\"stylesheet\" href=\"/ui/console.css\"></head><body><header><a class=\"brand\" href=\"/ui/\">exfilwatch</a><nav>",
+        escape(title)
+    );
+    for (href, name) in [
+        ("/ui/", "Alerts"),
+        ("/ui/namespaces", "Namespaces"),
+        ("/ui/flows", "Flows"),
+    ] {
+        let class = if name == current {
+            " class=\"current\""
+        } else {
+            ""
+        };
+        let _ = write!(html, "<a href=\"{href}\"{class}>{name}</a>");
+    }
+    html.push_str("</nav>");
+    if signed_in {
+        html.push_str("<form method=\"post\" action=\"/ui/logout\" class=\"signout\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form>");
+    }
+    html.push_str("</header><main>");
+    html.push_str(body);
+    let _ = write!(
+        html,
+        "</main><footer>exfilwatch {} ({})</footer></body></html>",
+        crate::common::version::VERSION,
+        crate::common::version::REVISION
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// A page saying what went wrong, with `status`.
+pub fn problem(state: &ApiState, status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = format!(
+        "<h1>{}</h1><p class=\"problem\">{}</p>",
+        escape(title),
+        escape(detail)
+    );
+    let mut r = page(state, title, "", &body);
+    *r.status_mut() = status;
+    r
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+/// Where to go after signing in: a console path, never another site.
+fn safe_next(next: &str) -> &str {
+    if next.starts_with("/ui/") && !next.starts_with("/ui//") && !next.contains('\\') {
+        next
+    } else {
+        "/ui/"
+    }
+}
+
+fn login_form(state: &ApiState, next: &str, message: Option<&str>) -> Response {
+    let mut body = String::from("<h1>Sign in</h1>");
+    if let Some(m) = message {
+        let _ = write!(
+            body,
+            "<p class=\"problem\" id=\"login-problem\">{}</p>",
+            escape(m)
+        );
+    }
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"/ui/login\" class=\"login\"><label for=\"token\">API token</label><input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required><input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\" id=\"sign-in\">Sign in</button></form><p class=\"hint\">A token from <code>api.tokens_file</code>; it becomes a session of {} hours in this browser.</p>",
+        escape(safe_next(next)),
+        SESSION.as_secs() / 3600
+    );
+    page(state, "Sign in", "", &body)
+}
+
+async fn login_page(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let next = q
+        .iter()
+        .find(|(k, _)| k == "next")
+        .map_or("/ui/", |(_, v)| v.as_str());
+    if state
+        .tokens
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+    {
+        return Redirect::to(safe_next(next)).into_response();
+    }
+    login_form(&state, next, None)
+}
+
+async fn login(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Response {
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| {
+        form.iter()
+            .find(|(key, _)| key == k)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let (token, next) = (get("token").trim(), safe_next(get("next")).to_owned());
+    let known = {
+        let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
+        !tokens.is_empty() && super::token_known(&tokens, token.as_bytes())
+    };
+    if !known {
+        let mut r = login_form(&state, &next, Some("That token is not accepted."));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    }
+    let expires = crate::common::clock::now_ns() / 1_000_000_000 + SESSION.as_secs() as i64;
+    let value = session_value(&state.session_key, token.as_bytes(), expires);
+    let secure = if state.external_https { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION.as_secs()
+    );
+    let mut r = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(State(state): State<Arc<ApiState>>) -> Response {
+    let secure = if state.external_https { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
+    let mut r = Redirect::to("/ui/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The console's router: sign-in pages and the stylesheet open, the rest behind a session.
+pub fn router(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
+    let protected = Router::new()
+        .route("/ui/", get(pages::alerts))
+        .route("/ui/alerts/{fingerprint}", get(pages::alert))
+        .route("/ui/namespaces", get(pages::namespaces))
+        .route("/ui/flows", get(pages::flows))
+        .route("/ui/flows.ndjson", get(pages::export))
+        .layer(middleware::from_fn_with_state(state, require_session));
+    Router::new()
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/console.css", get(stylesheet))
+        .merge(protected)
+        .layer(middleware::from_fn(secure_headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_leaves_no_markup() {
+        assert_eq!(
+            escape("<script>alert('x')</script>&\"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;q&quot;"
+        );
+        assert_eq!(escape("a\u{1b}[2mb"), "a\\u{1b}[2mb");
+    }
+
+    #[test]
+    fn sessions_are_signed_bound_to_their_token_and_expire() {
+        let key = SessionKey::random();
+        let tokens = vec![b"token-a".to_vec(), b"token-b".to_vec()];
+        let value = session_value(&key, b"token-a", 1_000);
+        assert!(session_valid(&key, &value, &tokens, 999));
+        assert!(!session_valid(&key, &value, &tokens, 1_000), "expired");
+        assert!(
+            !session_valid(&key, &value, &tokens[1..], 999),
+            "token removed"
+        );
+        assert!(
+            !session_valid(&SessionKey::random(), &value, &tokens, 999),
+            "other key"
+        );
+        let forged = value.replacen("1000", "9999", 1);
+        assert!(!session_valid(&key, &forged, &tokens, 999), "forged expiry");
+        assert!(!session_valid(&key, "garbage", &tokens, 0));
+    }
+
+    #[test]
+    fn sign_in_only_returns_to_the_console() {
+        assert_eq!(safe_next("/ui/alerts/abc"), "/ui/alerts/abc");
+        assert_eq!(safe_next("https://evil.example/"), "/ui/");
+        assert_eq!(safe_next("//evil.example/ui/"), "/ui/");
+        assert_eq!(safe_next("/ui//evil.example"), "/ui/");
+        assert_eq!(safe_next("/ui/\\evil"), "/ui/");
+    }
+}
