@@ -63,7 +63,12 @@ pub struct ApiState {
     external_https: bool,
     /// Alertmanager's address, for the console's silence links.
     pub alertmanager: Option<String>,
+    /// The rule pack in force, for the console's rule pages (replaced by a reload).
+    pub rules: SharedRules,
 }
+
+/// A rule pack several tasks read and a reload replaces.
+pub type SharedRules = Arc<RwLock<Vec<Arc<crate::rules::Rule>>>>;
 
 /// Reads the tokens and checks the listen address against them.
 pub fn tokens(config: &ApiConfig) -> Result<Vec<Vec<u8>>, String> {
@@ -109,6 +114,7 @@ pub fn prepare(
         session_key: ui::SessionKey::random(),
         external_https: config.external_url.starts_with("https://"),
         alertmanager: None,
+        rules: SharedRules::default(),
     })
 }
 

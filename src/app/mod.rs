@@ -265,6 +265,7 @@ pub async fn run(
         state.alerts = Some(store.clone());
         state.watched = config.hubble.namespaces.clone();
         state.alertmanager = config.alertmanager.urls.first().cloned();
+        *state.rules.write().unwrap_or_else(|p| p.into_inner()) = rules.to_vec();
         if config_path.is_some() {
             state.reloads = Some(reload_tx);
         }
@@ -284,6 +285,7 @@ pub async fn run(
             "api: serving the console at http://{addr}/ui/, and /api/v1/flows, /metrics, /healthz, /readyz"
         );
     }
+    let shown_rules = api_state.rules.clone();
     let (flow_sink, flow_writer) = FlowSink::start(flow_store.clone());
     let api_stop = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(
@@ -301,6 +303,7 @@ pub async fn run(
                 status,
                 engine: rules_tx,
                 spike_factor,
+                shown: shown_rules,
             };
             Some(tokio::spawn(reloader.run(reload_rx, cancel.child_token())))
         }

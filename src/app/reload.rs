@@ -34,6 +34,8 @@ pub struct Reloader {
     pub engine: mpsc::Sender<RuleUpdate>,
     /// The smallest spike factor of the pack, for the egress task.
     pub spike_factor: watch::Sender<f64>,
+    /// The pack the console shows.
+    pub shown: crate::api::SharedRules,
 }
 
 impl Reloader {
@@ -111,6 +113,7 @@ impl Reloader {
         self.spike_factor
             .send_replace(Engine::smallest_spike_factor(&rules));
         let (applied, changes) = oneshot::channel();
+        *self.shown.write().unwrap_or_else(|p| p.into_inner()) = rules.clone();
         let update = RuleUpdate { rules, applied };
         let changes = match self.engine.send(update).await {
             Ok(()) => changes

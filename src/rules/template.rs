@@ -43,6 +43,19 @@ pub struct Template {
     parts: Vec<Part>,
 }
 
+/// The template as a rule writes it.
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => f.write_str(t)?,
+                Part::Field(name) => write!(f, "{{{{ {name} }}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Template {
     /// Parses `text`; the error names the bad placeholder and lists the known fields.
     pub fn parse(text: &str) -> Result<Template, String> {

@@ -197,6 +197,14 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
         "{silence}"
     );
 
+    // The alert's rule, as loaded.
+    browser.click("#rule").await;
+    let rule = browser.text("#rule-definition").await;
+    assert!(
+        rule.contains("policy_denied") && rule.contains("default.yaml:"),
+        "{rule}"
+    );
+
     // The volume spike's page: the egress chart against the baseline and its limit.
     browser.goto(spike["generator_url"].as_str().unwrap()).await;
     assert_eq!(browser.all("#spike-chart polyline").await.len(), 3);
@@ -258,6 +266,25 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
     );
     // The JSON API still takes bearer tokens.
     service.ok("/api/v1/flows?limit=1").await;
+    let (code, out) = service.terminate().await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_on_loopback_the_console_needs_no_sign_in() {
+    let relay = relay(None).await;
+    let service = Service::spawn(&RunConfig::new(relay.addr), tempfile::tempdir().unwrap());
+    service.ready().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let alerts = client.get(service.url("/ui/")).send().await.unwrap();
+    assert_eq!(alerts.status(), 200);
+    assert!(alerts.text().await.unwrap().contains("<h1>Alerts</h1>"));
+    let login = client.get(service.url("/ui/login")).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    assert_eq!(login.headers()["location"], "/ui/");
     let (code, out) = service.terminate().await;
     assert_eq!(code, Some(0), "{out}");
 }

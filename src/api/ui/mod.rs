@@ -375,6 +375,7 @@ pub fn router(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/ui/namespaces", get(pages::namespaces))
         .route("/ui/flows", get(pages::flows))
         .route("/ui/flows.ndjson", get(pages::export))
+        .route("/ui/rules/{name}", get(pages::rule))
         .layer(middleware::from_fn_with_state(state, require_session));
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))

@@ -402,8 +402,8 @@ pub async fn alert(
     }
     let _ = write!(
         body,
-        "<a id=\"explore\" href=\"/ui/flows?{q}\">Open in the flows explorer</a><a href=\"/api/v1/flows?{q}\">As JSON</a><span class=\"muted\">Rule {}</span></p>",
-        escape(&a.rule),
+        "<a id=\"explore\" href=\"/ui/flows?{q}\">Open in the flows explorer</a><a href=\"/api/v1/flows?{q}\">As JSON</a><a id=\"rule\" href=\"/ui/rules/{rule}\">Rule {rule}</a></p>",
+        rule = escape(&a.rule),
         q = escape(&a.query),
     );
     if let Some(d) = a.annotations.get("description") {
@@ -443,6 +443,53 @@ pub async fn alert(
         );
     }
     page(&state, summary, "Alerts", &body)
+}
+
+/// `GET /ui/rules/{name}`: a rule of the pack in force, as it was loaded.
+pub async fn rule(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    let rule = state
+        .rules
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|r| r.name == name)
+        .cloned();
+    let Some(r) = rule else {
+        return problem(
+            &state,
+            StatusCode::NOT_FOUND,
+            "No such rule",
+            "No rule of this name is in force (it may be built in, or removed by a reload).",
+        );
+    };
+    let mut body = format!(
+        "<h1>Rule {}</h1><dl class=\"context\" id=\"rule-definition\"><dt>kind</dt><dd>{}</dd><dt>defined at</dt><dd>{}</dd><dt>enabled</dt><dd>{}</dd><dt>severity</dt><dd>{}</dd><dt>namespaces</dt><dd>{}</dd><dt>resolves after</dt><dd>{:?} of quiet</dd>",
+        escape(&r.name),
+        r.kind.name(),
+        escape(&r.origin),
+        r.enabled,
+        r.severity.as_str(),
+        escape(&format!(
+            "names {:?}, labels {:?}",
+            r.namespaces.names, r.namespaces.labels
+        )),
+        r.resolve_after,
+    );
+    for (k, t) in r.labels.iter().chain(&r.annotations) {
+        let _ = write!(
+            body,
+            "<dt>{}</dt><dd>{}</dd>",
+            escape(k),
+            escape(&t.to_string())
+        );
+    }
+    let _ = write!(
+        body,
+        "</dl><h2>Parameters</h2><pre>{}</pre><p class=\"actions\"><a href=\"/runbooks/{n}\">Runbook</a></p>",
+        escape(&format!("{:#?}", r.kind)),
+        n = escape(&r.name)
+    );
+    page(&state, &r.name, "Alerts", &body)
 }
 
 /// `GET /ui/namespaces`: every watched namespace with its flows, denials, alerts and egress
