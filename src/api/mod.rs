@@ -111,7 +111,7 @@ pub fn prepare(
         reloads: None,
         tokens: RwLock::new(tokens(config)?),
         tokens_file: config.tokens_file.clone(),
-        session_key: ui::SessionKey::random(),
+        session_key: ui::SessionKey::random()?,
         external_https: config.external_url.starts_with("https://"),
         alertmanager: None,
         rules: SharedRules::default(),

@@ -68,15 +68,15 @@ pub fn escape(text: &str) -> String {
 pub struct SessionKey(hmac::Key);
 
 impl SessionKey {
-    pub fn random() -> SessionKey {
+    /// A key from the system's random source; without one the service does not start (a
+    /// guessable key would let anyone forge a session).
+    pub fn random() -> Result<SessionKey, String> {
         let rng = ring::rand::SystemRandom::new();
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
-            hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &crate::common::clock::now_ns().to_le_bytes(),
-            )
-        });
-        SessionKey(key)
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .map(SessionKey)
+            .map_err(|_| {
+                "the system's random source is unavailable: no key for console sessions".into()
+            })
     }
 }
 
@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn sessions_are_signed_bound_to_their_token_and_expire() {
-        let key = SessionKey::random();
+        let key = SessionKey::random().unwrap();
         let tokens = vec![b"token-a".to_vec(), b"token-b".to_vec()];
         let value = session_value(&key, b"token-a", 1_000);
         assert!(session_valid(&key, &value, &tokens, 999));
@@ -411,7 +411,7 @@ mod tests {
             "token removed"
         );
         assert!(
-            !session_valid(&SessionKey::random(), &value, &tokens, 999),
+            !session_valid(&SessionKey::random().unwrap(), &value, &tokens, 999),
             "other key"
         );
         let forged = value.replacen("1000", "9999", 1);
