@@ -224,11 +224,15 @@ impl DnsExfil {
         })
     }
 
+    /// Whether `name` is an allowed domain or under one; compared as bytes, since the name is
+    /// the workload's text and need not split on a character boundary where a suffix starts.
     fn allowed(&self, name: &str) -> bool {
+        let name = name.as_bytes();
         self.params.allow.iter().any(|a| {
+            let a = a.as_bytes();
             name.len() >= a.len()
                 && name[name.len() - a.len()..].eq_ignore_ascii_case(a)
-                && (name.len() == a.len() || name.as_bytes()[name.len() - a.len() - 1] == b'.')
+                && (name.len() == a.len() || name[name.len() - a.len() - 1] == b'.')
         })
     }
 }
@@ -496,6 +500,28 @@ mod tests {
             }
         }
         assert_eq!(fired, Some(34));
+    }
+
+    #[test]
+    fn names_of_any_text_are_weighed_without_panic() {
+        let mut decoder = JsonDecoder::default();
+        let mut d = detector();
+        for (i, name) in [
+            "é",
+            "aé",
+            "ééluster.local",
+            "ü.cluster.local",
+            "xn--bcher-kva.example",
+            "日本語.例え.jp",
+            ".",
+            "a..b",
+        ]
+        .iter()
+        .enumerate()
+        {
+            d.check(&query(&mut decoder, "w-1", name, "A", i as u64 * 100));
+        }
+        assert!(d.allowed("ü.cluster.local") && !d.allowed("aé"));
     }
 
     #[test]
