@@ -1,6 +1,6 @@
 //! Property-based fuzzing of every parser that reads outside input: the jsonpb line decoder,
 //! the protobuf-to-FlowEvent decoder, the configuration and rule loaders, the Prometheus
-//! answer parsers and the REST API's filter parameters. Inputs are random bytes and random
+//! answer parsers, the REST API's filter parameters, and the DNS detector on query names. Inputs are random bytes and random
 //! mutations of valid inputs (the fixtures, the shipped configuration and rule pack); each
 //! must give a value or an error, never a panic, and errors must say what was wrong.
 //!
@@ -187,5 +187,40 @@ fn the_flow_filter_parameters_never_panic_and_name_themselves() {
             Err(e) => prop_assert_eq!(e.parameter, key),
         }
         let _ = f.check_range();
+    });
+}
+
+/// The detectors that read the workload's own text: DNS query names of any bytes, through
+/// the DNS detector (the Public Suffix List, the label alphabets, the allow list) and into an
+/// alert's context, never panic.
+#[test]
+fn the_dns_detector_never_panics_on_query_names() {
+    use exfilwatch::detect::dns_exfil::DnsExfil;
+    use exfilwatch::sim::traffic::TrainingCluster;
+    let rule = std::sync::Arc::new(
+        rules::default_pack()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "TrainingPodDnsExfiltration")
+            .unwrap(),
+    );
+    let names = prop::collection::vec(
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9\\\\.\\-_+/=é日]{0,80}",
+            "([a-f0-9]{30}\\.){1,3}[a-z]{1,8}\\.(example|co\\.uk|s3\\.amazonaws\\.com)",
+        ],
+        1..40,
+    );
+    proptest!(runner(), |(names in names)| {
+        let mut detector = DnsExfil::new(rule.clone()).unwrap();
+        let mut cluster = TrainingCluster::new(1, 1_767_225_600_000_000_000, 1_000_000);
+        let mut decoder = Decoder::default();
+        for name in &names {
+            let flow = cluster.lookup(1, name, "TXT");
+            if let Some(event) = exfilwatch::sim::received(&mut decoder, flow) {
+                let _ = detector.check(&event);
+            }
+        }
     });
 }
