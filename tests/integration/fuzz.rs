@@ -1,7 +1,7 @@
 //! Property-based fuzzing of every parser that reads outside input: the jsonpb line decoder,
 //! the protobuf-to-FlowEvent decoder, the configuration and rule loaders, the Prometheus
-//! answer parsers, the REST API's filter parameters, and the DNS detector on query names. Inputs are random bytes and random
-//! mutations of valid inputs (the fixtures, the shipped configuration and rule pack); each
+//! answer parsers, the REST API's filter parameters, and the DNS detector on query names.
+//! Inputs are random bytes and random mutations of valid inputs (the fixtures, the shipped configuration and rule pack); each
 //! must give a value or an error, never a panic, and errors must say what was wrong.
 //!
 //! Cases per target: 2,000 in CI; `PROPTEST_CASES=100000` for a longer run by hand. A failure
