@@ -28,7 +28,10 @@ fn main() {
 
 const BATCH: usize = 4096;
 
-fn messages() -> Vec<Vec<u8>> {
+/// The two flow shapes: the simulator's (about 600 bytes) and Cilium-shaped (about 1.25 KB).
+const SHAPES: [&str; 2] = ["simulator", "cilium-shaped"];
+
+fn messages(shape: &str) -> Vec<Vec<u8>> {
     let mut cluster = TrainingCluster::new(11, 1_764_115_200_000_000_000, 100_000);
     let mut out = Vec::with_capacity(BATCH);
     while out.len() < BATCH {
@@ -38,6 +41,11 @@ fn messages() -> Vec<Vec<u8>> {
             vec![cluster.next_flow()]
         };
         for f in flows {
+            let f = if shape == "cilium-shaped" {
+                exfilwatch::sim::traffic::cilium_shaped(f)
+            } else {
+                f
+            };
             out.push(exfilwatch::sim::encode(f));
         }
     }
@@ -61,8 +69,8 @@ fn engine(keep: impl Fn(&Rule) -> bool) -> Engine {
     .0
 }
 
-fn run(bencher: Bencher, mut engine: Engine) {
-    let messages = messages();
+fn run(bencher: Bencher, mut engine: Engine, shape: &str) {
+    let messages = messages(shape);
     let mut decoder = Decoder::default();
     bencher
         .counter(ItemsCount::new(messages.len()))
@@ -76,12 +84,16 @@ fn run(bencher: Bencher, mut engine: Engine) {
         });
 }
 
-#[divan::bench]
-fn policy_denied_only(bencher: Bencher) {
-    run(bencher, engine(|r| r.name == "TrainingPodUnexpectedEgress"));
+#[divan::bench(args = SHAPES)]
+fn policy_denied_only(bencher: Bencher, shape: &str) {
+    run(
+        bencher,
+        engine(|r| r.name == "TrainingPodUnexpectedEgress"),
+        shape,
+    );
 }
 
-#[divan::bench]
-fn all_detectors(bencher: Bencher) {
-    run(bencher, engine(|_| true));
+#[divan::bench(args = SHAPES)]
+fn all_detectors(bencher: Bencher, shape: &str) {
+    run(bencher, engine(|_| true), shape);
 }

@@ -8,7 +8,9 @@
 //!   summarising consumer run on one current-thread runtime, i.e. one core.
 //!
 //! Inputs are the simulator's training-namespace flows, with the `Summary` text Hubble still
-//! fills in. Run: `cargo bench --bench ingest`; see the README for the figures.
+//! fills in (about 600 bytes a message), and the same flows shaped as a real Cilium cluster
+//! reports them (`sim::traffic::cilium_shaped`: labels, node labels, services, interface,
+//! allowing policy; about 1.25 KB). Run: `cargo bench --bench ingest`; see the README.
 
 // A benchmark that cannot set up should stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,28 +42,37 @@ fn main() {
 const T0: i64 = 1_764_115_200_000_000_000;
 const BATCH: usize = 4096;
 
-fn flows(n: usize) -> Vec<Flow> {
+/// The two flow shapes every benchmark runs on.
+const SHAPES: [&str; 2] = ["simulator", "cilium-shaped"];
+
+fn flows(n: usize, shape: &str) -> Vec<Flow> {
     let mut cluster = TrainingCluster::new(42, T0, 100_000);
     (0..n)
         .map(|_| {
             let mut f = cluster.next_flow();
             f.summary = "TCP Flags: ACK, PSH".into();
+            if shape == "cilium-shaped" {
+                f = exfilwatch::sim::traffic::cilium_shaped(f);
+            }
             f
         })
         .collect()
 }
 
-fn encoded(n: usize) -> Vec<Vec<u8>> {
-    flows(n).into_iter().map(exfilwatch::sim::encode).collect()
+fn encoded(n: usize, shape: &str) -> Vec<Vec<u8>> {
+    flows(n, shape)
+        .into_iter()
+        .map(exfilwatch::sim::encode)
+        .collect()
 }
 
 #[divan::bench_group(name = "decode")]
 mod decode {
     use super::*;
 
-    #[divan::bench]
-    fn zero_copy_to_flow_event(bencher: Bencher) {
-        let messages = encoded(BATCH);
+    #[divan::bench(args = SHAPES)]
+    fn zero_copy_to_flow_event(bencher: Bencher, shape: &str) {
+        let messages = encoded(BATCH, shape);
         let bytes: usize = messages.iter().map(Vec::len).sum();
         let mut decoder = Decoder::default();
         bencher
@@ -74,9 +85,9 @@ mod decode {
             });
     }
 
-    #[divan::bench]
-    fn prost_full_decode_only(bencher: Bencher) {
-        let messages = encoded(BATCH);
+    #[divan::bench(args = SHAPES)]
+    fn prost_full_decode_only(bencher: Bencher, shape: &str) {
+        let messages = encoded(BATCH, shape);
         bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
             for m in &messages {
                 black_box(GetFlowsResponse::decode(black_box(&m[..])).ok());
@@ -101,11 +112,11 @@ mod decode {
 /// Flows streamed per end-to-end iteration.
 const STREAM: usize = 200_000;
 
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn end_to_end(bencher: Bencher) {
+#[divan::bench(sample_count = 10, sample_size = 1, args = SHAPES)]
+fn end_to_end(bencher: Bencher, shape: &str) {
     // The server: its own thread and runtime, a ring pre-filled with encoded flows.
     let sim = SimObserver::new(STREAM);
-    for f in flows(STREAM) {
+    for f in flows(STREAM, shape) {
         sim.push_flow(f);
     }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
