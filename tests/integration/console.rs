@@ -128,11 +128,9 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
     let browser = Browser::start().await;
     // Signed out: every page leads to the sign-in form; a wrong token is refused.
     browser.goto(&service.url("/ui/")).await;
-    assert!(
-        browser.url().await.contains("/ui/login?next="),
-        "{}",
-        browser.url().await
-    );
+    browser
+        .wait_url("the sign-in page", |u| u.contains("/ui/login?next="))
+        .await;
     browser.type_into("#token", "not-a-token").await;
     browser.click("#sign-in").await;
     assert!(
@@ -143,7 +141,8 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
     );
     browser.type_into("#token", TOKEN).await;
     browser.click("#sign-in").await;
-    assert_eq!(browser.url().await, service.url("/ui/"));
+    let home = service.url("/ui/");
+    browser.wait_url("the alerts page", |u| u == home).await;
     let cookies = browser.cookies().await;
     let session = cookies
         .iter()
@@ -186,7 +185,9 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
     let first_page = browser.text("#flows").await;
     assert!(first_page.contains("POLICY_DENIED"), "{first_page}");
     browser.click("#next-page").await;
-    assert!(browser.url().await.contains("cursor="));
+    browser
+        .wait_url("the next page", |u| u.contains("cursor="))
+        .await;
     assert_eq!(browser.all("#flows tbody tr").await.len(), 10, "the rest");
     // A silence prefilled with the alert's identifying labels.
     let silence = browser.attribute("#silence", "href").await;
@@ -199,6 +200,9 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
 
     // The alert's rule, as loaded.
     browser.click("#rule").await;
+    browser
+        .wait_url("the rule page", |u| u.contains("/ui/rules/"))
+        .await;
     let rule = browser.text("#rule-definition").await;
     assert!(
         rule.contains("policy_denied") && rule.contains("default.yaml:"),
@@ -212,6 +216,9 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
 
     // Namespaces: ai-training with its flows, denials and egress chart.
     browser.click("header nav a[href='/ui/namespaces']").await;
+    browser
+        .wait_url("the namespaces page", |u| u.ends_with("/ui/namespaces"))
+        .await;
     let namespaces = browser.text("#namespaces").await;
     assert!(namespaces.contains("ai-training"), "{namespaces}");
     assert!(!browser.all("#egress-0 polyline").await.is_empty());
@@ -224,11 +231,11 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
         .type_into("#f-destination_namespace", "production")
         .await;
     browser.click("#apply").await;
-    let url = browser.url().await;
-    assert!(
-        url.contains("verdict=DROPPED") && url.contains("destination_namespace=production"),
-        "{url}"
-    );
+    let url = browser
+        .wait_url("the filtered flows", |u| {
+            u.contains("verdict=DROPPED") && u.contains("destination_namespace=production")
+        })
+        .await;
     assert_eq!(
         browser.text("#shown").await,
         "60 flows shown, newest first."
@@ -256,11 +263,13 @@ async fn an_analyst_signs_in_follows_alerts_to_their_evidence_and_explores_flows
 
     // Sign out: the session is gone.
     browser.click("#sign-out").await;
-    assert!(browser.url().await.contains("/ui/login"));
+    browser
+        .wait_url("the sign-in page", |u| u.ends_with("/ui/login"))
+        .await;
     browser.goto(&service.url("/ui/namespaces")).await;
     assert!(
         browser
-            .url()
+            .wait_url("the sign-in page again", |u| u.contains("/ui/login"))
             .await
             .contains("/ui/login?next=%2Fui%2Fnamespaces")
     );

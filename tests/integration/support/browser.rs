@@ -111,6 +111,24 @@ impl Browser {
             .to_owned()
     }
 
+    /// The page's address once `pred` holds for it: a click that submits a form or follows a
+    /// link may return before the next page is there.
+    pub async fn wait_url(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let url = self.url().await;
+            if pred(&url) {
+                return url;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {what}; at {url}: {}",
+                self.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The page's HTML as the browser holds it.
     pub async fn source(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None)
