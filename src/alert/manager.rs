@@ -379,16 +379,8 @@ impl Manager {
         let mut first_error = None;
         let mut changed = false;
         for active in self.active.values_mut().filter(|a| a.dirty || a.unsaved) {
-            let mut alert = active.alert.clone();
-            refresh(&mut alert, &active.rule, &self.config);
-            match super::save(&self.store, &alert, &self.config.targets) {
-                Ok(()) => {
-                    active.alert = alert;
-                    active.last_sent = now;
-                    active.dirty = false;
-                    active.unsaved = false;
-                    changed = true;
-                }
+            match resend(active, &self.store, &self.config, now) {
+                Ok(()) => changed = true,
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -418,16 +410,8 @@ impl Manager {
             if !due {
                 continue;
             }
-            let mut alert = active.alert.clone();
-            refresh(&mut alert, &active.rule, &self.config);
-            match super::save(&self.store, &alert, &self.config.targets) {
-                Ok(()) => {
-                    active.alert = alert;
-                    active.last_sent = now;
-                    active.dirty = false;
-                    active.unsaved = false;
-                    changed = true;
-                }
+            match resend(active, &self.store, &self.config, now) {
+                Ok(()) => changed = true,
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -535,6 +519,24 @@ pub fn evidence_query(
     };
     query.push(("since", format_time(since)));
     query
+}
+
+/// Commits `active`'s current state (annotations re-rendered) for every target; on success it
+/// counts as just sent.
+fn resend(
+    active: &mut Active,
+    store: &Store,
+    config: &LifecycleConfig,
+    now: Instant,
+) -> Result<(), StateError> {
+    let mut alert = active.alert.clone();
+    refresh(&mut alert, &active.rule, config);
+    super::save(store, &alert, &config.targets)?;
+    active.alert = alert;
+    active.last_sent = now;
+    active.dirty = false;
+    active.unsaved = false;
+    Ok(())
 }
 
 /// Re-renders the annotations and pushes `endsAt` ahead of the next re-send.

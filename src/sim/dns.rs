@@ -114,6 +114,14 @@ pub fn tunnel(
         .collect()
 }
 
+/// The names of a corpus file: one per line, `#` comment lines and blank lines skipped.
+pub fn corpus(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect()
+}
+
 /// The flows of several streams in time order.
 pub fn merged(streams: Vec<Vec<Flow>>) -> Vec<Flow> {
     let mut all: Vec<Flow> = streams.into_iter().flatten().collect();

@@ -22,12 +22,8 @@ fn names() -> Vec<String> {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/dns/benign-names.txt"
     );
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap();
+    dns::corpus(&text).into_iter().map(str::to_owned).collect()
 }
 
 fn rule() -> Arc<Rule> {

@@ -8,17 +8,8 @@ const ACCENT: &str = "#2453c7";
 const MUTED: &str = "#8a93a6";
 const CRITICAL: &str = "#b3261e";
 
-/// Bytes per second as a person reads them.
-pub fn rate(bps: f64) -> String {
-    let units = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
-    let mut v = bps;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", units[i])
-}
+/// Bytes per second as a person reads them (as the volume-spike alerts write them).
+pub use crate::detect::volume_spike::human_rate as rate;
 
 /// `HH:MM` UTC of `t` (seconds since the epoch).
 fn clock(t: i64) -> String {
