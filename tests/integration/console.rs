@@ -291,6 +291,23 @@ async fn without_tokens_on_loopback_the_console_needs_no_sign_in() {
     let alerts = client.get(service.url("/ui/")).send().await.unwrap();
     assert_eq!(alerts.status(), 200);
     assert!(alerts.text().await.unwrap().contains("<h1>Alerts</h1>"));
+    // A bad filter is a 400 page naming the parameter and its value, shown as text.
+    for (query, names) in [
+        ("port=99999", "parameter port=&quot;99999&quot;"),
+        (
+            "bogus=%3Cb%3E",
+            "parameter bogus=&quot;&lt;b&gt;&quot;: unknown parameter",
+        ),
+    ] {
+        let r = client
+            .get(service.url(&format!("/ui/flows?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(names), "{query}: {page}");
+    }
     let login = client.get(service.url("/ui/login")).send().await.unwrap();
     assert_eq!(login.status(), 303);
     assert_eq!(login.headers()["location"], "/ui/");
