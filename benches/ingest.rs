@@ -1,8 +1,9 @@
 //! Ingest benchmarks: how many Hubble flows per second one core turns into `FlowEvent`s.
 //!
 //! - `decode/*`: `GetFlowsResponse` bytes to `FlowEvent` on one thread, with the zero-copy
-//!   decoder, against a full prost decode of the same bytes (generated structs, no conversion)
-//!   and against the jsonpb line decoder that `replay` uses.
+//!   decoder, against a full prost decode of the same bytes (generated structs, no conversion),
+//!   against a reader that walks the same bytes keeping only four fields (the floor any
+//!   decoder has to walk), and against the jsonpb line decoder that `replay` uses.
 //! - `end_to_end`: a tonic Observer server on its own thread streams pre-encoded flows over
 //!   loopback gRPC; the real Hubble source (decode, de-duplication, bounded channel) and a
 //!   summarising consumer run on one current-thread runtime, i.e. one core.
@@ -40,7 +41,7 @@ fn main() {
 }
 
 const T0: i64 = 1_764_115_200_000_000_000;
-const BATCH: usize = 4096;
+const BATCH: usize = 256;
 
 /// The two flow shapes every benchmark runs on.
 const SHAPES: [&str; 2] = ["simulator", "cilium-shaped"];
@@ -95,6 +96,20 @@ mod decode {
         });
     }
 
+    /// The reference a full decoder is held against: the same bytes walked field by field as
+    /// any protobuf reader must, keeping four values (time, verdict, destination IP, source
+    /// namespace) as borrowed bytes, with no interning, no endpoint and no checks beyond the
+    /// wire format's.
+    #[divan::bench(args = SHAPES)]
+    fn four_fields_only(bencher: Bencher, shape: &str) {
+        let messages = encoded(BATCH, shape);
+        bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
+            for m in &messages {
+                black_box(four::response(black_box(m)));
+            }
+        });
+    }
+
     #[divan::bench]
     fn jsonpb_line_to_flow_event(bencher: Bencher) {
         // jsonpb lines of the upstream-encoded fixture, repeated.
@@ -106,6 +121,84 @@ mod decode {
                 black_box(decoder.decode_line(black_box(line)).ok());
             }
         });
+    }
+}
+
+/// A minimal protobuf reader for `four_fields_only`.
+mod four {
+    /// A varint at the front of `buf`, and what follows it.
+    #[inline]
+    fn varint(buf: &[u8]) -> Option<(u64, &[u8])> {
+        let mut value = 0u64;
+        for (i, &b) in buf.iter().enumerate().take(10) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Some((value, &buf[i + 1..]));
+            }
+        }
+        None
+    }
+
+    /// Calls `each(field, varint, bytes)` for every field of one message.
+    #[inline]
+    fn walk<'a>(mut buf: &'a [u8], mut each: impl FnMut(u64, u64, &'a [u8])) -> Option<()> {
+        while !buf.is_empty() {
+            let (key, rest) = varint(buf)?;
+            let (field, wire) = (key >> 3, key & 7);
+            buf = match wire {
+                0 => {
+                    let (v, rest) = varint(rest)?;
+                    each(field, v, &[]);
+                    rest
+                }
+                1 => rest.get(8..)?,
+                2 => {
+                    let (len, rest) = varint(rest)?;
+                    let len = usize::try_from(len).ok()?;
+                    let (bytes, rest) = (rest.get(..len)?, rest.get(len..)?);
+                    each(field, 0, bytes);
+                    rest
+                }
+                5 => rest.get(4..)?,
+                _ => return None,
+            };
+        }
+        Some(())
+    }
+
+    /// Time (seconds), verdict, destination IP and source namespace of one response's flow.
+    pub fn response(buf: &[u8]) -> Option<(u64, u64, &[u8], &[u8])> {
+        let mut flow: &[u8] = &[];
+        walk(buf, |f, _, b| {
+            if f == 1 {
+                flow = b;
+            }
+        })?;
+        let (mut time, mut verdict, mut ip, mut namespace) = (0, 0, &[][..], &[][..]);
+        let (mut time_msg, mut ip_msg, mut source) = (&[][..], &[][..], &[][..]);
+        walk(flow, |f, v, b| match f {
+            1 => time_msg = b,
+            2 => verdict = v,
+            5 => ip_msg = b,
+            8 => source = b,
+            _ => {}
+        })?;
+        walk(time_msg, |f, v, _| {
+            if f == 1 {
+                time = v;
+            }
+        })?;
+        walk(ip_msg, |f, _, b| {
+            if f == 2 {
+                ip = b;
+            }
+        })?;
+        walk(source, |f, _, b| {
+            if f == 3 {
+                namespace = b;
+            }
+        })?;
+        Some((time, verdict, ip, namespace))
     }
 }
 

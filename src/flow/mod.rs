@@ -12,7 +12,7 @@ pub mod json;
 pub mod wire;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 pub use crate::proto::flow::{DropReason, LostEventSource, TrafficDirection, Verdict};
@@ -265,27 +265,41 @@ pub fn timestamp_ns(seconds: i64, nanos: i32) -> i64 {
 
 /// Parses a canonical 36-character UUID ("8-4-4-4-12" hex digits) into a number.
 pub fn parse_uuid(text: &[u8]) -> Option<u128> {
-    if text.len() != 36 {
+    /// Where the 32 hex digits of the canonical form sit.
+    const DIGITS: [usize; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28,
+        29, 30, 31, 32, 33, 34, 35,
+    ];
+    let text: &[u8; 36] = text.try_into().ok()?;
+    if [8, 13, 18, 23].iter().any(|&i| text[i] != b'-') {
         return None;
     }
     let mut value: u128 = 0;
-    for (i, &c) in text.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(digit);
+    let mut invalid = 0;
+    for i in DIGITS {
+        let digit = HEX[usize::from(text[i])];
+        invalid |= digit;
+        value = (value << 4) | u128::from(digit & 0x0f);
     }
-    Some(value)
+    (invalid & 0x80 == 0).then_some(value)
 }
+
+/// Hex digit values by byte; 0x80 marks a byte that is not a hex digit.
+const HEX: [u8; 256] = {
+    let mut table = [0x80u8; 256];
+    let mut c = 0;
+    while c < 10 {
+        table[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        table[b'a' as usize + c] = 10 + c as u8;
+        table[b'A' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    table
+};
 
 /// Formats a UUID number in its canonical lowercase form.
 pub fn format_uuid(uuid: u128) -> String {
@@ -305,11 +319,49 @@ fn parse_ip(text: &[u8]) -> Result<Option<IpAddr>, ()> {
     if text.is_empty() {
         return Ok(None);
     }
+    if let Some(v4) = dotted_quad(text) {
+        return Ok(Some(IpAddr::V4(v4)));
+    }
     std::str::from_utf8(text)
         .ok()
         .and_then(|s| s.parse().ok())
         .map(Some)
         .ok_or(())
+}
+
+/// A canonical IPv4 address (four decimal octets, no leading zeros), read without the UTF-8
+/// check and the general parser; `None` for anything else, which the standard parser then
+/// decides.
+#[inline]
+fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
+    if text.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let (mut part, mut value, mut digits, mut leading_zero) = (0, 0u16, 0, false);
+    for &c in text {
+        if c == b'.' {
+            if digits == 0 || part == 3 {
+                return None;
+            }
+            octets[part] = u8::try_from(value).ok()?;
+            (part, value, digits, leading_zero) = (part + 1, 0, 0, false);
+        } else if c.is_ascii_digit() {
+            if leading_zero || digits == 3 {
+                return None;
+            }
+            leading_zero = digits == 0 && c == b'0';
+            value = value * 10 + u16::from(c - b'0');
+            digits += 1;
+        } else {
+            return None;
+        }
+    }
+    if digits == 0 || part != 3 {
+        return None;
+    }
+    octets[3] = u8::try_from(value).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// The raw pieces of an endpoint as a decoder found them, before interning.
@@ -347,6 +399,8 @@ impl FieldError {
 pub struct Tables {
     pub strings: Interner,
     pub endpoints: BytesMemo<Endpoint>,
+    /// The endpoint of a flow that names none, shared by every such flow.
+    nobody: Arc<Endpoint>,
 }
 
 /// Interns decoded pieces into `FlowEvent` parts; the one place both decoders assemble from.
@@ -379,7 +433,9 @@ impl Assembler<'_> {
         encoded: &[u8],
         parse: impl FnOnce(&mut Interner) -> Result<Endpoint, E>,
     ) -> Result<Arc<Endpoint>, E> {
-        let Tables { strings, endpoints } = &mut *self.tables;
+        let Tables {
+            strings, endpoints, ..
+        } = &mut *self.tables;
         endpoints.get_or_try_insert(encoded, || parse(strings))
     }
 
@@ -398,11 +454,8 @@ impl Assembler<'_> {
 
     /// A flow with every field empty, to be filled in by a decoder.
     pub fn empty_flow(&mut self) -> FlowEvent {
-        let nobody = self
-            .endpoint(b"", |_| Ok::<_, FieldError>(Endpoint::default()))
-            .unwrap_or_default();
         let peer = Peer {
-            endpoint: nobody,
+            endpoint: self.tables.nobody.clone(),
             ip: None,
             port: 0,
         };
@@ -497,6 +550,29 @@ mod tests {
         assert_eq!(parse_uuid(b"2b5b9c5e-1f0e-4e2a-9a57-0c5fd3c1a0b"), None);
         assert_eq!(parse_uuid(b"2b5b9c5e_1f0e-4e2a-9a57-0c5fd3c1a0b7"), None);
         assert_eq!(parse_uuid(b"zb5b9c5e-1f0e-4e2a-9a57-0c5fd3c1a0b7"), None);
+        assert_eq!(parse_uuid(b"2B5B9C5E-1F0E-4E2A-9A57-0C5FD3C1A0B7"), Some(n));
+        assert_eq!(parse_uuid(b"2b5b9c5e-1f0e-4e2a-9a57-0c5fd3c1a0g7"), None);
+    }
+
+    proptest::proptest! {
+        /// The IPv4 shortcut never changes what an address reads as: the same answer as the
+        /// standard parser for any text of digits and dots, and for any address's own text.
+        #[test]
+        fn ip_text_reads_as_the_standard_parser_reads_it(
+            text in "[0-9.:a-f]{0,20}",
+            octets in proptest::array::uniform4(0u8..),
+        ) {
+            let standard = |t: &str| if t.is_empty() { Ok(None) } else { t.parse().map(Some).map_err(|_| ()) };
+            proptest::prop_assert_eq!(parse_ip(text.as_bytes()), standard(&text));
+            let text = Ipv4Addr::from(octets).to_string();
+            proptest::prop_assert_eq!(parse_ip(text.as_bytes()), standard(&text));
+        }
+
+        #[test]
+        fn uuid_text_reads_back_as_written(n in proptest::num::u128::ANY) {
+            proptest::prop_assert_eq!(parse_uuid(format_uuid(n).as_bytes()), Some(n));
+            proptest::prop_assert_eq!(parse_uuid(format_uuid(n).to_uppercase().as_bytes()), Some(n));
+        }
     }
 
     #[test]

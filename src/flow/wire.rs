@@ -91,17 +91,37 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
-    #[inline]
+    /// Most keys and lengths fit one or two bytes: those cases cost a comparison or two.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.buf {
+            [byte, rest @ ..] if *byte < 0x80 => {
+                self.buf = rest;
+                Ok(u64::from(*byte))
+            }
+            // Keys of fields 16 to 2047 and lengths up to 16 KiB.
+            [low, high, rest @ ..] if *high < 0x80 => {
+                self.buf = rest;
+                Ok(u64::from(*low & 0x7f) | (u64::from(*high) << 7))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    /// Three bytes or more: timestamps, large lengths, out-of-range values.
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, DecodeError> {
+        let buf = self.buf;
         let mut value = 0u64;
-        for (i, &byte) in self.buf.iter().enumerate().take(10) {
+        for i in 0..buf.len().min(10) {
+            let byte = buf[i];
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte < 0x80 {
-                self.buf = &self.buf[i + 1..];
+                self.buf = &buf[i + 1..];
                 return Ok(value);
             }
         }
-        Err(if self.buf.len() < 10 {
+        Err(if buf.len() < 10 {
             DecodeError::Truncated
         } else {
             DecodeError::Varint
@@ -118,7 +138,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, or `None` at the end of the message.
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, DecodeError> {
         if self.buf.is_empty() {
             return Ok(None);
@@ -154,26 +174,30 @@ impl<'a> Fields<'a> {
 }
 
 /// Most labels an endpoint is expected to carry; more spill into a heap vector.
-const INLINE_LABELS: usize = 48;
+const ENDPOINT_LABELS: usize = 48;
 
-/// Labels of one endpoint, collected without allocating in the common case.
-struct Labels<'a> {
-    inline: [&'a [u8]; INLINE_LABELS],
+/// Most names or query types a flow is expected to carry.
+const FLOW_NAMES: usize = 8;
+
+/// Repeated strings of one message (an endpoint's labels, a flow's names), collected without
+/// allocating while there are at most `N`.
+struct Labels<'a, const N: usize> {
+    inline: [&'a [u8]; N],
     len: usize,
     spill: Vec<&'a [u8]>,
 }
 
-impl<'a> Labels<'a> {
+impl<'a, const N: usize> Labels<'a, N> {
     fn new() -> Self {
         Labels {
-            inline: [&[]; INLINE_LABELS],
+            inline: [&[]; N],
             len: 0,
             spill: Vec::new(),
         }
     }
 
     fn push(&mut self, label: &'a [u8]) {
-        if self.len < INLINE_LABELS {
+        if self.len < N {
             self.inline[self.len] = label;
             self.len += 1;
         } else {
@@ -213,7 +237,7 @@ impl Decoder {
     pub fn decode_response(&mut self, buf: &[u8]) -> Result<Option<Event>, DecodeError> {
         let mut event = None;
         let mut node: &[u8] = &[];
-        let mut time_ns = None;
+        let mut time = None;
         let mut fields = Fields::new(buf);
         while let Some((field, value)) = fields.next()? {
             match field {
@@ -225,7 +249,7 @@ impl Decoder {
                 }
                 3 => event = Some(Event::Lost(self.lost_event(value.bytes("lost_events")?)?)),
                 1000 => node = value.bytes("node_name")?,
-                1001 => time_ns = Some(timestamp(value.bytes("time")?)?),
+                1001 => time = Some(value.bytes("time")?),
                 _ => {}
             }
         }
@@ -238,8 +262,10 @@ impl Decoder {
                 if flow.node.is_empty() && !node.is_empty() {
                     flow.node = asm.sym("node_name", node)?;
                 }
-                if flow.time_ns == 0 {
-                    flow.time_ns = time_ns.unwrap_or(0);
+                if flow.time_ns == 0
+                    && let Some(time) = time
+                {
+                    flow.time_ns = timestamp(time)?;
                 }
             }
             Some(Event::Lost(lost)) if lost.node.is_empty() && !node.is_empty() => {
@@ -258,7 +284,7 @@ impl Decoder {
         let mut flow = asm.empty_flow();
         let mut legacy_drop_reason = 0;
         let mut legacy_reply = false;
-        let mut names = Labels::new();
+        let mut names = Labels::<FLOW_NAMES>::new();
         let mut egress_denied: Vec<PolicyRef> = Vec::new();
         let mut ingress_denied: Vec<PolicyRef> = Vec::new();
         let mut fields = Fields::new(buf);
@@ -473,7 +499,7 @@ fn parse_endpoint(
     buf: &[u8],
 ) -> Result<super::Endpoint, DecodeError> {
     let mut raw = RawPeer::default();
-    let mut labels = Labels::new();
+    let mut labels = Labels::<ENDPOINT_LABELS>::new();
     let mut fields = Fields::new(buf);
     while let Some((field, value)) = fields.next()? {
         match field {
@@ -533,7 +559,7 @@ fn l7(asm: &mut Assembler<'_>, buf: &[u8]) -> Result<Option<Box<Dns>>, DecodeErr
     }
     let Some(buf) = dns else { return Ok(None) };
     let mut query: &[u8] = &[];
-    let mut qtypes = Labels::new();
+    let mut qtypes = Labels::<FLOW_NAMES>::new();
     let mut ips = Vec::new();
     let (mut rcode, mut ttl) = (0, 0);
     let mut fields = Fields::new(buf);
