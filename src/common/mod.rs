@@ -1,9 +1,10 @@
 //! What every layer shares and nothing else: the wall clock, error chains, units, the one YAML
-//! parse function, network blocks, retry backoff and outgoing HTTP clients. Nothing here
+//! parse function, network blocks, fast hash maps, retry backoff and outgoing HTTP clients. Nothing here
 //! imports another module of the crate.
 
 pub mod clock;
 pub mod error;
+pub mod hash;
 pub mod http;
 pub mod net;
 pub mod retry;

@@ -8,7 +8,7 @@
 //! `blind_after` raises the `ExfilwatchBlind` alert (and no spike alert): an attacker must
 //! not be able to hide a bulk upload by blinding the detector.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use super::volume_spike::{Decision, RecentDestinations, TOP_DESTINATIONS, Volume
 use crate::alert::Alert;
 use crate::alert::manager::Manager;
 use crate::alert::sink::DeliveryStats;
+use crate::common::hash::FastMap;
 use crate::egress::watch::EgressReport;
 use crate::flow::destination::{DEFAULT_GROUPING, Destination, DestinationRef, Granularity};
 use crate::flow::intern::SymList;
@@ -50,7 +51,7 @@ pub struct Engine {
     /// Counts store failures; each is logged, and the change is retried on the next tick.
     stats: Arc<DeliveryStats>,
     recent: RecentDestinations,
-    namespace_labels: HashMap<String, SymList>,
+    namespace_labels: FastMap<String, SymList>,
     blind_rule: Arc<Rule>,
     blind_after: Duration,
     blind_since: Option<Instant>,
@@ -205,7 +206,7 @@ impl Engine {
             manager,
             stats,
             recent: RecentDestinations::default(),
-            namespace_labels: HashMap::new(),
+            namespace_labels: FastMap::default(),
             blind_rule: Arc::new(blind_rule()),
             blind_after,
             blind_since: None,

@@ -9,11 +9,17 @@
 //! `resolve_after`. What was learned is persisted, so a restart does not start learning again.
 //! Bounded in destinations per namespace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
+use ipnet::IpNet;
+
 use super::{FlowDetector, Hit};
+use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
@@ -39,20 +45,80 @@ fn glob(pattern: &str, text: &str) -> bool {
     }
 }
 
+/// A destination as the detector keeps it: the owned twin of [`DestinationRef`], compared
+/// with a flow's destination field by field, so a flow to a known destination costs a hash
+/// and a comparison, no text.
+#[derive(Debug)]
+enum Owned {
+    Fqdn(Box<str>),
+    Workload(Box<str>, Box<str>),
+    Address(IpAddr),
+    Block(IpNet),
+    Unknown,
+}
+
+impl Owned {
+    fn of(d: DestinationRef<'_>) -> Owned {
+        match d {
+            DestinationRef::Fqdn(n) => Owned::Fqdn(n.into()),
+            DestinationRef::Workload { namespace, name } => {
+                Owned::Workload(namespace.into(), name.into())
+            }
+            DestinationRef::Address(ip) => Owned::Address(ip),
+            DestinationRef::Block(net) => Owned::Block(net),
+            DestinationRef::Unknown => Owned::Unknown,
+        }
+    }
+
+    fn as_ref(&self) -> DestinationRef<'_> {
+        match self {
+            Owned::Fqdn(n) => DestinationRef::Fqdn(n),
+            Owned::Workload(namespace, name) => DestinationRef::Workload { namespace, name },
+            Owned::Address(ip) => DestinationRef::Address(*ip),
+            Owned::Block(net) => DestinationRef::Block(*net),
+            Owned::Unknown => DestinationRef::Unknown,
+        }
+    }
+}
+
+/// One destination a namespace has reached.
+#[derive(Debug)]
+struct Known {
+    destination: Owned,
+    /// Last seen and last saved, nanoseconds.
+    seen: i64,
+    saved: i64,
+    /// The last flow of the alert raised for it while that alert lives, nanoseconds.
+    raised: Option<i64>,
+}
+
+/// What one namespace has reached.
+#[derive(Debug, Default)]
+struct Reached {
+    /// Destinations seen by this process.
+    seen: HashTable<Known>,
+    /// Destinations an earlier run saved and this one has not seen yet: label to last seen.
+    stored: FastMap<String, i64>,
+}
+
+impl Reached {
+    fn len(&self) -> usize {
+        self.seen.len() + self.stored.len()
+    }
+}
+
 /// One `new_destination` rule's detector.
 #[derive(Debug)]
 pub struct NewDestination {
     pub rule: Arc<Rule>,
     params: NewDestinationParams,
     store: Store,
-    /// namespace → destination → (last seen, last saved), nanoseconds.
-    known: HashMap<Sym, HashMap<String, (i64, i64)>>,
+    known: FastMap<Sym, Reached>,
     /// namespace → when exfilwatch first saw it.
-    since: HashMap<Sym, i64>,
-    /// namespace → destination alerted on → its last flow, nanoseconds: while the alert
-    /// lives, flows there join it.
-    raised: HashMap<Sym, HashMap<String, i64>>,
-    /// Reused for each flow's destination label.
+    since: FastMap<Sym, i64>,
+    /// Hashes destinations for the tables in `known`; seeded at random per process.
+    hasher: foldhash::fast::RandomState,
+    /// Reused for a destination's label.
     label: String,
 }
 
@@ -64,15 +130,15 @@ impl NewDestination {
         };
         let params = params.clone();
         let loaded = store.known_destinations(&rule.name).map(|rows| {
-            let mut known: HashMap<Sym, HashMap<String, (i64, i64)>> = HashMap::new();
-            let mut since: HashMap<Sym, i64> = HashMap::new();
+            let mut known: FastMap<Sym, Reached> = FastMap::default();
+            let mut since: FastMap<Sym, i64> = FastMap::default();
             for (namespace, dest, seen) in rows {
                 let ns: Sym = namespace.into();
                 if dest.is_empty() {
                     // The namespace's learning start.
                     since.insert(ns, seen);
                 } else {
-                    known.entry(ns).or_default().insert(dest, (seen, seen));
+                    known.entry(ns).or_default().stored.insert(dest, seen);
                 }
             }
             (known, since)
@@ -83,7 +149,7 @@ impl NewDestination {
             store,
             known,
             since,
-            raised: HashMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
             label: String::new(),
         }))
     }
@@ -101,9 +167,6 @@ impl NewDestination {
         }
         let now = flow.time_ns;
         let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
-        self.label.clear();
-        let _ = write!(self.label, "{dest}");
-        let label = self.label.as_str();
         if !self.since.contains_key(&src.namespace) {
             // The empty destination records when learning began (the store keeps the latest
             // value per row, so it is written once).
@@ -113,55 +176,85 @@ impl NewDestination {
         }
         let history = i64::try_from(self.params.history.as_nanos()).unwrap_or(i64::MAX);
         let learning = i64::try_from(self.params.learning.as_nanos()).unwrap_or(i64::MAX);
-        let known = self.known.entry(src.namespace.clone()).or_default();
-        if let Some((seen, saved)) = known.get_mut(label) {
-            let was_seen = *seen;
-            *seen = (*seen).max(now);
-            if now.saturating_sub(*saved) >= SAVE_EVERY_NS {
-                *saved = now;
-                self.store
-                    .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
+        let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
+        let reached = match self.known.get_mut(&src.namespace) {
+            Some(r) => r,
+            None => self.known.entry(src.namespace.clone()).or_default(),
+        };
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(dest);
+        if let Some(known) = reached
+            .seen
+            .find_mut(hash, |k| k.destination.as_ref() == dest)
+        {
+            let was_seen = known.seen;
+            known.seen = known.seen.max(now);
+            if now.saturating_sub(known.saved) >= SAVE_EVERY_NS {
+                known.saved = now;
+                self.label.clear();
+                let _ = write!(self.label, "{dest}");
+                self.store.save_known_destination(
+                    &self.rule.name,
+                    &src.namespace,
+                    &self.label,
+                    now,
+                )?;
             }
             if now.saturating_sub(was_seen) <= history {
-                let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
-                let raised = self
-                    .raised
-                    .get_mut(&src.namespace)
-                    .and_then(|r| r.get_mut(label));
-                match raised {
-                    Some(last) if now.saturating_sub(*last) < quiet => *last = now,
-                    _ => return Ok(None),
-                }
-                return Ok(Some(self.hit(flow)));
+                // Known: a flow joins the alert raised for it while that alert lives.
+                return Ok(match &mut known.raised {
+                    Some(last) if now.saturating_sub(*last) < quiet => {
+                        *last = now;
+                        Some(self.hit(flow))
+                    }
+                    _ => None,
+                });
             }
-        } else if known.len() < MAX_PER_NAMESPACE {
-            known.insert(label.to_owned(), (now, now));
+            // Seen before, but longer ago than the history: new again.
+        } else if reached.len() < MAX_PER_NAMESPACE {
+            self.label.clear();
+            let _ = write!(self.label, "{dest}");
+            let stored = reached.stored.remove(self.label.as_str());
+            reached.seen.insert_unique(
+                hash,
+                Known {
+                    destination: Owned::of(dest),
+                    seen: now,
+                    saved: now,
+                    raised: None,
+                },
+                |k| hasher.hash_one(k.destination.as_ref()),
+            );
             self.store
-                .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
+                .save_known_destination(&self.rule.name, &src.namespace, &self.label, now)?;
+            if stored.is_some_and(|seen| now.saturating_sub(seen) <= history) {
+                return Ok(None);
+            }
         } else {
             return Ok(None);
         }
         let since = self.since.get(&src.namespace).copied().unwrap_or(now);
-        if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, label))
+        self.label.clear();
+        let _ = write!(self.label, "{dest}");
+        if now.saturating_sub(since) < learning
+            || self.params.allow.iter().any(|p| glob(p, &self.label))
         {
             return Ok(None);
         }
-        let raised = self.raised.entry(src.namespace.clone()).or_default();
-        if raised.len() >= MAX_PER_NAMESPACE {
-            let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
-            raised.retain(|_, last| now.saturating_sub(*last) < quiet);
-        }
-        if raised.len() < MAX_PER_NAMESPACE {
-            raised.insert(self.label.clone(), now);
+        if let Some(known) = reached
+            .seen
+            .find_mut(hash, |k| k.destination.as_ref() == dest)
+        {
+            known.raised = Some(now);
         }
         Ok(Some(self.hit(flow)))
     }
 
-    /// The hit for `flow`, whose destination is in `self.label`.
+    /// The hit for `flow`.
     fn hit(&self, flow: &FlowEvent) -> Hit {
         let src = &flow.source;
-        let label = self.label.as_str();
         let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
+        let label = dest.to_string();
         let ip = flow
             .destination
             .ip

@@ -8,11 +8,12 @@
 //! one, however many IPs serve it. State is bounded: at most `MAX_SOURCES` pods and
 //! `MAX_EVENTS` flows per pod are remembered.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
 use super::{Earlier, Hit};
+use crate::common::hash::FastMap;
 use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection};
@@ -35,8 +36,8 @@ fn key(parts: impl Hash) -> u64 {
 struct Window {
     /// (time, destination key, destination+port key), oldest first.
     events: VecDeque<(i64, u64, u64)>,
-    destinations: HashMap<u64, (u32, String)>,
-    ports: HashMap<u64, u32>,
+    destinations: FastMap<u64, (u32, String)>,
+    ports: FastMap<u64, u32>,
     last_ns: i64,
 }
 
@@ -68,7 +69,7 @@ impl Window {
 pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
-    sources: HashMap<(Sym, Sym), Window>,
+    sources: FastMap<(Sym, Sym), Window>,
 }
 
 impl Scan {
@@ -80,7 +81,7 @@ impl Scan {
         Some(Scan {
             rule,
             params,
-            sources: HashMap::new(),
+            sources: FastMap::default(),
         })
     }
 
@@ -99,7 +100,7 @@ impl Scan {
             return None;
         }
         let id = (src.namespace.clone(), src.pod.clone());
-        if !self.sources.contains_key(&id) && self.sources.len() >= MAX_SOURCES {
+        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&id) {
             let quietest = self
                 .sources
                 .iter()

@@ -6,10 +6,11 @@
 //! have stopped it is missing or too broad. One alert per (namespace, destination), grouped
 //! like `policy_denied`'s, with the count, pods, ports and what was expected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::Hit;
+use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
@@ -56,33 +57,40 @@ impl Entry {
 fn allows(entry: &Entry, flow: &FlowEvent) -> bool {
     let (labels, entry) = (&entry.labels, &entry.allowed);
     let dst = &flow.destination;
+    // Cheapest tests first: most flows are told apart by port or namespace.
     let port_ok = entry.ports.is_empty()
         || entry
             .ports
             .iter()
             .any(|(lo, hi)| (*lo..=*hi).contains(&dst.port));
     let ns_ok =
-        entry.namespaces.is_empty() || entry.namespaces.iter().any(|n| n == &*dst.namespace);
+        || entry.namespaces.is_empty() || entry.namespaces.iter().any(|n| n == &*dst.namespace);
+    let cidr_ok = || {
+        entry.cidrs.is_empty()
+            || dst
+                .ip
+                .is_some_and(|ip| entry.cidrs.iter().any(|net| net.contains(&ip)))
+    };
+    let fqdn_ok = || {
+        entry.fqdns.is_empty()
+            || flow
+                .destination_names
+                .iter()
+                .any(|n| entry.fqdns.iter().any(|p| fqdn_matches(p, n)))
+            || flow
+                .dns
+                .as_ref()
+                .is_some_and(|d| entry.fqdns.iter().any(|p| fqdn_matches(p, &d.query)))
+    };
     // Cilium labels carry a source prefix ("k8s:app=minio").
-    let labels_ok = labels.iter().all(|kv| {
-        dst.labels
-            .iter()
-            .any(|l| l.split_once(':').map_or(&**l, |(_, rest)| rest) == kv)
-    });
-    let cidr_ok = entry.cidrs.is_empty()
-        || dst
-            .ip
-            .is_some_and(|ip| entry.cidrs.iter().any(|net| net.contains(&ip)));
-    let fqdn_ok = entry.fqdns.is_empty()
-        || flow
-            .destination_names
-            .iter()
-            .any(|n| entry.fqdns.iter().any(|p| fqdn_matches(p, n)))
-        || flow
-            .dns
-            .as_ref()
-            .is_some_and(|d| entry.fqdns.iter().any(|p| fqdn_matches(p, &d.query)));
-    port_ok && ns_ok && labels_ok && cidr_ok && fqdn_ok
+    let labels_ok = || {
+        labels.iter().all(|kv| {
+            dst.labels
+                .iter()
+                .any(|l| l.split_once(':').map_or(&**l, |(_, rest)| rest) == kv)
+        })
+    };
+    port_ok && ns_ok() && cidr_ok() && fqdn_ok() && labels_ok()
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +105,7 @@ struct Seen {
 pub struct Segmentation {
     pub rule: Arc<Rule>,
     entries: Vec<Entry>,
-    seen: HashMap<(String, String), Seen>,
+    seen: FastMap<(String, String), Seen>,
 }
 
 impl Segmentation {
@@ -109,7 +117,7 @@ impl Segmentation {
         Some(Segmentation {
             rule,
             entries,
-            seen: HashMap::new(),
+            seen: FastMap::default(),
         })
     }
 

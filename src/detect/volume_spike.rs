@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::common::hash::FastMap;
 use crate::egress::baseline::Baseline;
 use crate::egress::watch::NamespaceEgress;
 use crate::flow::intern::Sym;
@@ -169,13 +170,13 @@ impl VolumeSpike {
 }
 
 /// Flows per destination in one minute (minutes since the epoch): key to (count, label).
-type MinuteCounts = (i64, HashMap<u64, (u64, String)>);
+type MinuteCounts = (i64, FastMap<u64, (u64, String)>);
 
 /// Per namespace, the destinations of its egress flows over the last minutes, in per-minute
 /// buckets; bounded in minutes and in distinct destinations per minute.
 #[derive(Debug, Default)]
 pub struct RecentDestinations {
-    by_namespace: HashMap<Sym, VecDeque<MinuteCounts>>,
+    by_namespace: FastMap<Sym, VecDeque<MinuteCounts>>,
 }
 
 impl RecentDestinations {
@@ -195,7 +196,7 @@ impl RecentDestinations {
             None => self.by_namespace.entry(namespace.clone()).or_default(),
         };
         if buckets.back().is_none_or(|(m, _)| *m < minute) {
-            buckets.push_back((minute, HashMap::new()));
+            buckets.push_back((minute, FastMap::default()));
         }
         while buckets.front().is_some_and(|(m, _)| *m <= minute - minutes) {
             buckets.pop_front();

@@ -10,7 +10,7 @@
 //!   address; with the port in [`label`].
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -37,7 +37,7 @@ pub const DEFAULT_GROUPING: Granularity = Granularity::Grouped {
 
 /// Where a flow went, borrowed from the flow: no allocation on the per-flow paths.
 /// Displays exactly as its owned [`Destination`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestinationRef<'a> {
     Fqdn(&'a str),
     Workload { namespace: &'a str, name: &'a str },
@@ -92,6 +92,34 @@ impl<'a> DestinationRef<'a> {
     pub fn key(&self) -> u64 {
         // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
         foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(self)
+    }
+}
+
+/// Hashed on every flow by several detectors: an address or block goes in as two words
+/// (kind, family and prefix length; the address bits) rather than field by field.
+impl Hash for DestinationRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (kind, ip, prefix) = match *self {
+            DestinationRef::Fqdn(name) => {
+                state.write_u8(0);
+                return name.hash(state);
+            }
+            DestinationRef::Workload { namespace, name } => {
+                state.write_u8(1);
+                namespace.hash(state);
+                return name.hash(state);
+            }
+            DestinationRef::Address(ip) => (2, Some(ip), 0),
+            DestinationRef::Block(net) => (3, Some(net.addr()), net.prefix_len()),
+            DestinationRef::Unknown => (4, None, 0),
+        };
+        let (family, bits) = match ip {
+            Some(IpAddr::V4(v4)) => (4u64, u128::from(v4.to_bits())),
+            Some(IpAddr::V6(v6)) => (6, v6.to_bits()),
+            None => (0, 0),
+        };
+        state.write_u64(kind | family << 8 | u64::from(prefix) << 16);
+        state.write_u128(bits);
     }
 }
 
