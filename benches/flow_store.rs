@@ -3,7 +3,8 @@
 //!
 //! Flows: the simulator's training namespace with its exfiltration attempts, widened to a
 //! realistic spread (2,000 source pods, 50,000 external addresses, random ports) so the
-//! per-chunk dictionaries hold what a busy cluster gives them.
+//! per-chunk dictionaries hold what a busy cluster gives them; in the simulator's shape and
+//! Cilium-shaped (`sim::traffic::cilium_shaped`), ingest and bytes per flow for both.
 //!
 //! - ingest: `FlowSink::push` (what the pipeline pays per flow) for 1M flows, kept within
 //!   100,000 flows of the writer thread, until it has appended all of them; median of 3
@@ -36,7 +37,12 @@ use tokio::time::Instant;
 
 const FLOWS: usize = 1_000_000;
 
-fn flows() -> Vec<FlowEvent> {
+/// The two flow shapes: the simulator's (about 600 bytes on the wire) and Cilium-shaped
+/// (about 1.25 KB: labels, services, node labels). The store keeps the same columns of both;
+/// queries run on the Cilium-shaped store.
+const SHAPES: [&str; 2] = ["simulator", "cilium-shaped"];
+
+fn flows(shape: &str) -> Vec<FlowEvent> {
     let mut cluster = TrainingCluster::new(
         11,
         exfilwatch::common::clock::now_ns() - 3_600_000_000_000,
@@ -57,6 +63,9 @@ fn flows() -> Vec<FlowEvent> {
         {
             let n = rng.u32(0..50_000);
             ip.destination = format!("198.18.{}.{}", n / 256, n % 256);
+        }
+        if shape == "cilium-shaped" {
+            f = exfilwatch::sim::traffic::cilium_shaped(f);
         }
         exfilwatch::sim::received(&mut decoder, f).expect("the simulator's flows decode")
     };
@@ -131,33 +140,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     exfilwatch::common::http::install_crypto();
-    println!("generating {FLOWS} flows ...");
-    let flows = flows();
-
-    let before = rss_bytes();
-    let (store, _) = ingest(&flows);
-    let after = rss_bytes();
-    let accounted = store.stats.memory_bytes.load(Ordering::Relaxed);
-    println!(
-        "bytes per stored flow: {:.1} by the store's accounting, {:.1} by resident-set growth",
-        accounted as f64 / FLOWS as f64,
-        after.saturating_sub(before) as f64 / FLOWS as f64
-    );
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        let (_, seconds) = ingest(&flows);
-        rates.push(FLOWS as f64 / seconds);
+    let mut stored = None;
+    for shape in SHAPES {
+        println!("generating {FLOWS} {shape} flows ...");
+        let flows = flows(shape);
+        let before = rss_bytes();
+        let (store, _) = ingest(&flows);
+        let after = rss_bytes();
+        let accounted = store.stats.memory_bytes.load(Ordering::Relaxed);
+        println!(
+            "{shape}: bytes per stored flow: {:.1} by the store's accounting, {:.1} by resident-set growth",
+            accounted as f64 / FLOWS as f64,
+            after.saturating_sub(before) as f64 / FLOWS as f64
+        );
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let (_, seconds) = ingest(&flows);
+            rates.push(FLOWS as f64 / seconds);
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{shape}: ingest into the store: median {:.0} flows/s (runs: {})",
+            rates[1],
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        stored = Some(store);
     }
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "ingest into the store: median {:.0} flows/s (runs: {})",
-        rates[1],
-        rates
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let store = stored.unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

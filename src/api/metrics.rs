@@ -280,6 +280,12 @@ impl Collector for Telemetry {
                 "Parquet segments on disk",
                 load(&f.segments),
             )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_top_cache_hits",
+                "Chunks whose /flows/top groups came from the cache instead of being grouped again",
+                load(&f.top_cache_hits),
+            )?;
         }
         if let Some(egress) = &self.egress {
             let report = egress.borrow().clone();

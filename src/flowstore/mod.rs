@@ -60,6 +60,8 @@ pub struct StoreStats {
     pub disk_flows: AtomicU64,
     pub disk_bytes: AtomicU64,
     pub segments: AtomicU64,
+    /// `/flows/top` chunk answers served from the cache instead of grouping the chunk again.
+    pub top_cache_hits: AtomicU64,
 }
 
 /// A parquet segment, described by its file name.
@@ -139,10 +141,65 @@ pub struct FlowStore {
     inner: Mutex<Inner>,
     /// Recently read segments, newest use last.
     cache: Mutex<VecDeque<(PathBuf, Arc<Chunk>)>>,
+    /// `/flows/top` answers of whole chunks, which never change once sealed.
+    tops: Mutex<TopCache>,
     pub stats: StoreStats,
 }
 
 const SEGMENT_CACHE: usize = 4;
+
+/// Most bytes the `/flows/top` answers of whole chunks may hold.
+const TOP_CACHE_BYTES: usize = 16 << 20;
+
+/// One chunk's groups for one grouping and one set of conditions.
+type TopKey = (u64, u64, GroupBy, String);
+
+/// The `/flows/top` answers of whole chunks (a chunk is named by its first and last sequence
+/// number, which a sealed chunk keeps when it moves to disk), so a repeated query over the last
+/// hour groups only the flows that arrived since, instead of reading every segment back from
+/// disk. Least recently used answers go first beyond [`TOP_CACHE_BYTES`].
+#[derive(Debug, Default)]
+struct TopCache {
+    entries: HashMap<TopKey, (Arc<Vec<Group>>, usize, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl TopCache {
+    fn get(&mut self, key: &TopKey) -> Option<Arc<Vec<Group>>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(key).map(|(groups, _, used)| {
+            *used = clock;
+            groups.clone()
+        })
+    }
+
+    fn put(&mut self, key: TopKey, groups: Arc<Vec<Group>>) {
+        let size = key.3.len() + 64 + groups.iter().map(|g| g.key.len() + 48).sum::<usize>();
+        if size > TOP_CACHE_BYTES / 4 {
+            return;
+        }
+        while self.bytes + size > TOP_CACHE_BYTES {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((_, bytes, _)) = self.entries.remove(&oldest) {
+                self.bytes -= bytes;
+            }
+        }
+        self.clock += 1;
+        self.bytes += size;
+        if let Some((_, old, _)) = self.entries.insert(key, (groups, size, self.clock)) {
+            self.bytes -= old;
+        }
+    }
+}
 
 /// One page of flows, newest first.
 #[derive(Debug, Clone)]
@@ -153,7 +210,7 @@ pub struct Page {
 }
 
 /// How `/flows/top` groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GroupBy {
     Destination,
     Source,
@@ -298,6 +355,7 @@ impl FlowStore {
             }),
             config,
             cache: Mutex::new(VecDeque::new()),
+            tops: Mutex::default(),
             stats: StoreStats::default(),
         });
         store.retain(crate::common::clock::now_ns());
@@ -635,57 +693,103 @@ impl FlowStore {
         if on_disk > MAX_SEGMENTS_PER_QUERY {
             return Err(StoreError::TooBroad { segments: on_disk });
         }
+        let conditions = filter.conditions_key();
         for source in sources {
-            let (_, _, min_time, max_time) = source.span();
+            let (first_seq, last_seq, min_time, max_time) = source.span();
             if !filter.overlaps(min_time, max_time) {
                 continue;
             }
-            let Some(chunk) = self.load(&source) else {
-                continue;
+            // A chunk wholly inside the time range answers the same for the same conditions.
+            let whole = filter.covers(min_time, max_time);
+            let cache_key = (first_seq, last_seq, by, conditions.clone());
+            let cached = if whole {
+                self.tops_lock().get(&cache_key)
+            } else {
+                None
             };
-            let Some(mut predicate) = filter.predicate(&chunk) else {
-                continue;
+            let parts = match cached {
+                Some(parts) => {
+                    self.stats.top_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    parts
+                }
+                None => {
+                    let Some(parts) = self.chunk_top(&source, filter, by)? else {
+                        continue;
+                    };
+                    let parts = Arc::new(parts);
+                    if whole {
+                        self.tops_lock().put(cache_key, parts.clone());
+                    }
+                    parts
+                }
             };
-            if by == GroupBy::Fqdn {
-                predicate = predicate.and(col(Col::Fqdn.name()).neq(lit(0u32)));
-            }
-            let found = chunk
-                .frame
-                .clone()
-                .lazy()
-                .filter(predicate)
-                .group_by([by.key().alias("key")])
-                .agg([
-                    len().alias("count"),
-                    col("time").min().alias("first"),
-                    col("time").max().alias("last"),
-                ])
-                .collect()?;
-            let counts = found.column("count")?.idx()?;
-            let firsts = found.column("first")?.i64()?;
-            let lasts = found.column("last")?.i64()?;
-            let keys = found.column("key")?.u64()?;
-            for i in 0..found.height() {
-                let codes = by.codes(keys.get(i).unwrap_or(0));
-                let key = json::group_key(&chunk, by, &codes);
-                let count = u64::from(counts.get(i).unwrap_or(0));
-                let (first, last) = (firsts.get(i).unwrap_or(0), lasts.get(i).unwrap_or(0));
-                total += count;
-                let g = groups.entry(key.clone()).or_insert(Group {
-                    key,
+            for part in parts.iter() {
+                total += part.count;
+                let g = groups.entry(part.key.clone()).or_insert(Group {
+                    key: part.key.clone(),
                     count: 0,
-                    first_ns: first,
-                    last_ns: last,
+                    first_ns: part.first_ns,
+                    last_ns: part.last_ns,
                 });
-                g.count += count;
-                g.first_ns = g.first_ns.min(first);
-                g.last_ns = g.last_ns.max(last);
+                g.count += part.count;
+                g.first_ns = g.first_ns.min(part.first_ns);
+                g.last_ns = g.last_ns.max(part.last_ns);
             }
         }
         let mut groups: Vec<Group> = groups.into_values().collect();
         groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         groups.truncate(limit);
         Ok((groups, total))
+    }
+
+    fn tops_lock(&self) -> MutexGuard<'_, TopCache> {
+        self.tops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One chunk's matching flows grouped by `by`; `None` when the chunk cannot be read or
+    /// holds nothing that can match.
+    fn chunk_top(
+        &self,
+        source: &Source,
+        filter: &Filter,
+        by: GroupBy,
+    ) -> Result<Option<Vec<Group>>, StoreError> {
+        let Some(chunk) = self.load(source) else {
+            return Ok(None);
+        };
+        let Some(mut predicate) = filter.predicate(&chunk) else {
+            return Ok(None);
+        };
+        if by == GroupBy::Fqdn {
+            predicate = predicate.and(col(Col::Fqdn.name()).neq(lit(0u32)));
+        }
+        let found = chunk
+            .frame
+            .clone()
+            .lazy()
+            .filter(predicate)
+            .group_by([by.key().alias("key")])
+            .agg([
+                len().alias("count"),
+                col("time").min().alias("first"),
+                col("time").max().alias("last"),
+            ])
+            .collect()?;
+        let counts = found.column("count")?.idx()?;
+        let firsts = found.column("first")?.i64()?;
+        let lasts = found.column("last")?.i64()?;
+        let keys = found.column("key")?.u64()?;
+        let mut parts = Vec::with_capacity(found.height());
+        for i in 0..found.height() {
+            let codes = by.codes(keys.get(i).unwrap_or(0));
+            parts.push(Group {
+                key: json::group_key(&chunk, by, &codes),
+                count: u64::from(counts.get(i).unwrap_or(0)),
+                first_ns: firsts.get(i).unwrap_or(0),
+                last_ns: lasts.get(i).unwrap_or(0),
+            });
+        }
+        Ok(Some(parts))
     }
 }
 
@@ -1123,6 +1227,55 @@ mod tests {
         let (one, _) = store.top(&Filter::default(), GroupBy::Source, 1).unwrap();
         assert_eq!(one.len(), 1);
         assert!(one[0].first_ns <= one[0].last_ns);
+    }
+
+    #[test]
+    fn top_answers_of_whole_chunks_are_reused_and_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(12_000);
+        let (older, newer) = flows.split_at(9_500);
+        let store = filled(small(Some(dir.path().into())), older);
+        let hits = || store.stats.top_cache_hits.load(Ordering::Relaxed);
+        let want = |since: i64, upto: usize| {
+            let mut want: HashMap<String, u64> = HashMap::new();
+            for f in flows[..upto].iter().filter(|f| f.time_ns >= since) {
+                *want.entry(destination_label(f)).or_default() += 1;
+            }
+            want
+        };
+        let got = |f: &Filter| -> HashMap<String, u64> {
+            let (groups, _) = store.top(f, GroupBy::Destination, 100_000).unwrap();
+            groups.into_iter().map(|g| (g.key, g.count)).collect()
+        };
+        // A range starting inside a chunk: that chunk is grouped anew each time, the
+        // chunks wholly inside come from the cache the second time.
+        let mut recent = Filter::default();
+        let since = flows[2_500].time_ns;
+        recent.since_ns = Some(since);
+        assert_eq!(got(&recent), want(since, 9_500));
+        assert_eq!(hits(), 0);
+        assert_eq!(got(&recent), want(since, 9_500));
+        let reused = hits();
+        assert!(
+            reused >= 6,
+            "six sealed chunks and segments reused, {reused} were"
+        );
+        // Flows that arrive afterwards are counted: the growing chunk is never reused as is.
+        let rows: Vec<Row> = newer.iter().map(Row::new).collect();
+        store.append(&rows);
+        assert_eq!(got(&recent), want(since, 12_000));
+        assert!(hits() > reused);
+        // Other conditions are other answers.
+        let dropped = filter(&[("verdict", "DROPPED")]);
+        let (groups, total) = store.top(&dropped, GroupBy::Destination, 100_000).unwrap();
+        assert_eq!(
+            total as usize,
+            flows
+                .iter()
+                .filter(|f| f.verdict == Verdict::Dropped)
+                .count()
+        );
+        assert!(groups.iter().all(|g| g.count > 0));
     }
 
     #[test]

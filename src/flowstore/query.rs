@@ -251,6 +251,17 @@ impl Filter {
         Ok(())
     }
 
+    /// Whether every flow of a chunk spanning `min_time..=max_time` is inside the time range,
+    /// so the chunk's answer does not depend on it.
+    pub fn covers(&self, min_time: i64, max_time: i64) -> bool {
+        self.since_ns.is_none_or(|s| min_time >= s) && self.until_ns.is_none_or(|u| max_time < u)
+    }
+
+    /// The conditions besides time, as text that is equal exactly when they are.
+    pub fn conditions_key(&self) -> String {
+        format!("{:?}", self.conditions)
+    }
+
     /// Whether a chunk's time span can hold matching flows.
     pub fn overlaps(&self, min_time: i64, max_time: i64) -> bool {
         self.since_ns.is_none_or(|s| max_time >= s) && self.until_ns.is_none_or(|u| min_time < u)
