@@ -19,11 +19,12 @@
 //! names (`allow`, `cluster.local` by default) are skipped. State is bounded in keys and in
 //! records per key.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::{Earlier, Hit};
+use crate::common::hash::FastMap;
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
 use crate::flow::intern::Sym;
@@ -117,7 +118,7 @@ struct Record {
 struct Window {
     records: VecDeque<Record>,
     /// Distinct names: how many records in the window carry each, and its bytes.
-    names: HashMap<u64, (u32, f64)>,
+    names: FastMap<u64, (u32, f64)>,
     bytes: f64,
     queries: usize,
     txt: usize,
@@ -206,8 +207,10 @@ struct Evidence {
 pub struct DnsExfil {
     pub rule: Arc<Rule>,
     params: DnsParams,
-    windows: HashMap<(Sym, Sym, String), Window>,
-    hasher: foldhash::fast::FixedState,
+    windows: FastMap<(Sym, Sym, String), Window>,
+    /// Tells names apart; seeded at random per process, so a workload cannot choose names
+    /// that collide and count as one.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl DnsExfil {
@@ -219,8 +222,8 @@ impl DnsExfil {
         Some(DnsExfil {
             rule,
             params,
-            windows: HashMap::new(),
-            hasher: foldhash::fast::FixedState::with_seed(0xd45e_7f11),
+            windows: FastMap::default(),
+            hasher: foldhash::fast::RandomState::default(),
         })
     }
 
@@ -302,7 +305,7 @@ impl DnsExfil {
             client.pod.clone(),
             domain.to_owned(),
         );
-        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_KEYS {
+        if self.windows.len() >= MAX_KEYS && !self.windows.contains_key(&key) {
             let quietest = self
                 .windows
                 .iter()
