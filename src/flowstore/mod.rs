@@ -74,9 +74,37 @@ struct Segment {
     max_time: i64,
     rows: u64,
     bytes: u64,
+    /// The strings and addresses its flows hold, kept from when this run wrote it (shared with
+    /// the chunk, not copied): a query whose filter names none of them skips the segment
+    /// without reading it. Segments of an earlier run have none and are read.
+    dictionary: Option<Dictionary>,
 }
 
+/// A chunk's dictionary of strings and of addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dictionary {
+    texts: Arc<[crate::flow::intern::Sym]>,
+    ips: Arc<[Option<std::net::IpAddr>]>,
+}
+
+impl Dictionary {
+    fn entries(&self) -> usize {
+        self.texts.len() + self.ips.len()
+    }
+}
+
+/// Most dictionary entries kept for segments on disk (about 20 MiB); the oldest segments'
+/// go first.
+const MAX_DICTIONARY_ENTRIES: usize = 1 << 20;
+
 impl Segment {
+    /// Whether the segment may hold flows matching `filter`: false only when its dictionary
+    /// is known and lacks what the filter names.
+    fn may_match(&self, filter: &Filter) -> bool {
+        self.dictionary
+            .as_ref()
+            .is_none_or(|d| filter.can_match(&d.texts, &d.ips))
+    }
     fn file_name(c: &Chunk) -> String {
         format!(
             "flows_{}_{}_{}_{}_{}.parquet",
@@ -102,6 +130,7 @@ impl Segment {
             max_time: max,
             rows: u64::try_from(rows).ok()?,
             bytes,
+            dictionary: None,
         })
     }
 }
@@ -466,7 +495,16 @@ impl FlowStore {
             let mut inner = self.lock();
             inner.sealed.pop_front();
             match segment {
-                Some(Ok(s)) => inner.segments.push_back(s),
+                Some(Ok(s)) => {
+                    inner.segments.push_back(s);
+                    let mut kept = 0;
+                    for s in inner.segments.iter_mut().rev() {
+                        kept += s.dictionary.as_ref().map_or(0, Dictionary::entries);
+                        if kept > MAX_DICTIONARY_ENTRIES {
+                            s.dictionary = None;
+                        }
+                    }
+                }
                 Some(Err(e)) => {
                     self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -519,6 +557,10 @@ impl FlowStore {
             max_time: chunk.max_time,
             rows: chunk.rows() as u64,
             bytes,
+            dictionary: Some(Dictionary {
+                texts: chunk.texts.clone(),
+                ips: chunk.ips.clone(),
+            }),
         })
     }
 
@@ -649,6 +691,11 @@ impl FlowStore {
             if cursor.is_some_and(|c| first_seq >= c) || !filter.overlaps(min_time, max_time) {
                 continue;
             }
+            if let Source::Disk(s) = &source
+                && !s.may_match(filter)
+            {
+                continue;
+            }
             if matches!(source, Source::Disk(_)) {
                 if segments_read == MAX_SEGMENTS_PER_QUERY {
                     let next = source.span().1 + 1;
@@ -704,6 +751,11 @@ impl FlowStore {
         for source in self.sources()? {
             let (first_seq, last_seq, min_time, max_time) = source.span();
             if !filter.overlaps(min_time, max_time) {
+                continue;
+            }
+            if let Source::Disk(s) = &source
+                && !s.may_match(filter)
+            {
                 continue;
             }
             // A chunk wholly inside the time range answers the same for the same conditions.
@@ -1337,6 +1389,13 @@ mod tests {
         let second = store.list(&none, Some(cursor), 10).unwrap();
         assert!(second.flows.is_empty());
         assert_eq!(second.next_cursor, None);
+        // A filter naming a pod no segment of this run holds skips them all unread: one
+        // page, no budget reached, nothing to go on from; grouping by it is not refused.
+        let absent = filter(&[("pod", "nobody-here"), ("port", "1")]);
+        let page = store.list(&absent, None, 10).unwrap();
+        assert!(page.flows.is_empty());
+        assert_eq!(page.next_cursor, None);
+        assert_eq!(store.top(&absent, GroupBy::Verdict, 5).unwrap().1, 0);
         // Every flow is still reachable, page by page.
         assert_eq!(all_pages(&store, &Filter::default(), 5_000).len(), n);
         // Grouping with a condition over more segments than the budget is refused; a

@@ -9,6 +9,7 @@ use polars::prelude::*;
 use super::chunk::{Chunk, Col};
 use ipnet::IpNet;
 
+use crate::flow::intern::Sym;
 use crate::flow::{DropReason, L4Protocol, TrafficDirection, Verdict};
 
 /// Flows per page when `limit` is not given, and the most a page may hold.
@@ -267,6 +268,15 @@ impl Filter {
         self.since_ns.is_none_or(|s| max_time >= s) && self.until_ns.is_none_or(|u| min_time < u)
     }
 
+    /// Whether a chunk with these dictionaries may hold matching flows: false when a
+    /// condition on strings or addresses matches none of them.
+    pub fn can_match(&self, texts: &[Sym], ips: &[Option<IpAddr>]) -> bool {
+        self.conditions.iter().all(|c| match c.test {
+            Test::Numbers(_) | Test::Uuids(_) => true,
+            _ => !codes(&c.test, texts, ips).is_empty(),
+        })
+    }
+
     /// The filter as a polars predicate on `chunk`'s codes; `None` when nothing in the chunk
     /// can match (a wanted string is not in its dictionary).
     pub fn predicate(&self, chunk: &Chunk) -> Option<Expr> {
@@ -287,7 +297,7 @@ impl Filter {
                 all.push(any);
                 continue;
             }
-            let codes = codes(&condition.test, chunk);
+            let codes = codes(&condition.test, &chunk.texts, &chunk.ips);
             if codes.is_empty() {
                 return None;
             }
@@ -374,17 +384,19 @@ pub fn parse_time(key: &str, value: &str, now_ns: i64) -> Result<i64, BadParamet
 }
 
 /// Codes in `chunk` that satisfy `test` (for numbers, the numbers themselves).
-fn codes(test: &Test, chunk: &Chunk) -> Vec<u32> {
+fn codes(test: &Test, texts: &[Sym], ips: &[Option<IpAddr>]) -> Vec<u32> {
+    let strings = texts;
+    let addresses = ips;
     let texts = |keep: &dyn Fn(&str) -> bool| -> Vec<u32> {
         (0u32..)
-            .zip(chunk.texts.iter())
+            .zip(strings.iter())
             .filter(|(_, s)| keep(s))
             .map(|(c, _)| c)
             .collect()
     };
     let ips = |keep: &dyn Fn(IpAddr) -> bool| -> Vec<u32> {
         (0u32..)
-            .zip(chunk.ips.iter())
+            .zip(addresses.iter())
             .filter(|(_, ip)| ip.is_some_and(keep))
             .map(|(c, _)| c)
             .collect()

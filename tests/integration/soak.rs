@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use exfilwatch::proto::flow::Flow;
 use exfilwatch::sim::traffic::TrainingCluster;
 use tokio::time::Instant;
 
@@ -55,6 +56,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// What an SRE asks during an incident: a filtered page of flows and the top destinations,
 /// over the last minute and the last hour.
+/// Distinct flows the load generator cycles through.
+const POOL: usize = 8192;
+
 const QUERIES: [&str; 4] = [
     "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
     "/api/v1/flows?fqdn=example.net&limit=100",
@@ -141,6 +145,8 @@ async fn soak() {
         1_000_000_000 / rate as i64,
     );
     // Flows as a real cluster reports them (about 1.25 KB) unless the simulator's are asked.
+    // Shaping a flow costs the load generator more than exfilwatch pays to read it, so the
+    // traffic cycles through shaped flows made beforehand, each sent with a fresh time and UUID.
     let shape = std::env::var("EXFILWATCH_SOAK_SHAPE").unwrap_or_else(|_| "cilium-shaped".into());
     let shaped = |f| {
         if shape == "simulator" {
@@ -148,6 +154,18 @@ async fn soak() {
         } else {
             exfilwatch::sim::traffic::cilium_shaped(f)
         }
+    };
+    let pool: Vec<Flow> = (0..POOL).map(|_| shaped(cluster.next_flow())).collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let step_ns = 1_000_000_000 / rate as i64;
+    let mut now_ns = exfilwatch::common::clock::now_ns();
+    let mut stamp = |f: &mut Flow| {
+        now_ns += step_ns;
+        f.time = Some(prost_types::Timestamp {
+            seconds: now_ns.div_euclid(1_000_000_000),
+            nanos: now_ns.rem_euclid(1_000_000_000) as i32,
+        });
+        f.uuid = exfilwatch::flow::format_uuid(rng.u128(..));
     };
     let started = Instant::now();
     let per_tick = rate / 100;
@@ -160,9 +178,11 @@ async fn soak() {
     while started.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         for _ in 0..per_tick {
-            relay.sim.push_flow(shaped(cluster.next_flow()));
+            let mut f = pool[pushed as usize % POOL].clone();
+            stamp(&mut f);
+            relay.sim.push_flow(f);
+            pushed += 1;
         }
-        pushed += per_tick;
         n += 1;
         if n.is_multiple_of(100) {
             // A new destination every second: a new alert to time.
@@ -172,7 +192,9 @@ async fn soak() {
                 if !f.destination_names.is_empty() {
                     f.destination_names = vec![destination.clone()];
                 }
-                relay.sim.push_flow(shaped(f));
+                let mut f = shaped(f);
+                stamp(&mut f);
+                relay.sim.push_flow(f);
                 pushed += 1;
             }
             pushed_at.insert(destination, Instant::now());
@@ -236,14 +258,14 @@ async fn soak() {
         "every attempt alerted: {:?}",
         arrivals.keys().collect::<Vec<_>>()
     );
-    // Memory levels off once the store reaches its bound (64 MiB, within the first minute);
-    // after that the resident set stays within 10 % of where it settled.
-    let after = &rss[rss.len().min(60) / 2..];
+    // Memory levels off once the store and its caches reach their bounds (within the first
+    // minute); after that the resident set stays within 10 % of where it settled.
+    let warm = 60.min(rss.len() / 2);
+    let after = &rss[warm..];
     let low = after.iter().map(|r| r.1).min().unwrap_or(0);
     let peak = after.iter().map(|r| r.1).max().unwrap_or(0);
     eprintln!(
-        "  RSS after the first {} s: {low} to {peak} MiB ({:+.1} %)",
-        rss.len().min(60) / 2,
+        "  RSS after the first {warm} s: {low} to {peak} MiB ({:+.1} %)",
         (peak as f64 / low.max(1) as f64 - 1.0) * 100.0
     );
     assert!(
