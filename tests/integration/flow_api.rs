@@ -704,10 +704,16 @@ async fn a_sigkilled_service_restarts_with_its_stored_flows_intact() {
         relay.sim.push_flow(f.clone());
     }
     wait_for_flows(&service, flows.len() as u64).await;
-    // The writer moves chunks to disk after they became queryable: wait until memory is
-    // back within its bound, when nothing more will move.
+    // The writer appends what the pipeline received, then moves chunks to disk after they
+    // became queryable (the size gauges change when a move ends): wait until memory and disk
+    // hold every flow and memory is back within its bound, when nothing more will move.
     let deadline = tokio::time::Instant::now() + GUARD;
-    while service.metric("exfilwatch_store_memory_flows").await > 2_000 {
+    loop {
+        let memory = service.metric("exfilwatch_store_memory_flows").await;
+        let disk = service.metric("exfilwatch_store_disk_flows").await;
+        if memory <= 2_000 && memory + disk == flows.len() as u64 {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "memory never within bounds"

@@ -185,9 +185,10 @@ async fn soak() {
         }
         n += 1;
         if n.is_multiple_of(100) {
-            // A new destination every second: a new alert to time.
-            let second = n / 100;
-            let destination = format!("exfil-{second}.example.net");
+            // A new destination every 100 ticks (a second while the generator keeps up): a
+            // new alert to time; the resident set, by seconds since the start.
+            let (k, second) = (n / 100, started.elapsed().as_secs());
+            let destination = format!("exfil-{k}.example.net");
             for mut f in cluster.exfiltration_attempt() {
                 if !f.destination_names.is_empty() {
                     f.destination_names = vec![destination.clone()];
