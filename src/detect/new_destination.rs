@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use ipnet::IpNet;
 
 use super::{FlowDetector, Hit};
@@ -43,6 +44,13 @@ fn glob(pattern: &str, text: &str) -> bool {
                 })
         }
     }
+}
+
+/// `dest` as text in `buf`, reused from flow to flow.
+fn text<'b>(buf: &'b mut String, dest: DestinationRef<'_>) -> &'b str {
+    buf.clear();
+    let _ = write!(buf, "{dest}");
+    buf
 }
 
 /// A destination as the detector keeps it: the owned twin of [`DestinationRef`], compared
@@ -183,70 +191,66 @@ impl NewDestination {
         };
         let hasher = &self.hasher;
         let hash = hasher.hash_one(dest);
-        if let Some(known) = reached
-            .seen
-            .find_mut(hash, |k| k.destination.as_ref() == dest)
-        {
-            let was_seen = known.seen;
-            known.seen = known.seen.max(now);
-            if now.saturating_sub(known.saved) >= SAVE_EVERY_NS {
-                known.saved = now;
-                self.label.clear();
-                let _ = write!(self.label, "{dest}");
-                self.store.save_known_destination(
-                    &self.rule.name,
-                    &src.namespace,
-                    &self.label,
-                    now,
-                )?;
+        let full = reached.len() >= MAX_PER_NAMESPACE;
+        let known = match reached.seen.entry(
+            hash,
+            |k| k.destination.as_ref() == dest,
+            |k| hasher.hash_one(k.destination.as_ref()),
+        ) {
+            Entry::Occupied(entry) => {
+                let known = entry.into_mut();
+                let was_seen = known.seen;
+                known.seen = known.seen.max(now);
+                if now.saturating_sub(known.saved) >= SAVE_EVERY_NS {
+                    known.saved = now;
+                    let label = text(&mut self.label, dest);
+                    self.store.save_known_destination(
+                        &self.rule.name,
+                        &src.namespace,
+                        label,
+                        now,
+                    )?;
+                }
+                if now.saturating_sub(was_seen) <= history {
+                    // Known: a flow joins the alert raised for it while that alert lives.
+                    return Ok(match &mut known.raised {
+                        Some(last) if now.saturating_sub(*last) < quiet => {
+                            *last = now;
+                            Some(self.hit(flow))
+                        }
+                        _ => None,
+                    });
+                }
+                // Seen before, but longer ago than the history: new again.
+                known
             }
-            if now.saturating_sub(was_seen) <= history {
-                // Known: a flow joins the alert raised for it while that alert lives.
-                return Ok(match &mut known.raised {
-                    Some(last) if now.saturating_sub(*last) < quiet => {
-                        *last = now;
-                        Some(self.hit(flow))
-                    }
-                    _ => None,
-                });
+            Entry::Vacant(_) if full => return Ok(None),
+            Entry::Vacant(entry) => {
+                let label = text(&mut self.label, dest);
+                let stored = reached.stored.remove(label);
+                self.store
+                    .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
+                let known = entry
+                    .insert(Known {
+                        destination: Owned::of(dest),
+                        seen: now,
+                        saved: now,
+                        raised: None,
+                    })
+                    .into_mut();
+                if stored.is_some_and(|seen| now.saturating_sub(seen) <= history) {
+                    return Ok(None);
+                }
+                known
             }
-            // Seen before, but longer ago than the history: new again.
-        } else if reached.len() < MAX_PER_NAMESPACE {
-            self.label.clear();
-            let _ = write!(self.label, "{dest}");
-            let stored = reached.stored.remove(self.label.as_str());
-            reached.seen.insert_unique(
-                hash,
-                Known {
-                    destination: Owned::of(dest),
-                    seen: now,
-                    saved: now,
-                    raised: None,
-                },
-                |k| hasher.hash_one(k.destination.as_ref()),
-            );
-            self.store
-                .save_known_destination(&self.rule.name, &src.namespace, &self.label, now)?;
-            if stored.is_some_and(|seen| now.saturating_sub(seen) <= history) {
-                return Ok(None);
-            }
-        } else {
-            return Ok(None);
-        }
+        };
         let since = self.since.get(&src.namespace).copied().unwrap_or(now);
-        self.label.clear();
-        let _ = write!(self.label, "{dest}");
-        if now.saturating_sub(since) < learning
-            || self.params.allow.iter().any(|p| glob(p, &self.label))
+        let label = text(&mut self.label, dest);
+        if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, label))
         {
             return Ok(None);
         }
-        if let Some(known) = reached
-            .seen
-            .find_mut(hash, |k| k.destination.as_ref() == dest)
-        {
-            known.raised = Some(now);
-        }
+        known.raised = Some(now);
         Ok(Some(self.hit(flow)))
     }
 

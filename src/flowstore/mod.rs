@@ -143,6 +143,15 @@ enum Source {
 }
 
 impl Source {
+    /// False only for a segment whose dictionaries lack what `filter` names; a chunk in
+    /// memory is ruled out later, by its predicate.
+    fn may_match(&self, filter: &Filter) -> bool {
+        match self {
+            Source::Memory(_) => true,
+            Source::Disk(s) => s.may_match(filter),
+        }
+    }
+
     fn span(&self) -> (u64, u64, i64, i64) {
         match self {
             Source::Memory(c) => (c.first_seq, c.last_seq, c.min_time, c.max_time),
@@ -691,9 +700,7 @@ impl FlowStore {
             if cursor.is_some_and(|c| first_seq >= c) || !filter.overlaps(min_time, max_time) {
                 continue;
             }
-            if let Source::Disk(s) = &source
-                && !s.may_match(filter)
-            {
+            if !source.may_match(filter) {
                 continue;
             }
             if matches!(source, Source::Disk(_)) {
@@ -753,9 +760,7 @@ impl FlowStore {
             if !filter.overlaps(min_time, max_time) {
                 continue;
             }
-            if let Source::Disk(s) = &source
-                && !s.may_match(filter)
-            {
+            if !source.may_match(filter) {
                 continue;
             }
             // A chunk wholly inside the time range answers the same for the same conditions.
@@ -790,15 +795,16 @@ impl FlowStore {
             };
             for part in parts.iter() {
                 total += part.count;
-                let g = groups.entry(part.key.clone()).or_insert(Group {
-                    key: part.key.clone(),
-                    count: 0,
-                    first_ns: part.first_ns,
-                    last_ns: part.last_ns,
-                });
-                g.count += part.count;
-                g.first_ns = g.first_ns.min(part.first_ns);
-                g.last_ns = g.last_ns.max(part.last_ns);
+                match groups.get_mut(&part.key) {
+                    Some(g) => {
+                        g.count += part.count;
+                        g.first_ns = g.first_ns.min(part.first_ns);
+                        g.last_ns = g.last_ns.max(part.last_ns);
+                    }
+                    None => {
+                        groups.insert(part.key.clone(), part.clone());
+                    }
+                }
             }
         }
         let mut groups: Vec<Group> = groups.into_values().collect();
