@@ -261,34 +261,41 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 6] = [
-        GroupBy::Destination,
-        GroupBy::Source,
-        GroupBy::Fqdn,
-        GroupBy::Port,
-        GroupBy::Namespace,
-        GroupBy::Verdict,
+    /// Every grouping, with its name in the API.
+    const TABLE: [(GroupBy, &'static str); 6] = [
+        (GroupBy::Destination, "destination"),
+        (GroupBy::Source, "source"),
+        (GroupBy::Fqdn, "fqdn"),
+        (GroupBy::Port, "port"),
+        (GroupBy::Namespace, "namespace"),
+        (GroupBy::Verdict, "verdict"),
     ];
 
-    pub const NAMES: [&'static str; 6] = [
-        "destination",
-        "source",
-        "fqdn",
-        "port",
-        "namespace",
-        "verdict",
-    ];
+    pub const ALL: [GroupBy; 6] = {
+        let mut all = [GroupBy::Destination; 6];
+        let mut i = 0;
+        while i < 6 {
+            all[i] = Self::TABLE[i].0;
+            i += 1;
+        }
+        all
+    };
+
+    pub const NAMES: [&'static str; 6] = {
+        let mut names = [""; 6];
+        let mut i = 0;
+        while i < 6 {
+            names[i] = Self::TABLE[i].1;
+            i += 1;
+        }
+        names
+    };
 
     pub fn parse(name: &str) -> Option<GroupBy> {
-        Some(match name {
-            "destination" => GroupBy::Destination,
-            "source" => GroupBy::Source,
-            "fqdn" => GroupBy::Fqdn,
-            "port" => GroupBy::Port,
-            "namespace" => GroupBy::Namespace,
-            "verdict" => GroupBy::Verdict,
-            _ => return None,
-        })
+        Self::TABLE
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(by, _)| *by)
     }
 
     /// The group's key as one `u64` per row: a single-column group-by is many times faster
