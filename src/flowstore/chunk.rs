@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use polars::prelude::*;
 
-use crate::flow::intern::Sym;
+use crate::common::hash::FastMap;
+use crate::flow::intern::{Sym, SymList};
 use crate::flow::{Endpoint, FlowEvent};
 
 /// Numeric and coded columns, in order after `seq` and `time`.
@@ -55,10 +56,20 @@ pub enum Col {
     /// 0 no L7 record, 1 DNS request, 2 DNS response.
     L7,
     DnsRcode,
+    /// The endpoints' Cilium labels, sorted and joined by commas (one dictionary entry per
+    /// distinct set): what the policy advisor selects peers by.
+    SrcLabels,
+    DstLabels,
 }
 
 /// Columns a segment written by an earlier version may lack.
-const ADDED: [Col; 3] = [Col::DnsQuery, Col::L7, Col::DnsRcode];
+const ADDED: [Col; 5] = [
+    Col::DnsQuery,
+    Col::L7,
+    Col::DnsRcode,
+    Col::SrcLabels,
+    Col::DstLabels,
+];
 
 /// How a column's values are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +79,7 @@ pub enum Kind {
     Ip,
 }
 
-pub const COLUMNS: usize = 26;
+pub const COLUMNS: usize = 28;
 
 /// Name and kind of every [`Col`], in order.
 pub const SCHEMA: [(&str, Kind); COLUMNS] = [
@@ -98,6 +109,8 @@ pub const SCHEMA: [(&str, Kind); COLUMNS] = [
     ("dns_query", Kind::Text),
     ("l7", Kind::Number),
     ("dns_rcode", Kind::Number),
+    ("src_labels", Kind::Text),
+    ("dst_labels", Kind::Text),
 ];
 
 /// The columns that hold a flow's UUID, high and low 64 bits.
@@ -131,6 +144,8 @@ impl Col {
         Col::DnsQuery,
         Col::L7,
         Col::DnsRcode,
+        Col::SrcLabels,
+        Col::DstLabels,
     ];
 
     pub fn name(self) -> &'static str {
@@ -242,6 +257,9 @@ pub struct Builder {
     columns: Vec<Vec<u32>>,
     texts: Dict<Sym>,
     ips: Dict<Option<IpAddr>>,
+    /// Text codes of label sets by the address of the decoder's shared list (which the entry
+    /// keeps alive, so no other list can take its address): joined once per distinct set.
+    label_sets: FastMap<usize, (SymList, u32)>,
 }
 
 impl Builder {
@@ -253,7 +271,21 @@ impl Builder {
             columns: (0..COLUMNS).map(|_| Vec::with_capacity(rows)).collect(),
             texts: Dict::default(),
             ips: Dict::default(),
+            label_sets: FastMap::default(),
         }
+    }
+
+    fn label_code(&mut self, labels: &SymList) -> u32 {
+        if labels.is_empty() {
+            return 0;
+        }
+        let key = Arc::as_ptr(labels).cast::<u8>() as usize;
+        if let Some((_, code)) = self.label_sets.get(&key) {
+            return *code;
+        }
+        let code = self.texts.code(&Sym::from(join_labels(labels)));
+        self.label_sets.insert(key, (labels.clone(), code));
+        code
     }
 
     pub fn len(&self) -> usize {
@@ -309,6 +341,10 @@ impl Builder {
         text(self, Col::DnsQuery, query.unwrap_or(&empty));
         self.columns[Col::L7 as usize].push(l7);
         self.columns[Col::DnsRcode as usize].push(rcode);
+        let code = self.label_code(&row.source.labels);
+        self.columns[Col::SrcLabels as usize].push(code);
+        let code = self.label_code(&row.destination.labels);
+        self.columns[Col::DstLabels as usize].push(code);
     }
 
     /// A chunk of the rows so far; the builder keeps them (a query's snapshot).
@@ -336,6 +372,15 @@ impl Builder {
             old.ips.values,
         )
     }
+}
+
+/// An endpoint's labels as one text: sorted, joined by commas (Kubernetes label keys and
+/// values cannot hold one).
+pub fn join_labels(labels: &[Sym]) -> String {
+    let mut sorted: Vec<&str> = labels.iter().map(|l| &**l).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.join(",")
 }
 
 fn dict_bytes(values: &[Sym]) -> usize {

@@ -64,12 +64,13 @@ impl StoredFlow {
     }
 
     fn endpoint(&self, source: bool) -> EndpointJson {
-        let (ns, pod, workload, identity) = if source {
+        let (ns, pod, workload, identity, labels) = if source {
             (
                 Col::SrcNamespace,
                 Col::SrcPod,
                 Col::SrcWorkload,
                 Col::SrcIdentity,
+                Col::SrcLabels,
             )
         } else {
             (
@@ -77,13 +78,20 @@ impl StoredFlow {
                 Col::DstPod,
                 Col::DstWorkload,
                 Col::DstIdentity,
+                Col::DstLabels,
             )
         };
+        let labels = self.text(labels);
         let workload = self.text(workload);
         EndpointJson {
             identity: self.number(identity),
             namespace: self.text(ns).to_owned(),
             pod_name: self.text(pod).to_owned(),
+            labels: if labels.is_empty() {
+                Vec::new()
+            } else {
+                labels.split(',').map(str::to_owned).collect()
+            },
             workloads: if workload.is_empty() {
                 Vec::new()
             } else {
@@ -229,7 +237,7 @@ impl StoredFlow {
     }
 }
 
-fn protocol(n: u32) -> L4Protocol {
+pub fn protocol(n: u32) -> L4Protocol {
     [
         L4Protocol::Unknown,
         L4Protocol::Tcp,
@@ -414,6 +422,9 @@ pub struct EndpointJson {
     pub namespace: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pod_name: String,
+    /// Cilium labels, "source:key=value", sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadJson>,
 }

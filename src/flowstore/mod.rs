@@ -12,6 +12,7 @@
 //! `spawn_blocking` (polars' collect must not run on an async worker).
 
 pub mod chunk;
+pub mod connections;
 pub mod json;
 pub mod query;
 
@@ -23,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use polars::prelude::*;
 
 pub use chunk::{Builder, Chunk, Col, Row};
+pub use connections::{Connection, ConnectionKey};
 pub use query::{BadParameter, Filter};
 
 use crate::config::{FlowStoreConfig, MAX_CHUNK_FLOWS};
@@ -181,10 +183,25 @@ pub struct FlowStore {
     cache: Mutex<VecDeque<(PathBuf, Arc<Chunk>)>>,
     /// `/flows/top` answers of whole chunks, which never change once sealed.
     tops: Mutex<TopCache>,
+    /// The policy advisor's connections of whole chunks, by chunk and namespace; oldest first.
+    connections: Mutex<ConnectionsCache>,
     pub stats: StoreStats,
 }
 
 const SEGMENT_CACHE: usize = 4;
+
+/// How many chunks' connections are kept (a chunk of a namespace holds a few hundred).
+const CONNECTIONS_CACHE: usize = 4096;
+
+/// A chunk (first and last sequence number: a chunk that gains rows gets a new key) and a
+/// namespace.
+type ConnectionsKey = (u64, u64, String);
+
+#[derive(Debug, Default)]
+struct ConnectionsCache {
+    parts: HashMap<ConnectionsKey, Arc<Vec<Connection>>>,
+    order: VecDeque<ConnectionsKey>,
+}
 
 /// Most bytes the `/flows/top` answers of whole chunks may hold.
 const TOP_CACHE_BYTES: usize = 16 << 20;
@@ -370,6 +387,16 @@ pub struct Group {
 impl FlowStore {
     /// Opens the store, finding the segments a previous run left under `config.dir`.
     pub fn open(config: FlowStoreConfig) -> Result<Arc<FlowStore>, StoreError> {
+        FlowStore::open_with(config, true)
+    }
+
+    /// Opens the segments under `config.dir` to query them only: nothing is created, removed
+    /// or expired, so a running service's directory can be read beside it.
+    pub fn open_read_only(config: FlowStoreConfig) -> Result<Arc<FlowStore>, StoreError> {
+        FlowStore::open_with(config, false)
+    }
+
+    fn open_with(config: FlowStoreConfig, writable: bool) -> Result<Arc<FlowStore>, StoreError> {
         let config = FlowStoreConfig {
             chunk_flows: config.chunk_flows.clamp(1, MAX_CHUNK_FLOWS),
             ..config
@@ -380,11 +407,16 @@ impl FlowStore {
                 path: dir.display().to_string(),
                 source,
             };
-            std::fs::create_dir_all(dir).map_err(io)?;
+            if writable {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
             for entry in std::fs::read_dir(dir).map_err(io)? {
                 let entry = entry.map_err(io)?;
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == "tmp") {
+                    if !writable {
+                        continue;
+                    }
                     // A segment whose write did not finish; its flows were still in memory.
                     let _ = std::fs::remove_file(&path);
                     continue;
@@ -412,9 +444,12 @@ impl FlowStore {
             config,
             cache: Mutex::new(VecDeque::new()),
             tops: Mutex::default(),
+            connections: Mutex::default(),
             stats: StoreStats::default(),
         });
-        store.retain(crate::common::clock::now_ns());
+        if writable {
+            store.retain(crate::common::clock::now_ns());
+        }
         store.update_sizes(&store.lock());
         Ok(store)
     }
@@ -818,6 +853,52 @@ impl FlowStore {
         groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         groups.truncate(limit);
         Ok((groups, total))
+    }
+
+    /// The connections of `namespace` in `[since_ns, until_ns)`: its flows folded by local
+    /// endpoint, peer, port and verdict (see [`connections`]). Reads every chunk in the range,
+    /// without the segment budget of `/flows`: an operator's question over days, not a
+    /// dashboard's. Parts of chunks wholly inside the range are cached.
+    pub fn connections(
+        &self,
+        namespace: &str,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let mut parts = Vec::new();
+        for source in self.sources()? {
+            let (first_seq, last_seq, min_time, max_time) = source.span();
+            if max_time < since_ns || min_time >= until_ns {
+                continue;
+            }
+            let whole = since_ns <= min_time && max_time < until_ns;
+            let key = (first_seq, last_seq, namespace.to_owned());
+            let lock = || self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = whole.then(|| lock().parts.get(&key).cloned()).flatten();
+            let part = match cached {
+                Some(part) => part,
+                None => {
+                    let Some(chunk) = self.load(&source) else {
+                        continue;
+                    };
+                    let part = Arc::new(connections::fold(&chunk, namespace, since_ns, until_ns)?);
+                    if whole {
+                        let mut cache = lock();
+                        if cache.parts.insert(key.clone(), part.clone()).is_none() {
+                            cache.order.push_back(key);
+                        }
+                        if cache.order.len() > CONNECTIONS_CACHE
+                            && let Some(oldest) = cache.order.pop_front()
+                        {
+                            cache.parts.remove(&oldest);
+                        }
+                    }
+                    part
+                }
+            };
+            parts.extend(part.iter().cloned());
+        }
+        Ok(connections::merge(parts))
     }
 
     /// The summary of a chunk going to disk: its groups by every key with no condition, so

@@ -1,0 +1,240 @@
+//! A namespace's flows folded into connections: who talked to whom, on which port, with which
+//! verdict, how often and when. What the policy advisor reads instead of single flows: a week
+//! of a training job's traffic is millions of flows but a few hundred connections.
+//!
+//! Each chunk is folded on its own codes (no text per row) and the parts merged by value; the
+//! parts of whole chunks are cached like `/flows/top` answers, since a sealed chunk never
+//! changes.
+
+use std::collections::BTreeSet;
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::net::IpAddr;
+
+use polars::prelude::*;
+
+use super::chunk::{Chunk, Col};
+use crate::common::hash::FastMap;
+use crate::flow::intern::Sym;
+
+/// Most local pods a connection names.
+pub const MAX_PODS: usize = 8;
+
+/// What tells two connections apart: the local endpoint (the source of egress, the
+/// destination of ingress), the peer, the port and what the network did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionKey {
+    /// Hubble's `TrafficDirection` number (0 unknown, 1 ingress, 2 egress).
+    pub direction: u32,
+    /// Hubble's `Verdict` number.
+    pub verdict: u32,
+    pub drop_reason: u32,
+    pub src_namespace: Sym,
+    /// Sorted labels joined by commas (see `chunk::join_labels`).
+    pub src_labels: Sym,
+    pub src_identity: u32,
+    pub dst_namespace: Sym,
+    pub dst_labels: Sym,
+    pub dst_identity: u32,
+    /// The peer's address: the destination's for egress, the source's for ingress.
+    pub peer_ip: Option<IpAddr>,
+    pub dst_port: u16,
+    /// `L4Protocol` as stored.
+    pub protocol: u32,
+    /// The destination's DNS name, when Hubble knew it.
+    pub fqdn: Sym,
+    /// The queried name of a DNS request flow.
+    pub dns_query: Sym,
+}
+
+/// One connection: its key and what was seen of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub key: ConnectionKey,
+    pub flows: u64,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    /// Up to [`MAX_PODS`] local pods.
+    pub pods: BTreeSet<Sym>,
+    /// The policy that denied it, "namespace/name", when Hubble named one.
+    pub policy: Sym,
+}
+
+/// Codes of one row's key within a chunk.
+type Codes = [u32; 15];
+
+const KEY_COLUMNS: [Col; 14] = [
+    Col::Direction,
+    Col::Verdict,
+    Col::DropReason,
+    Col::SrcNamespace,
+    Col::SrcLabels,
+    Col::SrcIdentity,
+    Col::DstNamespace,
+    Col::DstLabels,
+    Col::DstIdentity,
+    Col::DstPort,
+    Col::Protocol,
+    Col::Fqdn,
+    Col::DnsQuery,
+    Col::SrcIp,
+];
+
+struct Part {
+    flows: u64,
+    first_ns: i64,
+    last_ns: i64,
+    pods: Vec<u32>,
+    policy: (u32, u32),
+}
+
+/// The connections of `chunk`'s request flows within `[since_ns, until_ns)` that leave or
+/// enter `namespace`. Reply packets and DNS responses belong to the request's connection and
+/// are left out.
+pub fn fold(
+    chunk: &Chunk,
+    namespace: &str,
+    since_ns: i64,
+    until_ns: i64,
+) -> PolarsResult<Vec<Connection>> {
+    let Some(ns) = chunk.texts.iter().position(|t| &**t == namespace) else {
+        return Ok(Vec::new());
+    };
+    let ns = u32::try_from(ns).unwrap_or(u32::MAX);
+    let frame = &chunk.frame;
+    let numbers = |c: Col| -> PolarsResult<Vec<u32>> {
+        Ok(frame.column(c.name())?.u32()?.into_no_null_iter().collect())
+    };
+    let time: Vec<i64> = frame.column("time")?.i64()?.into_no_null_iter().collect();
+    let columns: Vec<Vec<u32>> = KEY_COLUMNS
+        .iter()
+        .map(|c| numbers(*c))
+        .collect::<PolarsResult<_>>()?;
+    let [dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol] = [
+        Col::DstIp,
+        Col::IsReply,
+        Col::L7,
+        Col::SrcPod,
+        Col::DstPod,
+        Col::PolicyNamespace,
+        Col::Policy,
+    ]
+    .map(numbers);
+    let (dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol) =
+        (dst_ip?, is_reply?, l7?, src_pod?, dst_pod?, pol_ns?, pol?);
+    let c = |col: Col| {
+        KEY_COLUMNS
+            .iter()
+            .position(|k| *k == col)
+            .unwrap_or_default()
+    };
+    let (src_ns, dst_ns, direction) = (
+        c(Col::SrcNamespace),
+        c(Col::DstNamespace),
+        c(Col::Direction),
+    );
+    let src_ip = c(Col::SrcIp);
+    let mut parts: FastMap<Codes, Part> = FastMap::default();
+    for row in 0..time.len() {
+        let t = time[row];
+        if t < since_ns || t >= until_ns || is_reply[row] == 2 || l7[row] == 2 {
+            continue;
+        }
+        let (from, to) = (columns[src_ns][row] == ns, columns[dst_ns][row] == ns);
+        // Ingress (1) is the destination's traffic; egress and unknown, the source's.
+        let ingress = columns[direction][row] == 1;
+        if !(if ingress { to } else { from }) {
+            continue;
+        }
+        let mut codes: Codes = [0; 15];
+        for (i, column) in columns.iter().enumerate() {
+            codes[i] = column[row];
+        }
+        // The peer's address in the last slot: the source's for ingress.
+        codes[src_ip] = 0;
+        codes[14] = if ingress {
+            columns[src_ip][row]
+        } else {
+            dst_ip[row]
+        };
+        let pod = if ingress { dst_pod[row] } else { src_pod[row] };
+        let part = parts.entry(codes).or_insert_with(|| Part {
+            flows: 0,
+            first_ns: t,
+            last_ns: t,
+            pods: Vec::new(),
+            policy: (pol_ns[row], pol[row]),
+        });
+        part.flows += 1;
+        part.first_ns = part.first_ns.min(t);
+        part.last_ns = part.last_ns.max(t);
+        if part.pods.len() < MAX_PODS && !part.pods.contains(&pod) {
+            part.pods.push(pod);
+        }
+    }
+    let text = |code: u32| chunk.texts.get(code as usize).cloned().unwrap_or_default();
+    Ok(parts
+        .into_iter()
+        .map(|(codes, part)| {
+            let policy = match part.policy {
+                (_, 0) => Sym::default(),
+                (n, p) => Sym::from(format!("{}/{}", text(n), text(p))),
+            };
+            Connection {
+                key: ConnectionKey {
+                    direction: codes[0],
+                    verdict: codes[1],
+                    drop_reason: codes[2],
+                    src_namespace: text(codes[3]),
+                    src_labels: text(codes[4]),
+                    src_identity: codes[5],
+                    dst_namespace: text(codes[6]),
+                    dst_labels: text(codes[7]),
+                    dst_identity: codes[8],
+                    dst_port: u16::try_from(codes[9]).unwrap_or(0),
+                    protocol: codes[10],
+                    fqdn: text(codes[11]),
+                    dns_query: text(codes[12]),
+                    peer_ip: chunk.ips.get(codes[14] as usize).copied().flatten(),
+                },
+                flows: part.flows,
+                first_ns: part.first_ns,
+                last_ns: part.last_ns,
+                pods: part
+                    .pods
+                    .iter()
+                    .map(|p| text(*p))
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                policy,
+            }
+        })
+        .collect())
+}
+
+/// Merges parts from several chunks into one list, sorted by key.
+pub fn merge(parts: impl IntoIterator<Item = Connection>) -> Vec<Connection> {
+    let mut all: BTreeMap<ConnectionKey, Connection> = BTreeMap::new();
+    for c in parts {
+        match all.entry(c.key.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(c);
+            }
+            Entry::Occupied(mut o) => {
+                let m = o.get_mut();
+                m.flows += c.flows;
+                m.first_ns = m.first_ns.min(c.first_ns);
+                m.last_ns = m.last_ns.max(c.last_ns);
+                for pod in c.pods {
+                    if m.pods.len() >= MAX_PODS {
+                        break;
+                    }
+                    m.pods.insert(pod);
+                }
+                if m.policy.is_empty() {
+                    m.policy = c.policy;
+                }
+            }
+        }
+    }
+    all.into_values().collect()
+}
