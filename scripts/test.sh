@@ -39,6 +39,23 @@ if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$to
 fi
 export PATH="$PWD/$tools/bin:$PATH"
 
+# Node.js and Cilium's CRD schema (the npm package @kubernetes-models/cilium, pinned) for the
+# offline validation of CiliumNetworkPolicy objects: the policy pack and the advisor's output.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "node is missing: run as root, or: sudo apt-get install -y --no-install-recommends nodejs npm" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f .tools/node/node_modules/@kubernetes-models/cilium/package.json ]; then
+  echo "installing @kubernetes-models/cilium into .tools/node" >&2
+  mkdir -p .tools/node
+  [ -f .tools/node/package.json ] || echo '{"private": true}' >.tools/node/package.json
+  npm install --prefix .tools/node --silent --no-audit --no-fund @kubernetes-models/cilium@4.0.0
+fi
+
 # The test runner. cargo-nextest runs the integration tests in parallel processes; plain
 # cargo test is the fallback where it cannot be installed.
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -46,6 +46,7 @@ pub mod egress;
 pub mod flow;
 pub mod flowstore;
 pub mod pipeline;
+pub mod policy;
 pub mod proto;
 pub mod rules;
 pub mod sim;

@@ -6,6 +6,7 @@
 
 mod check;
 mod demo;
+mod policy;
 mod replay;
 mod run;
 mod text;
@@ -75,6 +76,11 @@ impl Cli {
                 Command::Run { config, .. } | Command::Check { config } => Some(config),
                 Command::Replay { config, .. } => config.as_ref(),
                 Command::Demo { .. } => None,
+                Command::Policy { action } => Some(match action {
+                    PolicyAction::Suggest { config, .. } | PolicyAction::Check { config, .. } => {
+                        config
+                    }
+                }),
             }?;
             Config::load(path).ok().map(|c| c.log)
         };
@@ -142,6 +148,53 @@ pub enum Command {
         #[arg(long)]
         alertmanager: Option<String>,
     },
+    /// The policy advisor: suggest policies from the flow history, check candidates against it.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+/// The policy advisor's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Least-privilege policies for a namespace from its stored flows, as YAML for kubectl.
+    Suggest {
+        /// Configuration file: its storage (read-only) and rules (segmentation) are used.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        namespace: String,
+        /// How far back to read flows.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        since: Duration,
+        /// Policy kind to write: cilium (CiliumNetworkPolicy) or kubernetes (NetworkPolicy).
+        #[arg(long, default_value = "cilium", value_parser = parse_flavor)]
+        flavor: crate::policy::Flavor,
+        /// table: the YAML (left-out destinations as comments); json: the whole suggestion.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// What candidate policies would have done to a namespace's stored flows; exits 1 when
+    /// they would drop traffic that flowed.
+    Check {
+        /// Policy files (YAML; other kinds of documents in them are skipped).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        namespace: String,
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        since: Duration,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+fn parse_flavor(text: &str) -> Result<crate::policy::Flavor, String> {
+    crate::policy::Flavor::parse(text)
+        .ok_or_else(|| format!("{text:?} is not cilium or kubernetes"))
 }
 
 /// Runs `command` until it finishes or `cancel` fires.
@@ -193,5 +246,40 @@ pub async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
             Ok(outcome) => outcome,
             Err(e) => Outcome::fail(1, format!("demo: {e}")),
         },
+        Command::Policy { action } => {
+            let run = move || match action {
+                PolicyAction::Suggest {
+                    config,
+                    namespace,
+                    since,
+                    flavor,
+                    output,
+                } => {
+                    let w = policy::Window {
+                        config: &config,
+                        namespace: &namespace,
+                        since,
+                    };
+                    policy::suggest(&w, flavor, output)
+                }
+                PolicyAction::Check {
+                    files,
+                    config,
+                    namespace,
+                    since,
+                    output,
+                } => {
+                    let w = policy::Window {
+                        config: &config,
+                        namespace: &namespace,
+                        since,
+                    };
+                    policy::check(&w, &files, output)
+                }
+            };
+            tokio::task::spawn_blocking(run)
+                .await
+                .unwrap_or_else(|e| Outcome::fail(1, format!("policy: {e}")))
+        }
     }
 }

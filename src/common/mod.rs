@@ -8,6 +8,7 @@ pub mod hash;
 pub mod http;
 pub mod net;
 pub mod retry;
+pub mod text;
 pub mod units;
 pub mod version;
 pub mod yaml;

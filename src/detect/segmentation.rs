@@ -13,27 +13,10 @@ use super::Hit;
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
-use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
+use crate::rules::{Allowed, Kind, Rule, SegmentationParams, fqdn_matches};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
-
-/// True when `name` (a DNS name, trailing dot or not, any case) matches `pattern`: a name, or
-/// `*.` and a suffix that must follow at least one label.
-fn fqdn_matches(pattern: &str, name: &str) -> bool {
-    let name = name.trim_end_matches('.');
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            let Some(head) = name.len().checked_sub(suffix.len() + 1) else {
-                return false;
-            };
-            name.as_bytes()[head] == b'.'
-                && name.as_bytes()[head + 1..].eq_ignore_ascii_case(suffix.as_bytes())
-                && head > 0
-        }
-        None => name.eq_ignore_ascii_case(pattern),
-    }
-}
 
 /// An allow entry with its labels as "key=value", ready to compare with Cilium's labels.
 #[derive(Debug)]

@@ -198,6 +198,57 @@ pub struct Allowed {
     pub description: String,
 }
 
+impl Allowed {
+    /// True when this entry allows a destination: its namespace, Cilium labels
+    /// ("source:key=value"), address, port and the DNS names it is known by.
+    pub fn permits(
+        &self,
+        namespace: &str,
+        labels: &[&str],
+        ip: Option<std::net::IpAddr>,
+        port: u16,
+        names: &[&str],
+    ) -> bool {
+        (self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&port)))
+            && (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+            && (self.cidrs.is_empty()
+                || ip.is_some_and(|ip| self.cidrs.iter().any(|c| c.contains(&ip))))
+            && (self.fqdns.is_empty()
+                || names
+                    .iter()
+                    .any(|n| self.fqdns.iter().any(|p| fqdn_matches(p, n))))
+            && self.labels.iter().all(|(k, v)| {
+                labels.iter().any(|l| {
+                    l.split_once(':')
+                        .map_or(*l, |(_, rest)| rest)
+                        .split_once('=')
+                        == Some((k.as_str(), v.as_str()))
+                })
+            })
+    }
+}
+
+/// True when `name` (a DNS name, trailing dot or not, any case) matches `pattern`: a name, or
+/// `*.` and a suffix that must follow at least one label.
+pub fn fqdn_matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            let Some(head) = name.len().checked_sub(suffix.len() + 1) else {
+                return false;
+            };
+            name.as_bytes()[head] == b'.'
+                && name.as_bytes()[head + 1..].eq_ignore_ascii_case(suffix.as_bytes())
+                && head > 0
+        }
+        None => name.eq_ignore_ascii_case(pattern),
+    }
+}
+
 /// Parameters of the `new_destination` detector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDestinationParams {

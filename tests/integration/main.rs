@@ -17,6 +17,7 @@ mod fuzz;
 mod hubble_stream;
 mod hubble_tls;
 mod layers;
+mod policy_advisor;
 mod prometheus;
 mod reload;
 mod replay;

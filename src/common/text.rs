@@ -1,0 +1,40 @@
+//! Text from the watched workloads (pod names, labels, DNS names) made safe to print on a
+//! terminal or in a YAML comment: control characters and bidirectional overrides become
+//! `\u{..}` escapes, so a crafted name cannot move the cursor, end a comment line or reorder
+//! what an operator reads.
+
+use std::borrow::Cow;
+
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every unsafe character escaped; borrowed when there is none.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_and_the_rest_kept() {
+        assert!(matches!(printable("llm-pretrain-0"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\nb\x1b[2J"), "a\\u{a}b\\u{1b}[2J");
+        assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(printable("ünïcode"), "ünïcode");
+    }
+}

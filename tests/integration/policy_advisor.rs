@@ -1,0 +1,366 @@
+//! The policy advisor over a simulated week of the demo's training traffic, stored on disk as
+//! the service stores it: `policy suggest` then `policy check` of the suggestion drops nothing
+//! that flowed and allows none of the denied attempts; `policy check` of the guide's pack
+//! reports exactly the attempts it was written to block; the suggested YAML passes the
+//! Kubernetes and Cilium schemas offline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use exfilwatch::config::Config;
+use exfilwatch::flow::wire::Decoder;
+use exfilwatch::flowstore::{FlowStore, Row};
+use exfilwatch::sim::traffic::{TrainingCluster, cilium_shaped};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::support::service::{exfilwatch, text};
+
+const WEEK_NS: i64 = 7 * 24 * 3600 * 1_000_000_000;
+const FLOWS: i64 = 40_000;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A configuration whose store holds a week of training traffic: benign flows every ~15 s
+/// (half of them Cilium-shaped, with a real pod's labels) and an exfiltration attempt a day.
+fn simulated_week(dir: &Path) -> PathBuf {
+    let config = dir.join("exfilwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  dir: {}\nrules:\n  dir: {}\n",
+            dir.join("state").display(),
+            root().join("rules").display()
+        ),
+    )
+    .unwrap();
+    let loaded = Config::load(&config).unwrap();
+    let store = FlowStore::open(loaded.flows.clone()).unwrap();
+    let now = exfilwatch::common::clock::now_ns();
+    let start = now - WEEK_NS + 3_600_000_000_000;
+    let step = (WEEK_NS - 7_200_000_000_000) / FLOWS;
+    let mut cluster = TrainingCluster::new(7, start, step);
+    let mut decoder = Decoder::default();
+    let mut rows = Vec::new();
+    for i in 0..FLOWS {
+        let flow = cluster.next_flow();
+        let flow = if i % 2 == 0 {
+            cilium_shaped(flow)
+        } else {
+            flow
+        };
+        let event = exfilwatch::sim::received(&mut decoder, flow).unwrap();
+        rows.push(Row::new(&event));
+        if i % (FLOWS / 7) == 0 {
+            for f in cluster.exfiltration_attempt() {
+                rows.push(Row::new(
+                    &exfilwatch::sim::received(&mut decoder, f).unwrap(),
+                ));
+            }
+        }
+    }
+    store.append(&rows);
+    store.persist().unwrap();
+    config
+}
+
+fn run(args: &[&str], config: &Path) -> (Option<i32>, String) {
+    let out = exfilwatch()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.code(), text(&out))
+}
+
+fn stdout(args: &[&str], config: &Path) -> (Option<i32>, String) {
+    let out = exfilwatch()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn check_json(files: &[&Path], config: &Path) -> (Option<i32>, Value) {
+    let mut args = vec![
+        "policy",
+        "check",
+        "--namespace",
+        "ai-training",
+        "--output",
+        "json",
+    ];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let (code, out) = stdout(&args, config);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")),
+    )
+}
+
+fn destinations(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["destination"].as_str().unwrap(),
+                f["port"].as_str().unwrap()
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn suggest_then_check_keeps_every_forwarded_flow_and_no_denied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = simulated_week(dir.path());
+    for flavor in ["cilium", "kubernetes"] {
+        let (code, yaml) = stdout(
+            &[
+                "policy",
+                "suggest",
+                "--namespace",
+                "ai-training",
+                "--flavor",
+                flavor,
+            ],
+            &config,
+        );
+        assert_eq!(code, Some(0), "{yaml}");
+        let docs = documents(&yaml);
+        assert!(docs.len() >= 2, "{yaml}");
+        // Peers by labels, never by pod name.
+        assert!(!yaml.contains("llm-pretrain-worker-0\""), "{yaml}");
+        assert!(yaml.contains("\"app\": \"minio\""), "{yaml}");
+        if let Some(out) = std::env::var_os("EXFILWATCH_DUMP_SUGGESTION") {
+            std::fs::write(
+                std::path::Path::new(&out).join(format!("{flavor}.yaml")),
+                &yaml,
+            )
+            .unwrap();
+        }
+        let file = dir.path().join(format!("suggested-{flavor}.yaml"));
+        std::fs::write(&file, &yaml).unwrap();
+        let (code, report) = check_json(&[&file], &config);
+        assert_eq!(code, Some(0), "{flavor}: {report:#}\n{yaml}");
+        assert_eq!(
+            report["would_drop"],
+            Value::Array(vec![]),
+            "{flavor}: {report:#}"
+        );
+        assert_eq!(
+            report["would_allow"],
+            Value::Array(vec![]),
+            "{flavor}: {report:#}"
+        );
+        assert_eq!(
+            report["forwarded_flows_kept"].as_u64(),
+            Some(FLOWS as u64),
+            "{flavor}: {report:#}"
+        );
+        let denied = destinations(&report["still_denied"]);
+        assert_eq!(denied.len(), 2, "{flavor}: {denied:?}");
+        if flavor == "cilium" {
+            // Object storage by name, DNS with the names that were resolved.
+            assert!(
+                yaml.contains("matchName: \"training-data.s3.us-east-1.amazonaws.com\""),
+                "{yaml}"
+            );
+            assert!(yaml.contains("rules:\n            dns:"), "{yaml}");
+        }
+    }
+}
+
+#[test]
+fn checking_the_guides_pack_reports_exactly_the_attempts_it_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = simulated_week(dir.path());
+    let pack: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/policies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    let files: Vec<&Path> = pack.iter().map(PathBuf::as_path).collect();
+    let (code, report) = check_json(&files, &config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["would_drop"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(report["would_allow"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(
+        destinations(&report["still_denied"]),
+        [
+            "production app=postgres TCP/5432",
+            "reserved:world paste.example.net TCP/443",
+        ],
+        "{report:#}"
+    );
+    assert_eq!(
+        report["policies"].as_array().unwrap().len(),
+        4,
+        "{report:#}"
+    );
+
+    // Without the object-storage policy, the dataset reads would be dropped: exit 1, named.
+    let partial: Vec<&Path> = files
+        .iter()
+        .copied()
+        .filter(|p| !p.ends_with("40-allow-object-storage.yaml"))
+        .collect();
+    let (code, report) = check_json(&partial, &config);
+    assert_eq!(code, Some(1), "{report:#}");
+    // Grouped by source: half the trainers' flows carry the Helm labels of Cilium-shaped pods.
+    let drops = destinations(&report["would_drop"]);
+    assert_eq!(
+        drops,
+        [
+            "reserved:world training-data.s3.us-east-1.amazonaws.com TCP/443",
+            "reserved:world training-data.s3.us-east-1.amazonaws.com TCP/443",
+            "storage app.kubernetes.io/name=minio TCP/9000",
+            "storage app=minio TCP/9000",
+        ],
+        "{report:#}"
+    );
+    let dropped: u64 = report["would_drop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["flows"].as_u64().unwrap())
+        .sum();
+    assert!(dropped > FLOWS as u64 / 5, "{dropped}");
+    let (_, text_report) = run(
+        &[
+            "policy",
+            "check",
+            "--namespace",
+            "ai-training",
+            partial[0].to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(
+        text_report.contains("WOULD DROP traffic that flowed"),
+        "{text_report}"
+    );
+}
+
+#[test]
+fn a_policy_the_advisor_cannot_evaluate_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = simulated_week(dir.path());
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: svc\n  namespace: ai-training\nspec:\n  endpointSelector: {}\n  egress:\n    - toServices:\n        - k8sService: { serviceName: x, namespace: y }\n",
+    )
+    .unwrap();
+    let (code, msg) = run(
+        &[
+            "policy",
+            "check",
+            "--namespace",
+            "ai-training",
+            file.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(code, Some(64), "{msg}");
+    assert!(msg.contains("p.yaml:9"), "{msg}");
+    assert!(msg.contains("toServices"), "{msg}");
+}
+
+/// Runs the Cilium CRD schema validator (scripts/test.sh installs it) on JSON documents.
+fn cilium_schema_errors(docs: &[serde_yaml_ng::Value]) -> String {
+    let modules = root().join(".tools/node/node_modules");
+    assert!(
+        modules.join("@kubernetes-models/cilium").is_dir(),
+        "the Cilium schema validator is missing: run the tests through scripts/test.sh, which installs it (npm install --prefix .tools/node @kubernetes-models/cilium)"
+    );
+    let script = root().join("scripts/validate-cilium.mjs");
+    let json = serde_json::to_string(&docs).unwrap();
+    let mut child = Command::new("node")
+        .arg(&script)
+        .env("MODELS", &modules)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is missing: scripts/test.sh installs it (apt-get install nodejs npm)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        String::new()
+    } else {
+        text(&out)
+    }
+}
+
+#[test]
+fn suggested_policies_pass_the_kubernetes_and_cilium_schemas_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = simulated_week(dir.path());
+    let (_, cilium) = stdout(
+        &["policy", "suggest", "--namespace", "ai-training"],
+        &config,
+    );
+    let docs = documents(&cilium);
+    assert!(
+        docs.iter().all(|d| d["kind"] == "CiliumNetworkPolicy"),
+        "{cilium}"
+    );
+    let errors = cilium_schema_errors(&docs);
+    assert!(errors.is_empty(), "{errors}\n{cilium}");
+    // The validator is not a rubber stamp: a broken policy fails it.
+    let mut broken = docs[1].clone();
+    broken["spec"]["egress"][0]["toPorts"][0]["ports"][0]["protocol"] = "SCTPX".into();
+    assert!(!cilium_schema_errors(&[broken]).is_empty());
+
+    let (_, kubernetes) = stdout(
+        &[
+            "policy",
+            "suggest",
+            "--namespace",
+            "ai-training",
+            "--flavor",
+            "kubernetes",
+        ],
+        &config,
+    );
+    let file = dir.path().join("np.yaml");
+    std::fs::write(&file, &kubernetes).unwrap();
+    let validate = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("kubernetes-validate"))
+                .find(|p| p.is_file())
+        })
+        .expect("kubernetes-validate is not on PATH: run the tests through scripts/test.sh");
+    let out = Command::new(validate)
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{kubernetes}", text(&out));
+}
