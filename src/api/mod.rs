@@ -7,7 +7,8 @@
 //! non-loopback address without bearer tokens unless `api.allow_unauthenticated` says so.
 //! With tokens (`api.tokens_file`, one per line, re-read when the file changes), every route
 //! except the probes and runbooks needs `Authorization: Bearer TOKEN`; tokens are compared in constant
-//! time. Requests are bounded: no body, a query string of at most 8 KiB.
+//! time. Requests are bounded: no body (but the console's sign-in form and the policies to
+//! check), a query string of at most 8 KiB.
 
 pub mod alerts;
 pub mod egress;
@@ -16,6 +17,7 @@ pub mod flows;
 pub mod metrics;
 pub mod namespaces;
 mod params;
+pub mod policy;
 pub mod reload;
 pub mod runbooks;
 pub mod ui;
@@ -223,17 +225,20 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
         .unwrap_or(0);
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     let query = request.uri().query().map_or(0, str::len);
-    // The console's sign-in form is the one body taken.
-    let form = request.method() == axum::http::Method::POST
-        && request.uri().path() == "/ui/login"
-        && !chunked
-        && body <= ui::MAX_FORM;
-    if (body > 0 && !form) || chunked || query > MAX_QUERY {
+    // The console's sign-in form and the policies to check are the bodies taken.
+    let post = request.method() == axum::http::Method::POST && !chunked;
+    let taken = post
+        && match request.uri().path() {
+            "/ui/login" => body <= ui::MAX_FORM,
+            "/api/v1/policy/check" => body <= policy::MAX_POLICY_BODY,
+            _ => false,
+        };
+    if (body > 0 && !taken) || chunked || query > MAX_QUERY {
         state.telemetry.bad_requests.inc();
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("requests take no body and a query string of at most {MAX_QUERY} bytes"),
+            format!("requests take no body (policies to check: at most 1 MiB) and a query string of at most {MAX_QUERY} bytes"),
         )
         .into_response();
     }
@@ -248,8 +253,8 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "exfilwatch", description = "Flows, alerts and egress of watched Kubernetes namespaces, from Cilium Hubble and Prometheus."),
-    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, healthz, readyz, metrics_handler, reload::reload, runbooks::index, runbooks::runbook),
-    components(schemas(error::ApiError, flows::FlowPage, flows::TopPage, alerts::AlertJson, alerts::AlertDetail, namespaces::NamespaceJson)),
+    paths(flows::flows, flows::top, alerts::alerts, alerts::alert, namespaces::namespaces, egress::baselines, egress::namespace, policy::suggest, policy::check, healthz, readyz, metrics_handler, reload::reload, runbooks::index, runbooks::runbook),
+    components(schemas(error::ApiError, flows::FlowPage, flows::TopPage, alerts::AlertJson, alerts::AlertDetail, namespaces::NamespaceJson, crate::policy::Suggestion, crate::policy::LeftOut, crate::policy::CheckReport, crate::policy::Finding)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -353,6 +358,8 @@ pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
         ("/api/v1/alerts/{fingerprint}", false, get(alerts::alert)),
         ("/api/v1/namespaces", false, get(namespaces::namespaces)),
         ("/api/v1/baselines", false, get(egress::baselines)),
+        ("/api/v1/policy/suggest", false, get(policy::suggest)),
+        ("/api/v1/policy/check", false, post(policy::check)),
         (
             "/api/v1/namespaces/{ns}/egress",
             false,

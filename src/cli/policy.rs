@@ -10,7 +10,7 @@ use crate::common::clock::now_ns;
 use crate::config::Config;
 use crate::flowstore::FlowStore;
 use crate::policy::{self, Flavor};
-use crate::rules::{self, Kind};
+use crate::rules;
 
 /// Exit code of `policy check` when the policies would drop traffic that flowed.
 pub const EXIT_WOULD_DROP: u8 = 1;
@@ -37,18 +37,6 @@ fn connections(w: &Window<'_>) -> Result<History, Outcome> {
     Ok((config, found, (since, until)))
 }
 
-/// The segmentation rules' allow lists for `namespace`, by rule name.
-pub fn segmentation(rules: &[rules::Rule], namespace: &str) -> Vec<(String, Vec<rules::Allowed>)> {
-    rules
-        .iter()
-        .filter(|r| r.enabled && r.namespaces.names.contains(namespace))
-        .filter_map(|r| match &r.kind {
-            Kind::Segmentation(p) => Some((r.name.clone(), p.allow.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// `policy suggest`.
 pub fn suggest(w: &Window<'_>, flavor: Flavor, format: OutputFormat) -> Outcome {
     let (config, found, window) = match connections(w) {
@@ -63,7 +51,7 @@ pub fn suggest(w: &Window<'_>, flavor: Flavor, format: OutputFormat) -> Outcome 
         &found,
         w.namespace,
         flavor,
-        &segmentation(&rules, w.namespace),
+        &policy::segmentation(&rules, w.namespace),
         window,
     );
     let output = match format {

@@ -21,6 +21,22 @@ pub use suggest::{LeftOut, Suggestion, suggest};
 use crate::common::clock::format_time;
 use crate::flow::{DropReason, Verdict};
 use crate::flowstore::{Connection, ConnectionKey};
+use crate::rules::{Allowed, Kind, Rule};
+
+/// The segmentation rules' allow lists for `namespace`, by rule name.
+pub fn segmentation<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    namespace: &str,
+) -> Vec<(String, Vec<Allowed>)> {
+    rules
+        .into_iter()
+        .filter(|r| r.enabled && r.namespaces.names.contains(namespace))
+        .filter_map(|r| match &r.kind {
+            Kind::Segmentation(p) => Some((r.name.clone(), p.allow.clone())),
+            _ => None,
+        })
+        .collect()
+}
 
 /// True for a connection the network let through.
 pub fn forwarded(key: &ConnectionKey) -> bool {
@@ -35,7 +51,7 @@ pub fn policy_denied(key: &ConnectionKey) -> bool {
 }
 
 /// Connections that share a source, destination and port, as a report shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Finding {
     /// Namespace and the identifying labels of the source.
     pub source: String,
@@ -52,7 +68,7 @@ pub struct Finding {
 }
 
 /// What a set of candidate policies would have done to a namespace's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckReport {
     pub namespace: String,
     pub since: String,

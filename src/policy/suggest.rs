@@ -62,7 +62,7 @@ pub fn identifying(all: &[Label<'_>]) -> BTreeMap<String, String> {
 }
 
 /// A destination or source the suggestion leaves out, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LeftOut {
     pub source: String,
     pub destination: String,
@@ -72,7 +72,7 @@ pub struct LeftOut {
 }
 
 /// A suggested policy set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Suggestion {
     pub namespace: String,
     pub flavor: &'static str,

@@ -364,3 +364,131 @@ fn suggested_policies_pass_the_kubernetes_and_cilium_schemas_offline() {
         .unwrap();
     assert!(out.status.success(), "{}\n{kubernetes}", text(&out));
 }
+
+/// POSTs `body` to `/api/v1/policy/check` of `service` with its token.
+async fn post_check(
+    service: &crate::support::service::Service,
+    query: &str,
+    body: String,
+) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(service.url(&format!("/api/v1/policy/check?{query}")))
+        .bearer_auth(service.token.as_deref().unwrap())
+        .header("content-type", "application/yaml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_api_suggests_and_checks_from_the_running_service() {
+    use crate::support::relay;
+    use crate::support::service::{RunConfig, Service};
+
+    let relay = relay(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), "policy-token\n").unwrap();
+    let config = RunConfig::new(relay.addr)
+        .with(
+            "storage",
+            "flows:\n  flush_interval: 20ms\n  chunk_flows: 1000\n",
+        )
+        .with("api", "tokens_file: tokens");
+    let service = Service::spawn(&config, dir).with_token("policy-token");
+    service.ready().await;
+    let now = exfilwatch::common::clock::now_ns();
+    let mut cluster = TrainingCluster::new(5, now - 3_600_000_000_000, 1_000_000_000);
+    let mut pushed = 0;
+    for i in 0..2_000 {
+        let flow = cluster.next_flow();
+        relay.sim.push_flow(if i % 2 == 0 {
+            cilium_shaped(flow)
+        } else {
+            flow
+        });
+        pushed += 1;
+    }
+    for f in cluster.exfiltration_attempt() {
+        relay.sim.push_flow(f);
+        pushed += 1;
+    }
+    let deadline = tokio::time::Instant::now() + crate::support::GUARD;
+    while service.ok("/api/v1/flows/top?by=verdict").await["total"].as_u64() != Some(pushed) {
+        assert!(tokio::time::Instant::now() < deadline, "flows not stored");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let suggestion = service
+        .ok("/api/v1/policy/suggest?namespace=ai-training&since=2h")
+        .await;
+    assert_eq!(
+        suggestion["flows_allowed"].as_u64(),
+        Some(2_000),
+        "{suggestion:#}"
+    );
+    let yaml = suggestion["yaml"].as_str().unwrap().to_owned();
+    assert!(yaml.contains("kind: CiliumNetworkPolicy"), "{yaml}");
+    let plain = service
+        .get_raw(
+            "/api/v1/policy/suggest?namespace=ai-training&since=2h&format=yaml&flavor=kubernetes",
+        )
+        .await;
+    assert_eq!(plain.headers()["content-type"], "application/yaml");
+    assert!(plain.text().await.unwrap().contains("kind: NetworkPolicy"));
+
+    let (status, report) = post_check(&service, "namespace=ai-training&since=2h", yaml).await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["would_drop"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(report["would_allow"], Value::Array(vec![]), "{report:#}");
+    assert_eq!(
+        report["still_denied"].as_array().unwrap().len(),
+        2,
+        "{report:#}"
+    );
+
+    let pack =
+        std::fs::read_to_string(root().join("deploy/policies/10-default-deny.yaml")).unwrap();
+    let (status, report) = post_check(&service, "namespace=ai-training&since=2h", pack).await;
+    assert_eq!(status, 200);
+    assert!(
+        report["would_drop"].as_array().unwrap().len() >= 4,
+        "{report:#}"
+    );
+
+    // Bad input: the policy's line, the parameter's name.
+    let (status, body) = post_check(
+        &service,
+        "namespace=ai-training",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n  egress: [{toPortz: []}]\n".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_policy")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("body:6:"),
+        "{body}"
+    );
+    let (status, body) = service
+        .get("/api/v1/policy/suggest?namespace=AI_training")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("namespace"),
+        "{body}"
+    );
+    let (status, body) = service
+        .get("/api/v1/policy/suggest?namespace=ai-training&flavor=calico")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Without the token: refused.
+    let r = reqwest::get(service.url("/api/v1/policy/suggest?namespace=ai-training"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -187,8 +187,9 @@ impl Service {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "never ready; log:\n{}",
-                self.log()
+                "never ready; log:\n{}\nstdout:\n{}",
+                self.log(),
+                std::fs::read_to_string(self.dir.path().join("stdout.txt")).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
