@@ -231,6 +231,8 @@ async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Nex
         && match request.uri().path() {
             "/ui/login" => body <= ui::MAX_FORM,
             "/api/v1/policy/check" => body <= policy::MAX_POLICY_BODY,
+            // Form-encoded, so up to three bytes a character.
+            "/ui/policy/check" => body <= 3 * policy::MAX_POLICY_BODY,
             _ => false,
         };
     if (body > 0 && !taken) || chunked || query > MAX_QUERY {

@@ -79,6 +79,60 @@ fn segmentation(state: &ApiState, namespace: &str) -> Vec<(String, Vec<crate::ru
     crate::policy::segmentation(rules.iter().map(|r| &**r), namespace)
 }
 
+/// A suggestion for the console: `since` as the API takes it.
+pub async fn suggestion(
+    state: &Arc<ApiState>,
+    namespace: &str,
+    since: &str,
+    flavor: &str,
+) -> Result<Suggestion, super::error::Refusal> {
+    let now = crate::common::clock::now_ns();
+    let pairs = vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("since".to_owned(), since.to_owned()),
+    ];
+    let (namespace, since) = window(&pairs, now)?;
+    let flavor = Flavor::parse(flavor)
+        .ok_or_else(|| BadParameter::new("flavor", flavor, "must be cilium or kubernetes"))?;
+    let segmentation = segmentation(state, &namespace);
+    let ns = namespace.clone();
+    let found = blocking(state, move |s| {
+        s.connections(&ns, since, now.saturating_add(1))
+    })
+    .await?;
+    Ok(policy::suggest(
+        &found,
+        &namespace,
+        flavor,
+        &segmentation,
+        (since, now),
+    ))
+}
+
+/// A check for the console.
+pub async fn checked(
+    state: &Arc<ApiState>,
+    namespace: &str,
+    since: &str,
+    text: &str,
+    origin: &str,
+) -> Result<CheckReport, super::error::Refusal> {
+    let now = crate::common::clock::now_ns();
+    let pairs = vec![
+        ("namespace".to_owned(), namespace.to_owned()),
+        ("since".to_owned(), since.to_owned()),
+    ];
+    let (namespace, since) = window(&pairs, now)?;
+    let policies = policy::parse(text, origin, &namespace)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))?;
+    let ns = namespace.clone();
+    let found = blocking(state, move |s| {
+        s.connections(&ns, since, now.saturating_add(1))
+    })
+    .await?;
+    Ok(policy::check(&policies, &found, &namespace, since, now))
+}
+
 /// `GET /api/v1/policy/suggest`.
 #[utoipa::path(get, path = "/api/v1/policy/suggest", tag = "policy",
     params(PolicyParams),
@@ -96,18 +150,11 @@ pub async fn suggest(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Answer {
     let pairs = pairs(query, &["namespace", "since", "flavor", "format"], false)?;
-    let now = crate::common::clock::now_ns();
-    let (namespace, since) = window(&pairs, now)?;
     let get = |k: &str| {
         pairs
             .iter()
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
-    };
-    let flavor = match get("flavor") {
-        None => Flavor::Cilium,
-        Some(f) => Flavor::parse(f)
-            .ok_or_else(|| BadParameter::new("flavor", f, "must be cilium or kubernetes"))?,
     };
     let yaml = match get("format") {
         None | Some("json") => false,
@@ -116,13 +163,13 @@ pub async fn suggest(
             return Err(BadParameter::new("format", other, "must be json or yaml").into());
         }
     };
-    let segmentation = segmentation(&state, &namespace);
-    let ns = namespace.clone();
-    let found = blocking(&state, move |s| {
-        s.connections(&ns, since, now.saturating_add(1))
-    })
+    let suggestion = suggestion(
+        &state,
+        get("namespace").unwrap_or(""),
+        get("since").unwrap_or("7d"),
+        get("flavor").unwrap_or("cilium"),
+    )
     .await?;
-    let suggestion = policy::suggest(&found, &namespace, flavor, &segmentation, (since, now));
     if yaml {
         return Ok((
             [(header::CONTENT_TYPE, "application/yaml")],
@@ -152,8 +199,12 @@ pub async fn check(
     body: Bytes,
 ) -> Answer {
     let pairs = pairs(query, &["namespace", "since"], false)?;
-    let now = crate::common::clock::now_ns();
-    let (namespace, since) = window(&pairs, now)?;
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let text = std::str::from_utf8(&body).map_err(|_| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -161,12 +212,13 @@ pub async fn check(
             "the body is not UTF-8 text",
         )
     })?;
-    let policies = policy::parse(text, "body", &namespace)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))?;
-    let ns = namespace.clone();
-    let found = blocking(&state, move |s| {
-        s.connections(&ns, since, now.saturating_add(1))
-    })
+    let report = checked(
+        &state,
+        get("namespace").unwrap_or(""),
+        get("since").unwrap_or("7d"),
+        text,
+        "body",
+    )
     .await?;
-    Ok(Json(policy::check(&policies, &found, &namespace, since, now)).into_response())
+    Ok(Json(report).into_response())
 }

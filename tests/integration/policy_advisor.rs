@@ -492,3 +492,82 @@ async fn the_rest_api_suggests_and_checks_from_the_running_service() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// The console's advisor page in a real browser: the namespaces page links to it, the
+/// suggested YAML is shown as text (a crafted pod name stays inert), and the check form
+/// evaluates the suggestion against the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_suggestion_and_checks_pasted_policies() {
+    use crate::support::browser::Browser;
+    use crate::support::relay;
+    use crate::support::service::{RunConfig, Service};
+
+    let relay = relay(None).await;
+    let config = RunConfig::new(relay.addr).with(
+        "storage",
+        "flows:\n  flush_interval: 20ms\n  chunk_flows: 1000\n",
+    );
+    let service = Service::spawn(&config, tempfile::tempdir().unwrap());
+    service.ready().await;
+    let now = exfilwatch::common::clock::now_ns();
+    let mut cluster = TrainingCluster::new(9, now - 600_000_000_000, 100_000_000);
+    let crafted = "<img src=x onerror=alert(1)>";
+    for i in 0..1_000 {
+        let mut flow = cluster.next_flow();
+        if i == 0
+            && let Some(src) = flow.source.as_mut()
+        {
+            src.pod_name = crafted.into();
+        }
+        relay.sim.push_flow(flow);
+    }
+    let deadline = tokio::time::Instant::now() + crate::support::GUARD;
+    while service.ok("/api/v1/flows/top?by=verdict").await["total"].as_u64() != Some(1_000) {
+        assert!(tokio::time::Instant::now() < deadline, "flows not stored");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let browser = Browser::start().await;
+    browser.goto(&service.url("/ui/namespaces")).await;
+    browser.click("#namespaces a[href^='/ui/policy']").await;
+    browser
+        .wait_url("the advisor page", |u| {
+            u.contains("/ui/policy?namespace=ai-training")
+        })
+        .await;
+    let yaml = browser.text("#yaml").await;
+    assert!(yaml.contains("kind: CiliumNetworkPolicy"), "{yaml}");
+    assert!(yaml.contains(crafted), "the pod name shown as text: {yaml}");
+    assert!(!browser.source().await.contains(crafted), "never as markup");
+    assert!(
+        browser
+            .text("#summary")
+            .await
+            .contains("1000 forwarded flows allowed")
+    );
+
+    browser.type_into("#policies", &yaml).await;
+    browser.click("#check").await;
+    browser
+        .wait_url("the check result", |u| u.contains("/ui/policy/check"))
+        .await;
+    let verdict = browser.text("#verdict").await;
+    assert_eq!(verdict, "These policies keep every forwarded flow.");
+
+    // The guide's default deny alone would drop everything: the page says so and lists it.
+    browser
+        .goto(&service.url("/ui/policy?namespace=ai-training"))
+        .await;
+    let deny =
+        std::fs::read_to_string(root().join("deploy/policies/10-default-deny.yaml")).unwrap();
+    browser.type_into("#policies", &deny).await;
+    browser.click("#check").await;
+    browser
+        .wait_url("the check result", |u| u.contains("/ui/policy/check"))
+        .await;
+    assert_eq!(
+        browser.text("#verdict").await,
+        "These policies would drop traffic that flowed."
+    );
+    assert!(browser.all("#would-drop tbody tr").await.len() >= 4);
+}

@@ -376,6 +376,8 @@ pub fn router(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/ui/flows", get(pages::flows))
         .route("/ui/flows.ndjson", get(pages::export))
         .route("/ui/rules/{name}", get(pages::rule))
+        .route("/ui/policy", get(pages::policy))
+        .route("/ui/policy/check", post(pages::policy_check))
         .layer(middleware::from_fn_with_state(state, require_session));
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))

@@ -500,7 +500,7 @@ pub async fn namespaces(State(state): State<Arc<ApiState>>) -> Response {
         Err(r) => return refused(&state, r),
     };
     let mut body = String::from(
-        "<h1>Namespaces</h1><p class=\"muted\">The last 24 hours. Egress: the 10-minute rate (blue) against the 7-day baseline (grey) and 1.5 times it (red).</p><table id=\"namespaces\"><thead><tr><th>Namespace</th><th class=\"num\">Flows</th><th class=\"num\">Policy-denied</th><th class=\"num\">Firing alerts</th><th class=\"num\">Egress now</th><th class=\"num\">Baseline</th><th>Egress, 24 h</th></tr></thead><tbody>",
+        "<h1>Namespaces</h1><p class=\"muted\">The last 24 hours. Egress: the 10-minute rate (blue) against the 7-day baseline (grey) and 1.5 times it (red).</p><table id=\"namespaces\"><thead><tr><th>Namespace</th><th class=\"num\">Flows</th><th class=\"num\">Policy-denied</th><th class=\"num\">Firing alerts</th><th class=\"num\">Egress now</th><th class=\"num\">Baseline</th><th>Egress, 24 h</th><th>Policy</th></tr></thead><tbody>",
     );
     let end = now_ns() / 1_000_000_000 / 600 * 600;
     for (i, r) in rows.iter().enumerate() {
@@ -536,7 +536,7 @@ pub async fn namespaces(State(state): State<Arc<ApiState>>) -> Response {
         let ns_q = form_urlencoded::byte_serialize(r.namespace.as_bytes()).collect::<String>();
         let _ = write!(
             body,
-            "<tr><td><a href=\"/ui/flows?namespace={q}&amp;since=24h\">{ns}</a></td><td class=\"num\">{}</td><td class=\"num\"><a href=\"/ui/flows?source_namespace={q}&amp;verdict=DROPPED&amp;since=24h\">{}</a></td><td class=\"num\"><a href=\"/ui/?namespace={q}\">{}</a></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{chart}</td></tr>",
+            "<tr><td><a href=\"/ui/flows?namespace={q}&amp;since=24h\">{ns}</a></td><td class=\"num\">{}</td><td class=\"num\"><a href=\"/ui/flows?source_namespace={q}&amp;verdict=DROPPED&amp;since=24h\">{}</a></td><td class=\"num\"><a href=\"/ui/?namespace={q}\">{}</a></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{chart}</td><td><a href=\"/ui/policy?namespace={q}\">advisor</a></td></tr>",
             r.flows,
             r.denied,
             r.firing_alerts,
@@ -547,7 +547,7 @@ pub async fn namespaces(State(state): State<Arc<ApiState>>) -> Response {
         );
     }
     if rows.is_empty() {
-        body.push_str("<tr><td colspan=\"7\" class=\"muted\">No watched namespace has sent flows yet.</td></tr>");
+        body.push_str("<tr><td colspan=\"8\" class=\"muted\">No watched namespace has sent flows yet.</td></tr>");
     }
     body.push_str("</tbody></table>");
     page(&state, "Namespaces", "Namespaces", &body)
@@ -688,4 +688,168 @@ pub async fn export(
         }
         Err(r) => r.into_response(),
     }
+}
+
+/// The advisor page's window and flavour from its query: (namespace, since, flavor).
+fn advisor_query(q: &[(String, String)]) -> (String, String, &'static str) {
+    let get = |k: &str| {
+        q.iter()
+            .find(|(key, _)| key == k)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let since = match get("since") {
+        "" => "7d".to_owned(),
+        s => s.to_owned(),
+    };
+    let flavor = if get("flavor") == "kubernetes" {
+        "kubernetes"
+    } else {
+        "cilium"
+    };
+    (get("namespace").to_owned(), since, flavor)
+}
+
+/// The advisor's findings as a table.
+fn findings_table(id: &str, title: &str, list: &[crate::policy::Finding]) -> String {
+    let mut out = format!(
+        "<h2>{} <span class=\"muted\">({} groups, {} flows)</span></h2>",
+        escape(title),
+        list.len(),
+        list.iter().map(|f| f.flows).sum::<u64>()
+    );
+    if list.is_empty() {
+        return out;
+    }
+    let _ = write!(
+        out,
+        "<table id=\"{id}\"><thead><tr><th>Source</th><th>Destination</th><th>Port</th><th class=\"num\">Flows</th><th>Last seen</th><th>Pods</th><th>Why</th></tr></thead><tbody>"
+    );
+    for f in list {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&f.source),
+            escape(&f.destination),
+            escape(&f.port),
+            f.flows,
+            escape(&f.last_seen),
+            escape(&f.pods.join(", ")),
+            escape(&f.reason)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// `GET /ui/policy?namespace=NS[&since=7d][&flavor=cilium|kubernetes]`: the policies the
+/// advisor suggests for a namespace, what it left out, and a form to check candidates.
+pub async fn policy(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let (namespace, since, flavor) = advisor_query(&q);
+    let suggestion = match crate::api::policy::suggestion(&state, &namespace, &since, flavor).await
+    {
+        Ok(s) => s,
+        Err(r) => return refused(&state, r),
+    };
+    let ns_q = form_urlencoded::byte_serialize(namespace.as_bytes()).collect::<String>();
+    let mut body = format!(
+        "<h1>Policy advisor: {ns}</h1><p class=\"muted\">Least-privilege policies from the namespace's flows of the last {since}: what was forwarded is allowed, nothing else. Review before applying.</p><p>",
+        ns = escape(&namespace),
+        since = escape(&since),
+    );
+    for (label, f, s) in [
+        ("CiliumNetworkPolicy, 7 days", "cilium", "7d"),
+        ("NetworkPolicy, 7 days", "kubernetes", "7d"),
+        ("CiliumNetworkPolicy, 24 hours", "cilium", "24h"),
+    ] {
+        let _ = write!(
+            body,
+            "<a href=\"/ui/policy?namespace={}&amp;flavor={f}&amp;since={s}\">{label}</a> · ",
+            escape(&ns_q)
+        );
+    }
+    let _ = write!(
+        body,
+        "<a href=\"/api/v1/policy/suggest?namespace={}&amp;flavor={flavor}&amp;since={}&amp;format=yaml\">YAML (API)</a></p><p id=\"summary\">{} policies, {} rules, {} forwarded flows allowed.</p>",
+        escape(&ns_q),
+        escape(&form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>()),
+        suggestion.policies,
+        suggestion.rules,
+        suggestion.flows_allowed
+    );
+    if !suggestion.left_out.is_empty() {
+        body.push_str("<h2>Left out</h2><table id=\"left-out\"><thead><tr><th>Source</th><th>Destination</th><th>Port</th><th class=\"num\">Flows</th><th>Why</th></tr></thead><tbody>");
+        for l in &suggestion.left_out {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                escape(&l.source),
+                escape(&l.destination),
+                escape(&l.port),
+                l.flows,
+                escape(&l.reason)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    let _ = write!(
+        body,
+        "<h2>Suggested policies</h2><pre id=\"yaml\">{}</pre><h2>Check candidate policies</h2><form method=\"post\" action=\"/ui/policy/check?namespace={}&amp;since={}\"><textarea name=\"policies\" id=\"policies\" rows=\"16\" cols=\"100\" placeholder=\"CiliumNetworkPolicy or NetworkPolicy YAML\" required></textarea><br><button type=\"submit\" id=\"check\">Check against the history</button></form>",
+        escape(&suggestion.yaml),
+        escape(&ns_q),
+        escape(&form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>()),
+    );
+    page(&state, "Policy advisor", "Namespaces", &body)
+}
+
+/// `POST /ui/policy/check?namespace=NS[&since=7d]` (form field `policies`): what the
+/// candidate policies would have done to the namespace's flows.
+pub async fn policy_check(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<Vec<(String, String)>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (namespace, since, _) = advisor_query(&q);
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let text = form
+        .iter()
+        .find(|(k, _)| k == "policies")
+        .map_or("", |(_, v)| v.as_str());
+    let report =
+        match crate::api::policy::checked(&state, &namespace, &since, text, "policies").await {
+            Ok(r) => r,
+            Err(r) => return refused(&state, r),
+        };
+    let verdict = if report.drops_traffic() {
+        "<p class=\"problem\" id=\"verdict\">These policies would drop traffic that flowed.</p>"
+    } else {
+        "<p id=\"verdict\">These policies keep every forwarded flow.</p>"
+    };
+    let mut out = format!(
+        "<h1>Policy check: {}</h1>{verdict}<p class=\"muted\">{} connections from {} to {}; policies: {}. Forwarded flows kept: {}.</p>",
+        escape(&namespace),
+        report.connections,
+        escape(&report.since),
+        escape(&report.until),
+        escape(&report.policies.join(", ")),
+        report.forwarded_flows_kept
+    );
+    out.push_str(&findings_table(
+        "would-drop",
+        "Would drop traffic that flowed",
+        &report.would_drop,
+    ));
+    out.push_str(&findings_table(
+        "would-allow",
+        "Would allow attempts that were denied",
+        &report.would_allow,
+    ));
+    out.push_str(&findings_table(
+        "still-denied",
+        "Keep denied",
+        &report.still_denied,
+    ));
+    page(&state, "Policy check", "Namespaces", &out)
 }
