@@ -40,7 +40,10 @@ impl Noise {
 /// Bytes per second a pod of `namespace` sends at `t`, before noise.
 fn rate(namespace: &str, t: i64, end: i64) -> f64 {
     let wave = (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
-    let daily = 1.0 + 0.5 * wave;
+    // Its daily peak (1.3x the mean; 1.43x with the noise below) stays under the 1.5x
+    // threshold at whatever time of day the test runs: with 1.5x, runs around 08:00 UTC
+    // evaluated the 06:00 peak as a spike.
+    let daily = 1.0 + 0.3 * wave;
     match namespace {
         // A milder rhythm: its daily peak (1.3x the mean, noise included below 1.45x) must stay
         // under the 1.5x threshold whatever the time of day the test runs at.
