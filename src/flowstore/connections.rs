@@ -7,7 +7,6 @@
 //! changes.
 
 use std::collections::BTreeSet;
-use std::collections::btree_map::{BTreeMap, Entry};
 use std::net::IpAddr;
 
 use polars::prelude::*;
@@ -35,8 +34,6 @@ pub struct ConnectionKey {
     pub dst_namespace: Sym,
     pub dst_labels: Sym,
     pub dst_identity: u32,
-    /// The peer's address: the destination's for egress, the source's for ingress.
-    pub peer_ip: Option<IpAddr>,
     pub dst_port: u16,
     /// `L4Protocol` as stored.
     pub protocol: u32,
@@ -55,14 +52,18 @@ pub struct Connection {
     pub last_ns: i64,
     /// Up to [`MAX_PODS`] local pods.
     pub pods: BTreeSet<Sym>,
+    /// For a peer outside the cluster's pods (world, host, ...): its addresses (the
+    /// destination's for egress, the source's for ingress) and their flows, by address.
+    /// Pods are told by their labels; their addresses are not kept.
+    pub addresses: Vec<(IpAddr, u64)>,
     /// The policy that denied it, "namespace/name", when Hubble named one.
     pub policy: Sym,
 }
 
 /// Codes of one row's key within a chunk.
-type Codes = [u32; 15];
+type Codes = [u32; 13];
 
-const KEY_COLUMNS: [Col; 14] = [
+const KEY_COLUMNS: [Col; 13] = [
     Col::Direction,
     Col::Verdict,
     Col::DropReason,
@@ -76,7 +77,6 @@ const KEY_COLUMNS: [Col; 14] = [
     Col::Protocol,
     Col::Fqdn,
     Col::DnsQuery,
-    Col::SrcIp,
 ];
 
 struct Part {
@@ -85,6 +85,8 @@ struct Part {
     last_ns: i64,
     pods: Vec<u32>,
     policy: (u32, u32),
+    /// Address code to flows.
+    addresses: FastMap<u32, u64>,
 }
 
 /// The connections of `chunk`'s request flows within `[since_ns, until_ns)` that leave or
@@ -109,7 +111,8 @@ pub fn fold(
         .iter()
         .map(|c| numbers(*c))
         .collect::<PolarsResult<_>>()?;
-    let [dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol] = [
+    let [src_ip, dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol] = [
+        Col::SrcIp,
         Col::DstIp,
         Col::IsReply,
         Col::L7,
@@ -119,8 +122,9 @@ pub fn fold(
         Col::Policy,
     ]
     .map(numbers);
-    let (dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol) =
-        (dst_ip?, is_reply?, l7?, src_pod?, dst_pod?, pol_ns?, pol?);
+    let (src_ip, dst_ip, is_reply, l7, src_pod, dst_pod, pol_ns, pol) = (
+        src_ip?, dst_ip?, is_reply?, l7?, src_pod?, dst_pod?, pol_ns?, pol?,
+    );
     let c = |col: Col| {
         KEY_COLUMNS
             .iter()
@@ -132,7 +136,6 @@ pub fn fold(
         c(Col::DstNamespace),
         c(Col::Direction),
     );
-    let src_ip = c(Col::SrcIp);
     let mut parts: FastMap<Codes, Part> = FastMap::default();
     for row in 0..time.len() {
         let t = time[row];
@@ -145,16 +148,15 @@ pub fn fold(
         if !(if ingress { to } else { from }) {
             continue;
         }
-        let mut codes: Codes = [0; 15];
+        let mut codes: Codes = [0; 13];
         for (i, column) in columns.iter().enumerate() {
             codes[i] = column[row];
         }
-        // The peer's address in the last slot: the source's for ingress.
-        codes[src_ip] = 0;
-        codes[14] = if ingress {
-            columns[src_ip][row]
+        // The peer's address, when the peer is not a pod (no namespace).
+        let address = if ingress {
+            (columns[src_ns][row] == 0).then_some(src_ip[row])
         } else {
-            dst_ip[row]
+            (columns[dst_ns][row] == 0).then_some(dst_ip[row])
         };
         let pod = if ingress { dst_pod[row] } else { src_pod[row] };
         let part = parts.entry(codes).or_insert_with(|| Part {
@@ -163,7 +165,11 @@ pub fn fold(
             last_ns: t,
             pods: Vec::new(),
             policy: (pol_ns[row], pol[row]),
+            addresses: FastMap::default(),
         });
+        if let Some(a) = address.filter(|a| *a != 0) {
+            *part.addresses.entry(a).or_default() += 1;
+        }
         part.flows += 1;
         part.first_ns = part.first_ns.min(t);
         part.last_ns = part.last_ns.max(t);
@@ -194,7 +200,6 @@ pub fn fold(
                     protocol: codes[10],
                     fqdn: text(codes[11]),
                     dns_query: text(codes[12]),
-                    peer_ip: chunk.ips.get(codes[14] as usize).copied().flatten(),
                 },
                 flows: part.flows,
                 first_ns: part.first_ns,
@@ -206,35 +211,147 @@ pub fn fold(
                     .filter(|p| !p.is_empty())
                     .collect(),
                 policy,
+                addresses: {
+                    let mut a: Vec<(IpAddr, u64)> = part
+                        .addresses
+                        .iter()
+                        .filter_map(|(code, n)| {
+                            Some((chunk.ips.get(*code as usize).copied().flatten()?, *n))
+                        })
+                        .collect();
+                    a.sort_unstable();
+                    a
+                },
             }
         })
         .collect())
 }
 
+/// Addresses with their flows.
+type Addresses = Vec<(IpAddr, u64)>;
+
 /// Merges parts from several chunks into one list, sorted by key.
-pub fn merge(parts: impl IntoIterator<Item = Connection>) -> Vec<Connection> {
-    let mut all: BTreeMap<ConnectionKey, Connection> = BTreeMap::new();
+pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Connection>) -> Vec<Connection> {
+    // Addresses gather in one list per connection, sorted and summed once at the end.
+    let mut all: FastMap<&'a ConnectionKey, (Connection, Addresses)> = FastMap::default();
     for c in parts {
-        match all.entry(c.key.clone()) {
-            Entry::Vacant(v) => {
-                v.insert(c);
+        let (m, addresses) = all.entry(&c.key).or_insert_with(|| {
+            let mut first = c.clone();
+            first.flows = 0;
+            first.first_ns = i64::MAX;
+            first.last_ns = i64::MIN;
+            first.addresses = Vec::new();
+            (first, Vec::new())
+        });
+        m.flows += c.flows;
+        m.first_ns = m.first_ns.min(c.first_ns);
+        m.last_ns = m.last_ns.max(c.last_ns);
+        for pod in &c.pods {
+            if m.pods.len() >= MAX_PODS {
+                break;
             }
-            Entry::Occupied(mut o) => {
-                let m = o.get_mut();
-                m.flows += c.flows;
-                m.first_ns = m.first_ns.min(c.first_ns);
-                m.last_ns = m.last_ns.max(c.last_ns);
-                for pod in c.pods {
-                    if m.pods.len() >= MAX_PODS {
-                        break;
-                    }
-                    m.pods.insert(pod);
-                }
-                if m.policy.is_empty() {
-                    m.policy = c.policy;
-                }
+            if !m.pods.contains(pod) {
+                m.pods.insert(pod.clone());
             }
         }
+        if m.policy.is_empty() {
+            m.policy = c.policy.clone();
+        }
+        addresses.extend_from_slice(&c.addresses);
     }
-    all.into_values().collect()
+    let mut out: Vec<Connection> = all
+        .into_values()
+        .map(|(mut c, mut addresses)| {
+            addresses.sort_unstable_by_key(|(ip, _)| *ip);
+            addresses.dedup_by(|next, kept| {
+                let same = next.0 == kept.0;
+                if same {
+                    kept.1 += next.1;
+                }
+                same
+            });
+            c.addresses = addresses;
+            c
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(
+        flows: u64,
+        first: i64,
+        last: i64,
+        addresses: &[(&str, u64)],
+        pods: &[&str],
+    ) -> Connection {
+        Connection {
+            key: ConnectionKey {
+                direction: 2,
+                verdict: 1,
+                drop_reason: 0,
+                src_namespace: "ai-training".into(),
+                src_labels: "k8s:app=llm-pretrain".into(),
+                src_identity: 1,
+                dst_namespace: "".into(),
+                dst_labels: "reserved:world".into(),
+                dst_identity: 2,
+                dst_port: 443,
+                protocol: 1,
+                fqdn: "".into(),
+                dns_query: "".into(),
+            },
+            flows,
+            first_ns: first,
+            last_ns: last,
+            pods: pods.iter().map(|p| Sym::from(*p)).collect(),
+            policy: Sym::default(),
+            addresses: addresses
+                .iter()
+                .map(|(ip, n)| (ip.parse().unwrap(), *n))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn merging_adds_flows_and_addresses_and_bounds_the_pods() {
+        let pods: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+        let a = part(
+            5,
+            10,
+            20,
+            &[("203.0.113.1", 3), ("203.0.113.2", 2)],
+            &pods[..6],
+        );
+        let b = part(
+            4,
+            5,
+            15,
+            &[("203.0.113.2", 1), ("198.51.100.9", 3)],
+            &pods[6..],
+        );
+        let merged = merge([&a, &b]);
+        assert_eq!(merged.len(), 1);
+        let m = &merged[0];
+        assert_eq!((m.flows, m.first_ns, m.last_ns), (9, 5, 20));
+        assert_eq!(m.pods.len(), MAX_PODS);
+        let addresses: Vec<(String, u64)> = m
+            .addresses
+            .iter()
+            .map(|(ip, n)| (ip.to_string(), *n))
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                ("198.51.100.9".to_owned(), 3),
+                ("203.0.113.1".to_owned(), 3),
+                ("203.0.113.2".to_owned(), 3)
+            ]
+        );
+    }
 }

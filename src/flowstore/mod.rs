@@ -896,9 +896,9 @@ impl FlowStore {
                     part
                 }
             };
-            parts.extend(part.iter().cloned());
+            parts.push(part);
         }
-        Ok(connections::merge(parts))
+        Ok(connections::merge(parts.iter().flat_map(|p| p.iter())))
     }
 
     /// The summary of a chunk going to disk: its groups by every key with no condition, so

@@ -8,11 +8,13 @@
 //! ingress.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use super::model::{
     Entity, NAMESPACE_LABELS, NameMatch, Operator, PeerMatch, Policy, PortMatch, Rule, Rules,
     Selector,
 };
+use crate::common::hash::FastMap;
 use crate::flow::L4Protocol;
 use crate::flowstore::ConnectionKey;
 
@@ -49,7 +51,7 @@ pub enum PartyKind {
 #[derive(Debug, Clone)]
 pub struct Party<'a> {
     pub namespace: &'a str,
-    pub labels: Vec<Label<'a>>,
+    pub labels: Rc<[Label<'a>]>,
     pub identity: u32,
     pub ip: Option<IpAddr>,
 }
@@ -261,16 +263,14 @@ pub enum Decision {
     Dropped(String),
 }
 
-/// The policies that apply to `local`.
-fn selecting<'p>(policies: &'p [Policy], local: &Party<'_>) -> impl Iterator<Item = &'p Policy> {
-    policies
-        .iter()
-        .filter(move |p| p.namespace == local.namespace && p.subject.matches(&local.labels))
-}
-
-/// The decision of one side (egress of the source or ingress of the destination).
-fn side(policies: &[Policy], view: &View<'_>, rules: fn(&Policy) -> &Rules, way: &str) -> Decision {
-    let applying: Vec<&Policy> = selecting(policies, &view.local).collect();
+/// The decision of one side (egress of the source or ingress of the destination), given the
+/// policies that select its local endpoint.
+fn side(
+    applying: &[&Policy],
+    view: &View<'_>,
+    rules: fn(&Policy) -> &Rules,
+    way: &str,
+) -> Decision {
     if let Some(p) = applying
         .iter()
         .find(|p| rules(p).deny.iter().any(|r| r.matches(view, false)))
@@ -300,57 +300,116 @@ fn side(policies: &[Policy], view: &View<'_>, rules: fn(&Policy) -> &Rules, way:
     }
 }
 
-/// What `policies` do to connection `key` of `namespace`: the egress of its source when the
-/// source is in `namespace`, then the ingress of its destination when that is.
-pub fn decide(policies: &[Policy], key: &ConnectionKey, namespace: &str) -> Decision {
-    let ingress_seen = key.direction == 1;
-    let source = Party {
-        namespace: &key.src_namespace,
-        labels: labels(&key.src_labels),
-        identity: key.src_identity,
-        ip: if ingress_seen { key.peer_ip } else { None },
-    };
-    let destination = Party {
-        namespace: &key.dst_namespace,
-        labels: labels(&key.dst_labels),
-        identity: key.dst_identity,
-        ip: if ingress_seen { None } else { key.peer_ip },
-    };
-    let protocol = crate::flowstore::json::protocol(key.protocol);
-    let dns_query = (!key.dns_query.is_empty()).then_some(&*key.dns_query);
-    let names: Vec<&str> = [&*key.fqdn].into_iter().filter(|n| !n.is_empty()).collect();
-    let mut allowed = Vec::new();
-    if source.namespace == namespace {
-        let view = View {
-            local: source.clone(),
-            peer: destination.clone(),
-            peer_names: names.clone(),
-            port: key.dst_port,
-            protocol,
-            dns_query,
-        };
-        match side(policies, &view, |p| &p.egress, "egress") {
-            Decision::Allowed(by) => allowed.extend(by),
-            dropped => return dropped,
+/// Decides connections of one namespace, remembering each label set's parse and which
+/// policies select each local endpoint: a week of connections repeats a few endpoints.
+#[derive(Debug)]
+pub struct Decider<'a> {
+    policies: &'a [Policy],
+    namespace: &'a str,
+    labels: FastMap<&'a str, Rc<[Label<'a>]>>,
+    selecting: FastMap<(&'a str, &'a str), Rc<[usize]>>,
+}
+
+impl<'a> Decider<'a> {
+    pub fn new(policies: &'a [Policy], namespace: &'a str) -> Decider<'a> {
+        Decider {
+            policies,
+            namespace,
+            labels: FastMap::default(),
+            selecting: FastMap::default(),
         }
     }
-    if destination.namespace == namespace {
-        let view = View {
-            local: destination,
-            peer: source,
-            peer_names: Vec::new(),
-            port: key.dst_port,
-            protocol,
-            dns_query,
-        };
-        match side(policies, &view, |p| &p.ingress, "ingress") {
-            Decision::Allowed(by) => allowed.extend(by),
-            dropped => return dropped,
-        }
+
+    fn labels(&mut self, joined: &'a str) -> Rc<[Label<'a>]> {
+        self.labels
+            .entry(joined)
+            .or_insert_with(|| labels(joined).into())
+            .clone()
     }
-    allowed.sort();
-    allowed.dedup();
-    Decision::Allowed(allowed)
+
+    fn applying(&mut self, local: &Party<'a>, joined: &'a str) -> Vec<&'a Policy> {
+        let policies = self.policies;
+        let chosen = self
+            .selecting
+            .entry((local.namespace, joined))
+            .or_insert_with(|| {
+                policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.namespace == local.namespace && p.subject.matches(&local.labels)
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            });
+        chosen.iter().map(|i| &policies[*i]).collect()
+    }
+
+    /// What the policies do to connection `key`: the egress of its source when the source is
+    /// in the namespace, then the ingress of its destination when that is.
+    /// `ip` is the peer's address (one of the connection's `addresses`), when known.
+    pub fn decide(&mut self, key: &'a ConnectionKey, ip: Option<IpAddr>) -> Decision {
+        let ingress_seen = key.direction == 1;
+        let source = Party {
+            namespace: &key.src_namespace,
+            labels: self.labels(&key.src_labels),
+            identity: key.src_identity,
+            ip: if ingress_seen { ip } else { None },
+        };
+        let destination = Party {
+            namespace: &key.dst_namespace,
+            labels: self.labels(&key.dst_labels),
+            identity: key.dst_identity,
+            ip: if ingress_seen { None } else { ip },
+        };
+        let protocol = crate::flowstore::json::protocol(key.protocol);
+        let dns_query = (!key.dns_query.is_empty()).then_some(&*key.dns_query);
+        let names: Vec<&str> = [&*key.fqdn].into_iter().filter(|n| !n.is_empty()).collect();
+        let mut allowed = Vec::new();
+        if source.namespace == self.namespace {
+            let applying = self.applying(&source, &key.src_labels);
+            let view = View {
+                local: source.clone(),
+                peer: destination.clone(),
+                peer_names: names,
+                port: key.dst_port,
+                protocol,
+                dns_query,
+            };
+            match side(&applying, &view, |p| &p.egress, "egress") {
+                Decision::Allowed(by) => allowed.extend(by),
+                dropped => return dropped,
+            }
+        }
+        if destination.namespace == self.namespace {
+            let applying = self.applying(&destination, &key.dst_labels);
+            let view = View {
+                local: destination,
+                peer: source,
+                peer_names: Vec::new(),
+                port: key.dst_port,
+                protocol,
+                dns_query,
+            };
+            match side(&applying, &view, |p| &p.ingress, "ingress") {
+                Decision::Allowed(by) => allowed.extend(by),
+                dropped => return dropped,
+            }
+        }
+        allowed.sort();
+        allowed.dedup();
+        Decision::Allowed(allowed)
+    }
+}
+
+/// What `policies` do to connection `key` of `namespace` (see [`Decider::decide`]).
+pub fn decide(
+    policies: &[Policy],
+    key: &ConnectionKey,
+    ip: Option<IpAddr>,
+    namespace: &str,
+) -> Decision {
+    Decider::new(policies, namespace).decide(key, ip)
 }
 
 #[cfg(test)]
@@ -361,15 +420,29 @@ mod tests {
     const NS: &str = "ai-training";
     const TRAINER: &str = "k8s:app=llm-pretrain,k8s:io.kubernetes.pod.namespace=ai-training";
 
+    /// A connection key and the peer address it is asked about.
+    #[derive(Clone)]
+    struct T {
+        key: ConnectionKey,
+        ip: Option<IpAddr>,
+    }
+
+    impl std::ops::Deref for T {
+        type Target = ConnectionKey;
+        fn deref(&self) -> &ConnectionKey {
+            &self.key
+        }
+    }
+
+    impl std::ops::DerefMut for T {
+        fn deref_mut(&mut self) -> &mut ConnectionKey {
+            &mut self.key
+        }
+    }
+
     /// An egress connection from a trainer.
-    fn egress(
-        dst_ns: &str,
-        dst_labels: &str,
-        ip: &str,
-        port: u16,
-        protocol: L4Protocol,
-    ) -> ConnectionKey {
-        ConnectionKey {
+    fn egress(dst_ns: &str, dst_labels: &str, ip: &str, port: u16, protocol: L4Protocol) -> T {
+        let key = ConnectionKey {
             direction: 2,
             verdict: 1,
             drop_reason: 0,
@@ -379,21 +452,28 @@ mod tests {
             dst_namespace: dst_ns.into(),
             dst_labels: dst_labels.into(),
             dst_identity: if dst_ns.is_empty() { 2 } else { 50_000 },
-            peer_ip: ip.parse().ok(),
             dst_port: port,
             protocol: protocol as u32,
             fqdn: "".into(),
             dns_query: "".into(),
+        };
+        T {
+            key,
+            ip: if dst_ns.is_empty() {
+                ip.parse().ok()
+            } else {
+                None
+            },
         }
     }
 
-    fn world(ip: &str, port: u16) -> ConnectionKey {
+    fn world(ip: &str, port: u16) -> T {
         egress("", "reserved:world", ip, port, L4Protocol::Tcp)
     }
 
-    fn allowed(yaml: &str, key: &ConnectionKey) -> bool {
+    fn allowed(yaml: &str, t: &T) -> bool {
         let policies = parse(yaml, "p.yaml", NS).unwrap();
-        matches!(decide(&policies, key, NS), Decision::Allowed(_))
+        matches!(decide(&policies, &t.key, t.ip, NS), Decision::Allowed(_))
     }
 
     const CNP: &str =

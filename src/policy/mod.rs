@@ -11,6 +11,7 @@ mod render;
 mod suggest;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -36,6 +37,18 @@ pub fn segmentation<'a>(
             _ => None,
         })
         .collect()
+}
+
+/// A connection's flows by peer address: each address with its flows, and the flows that
+/// had none; one unit of all its flows when it keeps no address.
+pub fn units(c: &Connection) -> Vec<(Option<IpAddr>, u64)> {
+    let mut out: Vec<(Option<IpAddr>, u64)> =
+        c.addresses.iter().map(|(ip, n)| (Some(*ip), *n)).collect();
+    let counted: u64 = c.addresses.iter().map(|(_, n)| n).sum();
+    if c.flows > counted || out.is_empty() {
+        out.push((None, c.flows.saturating_sub(counted)));
+    }
+    out
 }
 
 /// True for a connection the network let through.
@@ -117,16 +130,26 @@ pub fn check(
         still_denied: Vec::new(),
     };
     let (mut drop, mut allow, mut denied) = (Group::default(), Group::default(), Group::default());
+    let mut decider = eval::Decider::new(policies, namespace);
+    // Addresses matter only to address rules: without any, each connection is decided once.
+    let by_address = policies.iter().any(Policy::names_addresses);
     for c in connections {
-        let decision = decide(policies, &c.key, namespace);
-        match (forwarded(&c.key), policy_denied(&c.key), decision) {
-            (true, _, Decision::Allowed(_)) => report.forwarded_flows_kept += c.flows,
-            (true, _, Decision::Dropped(why)) => drop.add(c, why),
-            (_, true, Decision::Allowed(by)) => {
-                allow.add(c, format!("allowed by {}", by.join(", ")))
+        let units = if by_address {
+            units(c)
+        } else {
+            vec![(None, c.flows)]
+        };
+        for (ip, flows) in units {
+            let decision = decider.decide(&c.key, ip);
+            match (forwarded(&c.key), policy_denied(&c.key), decision) {
+                (true, _, Decision::Allowed(_)) => report.forwarded_flows_kept += flows,
+                (true, _, Decision::Dropped(why)) => drop.add(c, ip, flows, why),
+                (_, true, Decision::Allowed(by)) => {
+                    allow.add(c, ip, flows, format!("allowed by {}", by.join(", ")))
+                }
+                (_, true, Decision::Dropped(why)) => denied.add(c, ip, flows, why),
+                _ => {}
             }
-            (_, true, Decision::Dropped(why)) => denied.add(c, why),
-            _ => {}
         }
     }
     report.would_drop = drop.findings();
@@ -145,10 +168,15 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, c: &Connection, reason: String) {
+    fn add(&mut self, c: &Connection, ip: Option<IpAddr>, flows: u64, reason: String) {
+        // Without a unit's address, a single address still names the peer.
+        let ip = ip.or(match c.addresses.as_slice() {
+            [(only, _)] => Some(*only),
+            _ => None,
+        });
         let key = (
-            source_text(&c.key),
-            destination_text(&c.key),
+            source_text(&c.key, ip),
+            destination_text(&c.key, ip),
             port_text(&c.key),
         );
         let entry = self.by.entry(key.clone()).or_insert_with(|| {
@@ -169,7 +197,7 @@ impl Group {
                 BTreeSet::new(),
             )
         });
-        entry.0.flows += c.flows;
+        entry.0.flows += flows;
         entry.1 = entry.1.min(c.first_ns);
         entry.2 = entry.2.max(c.last_ns);
         for p in &c.pods {
@@ -216,23 +244,23 @@ fn endpoint_text(namespace: &str, labels: &str, identity: u32) -> String {
     }
 }
 
-fn source_text(k: &ConnectionKey) -> String {
+fn source_text(k: &ConnectionKey, ip: Option<IpAddr>) -> String {
     let mut s = endpoint_text(&k.src_namespace, &k.src_labels, k.src_identity);
     if k.src_namespace.is_empty()
         && k.direction == 1
-        && let Some(ip) = k.peer_ip
+        && let Some(ip) = ip
     {
         s = format!("{s} {ip}");
     }
     s
 }
 
-fn destination_text(k: &ConnectionKey) -> String {
+fn destination_text(k: &ConnectionKey, ip: Option<IpAddr>) -> String {
     let mut s = endpoint_text(&k.dst_namespace, &k.dst_labels, k.dst_identity);
     if k.dst_namespace.is_empty() && k.direction != 1 {
         if !k.fqdn.is_empty() {
             s = format!("{s} {}", k.fqdn);
-        } else if let Some(ip) = k.peer_ip {
+        } else if let Some(ip) = ip {
             s = format!("{s} {ip}");
         }
     }

@@ -302,6 +302,21 @@ pub struct Policy {
     pub egress: Rules,
 }
 
+impl Policy {
+    /// Whether any rule names addresses (CIDR, `ipBlock`): only then does a peer's address
+    /// change a decision.
+    pub fn names_addresses(&self) -> bool {
+        [&self.ingress, &self.egress].iter().any(|r| {
+            r.allow.iter().chain(&r.deny).any(|rule| {
+                rule.peers
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p, PeerMatch::Cidr { .. }))
+            })
+        })
+    }
+}
+
 /// A policy file that cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {

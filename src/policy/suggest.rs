@@ -113,7 +113,7 @@ pub fn suggest(
     let denied: Vec<IpAddr> = connections
         .iter()
         .filter(|c| policy_denied(&c.key))
-        .filter_map(|c| c.key.peer_ip)
+        .flat_map(|c| c.addresses.iter().map(|(ip, _)| *ip))
         .collect();
     for c in connections.iter().filter(|c| forwarded(&c.key)) {
         let k = &c.key;
@@ -121,54 +121,61 @@ pub fn suggest(
             *left_out
                 .entry(left(
                     k,
+                    None,
                     "ICMP and other port-less traffic is not written (Cilium icmps rules)",
                 ))
                 .or_default() += c.flows;
             continue;
         };
-        let src = party(k, true);
-        let dst = party(k, false);
-        let mut used = false;
-        if k.src_namespace.as_ref() == namespace {
-            if let Some(rule) = forbidden(segmentation, k) {
-                *left_out
-                    .entry(left(k, &format!("the segmentation rule {rule} forbids it")))
-                    .or_default() += c.flows;
-                continue;
-            }
-            match peer_spec(&dst, &k.fqdn, flavor) {
-                Ok(peer) => {
-                    let usage = egress
-                        .entry(subject(&src))
-                        .or_default()
-                        .entry((peer, port.clone()))
-                        .or_default();
-                    record(usage, c);
-                    used = true;
+        for (ip, flows) in super::units(c) {
+            let src = party(k, true, ip);
+            let dst = party(k, false, ip);
+            let mut used = false;
+            if k.src_namespace.as_ref() == namespace {
+                if let Some(rule) = forbidden(segmentation, k, ip) {
+                    *left_out
+                        .entry(left(
+                            k,
+                            ip,
+                            &format!("the segmentation rule {rule} forbids it"),
+                        ))
+                        .or_default() += flows;
+                    continue;
                 }
-                Err(why) => {
-                    *left_out.entry(left(k, why)).or_default() += c.flows;
-                }
-            }
-        }
-        if k.dst_namespace.as_ref() == namespace {
-            match peer_spec(&src, "", flavor) {
-                Ok(peer) => {
-                    let usage = ingress
-                        .entry(subject(&dst))
-                        .or_default()
-                        .entry((peer, port.clone()))
-                        .or_default();
-                    record(usage, c);
-                    used = true;
-                }
-                Err(why) => {
-                    *left_out.entry(left(k, why)).or_default() += c.flows;
+                match peer_spec(&dst, &k.fqdn, flavor) {
+                    Ok(peer) => {
+                        let usage = egress
+                            .entry(subject(&src))
+                            .or_default()
+                            .entry((peer, port.clone()))
+                            .or_default();
+                        record(usage, c, flows);
+                        used = true;
+                    }
+                    Err(why) => {
+                        *left_out.entry(left(k, ip, why)).or_default() += flows;
+                    }
                 }
             }
-        }
-        if used {
-            flows_allowed += c.flows;
+            if k.dst_namespace.as_ref() == namespace {
+                match peer_spec(&src, "", flavor) {
+                    Ok(peer) => {
+                        let usage = ingress
+                            .entry(subject(&dst))
+                            .or_default()
+                            .entry((peer, port.clone()))
+                            .or_default();
+                        record(usage, c, flows);
+                        used = true;
+                    }
+                    Err(why) => {
+                        *left_out.entry(left(k, ip, why)).or_default() += flows;
+                    }
+                }
+            }
+            if used {
+                flows_allowed += flows;
+            }
         }
     }
     // DNS rules that would list too many names are left out whole.
@@ -224,8 +231,8 @@ pub fn suggest(
     }
 }
 
-fn record(usage: &mut Usage, c: &Connection) {
-    usage.flows += c.flows;
+fn record(usage: &mut Usage, c: &Connection, flows: u64) {
+    usage.flows += flows;
     usage.last_ns = usage.last_ns.max(c.last_ns);
     for p in &c.pods {
         if usage.pods.len() < 8 {
@@ -239,17 +246,21 @@ fn record(usage: &mut Usage, c: &Connection) {
     }
 }
 
-fn left(k: &ConnectionKey, reason: &str) -> (String, String, String, String) {
+fn left(k: &ConnectionKey, ip: Option<IpAddr>, reason: &str) -> (String, String, String, String) {
     (
-        super::source_text(k),
-        super::destination_text(k),
+        super::source_text(k, ip),
+        super::destination_text(k, ip),
         super::port_text(k),
         reason.to_owned(),
     )
 }
 
 /// The name of the segmentation rule that forbids an egress connection, if one does.
-fn forbidden(segmentation: &[(String, Vec<Allowed>)], k: &ConnectionKey) -> Option<String> {
+fn forbidden(
+    segmentation: &[(String, Vec<Allowed>)],
+    k: &ConnectionKey,
+    ip: Option<IpAddr>,
+) -> Option<String> {
     let all = labels(&k.dst_labels);
     let texts: Vec<String> = all
         .iter()
@@ -265,26 +276,28 @@ fn forbidden(segmentation: &[(String, Vec<Allowed>)], k: &ConnectionKey) -> Opti
         .find(|(_, allow)| {
             !allow
                 .iter()
-                .any(|a| a.permits(&k.dst_namespace, &texts, k.peer_ip, k.dst_port, &names))
+                .any(|a| a.permits(&k.dst_namespace, &texts, ip, k.dst_port, &names))
         })
         .map(|(name, _)| name.clone())
 }
 
-fn party(k: &ConnectionKey, source: bool) -> Party<'_> {
+/// One side of `k`; `ip` is the peer's address (the source's when the flow was seen at
+/// ingress).
+fn party(k: &ConnectionKey, source: bool, ip: Option<IpAddr>) -> Party<'_> {
     let ingress_seen = k.direction == 1;
     if source {
         Party {
             namespace: &k.src_namespace,
-            labels: labels(&k.src_labels),
+            labels: labels(&k.src_labels).into(),
             identity: k.src_identity,
-            ip: if ingress_seen { k.peer_ip } else { None },
+            ip: if ingress_seen { ip } else { None },
         }
     } else {
         Party {
             namespace: &k.dst_namespace,
-            labels: labels(&k.dst_labels),
+            labels: labels(&k.dst_labels).into(),
             identity: k.dst_identity,
-            ip: if ingress_seen { None } else { k.peer_ip },
+            ip: if ingress_seen { None } else { ip },
         }
     }
 }
