@@ -1,6 +1,6 @@
 //! The deployment files are valid: the Prometheus rules (`promtool check rules`), the
 //! Alertmanager example (`amtool check-config`), the ConfigMap's configuration and rules
-//! (`exfilwatch check`), a structural check of the Cilium policies, the security settings of
+//! (`exfilwatch check`), a structural check of the Cilium policies and Cilium's CRD schema, the security settings of
 //! the Deployment, and the kustomization's file references.
 
 use std::path::{Path, PathBuf};
@@ -372,6 +372,25 @@ fn the_cilium_policies_are_structurally_valid() {
         policies, 5,
         "default deny, peers, DNS, object storage; quarantine"
     );
+}
+
+#[test]
+fn the_cilium_policies_pass_ciliums_crd_schema_offline() {
+    let mut files = yaml_files(&root().join("deploy/policies"));
+    files.extend(yaml_files(&root().join("docs/runbooks")));
+    let docs: Vec<Value> = files
+        .iter()
+        .flat_map(|f| documents(f))
+        .filter(|d| d["apiVersion"] == "cilium.io/v2")
+        .collect();
+    assert_eq!(docs.len(), 5, "the pack's four and the quarantine policy");
+    let errors = crate::support::schema::cilium_errors(&docs);
+    assert!(errors.is_empty(), "{errors}");
+    // The schema is strict where it matters: a protocol Cilium does not know is refused.
+    let mut broken = docs[0].clone();
+    broken["spec"]["egress"] =
+        serde_yaml_ng::from_str("[{toPorts: [{ports: [{port: \"53\", protocol: DNS}]}]}]").unwrap();
+    assert!(!crate::support::schema::cilium_errors(&[broken]).is_empty());
 }
 
 #[test]

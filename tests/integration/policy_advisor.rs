@@ -285,37 +285,7 @@ fn a_policy_the_advisor_cannot_evaluate_is_refused_with_its_line() {
     assert!(msg.contains("toServices"), "{msg}");
 }
 
-/// Runs the Cilium CRD schema validator (scripts/test.sh installs it) on JSON documents.
-fn cilium_schema_errors(docs: &[serde_yaml_ng::Value]) -> String {
-    let modules = root().join(".tools/node/node_modules");
-    assert!(
-        modules.join("@kubernetes-models/cilium").is_dir(),
-        "the Cilium schema validator is missing: run the tests through scripts/test.sh, which installs it (npm install --prefix .tools/node @kubernetes-models/cilium)"
-    );
-    let script = root().join("scripts/validate-cilium.mjs");
-    let json = serde_json::to_string(&docs).unwrap();
-    let mut child = Command::new("node")
-        .arg(&script)
-        .env("MODELS", &modules)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("node is missing: scripts/test.sh installs it (apt-get install nodejs npm)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(json.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        String::new()
-    } else {
-        text(&out)
-    }
-}
+use crate::support::schema::cilium_errors as cilium_schema_errors;
 
 #[test]
 fn suggested_policies_pass_the_kubernetes_and_cilium_schemas_offline() {

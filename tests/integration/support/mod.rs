@@ -3,6 +3,7 @@
 //! blocking CI), and the service itself ([`service`]).
 
 pub mod browser;
+pub mod schema;
 pub mod service;
 
 use std::net::SocketAddr;
