@@ -156,8 +156,10 @@ struct SpecDoc {
     ingress_deny: Option<Vec<RuleDoc>>,
     egress_deny: Option<Vec<RuleDoc>>,
     enable_default_deny: Option<DefaultDenyDoc>,
-    description: Option<String>,
-    #[allow(dead_code)]
+    /// Accepted and not evaluated.
+    #[allow(dead_code, reason = "read so that its presence is not an unknown field")]
+    description: Option<IgnoredAny>,
+    #[allow(dead_code, reason = "read so that its presence is not an unknown field")]
     labels: Option<IgnoredAny>,
 }
 
@@ -574,7 +576,6 @@ fn cilium(
         allow: rules(&spec.egress, "egress", false)?,
         deny: rules(&spec.egress_deny, "egressDeny", true)?,
     };
-    let _ = spec.description;
     Ok(Policy {
         flavor: Flavor::Cilium,
         name,
