@@ -76,11 +76,11 @@ impl Cli {
                 Command::Run { config, .. } | Command::Check { config } => Some(config),
                 Command::Replay { config, .. } => config.as_ref(),
                 Command::Demo { .. } => None,
-                Command::Policy { action } => Some(match action {
-                    PolicyAction::Suggest { config, .. } | PolicyAction::Check { config, .. } => {
-                        config
+                Command::Policy { action } => match action {
+                    PolicyAction::Suggest { from, .. } | PolicyAction::Check { from, .. } => {
+                        from.config.as_ref()
                     }
-                }),
+                },
             }?;
             Config::load(path).ok().map(|c| c.log)
         };
@@ -155,14 +155,30 @@ pub enum Command {
     },
 }
 
+/// Where the policy advisor reads flows from: a configuration's store, or a running service.
+#[derive(Debug, clap::Args)]
+pub struct PolicySource {
+    /// Configuration file: its flow store (opened read-only) and its rules (segmentation).
+    #[arg(long, short, required_unless_present = "api", conflicts_with = "api")]
+    pub config: Option<PathBuf>,
+    /// A running exfilwatch's API instead, e.g. https://exfilwatch.security:8080.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// File holding the API's bearer token (else EXFILWATCH_TOKEN).
+    #[arg(long, requires = "api")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) the API's TLS certificate is checked against.
+    #[arg(long, requires = "api")]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The policy advisor's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
     /// Least-privilege policies for a namespace from its stored flows, as YAML for kubectl.
     Suggest {
-        /// Configuration file: its storage (read-only) and rules (segmentation) are used.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        from: PolicySource,
         #[arg(long, short)]
         namespace: String,
         /// How far back to read flows.
@@ -181,8 +197,8 @@ pub enum PolicyAction {
         /// Policy files (YAML; other kinds of documents in them are skipped).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        from: PolicySource,
         #[arg(long, short)]
         namespace: String,
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
@@ -246,40 +262,6 @@ pub async fn execute(command: Command, cancel: CancellationToken) -> Outcome {
             Ok(outcome) => outcome,
             Err(e) => Outcome::fail(1, format!("demo: {e}")),
         },
-        Command::Policy { action } => {
-            let run = move || match action {
-                PolicyAction::Suggest {
-                    config,
-                    namespace,
-                    since,
-                    flavor,
-                    output,
-                } => {
-                    let w = policy::Window {
-                        config: &config,
-                        namespace: &namespace,
-                        since,
-                    };
-                    policy::suggest(&w, flavor, output)
-                }
-                PolicyAction::Check {
-                    files,
-                    config,
-                    namespace,
-                    since,
-                    output,
-                } => {
-                    let w = policy::Window {
-                        config: &config,
-                        namespace: &namespace,
-                        since,
-                    };
-                    policy::check(&w, &files, output)
-                }
-            };
-            tokio::task::spawn_blocking(run)
-                .await
-                .unwrap_or_else(|e| Outcome::fail(1, format!("policy: {e}")))
-        }
+        Command::Policy { action } => policy::run(action).await,
     }
 }

@@ -64,7 +64,7 @@ pub fn policy_denied(key: &ConnectionKey) -> bool {
 }
 
 /// Connections that share a source, destination and port, as a report shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Finding {
     /// Namespace and the identifying labels of the source.
     pub source: String,
@@ -81,7 +81,7 @@ pub struct Finding {
 }
 
 /// What a set of candidate policies would have done to a namespace's history.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CheckReport {
     pub namespace: String,
     pub since: String,

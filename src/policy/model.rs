@@ -157,9 +157,15 @@ struct SpecDoc {
     egress_deny: Option<Vec<RuleDoc>>,
     enable_default_deny: Option<DefaultDenyDoc>,
     /// Accepted and not evaluated.
-    #[allow(dead_code, reason = "read so that its presence is not an unknown field")]
+    #[allow(
+        dead_code,
+        reason = "read so that its presence is not an unknown field"
+    )]
     description: Option<IgnoredAny>,
-    #[allow(dead_code, reason = "read so that its presence is not an unknown field")]
+    #[allow(
+        dead_code,
+        reason = "read so that its presence is not an unknown field"
+    )]
     labels: Option<IgnoredAny>,
 }
 

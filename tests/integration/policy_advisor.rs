@@ -461,6 +461,42 @@ async fn the_rest_api_suggests_and_checks_from_the_running_service() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+
+    // The commands against the running service's API.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "policy-token\n").unwrap();
+    let cli = |args: &[&str], token: bool| {
+        let mut cmd = exfilwatch();
+        cmd.arg("policy").args(args);
+        cmd.args(["--namespace", "ai-training", "--since", "2h", "--api"]);
+        cmd.arg(service.url(""));
+        if token {
+            cmd.arg("--token-file").arg(dir.path().join("token"));
+        }
+        cmd
+    };
+    let out = crate::support::service::output(cli(&["suggest"], true)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let suggested = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        suggested.contains("kind: CiliumNetworkPolicy"),
+        "{suggested}"
+    );
+    let file = dir.path().join("suggested.yaml");
+    std::fs::write(&file, &suggested).unwrap();
+    let out = crate::support::service::output(cli(&["check", file.to_str().unwrap()], true)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deny = root().join("deploy/policies/10-default-deny.yaml");
+    let out = crate::support::service::output(cli(&["check", deny.to_str().unwrap()], true)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("WOULD DROP traffic that flowed"),
+        "{}",
+        text(&out)
+    );
+    let out = crate::support::service::output(cli(&["suggest"], false)).await;
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(text(&out).contains("401"), "{}", text(&out));
 }
 
 /// The console's advisor page in a real browser: the namespaces page links to it, the
