@@ -464,3 +464,207 @@ fn collapse(peers: &mut Vec<PeerSpec>, denied: &[IpAddr]) {
     out.extend(blocks.into_iter().map(PeerSpec::Block));
     *peers = out;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::flow::{DropReason, Verdict};
+    use crate::flowstore::ConnectionKey;
+    use crate::policy::{Decision, decide, parse};
+
+    const NS: &str = "ai-training";
+    const TRAINER: &str = "k8s:app=llm-pretrain,k8s:io.kubernetes.pod.namespace=ai-training,k8s:pod-template-hash=5d9f";
+
+    fn conn(
+        dst_ns: &str,
+        dst_labels: &str,
+        port: u16,
+        fqdn: &str,
+        addresses: &[(&str, u64)],
+    ) -> Connection {
+        let flows = addresses.iter().map(|(_, n)| n).sum::<u64>().max(1);
+        Connection {
+            key: ConnectionKey {
+                direction: 2,
+                verdict: Verdict::Forwarded as u32,
+                drop_reason: 0,
+                src_namespace: NS.into(),
+                src_labels: TRAINER.into(),
+                src_identity: 41_001,
+                dst_namespace: dst_ns.into(),
+                dst_labels: dst_labels.into(),
+                dst_identity: if dst_ns.is_empty() { 2 } else { 50_000 },
+                dst_port: port,
+                protocol: L4Protocol::Tcp as u32,
+                fqdn: fqdn.into(),
+                dns_query: "".into(),
+            },
+            flows,
+            first_ns: 1,
+            last_ns: 2,
+            pods: BTreeSet::from(["llm-pretrain-worker-0".into()]),
+            policy: "".into(),
+            addresses: addresses
+                .iter()
+                .map(|(ip, n)| (ip.parse().unwrap(), *n))
+                .collect(),
+        }
+    }
+
+    fn world(port: u16, fqdn: &str, addresses: &[(&str, u64)]) -> Connection {
+        conn("", "reserved:world", port, fqdn, addresses)
+    }
+
+    fn denied(mut c: Connection) -> Connection {
+        c.key.verdict = Verdict::Dropped as u32;
+        c.key.drop_reason = DropReason::PolicyDenied as u32;
+        c
+    }
+
+    fn outcome(s: &Suggestion, c: &Connection, ip: &str) -> Decision {
+        let policies = parse(&s.yaml, "suggested", NS).unwrap();
+        decide(&policies, &c.key, ip.parse().ok(), NS)
+    }
+
+    #[test]
+    fn peers_are_selected_by_identifying_labels_never_per_pod_ones() {
+        let minio = conn(
+            "storage",
+            "k8s:app=minio,k8s:io.kubernetes.pod.namespace=storage,k8s:pod-template-hash=77aa",
+            9000,
+            "",
+            &[],
+        );
+        let s = suggest(&[minio], NS, Flavor::Cilium, &[], (0, 1));
+        assert!(s.yaml.contains("\"app\": \"minio\""), "{}", s.yaml);
+        assert!(!s.yaml.contains("pod-template-hash"), "{}", s.yaml);
+        assert!(
+            !s.yaml.contains("llm-pretrain-worker-0\""),
+            "pods only in comments: {}",
+            s.yaml
+        );
+    }
+
+    #[test]
+    fn segmentation_forbidden_destinations_are_left_out_and_listed() {
+        let allowed = Allowed {
+            fqdns: vec!["*.s3.us-east-1.amazonaws.com".into()],
+            ports: vec![(443, 443)],
+            ..Allowed::default()
+        };
+        let segmentation = vec![("TrainingNamespaceSegmentation".to_owned(), vec![allowed])];
+        let s3 = world(
+            443,
+            "training-data.s3.us-east-1.amazonaws.com",
+            &[("52.216.1.1", 5)],
+        );
+        let paste = world(443, "paste.example.net", &[("203.0.113.77", 3)]);
+        let s = suggest(
+            &[s3.clone(), paste.clone()],
+            NS,
+            Flavor::Cilium,
+            &segmentation,
+            (0, 1),
+        );
+        assert_eq!(s.left_out.len(), 1, "{:?}", s.left_out);
+        assert_eq!(s.left_out[0].flows, 3);
+        assert!(
+            s.left_out[0]
+                .reason
+                .contains("TrainingNamespaceSegmentation")
+        );
+        assert!(s.left_out[0].destination.contains("paste.example.net"));
+        assert!(matches!(
+            outcome(&s, &s3, "52.216.1.1"),
+            Decision::Allowed(_)
+        ));
+        assert!(matches!(
+            outcome(&s, &paste, "203.0.113.77"),
+            Decision::Dropped(_)
+        ));
+    }
+
+    #[test]
+    fn many_addresses_become_blocks_but_never_one_holding_a_denied_address() {
+        let addresses: Vec<String> = (1..=40)
+            .map(|i| format!("198.51.100.{i}"))
+            .chain((1..=40).map(|i| format!("192.0.2.{i}")))
+            .collect();
+        let listed: Vec<(&str, u64)> = addresses.iter().map(|a| (a.as_str(), 1)).collect();
+        let seen = world(443, "", &listed);
+        let attempt = denied(world(443, "", &[("192.0.2.200", 1)]));
+        let s = suggest(
+            &[seen.clone(), attempt.clone()],
+            NS,
+            Flavor::Kubernetes,
+            &[],
+            (0, 1),
+        );
+        assert!(s.yaml.contains("\"198.51.100.0/24\""), "{}", s.yaml);
+        assert!(!s.yaml.contains("\"192.0.2.0/24\""), "{}", s.yaml);
+        assert!(s.yaml.contains("\"192.0.2.7/32\""), "{}", s.yaml);
+        assert!(matches!(
+            outcome(&s, &seen, "198.51.100.33"),
+            Decision::Allowed(_)
+        ));
+        assert!(matches!(
+            outcome(&s, &seen, "192.0.2.7"),
+            Decision::Allowed(_)
+        ));
+        assert!(matches!(
+            outcome(&s, &attempt, "192.0.2.200"),
+            Decision::Dropped(_)
+        ));
+    }
+
+    #[test]
+    fn a_dns_rule_with_too_many_names_is_left_out() {
+        let dns = |name: String| {
+            let mut c = conn(
+                "kube-system",
+                "k8s:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system",
+                53,
+                "",
+                &[],
+            );
+            c.key.protocol = L4Protocol::Udp as u32;
+            c.key.dns_query = name.into();
+            c
+        };
+        let few: Vec<Connection> = (0..3)
+            .map(|i| dns(format!("host{i}.example.com.")))
+            .collect();
+        let s = suggest(&few, NS, Flavor::Cilium, &[], (0, 1));
+        assert!(
+            s.yaml.contains("matchName: \"host2.example.com\""),
+            "{}",
+            s.yaml
+        );
+        assert!(s.left_out.is_empty());
+        let tunnel: Vec<Connection> = (0..300)
+            .map(|i| dns(format!("{i:x}a9f3.t.exfil.example.")))
+            .collect();
+        let s = suggest(&tunnel, NS, Flavor::Cilium, &[], (0, 1));
+        assert!(!s.yaml.contains("exfil.example"), "{}", s.yaml);
+        assert_eq!(s.left_out.len(), 1, "{:?}", s.left_out);
+        assert!(s.left_out[0].reason.contains("300 distinct DNS names"));
+    }
+
+    #[test]
+    fn comments_cannot_carry_markup_or_new_lines_from_pod_names() {
+        let mut c = conn(
+            "storage",
+            "k8s:app=minio,k8s:io.kubernetes.pod.namespace=storage",
+            9000,
+            "",
+            &[],
+        );
+        c.pods = BTreeSet::from(["evil\napiVersion: v1\nkind: Secret".into()]);
+        let s = suggest(&[c], NS, Flavor::Cilium, &[], (0, 1));
+        assert!(!s.yaml.contains("\nkind: Secret"), "{}", s.yaml);
+        assert!(s.yaml.contains("evil\\u{a}apiVersion"), "{}", s.yaml);
+        assert!(parse(&s.yaml, "suggested", NS).is_ok());
+    }
+}
