@@ -60,8 +60,24 @@ pub struct Connection {
     pub policy: Sym,
 }
 
-/// Codes of one row's key within a chunk.
-type Codes = [u32; 13];
+/// Codes of one row's key within a chunk, and its hour (0 when not bucketed).
+type Codes = ([u32; 13], i64);
+
+/// One hour, in nanoseconds.
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// What to fold of a chunk.
+#[allow(missing_debug_implementations, reason = "holds a closure")]
+pub struct Fold<'a> {
+    /// One namespace's connections, or every namespace's (`None`).
+    pub namespace: Option<&'a str>,
+    pub since_ns: i64,
+    pub until_ns: i64,
+    /// Keep each hour's flows apart (for the hourly summaries).
+    pub by_hour: bool,
+    /// Rows already counted elsewhere (by time and sequence number).
+    pub skip: Option<&'a dyn Fn(i64, u64) -> bool>,
+}
 
 const KEY_COLUMNS: [Col; 13] = [
     Col::Direction,
@@ -98,15 +114,50 @@ pub fn fold(
     since_ns: i64,
     until_ns: i64,
 ) -> PolarsResult<Vec<Connection>> {
-    let Some(ns) = chunk.texts.iter().position(|t| &**t == namespace) else {
-        return Ok(Vec::new());
+    let spec = Fold {
+        namespace: Some(namespace),
+        since_ns,
+        until_ns,
+        by_hour: false,
+        skip: None,
     };
-    let ns = u32::try_from(ns).unwrap_or(u32::MAX);
+    Ok(fold_with(chunk, &spec)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
+}
+
+/// The namespace a connection belongs to: its source's for egress, its destination's for
+/// ingress.
+pub fn local_namespace(key: &ConnectionKey) -> &str {
+    if key.direction == 1 {
+        &key.dst_namespace
+    } else {
+        &key.src_namespace
+    }
+}
+
+/// [`fold`] as `spec` says; each connection with its hour (start, in nanoseconds; 0 unless
+/// `by_hour`).
+pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Connection)>> {
+    // The namespace's code; 0 (the empty string) stands for "any namespace".
+    let ns = match spec.namespace {
+        Some(namespace) => match chunk.texts.iter().position(|t| &**t == namespace) {
+            Some(code) => u32::try_from(code).unwrap_or(u32::MAX),
+            None => return Ok(Vec::new()),
+        },
+        None => 0,
+    };
+    let (since_ns, until_ns) = (spec.since_ns, spec.until_ns);
     let frame = &chunk.frame;
     let numbers = |c: Col| -> PolarsResult<Vec<u32>> {
         Ok(frame.column(c.name())?.u32()?.into_no_null_iter().collect())
     };
     let time: Vec<i64> = frame.column("time")?.i64()?.into_no_null_iter().collect();
+    let seq: Vec<u64> = match spec.skip {
+        Some(_) => frame.column("seq")?.u64()?.into_no_null_iter().collect(),
+        None => Vec::new(),
+    };
     let columns: Vec<Vec<u32>> = KEY_COLUMNS
         .iter()
         .map(|c| numbers(*c))
@@ -142,15 +193,27 @@ pub fn fold(
         if t < since_ns || t >= until_ns || is_reply[row] == 2 || l7[row] == 2 {
             continue;
         }
-        let (from, to) = (columns[src_ns][row] == ns, columns[dst_ns][row] == ns);
         // Ingress (1) is the destination's traffic; egress and unknown, the source's.
         let ingress = columns[direction][row] == 1;
-        if !(if ingress { to } else { from }) {
+        let local = if ingress {
+            columns[dst_ns][row]
+        } else {
+            columns[src_ns][row]
+        };
+        if local == 0 || (ns != 0 && local != ns) {
             continue;
         }
-        let mut codes: Codes = [0; 13];
+        if let Some(skip) = spec.skip
+            && skip(t, seq[row])
+        {
+            continue;
+        }
+        let mut codes: Codes = ([0; 13], 0);
         for (i, column) in columns.iter().enumerate() {
-            codes[i] = column[row];
+            codes.0[i] = column[row];
+        }
+        if spec.by_hour {
+            codes.1 = t.div_euclid(HOUR_NS) * HOUR_NS;
         }
         // The peer's address, when the peer is not a pod (no namespace).
         let address = if ingress {
@@ -180,12 +243,12 @@ pub fn fold(
     let text = |code: u32| chunk.texts.get(code as usize).cloned().unwrap_or_default();
     Ok(parts
         .into_iter()
-        .map(|(codes, part)| {
+        .map(|((codes, hour), part)| {
             let policy = match part.policy {
                 (_, 0) => Sym::default(),
                 (n, p) => Sym::from(format!("{}/{}", text(n), text(p))),
             };
-            Connection {
+            let connection = Connection {
                 key: ConnectionKey {
                     direction: codes[0],
                     verdict: codes[1],
@@ -222,7 +285,8 @@ pub fn fold(
                     a.sort_unstable();
                     a
                 },
-            }
+            };
+            (hour, connection)
         })
         .collect())
 }

@@ -15,8 +15,9 @@ pub mod chunk;
 pub mod connections;
 pub mod json;
 pub mod query;
+pub mod summaries;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -185,6 +186,9 @@ pub struct FlowStore {
     tops: Mutex<TopCache>,
     /// The policy advisor's connections of whole chunks, by chunk and namespace; oldest first.
     connections: Mutex<ConnectionsCache>,
+    /// Hourly connection summaries written beside the segments (stores with a directory).
+    summaries: Mutex<Option<summaries::Summaries>>,
+    writable: bool,
     pub stats: StoreStats,
 }
 
@@ -413,6 +417,9 @@ impl FlowStore {
             for entry in std::fs::read_dir(dir).map_err(io)? {
                 let entry = entry.map_err(io)?;
                 let path = entry.path();
+                if path.is_dir() {
+                    continue;
+                }
                 if path.extension().is_some_and(|e| e == "tmp") {
                     if !writable {
                         continue;
@@ -433,6 +440,15 @@ impl FlowStore {
         }
         segments.sort_by_key(|s| s.first_seq);
         let next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
+        let stored_until = segments
+            .iter()
+            .map(|s| s.max_time)
+            .max()
+            .unwrap_or(i64::MIN);
+        let summaries = config
+            .dir
+            .as_ref()
+            .map(|dir| summaries::Summaries::open(dir, stored_until, writable));
         let store = Arc::new(FlowStore {
             inner: Mutex::new(Inner {
                 builder: Builder::with_capacity(config.chunk_flows),
@@ -445,10 +461,14 @@ impl FlowStore {
             cache: Mutex::new(VecDeque::new()),
             tops: Mutex::default(),
             connections: Mutex::default(),
+            summaries: Mutex::new(summaries),
+            writable,
             stats: StoreStats::default(),
         });
         if writable {
             store.retain(crate::common::clock::now_ns());
+        } else {
+            store.prune_summaries();
         }
         store.update_sizes(&store.lock());
         Ok(store)
@@ -542,6 +562,9 @@ impl FlowStore {
             let wrote = matches!(segment, Some(Ok(_)));
             if wrote {
                 self.summarise(&oldest);
+                if let Some(s) = self.summaries_lock().as_mut() {
+                    s.add(&oldest);
+                }
             }
             let mut inner = self.lock();
             inner.sealed.pop_front();
@@ -636,6 +659,27 @@ impl FlowStore {
             inner.segments.pop_front();
         }
         self.update_sizes(&inner);
+        drop(inner);
+        self.prune_summaries();
+    }
+
+    /// Forgets (and, when writable, deletes) the hourly summaries that count flows of
+    /// segments no longer stored.
+    fn prune_summaries(&self) {
+        let oldest = {
+            let inner = self.lock();
+            inner
+                .segments
+                .front()
+                .map_or(inner.next_seq, |s| s.first_seq)
+        };
+        if let Some(s) = self.summaries_lock().as_mut() {
+            s.prune(oldest, self.writable);
+        }
+    }
+
+    fn summaries_lock(&self) -> MutexGuard<'_, Option<summaries::Summaries>> {
+        self.summaries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes every flow still in memory to segments (at shutdown, so a restart keeps them).
@@ -652,6 +696,9 @@ impl FlowStore {
             let segment = self.write(&dir, &chunk)?;
             inner.segments.push_back(segment);
             inner.sealed.pop_front();
+            if let Some(s) = self.summaries_lock().as_mut() {
+                s.add(&chunk);
+            }
         }
         inner.snapshot = None;
         self.update_sizes(&inner);
@@ -865,15 +912,78 @@ impl FlowStore {
         since_ns: i64,
         until_ns: i64,
     ) -> Result<Vec<Connection>, StoreError> {
+        let lock = || self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let remember = |key: ConnectionsKey, part: &Arc<Vec<Connection>>| {
+            let mut cache = lock();
+            if cache.parts.insert(key.clone(), part.clone()).is_none() {
+                cache.order.push_back(key);
+            }
+            if cache.order.len() > CONNECTIONS_CACHE
+                && let Some(oldest) = cache.order.pop_front()
+            {
+                cache.parts.remove(&oldest);
+            }
+        };
+        // Whole hours inside the range that have a summary.
+        let hours: BTreeMap<i64, summaries::Hour> = self
+            .summaries_lock()
+            .as_ref()
+            .map(|s| {
+                s.hours
+                    .range(since_ns..)
+                    .take_while(|(start, _)| **start + connections::HOUR_NS <= until_ns)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut parts = Vec::new();
+        let mut summarised: Vec<&summaries::Hour> = Vec::new();
+        for hour in hours.values() {
+            let key = (
+                hour.first_seq,
+                hour.last_seq,
+                format!("{namespace}@{}", hour.start_ns),
+            );
+            let cached = lock().parts.get(&key).cloned();
+            let part = match cached {
+                Some(p) => p,
+                None => match summaries::read(hour, namespace) {
+                    Ok(p) => {
+                        remember(key, &p);
+                        p
+                    }
+                    Err(e) => {
+                        // Unreadable: its flows are read from the segments instead.
+                        tracing::warn!("flow store: hourly summary: {e}");
+                        continue;
+                    }
+                },
+            };
+            summarised.push(hour);
+            parts.push(part);
+        }
+        let counted = |t: i64, seq: u64| summarised.iter().any(|h| h.counts(t, seq));
         for source in self.sources()? {
             let (first_seq, last_seq, min_time, max_time) = source.span();
             if max_time < since_ns || min_time >= until_ns {
                 continue;
             }
-            let whole = since_ns <= min_time && max_time < until_ns;
+            // Hours of this source that summaries count; all of them: nothing to read.
+            let touched: Vec<&&summaries::Hour> = summarised
+                .iter()
+                .filter(|h| h.start_ns + connections::HOUR_NS > min_time && h.start_ns <= max_time)
+                .collect();
+            let first_hour = min_time.div_euclid(connections::HOUR_NS);
+            let last_hour = max_time.div_euclid(connections::HOUR_NS);
+            let all_counted = touched.len() as i64 == last_hour - first_hour + 1
+                && touched
+                    .iter()
+                    .all(|h| h.first_seq <= first_seq && last_seq <= h.last_seq);
+            if all_counted {
+                continue;
+            }
+            let whole = since_ns <= min_time && max_time < until_ns && touched.is_empty();
             let key = (first_seq, last_seq, namespace.to_owned());
-            let lock = || self.connections.lock().unwrap_or_else(|p| p.into_inner());
             let cached = whole.then(|| lock().parts.get(&key).cloned()).flatten();
             let part = match cached {
                 Some(part) => part,
@@ -881,17 +991,21 @@ impl FlowStore {
                     let Some(chunk) = self.load(&source) else {
                         continue;
                     };
-                    let part = Arc::new(connections::fold(&chunk, namespace, since_ns, until_ns)?);
+                    let spec = connections::Fold {
+                        namespace: Some(namespace),
+                        since_ns,
+                        until_ns,
+                        by_hour: false,
+                        skip: (!touched.is_empty())
+                            .then_some(&counted as &dyn Fn(i64, u64) -> bool),
+                    };
+                    let part: Vec<Connection> = connections::fold_with(&chunk, &spec)?
+                        .into_iter()
+                        .map(|(_, c)| c)
+                        .collect();
+                    let part = Arc::new(part);
                     if whole {
-                        let mut cache = lock();
-                        if cache.parts.insert(key.clone(), part.clone()).is_none() {
-                            cache.order.push_back(key);
-                        }
-                        if cache.order.len() > CONNECTIONS_CACHE
-                            && let Some(oldest) = cache.order.pop_front()
-                        {
-                            cache.parts.remove(&oldest);
-                        }
+                        remember(key, &part);
                     }
                     part
                 }
@@ -1114,6 +1228,121 @@ mod tests {
         store
     }
 
+    /// Every namespace's connections as comparable text: key, flows, addresses.
+    fn answer(store: &FlowStore, namespace: &str, since: i64, until: i64) -> Vec<String> {
+        store
+            .connections(namespace, since, until)
+            .unwrap()
+            .iter()
+            .map(|c| format!("{:?} {} {:?}", c.key, c.flows, c.addresses))
+            .collect()
+    }
+
+    #[test]
+    fn hourly_summaries_answer_as_the_segments_do_and_count_late_flows_once() {
+        const HOUR: i64 = connections::HOUR_NS;
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_767_225_600_000_000_000; // on the hour
+        // 8 hours of flows, one every 4 s, then a late flow of hour 2 after everything.
+        let mut cluster = TrainingCluster::new(3, start, 4_000_000_000);
+        let mut decoder = Decoder::default();
+        let mut events: Vec<FlowEvent> = (0..7_200)
+            .map(|_| flow_event(&mut decoder, cluster.next_flow()))
+            .collect();
+        cluster.set_now_ns(start + 2 * HOUR + 60_000_000_000);
+        let late: Vec<FlowEvent> = cluster
+            .exfiltration_attempt()
+            .into_iter()
+            .map(|f| flow_event(&mut decoder, f))
+            .collect();
+        events.extend(late.iter().cloned());
+        let config = FlowStoreConfig {
+            memory_flows: 1_000,
+            ..small(Some(dir.path().to_path_buf()))
+        };
+        let store = filled(config.clone(), &events);
+        store.persist().unwrap();
+        let hours = store.summaries_lock().as_ref().unwrap().hours.len();
+        assert!(hours >= 6, "{hours} hours summarised");
+
+        // The same answers from the segments alone (a copy without the summaries).
+        let plain = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, plain.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let reference = FlowStore::open_read_only(FlowStoreConfig {
+            dir: Some(plain.path().to_path_buf()),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(
+            reference
+                .summaries_lock()
+                .as_ref()
+                .unwrap()
+                .hours
+                .is_empty()
+        );
+        for (since, until) in [
+            (start, start + 9 * HOUR),
+            (start + HOUR, start + 4 * HOUR),
+            (start + HOUR + 1, start + 4 * HOUR - 1),
+            (start + 2 * HOUR, start + 3 * HOUR),
+        ] {
+            let with = answer(&store, "ai-training", since, until);
+            assert_eq!(
+                with,
+                answer(&reference, "ai-training", since, until),
+                "{since}..{until}"
+            );
+            assert!(!with.is_empty());
+        }
+        // The late denied attempts are in hour 2 (read from their own segment), once.
+        let denied: u64 = store
+            .connections("ai-training", start + 2 * HOUR, start + 3 * HOUR)
+            .unwrap()
+            .iter()
+            .filter(|c| c.key.verdict == Verdict::Dropped as u32)
+            .map(|c| c.flows)
+            .sum();
+        assert_eq!(denied, late.len() as u64);
+
+        // A new run keeps the summaries and answers the same; deleting segments deletes the
+        // summaries that count them.
+        drop(store);
+        let again = FlowStore::open(config).unwrap();
+        assert_eq!(again.summaries_lock().as_ref().unwrap().hours.len(), hours);
+        assert_eq!(
+            answer(&again, "ai-training", start, start + 9 * HOUR),
+            answer(&reference, "ai-training", start, start + 9 * HOUR)
+        );
+        // The answer really comes from the summaries: emptying hour 3's empties that hour.
+        let hour3 = again.summaries_lock().as_ref().unwrap().hours[&(start + 3 * HOUR)].clone();
+        std::fs::write(&hour3.path, "[]").unwrap();
+        let reread = FlowStore::open_read_only(again.config().clone()).unwrap();
+        assert!(answer(&reread, "ai-training", start + 3 * HOUR, start + 4 * HOUR).is_empty());
+        assert_eq!(
+            answer(&reread, "ai-training", start + 4 * HOUR, start + 5 * HOUR),
+            answer(
+                &reference,
+                "ai-training",
+                start + 4 * HOUR,
+                start + 5 * HOUR
+            )
+        );
+        again.retain(i64::MAX);
+        assert!(again.summaries_lock().as_ref().unwrap().hours.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("connections"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
     fn filter(params: &[(&str, &str)]) -> Filter {
         let mut f = Filter::default();
         for (k, v) in params {
@@ -1311,7 +1540,12 @@ mod tests {
         let flows = flows(6_000);
         let store = filled(small(Some(dir.path().into())), &flows);
         store.persist().unwrap();
-        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let files = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().is_file())
+                .count()
+        };
         assert_eq!(files(), 6);
         // The simulated flows are from 2026-01-01: a day's retention keeps none.
         let aged = FlowStore::open(FlowStoreConfig {
@@ -1332,6 +1566,7 @@ mod tests {
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
             .collect();
         names.sort();
         std::fs::write(&names[0], b"not parquet").unwrap();
