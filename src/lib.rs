@@ -29,9 +29,12 @@
 //! 4. [`source`]: Hubble Relay and capture replay. [`egress`]: Prometheus, sampler and
 //!    baselines. [`flowstore`]: the flow history. [`alert`]: the alert model, manager and
 //!    sinks. [`sim`]: the simulated cluster.
-//! 5. [`detect`]: the engine and one file per detector.
+//! 5. [`detect`]: the engine and one file per detector. [`policy`]: the policy advisor
+//!    (Cilium and Kubernetes policies evaluated against the flow store's connections, and
+//!    least-privilege suggestions).
 //! 6. [`pipeline`]: the per-event fan-out to its consumers.
-//! 7. [`api`]: the REST API, `/metrics` and probes.
+//! 7. [`api`]: the REST API (flows, alerts, policy advisor), `/metrics`, probes and the
+//!    console.
 //! 8. [`app`]: assembles `run`.
 //! 9. [`cli`]: one file per command.
 

@@ -1,4 +1,4 @@
-//! The command line: `run`, `replay`, `check` and `demo`, one file each, the exit codes and
+//! The command line: `run`, `replay`, `check`, `demo` and `policy`, one file each, the exit codes and
 //! the text they print.
 //!
 //! Each command takes its inputs, runs to completion or until the cancellation token fires,
