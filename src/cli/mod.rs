@@ -77,8 +77,8 @@ impl Cli {
                 Command::Replay { config, .. } => config.as_ref(),
                 Command::Demo { .. } => None,
                 Command::Policy { action } => match action {
-                    PolicyAction::Suggest { from, .. } | PolicyAction::Check { from, .. } => {
-                        from.config.as_ref()
+                    PolicyAction::Suggest { query, .. } | PolicyAction::Check { query, .. } => {
+                        query.from.config.as_ref()
                     }
                 },
             }?;
@@ -172,24 +172,32 @@ pub struct PolicySource {
     pub ca_file: Option<PathBuf>,
 }
 
+/// What both policy subcommands ask about.
+#[derive(Debug, clap::Args)]
+pub struct PolicyQuery {
+    #[command(flatten)]
+    pub from: PolicySource,
+    #[arg(long, short)]
+    pub namespace: String,
+    /// How far back to read flows.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub since: Duration,
+    /// table: the YAML (suggest; left-out destinations as comments) or a report (check);
+    /// json: the whole answer.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
 /// The policy advisor's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
     /// Least-privilege policies for a namespace from its stored flows, as YAML for kubectl.
     Suggest {
         #[command(flatten)]
-        from: PolicySource,
-        #[arg(long, short)]
-        namespace: String,
-        /// How far back to read flows.
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
-        since: Duration,
+        query: PolicyQuery,
         /// Policy kind to write: cilium (CiliumNetworkPolicy) or kubernetes (NetworkPolicy).
         #[arg(long, default_value = "cilium", value_parser = parse_flavor)]
         flavor: crate::policy::Flavor,
-        /// table: the YAML (left-out destinations as comments); json: the whole suggestion.
-        #[arg(long, short, value_enum, default_value = "table")]
-        output: OutputFormat,
     },
     /// What candidate policies would have done to a namespace's stored flows; exits 1 when
     /// they would drop traffic that flowed.
@@ -198,13 +206,7 @@ pub enum PolicyAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
-        from: PolicySource,
-        #[arg(long, short)]
-        namespace: String,
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
-        since: Duration,
-        #[arg(long, short, value_enum, default_value = "table")]
-        output: OutputFormat,
+        query: PolicyQuery,
     },
 }
 

@@ -19,29 +19,29 @@ use crate::rules;
 pub const EXIT_WOULD_DROP: u8 = 1;
 
 /// What both subcommands read.
-pub struct Window<'a> {
-    pub config: &'a Path,
-    pub namespace: &'a str,
+pub struct Window {
+    pub config: PathBuf,
+    pub namespace: String,
     pub since: Duration,
 }
 
 /// The configuration, the namespace's connections and the window they cover.
 type History = (Config, Vec<crate::flowstore::Connection>, (i64, i64));
 
-fn connections(w: &Window<'_>) -> Result<History, Outcome> {
-    let config = Config::load(w.config).map_err(|e| Outcome::fail(EXIT_CONFIG, e))?;
+fn connections(w: &Window) -> Result<History, Outcome> {
+    let config = Config::load(&w.config).map_err(|e| Outcome::fail(EXIT_CONFIG, e))?;
     let store = FlowStore::open_read_only(config.flows.clone())
         .map_err(|e| Outcome::fail(EXIT_STORE, format!("flow store: {e}")))?;
     let until = now_ns();
     let since = until.saturating_sub(i64::try_from(w.since.as_nanos()).unwrap_or(i64::MAX));
     let found = store
-        .connections(w.namespace, since, until.saturating_add(1))
+        .connections(&w.namespace, since, until.saturating_add(1))
         .map_err(|e| Outcome::fail(EXIT_STORE, format!("flow store: {e}")))?;
     Ok((config, found, (since, until)))
 }
 
 /// `policy suggest`.
-pub fn suggest(w: &Window<'_>, flavor: Flavor, format: OutputFormat) -> Outcome {
+pub fn suggest(w: &Window, flavor: Flavor, format: OutputFormat) -> Outcome {
     let (config, found, window) = match connections(w) {
         Ok(x) => x,
         Err(o) => return o,
@@ -52,9 +52,9 @@ pub fn suggest(w: &Window<'_>, flavor: Flavor, format: OutputFormat) -> Outcome 
     };
     let s = policy::suggest(
         &found,
-        w.namespace,
+        &w.namespace,
         flavor,
-        &policy::segmentation(&rules, w.namespace),
+        &policy::segmentation(&rules, &w.namespace),
         window,
     );
     let output = match format {
@@ -116,8 +116,8 @@ fn report_outcome(report: &policy::CheckReport, format: OutputFormat) -> Outcome
 }
 
 /// `policy check`.
-pub fn check(w: &Window<'_>, files: &[PathBuf], format: OutputFormat) -> Outcome {
-    let policies = match read_policies(files, w.namespace) {
+pub fn check(w: &Window, files: &[PathBuf], format: OutputFormat) -> Outcome {
+    let policies = match read_policies(files, &w.namespace) {
         Ok((p, _)) => p,
         Err(o) => return o,
     };
@@ -126,56 +126,40 @@ pub fn check(w: &Window<'_>, files: &[PathBuf], format: OutputFormat) -> Outcome
         Err(o) => return o,
     };
     report_outcome(
-        &policy::check(&policies, &found, w.namespace, since, until),
+        &policy::check(&policies, &found, &w.namespace, since, until),
         format,
     )
 }
 
 /// Runs a `policy` subcommand.
 pub async fn run(action: PolicyAction) -> Outcome {
-    match action {
-        PolicyAction::Suggest {
-            from,
-            namespace,
-            since,
-            flavor,
-            output,
-        } => match local_or_remote(from) {
-            Ok(Place::Local(config)) => {
-                blocking(move || {
-                    let w = Window {
-                        config: &config,
-                        namespace: &namespace,
-                        since,
-                    };
-                    suggest(&w, flavor, output)
-                })
-                .await
-            }
-            Ok(Place::Remote(api)) => api.suggest(&namespace, since, flavor, output).await,
-            Err(o) => o,
-        },
-        PolicyAction::Check {
-            files,
-            from,
-            namespace,
-            since,
-            output,
-        } => match local_or_remote(from) {
-            Ok(Place::Local(config)) => {
-                blocking(move || {
-                    let w = Window {
-                        config: &config,
-                        namespace: &namespace,
-                        since,
-                    };
-                    check(&w, &files, output)
-                })
-                .await
-            }
-            Ok(Place::Remote(api)) => api.check(&files, &namespace, since, output).await,
-            Err(o) => o,
-        },
+    let query = match &action {
+        PolicyAction::Suggest { query, .. } | PolicyAction::Check { query, .. } => query,
+    };
+    let (namespace, since, output) = (query.namespace.clone(), query.since, query.output);
+    let place = match local_or_remote(&query.from) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
+    match (place, action) {
+        (Place::Local(config), action) => {
+            let w = Window {
+                config,
+                namespace,
+                since,
+            };
+            blocking(move || match action {
+                PolicyAction::Suggest { flavor, .. } => suggest(&w, flavor, output),
+                PolicyAction::Check { files, .. } => check(&w, &files, output),
+            })
+            .await
+        }
+        (Place::Remote(api), PolicyAction::Suggest { flavor, .. }) => {
+            api.suggest(&namespace, since, flavor, output).await
+        }
+        (Place::Remote(api), PolicyAction::Check { files, .. }) => {
+            api.check(&files, &namespace, since, output).await
+        }
     }
 }
 
@@ -190,9 +174,9 @@ enum Place {
     Remote(Remote),
 }
 
-fn local_or_remote(from: PolicySource) -> Result<Place, Outcome> {
-    match (from.config, from.api) {
-        (Some(config), _) => Ok(Place::Local(config)),
+fn local_or_remote(from: &PolicySource) -> Result<Place, Outcome> {
+    match (&from.config, &from.api) {
+        (Some(config), _) => Ok(Place::Local(config.clone())),
         (None, Some(url)) => Remote::new(url, from.token_file.as_deref(), from.ca_file.as_deref())
             .map(Place::Remote)
             .map_err(|e| Outcome::fail(EXIT_CONFIG, e)),
@@ -208,11 +192,7 @@ struct Remote {
 }
 
 impl Remote {
-    fn new(
-        url: String,
-        token_file: Option<&Path>,
-        ca_file: Option<&Path>,
-    ) -> Result<Remote, String> {
+    fn new(url: &str, token_file: Option<&Path>, ca_file: Option<&Path>) -> Result<Remote, String> {
         let token = match token_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)

@@ -13,67 +13,26 @@ use super::Hit;
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
-use crate::rules::{Allowed, Kind, Rule, SegmentationParams, fqdn_matches};
+use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
 
-/// An allow entry with its labels as "key=value", ready to compare with Cilium's labels.
-#[derive(Debug)]
-struct Entry {
-    allowed: Allowed,
-    labels: Vec<String>,
-}
-
-impl Entry {
-    fn new(allowed: Allowed) -> Entry {
-        let labels = allowed
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        Entry { allowed, labels }
-    }
-}
-
 /// True when `flow` is traffic `entry` allows.
-fn allows(entry: &Entry, flow: &FlowEvent) -> bool {
-    let (labels, entry) = (&entry.labels, &entry.allowed);
+fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
     let dst = &flow.destination;
-    // Cheapest tests first: most flows are told apart by port or namespace.
-    let port_ok = entry.ports.is_empty()
-        || entry
-            .ports
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&dst.port));
-    let ns_ok =
-        || entry.namespaces.is_empty() || entry.namespaces.iter().any(|n| n == &*dst.namespace);
-    let cidr_ok = || {
-        entry.cidrs.is_empty()
-            || dst
-                .ip
-                .is_some_and(|ip| entry.cidrs.iter().any(|net| net.contains(&ip)))
-    };
-    let fqdn_ok = || {
-        entry.fqdns.is_empty()
-            || flow
-                .destination_names
-                .iter()
-                .any(|n| entry.fqdns.iter().any(|p| fqdn_matches(p, n)))
-            || flow
-                .dns
-                .as_ref()
-                .is_some_and(|d| entry.fqdns.iter().any(|p| fqdn_matches(p, &d.query)))
-    };
-    // Cilium labels carry a source prefix ("k8s:app=minio").
-    let labels_ok = || {
-        labels.iter().all(|kv| {
-            dst.labels
-                .iter()
-                .any(|l| l.split_once(':').map_or(&**l, |(_, rest)| rest) == kv)
-        })
-    };
-    port_ok && ns_ok() && cidr_ok() && fqdn_ok() && labels_ok()
+    let names = flow
+        .destination_names
+        .iter()
+        .map(|n| &**n)
+        .chain(flow.dns.as_ref().map(|d| &*d.query));
+    entry.permits(
+        &dst.namespace,
+        dst.labels.iter().map(|l| &**l),
+        dst.ip,
+        dst.port,
+        names,
+    )
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +46,7 @@ struct Seen {
 #[derive(Debug)]
 pub struct Segmentation {
     pub rule: Arc<Rule>,
-    entries: Vec<Entry>,
+    entries: Vec<Allowed>,
     seen: FastMap<(String, String), Seen>,
 }
 
@@ -96,7 +55,7 @@ impl Segmentation {
         let Kind::Segmentation(SegmentationParams { allow }) = &rule.kind else {
             return None;
         };
-        let entries = allow.iter().cloned().map(Entry::new).collect();
+        let entries = allow.clone();
         Some(Segmentation {
             rule,
             entries,
@@ -135,7 +94,7 @@ impl Segmentation {
         let expected: Vec<&str> = self
             .entries
             .iter()
-            .map(|e| e.allowed.description.as_str())
+            .map(|e| e.description.as_str())
             .filter(|d| !d.is_empty())
             .collect();
         let pods = seen.pods.iter().cloned().collect::<Vec<_>>().join(", ");
@@ -178,6 +137,7 @@ mod tests {
     use super::*;
     use crate::detect::testing::{default_rule, flow_event as event, rule_in};
     use crate::flow::wire::Decoder;
+    use crate::rules::fqdn_matches;
     use crate::sim::traffic::TrainingCluster;
 
     fn detector() -> Segmentation {

@@ -56,7 +56,32 @@ pub struct Party<'a> {
     pub ip: Option<IpAddr>,
 }
 
-impl Party<'_> {
+impl<'a> Party<'a> {
+    /// Both sides of connection `key`, with their parsed labels; `ip` is the address of the
+    /// side that is the peer (the source for a flow seen at ingress).
+    pub fn sides(
+        key: &'a ConnectionKey,
+        src_labels: Rc<[Label<'a>]>,
+        dst_labels: Rc<[Label<'a>]>,
+        ip: Option<IpAddr>,
+    ) -> (Party<'a>, Party<'a>) {
+        let ingress_seen = key.direction == 1;
+        (
+            Party {
+                namespace: &key.src_namespace,
+                labels: src_labels,
+                identity: key.src_identity,
+                ip: if ingress_seen { ip } else { None },
+            },
+            Party {
+                namespace: &key.dst_namespace,
+                labels: dst_labels,
+                identity: key.dst_identity,
+                ip: if ingress_seen { None } else { ip },
+            },
+        )
+    }
+
     pub fn kind(&self) -> PartyKind {
         let reserved = |name: &str| {
             self.labels
@@ -349,19 +374,8 @@ impl<'a> Decider<'a> {
     /// in the namespace, then the ingress of its destination when that is.
     /// `ip` is the peer's address (one of the connection's `addresses`), when known.
     pub fn decide(&mut self, key: &'a ConnectionKey, ip: Option<IpAddr>) -> Decision {
-        let ingress_seen = key.direction == 1;
-        let source = Party {
-            namespace: &key.src_namespace,
-            labels: self.labels(&key.src_labels),
-            identity: key.src_identity,
-            ip: if ingress_seen { ip } else { None },
-        };
-        let destination = Party {
-            namespace: &key.dst_namespace,
-            labels: self.labels(&key.dst_labels),
-            identity: key.dst_identity,
-            ip: if ingress_seen { None } else { ip },
-        };
+        let (src, dst) = (self.labels(&key.src_labels), self.labels(&key.dst_labels));
+        let (source, destination) = Party::sides(key, src, dst, ip);
         let protocol = crate::flowstore::json::protocol(key.protocol);
         let dns_query = (!key.dns_query.is_empty()).then_some(&*key.dns_query);
         let names: Vec<&str> = [&*key.fqdn].into_iter().filter(|n| !n.is_empty()).collect();

@@ -201,14 +201,19 @@ pub struct Allowed {
 impl Allowed {
     /// True when this entry allows a destination: its namespace, Cilium labels
     /// ("source:key=value"), address, port and the DNS names it is known by.
-    pub fn permits(
+    pub fn permits<'a, L, N>(
         &self,
         namespace: &str,
-        labels: &[&str],
+        labels: L,
         ip: Option<std::net::IpAddr>,
         port: u16,
-        names: &[&str],
-    ) -> bool {
+        names: N,
+    ) -> bool
+    where
+        L: IntoIterator<Item = &'a str> + Clone,
+        N: IntoIterator<Item = &'a str>,
+    {
+        // Cheapest tests first: most flows are told apart by port or namespace.
         (self.ports.is_empty()
             || self
                 .ports
@@ -219,12 +224,13 @@ impl Allowed {
                 || ip.is_some_and(|ip| self.cidrs.iter().any(|c| c.contains(&ip))))
             && (self.fqdns.is_empty()
                 || names
-                    .iter()
+                    .into_iter()
                     .any(|n| self.fqdns.iter().any(|p| fqdn_matches(p, n))))
+            // Cilium labels carry a source prefix ("k8s:app=minio").
             && self.labels.iter().all(|(k, v)| {
-                labels.iter().any(|l| {
+                labels.clone().into_iter().any(|l| {
                     l.split_once(':')
-                        .map_or(*l, |(_, rest)| rest)
+                        .map_or(l, |(_, rest)| rest)
                         .split_once('=')
                         == Some((k.as_str(), v.as_str()))
                 })
