@@ -31,7 +31,7 @@ use exfilwatch::flow::wire::Decoder;
 use exfilwatch::flowstore::{FlowSink, FlowStore};
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::source::hubble::StreamState;
+use exfilwatch::source::StreamState;
 use exfilwatch::state::Store;
 use tokio::time::Instant;
 
@@ -195,6 +195,7 @@ fn main() {
             bad_requests: Default::default(),
             denied: Default::default(),
             reload: None,
+            kafka: None,
         });
         let (_tx, stream) = tokio::sync::watch::channel(StreamState::Streaming);
         let mut state = api::prepare(&api_config, telemetry, stream, None).unwrap();

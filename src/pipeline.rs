@@ -10,6 +10,9 @@
 //!    and the policy-denied flows leaving watched namespaces (also counted for `/metrics`);
 //! 5. the detection engine, whose clock ticks between events; egress reports from the
 //!    Prometheus task and reloaded rule packs reach it on their own channels, between events.
+//!
+//! A source's [`Event::Checkpoint`] goes to the engine, which commits its alert state, then to
+//! the flow store's sink, which writes every flow before it to disk and reports it durable.
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::alert::sink::DeliveryStats;
@@ -29,6 +32,7 @@ use crate::flow::{Event, FlowEvent, Verdict};
 use crate::flowstore::FlowSink;
 use crate::rules::Rule;
 use crate::source::SourceStats;
+use crate::source::kafka::Ownership;
 use crate::state::Store;
 
 /// Events waiting between sources and consumers before sources have to wait.
@@ -185,6 +189,7 @@ impl Summary {
                     .or_default() += lost.count;
             }
             Event::NodeStatus(_) => self.node_status += 1,
+            Event::Checkpoint(_) => {}
         }
     }
 
@@ -343,6 +348,9 @@ pub struct RuleUpdate {
 pub struct Side {
     /// Egress reports from the Prometheus task.
     pub egress: Option<mpsc::Receiver<EgressReport>>,
+    /// The namespaces this replica owns (a Kafka source's partitions); egress reports reach
+    /// the engine for those only, so each namespace's volume is judged by one replica.
+    pub owned: Option<watch::Receiver<Arc<Ownership>>>,
     /// Reloaded rule packs.
     pub rules: Option<mpsc::Receiver<RuleUpdate>>,
 }
@@ -365,6 +373,7 @@ pub async fn consume(
 ) -> Consumers {
     let Side {
         mut egress,
+        owned,
         rules: mut updates,
     } = side;
     let mut tick = ticker(tick_every);
@@ -373,6 +382,17 @@ pub async fn consume(
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
+                if let Event::Checkpoint(n) = event {
+                    // Alert state first, then the flows: the sink reports the checkpoint
+                    // durable once both are on disk.
+                    if let Some(engine) = &mut c.engine {
+                        engine.flush(Instant::now());
+                    }
+                    if let Some(sink) = &c.flows {
+                        sink.checkpoint(n);
+                    }
+                    continue;
+                }
                 if let (Some(sink), Event::Flow(flow)) = (&c.flows, &event) {
                     sink.push(flow);
                 }
@@ -389,7 +409,13 @@ pub async fn consume(
             }
             report = async { egress.as_mut()?.recv().await }, if egress.is_some() => {
                 match (report, &mut c.engine) {
-                    (Some(report), Some(engine)) => engine.egress(&report, Instant::now()),
+                    (Some(mut report), Some(engine)) => {
+                        if let Some(owned) = &owned {
+                            let owned = owned.borrow().clone();
+                            report.namespaces.retain(|namespace, _| owned.owns(namespace));
+                        }
+                        engine.egress(&report, Instant::now());
+                    }
                     (Some(_), None) => {}
                     (None, _) => egress = None,
                 }

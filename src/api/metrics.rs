@@ -22,6 +22,7 @@ use crate::flow::{LostEventSource, Verdict};
 use crate::flowstore::FlowStore;
 use crate::pipeline::DeniedFlows;
 use crate::source::SourceStats;
+use crate::source::kafka::KafkaStats;
 use crate::state::Store;
 
 /// Content type of the text exposition.
@@ -44,6 +45,8 @@ pub struct Telemetry {
     pub denied: Arc<DeniedFlows>,
     /// The last reload's outcome, when the service can reload.
     pub reload: Option<Arc<super::reload::ReloadStatus>>,
+    /// The Kafka source's counters, when it is the source.
+    pub kafka: Option<Arc<KafkaStats>>,
 }
 
 /// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
@@ -128,6 +131,39 @@ impl Collector for Telemetry {
             "Relay node-status notices",
             load(&s.node_status),
         )?;
+        if let Some(k) = &self.kafka {
+            for (name, help, value) in [
+                ("exfilwatch_kafka_records", "Kafka records read", &k.records),
+                (
+                    "exfilwatch_kafka_bad_records",
+                    "Kafka records that could not be decoded, skipped",
+                    &k.bad_records,
+                ),
+                (
+                    "exfilwatch_kafka_commits",
+                    "Offset commits sent after a durable checkpoint",
+                    &k.commits,
+                ),
+                (
+                    "exfilwatch_kafka_commit_errors",
+                    "Offset commits that failed (their records are read again)",
+                    &k.commit_errors,
+                ),
+                (
+                    "exfilwatch_kafka_rebalances",
+                    "Partition assignments received",
+                    &k.rebalances,
+                ),
+            ] {
+                counter(&mut e, name, help, load(value))?;
+            }
+            gauge(
+                &mut e,
+                "exfilwatch_kafka_assigned_partitions",
+                "Partitions of the topic this replica consumes",
+                load(&k.partitions),
+            )?;
+        }
         let d = &self.delivery;
         counter(
             &mut e,

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::config::ApiConfig;
-use crate::source::hubble::StreamState;
+use crate::source::StreamState;
 use error::refuse;
 
 /// What the API serves from.

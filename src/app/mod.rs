@@ -1,4 +1,4 @@
-//! Assembles `exfilwatch run`: the Hubble source feeding the pipeline, whose consumers are the
+//! Assembles `exfilwatch run`: the source (Hubble Relay, or a Kafka topic) feeding the pipeline, whose consumers are the
 //! flow store, the detection engine (with the alert manager, its outbox and sinks) and the
 //! telemetry; the Prometheus egress task; the REST API. Then shuts them down in order: the
 //! source stops, the pipeline drains into the engine, the engine's last state changes are
@@ -21,7 +21,7 @@ use crate::alert::sink::{self, DeliveryStats};
 use crate::api::reload::ReloadStatus;
 use crate::api::{self, egress::EgressApi, metrics::Telemetry};
 use crate::common::clock::now_ns;
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use crate::detect::engine::Engine;
 use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
 use crate::flowstore::{FlowSink, FlowStore};
@@ -29,8 +29,9 @@ use crate::pipeline::{
     self, CHANNEL_CAPACITY, Consumers, Cursor, DeniedFlows, Progress, Side, Summary,
 };
 use crate::rules::{self, Rule};
-use crate::source::SourceStats;
-use crate::source::hubble::{HubbleError, HubbleSource};
+use crate::source::hubble::HubbleSource;
+use crate::source::kafka::{KafkaSource, KafkaStats};
+use crate::source::{SourceError, SourceStats, StreamState};
 use crate::state::Store;
 
 /// The cursor under which the time of the last processed flow is saved.
@@ -60,7 +61,62 @@ pub struct Finished {
     /// Alerts firing at the end.
     pub alerts: Vec<Alert>,
     /// Why the source stopped, when it failed.
-    pub source_result: Result<(), HubbleError>,
+    pub source_result: Result<(), SourceError>,
+}
+
+/// The source a run follows.
+#[derive(Debug)]
+enum Live {
+    Hubble(HubbleSource),
+    Kafka(KafkaSource),
+}
+
+impl Live {
+    fn state(&self) -> watch::Receiver<StreamState> {
+        match self {
+            Live::Hubble(s) => s.state(),
+            Live::Kafka(s) => s.state(),
+        }
+    }
+
+    /// Runs until `cancel`; the Kafka source commits what `durable` reports.
+    async fn run(
+        self,
+        tx: mpsc::Sender<crate::flow::Event>,
+        durable: watch::Receiver<u64>,
+        cancel: CancellationToken,
+    ) -> Result<(), SourceError> {
+        match self {
+            Live::Hubble(s) => s.run(tx, cancel).await.map_err(SourceError::Hubble),
+            Live::Kafka(s) => s.run(tx, durable, cancel).await.map_err(SourceError::Kafka),
+        }
+    }
+}
+
+/// The Hubble source, resuming from the saved cursor.
+fn hubble_source(config: &Config, store: &Store, stats: Arc<SourceStats>) -> HubbleSource {
+    let source = HubbleSource::new(config.hubble.clone(), stats);
+    match store.cursor(HUBBLE_CURSOR) {
+        Ok(Some(cursor)) => {
+            // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
+            // nodes with some delay, so start an overlap early: a flow counted twice is better
+            // than a flow missed.
+            let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
+            source.start_at(cursor.saturating_sub(overlap))
+        }
+        // A first start follows from now; the cursor is set at once, so that a crash before
+        // the first periodic save still resumes from here.
+        Ok(None) => {
+            if let Err(e) = store.set_cursor(HUBBLE_CURSOR, now_ns()) {
+                tracing::error!("{e}");
+            }
+            source
+        }
+        Err(e) => {
+            tracing::error!("{e}; following Hubble from now");
+            source
+        }
+    }
 }
 
 /// The sinks delivering from the store's outbox.
@@ -194,7 +250,7 @@ fn start_egress(
     Ok(Some((rx, latest_rx, dashboards)))
 }
 
-/// Follows Hubble Relay with `rules` over an opened state `store` until `cancel`, logging
+/// Follows the configured source with `rules` over an opened state `store` until `cancel`, logging
 /// progress every `every`. With `config_path`, the file `config` was read from, the rules
 /// are reloaded while running (see [`reload`]).
 pub async fn run(
@@ -212,24 +268,19 @@ pub async fn run(
     let store = delivery.store.clone();
     let stats = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let mut source = HubbleSource::new(config.hubble.clone(), stats.clone());
-    match store.cursor(HUBBLE_CURSOR) {
-        Ok(Some(cursor)) => {
-            // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
-            // nodes with some delay, so start an overlap early: a flow counted twice is better
-            // than a flow missed.
-            let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
-            source = source.start_at(cursor.saturating_sub(overlap));
+    let hubble_mode = config.source == SourceKind::Hubble;
+    let (source, kafka, owned): (Live, Option<Arc<KafkaStats>>, _) = match config.source {
+        SourceKind::Hubble => (
+            Live::Hubble(hubble_source(config, &store, stats.clone())),
+            None,
+            None,
+        ),
+        SourceKind::Kafka => {
+            let source = KafkaSource::new(config.kafka.clone(), stats.clone());
+            let (kafka, owned) = (source.stats(), source.ownership());
+            (Live::Kafka(source), Some(kafka), Some(owned))
         }
-        // A first start follows from now; the cursor is set at once, so that a crash before
-        // the first periodic save still resumes from here.
-        Ok(None) => {
-            if let Err(e) = store.set_cursor(HUBBLE_CURSOR, now_ns()) {
-                tracing::error!("{e}");
-            }
-        }
-        Err(e) => tracing::error!("{e}; following Hubble from now"),
-    }
+    };
     let egress_stop = cancel.child_token();
     let (spike_factor, spike_factor_rx) = watch::channel(Engine::smallest_spike_factor(rules));
     let egress = match start_egress(config, rules, &store, spike_factor_rx, egress_stop.clone()) {
@@ -257,6 +308,7 @@ pub async fn run(
         bad_requests: Default::default(),
         denied: denied.clone(),
         reload: reload_status.clone(),
+        kafka,
     });
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let api = async {
@@ -287,6 +339,13 @@ pub async fn run(
     }
     let shown_rules = api_state.rules.clone();
     let (flow_sink, flow_writer) = FlowSink::start(flow_store.clone());
+    // A Kafka source waits for the store rather than commit past flows it dropped.
+    let flow_sink = if hubble_mode {
+        flow_sink
+    } else {
+        flow_sink.lossless()
+    };
+    let durable = flow_sink.durable();
     let api_stop = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(
         listener,
@@ -311,7 +370,7 @@ pub async fn run(
     };
     let mut engine = engine;
     engine.watch_stream(source.state());
-    let source_task = tokio::spawn(source.run(tx, cancel.clone()));
+    let source_task = tokio::spawn(source.run(tx, durable, cancel.clone()));
     let consumers = Consumers {
         summary: Summary::new(&config.hubble.namespaces).with_metric(denied),
         engine: Some(engine),
@@ -322,10 +381,12 @@ pub async fn run(
             delivery.stats.clone(),
             store.clone(),
         )),
-        cursor: Some(Cursor::new(store.clone(), HUBBLE_CURSOR, CURSOR_EVERY)),
+        // Kafka keeps its own position: offsets committed at durable checkpoints.
+        cursor: hubble_mode.then(|| Cursor::new(store.clone(), HUBBLE_CURSOR, CURSOR_EVERY)),
     };
     let side = Side {
         egress: egress_rx,
+        owned,
         rules: Some(rules_rx),
     };
     let consumers = pipeline::consume(rx, consumers, side, Engine::tick_interval(rules)).await;

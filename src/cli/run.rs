@@ -12,6 +12,7 @@ use super::{EXIT_CONFIG, EXIT_SOURCE, EXIT_STORE, Outcome};
 use crate::app::{self, StartError};
 use crate::config::Config;
 use crate::rules::{self, Rule};
+use crate::source::SourceError;
 use crate::source::hubble::HubbleError;
 use crate::state::Store;
 
@@ -70,7 +71,7 @@ pub(super) async fn follow(
             exit_code: 0,
             output,
         },
-        Err(e @ HubbleError::Address { .. }) => Outcome::fail(EXIT_CONFIG, e),
+        Err(e @ SourceError::Hubble(HubbleError::Address { .. })) => Outcome::fail(EXIT_CONFIG, e),
         Err(e) => Outcome {
             exit_code: EXIT_SOURCE,
             output: format!("{output}\nerror: {e}\n"),

@@ -1,10 +1,11 @@
 //! The YAML configuration: raw serde structs that reject unknown keys, validated into typed
 //! values with every problem reported at once (file, key, value and, for a misspelt key, the
 //! key that was probably meant). One file per section: [`hubble`], [`prometheus`],
-//! [`alertmanager`], [`api`], [`storage`], [`log`], and the HTTP client settings they share
-//! ([`http`]).
+//! [`alertmanager`], [`api`], [`storage`], [`log`], [`kafka`] (with `source:`), and the HTTP
+//! client settings they share ([`http`]).
 //!
 //! ```yaml
+//! source:       hubble                  # or kafka: flows from a topic (see `kafka`)
 //! hubble:       { address: "http://hubble-relay:80", tls: { ca_file, cert_file, key_file, server_name }, namespaces: [ai-training] }
 //! prometheus:   { url: "http://prometheus:9090", interval: 60s }
 //! alertmanager: { urls: ["http://alertmanager:9093"] }
@@ -18,6 +19,7 @@ mod alertmanager;
 mod api;
 mod http;
 mod hubble;
+mod kafka;
 mod log;
 mod prometheus;
 mod storage;
@@ -31,6 +33,7 @@ use serde::Deserialize;
 pub use alertmanager::AlertmanagerConfig;
 pub use api::ApiConfig;
 pub use hubble::{HubbleConfig, TlsConfig};
+pub use kafka::{KafkaConfig, KafkaTls, Partitioner, RecordFormat, Sasl, SourceKind, StartOffset};
 pub use log::LogFormat;
 pub use prometheus::PrometheusConfig;
 pub use storage::{FlowStoreConfig, MAX_CHUNK_FLOWS};
@@ -130,7 +133,9 @@ impl Validator<'_> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
+    source: Option<String>,
     hubble: hubble::RawHubble,
+    kafka: kafka::RawKafka,
     prometheus: prometheus::RawPrometheus,
     alertmanager: alertmanager::RawAlertmanager,
     api: api::RawApi,
@@ -149,7 +154,11 @@ struct RawRules {
 /// The whole configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The flow source: Hubble Relay (the default) or a Kafka topic.
+    pub source: SourceKind,
+    /// Also names the watched namespaces, whatever the source.
     pub hubble: HubbleConfig,
+    pub kafka: KafkaConfig,
     pub prometheus: PrometheusConfig,
     pub alertmanager: AlertmanagerConfig,
     pub api: ApiConfig,
@@ -167,7 +176,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            source: SourceKind::Hubble,
             hubble: HubbleConfig::default(),
+            kafka: KafkaConfig::default(),
             prometheus: PrometheusConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             api: ApiConfig::default(),
@@ -229,8 +240,11 @@ fn validate(raw: RawConfig, v: &mut Validator<'_>) -> Config {
         .dir
         .clone()
         .map_or(defaults.storage_dir, |p| v.base.join(p));
+    let source = SourceKind::parse(raw.source.as_deref(), v);
     Config {
+        source,
         hubble: raw.hubble.validate(v),
+        kafka: raw.kafka.validate(source == SourceKind::Kafka, v),
         prometheus: raw.prometheus.validate(v),
         alertmanager: raw.alertmanager.validate(v),
         api: raw.api.validate(v),
@@ -252,6 +266,67 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.yaml", Path::new("/etc/exfilwatch"))
+    }
+
+    #[test]
+    fn kafka_source_parses_and_names_every_bad_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+        let c = Config::parse(
+            "source: kafka\nkafka:\n  brokers: [kafka-0:9093, 'kafka-1:9093']\n  topic: flows.v1\n  start: latest\n  format: protobuf\n  partitioner: crc32\n  commit_interval: 2s\n  tls: { ca_file: ca.pem }\n  sasl: { mechanism: SCRAM-SHA-256, username: ew, password_file: password }\n",
+            "test.yaml",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(c.source, SourceKind::Kafka);
+        let k = &c.kafka;
+        assert_eq!(k.brokers, ["kafka-0:9093", "kafka-1:9093"]);
+        assert_eq!(
+            (k.topic.as_str(), k.group.as_str()),
+            ("flows.v1", "exfilwatch")
+        );
+        assert_eq!(k.start, StartOffset::Latest);
+        assert_eq!(k.format, RecordFormat::Protobuf);
+        assert_eq!(k.partitioner, Partitioner::Crc32);
+        assert_eq!(k.commit_interval, Duration::from_secs(2));
+        assert_eq!(k.tls.as_ref().unwrap().ca_file, dir.path().join("ca.pem"));
+        let sasl = k.sasl.as_ref().unwrap();
+        assert_eq!(sasl.password, "s3cret");
+        // The password never reaches a log line through Debug.
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        // Hubble stays the default, and an unused kafka section need not be complete.
+        assert_eq!(
+            parse("kafka: { topic: x }").unwrap().source,
+            SourceKind::Hubble
+        );
+
+        let err = parse("source: kafkaa\n").unwrap_err().to_string();
+        assert!(err.contains("source: \"kafkaa\" is not a source"), "{err}");
+        let err = parse("source: kafka\nkafka:\n  brokers: ['kafka:x', 'http://kafka:9092']\n  topic: 'flows/v1'\n  start: beginning\n  format: xml\n  commit_interval: 1ms\n  tls: { cert_file: c.pem }\n  sasl: { mechanism: GSSAPI }\n")
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "kafka.brokers: \"kafka:x\" is not host:port",
+            "kafka.brokers: \"http://kafka:9092\" is not host:port",
+            "kafka.topic: \"flows/v1\" must be",
+            "kafka.start: \"beginning\": earliest or latest",
+            "kafka.format: \"xml\"",
+            "kafka.commit_interval: 1ms is below 100ms",
+            "kafka.tls.ca_file: is required",
+            "kafka.tls: cert_file and key_file go together",
+            "kafka.sasl.mechanism: \"GSSAPI\"",
+            "kafka.sasl.username: is required",
+            "kafka.sasl.password_file: is required",
+        ] {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
+        let err = parse("source: kafka\n").unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.brokers: is required with source: kafka"),
+            "{err}"
+        );
     }
 
     #[test]

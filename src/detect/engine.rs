@@ -33,7 +33,7 @@ use crate::flow::destination::{DEFAULT_GROUPING, Destination, DestinationRef, Gr
 use crate::flow::intern::SymList;
 use crate::flow::{Event, TrafficDirection, Verdict};
 use crate::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
-use crate::source::hubble::StreamState;
+use crate::source::StreamState;
 use crate::state::Store;
 
 /// The alert raised while Prometheus is unusable.
@@ -333,6 +333,8 @@ impl Engine {
                 }
                 return;
             }
+            // The pipeline flushes the engine itself before the flow store's checkpoint.
+            Event::Checkpoint(_) => return,
         };
         for detector in &mut self.flow {
             let hit = match detector.check(flow) {

@@ -254,6 +254,10 @@ pub enum Event {
     Flow(FlowEvent),
     Lost(LostEvent),
     NodeStatus(NodeStatus),
+    /// A source's marker behind its events (the Kafka source's, before it commits offsets):
+    /// once the pipeline reports checkpoint `n` durable, everything the events before it did
+    /// (stored flows, alert state) is on disk.
+    Checkpoint(u64),
 }
 
 /// Nanoseconds since the epoch from a protobuf timestamp's parts, saturating.

@@ -173,6 +173,10 @@ struct Inner {
     next_seq: u64,
     /// The builder's rows as a chunk, kept while no row is added.
     snapshot: Option<Arc<Chunk>>,
+    /// The file a checkpoint wrote the builder's rows to (its first sequence number): they
+    /// are still in memory, and the file only lets them survive a crash. Replaced by the next
+    /// checkpoint, deleted when the chunk they grow into is written as a whole.
+    partial: Option<(u64, PathBuf)>,
 }
 
 /// The store. Appends come from one writer; queries from any thread.
@@ -438,7 +442,20 @@ impl FlowStore {
                 }
             }
         }
-        segments.sort_by_key(|s| s.first_seq);
+        // A checkpoint's file of a chunk still growing is superseded by the next checkpoint's
+        // and by the whole chunk's segment; one left behind by a crash is dropped here.
+        segments.sort_by_key(|s| (s.first_seq, std::cmp::Reverse(s.last_seq)));
+        let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
+        for s in segments {
+            if kept.last().is_some_and(|k| s.last_seq <= k.last_seq) {
+                if writable {
+                    let _ = std::fs::remove_file(&s.path);
+                }
+                continue;
+            }
+            kept.push(s);
+        }
+        let segments = kept;
         let next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
         let stored_until = segments
             .iter()
@@ -456,6 +473,7 @@ impl FlowStore {
                 segments: segments.into(),
                 next_seq,
                 snapshot: None,
+                partial: None,
             }),
             config,
             cache: Mutex::new(VecDeque::new()),
@@ -569,16 +587,7 @@ impl FlowStore {
             let mut inner = self.lock();
             inner.sealed.pop_front();
             match segment {
-                Some(Ok(s)) => {
-                    inner.segments.push_back(s);
-                    let mut kept = 0;
-                    for s in inner.segments.iter_mut().rev() {
-                        kept += s.dictionary.as_ref().map_or(0, Dictionary::entries);
-                        if kept > MAX_DICTIONARY_ENTRIES {
-                            s.dictionary = None;
-                        }
-                    }
-                }
+                Some(Ok(s)) => Self::push_segment(&mut inner, s),
                 Some(Err(e)) => {
                     self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -682,27 +691,97 @@ impl FlowStore {
         self.summaries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes every flow still in memory to segments (at shutdown, so a restart keeps them).
+    /// Writes every flow still in memory to segments, at shutdown, so a restart keeps them.
     pub fn persist(&self) -> Result<(), StoreError> {
         let Some(dir) = self.config.dir.clone() else {
             return Ok(());
         };
-        let mut inner = self.lock();
-        if !inner.builder.is_empty() {
-            let chunk = inner.builder.seal()?;
-            inner.sealed.push_back(Arc::new(chunk));
+        {
+            let mut inner = self.lock();
+            if !inner.builder.is_empty() {
+                let chunk = inner.builder.seal()?;
+                inner.sealed.push_back(Arc::new(chunk));
+                inner.snapshot = None;
+            }
         }
-        while let Some(chunk) = inner.sealed.front().cloned() {
-            let segment = self.write(&dir, &chunk)?;
-            inner.segments.push_back(segment);
-            inner.sealed.pop_front();
+        self.write_sealed(&dir)
+    }
+
+    /// Makes every flow stored so far durable, for a source's checkpoint: sealed chunks go to
+    /// disk as segments, and the chunk still growing is written to a checkpoint file (which
+    /// the next checkpoint replaces), so segments keep their size however often checkpoints
+    /// come. Called by the store's one writer; queries go on meanwhile.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let Some(dir) = self.config.dir.clone() else {
+            return Ok(());
+        };
+        self.write_sealed(&dir)?;
+        let (snapshot, old) = {
+            let mut inner = self.lock();
+            if inner.builder.is_empty() {
+                return Ok(());
+            }
+            let snapshot = match &inner.snapshot {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(inner.builder.snapshot()?);
+                    inner.snapshot = Some(s.clone());
+                    s
+                }
+            };
+            (snapshot, inner.partial.clone())
+        };
+        let segment = self.write(&dir, &snapshot)?;
+        if let Some((_, old)) = old.filter(|(_, p)| *p != segment.path) {
+            let _ = std::fs::remove_file(old);
+        }
+        self.lock().partial = Some((snapshot.first_seq, segment.path));
+        Ok(())
+    }
+
+    /// Moves every sealed chunk to disk, oldest first.
+    fn write_sealed(&self, dir: &Path) -> Result<(), StoreError> {
+        let mut wrote = false;
+        loop {
+            let Some(chunk) = self.lock().sealed.front().cloned() else {
+                break;
+            };
+            let segment = self.write(dir, &chunk)?;
+            wrote = true;
+            self.summarise(&chunk);
             if let Some(s) = self.summaries_lock().as_mut() {
                 s.add(&chunk);
             }
+            let mut inner = self.lock();
+            inner.sealed.pop_front();
+            Self::push_segment(&mut inner, segment);
+            self.update_sizes(&inner);
         }
-        inner.snapshot = None;
-        self.update_sizes(&inner);
+        if wrote {
+            self.retain(crate::common::clock::now_ns());
+        }
         Ok(())
+    }
+
+    /// Adds a written segment; only the newest segments keep their dictionaries in memory. A
+    /// checkpoint's file of the same chunk is no longer needed.
+    fn push_segment(inner: &mut Inner, segment: Segment) {
+        if let Some((first, path)) = &inner.partial
+            && (segment.first_seq..=segment.last_seq).contains(first)
+        {
+            if *path != segment.path {
+                let _ = std::fs::remove_file(path);
+            }
+            inner.partial = None;
+        }
+        inner.segments.push_back(segment);
+        let mut kept = 0;
+        for s in inner.segments.iter_mut().rev() {
+            kept += s.dictionary.as_ref().map_or(0, Dictionary::entries);
+            if kept > MAX_DICTIONARY_ENTRIES {
+                s.dictionary = None;
+            }
+        }
     }
 
     /// Everything a query may read, newest first.
@@ -1087,14 +1166,27 @@ impl FlowStore {
 #[derive(Debug, Clone)]
 pub struct FlowSink {
     shared: Arc<Shared>,
+    /// Wait for the writer when it is [`MAX_PENDING`] rows behind, instead of dropping.
+    lossless: bool,
 }
 
 #[derive(Debug)]
 struct Shared {
-    pending: Mutex<Vec<Row>>,
+    pending: Mutex<Pending>,
     wake: Condvar,
+    /// Signalled when the writer takes the pending rows.
+    taken: Condvar,
     stop: AtomicBool,
     store: Arc<FlowStore>,
+    /// The last checkpoint whose flows are on disk.
+    durable: tokio::sync::watch::Sender<u64>,
+}
+
+/// Rows waiting for the writer, and the checkpoint behind the last of them.
+#[derive(Debug, Default)]
+struct Pending {
+    rows: Vec<Row>,
+    checkpoint: Option<u64>,
 }
 
 /// Rows that wake the writer early.
@@ -1106,17 +1198,39 @@ impl FlowSink {
     /// Starts the writer thread for `store`.
     pub fn start(store: Arc<FlowStore>) -> (FlowSink, std::thread::JoinHandle<()>) {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::with_capacity(BATCH)),
+            pending: Mutex::new(Pending {
+                rows: Vec::with_capacity(BATCH),
+                checkpoint: None,
+            }),
             wake: Condvar::new(),
+            taken: Condvar::new(),
             stop: AtomicBool::new(false),
             store,
+            durable: tokio::sync::watch::Sender::new(0),
         });
         let writer = shared.clone();
         let handle = std::thread::Builder::new()
             .name("flow-store".into())
             .spawn(move || write_loop(&writer))
             .unwrap_or_else(|e| panic!("cannot start the flow store thread: {e}"));
-        (FlowSink { shared }, handle)
+        (
+            FlowSink {
+                shared,
+                lossless: false,
+            },
+            handle,
+        )
+    }
+
+    /// A sink that makes the pipeline wait while the writer is [`MAX_PENDING`] rows behind,
+    /// for a source that can wait too (Kafka keeps the records) and whose offsets must not
+    /// pass flows the store dropped. The default drops them and counts them: Hubble cannot
+    /// wait.
+    pub fn lossless(self) -> FlowSink {
+        FlowSink {
+            lossless: true,
+            ..self
+        }
     }
 
     pub fn store(&self) -> &Arc<FlowStore> {
@@ -1130,7 +1244,14 @@ impl FlowSink {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING {
+        while self.lossless && pending.rows.len() >= MAX_PENDING {
+            pending = self
+                .shared
+                .taken
+                .wait(pending)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if pending.rows.len() >= MAX_PENDING {
             drop(pending);
             self.shared
                 .store
@@ -1139,10 +1260,28 @@ impl FlowSink {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        pending.push(Row::new(flow));
-        if pending.len() == BATCH {
+        pending.rows.push(Row::new(flow));
+        if pending.rows.len() == BATCH {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Marks checkpoint `n` behind the flows queued so far: once they are all on disk (see
+    /// [`FlowStore::checkpoint`]), [`FlowSink::durable`] reports `n`. A store without a
+    /// directory reports it once they are stored.
+    pub fn checkpoint(&self, n: u64) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.checkpoint = Some(n);
+        self.shared.wake.notify_one();
+    }
+
+    /// The last checkpoint whose flows are durable.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable.subscribe()
     }
 
     /// Stops the writer after it stored everything queued.
@@ -1156,9 +1295,12 @@ fn write_loop(shared: &Shared) {
     let interval = shared.store.config.flush_interval;
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
     loop {
-        let stopping = {
+        let (stopping, checkpoint) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.len() < BATCH && !shared.stop.load(Ordering::Acquire) {
+            if pending.rows.len() < BATCH
+                && pending.checkpoint.is_none()
+                && !shared.stop.load(Ordering::Acquire)
+            {
                 pending = shared
                     .wake
                     .wait_timeout(pending, interval)
@@ -1166,11 +1308,32 @@ fn write_loop(shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
             batch.clear();
-            std::mem::swap(&mut *pending, &mut batch);
-            shared.stop.load(Ordering::Acquire)
+            std::mem::swap(&mut pending.rows, &mut batch);
+            shared.taken.notify_all();
+            (
+                shared.stop.load(Ordering::Acquire),
+                pending.checkpoint.take(),
+            )
         };
         if !batch.is_empty() {
             shared.store.append(&batch);
+        }
+        if let Some(n) = checkpoint {
+            // Not durable, not reported: the source commits nothing, and the next checkpoint
+            // tries again.
+            match shared.store.checkpoint() {
+                Ok(()) => {
+                    shared.durable.send_replace(n);
+                }
+                Err(e) => {
+                    shared
+                        .store
+                        .stats
+                        .segment_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("flow store: checkpoint {n}: {e}");
+                }
+            }
         }
         if stopping && batch.is_empty() {
             return;
@@ -1236,6 +1399,57 @@ mod tests {
             .iter()
             .map(|c| format!("{:?} {} {:?}", c.key, c.flows, c.addresses))
             .collect()
+    }
+
+    fn parquet_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn checkpoints_make_every_flow_durable_without_small_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small(Some(dir.path().to_path_buf()));
+        let all = flows(2_600);
+        let store = FlowStore::open(config.clone()).unwrap();
+        let rows: Vec<Row> = all.iter().map(Row::new).collect();
+        // 300 flows at a time, a checkpoint after each: one file for the growing chunk, which
+        // the next checkpoint replaces, and whole segments for the sealed chunks.
+        for batch in rows.chunks(300) {
+            store.append(batch);
+            store.checkpoint().unwrap();
+        }
+        let files = parquet_files(dir.path());
+        assert_eq!(
+            files.len(),
+            3,
+            "two 1000-flow segments and one checkpoint: {files:?}"
+        );
+        assert!(
+            files.iter().any(|f| f.starts_with("flows_2001_2600_")),
+            "{files:?}"
+        );
+        // Every checkpointed flow survives a crash (the store dropped without persist), once.
+        drop(store);
+        let reopened = FlowStore::open(config.clone()).unwrap();
+        let page = reopened.list(&Filter::default(), None, 10_000).unwrap();
+        assert_eq!(page.flows.len(), 2_600);
+        assert_eq!(reopened.lock().next_seq, 2_601);
+
+        // A crash between writing a checkpoint and deleting the one it replaces, or the chunk's
+        // segment and its checkpoint: the superseded file is dropped at the next open.
+        let stale = dir.path().join(files[2].replacen("_2600_", "_2300_", 1));
+        std::fs::copy(dir.path().join(&files[2]), &stale).unwrap();
+        let reopened = FlowStore::open(config).unwrap();
+        assert!(!stale.exists());
+        assert_eq!(parquet_files(dir.path()), files);
+        let page = reopened.list(&Filter::default(), None, 10_000).unwrap();
+        assert_eq!(page.flows.len(), 2_600);
     }
 
     #[test]

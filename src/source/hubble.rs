@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::SourceStats;
+use super::{SourceStats, StreamState};
 use crate::common::error_chain;
 use crate::common::retry::Backoff;
 use crate::config::HubbleConfig;
@@ -47,20 +47,6 @@ pub enum HubbleError {
     },
     #[error("hubble.address {address:?}: {message}")]
     Address { address: String, message: String },
-}
-
-/// What the source is doing now; `/readyz` is ready while it is `Streaming`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamState {
-    Connecting,
-    Streaming,
-    /// The last attempt failed; the next starts after the backoff delay.
-    Retrying {
-        error: String,
-    },
-    Stopped {
-        error: Option<String>,
-    },
 }
 
 /// Remembers the keys of the most recent flows to drop re-delivered copies.
@@ -357,6 +343,7 @@ impl HubbleSource {
                 Event::NodeStatus(status) => {
                     tracing::info!(state = status.state.as_str_name(), nodes = ?status.nodes, message = %status.message, "hubble: node status");
                 }
+                Event::Checkpoint(_) => {}
             }
             self.stats.record(&event);
             if tx.send(event).await.is_err() {

@@ -2,17 +2,43 @@
 //!
 //! - [`hubble`]: the live stream from Hubble Relay (gRPC `GetFlows`, follow mode), with TLS,
 //!   reconnects, resume and de-duplication.
+//! - [`kafka`]: Hubble flows from a Kafka topic keyed by namespace, one consumer group for
+//!   all replicas; offsets committed once the flows' effects are durable.
 //! - [`replay`]: `hubble observe -o jsonpb` captures from a file or stdin.
 //!
 //! Every source counts what it saw in a shared [`SourceStats`], which the progress log and
 //! `/metrics` read.
 
 pub mod hubble;
+pub mod kafka;
 pub mod replay;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::flow::{Event, LostEventSource};
+
+/// What the source is doing now; `/readyz` is ready while it is `Streaming`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    Connecting,
+    Streaming,
+    /// The last attempt failed; the next starts after the backoff delay.
+    Retrying {
+        error: String,
+    },
+    Stopped {
+        error: Option<String>,
+    },
+}
+
+/// Why a live source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Hubble(#[from] hubble::HubbleError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSourceError),
+}
 
 /// Counters a source keeps; shared with whoever reports on it.
 #[derive(Debug, Default)]
@@ -51,6 +77,7 @@ impl SourceStats {
             Event::NodeStatus(_) => {
                 self.node_status.fetch_add(1, Ordering::Relaxed);
             }
+            Event::Checkpoint(_) => {}
         }
     }
 

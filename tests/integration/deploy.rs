@@ -527,3 +527,34 @@ fn the_grafana_dashboard_queries_parse_and_name_real_metrics() {
         }
     }
 }
+
+#[test]
+fn the_vector_producer_keys_flows_as_the_kafka_source_expects() {
+    let config = &documents(&root().join("deploy/vector/vector.yaml"))[0];
+    let defaults = exfilwatch::config::KafkaConfig::default();
+    let sink = &config["sinks"]["hubble_topic"];
+    assert_eq!(sink["type"], "kafka");
+    assert_eq!(sink["topic"].as_str(), Some(defaults.topic.as_str()));
+    // One partition per namespace, computed as exfilwatch's default partitioner does.
+    assert_eq!(sink["key_field"], "namespace");
+    assert_eq!(
+        defaults.partitioner,
+        exfilwatch::config::Partitioner::Murmur2
+    );
+    assert_eq!(sink["librdkafka_options"]["partitioner"], "murmur2_random");
+    // The exporter's lines go unchanged, as the jsonpb the source decodes.
+    assert_eq!(sink["encoding"]["codec"], "text");
+    assert_eq!(sink["acknowledgements"]["enabled"], true);
+    let input = sink["inputs"][0].as_str().unwrap();
+    let remap = &config["transforms"][input];
+    assert_eq!(remap["type"], "remap");
+    let vrl = remap["source"].as_str().unwrap();
+    assert!(
+        vrl.contains("parsed.flow.source.namespace") && vrl.contains(".namespace ="),
+        "{vrl}"
+    );
+    assert_eq!(
+        config["sources"][remap["inputs"][0].as_str().unwrap()]["include"][0],
+        "/var/run/cilium/hubble/events.log*"
+    );
+}

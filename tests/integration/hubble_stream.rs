@@ -8,7 +8,8 @@ use exfilwatch::proto::flow::LostEvent;
 use exfilwatch::proto::observer::GetFlowsResponse;
 use exfilwatch::proto::observer::get_flows_response::ResponseTypes;
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::source::hubble::{HubbleError, StreamState};
+use exfilwatch::source::StreamState;
+use exfilwatch::source::hubble::HubbleError;
 use tonic::Code;
 
 use crate::support::{client_config, relay, start_client, uuid_of};

@@ -3,7 +3,7 @@
 
 use exfilwatch::config::TlsConfig;
 use exfilwatch::sim::traffic::TrainingCluster;
-use exfilwatch::source::hubble::StreamState;
+use exfilwatch::source::StreamState;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 

@@ -16,6 +16,7 @@ mod flow_store_memory;
 mod fuzz;
 mod hubble_stream;
 mod hubble_tls;
+mod kafka_source;
 mod layers;
 mod policy_advisor;
 mod prometheus;

@@ -49,6 +49,7 @@ fn describe(event: &Event) -> Value {
             "kind": "lost", "source": l.source.as_str_name(), "count": l.count, "cpu": l.cpu,
             "first_ns": l.first_ns, "last_ns": l.last_ns, "node": &*l.node,
         }),
+        Event::Checkpoint(n) => json!({ "kind": "checkpoint", "n": n }),
         Event::NodeStatus(s) => json!({
             "kind": "node_status", "state": s.state.as_str_name(),
             "nodes": s.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "message": s.message,

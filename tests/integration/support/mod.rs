@@ -3,6 +3,7 @@
 //! blocking CI), and the service itself ([`service`]).
 
 pub mod browser;
+pub mod kafka;
 pub mod schema;
 pub mod service;
 
@@ -15,7 +16,8 @@ use exfilwatch::flow::Event;
 use exfilwatch::proto::flow::Flow;
 use exfilwatch::sim::observer::SimObserver;
 use exfilwatch::source::SourceStats;
-use exfilwatch::source::hubble::{HubbleError, HubbleSource, StreamState};
+use exfilwatch::source::StreamState;
+use exfilwatch::source::hubble::{HubbleError, HubbleSource};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

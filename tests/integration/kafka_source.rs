@@ -1,0 +1,387 @@
+//! `source: kafka` against a real Kafka-compatible broker (Tansu, see `support::kafka`) and a
+//! real Alertmanager: flows produced keyed by namespace are alerted, stored and their offsets
+//! committed only once durable; a replica killed before its checkpoint loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use exfilwatch::common::clock::now_ns;
+use exfilwatch::config::Partitioner;
+use exfilwatch::proto::flow::Flow;
+use exfilwatch::sim::traffic::TrainingCluster;
+
+use crate::alertmanager::{Alertmanager, Receiver};
+use crate::support::kafka::{Broker, produce, record};
+use crate::support::service::{RunConfig, Service};
+use crate::support::{GUARD, free_port};
+
+const TOPIC: &str = "hubble-flows";
+const PARTITIONS: i32 = 4;
+const NAMESPACES: [&str; 6] = [
+    "ai-training",
+    "team-a",
+    "team-b",
+    "team-c",
+    "team-d",
+    "team-e",
+];
+/// Namespaces whose trainers try to exfiltrate.
+const ATTACKED: [&str; 2] = ["ai-training", "team-c"];
+
+/// The training job's flows, as if it ran in `namespace`.
+fn moved(mut flow: Flow, namespace: &str) -> Flow {
+    for endpoint in [flow.source.as_mut(), flow.destination.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if endpoint.namespace == "ai-training" {
+            endpoint.namespace = namespace.into();
+        }
+    }
+    flow
+}
+
+/// What was produced: records per namespace, the partition of each namespace, and the end
+/// offset of each partition.
+#[derive(Debug, Default)]
+struct Produced {
+    flows: BTreeMap<String, u64>,
+    partition_of: BTreeMap<String, i32>,
+    end: BTreeMap<i32, i64>,
+}
+
+impl Produced {
+    fn note(&mut self, namespace: &str, (partition, offset): (i32, i64), flows: u64) {
+        *self.flows.entry(namespace.into()).or_default() += flows;
+        let known = self.partition_of.insert(namespace.into(), partition);
+        assert!(
+            known.is_none_or(|p| p == partition),
+            "{namespace} moved partitions"
+        );
+        let end = self.end.entry(partition).or_default();
+        *end = (*end).max(offset + 1);
+    }
+
+    fn total(&self) -> u64 {
+        self.flows.values().sum()
+    }
+}
+
+/// Produces `per_namespace` benign flows in every namespace and an exfiltration attempt in
+/// each attacked one, as protobuf records keyed by namespace; then a jsonpb record of two
+/// lines and a record that is not a flow.
+async fn produce_traffic(broker: &Broker, per_namespace: usize, seed: u64) -> Produced {
+    let producer = broker.producer();
+    let mut cluster = TrainingCluster::new(seed, now_ns(), 1_000_000);
+    let mut produced = Produced::default();
+    for i in 0..per_namespace * NAMESPACES.len() {
+        let namespace = NAMESPACES[i % NAMESPACES.len()];
+        let flow = moved(cluster.next_flow(), namespace);
+        let at = produce(&producer, TOPIC, namespace, &record(&flow)).await;
+        produced.note(namespace, at, 1);
+    }
+    for namespace in ATTACKED {
+        for flow in cluster.exfiltration_attempt() {
+            let at = produce(
+                &producer,
+                TOPIC,
+                namespace,
+                &record(&moved(flow, namespace)),
+            )
+            .await;
+            produced.note(namespace, at, 1);
+        }
+    }
+    let t = chrono_like(now_ns());
+    let line = format!(
+        r#"{{"flow":{{"time":"{t}","uuid":"UUID","verdict":"FORWARDED","source":{{"namespace":"team-a","pod_name":"loader-0"}},"destination":{{"namespace":"storage","pod_name":"minio-0"}},"l4":{{"TCP":{{"source_port":40000,"destination_port":9000}}}},"Type":"L3_L4"}},"node_name":"node-1","time":"{t}"}}"#
+    );
+    let two = format!(
+        "{}\n{}\n",
+        line.replace("UUID", "4a3b1c2d-0000-4000-8000-000000000001"),
+        line.replace("UUID", "4a3b1c2d-0000-4000-8000-000000000002")
+    );
+    let at = produce(&producer, TOPIC, "team-a", two.as_bytes()).await;
+    produced.note("team-a", at, 2);
+    let at = produce(&producer, TOPIC, "team-b", b"{\"flow\": \"not a flow\"}").await;
+    produced.note("team-b", at, 0);
+    produced
+}
+
+/// RFC 3339 UTC with nanoseconds, as jsonpb writes timestamps.
+fn chrono_like(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A policy-denied rule over every namespace of the test, beside the shipped pack's others.
+fn rules_dir(dir: &std::path::Path) -> String {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/default.yaml"))
+            .unwrap();
+    let watched = format!("names: [{}]", NAMESPACES.join(", "));
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("default.yaml"),
+        shipped.replacen("names: [ai-training]", &watched, 1),
+    )
+    .unwrap();
+    rules.display().to_string()
+}
+
+fn kafka_config(
+    broker: &Broker,
+    am: &Alertmanager,
+    group: &str,
+    commit: &str,
+    dir: &std::path::Path,
+) -> RunConfig {
+    RunConfig::empty()
+        .with("source", "kafka")
+        .with(
+            "kafka",
+            &format!(
+                "brokers: ['{}']\ntopic: {TOPIC}\ngroup: {group}\ncommit_interval: {commit}\nsession_timeout: 6s",
+                broker.address
+            ),
+        )
+        .with("hubble", &format!("namespaces: [{}]", NAMESPACES.join(", ")))
+        .with("rules", &format!("dir: {}", rules_dir(dir)))
+        .with("storage", "dir: {dir}/state")
+        .with("alertmanager", &format!("urls: [\"{}\"]", am.url))
+        .with("api", "listen: 127.0.0.1:{port}")
+}
+
+/// Flows per namespace the service's API holds.
+async fn stored(service: &Service) -> BTreeMap<String, u64> {
+    let top = service
+        .ok("/api/v1/flows/top?by=namespace&since=24h&limit=100")
+        .await;
+    top["groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{top}"))
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_stored(service: &Service, want: &BTreeMap<String, u64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stored(service).await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stored {got:?}, produced {want:?}; log:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let produced = produce_traffic(&broker, 100, 11).await;
+    // The producer (librdkafka's murmur2 partitioner) and exfilwatch agree on where every
+    // namespace's flows are.
+    for (namespace, partition) in &produced.partition_of {
+        assert_eq!(
+            Partitioner::Murmur2.partition(namespace.as_bytes(), PARTITIONS),
+            Some(*partition),
+            "{namespace}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(&broker, &am, "replicas", "300ms", dir.path());
+    let service = Service::spawn(&config, dir);
+    service.ready().await;
+    let want: BTreeMap<String, u64> = produced
+        .flows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    wait_stored(&service, &want).await;
+    assert_eq!(
+        service.metric("exfilwatch_kafka_bad_records_total").await,
+        1
+    );
+    assert_eq!(
+        service.metric("exfilwatch_kafka_records_total").await,
+        produced.total() - 2 + 1 + 1,
+        "every record read once: the flows, the two-line record, the bad one"
+    );
+    assert_eq!(
+        service.metric("exfilwatch_kafka_assigned_partitions").await,
+        PARTITIONS as u64
+    );
+    assert!(
+        service
+            .log()
+            .contains(&format!("{TOPIC}[{}]@", produced.partition_of["team-b"])),
+        "the bad record is reported with its partition and offset:\n{}",
+        service.log()
+    );
+
+    // Every attacked namespace is alerted in Alertmanager.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerted: BTreeSet<String> = am
+            .alerts()
+            .await
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "TrainingPodUnexpectedEgress")
+            .filter_map(|a| a["labels"]["namespace"].as_str().map(str::to_owned))
+            .collect();
+        if alerted == ATTACKED.iter().map(|s| (*s).to_owned()).collect() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alerted {alerted:?}; log:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every record is committed once its checkpoint is durable.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let committed = broker.committed("replicas", TOPIC, PARTITIONS).await;
+        if committed == produced.end {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {committed:?}, produced up to {:?}",
+            produced.end
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Killed now, a replica finds everything on disk and nothing to read again.
+    let dir = service.kill();
+    let again = Service::spawn(&config, dir);
+    again.ready().await;
+    wait_stored(&again, &want).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(again.metric("exfilwatch_kafka_records_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_before_its_checkpoint_commits_nothing_and_loses_nothing() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let produced = produce_traffic(&broker, 50, 12).await;
+    let want: BTreeMap<String, u64> = produced
+        .flows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+
+    // A checkpoint an hour away: the flows are read and queryable, nothing is durable yet.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = kafka_config(&broker, &am, "replicas", "1h", dir.path());
+    let service = Service::spawn(&slow, dir);
+    service.ready().await;
+    wait_stored(&service, &want).await;
+    let dir = service.kill();
+    assert_eq!(
+        broker.committed("replicas", TOPIC, PARTITIONS).await,
+        BTreeMap::new(),
+        "no offset may be committed before its flows are on disk"
+    );
+
+    // The next replica reads every record again; the history holds each flow.
+    let fast = kafka_config(&broker, &am, "replicas", "300ms", dir.path());
+    let again = Service::spawn(&fast, dir);
+    again.ready().await;
+    wait_stored(&again, &want).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while broker.committed("replicas", TOPIC, PARTITIONS).await != produced.end {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_verifies_the_brokers_certificate() {
+    let ca = crate::hubble_tls::ca("kafka-ca");
+    let broker_cert = crate::hubble_tls::leaf(&ca, &["127.0.0.1", "localhost"]);
+    let broker = Broker::start_with(Some((&ca.pem(), &broker_cert))).await;
+    broker.create_topic(TOPIC, 1).await;
+    let producer = broker.producer();
+    let mut cluster = TrainingCluster::new(13, now_ns(), 1_000_000);
+    for _ in 0..20 {
+        produce(
+            &producer,
+            TOPIC,
+            "ai-training",
+            &record(&cluster.next_flow()),
+        )
+        .await;
+    }
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let tls = |dir: &std::path::Path, ca_pem: &str| {
+        std::fs::write(dir.join("kafka-ca.crt"), ca_pem).unwrap();
+        "tls: { ca_file: kafka-ca.crt }"
+    };
+
+    // The broker's CA: the flows arrive over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let line = tls(dir.path(), &ca.pem());
+    let config = kafka_config(&broker, &am, "tls", "300ms", dir.path()).with("kafka", line);
+    let service = Service::spawn(&config, dir);
+    service.ready().await;
+    wait_stored(&service, &BTreeMap::from([("ai-training".to_owned(), 20)])).await;
+
+    // Another CA: the broker's certificate is refused, nothing is read, and the log says why.
+    let dir = tempfile::tempdir().unwrap();
+    let line = tls(dir.path(), &crate::hubble_tls::ca("other-ca").pem());
+    let config = kafka_config(&broker, &am, "tls-wrong", "300ms", dir.path()).with("kafka", line);
+    let wrong = Service::spawn(&config, dir);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !wrong.log().contains("certificate verify failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate error logged:\n{}",
+            wrong.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(wrong.get_raw("/readyz").await.status(), 200);
+}
