@@ -5,9 +5,11 @@
 //! compare: the difference is the Kafka consumer's overhead.
 //!
 //! The broker is Tansu on 127.0.0.1 (in-memory storage), sharing the machine's cores with the
-//! replicas. The topic has 6 partitions holding Cilium-shaped flows (about 1.25 KB each) as
-//! `GetFlowsResponse` protobuf records keyed by 12 namespaces. A run counts from the first
-//! flow a replica receives (after the group's join and assignment) to the last.
+//! replicas and the producer. For each replica count a fresh topic of 6 partitions is made,
+//! the replicas join one group and wait until they share the partitions (a rebalance is not
+//! what this measures), then a producer thread sends Cilium-shaped flows (about 1.25 KB each)
+//! as `GetFlowsResponse` protobuf records keyed by 12 namespaces, while the replicas take
+//! them. A run counts from the first flow a replica receives to the last.
 //!
 //! Run: `cargo bench --bench kafka` (`EXFILWATCH_KAFKA_FLOWS` sets the flows, default 300000).
 
@@ -27,11 +29,12 @@ use exfilwatch::pipeline::{self, Summary};
 use exfilwatch::sim::traffic::{TrainingCluster, cilium_shaped};
 use exfilwatch::source::SourceStats;
 use exfilwatch::source::kafka::KafkaSource;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const TOPIC: &str = "bench-flows";
 const PARTITIONS: i32 = 6;
 const NAMESPACES: usize = 12;
 
@@ -46,17 +49,12 @@ fn main() {
         .build()
         .unwrap();
     let broker = rt.block_on(kafka::Broker::start());
-    rt.block_on(broker.create_topic(TOPIC, PARTITIONS));
-    let started = Instant::now();
-    rt.block_on(produce(&broker, flows));
-    println!(
-        "produced {flows} Cilium-shaped flows in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let records = Arc::new(records(flows));
     println!("replicas  flows/s (all)  flows/s per replica  seconds");
     for replicas in 1..=3 {
-        let group = format!("bench-{replicas}");
-        let (rate, seconds) = consume(&broker.address, &group, replicas, flows);
+        let topic = format!("bench-flows-{replicas}");
+        rt.block_on(broker.create_topic(&topic, PARTITIONS));
+        let (rate, seconds) = consume(&broker, &topic, replicas, &records);
         println!(
             "{replicas:>8}  {rate:>13.0}  {:>19.0}  {seconds:>7.2}",
             rate / replicas as f64
@@ -64,61 +62,97 @@ fn main() {
     }
 }
 
-/// Produces `n` flows keyed by namespace, many in flight at once.
-async fn produce(broker: &kafka::Broker, n: u64) {
-    let producer = broker.producer();
+/// `n` Cilium-shaped flows as (namespace, record) pairs.
+fn records(n: u64) -> Vec<(String, Vec<u8>)> {
     let mut cluster = TrainingCluster::new(42, exfilwatch::common::clock::now_ns(), 100_000);
-    let mut pending = Vec::with_capacity(10_000);
-    for i in 0..n {
-        let mut flow = cilium_shaped(cluster.next_flow());
-        let namespace = format!("team-{}", i as usize % NAMESPACES);
-        if let Some(source) = flow.source.as_mut() {
-            source.namespace.clone_from(&namespace);
-        }
-        let value = kafka::record(&flow);
-        let producer = producer.clone();
-        pending.push(tokio::spawn(async move {
-            kafka::produce(&producer, TOPIC, &namespace, &value).await
-        }));
-        if pending.len() == 10_000 {
-            for p in pending.drain(..) {
-                p.await.unwrap();
+    (0..n)
+        .map(|i| {
+            let mut flow = cilium_shaped(cluster.next_flow());
+            let namespace = format!("team-{}", i as usize % NAMESPACES);
+            if let Some(source) = flow.source.as_mut() {
+                source.namespace.clone_from(&namespace);
+            }
+            (namespace, kafka::record(&flow))
+        })
+        .collect()
+}
+
+/// Produces `records` from a thread of their own, through librdkafka's producer thread.
+fn produce(address: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        let mut record = BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
     }
-    for p in pending {
-        p.await.unwrap();
-    }
+    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// `replicas` members of `group`, each on its own thread, until they took `total` flows
-/// together; the rate over the time from the first flow to the last, and that time.
-fn consume(address: &str, group: &str, replicas: usize, total: u64) -> (f64, f64) {
+/// `replicas` members of one group, each on its own thread: once they share the topic's
+/// partitions, `records` are produced, and the replicas take them. The rate over the time from
+/// the first flow a replica receives to the last, and that time.
+fn consume(
+    broker: &kafka::Broker,
+    topic: &str,
+    replicas: usize,
+    records: &Arc<Vec<(String, Vec<u8>)>>,
+) -> (f64, f64) {
+    let total = records.len() as u64;
     let taken = Arc::new(AtomicU64::new(0));
     let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let cancel = CancellationToken::new();
+    let mut owned = Vec::new();
     let threads: Vec<_> = (0..replicas)
         .map(|_| {
             let config = KafkaConfig {
-                brokers: vec![address.to_owned()],
-                topic: TOPIC.into(),
-                group: group.into(),
+                brokers: vec![broker.address.clone()],
+                topic: topic.to_owned(),
+                group: format!("{topic}-group"),
                 commit_interval: Duration::from_secs(5),
+                options: options(),
                 ..KafkaConfig::default()
             };
+            let source = KafkaSource::new(config, Arc::new(SourceStats::default()));
+            owned.push(source.ownership());
             let (taken, first, cancel) = (taken.clone(), first.clone(), cancel.clone());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(replica(config, total, &taken, &first, cancel));
+                rt.block_on(replica(source, total, &taken, &first, cancel));
             })
         })
         .collect();
+    // The group settles first: a rebalance is not what this measures.
+    loop {
+        let held: Vec<usize> = owned.iter().map(|o| o.borrow().partitions.len()).collect();
+        if held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == PARTITIONS as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (address, topic_name, all) = (broker.address.clone(), topic.to_owned(), records.clone());
+    let producer = std::thread::spawn(move || produce(&address, &topic_name, &all));
     for t in threads {
         t.join().unwrap();
     }
+    producer.join().unwrap();
     let seconds = first
         .lock()
         .unwrap()
@@ -126,15 +160,26 @@ fn consume(address: &str, group: &str, replicas: usize, total: u64) -> (f64, f64
     (total as f64 / seconds, seconds)
 }
 
+/// librdkafka properties from `EXFILWATCH_KAFKA_OPTIONS` (`key=value,key=value`), to try
+/// tunings. By default a fetch waits at most 10 ms: Tansu answers a fetch when its wait
+/// expires even with records at hand, and librdkafka's 500 ms default then caps a replica at
+/// about 15,000 flows/s, which measures the broker, not exfilwatch.
+fn options() -> std::collections::BTreeMap<String, String> {
+    std::env::var("EXFILWATCH_KAFKA_OPTIONS")
+        .unwrap_or_else(|_| "fetch.wait.max.ms=10".into())
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 async fn replica(
-    config: KafkaConfig,
+    source: KafkaSource,
     total: u64,
     taken: &AtomicU64,
     first: &std::sync::Mutex<Option<Instant>>,
     cancel: CancellationToken,
 ) {
-    let stats = Arc::new(SourceStats::default());
-    let source = KafkaSource::new(config, stats);
     let (tx, mut rx) = mpsc::channel(pipeline::CHANNEL_CAPACITY);
     // Checkpoints are answered at once: this measures the source, not the flow store.
     let (durable_tx, durable) = watch::channel(0);

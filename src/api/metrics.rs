@@ -22,7 +22,7 @@ use crate::flow::{LostEventSource, Verdict};
 use crate::flowstore::FlowStore;
 use crate::pipeline::DeniedFlows;
 use crate::source::SourceStats;
-use crate::source::kafka::KafkaStats;
+use crate::source::kafka::{KafkaStats, Ownership};
 use crate::state::Store;
 
 /// Content type of the text exposition.
@@ -45,8 +45,11 @@ pub struct Telemetry {
     pub denied: Arc<DeniedFlows>,
     /// The last reload's outcome, when the service can reload.
     pub reload: Option<Arc<super::reload::ReloadStatus>>,
-    /// The Kafka source's counters, when it is the source.
-    pub kafka: Option<Arc<KafkaStats>>,
+    /// The Kafka source's counters and the partitions it holds, when it is the source.
+    pub kafka: Option<(
+        Arc<KafkaStats>,
+        tokio::sync::watch::Receiver<Arc<Ownership>>,
+    )>,
 }
 
 /// Buckets for [`Telemetry::query_latency`]: 1 ms to about 4 s.
@@ -131,7 +134,7 @@ impl Collector for Telemetry {
             "Relay node-status notices",
             load(&s.node_status),
         )?;
-        if let Some(k) = &self.kafka {
+        if let Some((k, _)) = &self.kafka {
             for (name, help, value) in [
                 ("exfilwatch_kafka_records", "Kafka records read", &k.records),
                 (
@@ -400,8 +403,13 @@ impl Telemetry {
                 }
             }
         });
+        let kafka = self.kafka.as_ref().map(|(_, owned)| {
+            let owned = owned.borrow();
+            json!({"partitions": owned.partitions, "of": owned.partition_count})
+        });
         json!({
             "prometheus": prometheus,
+            "kafka": kafka,
             "flows": self.source.flows.load(Ordering::Relaxed),
             "lost_events": self.source.lost_total(),
             "alert_outbox_depth": self.store.outbox_depth().ok(),

@@ -30,7 +30,7 @@ use crate::pipeline::{
 };
 use crate::rules::{self, Rule};
 use crate::source::hubble::HubbleSource;
-use crate::source::kafka::{KafkaSource, KafkaStats};
+use crate::source::kafka::KafkaSource;
 use crate::source::{SourceError, SourceStats, StreamState};
 use crate::state::Store;
 
@@ -269,7 +269,7 @@ pub async fn run(
     let stats = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let hubble_mode = config.source == SourceKind::Hubble;
-    let (source, kafka, owned): (Live, Option<Arc<KafkaStats>>, _) = match config.source {
+    let (source, kafka, owned) = match config.source {
         SourceKind::Hubble => (
             Live::Hubble(hubble_source(config, &store, stats.clone())),
             None,
@@ -277,7 +277,8 @@ pub async fn run(
         ),
         SourceKind::Kafka => {
             let source = KafkaSource::new(config.kafka.clone(), stats.clone());
-            let (kafka, owned) = (source.stats(), source.ownership());
+            let owned = source.ownership();
+            let kafka = (source.stats(), owned.clone());
             (Live::Kafka(source), Some(kafka), Some(owned))
         }
     };

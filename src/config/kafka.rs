@@ -13,6 +13,7 @@
 //!   commit_interval: 10s           # flows made durable and offsets committed this often
 //!   tls: { ca_file, cert_file, key_file }
 //!   sasl: { mechanism: SCRAM-SHA-512, username: exfilwatch, password_file: /etc/exfilwatch/kafka-password }
+//!   options: { fetch.wait.max.ms: "50" }   # further librdkafka consumer properties
 //! ```
 
 use std::fmt;
@@ -63,6 +64,7 @@ pub(super) struct RawKafka {
     client_id: Option<String>,
     tls: Option<RawKafkaTls>,
     sasl: Option<RawSasl>,
+    options: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,8 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     pub tls: Option<KafkaTls>,
     pub sasl: Option<Sasl>,
+    /// Further librdkafka consumer properties (`fetch.wait.max.ms: "50"`), for tuning.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -171,9 +175,26 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(15),
             tls: None,
             sasl: None,
+            options: std::collections::BTreeMap::new(),
         }
     }
 }
+
+/// librdkafka properties exfilwatch sets itself: an option may not change them, since the
+/// offsets' guarantee and the settings above depend on them.
+const OWN_PROPERTIES: [&str; 11] = [
+    "bootstrap.servers",
+    "group.id",
+    "group.instance.id",
+    "client.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "security.protocol",
+    "sasl.password",
+    "session.timeout.ms",
+    "ssl.key.password",
+];
 
 /// SASL mechanisms librdkafka is built with here (GSSAPI needs Cyrus SASL, which is not).
 const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -328,6 +349,24 @@ impl RawKafka {
                 password,
             }
         });
+        let options = k.options.unwrap_or_default();
+        for key in options.keys() {
+            if OWN_PROPERTIES.contains(&key.as_str()) {
+                v.push(
+                    format!("kafka.options.{key}"),
+                    "is set by exfilwatch itself (use the kafka settings above)",
+                );
+            } else if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b"._".contains(&b))
+            {
+                v.push(
+                    format!("kafka.options.{key}"),
+                    "is not a librdkafka property name",
+                );
+            }
+        }
         KafkaConfig {
             brokers,
             topic,
@@ -340,6 +379,7 @@ impl RawKafka {
             session_timeout,
             tls,
             sasl,
+            options,
         }
     }
 }

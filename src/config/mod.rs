@@ -295,6 +295,7 @@ mod tests {
         assert_eq!(sasl.password, "s3cret");
         // The password never reaches a log line through Debug.
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(k.options.is_empty());
 
         // Hubble stays the default, and an unused kafka section need not be complete.
         assert_eq!(
@@ -304,7 +305,7 @@ mod tests {
 
         let err = parse("source: kafkaa\n").unwrap_err().to_string();
         assert!(err.contains("source: \"kafkaa\" is not a source"), "{err}");
-        let err = parse("source: kafka\nkafka:\n  brokers: ['kafka:x', 'http://kafka:9092']\n  topic: 'flows/v1'\n  start: beginning\n  format: xml\n  commit_interval: 1ms\n  tls: { cert_file: c.pem }\n  sasl: { mechanism: GSSAPI }\n")
+        let err = parse("source: kafka\nkafka:\n  brokers: ['kafka:x', 'http://kafka:9092']\n  topic: 'flows/v1'\n  start: beginning\n  format: xml\n  commit_interval: 1ms\n  tls: { cert_file: c.pem }\n  sasl: { mechanism: GSSAPI }\n  options: { group.id: other, 'Fetch Wait': '1', fetch.wait.max.ms: '50' }\n")
             .unwrap_err()
             .to_string();
         for expected in [
@@ -319,6 +320,8 @@ mod tests {
             "kafka.sasl.mechanism: \"GSSAPI\"",
             "kafka.sasl.username: is required",
             "kafka.sasl.password_file: is required",
+            "kafka.options.group.id: is set by exfilwatch itself",
+            "kafka.options.Fetch Wait: is not a librdkafka property name",
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");
         }

@@ -46,6 +46,7 @@ fn moved(mut flow: Flow, namespace: &str) -> Flow {
 #[derive(Debug, Default)]
 struct Produced {
     flows: BTreeMap<String, u64>,
+    uuids: BTreeSet<String>,
     partition_of: BTreeMap<String, i32>,
     end: BTreeMap<i32, i64>,
 }
@@ -79,17 +80,14 @@ async fn produce_traffic(broker: &Broker, per_namespace: usize, seed: u64) -> Pr
         let flow = moved(cluster.next_flow(), namespace);
         let at = produce(&producer, TOPIC, namespace, &record(&flow)).await;
         produced.note(namespace, at, 1);
+        produced.uuids.insert(flow.uuid);
     }
     for namespace in ATTACKED {
         for flow in cluster.exfiltration_attempt() {
-            let at = produce(
-                &producer,
-                TOPIC,
-                namespace,
-                &record(&moved(flow, namespace)),
-            )
-            .await;
+            let flow = moved(flow, namespace);
+            let at = produce(&producer, TOPIC, namespace, &record(&flow)).await;
             produced.note(namespace, at, 1);
+            produced.uuids.insert(flow.uuid);
         }
     }
     let t = chrono_like(now_ns());
@@ -103,6 +101,11 @@ async fn produce_traffic(broker: &Broker, per_namespace: usize, seed: u64) -> Pr
     );
     let at = produce(&producer, TOPIC, "team-a", two.as_bytes()).await;
     produced.note("team-a", at, 2);
+    for n in 1..=2 {
+        produced
+            .uuids
+            .insert(format!("4a3b1c2d-0000-4000-8000-00000000000{n}"));
+    }
     let at = produce(&producer, TOPIC, "team-b", b"{\"flow\": \"not a flow\"}").await;
     produced.note("team-b", at, 0);
     produced
@@ -255,25 +258,7 @@ async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
     );
 
     // Every attacked namespace is alerted in Alertmanager.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let alerted: BTreeSet<String> = am
-            .alerts()
-            .await
-            .iter()
-            .filter(|a| a["labels"]["alertname"] == "TrainingPodUnexpectedEgress")
-            .filter_map(|a| a["labels"]["namespace"].as_str().map(str::to_owned))
-            .collect();
-        if alerted == ATTACKED.iter().map(|s| (*s).to_owned()).collect() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alerted {alerted:?}; log:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    alerted(&am, &ATTACKED).await;
 
     // Every record is committed once its checkpoint is durable.
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -384,4 +369,117 @@ async fn kafka_over_tls_verifies_the_brokers_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_ne!(wrong.get_raw("/readyz").await.status(), 200);
+}
+
+/// The UUIDs of every flow the service's API holds, page by page.
+async fn stored_uuids(service: &Service) -> BTreeSet<String> {
+    let mut uuids = BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = service
+            .ok(&format!("/api/v1/flows?since=24h&limit=1000{cursor}"))
+            .await;
+        for flow in page["flows"].as_array().unwrap() {
+            uuids.insert(flow["uuid"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_u64() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return uuids,
+        }
+    }
+}
+
+/// The partitions a replica holds, from `/healthz`.
+async fn partitions(service: &Service) -> BTreeSet<i32> {
+    let health = service.ok("/healthz").await;
+    health["details"]["kafka"]["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{health}"))
+        .iter()
+        .map(|p| i32::try_from(p.as_i64().unwrap()).unwrap())
+        .collect()
+}
+
+/// Waits until the replicas hold `want` partitions each, every partition once.
+async fn split(replicas: &[&Service], want: &[usize]) -> Vec<BTreeSet<i32>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = Vec::new();
+        for r in replicas {
+            held.push(partitions(r).await);
+        }
+        let all: BTreeSet<i32> = held.iter().flatten().copied().collect();
+        let sizes: Vec<usize> = held.iter().map(BTreeSet::len).collect();
+        if sizes == want && all.len() == PARTITIONS as usize {
+            return held;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions held: {held:?}; logs:\n{}",
+            replicas
+                .iter()
+                .map(|r| r.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until Alertmanager holds a policy-denied alert for each of `namespaces`.
+async fn alerted(am: &Alertmanager, namespaces: &[&str]) {
+    let want: BTreeSet<String> = namespaces.iter().map(|s| (*s).to_owned()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: BTreeSet<String> = am
+            .alerts()
+            .await
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "TrainingPodUnexpectedEgress")
+            .filter_map(|a| a["labels"]["namespace"].as_str().map(str::to_owned))
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alerted {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_namespaces_each_storing_and_alerting_its_own() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Service::spawn(
+        &kafka_config(&broker, &am, "pair", "300ms", dir_a.path()),
+        dir_a,
+    );
+    let b = Service::spawn(
+        &kafka_config(&broker, &am, "pair", "300ms", dir_b.path()),
+        dir_b,
+    );
+    a.ready().await;
+    b.ready().await;
+    let held = split(&[&a, &b], &[2, 2]).await;
+
+    // Each replica stores exactly the namespaces whose partitions it holds, every flow of
+    // them, and each attack is alerted by the replica that sees it.
+    let produced = produce_traffic(&broker, 40, 31).await;
+    let mut stored = BTreeSet::new();
+    for (replica, partitions) in [(&a, &held[0]), (&b, &held[1])] {
+        let want: BTreeMap<String, u64> = produced
+            .flows
+            .iter()
+            .filter(|(ns, n)| **n > 0 && partitions.contains(&produced.partition_of[*ns]))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        assert!(!want.is_empty(), "{partitions:?} carry no namespace");
+        wait_stored(replica, &want).await;
+        stored.extend(stored_uuids(replica).await);
+    }
+    assert_eq!(stored, produced.uuids);
+    alerted(&am, &ATTACKED).await;
 }

@@ -230,6 +230,9 @@ impl KafkaSource {
                 .set("sasl.username", &sasl.username)
                 .set("sasl.password", &sasl.password);
         }
+        for (key, value) in &c.options {
+            config.set(key, value);
+        }
         config
     }
 

@@ -121,7 +121,10 @@ impl Broker {
             .arg(format!("--listener-url=tcp://{listen}"))
             .arg(format!("--advertised-listener-url=tcp://{address}"))
             .arg("--storage-engine=memory://tansu/")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("EXFILWATCH_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -12,10 +12,12 @@ use serde_json::Value;
 
 use super::{GUARD, free_port};
 
-/// The binary, logging warnings and errors only.
+/// The binary, logging warnings and errors only (`EXFILWATCH_TEST_LOG` sets another
+/// `RUST_LOG`, to debug a test).
 pub fn exfilwatch() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exfilwatch"));
-    cmd.env("RUST_LOG", "warn").env_remove("NO_COLOR");
+    let log = std::env::var("EXFILWATCH_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    cmd.env("RUST_LOG", log).env_remove("NO_COLOR");
     cmd
 }
 
