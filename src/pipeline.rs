@@ -411,8 +411,7 @@ pub async fn consume(
                 match (report, &mut c.engine) {
                     (Some(mut report), Some(engine)) => {
                         if let Some(owned) = &owned {
-                            let owned = owned.borrow().clone();
-                            report.namespaces.retain(|namespace, _| owned.owns(namespace));
+                            keep_owned(&mut report, &owned.borrow());
                         }
                         engine.egress(&report, Instant::now());
                     }
@@ -444,4 +443,46 @@ pub async fn consume(
         cursor.save(c.summary.last_flow_ns);
     }
     consumers
+}
+
+/// Keeps the namespaces of `report` this replica owns: each namespace's volume is judged by
+/// the replica that holds its partition.
+fn keep_owned(report: &mut EgressReport, owned: &Ownership) {
+    report
+        .namespaces
+        .retain(|namespace, _| owned.owns(namespace));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::config::Partitioner;
+
+    #[test]
+    fn egress_reports_keep_the_namespaces_this_replica_owns() {
+        let names = ["ai-training", "team-a", "team-b", "team-c", "team-d"];
+        let partition = |ns: &str| Partitioner::Murmur2.partition(ns.as_bytes(), 4).unwrap();
+        let owned = Ownership {
+            partitions: BTreeSet::from([partition("ai-training")]),
+            partition_count: 4,
+            partitioner: Partitioner::Murmur2,
+        };
+        let mut report = EgressReport::default();
+        for ns in names {
+            report.namespaces.insert(ns.into(), Default::default());
+        }
+        keep_owned(&mut report, &owned);
+        let kept: Vec<&str> = report.namespaces.keys().map(String::as_str).collect();
+        let expected: Vec<&str> = names
+            .into_iter()
+            .filter(|ns| partition(ns) == partition("ai-training"))
+            .collect();
+        assert_eq!(kept, expected);
+        assert!(
+            kept.contains(&"ai-training") && kept.len() < names.len(),
+            "{kept:?}"
+        );
+    }
 }

@@ -1,9 +1,9 @@
-//! Assembles `exfilwatch run`: the source (Hubble Relay, or a Kafka topic) feeding the pipeline, whose consumers are the
-//! flow store, the detection engine (with the alert manager, its outbox and sinks) and the
-//! telemetry; the Prometheus egress task; the REST API. Then shuts them down in order: the
-//! source stops, the pipeline drains into the engine, the engine's last state changes are
-//! committed, the flow store persists, the sinks flush what they can (the rest stays in the
-//! outbox), and the API closes. [`reload`] puts edited rules in force while it runs.
+//! Assembles `exfilwatch run`: the source (Hubble Relay, or a Kafka topic) feeding the
+//! pipeline, whose consumers are the flow store, the detection engine (with the alert manager,
+//! its outbox and sinks) and the telemetry; the Prometheus egress task; the REST API. Then
+//! shuts them down in order: the source stops, the pipeline drains into the engine, the
+//! engine's last state changes are committed, the flow store persists, the sinks flush what
+//! they can (the rest stays in the outbox), and the API closes. [`reload`] puts edited rules in force while it runs.
 
 pub mod reload;
 
@@ -250,8 +250,8 @@ fn start_egress(
     Ok(Some((rx, latest_rx, dashboards)))
 }
 
-/// Follows the configured source with `rules` over an opened state `store` until `cancel`, logging
-/// progress every `every`. With `config_path`, the file `config` was read from, the rules
+/// Follows the configured source with `rules` over an opened state `store` until `cancel`,
+/// logging progress every `every`. With `config_path`, the file `config` was read from, the rules
 /// are reloaded while running (see [`reload`]).
 pub async fn run(
     config: &Config,

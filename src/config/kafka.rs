@@ -7,12 +7,12 @@
 //!   brokers: ["kafka-0.kafka:9093"]
 //!   topic: hubble-flows
 //!   group: exfilwatch              # replicas in one group share the topic's partitions
-//!   start: earliest                # where a group without committed offsets begins: earliest | latest
-//!   format: auto                   # jsonpb | protobuf | auto (a record starting with `{` is jsonpb)
-//!   partitioner: murmur2           # the producer's: murmur2 (Java, librdkafka murmur2_random) | crc32 (librdkafka consistent)
+//!   start: earliest                # a group without committed offsets: earliest | latest
+//!   format: auto                   # jsonpb | protobuf | auto (`{` first: jsonpb)
+//!   partitioner: murmur2           # the producer's: murmur2 | crc32 (librdkafka consistent)
 //!   commit_interval: 10s           # flows made durable and offsets committed this often
 //!   tls: { ca_file, cert_file, key_file }
-//!   sasl: { mechanism: SCRAM-SHA-512, username: exfilwatch, password_file: /etc/exfilwatch/kafka-password }
+//!   sasl: { mechanism: SCRAM-SHA-512, username: exfilwatch, password_file: kafka-password }
 //!   options: { fetch.wait.max.ms: "50" }   # further librdkafka consumer properties
 //! ```
 

@@ -281,6 +281,8 @@ impl KafkaSource {
         let mut commit_every = tokio::time::interval(self.config.commit_interval);
         commit_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut messages = consumer.stream();
+        // Whether the last read failed; the next record read puts the state back.
+        let mut failing = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -291,9 +293,14 @@ impl KafkaSource {
                         Err(e) => {
                             tracing::warn!("kafka: {e}");
                             self.state.send_replace(StreamState::Retrying { error: e.to_string() });
+                            failing = true;
                             continue;
                         }
                     };
+                    if failing {
+                        failing = false;
+                        self.state.send_replace(StreamState::Streaming);
+                    }
                     self.kafka.records.fetch_add(1, Ordering::Relaxed);
                     offsets.read(message.partition(), message.offset());
                     let events = reader.decode(message.partition(), message.offset(), message.payload().unwrap_or_default(), &self.stats, &self.kafka);
