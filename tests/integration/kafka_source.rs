@@ -483,3 +483,30 @@ async fn two_replicas_split_the_namespaces_each_storing_and_alerting_its_own() {
     assert_eq!(stored, produced.uuids);
     alerted(&am, &ATTACKED).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_with_sigterm_commits_what_it_made_durable() {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let produced = produce_traffic(&broker, 30, 14).await;
+    let want: BTreeMap<String, u64> = produced
+        .flows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    // No checkpoint comes in the hour: the one made at SIGTERM commits everything.
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(&broker, &am, "stopping", "1h", dir.path());
+    let service = Service::spawn(&config, dir);
+    service.ready().await;
+    wait_stored(&service, &want).await;
+    let (code, output) = service.terminate().await;
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(
+        broker.committed("stopping", TOPIC, PARTITIONS).await,
+        produced.end
+    );
+}

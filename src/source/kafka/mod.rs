@@ -332,10 +332,14 @@ impl KafkaSource {
             }
         }
         drop(messages);
-        // The last checkpoint: everything read is made durable, then committed.
+        // The last checkpoint: everything read is made durable, then committed (a checkpoint
+        // sent before and not durable yet is the last when nothing was read since).
         if let Some(n) = offsets.checkpoint()
-            && tx.send(Event::Checkpoint(n)).await.is_ok()
+            && tx.send(Event::Checkpoint(n)).await.is_err()
         {
+            return Ok(());
+        }
+        if let Some(n) = offsets.last_pending() {
             let wait = self.config.commit_interval + Duration::from_secs(30);
             let reached = tokio::time::timeout(wait, durable.wait_for(|&d| d >= n)).await;
             if matches!(reached, Ok(Ok(_))) {
@@ -444,6 +448,11 @@ impl Offsets {
         Some(self.last)
     }
 
+    /// The newest checkpoint sent and not durable yet.
+    fn last_pending(&self) -> Option<u64> {
+        self.pending.back().map(|(n, _)| *n)
+    }
+
     /// The positions to commit now that checkpoint `done` is durable.
     fn durable(&mut self, done: u64) -> Option<BTreeMap<i32, i64>> {
         let mut latest = None;
@@ -461,6 +470,8 @@ struct Reader {
     topic: String,
     json: JsonDecoder,
     wire: Decoder,
+    /// The events of the record being read; one buffer for every record.
+    events: Vec<Event>,
 }
 
 impl Reader {
@@ -470,6 +481,7 @@ impl Reader {
             topic: topic.to_owned(),
             json: JsonDecoder::default(),
             wire: Decoder::default(),
+            events: Vec::new(),
         }
     }
 
@@ -480,8 +492,9 @@ impl Reader {
         payload: &[u8],
         stats: &SourceStats,
         kafka: &KafkaStats,
-    ) -> Vec<Event> {
-        let mut events = Vec::new();
+    ) -> std::vec::Drain<'_, Event> {
+        let events = &mut self.events;
+        events.clear();
         let jsonpb = match self.format {
             RecordFormat::Jsonpb => true,
             RecordFormat::Protobuf => false,
@@ -521,9 +534,9 @@ impl Reader {
                 reason.escape_debug()
             );
             // A record is whole or nothing: its good lines are not half-applied.
-            events.clear();
+            self.events.clear();
         }
-        events
+        self.events.drain(..)
     }
 }
 
@@ -580,15 +593,20 @@ mod tests {
         let two = format!("{line}\n\n{line}\n");
         assert_eq!(reader.decode(0, 1, two.as_bytes(), &stats, &kafka).len(), 2);
         let half = format!("{line}\n{{\"flow\": 7}}\n");
-        assert!(
-            reader
-                .decode(0, 2, half.as_bytes(), &stats, &kafka)
-                .is_empty()
+        assert_eq!(
+            reader.decode(0, 2, half.as_bytes(), &stats, &kafka).len(),
+            0
         );
-        assert!(
+        assert_eq!(
             reader
                 .decode(0, 3, b"\xff\x00garbage", &stats, &kafka)
-                .is_empty()
+                .len(),
+            0
+        );
+        // The buffer is the reader's: a record after a bad one decodes whole.
+        assert_eq!(
+            reader.decode(0, 4, line.as_bytes(), &stats, &kafka).len(),
+            1
         );
         assert_eq!(kafka.bad_records.load(Ordering::Relaxed), 2);
         assert_eq!(stats.bad_messages.load(Ordering::Relaxed), 2);
