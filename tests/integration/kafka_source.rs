@@ -111,6 +111,38 @@ async fn produce_traffic(broker: &Broker, per_namespace: usize, seed: u64) -> Pr
     produced
 }
 
+/// A broker with the topic, a real Alertmanager and its receiver, and traffic produced:
+/// what most tests here start from.
+struct Setup {
+    broker: Broker,
+    _receiver: Receiver,
+    am: Alertmanager,
+    produced: Produced,
+    /// Flows per namespace the history must hold.
+    want: BTreeMap<String, u64>,
+}
+
+async fn setup(per_namespace: usize, seed: u64) -> Setup {
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let produced = produce_traffic(&broker, per_namespace, seed).await;
+    let want = produced
+        .flows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    Setup {
+        broker,
+        _receiver: receiver,
+        am,
+        produced,
+        want,
+    }
+}
+
 /// RFC 3339 UTC with nanoseconds, as jsonpb writes timestamps.
 fn chrono_like(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
@@ -210,11 +242,13 @@ async fn wait_stored(service: &Service, want: &BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
-    let broker = Broker::start().await;
-    broker.create_topic(TOPIC, PARTITIONS).await;
-    let receiver = Receiver::start().await;
-    let am = Alertmanager::start(free_port(), &receiver.url).await;
-    let produced = produce_traffic(&broker, 100, 11).await;
+    let Setup {
+        broker,
+        _receiver,
+        am,
+        produced,
+        want,
+    } = setup(100, 11).await;
     // The producer (librdkafka's murmur2 partitioner) and exfilwatch agree on where every
     // namespace's flows are.
     for (namespace, partition) in &produced.partition_of {
@@ -229,12 +263,6 @@ async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
     let config = kafka_config(&broker, &am, "replicas", "300ms", dir.path());
     let service = Service::spawn(&config, dir);
     service.ready().await;
-    let want: BTreeMap<String, u64> = produced
-        .flows
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
     wait_stored(&service, &want).await;
     assert_eq!(
         service.metric("exfilwatch_kafka_bad_records_total").await,
@@ -285,17 +313,13 @@ async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_before_its_checkpoint_commits_nothing_and_loses_nothing() {
-    let broker = Broker::start().await;
-    broker.create_topic(TOPIC, PARTITIONS).await;
-    let receiver = Receiver::start().await;
-    let am = Alertmanager::start(free_port(), &receiver.url).await;
-    let produced = produce_traffic(&broker, 50, 12).await;
-    let want: BTreeMap<String, u64> = produced
-        .flows
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
+    let Setup {
+        broker,
+        _receiver,
+        am,
+        produced,
+        want,
+    } = setup(50, 12).await;
 
     // A checkpoint an hour away: the flows are read and queryable, nothing is durable yet.
     let dir = tempfile::tempdir().unwrap();
@@ -486,17 +510,13 @@ async fn two_replicas_split_the_namespaces_each_storing_and_alerting_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_with_sigterm_commits_what_it_made_durable() {
-    let broker = Broker::start().await;
-    broker.create_topic(TOPIC, PARTITIONS).await;
-    let receiver = Receiver::start().await;
-    let am = Alertmanager::start(free_port(), &receiver.url).await;
-    let produced = produce_traffic(&broker, 30, 14).await;
-    let want: BTreeMap<String, u64> = produced
-        .flows
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
+    let Setup {
+        broker,
+        _receiver,
+        am,
+        produced,
+        want,
+    } = setup(30, 14).await;
     // No checkpoint comes in the hour: the one made at SIGTERM commits everything.
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(&broker, &am, "stopping", "1h", dir.path());
