@@ -721,14 +721,7 @@ impl FlowStore {
             if inner.builder.is_empty() {
                 return Ok(());
             }
-            let snapshot = match &inner.snapshot {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(inner.builder.snapshot()?);
-                    inner.snapshot = Some(s.clone());
-                    s
-                }
-            };
+            let snapshot = Self::builder_snapshot(&mut inner)?;
             (snapshot, inner.partial.clone())
         };
         let segment = self.write(&dir, &snapshot)?;
@@ -784,19 +777,22 @@ impl FlowStore {
         }
     }
 
+    /// The builder's rows as a chunk, made once per change of the builder.
+    fn builder_snapshot(inner: &mut Inner) -> Result<Arc<Chunk>, StoreError> {
+        if let Some(s) = &inner.snapshot {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(inner.builder.snapshot()?);
+        inner.snapshot = Some(s.clone());
+        Ok(s)
+    }
+
     /// Everything a query may read, newest first.
     fn sources(&self) -> Result<Vec<Source>, StoreError> {
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(inner.sealed.len() + inner.segments.len() + 1);
         if !inner.builder.is_empty() {
-            let snapshot = match &inner.snapshot {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(inner.builder.snapshot()?);
-                    inner.snapshot = Some(s.clone());
-                    s
-                }
-            };
+            let snapshot = Self::builder_snapshot(&mut inner)?;
             out.push(Source::Memory(snapshot));
         }
         out.extend(inner.sealed.iter().rev().cloned().map(Source::Memory));

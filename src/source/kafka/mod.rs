@@ -90,7 +90,7 @@ pub enum KafkaSourceError {
 /// librdkafka's callbacks: logs into `tracing`, assignments into a channel.
 struct Context {
     stats: Arc<KafkaStats>,
-    assigned: watch::Sender<Option<BTreeSet<i32>>>,
+    assigned: watch::Sender<BTreeSet<i32>>,
 }
 
 impl ClientContext for Context {
@@ -130,7 +130,7 @@ impl ConsumerContext for Context {
         self.stats
             .partitions
             .store(assigned.len() as u64, Ordering::Relaxed);
-        self.assigned.send_replace(Some(assigned));
+        self.assigned.send_replace(assigned);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -257,7 +257,7 @@ impl KafkaSource {
         mut durable: watch::Receiver<u64>,
         cancel: &CancellationToken,
     ) -> Result<(), KafkaSourceError> {
-        let (assigned_tx, mut assigned) = watch::channel(None);
+        let (assigned_tx, mut assigned) = watch::channel(BTreeSet::new());
         let context = Context {
             stats: self.kafka.clone(),
             assigned: assigned_tx,
@@ -325,7 +325,7 @@ impl KafkaSource {
                 }
                 changed = assigned.changed() => {
                     if changed.is_ok() {
-                        let partitions = assigned.borrow_and_update().clone().unwrap_or_default();
+                        let partitions = assigned.borrow_and_update().clone();
                         self.assigned(&consumer, partitions).await;
                     }
                 }
