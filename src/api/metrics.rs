@@ -325,6 +325,38 @@ impl Collector for Telemetry {
                 "Chunks whose /flows/top groups came from the cache instead of being grouped again",
                 load(&f.top_cache_hits),
             )?;
+            if let Some(b) = flows.bucket() {
+                let b = &b.stats;
+                for (name, help, value) in [
+                    (
+                        "exfilwatch_bucket_uploads",
+                        "Segments uploaded to the bucket",
+                        &b.uploads,
+                    ),
+                    (
+                        "exfilwatch_bucket_upload_bytes",
+                        "Bytes uploaded to the bucket",
+                        &b.upload_bytes,
+                    ),
+                    (
+                        "exfilwatch_bucket_errors",
+                        "Bucket requests that failed (uploads are retried at the next checkpoint)",
+                        &b.errors,
+                    ),
+                    (
+                        "exfilwatch_bucket_downloads",
+                        "Objects read from the bucket by queries",
+                        &b.downloads,
+                    ),
+                    (
+                        "exfilwatch_bucket_lists",
+                        "Hour partitions listed by queries",
+                        &b.lists,
+                    ),
+                ] {
+                    counter(&mut e, name, help, load(value))?;
+                }
+            }
         }
         if let Some(egress) = &self.egress {
             let report = egress.borrow().clone();

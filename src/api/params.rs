@@ -93,6 +93,9 @@ pub(super) async fn blocking<T: Send + 'static>(
         Ok(Err(e @ crate::flowstore::StoreError::TooBroad { .. })) => {
             Err(BadParameter::new("since", "", e.to_string()).into())
         }
+        Ok(Err(crate::flowstore::StoreError::Cursor(c))) => {
+            Err(BadParameter::new("cursor", &c, "not a cursor this API returned").into())
+        }
         Ok(Err(e)) => {
             tracing::error!("api: {e}");
             Err(refuse(

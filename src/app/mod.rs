@@ -263,6 +263,13 @@ pub async fn run(
 ) -> Result<Finished, StartError> {
     let flow_store =
         FlowStore::open(config.flows.clone()).map_err(|e| StartError::Storage(e.to_string()))?;
+    if let Some(b) = flow_store.bucket() {
+        b.check().await.map_err(StartError::Storage)?;
+        tracing::info!(
+            "flow store: segments also go to the bucket as replica {}",
+            b.replica()
+        );
+    }
     let (engine, delivery) =
         start_alerting(config, rules, store, true).map_err(StartError::Config)?;
     let store = delivery.store.clone();

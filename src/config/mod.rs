@@ -36,7 +36,7 @@ pub use hubble::{HubbleConfig, TlsConfig};
 pub use kafka::{KafkaConfig, KafkaTls, Partitioner, RecordFormat, Sasl, SourceKind, StartOffset};
 pub use log::LogFormat;
 pub use prometheus::PrometheusConfig;
-pub use storage::{FlowStoreConfig, MAX_CHUNK_FLOWS};
+pub use storage::{FlowStoreConfig, MAX_CHUNK_FLOWS, ObjectStoreConfig};
 
 use crate::common::{units, yaml};
 
@@ -330,6 +330,53 @@ mod tests {
             err.contains("kafka.brokers: is required with source: kafka"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn object_store_parses_with_secrets_from_files_and_names_bad_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("id"), "EXFILKEY\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret-key\n").unwrap();
+        let c = Config::parse(
+            "storage:\n  flows:\n    object_store: { endpoint: 'https://minio.minio:9000/', bucket: flows, prefix: prod/east, replica: exfilwatch-0, access_key_file: id, secret_key_file: secret, retention: 30d }\n",
+            "test.yaml",
+            dir.path(),
+        )
+        .unwrap();
+        let o = c.flows.object_store.as_ref().unwrap();
+        assert_eq!(o.endpoint, "https://minio.minio:9000");
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("flows", "prod/east/")
+        );
+        assert_eq!(
+            (o.region.as_str(), o.replica.as_str()),
+            ("us-east-1", "exfilwatch-0")
+        );
+        assert_eq!(o.access_key_id, "EXFILKEY");
+        assert_eq!(o.secret_access_key, "s3cret-key");
+        assert_eq!(o.retention, Duration::from_secs(30 * 86_400));
+        assert!(!o.allow_http);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-key"), "{shown}");
+
+        let err = Config::parse(
+            "storage:\n  flows:\n    disk: false\n    object_store: { endpoint: 'http://minio:9000', bucket: 'a/b', prefix: '../x', replica: 'pod 0', access_key_file: missing }\n",
+            "test.yaml",
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "storage.flows.object_store: needs storage.flows.disk",
+            "storage.flows.object_store.endpoint: \"http://minio:9000\" is plain http",
+            "storage.flows.object_store.bucket: \"a/b\"",
+            "storage.flows.object_store.prefix: \"../x\"",
+            "storage.flows.object_store.replica: \"pod 0\"",
+            "storage.flows.object_store.access_key_file: cannot read",
+        ] {
+            assert!(err.contains(expected), "{expected} not in {err}");
+        }
     }
 
     #[test]

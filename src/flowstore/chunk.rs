@@ -296,6 +296,11 @@ impl Builder {
         self.seq.is_empty()
     }
 
+    /// The time of the first row added.
+    pub fn first_time(&self) -> Option<i64> {
+        self.time.first().copied()
+    }
+
     /// Bytes the builder holds, counting reserved capacity.
     pub fn bytes(&self) -> usize {
         let rows = self.seq.capacity();
@@ -395,6 +400,8 @@ pub struct Chunk {
     pub ips: Arc<[Option<IpAddr>]>,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// The time of the flow with `first_seq`.
+    pub first_time: i64,
     pub min_time: i64,
     pub max_time: i64,
 }
@@ -410,6 +417,7 @@ impl Chunk {
     ) -> Result<Chunk, PolarsError> {
         let first_seq = seq.first().copied().unwrap_or(0);
         let last_seq = seq.last().copied().unwrap_or(0);
+        let first_time = time.first().copied().unwrap_or(0);
         let min_time = time.iter().copied().min().unwrap_or(0);
         let max_time = time.iter().copied().max().unwrap_or(0);
         let height = seq.len();
@@ -428,6 +436,7 @@ impl Chunk {
             texts: texts.into(),
             ips: ips.into(),
             first_seq,
+            first_time,
             last_seq,
             min_time,
             max_time,

@@ -11,6 +11,7 @@
 //! Queries ([`FlowStore::list`], [`FlowStore::top`]) block: the API runs them in
 //! `spawn_blocking` (polars' collect must not run on an async worker).
 
+pub mod bucket;
 pub mod chunk;
 pub mod connections;
 pub mod json;
@@ -42,6 +43,10 @@ pub enum StoreError {
         "the query needs {segments} segments read back from disk, more than {MAX_SEGMENTS_PER_QUERY} a query may read: narrow since/until"
     )]
     TooBroad { segments: usize },
+    #[error("flow store: {0}")]
+    Bucket(String),
+    #[error("cursor {0}: not a cursor this store returned")]
+    Cursor(String),
     #[error("flow store {path}: {source}")]
     Io {
         path: String,
@@ -138,11 +143,21 @@ impl Segment {
     }
 }
 
-/// Where a query reads: a chunk in memory or a segment on disk.
+/// Where a query reads: a chunk in memory, a segment on disk, or an object in the bucket
+/// (with its span once read).
 #[derive(Debug, Clone)]
 enum Source {
     Memory(Arc<Chunk>),
     Disk(Segment),
+    Remote(bucket::Object, Option<Span>),
+}
+
+/// A chunk's last sequence number and time range, learnt when an object is first read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    last_seq: u64,
+    min_time: i64,
+    max_time: i64,
 }
 
 impl Source {
@@ -150,15 +165,43 @@ impl Source {
     /// memory is ruled out later, by its predicate.
     fn may_match(&self, filter: &Filter) -> bool {
         match self {
-            Source::Memory(_) => true,
+            Source::Memory(_) | Source::Remote(..) => true,
             Source::Disk(s) => s.may_match(filter),
         }
     }
 
+    /// First and last sequence number, least and greatest time. An object not read yet has
+    /// the bounds of its hour, and no last sequence number.
     fn span(&self) -> (u64, u64, i64, i64) {
         match self {
             Source::Memory(c) => (c.first_seq, c.last_seq, c.min_time, c.max_time),
             Source::Disk(s) => (s.first_seq, s.last_seq, s.min_time, s.max_time),
+            Source::Remote(o, Some(s)) => (o.first_seq, s.last_seq, s.min_time, s.max_time),
+            Source::Remote(o, None) => {
+                let (min, max) = o.time_bounds();
+                (o.first_seq, u64::MAX, min, max)
+            }
+        }
+    }
+
+    /// Whether reading it costs a read from disk or the bucket.
+    fn is_stored(&self) -> bool {
+        !matches!(self, Source::Memory(_))
+    }
+
+    /// Names the chunk for caches of its answers: sequence numbers for this replica's chunks,
+    /// the key and size for an object (a checkpoint and the whole chunk share a key).
+    fn id(&self) -> (u64, u64) {
+        match self {
+            Source::Remote(o, _) => {
+                let mut h = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&*o.key, &mut h);
+                (std::hash::Hasher::finish(&h), o.bytes)
+            }
+            _ => {
+                let (first, last, _, _) = self.span();
+                (first, last)
+            }
         }
     }
 }
@@ -192,11 +235,20 @@ pub struct FlowStore {
     connections: Mutex<ConnectionsCache>,
     /// Hourly connection summaries written beside the segments (stores with a directory).
     summaries: Mutex<Option<summaries::Summaries>>,
+    /// The bucket segments also go to, and queries read (`storage.flows.object_store`).
+    bucket: Option<Arc<bucket::Bucket>>,
+    /// Spans of objects read, by key and size.
+    spans: Mutex<HashMap<(Arc<str>, u64), Span>>,
+    /// Segments whose upload failed, by key: retried at the next checkpoint and write.
+    pending: Mutex<BTreeMap<String, PathBuf>>,
     writable: bool,
     pub stats: StoreStats,
 }
 
 const SEGMENT_CACHE: usize = 4;
+
+/// Most object spans remembered (about 80 bytes each).
+const MAX_SPANS: usize = 1 << 16;
 
 /// How many chunks' connections are kept (a chunk of a namespace holds a few hundred).
 const CONNECTIONS_CACHE: usize = 4096;
@@ -271,7 +323,51 @@ impl TopCache {
 pub struct Page {
     pub flows: Vec<json::StoredFlow>,
     /// Pass as `cursor` for the next (older) page; `None` on the last page.
-    pub next_cursor: Option<u64>,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Where the next page of flows starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// Flows below this sequence number (a store of its own: `123456`).
+    Seq(u64),
+    /// Flows after this one, newest first by time, then replica, then sequence number (a
+    /// store sharing a bucket: `time.seq.replica`).
+    At {
+        time_ns: i64,
+        seq: u64,
+        replica: Arc<str>,
+    },
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cursor::Seq(s) => write!(f, "{s}"),
+            Cursor::At {
+                time_ns,
+                seq,
+                replica,
+            } => write!(f, "{time_ns}.{seq}.{replica}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Cursor, ()> {
+        let mut parts = s.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(seq), None, None) => seq.parse().map(Cursor::Seq).map_err(drop),
+            (Some(time), Some(seq), Some(replica)) => Ok(Cursor::At {
+                time_ns: time.parse().map_err(drop)?,
+                seq: seq.parse().map_err(drop)?,
+                replica: replica.into(),
+            }),
+            _ => Err(()),
+        }
+    }
 }
 
 /// How `/flows/top` groups.
@@ -456,7 +552,20 @@ impl FlowStore {
             kept.push(s);
         }
         let segments = kept;
-        let next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
+        let mut next_seq = segments.last().map_or(1, |s| s.last_seq + 1);
+        let bucket = match &config.object_store {
+            Some(o) => Some(Arc::new(
+                bucket::Bucket::connect(o).map_err(StoreError::Bucket)?,
+            )),
+            None => None,
+        };
+        if bucket.is_some() {
+            // Keys are replica and first sequence number: starting from the clock's
+            // microseconds, a replica name used again with an empty disk never reuses one
+            // (no replica stores a million flows a second).
+            let micros = crate::common::clock::now_ns() / 1_000;
+            next_seq = next_seq.max(u64::try_from(micros).unwrap_or(0));
+        }
         let stored_until = segments
             .iter()
             .map(|s| s.max_time)
@@ -480,6 +589,9 @@ impl FlowStore {
             tops: Mutex::default(),
             connections: Mutex::default(),
             summaries: Mutex::new(summaries),
+            bucket,
+            spans: Mutex::default(),
+            pending: Mutex::default(),
             writable,
             stats: StoreStats::default(),
         });
@@ -508,6 +620,11 @@ impl FlowStore {
         &self.config
     }
 
+    /// The shared bucket, when the store has one.
+    pub fn bucket(&self) -> Option<&Arc<bucket::Bucket>> {
+        self.bucket.as_ref()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -515,7 +632,17 @@ impl FlowStore {
     /// Adds flows; seals full chunks and moves the oldest out of memory when over a bound.
     pub fn append(&self, rows: &[Row]) {
         let mut inner = self.lock();
+        let bounded = self.bucket.is_some();
         for row in rows {
+            if bounded
+                && let Some(first) = inner.builder.first_time()
+                && (row.time_ns - first).abs() > bucket::MAX_SPAN_NS
+            {
+                match inner.builder.seal() {
+                    Ok(chunk) => inner.sealed.push_back(Arc::new(chunk)),
+                    Err(e) => tracing::error!("flow store: sealing a chunk: {e}"),
+                }
+            }
             let seq = inner.next_seq;
             inner.next_seq += 1;
             inner.builder.push(seq, row);
@@ -617,21 +744,33 @@ impl FlowStore {
             source,
         };
         let mut frame = chunk.to_parquet_frame()?;
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        let written = ParquetWriter::new(&mut file)
+        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
+        ParquetWriter::new(&mut parquet)
             .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut frame);
-        if let Err(e) = written {
-            drop(file);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        let synced = file.sync_all().and_then(|()| std::fs::rename(&tmp, &path));
+            .finish(&mut frame)?;
+        let synced = std::fs::File::create(&tmp).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, &parquet)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        });
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(e));
         }
-        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let bytes = parquet.len() as u64;
+        if let Some(b) = &self.bucket {
+            let key = b.key(chunk.first_time, chunk.first_seq);
+            let mut pending = self.pending_lock();
+            match b.put(&key, parquet.into()) {
+                Ok(()) => {
+                    pending.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; retried at the next checkpoint");
+                    pending.insert(key, path.clone());
+                }
+            }
+        }
         Ok(Segment {
             path,
             first_seq: chunk.first_seq,
@@ -687,6 +826,38 @@ impl FlowStore {
         }
     }
 
+    fn pending_lock(&self) -> MutexGuard<'_, BTreeMap<String, PathBuf>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Uploads again the segments whose upload failed; an error when one still fails. A
+    /// segment deleted meanwhile (its checkpoint replaced, or past the disk bound) is
+    /// forgotten: a newer upload covers it, or the bound dropped it.
+    fn upload_pending(&self) -> Result<(), StoreError> {
+        let Some(b) = &self.bucket else {
+            return Ok(());
+        };
+        let mut pending = self.pending_lock();
+        let mut first_error = None;
+        pending.retain(|key, path| match std::fs::read(&*path) {
+            Ok(bytes) => match b.put(key, bytes.into()) {
+                Ok(()) => false,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    true
+                }
+            },
+            Err(e) => {
+                tracing::warn!("flow store: {key} not uploaded: {}: {e}", path.display());
+                false
+            }
+        });
+        match first_error {
+            Some(e) => Err(StoreError::Bucket(e)),
+            None => Ok(()),
+        }
+    }
+
     fn summaries_lock(&self) -> MutexGuard<'_, Option<summaries::Summaries>> {
         self.summaries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -704,7 +875,8 @@ impl FlowStore {
                 inner.snapshot = None;
             }
         }
-        self.write_sealed(&dir)
+        self.write_sealed(&dir)?;
+        self.upload_pending()
     }
 
     /// Makes every flow stored so far durable, for a source's checkpoint: sealed chunks go to
@@ -719,7 +891,8 @@ impl FlowStore {
         let (snapshot, old) = {
             let mut inner = self.lock();
             if inner.builder.is_empty() {
-                return Ok(());
+                drop(inner);
+                return self.upload_pending();
             }
             let snapshot = Self::builder_snapshot(&mut inner)?;
             (snapshot, inner.partial.clone())
@@ -729,7 +902,7 @@ impl FlowStore {
             let _ = std::fs::remove_file(old);
         }
         self.lock().partial = Some((snapshot.first_seq, segment.path));
-        Ok(())
+        self.upload_pending()
     }
 
     /// Moves every sealed chunk to disk, oldest first.
@@ -787,8 +960,41 @@ impl FlowStore {
         Ok(s)
     }
 
-    /// Everything a query may read, newest first.
-    fn sources(&self) -> Result<Vec<Source>, StoreError> {
+    /// Everything a query over `filter`'s time may read, newest first. With a bucket, this
+    /// replica's flows come from memory and its disk, as without, and the bucket adds the
+    /// other replicas' objects and this one's older than its disk holds.
+    fn sources(&self, filter: &Filter) -> Result<Vec<Source>, StoreError> {
+        let mut out = self.local_sources()?;
+        let own_floor = out.last().map_or(self.lock().next_seq, |s| s.span().0);
+        let Some(b) = &self.bucket else {
+            return Ok(out);
+        };
+        let now = crate::common::clock::now_ns();
+        let retention = self
+            .config
+            .object_store
+            .as_ref()
+            .map_or(self.config.retention, |o| o.retention);
+        let since = filter.since_ns.unwrap_or_else(|| {
+            now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX))
+        });
+        let until = filter
+            .until_ns
+            .unwrap_or(now.saturating_add(bucket::MAX_SPAN_NS));
+        let objects = b.objects(since, until).map_err(StoreError::Bucket)?;
+        let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        for o in objects {
+            if o.replica == *b.replica() && o.first_seq >= own_floor {
+                continue;
+            }
+            let span = spans.get(&(o.key.clone(), o.bytes)).copied();
+            out.push(Source::Remote(o, span));
+        }
+        Ok(out)
+    }
+
+    /// This replica's chunks in memory and segments on disk, newest first.
+    fn local_sources(&self) -> Result<Vec<Source>, StoreError> {
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(inner.sealed.len() + inner.segments.len() + 1);
         if !inner.builder.is_empty() {
@@ -803,22 +1009,59 @@ impl FlowStore {
     /// The chunk `source` holds; a segment that cannot be read is logged, counted and
     /// skipped, so one damaged file does not hide every other flow.
     fn load(&self, source: &Source) -> Option<Arc<Chunk>> {
-        match source {
-            Source::Memory(c) => Some(c.clone()),
-            Source::Disk(s) => match self.read_segment(s) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("{e}");
-                    None
-                }
-            },
+        let read = match source {
+            Source::Memory(c) => return Some(c.clone()),
+            Source::Disk(s) => self.read_cached(&s.path, || {
+                let file = std::fs::File::open(&s.path).map_err(|e| e.to_string())?;
+                ParquetReader::new(file).finish().map_err(|e| e.to_string())
+            }),
+            Source::Remote(o, _) => self.read_remote(o),
+        };
+        match read {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("{e}");
+                None
+            }
         }
     }
 
-    fn read_segment(&self, segment: &Segment) -> Result<Arc<Chunk>, StoreError> {
+    /// An object of the bucket, read once (its span remembered for the next queries).
+    fn read_remote(&self, o: &bucket::Object) -> Result<Arc<Chunk>, StoreError> {
+        let Some(b) = &self.bucket else {
+            unreachable!("objects are listed from the bucket")
+        };
+        let name = PathBuf::from(format!("{}#{}", o.key, o.bytes));
+        let chunk = self.read_cached(&name, || {
+            let bytes = b.get(&o.key)?;
+            ParquetReader::new(std::io::Cursor::new(bytes))
+                .finish()
+                .map_err(|e| e.to_string())
+        })?;
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.len() >= MAX_SPANS {
+            spans.clear();
+        }
+        spans.insert(
+            (o.key.clone(), o.bytes),
+            Span {
+                last_seq: chunk.last_seq,
+                min_time: chunk.min_time,
+                max_time: chunk.max_time,
+            },
+        );
+        Ok(chunk)
+    }
+
+    /// A segment's chunk from the cache of recently read ones, else from `read`.
+    fn read_cached(
+        &self,
+        name: &Path,
+        read: impl FnOnce() -> Result<DataFrame, String>,
+    ) -> Result<Arc<Chunk>, StoreError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = cache.iter().position(|(p, _)| *p == segment.path) {
+        if let Some(i) = cache.iter().position(|(p, _)| p == name) {
             let hit = cache.remove(i).unwrap_or_else(|| unreachable!());
             let chunk = hit.1.clone();
             cache.push_back(hit);
@@ -826,16 +1069,13 @@ impl FlowStore {
         }
         drop(cache);
         let fail = |message: String| StoreError::Segment {
-            path: segment.path.display().to_string(),
+            path: name.display().to_string(),
             message,
         };
-        let file = std::fs::File::open(&segment.path).map_err(|e| fail(e.to_string()))?;
-        let frame = ParquetReader::new(file)
-            .finish()
-            .map_err(|e| fail(e.to_string()))?;
+        let frame = read().map_err(fail)?;
         let chunk = Arc::new(Chunk::from_parquet_frame(&frame).map_err(fail)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.push_back((segment.path.clone(), chunk.clone()));
+        cache.push_back((name.to_path_buf(), chunk.clone()));
         if cache.len() > SEGMENT_CACHE {
             cache.pop_front();
         }
@@ -848,15 +1088,23 @@ impl FlowStore {
     pub fn list(
         &self,
         filter: &Filter,
-        cursor: Option<u64>,
+        cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, StoreError> {
+        if self.bucket.is_some() {
+            return self.list_shared(filter, cursor, limit);
+        }
+        let cursor = match cursor {
+            None => None,
+            Some(Cursor::Seq(s)) => Some(s),
+            Some(c) => return Err(StoreError::Cursor(c.to_string())),
+        };
         let mut flows: Vec<json::StoredFlow> = Vec::with_capacity(limit.min(1024) + 1);
         let mut segments_read = 0;
         // Where a page cut short by the segment budget stopped: every flow from here up to
         // the cursor has been looked at.
         let mut stopped_at = None;
-        for source in self.sources()? {
+        for source in self.sources(filter)? {
             if flows.len() > limit {
                 break;
             }
@@ -902,7 +1150,120 @@ impl FlowStore {
         } else {
             stopped_at
         };
-        Ok(Page { flows, next_cursor })
+        Ok(Page {
+            flows,
+            next_cursor: next_cursor.map(Cursor::Seq),
+        })
+    }
+
+    /// [`FlowStore::list`] over this replica's flows and the bucket's: sources overlap in
+    /// time (replicas write side by side), so each gives its newest matching flows past the
+    /// cursor and the page keeps the newest of all, by time, replica and sequence number.
+    /// Sources are visited newest possible flow first, until none can hold a flow newer than
+    /// the page's oldest.
+    fn list_shared(
+        &self,
+        filter: &Filter,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let own = match &self.bucket {
+            Some(b) => b.replica().clone(),
+            None => unreachable!("called with a bucket"),
+        };
+        let cursor = match cursor {
+            None => None,
+            Some(Cursor::At {
+                time_ns,
+                seq,
+                replica,
+            }) => Some((time_ns, replica, seq)),
+            Some(c) => return Err(StoreError::Cursor(c.to_string())),
+        };
+        let mut sources = self.sources(filter)?;
+        sources.sort_by_key(|s| std::cmp::Reverse(s.span().3));
+        // Newest first: (time, replica, seq, flow).
+        let mut found: Vec<(i64, Arc<str>, u64, json::StoredFlow)> = Vec::new();
+        let mut read = 0;
+        let mut stopped_at = None;
+        for source in sources {
+            let (_, _, min_time, max_time) = source.span();
+            if !filter.overlaps(min_time, max_time)
+                || cursor.as_ref().is_some_and(|c| min_time > c.0)
+            {
+                continue;
+            }
+            if found.len() > limit && found[limit].0 > max_time {
+                break;
+            }
+            if source.is_stored() {
+                // The budget ends a page only when it holds a flow no unread source can
+                // follow, so the next page starts further on.
+                if read >= MAX_SEGMENTS_PER_QUERY && found.first().is_some_and(|f| f.0 > max_time) {
+                    stopped_at = Some(max_time);
+                    break;
+                }
+                read += 1;
+            }
+            let Some(chunk) = self.load(&source) else {
+                continue;
+            };
+            let Some(mut predicate) = filter.predicate(&chunk) else {
+                continue;
+            };
+            let replica: Arc<str> = match &source {
+                Source::Remote(o, _) => o.replica.clone(),
+                _ => own.clone(),
+            };
+            if let Some((time, r, seq)) = &cursor {
+                let time_col = || col("time");
+                predicate = predicate.and(match replica.cmp(r) {
+                    std::cmp::Ordering::Less => time_col().lt_eq(lit(*time)),
+                    std::cmp::Ordering::Equal => time_col()
+                        .lt(lit(*time))
+                        .or(time_col().eq(lit(*time)).and(col("seq").lt(lit(*seq)))),
+                    std::cmp::Ordering::Greater => time_col().lt(lit(*time)),
+                });
+            }
+            let rows = chunk
+                .frame
+                .clone()
+                .lazy()
+                .filter(predicate)
+                .sort(
+                    ["time", "seq"],
+                    SortMultipleOptions::default().with_order_descending(true),
+                )
+                .limit(u32::try_from(limit + 1).unwrap_or(u32::MAX) as IdxSize)
+                .collect()?;
+            for f in json::StoredFlow::read(&chunk, &rows)? {
+                found.push((f.time_ns, replica.clone(), f.seq, f));
+            }
+            found.sort_by(|a, b| (b.0, &b.1, b.2).cmp(&(a.0, &a.1, a.2)));
+            found.truncate(limit + 1);
+        }
+        let next_cursor = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|(time_ns, replica, seq, _)| Cursor::At {
+                time_ns: *time_ns,
+                seq: *seq,
+                replica: replica.clone(),
+            })
+        } else if let Some(t) = stopped_at {
+            // Flows at `t` or older may be in sources not read: they start the next page.
+            found.retain(|f| f.0 > t);
+            Some(Cursor::At {
+                time_ns: t + 1,
+                seq: 0,
+                replica: "".into(),
+            })
+        } else {
+            None
+        };
+        Ok(Page {
+            flows: found.into_iter().map(|f| f.3).collect(),
+            next_cursor,
+        })
     }
 
     /// Matching flows grouped by `by`: the `limit` biggest groups, and the total count.
@@ -919,8 +1280,8 @@ impl FlowStore {
         let conditions = filter.conditions_key();
         let mut plan = Vec::new();
         let mut to_read = 0;
-        for source in self.sources()? {
-            let (first_seq, last_seq, min_time, max_time) = source.span();
+        for source in self.sources(filter)? {
+            let (_, _, min_time, max_time) = source.span();
             if !filter.overlaps(min_time, max_time) {
                 continue;
             }
@@ -928,11 +1289,12 @@ impl FlowStore {
                 continue;
             }
             // A chunk wholly inside the time range answers the same for the same conditions.
+            let (id, version) = source.id();
             let key = filter
                 .covers(min_time, max_time)
-                .then(|| (first_seq, last_seq, by, conditions.clone()));
+                .then(|| (id, version, by, conditions.clone()));
             let cached = key.as_ref().and_then(|k| self.tops_lock().get(k));
-            if cached.is_none() && matches!(source, Source::Disk(_)) {
+            if cached.is_none() && source.is_stored() {
                 to_read += 1;
             }
             plan.push((source, key, cached));
@@ -1038,7 +1400,7 @@ impl FlowStore {
             parts.push(part);
         }
         let counted = |t: i64, seq: u64| summarised.iter().any(|h| h.counts(t, seq));
-        for source in self.sources()? {
+        for source in self.local_sources()? {
             let (first_seq, last_seq, min_time, max_time) = source.span();
             if max_time < since_ns || min_time >= until_ns {
                 continue;
@@ -1924,7 +2286,11 @@ mod tests {
         let first = store.list(&none, None, 10).unwrap();
         assert!(first.flows.is_empty());
         let cursor = first.next_cursor.expect("a cursor to go on from");
-        assert_eq!(cursor, 20 * 1_000 + 1, "64 segments and memory were read");
+        assert_eq!(
+            cursor,
+            Cursor::Seq(20 * 1_000 + 1),
+            "64 segments and memory were read"
+        );
         let second = store.list(&none, Some(cursor), 10).unwrap();
         assert!(second.flows.is_empty());
         assert_eq!(second.next_cursor, None);
@@ -2050,6 +2416,34 @@ mod tests {
             .map(|k| GroupBy::Port.codes(k))
             .collect();
         assert_eq!(ports[0], vec![65_535, 5]);
+    }
+
+    #[test]
+    fn cursors_print_and_parse_back() {
+        for c in [
+            Cursor::Seq(42),
+            Cursor::At {
+                time_ns: 1_796_047_199_999_000_000,
+                seq: 7,
+                replica: "exfilwatch-7d9f.x2k".into(),
+            },
+            Cursor::At {
+                time_ns: -1,
+                seq: 0,
+                replica: "".into(),
+            },
+        ] {
+            assert_eq!(c.to_string().parse::<Cursor>(), Ok(c.clone()));
+        }
+        for bad in ["", "x", "1.2", "1.x.r", "-1"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad}");
+        }
+        let store = FlowStore::in_memory(small(None));
+        let at = "1.2.r".parse().unwrap();
+        assert!(matches!(
+            store.list(&Filter::default(), Some(at), 10),
+            Err(StoreError::Cursor(_))
+        ));
     }
 
     #[test]

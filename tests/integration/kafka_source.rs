@@ -12,6 +12,7 @@ use exfilwatch::sim::traffic::TrainingCluster;
 
 use crate::alertmanager::{Alertmanager, Receiver};
 use crate::support::kafka::{Broker, produce, record};
+use crate::support::s3::S3;
 use crate::support::service::{RunConfig, Service};
 use crate::support::{GUARD, free_port};
 
@@ -397,18 +398,35 @@ async fn kafka_over_tls_verifies_the_brokers_certificate() {
 
 /// The UUIDs of every flow the service's API holds, page by page.
 async fn stored_uuids(service: &Service) -> BTreeSet<String> {
+    let (uuids, pages) = paged_uuids(service, 1000).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).sum::<usize>(),
+        uuids.len(),
+        "no flow twice"
+    );
+    uuids
+}
+
+/// Every flow's UUID through `/flows` pages of `limit`, and the pages (newest first).
+async fn paged_uuids(service: &Service, limit: usize) -> (BTreeSet<String>, Vec<Vec<String>>) {
     let mut uuids = BTreeSet::new();
+    let mut pages = Vec::new();
     let mut cursor = String::new();
     loop {
         let page = service
-            .ok(&format!("/api/v1/flows?since=24h&limit=1000{cursor}"))
+            .ok(&format!("/api/v1/flows?since=24h&limit={limit}{cursor}"))
             .await;
+        let mut this = Vec::new();
         for flow in page["flows"].as_array().unwrap() {
-            uuids.insert(flow["uuid"].as_str().unwrap().to_owned());
+            let uuid = flow["uuid"].as_str().unwrap().to_owned();
+            uuids.insert(uuid.clone());
+            this.push(uuid);
         }
-        match page["next_cursor"].as_u64() {
+        pages.push(this);
+        assert!(pages.len() < 10_000, "pages never end");
+        match page["next_cursor"].as_str() {
             Some(next) => cursor = format!("&cursor={next}"),
-            None => return uuids,
+            None => return (uuids, pages),
         }
     }
 }
@@ -528,5 +546,101 @@ async fn a_replica_stopped_with_sigterm_commits_what_it_made_durable() {
     assert_eq!(
         broker.committed("stopping", TOPIC, PARTITIONS).await,
         produced.end
+    );
+}
+
+/// Replicas whose segments go to one bucket: each replica's API answers for every flow
+/// (its own and the others'), a replica joining later too, and an independent engine
+/// (pyarrow, reading the bucket as a hive-partitioned parquet dataset) counts what the API
+/// counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_bucket_each_answer_for_every_flow() {
+    let s3 = S3::start().await;
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let shared = |dir: &std::path::Path, replica: &str| {
+        kafka_config(&broker, &am, "shared", "300ms", dir).with(
+            "storage",
+            &format!(
+                "flows:\n  chunk_flows: 1000\n  memory_flows: 1000\n  object_store: {}",
+                s3.config(dir, replica)
+            ),
+        )
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Service::spawn(&shared(dir_a.path(), "replica-a"), dir_a);
+    let b = Service::spawn(&shared(dir_b.path(), "replica-b"), dir_b);
+    a.ready().await;
+    b.ready().await;
+    split(&[&a, &b], &[2, 2]).await;
+
+    let produced = produce_traffic(&broker, 400, 51).await;
+    let want: BTreeMap<String, u64> = produced
+        .flows
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for replica in [&a, &b] {
+        wait_stored(replica, &want).await;
+        assert_eq!(stored_uuids(replica).await, produced.uuids);
+    }
+    alerted(&am, &ATTACKED).await;
+    // Pages of a few flows cut through both replicas' segments and memory alike.
+    let (uuids, pages) = paged_uuids(&b, 97).await;
+    assert_eq!(uuids, produced.uuids);
+    assert_eq!(pages.iter().map(Vec::len).sum::<usize>(), uuids.len());
+    assert!(b.metric("exfilwatch_bucket_uploads_total").await > 0);
+    assert!(b.metric("exfilwatch_bucket_downloads_total").await > 0);
+    assert!(!b.log().contains(crate::support::s3::SECRET_KEY));
+
+    // Killed, a replica's flows stay answerable; one joining with an empty disk answers
+    // for all of them from the bucket alone.
+    drop(a.kill());
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = Service::spawn(&shared(dir_c.path(), "replica-c"), dir_c);
+    c.listening().await;
+    wait_stored(&c, &want).await;
+    wait_stored(&b, &want).await;
+
+    // pyarrow reads the bucket on its own and counts the same flows per namespace.
+    let script = format!(
+        r#"
+import json, pyarrow.dataset as ds, pyarrow.fs as fs, collections
+s3 = fs.S3FileSystem(access_key="{}", secret_key="{}", endpoint_override="{}", scheme="http", region="us-east-1")
+data = ds.dataset("{}/flows", filesystem=s3, format="parquet", partitioning="hive")
+t = data.to_table(columns=["src_namespace", "time", "date", "hour"])
+counts = collections.Counter(t.column("src_namespace").to_pylist())
+files = sorted(f.rsplit("/", 1)[1].rsplit("-", 1)[0] for f in data.files)
+print(json.dumps({{"counts": counts, "replicas": sorted(set(files))}}))
+"#,
+        crate::support::s3::ACCESS_KEY,
+        crate::support::s3::SECRET_KEY,
+        s3.endpoint.trim_start_matches("http://"),
+        crate::support::s3::BUCKET,
+    );
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/venv/bin/python");
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}; scripts/setup.sh installs pyarrow there"));
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts: BTreeMap<String, u64> = read["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, want, "pyarrow's counts of the bucket");
+    assert_eq!(
+        read["replicas"],
+        serde_json::json!(["replica-a", "replica-b"])
     );
 }

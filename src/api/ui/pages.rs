@@ -208,7 +208,7 @@ fn flow_table(flows: &[FlowJson], id: &str) -> String {
 }
 
 /// A cursor parameter, or a page saying it is not one.
-fn cursor(q: &[(String, String)]) -> Result<Option<u64>, String> {
+fn cursor(q: &[(String, String)]) -> Result<Option<crate::flowstore::Cursor>, String> {
     match q.iter().find(|(k, _)| k == "cursor") {
         None => Ok(None),
         Some((_, v)) => v

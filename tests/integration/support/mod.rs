@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod kafka;
+pub mod s3;
 pub mod schema;
 pub mod service;
 

