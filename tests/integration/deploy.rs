@@ -76,6 +76,7 @@ fn kubernetes_objects(dir: &Path) -> Vec<PathBuf> {
     for (name, text) in [
         ("base.yaml", render("deploy/kubernetes/base")),
         ("example.yaml", render("deploy/kubernetes/overlays/example")),
+        ("scaled.yaml", render("deploy/kubernetes/overlays/scaled")),
     ] {
         std::fs::write(dir.join(name), text).unwrap();
         files.push(dir.join(name));
@@ -121,6 +122,38 @@ fn the_kustomize_base_and_overlay_render() {
         example.contains("memory: 2Gi"),
         "the overlay's patch applies"
     );
+    // The scaled mode: replicas with volumes of their own in place of the one Deployment, a
+    // disruption budget, egress to Kafka and the bucket instead of Hubble Relay.
+    let scaled = render("deploy/kubernetes/overlays/scaled");
+    let kinds: Vec<String> = serde_yaml_ng::Deserializer::from_str(&scaled)
+        .map(|d| {
+            Value::deserialize(d).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for kind in [
+        "StatefulSet",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Service",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    for kind in ["Deployment", "PersistentVolumeClaim"] {
+        assert!(!kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        scaled.contains("replicas: 3") && scaled.contains("source: kafka"),
+        "{scaled}"
+    );
+    assert_eq!(
+        scaled.matches("name: exfilwatch-config-").count(),
+        2,
+        "the generated config, and the StatefulSet's volume of it"
+    );
+    assert!(!scaled.contains("k8s-app: hubble-relay"), "{scaled}");
 }
 
 #[test]
@@ -220,36 +253,55 @@ fn the_configmap_config_and_rules_pass_exfilwatch_check() {
         shipped,
         "the ConfigMap's rules drifted from rules/"
     );
-    // Lay the mounted files out under a temporary /etc/exfilwatch.
-    let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().join("etc/exfilwatch");
-    for sub in ["config", "rules", "hubble-tls", "api"] {
+    check_config(&base);
+    // The scaled overlay's configuration: Kafka and the bucket.
+    check_config(&root().join("deploy/kubernetes/overlays/scaled"));
+}
+
+/// `exfilwatch check` of the `config.yaml` in `dir`, with the mounted files it names laid
+/// out under a temporary /etc/exfilwatch.
+fn check_config(dir: &Path) {
+    let shipped = std::fs::read_to_string(root().join("rules/default.yaml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc/exfilwatch");
+    for sub in ["config", "rules", "hubble-tls", "api", "kafka", "bucket"] {
         std::fs::create_dir_all(etc.join(sub)).unwrap();
     }
-    let config = std::fs::read_to_string(base.join("config.yaml"))
+    let config = std::fs::read_to_string(dir.join("config.yaml"))
         .unwrap()
         .replace("/etc/exfilwatch", &etc.display().to_string())
         .replace(
             "/var/lib/exfilwatch",
-            &dir.path().join("state").display().to_string(),
+            &tmp.path().join("state").display().to_string(),
         );
     std::fs::write(etc.join("config/config.yaml"), config).unwrap();
     std::fs::write(etc.join("rules/default.yaml"), &shipped).unwrap();
-    for f in ["ca.crt", "tls.crt", "tls.key"] {
-        std::fs::write(
-            etc.join("hubble-tls").join(f),
-            "-----BEGIN CERTIFICATE-----\n",
-        )
-        .unwrap();
+    for f in [
+        "hubble-tls/ca.crt",
+        "hubble-tls/tls.crt",
+        "hubble-tls/tls.key",
+        "kafka/ca.crt",
+        "bucket/ca.crt",
+    ] {
+        std::fs::write(etc.join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
     }
+    std::fs::write(etc.join("kafka/password"), "a-password\n").unwrap();
+    std::fs::write(etc.join("bucket/access_key_id"), "an-id\n").unwrap();
+    std::fs::write(etc.join("bucket/secret_access_key"), "a-secret\n").unwrap();
     std::fs::write(etc.join("api/tokens"), "a-token\n").unwrap();
     let out = crate::support::service::exfilwatch()
         .args(["check", "--config"])
         .arg(etc.join("config/config.yaml"))
+        .env("HOSTNAME", "exfilwatch-0")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("7 rule(s), 7 enabled"), "{text}");
 }
 
@@ -441,6 +493,7 @@ fn every_manifest_names_itself_and_the_kustomization_finds_its_files() {
     for kustomization in [
         "deploy/kubernetes/base",
         "deploy/kubernetes/overlays/example",
+        "deploy/kubernetes/overlays/scaled",
     ] {
         let dir = root().join(kustomization);
         let k = &documents(&dir.join("kustomization.yaml"))[0];
