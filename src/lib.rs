@@ -9,6 +9,7 @@
 //!                                                                │ bounded mpsc
 //!                                                                ▼
 //!            pipeline: per event ──► flowstore sink ──► chunks, parquet segments ──► api
+//!                                                        └─► S3 bucket (shared) ─┘
 //!                                ──► summary (+ denied-flows metric), cursor, progress
 //!                                ──► detect::Engine (rules/) ──► alert::Manager
 //! Prometheus ──► egress (sampler, baselines) ──► EgressReport ──┘        │
@@ -28,7 +29,8 @@
 //! 3. [`state`]: the SQLite state (alert outbox, baselines, learned destinations, cursors).
 //!    [`rules`]: the rule model, loading, templates and the default pack.
 //! 4. [`source`]: Hubble Relay, a Kafka topic and capture replay. [`egress`]: Prometheus,
-//!    sampler and baselines. [`flowstore`]: the flow history. [`alert`]: the alert model,
+//!    sampler and baselines. [`flowstore`]: the flow history (and its shared bucket,
+//!    `flowstore::bucket`). [`alert`]: the alert model,
 //!    manager and sinks. [`sim`]: the simulated cluster.
 //! 5. [`detect`]: the engine and one file per detector. [`policy`]: the policy advisor
 //!    (Cilium and Kubernetes policies evaluated against the flow store's connections, and

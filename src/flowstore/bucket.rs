@@ -19,7 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::{Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 
 use crate::config::ObjectStoreConfig;
 
@@ -114,6 +116,14 @@ impl Bucket {
             .with_secret_access_key(&config.secret_access_key)
             .with_virtual_hosted_style_request(false)
             .with_client_options(options)
+            // A few quick retries, then the error: a checkpoint that cannot upload fails within
+            // seconds (its offsets wait for the next one) instead of holding the writer for
+            // the crate's default of three minutes.
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..RetryConfig::default()
+            })
             .build()
             .map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

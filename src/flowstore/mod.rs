@@ -895,6 +895,12 @@ impl FlowStore {
                 return self.upload_pending();
             }
             let snapshot = Self::builder_snapshot(&mut inner)?;
+            let written = dir.join(Segment::file_name(&snapshot));
+            if inner.partial.as_ref().is_some_and(|(_, p)| *p == written) {
+                // Nothing arrived since the last checkpoint: only failed uploads are left.
+                drop(inner);
+                return self.upload_pending();
+            }
             (snapshot, inner.partial.clone())
         };
         let segment = self.write(&dir, &snapshot)?;

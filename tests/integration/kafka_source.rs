@@ -644,3 +644,78 @@ print(json.dumps({{"counts": counts, "replicas": sorted(set(files))}}))
         serde_json::json!(["replica-a", "replica-b"])
     );
 }
+
+/// While the bucket refuses uploads no offset is committed (the flows are on the replica's
+/// disk only); once it is back, the next checkpoint uploads them and commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
+    let mut s3 = S3::start().await;
+    let Setup {
+        broker,
+        _receiver,
+        am,
+        produced: first,
+        want: _,
+    } = setup(20, 61).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(&broker, &am, "outage", "300ms", dir.path()).with(
+        "storage",
+        &format!(
+            "flows:\n  object_store: {}",
+            s3.config(dir.path(), "replica-a")
+        ),
+    );
+    let service = Service::spawn(&config, dir);
+    service.ready().await;
+    let committed = |want: BTreeMap<i32, i64>| {
+        let broker = &broker;
+        async move {
+            let deadline = tokio::time::Instant::now() + GUARD;
+            loop {
+                let got = broker.committed("outage", TOPIC, PARTITIONS).await;
+                if got == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "committed {got:?}, want {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    committed(first.end.clone()).await;
+
+    s3.stop();
+    let second = produce_traffic(&broker, 20, 62).await;
+    let records = first.total() + second.total();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while service.metric("exfilwatch_kafka_records_total").await < records {
+        assert!(tokio::time::Instant::now() < deadline, "{}", service.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several checkpoints come and go meanwhile: every one fails at the bucket.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        broker.committed("outage", TOPIC, PARTITIONS).await,
+        first.end
+    );
+    assert!(service.metric("exfilwatch_bucket_errors_total").await > 0);
+
+    s3.resume().await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let got = broker.committed("outage", TOPIC, PARTITIONS).await;
+        if got == second.end {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {got:?}, want {:?}; log:\n{}",
+            second.end,
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!service.log().contains(crate::support::s3::SECRET_KEY));
+}

@@ -437,10 +437,15 @@ impl Offsets {
         self.moved = true;
     }
 
-    /// A new checkpoint's number, when records were read since the last.
+    /// A new checkpoint's number, when records were read since the last, or when the last is
+    /// still not durable an interval later (making it durable failed: the disk or the bucket
+    /// refused), so that the store tries again though no record comes.
     fn checkpoint(&mut self) -> Option<u64> {
         if !self.moved {
-            return None;
+            let (_, offsets) = self.pending.pop_back()?;
+            self.last += 1;
+            self.pending.push_back((self.last, offsets));
+            return Some(self.last);
         }
         self.moved = false;
         self.last += 1;
@@ -561,6 +566,17 @@ mod tests {
         // Offset 8 of partition 3 is in no durable checkpoint yet.
         let third = o.checkpoint().unwrap();
         assert_eq!(o.durable(third), Some(BTreeMap::from([(0, 12), (3, 9)])));
+        assert_eq!(o.checkpoint(), None, "everything durable, nothing read");
+
+        // A checkpoint that did not become durable (the store failed) is sent again an
+        // interval later though nothing was read, under a new number, for the same offsets.
+        o.read(0, 12);
+        let failed = o.checkpoint().unwrap();
+        let again = o.checkpoint().unwrap();
+        assert!(again > failed);
+        assert_eq!(o.pending.len(), 1, "retries do not pile up");
+        assert_eq!(o.durable(again), Some(BTreeMap::from([(0, 13), (3, 9)])));
+        assert_eq!(o.checkpoint(), None);
     }
 
     #[test]

@@ -35,10 +35,26 @@ fn weed_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("the S3-compatible server SeaweedFS is not installed: {INSTALL}"))
 }
 
+fn spawn(args: &[String], dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("weed.log"))
+        .unwrap();
+    Command::new(weed_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting SeaweedFS: {e}; {INSTALL}"))
+}
+
 /// A running server; killed on drop.
 pub struct S3 {
     /// `http://127.0.0.1:port`.
     pub endpoint: String,
+    args: Vec<String>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -62,18 +78,17 @@ impl S3 {
         )
         .unwrap();
         let s3_port = free_port();
-        let mut cmd = Command::new(weed_binary());
-        cmd.arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-webdav=false",
-                "-admin.ui=false",
-            ])
-            .arg(format!("-s3.config={}", identities.display()))
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-s3.port={s3_port}"));
+        let mut args: Vec<String> = vec![
+            "mini".into(),
+            format!("-dir={}", dir.path().join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+            format!("-s3.config={}", identities.display()),
+            format!("-bucket={BUCKET}"),
+            format!("-s3.port={s3_port}"),
+        ];
         // Every other listener too, so servers of tests running side by side never meet.
         for flag in [
             "master.port",
@@ -89,22 +104,34 @@ impl S3 {
             "admin.port.grpc",
             "debug.port",
         ] {
-            cmd.arg(format!("-{flag}={}", free_port()));
+            args.push(format!("-{flag}={}", free_port()));
         }
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting SeaweedFS: {e}; {INSTALL}"));
+        let child = spawn(&args, dir.path());
         let s3 = S3 {
             endpoint: format!("http://127.0.0.1:{s3_port}"),
+            args,
             child,
             dir,
         };
-        // Ready when the bucket answers a signed listing.
-        let client = s3.client();
+        s3.serving().await;
+        s3
+    }
+
+    /// Stops the server: the bucket refuses every request until [`S3::resume`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub async fn resume(&mut self) {
+        self.child = spawn(&self.args, self.dir.path());
+        self.serving().await;
+    }
+
+    /// Waits until the bucket answers a signed listing.
+    async fn serving(&self) {
+        let client = self.client();
         let deadline = tokio::time::Instant::now() + GUARD;
         loop {
             match client.list_with_delimiter(None).await {
@@ -112,12 +139,11 @@ impl S3 {
                 Err(e) => assert!(
                     tokio::time::Instant::now() < deadline,
                     "SeaweedFS never served the bucket: {e}\n{}",
-                    s3.log()
+                    self.log()
                 ),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        s3
     }
 
     pub fn log(&self) -> String {
