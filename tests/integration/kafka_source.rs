@@ -168,12 +168,13 @@ fn chrono_like(ns: i64) -> String {
     )
 }
 
-/// A policy-denied rule over every namespace of the test, beside the shipped pack's others.
-fn rules_dir(dir: &std::path::Path) -> String {
+/// A policy-denied rule over every namespace of `namespaces`, beside the shipped pack's
+/// others.
+fn rules_dir(dir: &std::path::Path, namespaces: &[&str]) -> String {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/default.yaml"))
             .unwrap();
-    let watched = format!("names: [{}]", NAMESPACES.join(", "));
+    let watched = format!("names: [{}]", namespaces.join(", "));
     let rules = dir.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(
@@ -191,6 +192,18 @@ fn kafka_config(
     commit: &str,
     dir: &std::path::Path,
 ) -> RunConfig {
+    watching(broker, am, group, commit, dir, &NAMESPACES)
+}
+
+/// [`kafka_config`] for replicas watching `namespaces`.
+fn watching(
+    broker: &Broker,
+    am: &Alertmanager,
+    group: &str,
+    commit: &str,
+    dir: &std::path::Path,
+    namespaces: &[&str],
+) -> RunConfig {
     RunConfig::empty()
         .with("source", "kafka")
         .with(
@@ -200,8 +213,8 @@ fn kafka_config(
                 broker.address
             ),
         )
-        .with("hubble", &format!("namespaces: [{}]", NAMESPACES.join(", ")))
-        .with("rules", &format!("dir: {}", rules_dir(dir)))
+        .with("hubble", &format!("namespaces: [{}]", namespaces.join(", ")))
+        .with("rules", &format!("dir: {}", rules_dir(dir, namespaces)))
         .with("storage", "dir: {dir}/state")
         .with("alertmanager", &format!("urls: [\"{}\"]", am.url))
         .with("api", "listen: 127.0.0.1:{port}")
@@ -718,4 +731,163 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!service.log().contains(crate::support::s3::SECRET_KEY));
+}
+
+/// The scale-out acceptance: a topic of 8 partitions, 3 replicas in one group sharing a
+/// bucket, a producer keyed by namespace streaming 12 namespaces with attacks in 4; one
+/// replica is SIGKILLed mid-run and another joins. Every attack is alerted in a real
+/// Alertmanager, every flow produced is in the history counted through each surviving
+/// replica's API, and the group's offsets reach the end.
+///
+/// The broker is librdkafka's own cluster (its mock brokers, speaking the Kafka protocol on
+/// 127.0.0.1, the coordinator librdkafka tests its consumer groups against): Tansu 0.6 never
+/// drops a member killed while others heartbeat, so a failover cannot be shown on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_survive_a_sigkill_and_a_join_with_no_alert_or_flow_missing() {
+    const SPREAD: [&str; 12] = [
+        "ai-training",
+        "team-01",
+        "team-02",
+        "team-03",
+        "team-04",
+        "team-05",
+        "team-06",
+        "team-07",
+        "team-08",
+        "team-09",
+        "team-10",
+        "team-11",
+    ];
+    const ATTACKS: [&str; 4] = ["ai-training", "team-03", "team-07", "team-10"];
+    const EIGHT: i32 = 8;
+    let kafka = rdkafka::mocking::MockCluster::new(3).unwrap();
+    kafka.create_topic(TOPIC, EIGHT, 1).unwrap();
+    let broker = Broker::at(kafka.bootstrap_servers());
+    let s3 = S3::start().await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let replica = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = watching(&broker, &am, "scaled", "300ms", dir.path(), &SPREAD).with(
+            "storage",
+            &format!(
+                "flows:\n  chunk_flows: 1000\n  memory_flows: 1000\n  object_store: {}",
+                s3.config(dir.path(), name)
+            ),
+        );
+        Service::spawn(&config, dir)
+    };
+    let (a, b, c) = (
+        replica("replica-a"),
+        replica("replica-b"),
+        replica("replica-c"),
+    );
+    for r in [&a, &b, &c] {
+        r.ready().await;
+    }
+    holding_all(&[&a, &b, &c], EIGHT).await;
+
+    // The first half of the traffic; replica a is killed while it reads.
+    let producer = broker.producer();
+    let mut cluster = TrainingCluster::new(71, now_ns(), 1_000_000);
+    let mut produced = Produced::default();
+    let send = async |flow: Flow, namespace: &str, produced: &mut Produced| {
+        let at = produce(&producer, TOPIC, namespace, &record(&flow)).await;
+        produced.note(namespace, at, 1);
+        produced.uuids.insert(flow.uuid);
+    };
+    for i in 0..1_200 {
+        let namespace = SPREAD[i % SPREAD.len()];
+        send(
+            moved(cluster.next_flow(), namespace),
+            namespace,
+            &mut produced,
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while a.metric("exfilwatch_kafka_records_total").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held_by_a = partitions(&a).await;
+    drop(a.kill());
+
+    // The rest, attacks among it; a fourth replica joins meanwhile.
+    let d = replica("replica-d");
+    for i in 0..1_200 {
+        let namespace = SPREAD[i % SPREAD.len()];
+        send(
+            moved(cluster.next_flow(), namespace),
+            namespace,
+            &mut produced,
+        )
+        .await;
+        if i % 300 == 0 {
+            for namespace in ATTACKS {
+                for flow in cluster.exfiltration_attempt() {
+                    send(moved(flow, namespace), namespace, &mut produced).await;
+                }
+            }
+        }
+    }
+
+    // The survivors and the newcomer hold every partition, a's among them.
+    let held = holding_all(&[&b, &c, &d], EIGHT).await;
+    assert!(held_by_a.iter().all(|p| held.contains(p)), "{held_by_a:?}");
+    alerted(&am, &ATTACKS).await;
+    // Every flow produced is in the history, whichever replica is asked.
+    for r in [&b, &c, &d] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (uuids, pages) = paged_uuids(r, 1000).await;
+            let missing = produced.uuids.difference(&uuids).count();
+            if missing == 0 {
+                // At least once: records a read after its last commit are read again by
+                // their next owner, so a flow may be stored twice, never not at all.
+                assert!(pages.iter().map(Vec::len).sum::<usize>() >= produced.uuids.len());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{missing} flows missing; log:\n{}",
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let committed = broker.committed("scaled", TOPIC, EIGHT).await;
+        if committed == produced.end {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {committed:?}, produced up to {:?}",
+            produced.end
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `replicas` hold all `count` partitions between them, each once; the union.
+async fn holding_all(replicas: &[&Service], count: i32) -> BTreeSet<i32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = Vec::new();
+        for r in replicas {
+            held.push(partitions(r).await);
+        }
+        let all: BTreeSet<i32> = held.iter().flatten().copied().collect();
+        let total: usize = held.iter().map(BTreeSet::len).sum();
+        if all.len() == count as usize && total == all.len() && held.iter().all(|h| !h.is_empty()) {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions held: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -79,6 +79,17 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
+    /// A broker run by someone else at `address` (librdkafka's own cluster, in the test's
+    /// process).
+    pub fn at(address: String) -> Broker {
+        Broker {
+            address,
+            ca_file: None,
+            children: Vec::new(),
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     /// Starts a broker and waits until it answers metadata requests.
     pub async fn start() -> Broker {
         Broker::start_with(None).await
