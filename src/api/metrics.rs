@@ -356,6 +356,12 @@ impl Collector for Telemetry {
                 ] {
                     counter(&mut e, name, help, load(value))?;
                 }
+                gauge(
+                    &mut e,
+                    "exfilwatch_bucket_pending_uploads",
+                    "Segments on disk whose upload has not succeeded yet",
+                    flows.pending_uploads() as u64,
+                )?;
             }
         }
         if let Some(egress) = &self.egress {
@@ -439,9 +445,19 @@ impl Telemetry {
             let owned = owned.borrow();
             json!({"partitions": owned.partitions, "of": owned.partition_count})
         });
+        let bucket = self.flows.as_ref().and_then(|f| {
+            f.bucket().map(|b| {
+                json!({
+                    "replica": b.replica().as_ref(),
+                    "pending_uploads": f.pending_uploads(),
+                    "errors": b.stats.errors.load(Ordering::Relaxed),
+                })
+            })
+        });
         json!({
             "prometheus": prometheus,
             "kafka": kafka,
+            "bucket": bucket,
             "flows": self.source.flows.load(Ordering::Relaxed),
             "lost_events": self.source.lost_total(),
             "alert_outbox_depth": self.store.outbox_depth().ok(),

@@ -90,9 +90,10 @@ pub(super) async fn blocking<T: Send + 'static>(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ crate::flowstore::StoreError::TooBroad { .. })) => {
-            Err(BadParameter::new("since", "", e.to_string()).into())
-        }
+        Ok(Err(
+            e @ (crate::flowstore::StoreError::TooBroad { .. }
+            | crate::flowstore::StoreError::Range(_)),
+        )) => Err(BadParameter::new("since", "", e.to_string()).into()),
         Ok(Err(crate::flowstore::StoreError::Cursor(c))) => {
             Err(BadParameter::new("cursor", &c, "not a cursor this API returned").into())
         }

@@ -35,7 +35,7 @@ pub const MAX_SPAN_NS: i64 = HOUR_NS;
 const LISTING_TTL: Duration = Duration::from_secs(5);
 
 /// Most hours a query may list.
-const MAX_HOURS: i64 = 24 * 31;
+pub const MAX_HOURS: i64 = 24 * 31;
 
 /// An object in the bucket: one replica's segment (or its checkpoint of a growing chunk).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,8 +270,8 @@ impl Bucket {
         let mut last = hour_of(until_ns.saturating_sub(1)) + MAX_SPAN_NS;
         if (last - first) / HOUR_NS > MAX_HOURS {
             return Err(format!(
-                "a query may cover at most {} days of the bucket: narrow since/until",
-                MAX_HOURS / 24
+                "a query of the bucket may cover at most {} days: narrow since/until",
+                MAX_HOURS / 24 - 1
             ));
         }
         let mut out = Vec::new();

@@ -45,6 +45,8 @@ pub enum StoreError {
     TooBroad { segments: usize },
     #[error("flow store: {0}")]
     Bucket(String),
+    #[error("{0}")]
+    Range(String),
     #[error("cursor {0}: not a cursor this store returned")]
     Cursor(String),
     #[error("flow store {path}: {source}")]
@@ -625,6 +627,11 @@ impl FlowStore {
         self.bucket.as_ref()
     }
 
+    /// Segments written to disk whose upload to the bucket has not succeeded yet.
+    pub fn pending_uploads(&self) -> usize {
+        self.pending_lock().len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -981,13 +988,16 @@ impl FlowStore {
             .object_store
             .as_ref()
             .map_or(self.config.retention, |o| o.retention);
+        // Without `since`, the bucket's retention, within what one query may list.
+        let widest = (bucket::MAX_HOURS - 24) * 3_600 * 1_000_000_000;
         let since = filter.since_ns.unwrap_or_else(|| {
-            now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX))
+            let back = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+            now.saturating_sub(back.min(widest))
         });
         let until = filter
             .until_ns
             .unwrap_or(now.saturating_add(bucket::MAX_SPAN_NS));
-        let objects = b.objects(since, until).map_err(StoreError::Bucket)?;
+        let objects = b.objects(since, until).map_err(StoreError::Range)?;
         let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         for o in objects {
             if o.replica == *b.replica() && o.first_seq >= own_floor {

@@ -714,6 +714,16 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
         first.end
     );
     assert!(service.metric("exfilwatch_bucket_errors_total").await > 0);
+    assert_eq!(service.metric("exfilwatch_bucket_pending_uploads").await, 1);
+    let health = service.ok("/healthz").await;
+    assert_eq!(
+        health["details"]["bucket"]["replica"], "replica-a",
+        "{health}"
+    );
+    assert_eq!(
+        health["details"]["bucket"]["pending_uploads"], 1,
+        "{health}"
+    );
 
     s3.resume().await;
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -730,6 +740,7 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(service.metric("exfilwatch_bucket_pending_uploads").await, 0);
     assert!(!service.log().contains(crate::support::s3::SECRET_KEY));
 }
 
