@@ -96,6 +96,20 @@ pub fn hour_of(time_ns: i64) -> i64 {
     time_ns.div_euclid(HOUR_NS) * HOUR_NS
 }
 
+/// The first and last hour whose objects may hold flows of `[since_ns, until_ns)`; an error
+/// when they are more than one query may list.
+pub fn hours(since_ns: i64, until_ns: i64) -> Result<(i64, i64), String> {
+    let first = hour_of(since_ns) - MAX_SPAN_NS;
+    let last = hour_of(until_ns.saturating_sub(1)) + MAX_SPAN_NS;
+    if (last - first) / HOUR_NS > MAX_HOURS {
+        return Err(format!(
+            "a query of the bucket may cover at most {} days: narrow since/until",
+            MAX_HOURS / 24 - 1
+        ));
+    }
+    Ok((first, last))
+}
+
 impl Bucket {
     /// A client for the configured bucket; nothing is sent until it is used.
     pub fn connect(config: &ObjectStoreConfig) -> Result<Bucket, String> {
@@ -264,16 +278,8 @@ impl Bucket {
         Ok(objects)
     }
 
-    /// The objects that may hold flows of `[since_ns, until_ns)`, newest hour first.
-    pub fn objects(&self, since_ns: i64, until_ns: i64) -> Result<Vec<Object>, String> {
-        let first = hour_of(since_ns) - MAX_SPAN_NS;
-        let mut last = hour_of(until_ns.saturating_sub(1)) + MAX_SPAN_NS;
-        if (last - first) / HOUR_NS > MAX_HOURS {
-            return Err(format!(
-                "a query of the bucket may cover at most {} days: narrow since/until",
-                MAX_HOURS / 24 - 1
-            ));
-        }
+    /// The objects of `hours` (from [`hours`]), newest hour first.
+    pub fn objects(&self, (first, mut last): (i64, i64)) -> Result<Vec<Object>, String> {
         let mut out = Vec::new();
         while last >= first {
             out.extend(self.list(last)?.iter().rev().cloned());
@@ -329,5 +335,10 @@ mod tests {
             bytes: 1,
         };
         assert_eq!(o.time_bounds(), (9 * HOUR_NS, 12 * HOUR_NS - 1));
+        // A query of [10:30, 11:00) lists the hours from 09:00 to 11:00, and no more than
+        // 31 days of them.
+        let (h, m) = (HOUR_NS, HOUR_NS / 60);
+        assert_eq!(hours(10 * h + 30 * m, 11 * h), Ok((9 * h, 11 * h)));
+        assert!(hours(0, 40 * 24 * h).is_err());
     }
 }

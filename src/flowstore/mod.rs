@@ -797,10 +797,15 @@ impl FlowStore {
     fn retain(&self, now_ns: i64) {
         let cutoff =
             now_ns.saturating_sub(i64::try_from(self.config.retention.as_nanos()).unwrap_or(0));
+        let pending: Vec<PathBuf> = self.pending_lock().values().cloned().collect();
         let mut inner = self.lock();
         let mut total: u64 = inner.segments.iter().map(|s| s.bytes).sum();
         while let Some(oldest) = inner.segments.front() {
             if oldest.max_time >= cutoff && total <= self.config.disk_bytes {
+                break;
+            }
+            if pending.contains(&oldest.path) {
+                // Not in the bucket yet: kept until its upload succeeds.
                 break;
             }
             total -= oldest.bytes;
@@ -855,7 +860,13 @@ impl FlowStore {
                 }
             },
             Err(e) => {
-                tracing::warn!("flow store: {key} not uploaded: {}: {e}", path.display());
+                // Retention keeps pending segments, and a checkpoint's file is replaced only
+                // by a newer one under the same key: a file gone is a file lost.
+                self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "flow store: {key} never reached the bucket: {}: {e}",
+                    path.display()
+                );
                 false
             }
         });
@@ -997,7 +1008,8 @@ impl FlowStore {
         let until = filter
             .until_ns
             .unwrap_or(now.saturating_add(bucket::MAX_SPAN_NS));
-        let objects = b.objects(since, until).map_err(StoreError::Range)?;
+        let hours = bucket::hours(since, until).map_err(StoreError::Range)?;
+        let objects = b.objects(hours).map_err(StoreError::Bucket)?;
         let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         for o in objects {
             if o.replica == *b.replica() && o.first_seq >= own_floor {
