@@ -50,11 +50,16 @@ pub struct Pending {
     pub enqueued_ns: i64,
 }
 
+/// A known destination: rule, namespace, destination, last seen (ns).
+pub type Learned = (String, String, String, i64);
+
 /// The state store; clones share one connection.
 #[derive(Debug, Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: String,
+    /// Bumped by every save of a known destination: whether they changed since a look.
+    learned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const SCHEMA: &str = "
@@ -129,6 +134,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: name,
+            learned: Arc::default(),
         })
     }
 
@@ -144,6 +150,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: ":memory:".into(),
+            learned: Arc::default(),
         })
     }
 
@@ -372,8 +379,29 @@ impl Store {
                  ON CONFLICT (rule, namespace, destination) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, ?4)",
                 params![rule, namespace, destination, seen_ns],
             )
-            .map(|_| ())
-            .map_err(self.error("save a known destination"))
+            .map_err(self.error("save a known destination"))?;
+        self.learned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A number that changes whenever a known destination is saved.
+    pub fn learned_version(&self) -> u64 {
+        self.learned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every rule's known destinations: (rule, namespace, destination, last seen); the empty
+    /// destination holds when learning began.
+    pub fn all_known_destinations(&self) -> Result<Vec<Learned>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT rule, namespace, destination, last_seen_ns FROM known_destinations")
+            .map_err(self.error("read known destinations"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(self.error("read known destinations"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read known destinations"))
     }
 
     /// The destinations `rule` learned: (namespace, destination, last seen).

@@ -358,6 +358,12 @@ impl Collector for Telemetry {
                 }
                 gauge(
                     &mut e,
+                    "exfilwatch_bucket_learned_destinations",
+                    "Known destinations the other replicas learned, as last read from the bucket",
+                    load(&b.learned),
+                )?;
+                gauge(
+                    &mut e,
                     "exfilwatch_bucket_pending_uploads",
                     "Segments on disk whose upload has not succeeded yet",
                     flows.pending_uploads() as u64,

@@ -139,6 +139,84 @@ impl Delivery {
     }
 }
 
+/// What a checkpoint uploads besides the flows: the known destinations in `store`, when
+/// they changed.
+fn learned_exporter(store: Store) -> crate::flowstore::Exporter {
+    crate::flowstore::Exporter(Box::new(move |last| {
+        let version = store.learned_version();
+        if version == last {
+            return None;
+        }
+        match store
+            .all_known_destinations()
+            .map(|rows| serde_json::to_vec(&rows))
+        {
+            Ok(Ok(bytes)) => Some((version, bytes)),
+            Ok(Err(e)) => {
+                tracing::error!("new_destination: encoding what was learned: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::error!("new_destination: {e}");
+                None
+            }
+        }
+    }))
+}
+
+/// How often what other replicas learned is read again besides each rebalance.
+const LEARNED_EVERY: Duration = Duration::from_secs(60);
+
+/// What the other replicas learned, read from the bucket at each rebalance (the namespaces
+/// this replica takes over were learned elsewhere) and every [`LEARNED_EVERY`].
+fn share_learned(
+    bucket: Arc<crate::flowstore::bucket::Bucket>,
+    mut owned: watch::Receiver<Arc<crate::source::kafka::Ownership>>,
+    stop: CancellationToken,
+) -> crate::detect::SharedLearned {
+    let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(LEARNED_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                changed = owned.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            let b = bucket.clone();
+            let read = tokio::task::spawn_blocking(move || b.learned()).await;
+            let objects = match read {
+                Ok(Ok(objects)) => objects,
+                Ok(Err(e)) => {
+                    tracing::warn!("new_destination: what other replicas learned: {e}");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let mut rows: Vec<crate::state::Learned> = Vec::new();
+            for (replica, bytes) in objects {
+                match serde_json::from_slice::<Vec<crate::state::Learned>>(&bytes) {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => tracing::warn!(
+                        "new_destination: learned state of replica {}: {e}",
+                        replica.escape_debug()
+                    ),
+                }
+            }
+            tracing::info!(
+                "new_destination: {} destinations the other replicas learned, read from the bucket",
+                rows.len()
+            );
+            bucket
+                .stats
+                .learned
+                .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let _ = tx.send(Arc::new(rows));
+        }
+    });
+    rx
+}
+
 /// The engine over `store`, and sinks for `config`'s targets (none when `send` is false).
 pub fn start_alerting(
     config: &Config,
@@ -378,6 +456,12 @@ pub async fn run(
     };
     let mut engine = engine;
     engine.watch_stream(source.state());
+    if let Some(bucket) = flow_store.bucket().cloned() {
+        flow_store.export_with(learned_exporter(store.clone()));
+        if let Some(owned) = owned.clone() {
+            engine.share_learned(share_learned(bucket, owned, cancel.child_token()));
+        }
+    }
     let source_task = tokio::spawn(source.run(tx, durable, cancel.clone()));
     let consumers = Consumers {
         summary: Summary::new(&config.hubble.namespaces).with_metric(denied),

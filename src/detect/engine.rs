@@ -62,6 +62,8 @@ pub struct Engine {
     rules: Vec<Arc<Rule>>,
     /// Where `new_destination` detectors keep what they learn.
     store: Store,
+    /// What other replicas' detectors learned (replicas sharing a bucket).
+    learned: Option<crate::detect::SharedLearned>,
 }
 
 /// What a reload changed, by rule name.
@@ -214,6 +216,7 @@ impl Engine {
             stream: None,
             rules: Vec::new(),
             store: store.clone(),
+            learned: None,
         };
         engine.build(rules);
         engine
@@ -241,6 +244,19 @@ impl Engine {
             Coverage::new,
         );
         self.rules = rules.to_vec();
+        if let Some(learned) = &self.learned {
+            for d in &mut self.flow {
+                d.share_learned(learned);
+            }
+        }
+    }
+
+    /// Has the detectors take in what other replicas learned, now and whenever it changes.
+    pub fn share_learned(&mut self, learned: crate::detect::SharedLearned) {
+        for d in &mut self.flow {
+            d.share_learned(&learned);
+        }
+        self.learned = Some(learned);
     }
 
     /// Puts a new pack in force without losing alert state: unchanged rules keep their

@@ -30,7 +30,15 @@ pub trait FlowDetector: std::fmt::Debug + Send {
     fn samples(&self) -> usize {
         10
     }
+
+    /// Gives it what other replicas learned (replicas sharing a bucket); most detectors
+    /// learn nothing that outlives a flow and ignore it.
+    fn share_learned(&mut self, _learned: &SharedLearned) {}
 }
+
+/// What the other replicas' detectors learned, as they last uploaded it: known destinations
+/// (rule, namespace, destination, last seen), refreshed when partitions move.
+pub type SharedLearned = tokio::sync::watch::Receiver<Arc<Vec<crate::state::Learned>>>;
 
 /// Implements [`FlowDetector`] for a detector whose inherent `check` cannot fail; the
 /// detector modules below see it by textual scope.

@@ -128,6 +128,8 @@ pub struct NewDestination {
     hasher: foldhash::fast::RandomState,
     /// Reused for a destination's label.
     label: String,
+    /// What other replicas learned, merged in when it changes.
+    shared: Option<super::SharedLearned>,
 }
 
 impl NewDestination {
@@ -159,11 +161,48 @@ impl NewDestination {
             since,
             hasher: foldhash::fast::RandomState::default(),
             label: String::new(),
+            shared: None,
         }))
+    }
+
+    /// Takes in what other replicas learned for this rule: a namespace another replica
+    /// learned from (and whose partitions this one holds now) is not learned again, and the
+    /// destinations it reached are known. Learning began at the earliest start any replica
+    /// knew; a destination's last sighting is the latest.
+    fn merge(&mut self, rows: &[crate::state::Learned]) {
+        let mut merged = 0;
+        for (rule, namespace, destination, seen) in rows {
+            if *rule != self.rule.name {
+                continue;
+            }
+            let ns: Sym = namespace.as_str().into();
+            if destination.is_empty() {
+                let since = self.since.entry(ns).or_insert(*seen);
+                *since = (*since).min(*seen);
+                continue;
+            }
+            let reached = self.known.entry(ns).or_default();
+            if reached.len() >= MAX_PER_NAMESPACE {
+                continue;
+            }
+            let last = reached.stored.entry(destination.clone()).or_insert(*seen);
+            *last = (*last).max(*seen);
+            merged += 1;
+        }
+        tracing::info!(
+            rule = %self.rule.name,
+            "new_destination: {merged} destinations other replicas learned are known here"
+        );
     }
 
     /// A hit when `flow` reaches something its namespace has not reached within `history`.
     pub fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError> {
+        if let Some(shared) = &mut self.shared
+            && shared.has_changed().unwrap_or(false)
+        {
+            let rows = shared.borrow_and_update().clone();
+            self.merge(&rows);
+        }
         let src = &flow.source;
         if flow.verdict != Verdict::Forwarded
             || flow.direction == TrafficDirection::Ingress
@@ -298,6 +337,10 @@ impl FlowDetector for NewDestination {
     fn check(&mut self, flow: &FlowEvent) -> Result<Option<Hit>, StateError> {
         NewDestination::check(self, flow)
     }
+
+    fn share_learned(&mut self, learned: &super::SharedLearned) {
+        self.shared = Some(learned.clone());
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +367,47 @@ mod tests {
         };
         f.time_ns = at_ns;
         f
+    }
+
+    #[test]
+    fn a_namespace_learned_by_another_replica_is_not_learned_again() {
+        let mut decoder = JsonDecoder::default();
+        let rule = "TrainingPodNewDestination".to_owned();
+        let learned =
+            |ns: &str, dest: &str, at: i64| (rule.clone(), ns.to_owned(), dest.to_owned(), at);
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+        let mut d = detector(&Store::in_memory().unwrap());
+        d.share_learned(&rx);
+        // Another replica began learning ai-training two days ago and saw pypi.org.
+        tx.send(Arc::new(vec![
+            learned("ai-training", "", 0),
+            learned("ai-training", "pypi.org", 40 * HOUR),
+            learned("other", "x.example.com", 40 * HOUR),
+        ]))
+        .unwrap();
+        assert_eq!(
+            d.check(&flow(&mut decoder, "pypi.org", 48 * HOUR)).unwrap(),
+            None
+        );
+        let hit = d
+            .check(&flow(&mut decoder, "paste.example.net", 48 * HOUR))
+            .unwrap()
+            .expect("new at once: learning is over");
+        assert_eq!(hit.destination.to_string(), "paste.example.net");
+        // Without what the other replica learned, the namespace starts learning here.
+        let mut alone = detector(&Store::in_memory().unwrap());
+        assert_eq!(
+            alone
+                .check(&flow(&mut decoder, "pypi.org", 48 * HOUR))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            alone
+                .check(&flow(&mut decoder, "paste.example.net", 48 * HOUR))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]

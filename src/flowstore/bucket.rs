@@ -69,6 +69,8 @@ pub struct BucketStats {
     pub errors: AtomicU64,
     pub downloads: AtomicU64,
     pub lists: AtomicU64,
+    /// Known destinations the other replicas learned, as last read.
+    pub learned: AtomicU64,
 }
 
 /// A connection to the bucket.
@@ -213,6 +215,39 @@ impl Bucket {
         let bytes = self.counted("reading", key, r)?;
         self.stats.downloads.fetch_add(1, Ordering::Relaxed);
         Ok(bytes)
+    }
+
+    fn learned_prefix(&self) -> String {
+        format!("{}state/new_destination/", self.prefix)
+    }
+
+    /// Uploads this replica's learned destinations (`state/new_destination/<replica>.json`),
+    /// which a replica taking over its namespaces reads.
+    pub fn put_learned(&self, bytes: Bytes) -> Result<(), String> {
+        let key = format!("{}{}.json", self.learned_prefix(), self.replica);
+        self.put(&key, bytes)
+    }
+
+    /// The learned destinations every other replica uploaded, by replica.
+    pub fn learned(&self) -> Result<Vec<(Arc<str>, Bytes)>, String> {
+        let prefix = self.learned_prefix();
+        let r = self.block_on(
+            self.s3
+                .list_with_delimiter(Some(&Key::from(prefix.as_str()))),
+        );
+        let listed = self.counted("listing", &prefix, r)?;
+        let mut out = Vec::new();
+        for m in &listed.objects {
+            let key = m.location.as_ref();
+            let Some(replica) = key.rsplit('/').next().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if replica == &*self.replica {
+                continue;
+            }
+            out.push((replica.into(), self.get(key)?));
+        }
+        Ok(out)
     }
 
     /// Lists the prefix once, so a wrong endpoint, bucket or credential stops the start with

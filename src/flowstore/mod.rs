@@ -243,11 +243,29 @@ pub struct FlowStore {
     spans: Mutex<HashMap<(Arc<str>, u64), Span>>,
     /// Segments whose upload failed, by key: retried at the next checkpoint and write.
     pending: Mutex<BTreeMap<String, PathBuf>>,
+    /// What else a checkpoint uploads: the detectors' learned state (see [`Exporter`]).
+    exporter: Mutex<Option<Exporter>>,
+    /// The version the exporter last uploaded.
+    exported: AtomicU64,
     writable: bool,
     pub stats: StoreStats,
 }
 
 const SEGMENT_CACHE: usize = 4;
+
+/// Given the version it last uploaded, the new version and its bytes when the state changed
+/// since: a checkpoint uploads them after the flows, so the state a replica taking over reads
+/// is at least as new as the offsets committed.
+pub struct Exporter(pub Box<Export>);
+
+/// See [`Exporter`].
+pub type Export = dyn Fn(u64) -> Option<(u64, Vec<u8>)> + Send + Sync;
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
 
 /// Most object spans remembered (about 80 bytes each).
 const MAX_SPANS: usize = 1 << 16;
@@ -594,6 +612,8 @@ impl FlowStore {
             bucket,
             spans: Mutex::default(),
             pending: Mutex::default(),
+            exporter: Mutex::default(),
+            exported: AtomicU64::new(u64::MAX),
             writable,
             stats: StoreStats::default(),
         });
@@ -625,6 +645,27 @@ impl FlowStore {
     /// The shared bucket, when the store has one.
     pub fn bucket(&self) -> Option<&Arc<bucket::Bucket>> {
         self.bucket.as_ref()
+    }
+
+    /// Has every checkpoint upload the detectors' learned state when it changed.
+    pub fn export_with(&self, exporter: Exporter) {
+        *self.exporter.lock().unwrap_or_else(|p| p.into_inner()) = Some(exporter);
+    }
+
+    /// Uploads the exporter's state when it changed.
+    fn export(&self) -> Result<(), StoreError> {
+        let Some(b) = &self.bucket else {
+            return Ok(());
+        };
+        let exporter = self.exporter.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(export) = exporter.as_ref() else {
+            return Ok(());
+        };
+        if let Some((version, bytes)) = (export.0)(self.exported.load(Ordering::Relaxed)) {
+            b.put_learned(bytes.into()).map_err(StoreError::Bucket)?;
+            self.exported.store(version, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Segments written to disk whose upload to the bucket has not succeeded yet.
@@ -894,7 +935,8 @@ impl FlowStore {
             }
         }
         self.write_sealed(&dir)?;
-        self.upload_pending()
+        self.upload_pending()?;
+        self.export()
     }
 
     /// Makes every flow stored so far durable, for a source's checkpoint: sealed chunks go to
@@ -902,6 +944,11 @@ impl FlowStore {
     /// the next checkpoint replaces), so segments keep their size however often checkpoints
     /// come. Called by the store's one writer; queries go on meanwhile.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_flows()?;
+        self.export()
+    }
+
+    fn checkpoint_flows(&self) -> Result<(), StoreError> {
         let Some(dir) = self.config.dir.clone() else {
             return Ok(());
         };

@@ -902,3 +902,122 @@ async fn holding_all(replicas: &[&Service], count: i32) -> BTreeSet<i32> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The training job's upload to `fqdn` at `time_ns`, forwarded: what `new_destination`
+/// judges.
+fn upload_to(cluster: &mut TrainingCluster, fqdn: &str, time_ns: i64) -> Flow {
+    let mut flow = cluster
+        .exfiltration_attempt()
+        .into_iter()
+        .find(|f| !f.destination_names.is_empty())
+        .unwrap();
+    flow.verdict = exfilwatch::proto::flow::Verdict::Forwarded as i32;
+    flow.drop_reason = 0;
+    flow.drop_reason_desc = 0;
+    flow.egress_denied_by.clear();
+    flow.destination_names = vec![fqdn.into()];
+    flow.time = Some(prost_types::Timestamp {
+        seconds: time_ns.div_euclid(1_000_000_000),
+        nanos: i32::try_from(time_ns.rem_euclid(1_000_000_000)).unwrap(),
+    });
+    flow
+}
+
+/// `new_destination` alerts in Alertmanager: their destinations.
+async fn new_destinations(am: &Alertmanager) -> BTreeSet<String> {
+    am.alerts()
+        .await
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "TrainingPodNewDestination")
+        .filter_map(|a| a["labels"]["destination"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A replica taking over a namespace knows the destinations its previous owner learned
+/// (uploaded to the bucket with each checkpoint): a known one stays quiet, a new one alerts
+/// at once, without learning the namespace again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_over_a_namespace_knows_what_its_previous_owner_learned() {
+    let s3 = S3::start().await;
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let replica = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = kafka_config(&broker, &am, "handover", "300ms", dir.path()).with(
+            "storage",
+            &format!("flows:\n  object_store: {}", s3.config(dir.path(), name)),
+        );
+        // Two seconds of learning (of flow time) instead of a day.
+        let rules = dir.path().join("rules/default.yaml");
+        let pack = std::fs::read_to_string(&rules).unwrap();
+        std::fs::write(&rules, pack.replacen("learning: 1d", "learning: 2s", 1)).unwrap();
+        Service::spawn(&config, dir)
+    };
+    let producer = broker.producer();
+    let mut cluster = TrainingCluster::new(81, now_ns(), 1_000_000);
+    let t0 = now_ns();
+    let second = 1_000_000_000;
+
+    // Replica a learns three destinations, then alerts a fourth.
+    let a = replica("replica-a");
+    a.ready().await;
+    for (fqdn, at) in [
+        ("data-1.example.com", t0),
+        ("data-2.example.com", t0),
+        ("data-3.example.com", t0 + second),
+        ("fresh-4.example.net", t0 + 3 * second),
+    ] {
+        let flow = upload_to(&mut cluster, fqdn, at);
+        produce(&producer, TOPIC, "ai-training", &record(&flow)).await;
+    }
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while new_destinations(&am).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        new_destinations(&am).await,
+        BTreeSet::from(["fresh-4.example.net".to_owned()])
+    );
+    let (code, output) = a.terminate().await;
+    assert_eq!(code, Some(0), "{output}");
+
+    // Replica b takes the namespace over with an empty disk.
+    let b = replica("replica-b");
+    b.ready().await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    // a's learning start and its four destinations.
+    while b.metric("exfilwatch_bucket_learned_destinations").await != 5 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (fqdn, at) in [
+        ("data-1.example.com", t0 + 10 * second),
+        ("fresh-5.example.org", t0 + 11 * second),
+    ] {
+        let flow = upload_to(&mut cluster, fqdn, at);
+        produce(&producer, TOPIC, "ai-training", &record(&flow)).await;
+    }
+    let want = BTreeSet::from([
+        "fresh-4.example.net".to_owned(),
+        "fresh-5.example.org".to_owned(),
+    ]);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let got = new_destinations(&am).await;
+        if got == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alerted {got:?}; log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The known destination reached a second after the new one raised nothing meanwhile.
+    wait_stored(&b, &BTreeMap::from([("ai-training".to_owned(), 6)])).await;
+    assert_eq!(new_destinations(&am).await, want);
+}
