@@ -220,6 +220,29 @@ fn watching(
         .with("api", "listen: 127.0.0.1:{port}")
 }
 
+/// Waits until `group` has committed `want` for `TOPIC`'s `partitions`.
+async fn wait_committed(
+    broker: &Broker,
+    group: &str,
+    partitions: i32,
+    want: &BTreeMap<i32, i64>,
+    log: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let got = broker.committed(group, TOPIC, partitions).await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} committed {got:?}, produced up to {want:?}; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Flows per namespace the service's API holds.
 async fn stored(service: &Service) -> BTreeMap<String, u64> {
     let top = service
@@ -303,19 +326,10 @@ async fn kafka_flows_are_alerted_stored_and_committed_once_durable() {
     alerted(&am, &ATTACKED).await;
 
     // Every record is committed once its checkpoint is durable.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        let committed = broker.committed("replicas", TOPIC, PARTITIONS).await;
-        if committed == produced.end {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "committed {committed:?}, produced up to {:?}",
-            produced.end
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&broker, "replicas", PARTITIONS, &produced.end, || {
+        service.log()
+    })
+    .await;
     // Killed now, a replica finds everything on disk and nothing to read again.
     let dir = service.kill();
     let again = Service::spawn(&config, dir);
@@ -353,11 +367,10 @@ async fn a_replica_killed_before_its_checkpoint_commits_nothing_and_loses_nothin
     let again = Service::spawn(&fast, dir);
     again.ready().await;
     wait_stored(&again, &want).await;
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while broker.committed("replicas", TOPIC, PARTITIONS).await != produced.end {
-        assert!(tokio::time::Instant::now() < deadline, "never committed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&broker, "replicas", PARTITIONS, &produced.end, || {
+        again.log()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,24 +693,7 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
     );
     let service = Service::spawn(&config, dir);
     service.ready().await;
-    let committed = |want: BTreeMap<i32, i64>| {
-        let broker = &broker;
-        async move {
-            let deadline = tokio::time::Instant::now() + GUARD;
-            loop {
-                let got = broker.committed("outage", TOPIC, PARTITIONS).await;
-                if got == want {
-                    return;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "committed {got:?}, want {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    committed(first.end.clone()).await;
+    wait_committed(&broker, "outage", PARTITIONS, &first.end, || service.log()).await;
 
     s3.stop();
     let second = produce_traffic(&broker, 20, 62).await;
@@ -726,20 +722,7 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
     );
 
     s3.resume().await;
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        let got = broker.committed("outage", TOPIC, PARTITIONS).await;
-        if got == second.end {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "committed {got:?}, want {:?}; log:\n{}",
-            second.end,
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&broker, "outage", PARTITIONS, &second.end, || service.log()).await;
     assert_eq!(service.metric("exfilwatch_bucket_pending_uploads").await, 0);
     assert!(!service.log().contains(crate::support::s3::SECRET_KEY));
 }
@@ -867,19 +850,7 @@ async fn three_replicas_survive_a_sigkill_and_a_join_with_no_alert_or_flow_missi
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        let committed = broker.committed("scaled", TOPIC, EIGHT).await;
-        if committed == produced.end {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "committed {committed:?}, produced up to {:?}",
-            produced.end
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_committed(&broker, "scaled", EIGHT, &produced.end, || b.log()).await;
 }
 
 /// Waits until `replicas` hold all `count` partitions between them, each once; the union.
