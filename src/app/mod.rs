@@ -164,57 +164,67 @@ fn learned_exporter(store: Store) -> crate::flowstore::Exporter {
     }))
 }
 
-/// How often what other replicas learned is read again besides each rebalance.
+/// How often what other replicas learned is read again besides each assignment.
 const LEARNED_EVERY: Duration = Duration::from_secs(60);
 
-/// What the other replicas learned, read from the bucket at each rebalance (the namespaces
-/// this replica takes over were learned elsewhere) and every [`LEARNED_EVERY`].
+/// What the other replicas learned, read from the bucket and sent to the detectors.
+fn read_learned(
+    bucket: &crate::flowstore::bucket::Bucket,
+    tx: &watch::Sender<Arc<Vec<crate::state::Learned>>>,
+) {
+    let objects = match bucket.learned() {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!("new_destination: what other replicas learned: {e}");
+            return;
+        }
+    };
+    let mut rows: Vec<crate::state::Learned> = Vec::new();
+    for (replica, bytes) in objects {
+        match serde_json::from_slice::<Vec<crate::state::Learned>>(&bytes) {
+            Ok(r) => rows.extend(r),
+            Err(e) => tracing::warn!(
+                "new_destination: learned state of replica {}: {e}",
+                replica.escape_debug()
+            ),
+        }
+    }
+    tracing::info!(
+        "new_destination: {} destinations the other replicas learned, read from the bucket",
+        rows.len()
+    );
+    bucket
+        .stats
+        .learned
+        .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    tx.send_replace(Arc::new(rows));
+}
+
+/// What the other replicas learned, for the detectors: read at each assignment before its
+/// records (the namespaces this replica takes over were learned elsewhere; the hook runs in
+/// the consumer's rebalance), and every [`LEARNED_EVERY`].
 fn share_learned(
     bucket: Arc<crate::flowstore::bucket::Bucket>,
-    mut owned: watch::Receiver<Arc<crate::source::kafka::Ownership>>,
     stop: CancellationToken,
-) -> crate::detect::SharedLearned {
+) -> (crate::detect::SharedLearned, crate::source::kafka::OnAssign) {
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let tx = Arc::new(tx);
+    let (b, t) = (bucket.clone(), tx.clone());
+    let hook = crate::source::kafka::OnAssign(Arc::new(move || {
+        tokio::task::block_in_place(|| read_learned(&b, &t));
+    }));
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LEARNED_EVERY);
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                changed = owned.changed() => if changed.is_err() { return },
                 () = stop.cancelled() => return,
             }
-            let b = bucket.clone();
-            let read = tokio::task::spawn_blocking(move || b.learned()).await;
-            let objects = match read {
-                Ok(Ok(objects)) => objects,
-                Ok(Err(e)) => {
-                    tracing::warn!("new_destination: what other replicas learned: {e}");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let mut rows: Vec<crate::state::Learned> = Vec::new();
-            for (replica, bytes) in objects {
-                match serde_json::from_slice::<Vec<crate::state::Learned>>(&bytes) {
-                    Ok(r) => rows.extend(r),
-                    Err(e) => tracing::warn!(
-                        "new_destination: learned state of replica {}: {e}",
-                        replica.escape_debug()
-                    ),
-                }
-            }
-            tracing::info!(
-                "new_destination: {} destinations the other replicas learned, read from the bucket",
-                rows.len()
-            );
-            bucket
-                .stats
-                .learned
-                .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let _ = tx.send(Arc::new(rows));
+            let (b, t) = (bucket.clone(), tx.clone());
+            let _ = tokio::task::spawn_blocking(move || read_learned(&b, &t)).await;
         }
     });
-    rx
+    (rx, hook)
 }
 
 /// The engine over `store`, and sinks for `config`'s targets (none when `send` is false).
@@ -354,7 +364,7 @@ pub async fn run(
     let stats = Arc::new(SourceStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let hubble_mode = config.source == SourceKind::Hubble;
-    let (source, kafka, owned) = match config.source {
+    let (mut source, kafka, owned) = match config.source {
         SourceKind::Hubble => (
             Live::Hubble(hubble_source(config, &store, stats.clone())),
             None,
@@ -458,8 +468,10 @@ pub async fn run(
     engine.watch_stream(source.state());
     if let Some(bucket) = flow_store.bucket().cloned() {
         flow_store.export_with(learned_exporter(store.clone()));
-        if let Some(owned) = owned.clone() {
-            engine.share_learned(share_learned(bucket, owned, cancel.child_token()));
+        if let Live::Kafka(kafka) = &mut source {
+            let (learned, hook) = share_learned(bucket, cancel.child_token());
+            kafka.on_assign(hook);
+            engine.share_learned(learned);
         }
     }
     let source_task = tokio::spawn(source.run(tx, durable, cancel.clone()));

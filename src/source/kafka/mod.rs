@@ -91,6 +91,18 @@ pub enum KafkaSourceError {
 struct Context {
     stats: Arc<KafkaStats>,
     assigned: watch::Sender<BTreeSet<i32>>,
+    on_assign: Option<OnAssign>,
+}
+
+/// Called at each new assignment, before any record of it is read: what a replica needs
+/// before it judges the namespaces it takes over (what their previous owner learned).
+#[derive(Clone)]
+pub struct OnAssign(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnAssign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnAssign")
+    }
 }
 
 impl ClientContext for Context {
@@ -131,6 +143,9 @@ impl ConsumerContext for Context {
             .partitions
             .store(assigned.len() as u64, Ordering::Relaxed);
         self.assigned.send_replace(assigned);
+        if let Some(hook) = &self.on_assign {
+            (hook.0)();
+        }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -152,6 +167,7 @@ pub struct KafkaSource {
     kafka: Arc<KafkaStats>,
     state: watch::Sender<StreamState>,
     ownership: watch::Sender<Arc<Ownership>>,
+    on_assign: Option<OnAssign>,
 }
 
 impl KafkaSource {
@@ -166,7 +182,14 @@ impl KafkaSource {
             kafka: Arc::default(),
             state: watch::Sender::new(StreamState::Connecting),
             ownership: watch::Sender::new(Arc::new(ownership)),
+            on_assign: None,
         }
+    }
+
+    /// Has `hook` run at each assignment before its records are read. It runs on the
+    /// thread polling the consumer, so it may block only briefly.
+    pub fn on_assign(&mut self, hook: OnAssign) {
+        self.on_assign = Some(hook);
     }
 
     /// What the source is doing; `Streaming` once partitions are assigned.
@@ -261,6 +284,7 @@ impl KafkaSource {
         let context = Context {
             stats: self.kafka.clone(),
             assigned: assigned_tx,
+            on_assign: self.on_assign.clone(),
         };
         let consumer: Arc<StreamConsumer<Context>> = Arc::new(
             self.client_config()
