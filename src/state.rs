@@ -395,7 +395,9 @@ impl Store {
     pub fn all_known_destinations(&self) -> Result<Vec<Learned>, StateError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT rule, namespace, destination, last_seen_ns FROM known_destinations")
+            .prepare(
+                "SELECT rule, namespace, destination, last_seen_ns FROM known_destinations ORDER BY rule, namespace",
+            )
             .map_err(self.error("read known destinations"))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

@@ -189,7 +189,7 @@ fn read_learned(
             ),
         }
     }
-    tracing::info!(
+    tracing::debug!(
         "new_destination: {} destinations the other replicas learned, read from the bucket",
         rows.len()
     );

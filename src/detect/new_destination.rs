@@ -169,8 +169,12 @@ impl NewDestination {
     /// learned from (and whose partitions this one holds now) is not learned again, and the
     /// destinations it reached are known. Learning began at the earliest start any replica
     /// knew; a destination's last sighting is the latest.
+    /// Destinations this process has seen itself are kept as they are: only the others go
+    /// to `stored`, as an earlier run's would.
     fn merge(&mut self, rows: &[crate::state::Learned]) {
         let mut merged = 0;
+        // The labels of the namespace whose rows come now (rows come grouped by namespace).
+        let mut labels: Option<(Sym, crate::common::hash::FastSet<String>)> = None;
         for (rule, namespace, destination, seen) in rows {
             if *rule != self.rule.name {
                 continue;
@@ -181,15 +185,26 @@ impl NewDestination {
                 *since = (*since).min(*seen);
                 continue;
             }
-            let reached = self.known.entry(ns).or_default();
-            if reached.len() >= MAX_PER_NAMESPACE {
+            let reached = self.known.entry(ns.clone()).or_default();
+            if labels.as_ref().is_none_or(|(n, _)| *n != ns) {
+                let own = reached
+                    .seen
+                    .iter()
+                    .map(|k| k.destination.as_ref().to_string())
+                    .collect();
+                labels = Some((ns, own));
+            }
+            let seen_here = labels
+                .as_ref()
+                .is_some_and(|(_, l)| l.contains(destination));
+            if seen_here || reached.len() >= MAX_PER_NAMESPACE {
                 continue;
             }
             let last = reached.stored.entry(destination.clone()).or_insert(*seen);
             *last = (*last).max(*seen);
             merged += 1;
         }
-        tracing::info!(
+        tracing::debug!(
             rule = %self.rule.name,
             "new_destination: {merged} destinations other replicas learned are known here"
         );
@@ -394,6 +409,20 @@ mod tests {
             .unwrap()
             .expect("new at once: learning is over");
         assert_eq!(hit.destination.to_string(), "paste.example.net");
+        // Read again, a destination seen here is not kept twice.
+        tx.send(Arc::new(vec![learned(
+            "ai-training",
+            "pypi.org",
+            41 * HOUR,
+        )]))
+        .unwrap();
+        assert_eq!(
+            d.check(&flow(&mut decoder, "pypi.org", 49 * HOUR)).unwrap(),
+            None
+        );
+        let ns: Sym = "ai-training".into();
+        assert!(d.known[&ns].stored.is_empty(), "{:?}", d.known[&ns].stored);
+        assert_eq!(d.known[&ns].len(), 2);
         // Without what the other replica learned, the namespace starts learning here.
         let mut alone = detector(&Store::in_memory().unwrap());
         assert_eq!(

@@ -1190,7 +1190,7 @@ impl FlowStore {
             if !source.may_match(filter) {
                 continue;
             }
-            if matches!(source, Source::Disk(_)) {
+            if source.is_stored() {
                 if segments_read == MAX_SEGMENTS_PER_QUERY {
                     let next = source.span().1 + 1;
                     stopped_at = Some(cursor.map_or(next, |c| c.min(next)));
@@ -1265,6 +1265,7 @@ impl FlowStore {
             let (_, _, min_time, max_time) = source.span();
             if !filter.overlaps(min_time, max_time)
                 || cursor.as_ref().is_some_and(|c| min_time > c.0)
+                || !source.may_match(filter)
             {
                 continue;
             }

@@ -142,8 +142,9 @@ impl ConsumerContext for Context {
         self.stats
             .partitions
             .store(assigned.len() as u64, Ordering::Relaxed);
+        let gained = matches!(rebalance, Rebalance::Assign(_)) && !assigned.is_empty();
         self.assigned.send_replace(assigned);
-        if let Some(hook) = &self.on_assign {
+        if gained && let Some(hook) = &self.on_assign {
             (hook.0)();
         }
     }
