@@ -325,6 +325,18 @@ impl Collector for Telemetry {
                 "Chunks whose /flows/top groups came from the cache instead of being grouped again",
                 load(&f.top_cache_hits),
             )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_segment_reads",
+                "Parquet segments or bucket objects queries read whole",
+                load(&f.segment_reads),
+            )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_segment_filtered_reads",
+                "Parquet segments /flows read column-first: the filter's columns, then only the rows from the first match to the last",
+                load(&f.segment_filtered_reads),
+            )?;
             if let Some(b) = flows.bucket() {
                 let b = &b.stats;
                 for (name, help, value) in [

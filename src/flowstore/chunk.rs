@@ -115,6 +115,8 @@ pub const SCHEMA: [(&str, Kind); COLUMNS] = [
 
 /// The columns that hold a flow's UUID, high and low 64 bits.
 pub const UUID_COLUMNS: [&str; 2] = ["uuid_hi", "uuid_lo"];
+/// The row index a segment read column-first carries: where its matches are in the segment.
+pub const ROW_INDEX: &str = "row";
 
 impl Col {
     pub const ALL: [Col; COLUMNS] = [
@@ -529,47 +531,7 @@ impl Chunk {
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut columns = Vec::with_capacity(COLUMNS);
         for col in Col::ALL {
-            let column = match frame.column(col.name()) {
-                Ok(c) => c,
-                Err(_) if ADDED.contains(&col) => {
-                    columns.push(vec![0; height]);
-                    continue;
-                }
-                Err(e) => return Err(format!("column {}: {e}", col.name())),
-            };
-            let values: Vec<u32> = match col.kind() {
-                Kind::Number => column
-                    .u32()
-                    .map_err(|e| format!("column {}: {e}", col.name()))?
-                    .iter()
-                    .map(|v| v.unwrap_or(0))
-                    .collect(),
-                Kind::Text | Kind::Ip => {
-                    let strings = column
-                        .str()
-                        .map_err(|e| format!("column {}: {e}", col.name()))?;
-                    let mut last: Option<(&str, u32)> = None;
-                    let mut out = Vec::with_capacity(strings.len());
-                    for s in strings.iter() {
-                        let s = s.unwrap_or("");
-                        let code = match last {
-                            Some((prev, code)) if prev == s => code,
-                            _ if col.kind() == Kind::Text => texts.code(&Sym::from(s)),
-                            _ if s.is_empty() => 0,
-                            _ => {
-                                let ip: IpAddr = s.parse().map_err(|_| {
-                                    format!("column {}: invalid address {s:?}", col.name())
-                                })?;
-                                ips.code(&Some(ip))
-                            }
-                        };
-                        last = Some((s, code));
-                        out.push(code);
-                    }
-                    out
-                }
-            };
-            columns.push(values);
+            columns.push(decode(frame, col, &mut texts, &mut ips)?);
         }
         Chunk::new(
             seq.into_no_null_iter().collect(),
@@ -581,6 +543,101 @@ impl Chunk {
         )
         .map_err(|e| e.to_string())
     }
+
+    /// Only `cols` of a frame read from a segment, coded against dictionaries of their own,
+    /// beside `seq`, `time`, the row index when the frame has one ([`ROW_INDEX`]) and the
+    /// UUID columns when `uuids` is set, as they are: what a filter is evaluated on before the rest
+    /// of a segment is read. The chunk has no other columns; those added since the segment
+    /// was written read as empty, as in [`Chunk::from_parquet_frame`].
+    pub fn partial_from_parquet_frame(
+        frame: &DataFrame,
+        cols: &[Col],
+        uuids: bool,
+    ) -> Result<Chunk, String> {
+        let time = frame
+            .column("time")
+            .and_then(|c| c.i64().cloned())
+            .map_err(|e| format!("column time: {e}"))?;
+        let seq = frame
+            .column("seq")
+            .and_then(|c| c.u64().cloned())
+            .map_err(|e| format!("column seq: {e}"))?;
+        let mut texts: Dict<Sym> = Dict::default();
+        let mut ips: Dict<Option<IpAddr>> = Dict::default();
+        let mut out: Vec<Column> = ["seq", "time", ROW_INDEX]
+            .into_iter()
+            .chain(UUID_COLUMNS.into_iter().filter(|_| uuids))
+            .filter_map(|name| frame.column(name).ok().cloned())
+            .collect();
+        for col in cols {
+            let values = decode(frame, *col, &mut texts, &mut ips)?;
+            out.push(UInt32Chunked::from_vec(col.name().into(), values).into_column());
+        }
+        for name in UUID_COLUMNS.into_iter().filter(|_| uuids) {
+            if !frame.schema().contains(name) {
+                let zeros = vec![0u64; frame.height()];
+                out.push(UInt64Chunked::from_vec(name.into(), zeros).into_column());
+            }
+        }
+        Ok(Chunk {
+            frame: DataFrame::new(frame.height(), out).map_err(|e| e.to_string())?,
+            texts: texts.values.into(),
+            ips: ips.values.into(),
+            first_seq: seq.first().unwrap_or(0),
+            last_seq: seq.last().unwrap_or(0),
+            first_time: time.first().unwrap_or(0),
+            min_time: time.min().unwrap_or(0),
+            max_time: time.max().unwrap_or(0),
+        })
+    }
+}
+
+/// One column of a frame read from a segment, as codes into `texts` or `ips` (numbers as
+/// they are). A column added since the segment was written reads as zeros.
+fn decode(
+    frame: &DataFrame,
+    col: Col,
+    texts: &mut Dict<Sym>,
+    ips: &mut Dict<Option<IpAddr>>,
+) -> Result<Vec<u32>, String> {
+    let height = frame.height();
+    let column = match frame.column(col.name()) {
+        Ok(c) => c,
+        Err(_) if ADDED.contains(&col) => return Ok(vec![0; height]),
+        Err(e) => return Err(format!("column {}: {e}", col.name())),
+    };
+    Ok(match col.kind() {
+        Kind::Number => column
+            .u32()
+            .map_err(|e| format!("column {}: {e}", col.name()))?
+            .iter()
+            .map(|v| v.unwrap_or(0))
+            .collect(),
+        Kind::Text | Kind::Ip => {
+            let strings = column
+                .str()
+                .map_err(|e| format!("column {}: {e}", col.name()))?;
+            let mut last: Option<(&str, u32)> = None;
+            let mut out = Vec::with_capacity(strings.len());
+            for s in strings.iter() {
+                let s = s.unwrap_or("");
+                let code = match last {
+                    Some((prev, code)) if prev == s => code,
+                    _ if col.kind() == Kind::Text => texts.code(&Sym::from(s)),
+                    _ if s.is_empty() => 0,
+                    _ => {
+                        let ip: IpAddr = s
+                            .parse()
+                            .map_err(|_| format!("column {}: invalid address {s:?}", col.name()))?;
+                        ips.code(&Some(ip))
+                    }
+                };
+                last = Some((s, code));
+                out.push(code);
+            }
+            out
+        }
+    })
 }
 
 #[cfg(test)]
@@ -645,6 +702,19 @@ mod tests {
         assert_eq!(back.rows(), 100);
         let lo = back.frame.column("uuid_lo").unwrap().u64().unwrap().clone();
         assert!(lo.into_no_null_iter().all(|v| v == 0));
+        // Read column-first as well: the filter's columns the segment lacks are empty too.
+        let partial =
+            Chunk::partial_from_parquet_frame(&old, &[Col::DnsQuery, Col::Verdict], true).unwrap();
+        assert_eq!(partial.frame.width(), 6, "{:?}", partial.frame.schema());
+        for name in ["dns_query", "uuid_hi", "uuid_lo"] {
+            let c = partial.frame.column(name).unwrap();
+            assert_eq!(c.n_unique().unwrap(), 1, "{name}");
+        }
+        let verdicts = |c: &Chunk| -> Vec<u32> {
+            let v = c.frame.column("verdict").unwrap().u32().unwrap().clone();
+            v.into_no_null_iter().collect()
+        };
+        assert_eq!(verdicts(&partial), verdicts(&back));
         // A column it should have had is still an error.
         let broken = chunk.to_parquet_frame().unwrap().drop("verdict").unwrap();
         let e = Chunk::from_parquet_frame(&broken).unwrap_err();

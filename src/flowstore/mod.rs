@@ -72,6 +72,10 @@ pub struct StoreStats {
     pub segments: AtomicU64,
     /// `/flows/top` chunk answers served from the cache instead of grouping the chunk again.
     pub top_cache_hits: AtomicU64,
+    /// Segments and objects read whole by queries.
+    pub segment_reads: AtomicU64,
+    /// Segments `/flows` read column-first ([`FlowStore::select`]).
+    pub segment_filtered_reads: AtomicU64,
 }
 
 /// A parquet segment, described by its file name.
@@ -1129,6 +1133,15 @@ impl FlowStore {
         Ok(chunk)
     }
 
+    /// A segment's chunk if it is among the recently read ones.
+    fn cached(&self, name: &Path) -> Option<Arc<Chunk>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, c)| c.clone())
+    }
+
     /// A segment's chunk from the cache of recently read ones, else from `read`.
     fn read_cached(
         &self,
@@ -1148,6 +1161,7 @@ impl FlowStore {
             message,
         };
         let frame = read().map_err(fail)?;
+        self.stats.segment_reads.fetch_add(1, Ordering::Relaxed);
         let chunk = Arc::new(Chunk::from_parquet_frame(&frame).map_err(fail)?);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.push_back((name.to_path_buf(), chunk.clone()));
@@ -1155,6 +1169,120 @@ impl FlowStore {
             cache.pop_front();
         }
         Ok(chunk)
+    }
+
+    /// The rows of `source` matching `filter` and `also`, as `pick` orders and cuts them,
+    /// with the chunk they read from; `None` when none matches or the source cannot be read
+    /// (logged and counted, as [`FlowStore::load`] does).
+    ///
+    /// A segment on disk that is not among the recently read ones is read column-first: the
+    /// filter's columns, then every column of the rows from the first to the last match
+    /// only. Most segments a selective page looks at hold no or few matches, and reading a
+    /// whole segment (every string of every column into dictionaries) costs many times more.
+    fn select(
+        &self,
+        source: &Source,
+        filter: &Filter,
+        also: Option<Expr>,
+        pick: &dyn Fn(LazyFrame) -> LazyFrame,
+    ) -> Result<Option<(Arc<Chunk>, DataFrame)>, StoreError> {
+        if let Source::Disk(s) = source
+            && self.cached(&s.path).is_none()
+        {
+            return match self.select_columns_first(s, filter, also, pick) {
+                Ok(found) => Ok(found),
+                Err(message) => {
+                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "{}",
+                        StoreError::Segment {
+                            path: s.path.display().to_string(),
+                            message,
+                        }
+                    );
+                    Ok(None)
+                }
+            };
+        }
+        let Some(chunk) = self.load(source) else {
+            return Ok(None);
+        };
+        let Some(mut predicate) = filter.predicate(&chunk) else {
+            return Ok(None);
+        };
+        if let Some(also) = also {
+            predicate = predicate.and(also);
+        }
+        let found = pick(chunk.frame.clone().lazy().filter(predicate)).collect()?;
+        Ok(Some((chunk, found)))
+    }
+
+    /// [`FlowStore::select`] on a segment, reading the filter's columns first.
+    fn select_columns_first(
+        &self,
+        segment: &Segment,
+        filter: &Filter,
+        also: Option<Expr>,
+        pick: &dyn Fn(LazyFrame) -> LazyFrame,
+    ) -> Result<Option<(Arc<Chunk>, DataFrame)>, String> {
+        let text = |e: PolarsError| e.to_string();
+        let open = || std::fs::File::open(&segment.path).map_err(|e| e.to_string());
+        let mut reader = ParquetReader::new(open()?);
+        let schema = reader.schema().map_err(text)?;
+        let cols = filter.columns();
+        let uuids = filter.reads_uuids();
+        // Columns added since a segment was written are left out here and read as empty.
+        let names: Vec<String> = ["seq", "time"]
+            .into_iter()
+            .chain(cols.iter().map(|c| c.name()))
+            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
+            .filter(|n| schema.contains(n))
+            .map(str::to_owned)
+            .collect();
+        let narrow = reader
+            .with_columns(Some(names))
+            .with_row_index(Some(RowIndex {
+                name: chunk::ROW_INDEX.into(),
+                offset: 0,
+            }))
+            .finish()
+            .map_err(text)?;
+        self.stats
+            .segment_filtered_reads
+            .fetch_add(1, Ordering::Relaxed);
+        let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
+        let Some(mut predicate) = filter.predicate(&partial) else {
+            return Ok(None);
+        };
+        if let Some(also) = also {
+            predicate = predicate.and(also);
+        }
+        let hits = pick(partial.frame.clone().lazy().filter(predicate))
+            .select([col(chunk::ROW_INDEX)])
+            .collect()
+            .map_err(text)?;
+        let mut rows: Vec<IdxSize> = hits
+            .column(chunk::ROW_INDEX)
+            .and_then(|c| c.idx().cloned())
+            .map_err(text)?
+            .into_no_null_iter()
+            .collect();
+        rows.sort_unstable();
+        let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else {
+            return Ok(None);
+        };
+        let span = ParquetReader::new(open()?)
+            .with_slice(Some((first as usize, (last - first) as usize + 1)))
+            .finish()
+            .map_err(text)?;
+        let at = IdxCa::from_vec(
+            chunk::ROW_INDEX.into(),
+            rows.iter().map(|r| r - first).collect(),
+        );
+        let taken = span.take(&at).map_err(text)?;
+        let chunk = Arc::new(Chunk::from_parquet_frame(&taken)?);
+        let found = pick(chunk.frame.clone().lazy()).collect().map_err(text)?;
+        Ok(Some((chunk, found)))
     }
 
     /// Flows matching `filter`, newest first, older than `cursor` when given. At most
@@ -1198,23 +1326,13 @@ impl FlowStore {
                 }
                 segments_read += 1;
             }
-            let Some(chunk) = self.load(&source) else {
+            let want = u32::try_from(limit + 1 - flows.len()).unwrap_or(u32::MAX) as IdxSize;
+            let also = cursor.map(|c| col("seq").lt(lit(c)));
+            let Some((chunk, found)) =
+                self.select(&source, filter, also, &|rows| rows.tail(want))?
+            else {
                 continue;
             };
-            let Some(mut predicate) = filter.predicate(&chunk) else {
-                continue;
-            };
-            if let Some(c) = cursor {
-                predicate = predicate.and(col("seq").lt(lit(c)));
-            }
-            let want = limit + 1 - flows.len();
-            let found = chunk
-                .frame
-                .clone()
-                .lazy()
-                .filter(predicate)
-                .tail(u32::try_from(want).unwrap_or(u32::MAX) as IdxSize)
-                .collect()?;
             let mut rows = json::StoredFlow::read(&chunk, &found)?;
             rows.reverse();
             flows.extend(rows);
@@ -1281,37 +1399,31 @@ impl FlowStore {
                 }
                 read += 1;
             }
-            let Some(chunk) = self.load(&source) else {
-                continue;
-            };
-            let Some(mut predicate) = filter.predicate(&chunk) else {
-                continue;
-            };
             let replica: Arc<str> = match &source {
                 Source::Remote(o, _) => o.replica.clone(),
                 _ => own.clone(),
             };
-            if let Some((time, r, seq)) = &cursor {
+            let also = cursor.as_ref().map(|(time, r, seq)| {
                 let time_col = || col("time");
-                predicate = predicate.and(match replica.cmp(r) {
+                match replica.cmp(r) {
                     std::cmp::Ordering::Less => time_col().lt_eq(lit(*time)),
                     std::cmp::Ordering::Equal => time_col()
                         .lt(lit(*time))
                         .or(time_col().eq(lit(*time)).and(col("seq").lt(lit(*seq)))),
                     std::cmp::Ordering::Greater => time_col().lt(lit(*time)),
-                });
-            }
-            let rows = chunk
-                .frame
-                .clone()
-                .lazy()
-                .filter(predicate)
-                .sort(
+                }
+            });
+            let want = u32::try_from(limit + 1).unwrap_or(u32::MAX) as IdxSize;
+            let newest = |rows: LazyFrame| {
+                rows.sort(
                     ["time", "seq"],
                     SortMultipleOptions::default().with_order_descending(true),
                 )
-                .limit(u32::try_from(limit + 1).unwrap_or(u32::MAX) as IdxSize)
-                .collect()?;
+                .limit(want)
+            };
+            let Some((chunk, rows)) = self.select(&source, filter, also, &newest)? else {
+                continue;
+            };
             for f in json::StoredFlow::read(&chunk, &rows)? {
                 found.push((f.time_ns, replica.clone(), f.seq, f));
             }
@@ -2116,6 +2228,80 @@ mod tests {
         assert_eq!(all_pages(&store, &f, 2_500), want);
         f.set("verdict", "DROPPED", 0).unwrap();
         assert!(all_pages(&store, &f, 100).len() < want.len());
+    }
+
+    #[test]
+    fn a_segment_read_column_first_selects_what_a_whole_read_selects() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(8_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        let segments = store.lock().segments.clone();
+        assert!(segments.len() >= 5, "flows rolled to disk");
+        let uuids = [10, 3_500, 3_501]
+            .iter()
+            .map(|&i: &usize| crate::flow::format_uuid(flows[i].uuid.unwrap()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let since = flows[2_500].time_ns.to_string();
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("verdict", "DROPPED")],
+            vec![("source_namespace", "ai-training"), ("port", "29500")],
+            vec![("fqdn", "amazonaws.com")],
+            vec![("destination_cidr", "10.0.0.0/16"), ("protocol", "tcp")],
+            vec![("pod", "llm-"), ("drop_reason", "POLICY_DENIED,181")],
+            vec![("destination_ip", crate::sim::traffic::EXFIL_IP)],
+            vec![("namespace", "no-such-namespace")],
+            vec![("uuid", &uuids)],
+        ];
+        let newest = |rows: LazyFrame| rows.tail(40);
+        let lines = |found: Option<(Arc<Chunk>, DataFrame)>| -> Vec<String> {
+            found.map_or_else(Vec::new, |(chunk, rows)| {
+                json::StoredFlow::read(&chunk, &rows)
+                    .unwrap()
+                    .iter()
+                    .map(|f| format!("{} {}", f.seq, f.to_jsonpb_line()))
+                    .collect()
+            })
+        };
+        let mut matched = 0;
+        for params in &cases {
+            let mut f = filter(params);
+            for s in &segments {
+                let middle = (s.first_seq + s.last_seq) / 2;
+                for also in [None, Some(col("seq").lt(lit(middle)))] {
+                    for since in [None, Some(since.parse::<i64>().unwrap())] {
+                        f.since_ns = since;
+                        let first = store
+                            .select_columns_first(s, &f, also.clone(), &newest)
+                            .unwrap();
+                        store.cache.lock().unwrap().clear();
+                        let source = Source::Disk(s.clone());
+                        assert!(store.load(&source).is_some());
+                        let whole = store.select(&source, &f, also.clone(), &newest).unwrap();
+                        let (first, whole) = (lines(first), lines(whole));
+                        assert_eq!(first, whole, "{params:?} since {since:?} in {s:?}");
+                        matched += first.len();
+                    }
+                }
+            }
+        }
+        assert!(matched > 1_000, "the cases match flows: {matched}");
+        let st = &store.stats;
+        assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > 0);
+        assert!(st.segment_reads.load(Ordering::Relaxed) > 0);
+        // A listing reads the segments not cached column-first.
+        store.cache.lock().unwrap().clear();
+        let (whole, filtered) = (
+            st.segment_reads.load(Ordering::Relaxed),
+            st.segment_filtered_reads.load(Ordering::Relaxed),
+        );
+        let page = store
+            .list(&filter(&[("verdict", "DROPPED")]), None, 5_000)
+            .unwrap();
+        assert!(!page.flows.is_empty());
+        assert_eq!(st.segment_reads.load(Ordering::Relaxed), whole);
+        assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > filtered);
     }
 
     #[test]

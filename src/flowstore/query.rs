@@ -268,6 +268,25 @@ impl Filter {
         self.since_ns.is_none_or(|s| max_time >= s) && self.until_ns.is_none_or(|u| min_time < u)
     }
 
+    /// The columns the conditions read (besides `time`, and the UUID columns, which
+    /// [`Filter::reads_uuids`] tells).
+    pub fn columns(&self) -> Vec<Col> {
+        let mut out: Vec<Col> = Vec::new();
+        for c in self.conditions.iter().flat_map(|c| &c.columns) {
+            if !out.contains(c) {
+                out.push(*c);
+            }
+        }
+        out
+    }
+
+    /// Whether a condition looks flows up by UUID.
+    pub fn reads_uuids(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| matches!(c.test, Test::Uuids(_)))
+    }
+
     /// Whether a chunk with these dictionaries may hold matching flows: false when a
     /// condition on strings or addresses matches none of them.
     pub fn can_match(&self, texts: &[Sym], ips: &[Option<IpAddr>]) -> bool {
