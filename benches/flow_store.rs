@@ -146,6 +146,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     exfilwatch::common::http::install_crypto();
+    if std::env::args().any(|a| a == "disk") {
+        // `cargo bench --bench flow_store -- disk`: the pages over segments only.
+        on_disk(&flows("cilium-shaped"));
+        return;
+    }
     let mut stored = None;
     for shape in SHAPES {
         println!("generating {FLOWS} {shape} flows ...");

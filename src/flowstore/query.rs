@@ -299,6 +299,18 @@ impl Filter {
     /// The filter as a polars predicate on `chunk`'s codes; `None` when nothing in the chunk
     /// can match (a wanted string is not in its dictionary).
     pub fn predicate(&self, chunk: &Chunk) -> Option<Expr> {
+        self.build(&chunk.texts, &chunk.ips, false)
+    }
+
+    /// The filter as a polars predicate on a parquet segment's own columns, whose strings
+    /// and addresses are written out: each condition on them becomes the set of values of
+    /// `texts` and `ips` (the segment's dictionaries) it accepts. `None` when nothing can
+    /// match.
+    pub fn predicate_on_strings(&self, texts: &[Sym], ips: &[Option<IpAddr>]) -> Option<Expr> {
+        self.build(texts, ips, true)
+    }
+
+    fn build(&self, texts: &[Sym], ips: &[Option<IpAddr>], on_strings: bool) -> Option<Expr> {
         let mut all: Vec<Expr> = Vec::new();
         if let Some(s) = self.since_ns {
             all.push(col("time").gt_eq(lit(s)));
@@ -316,14 +328,34 @@ impl Filter {
                 all.push(any);
                 continue;
             }
-            let codes = codes(&condition.test, &chunk.texts, &chunk.ips);
+            let codes = codes(&condition.test, texts, ips);
             if codes.is_empty() {
                 return None;
             }
+            let values: Option<Vec<String>> = match condition.test {
+                _ if !on_strings => None,
+                Test::Equal(_) | Test::Prefix(_) | Test::DomainSuffix(_) => Some(
+                    codes
+                        .iter()
+                        .filter_map(|&c| texts.get(c as usize).map(|s| s.to_string()))
+                        .collect(),
+                ),
+                Test::Ip(_) | Test::Network(_) => Some(
+                    codes
+                        .iter()
+                        .filter_map(|&c| ips.get(c as usize).copied().flatten())
+                        .map(|ip| ip.to_string())
+                        .collect(),
+                ),
+                Test::Numbers(_) | Test::Uuids(_) => None,
+            };
             let any = condition
                 .columns
                 .iter()
-                .map(|c| one_of(c.name(), &codes))
+                .map(|c| match &values {
+                    Some(v) => one_of_strings(c.name(), v),
+                    None => one_of(c.name(), &codes),
+                })
                 .reduce(Expr::or)?;
             all.push(any);
         }
@@ -446,6 +478,15 @@ pub fn domain_matches(name: &str, suffix: &str) -> bool {
 fn equals_u64(column: &str, value: u64) -> Expr {
     let set = Series::new("set".into(), [value]);
     col(column).is_in(lit(set).implode(false), false)
+}
+
+fn one_of_strings(column: &str, values: &[String]) -> Expr {
+    if let [one] = values {
+        col(column).eq(lit(one.as_str()))
+    } else {
+        let set = Series::new("set".into(), values);
+        col(column).is_in(lit(set).implode(false), false)
+    }
 }
 
 fn one_of(column: &str, codes: &[u32]) -> Expr {
