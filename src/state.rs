@@ -408,15 +408,12 @@ impl Store {
 
     /// The destinations `rule` learned: (namespace, destination, last seen).
     pub fn known_destinations(&self, rule: &str) -> Result<Vec<(String, String, i64)>, StateError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT namespace, destination, last_seen_ns FROM known_destinations WHERE rule = ?1")
-            .map_err(self.error("read known destinations"))?;
-        let rows = stmt
-            .query_map([rule], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.error("read known destinations"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.error("read known destinations"))
+        let rows = self.all_known_destinations()?;
+        Ok(rows
+            .into_iter()
+            .filter(|(r, ..)| r == rule)
+            .map(|(_, namespace, destination, seen)| (namespace, destination, seen))
+            .collect())
     }
 
     pub fn cursor(&self, name: &str) -> Result<Option<i64>, StateError> {

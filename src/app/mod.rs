@@ -197,7 +197,15 @@ fn read_learned(
         .stats
         .learned
         .store(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    tx.send_replace(Arc::new(rows));
+    // Unchanged (the usual minute), the detectors are not woken to merge it all again on
+    // the flow path.
+    tx.send_if_modified(|current| {
+        let changed = **current != rows;
+        if changed {
+            *current = Arc::new(rows);
+        }
+        changed
+    });
 }
 
 /// What the other replicas learned, for the detectors: read at each assignment before its

@@ -1207,12 +1207,9 @@ impl FlowStore {
         let Some(chunk) = self.load(source) else {
             return Ok(None);
         };
-        let Some(mut predicate) = filter.predicate(&chunk) else {
+        let Some(predicate) = both(filter.predicate(&chunk), also) else {
             return Ok(None);
         };
-        if let Some(also) = also {
-            predicate = predicate.and(also);
-        }
         let found = pick(chunk.frame.clone().lazy().filter(predicate)).collect()?;
         Ok(Some((chunk, found)))
     }
@@ -1261,12 +1258,9 @@ impl FlowStore {
                 (partial.frame, predicate)
             }
         };
-        let Some(mut predicate) = predicate else {
+        let Some(predicate) = both(predicate, also) else {
             return Ok(None);
         };
-        if let Some(also) = also {
-            predicate = predicate.and(also);
-        }
         let hits = pick(frame.lazy().filter(predicate))
             .select([col(chunk::ROW_INDEX)])
             .collect()
@@ -1716,6 +1710,15 @@ impl FlowStore {
         }
         Ok(Some(parts))
     }
+}
+
+/// A filter's predicate (`None`: nothing can match) and a further condition, both to hold.
+fn both(predicate: Option<Expr>, also: Option<Expr>) -> Option<Expr> {
+    let predicate = predicate?;
+    Some(match also {
+        Some(also) => predicate.and(also),
+        None => predicate,
+    })
 }
 
 /// Hands flows to the store without waiting: the pipeline's side of the writer thread.
