@@ -50,6 +50,40 @@ fn spawn(args: &[String], dir: &std::path::Path) -> Child {
         .unwrap_or_else(|e| panic!("starting SeaweedFS: {e}; {INSTALL}"))
 }
 
+/// `weed mini`'s arguments on fresh ports (every listener, so servers of tests running side
+/// by side never meet), and the S3 endpoint.
+fn arguments(dir: &std::path::Path, identities: &std::path::Path) -> (Vec<String>, String) {
+    let s3_port = free_port();
+    let mut args: Vec<String> = vec![
+        "mini".into(),
+        format!("-dir={}", dir.join("data").display()),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        "-webdav=false".into(),
+        "-admin.ui=false".into(),
+        format!("-s3.config={}", identities.display()),
+        format!("-bucket={BUCKET}"),
+        format!("-s3.port={s3_port}"),
+    ];
+    for flag in [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "admin.port",
+        "admin.port.grpc",
+        "debug.port",
+    ] {
+        args.push(format!("-{flag}={}", free_port()));
+    }
+    (args, format!("http://127.0.0.1:{s3_port}"))
+}
+
 /// A running server; killed on drop.
 pub struct S3 {
     /// `http://127.0.0.1:port`.
@@ -77,44 +111,25 @@ impl S3 {
             ),
         )
         .unwrap();
-        let s3_port = free_port();
-        let mut args: Vec<String> = vec![
-            "mini".into(),
-            format!("-dir={}", dir.path().join("data").display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            "-webdav=false".into(),
-            "-admin.ui=false".into(),
-            format!("-s3.config={}", identities.display()),
-            format!("-bucket={BUCKET}"),
-            format!("-s3.port={s3_port}"),
-        ];
-        // Every other listener too, so servers of tests running side by side never meet.
-        for flag in [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port.grpc",
-            "s3.port.iceberg",
-            "s3.port.lance",
-            "admin.port",
-            "admin.port.grpc",
-            "debug.port",
-        ] {
-            args.push(format!("-{flag}={}", free_port()));
-        }
+        let (args, endpoint) = arguments(dir.path(), &identities);
         let child = spawn(&args, dir.path());
-        let s3 = S3 {
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+        let mut s3 = S3 {
+            endpoint,
             args,
             child,
             dir,
         };
-        s3.serving().await;
-        s3
+        // A port taken by another test between `free_port` and SeaweedFS's bind makes it
+        // exit: it starts again on fresh ports.
+        for _ in 0..3 {
+            if s3.serving().await {
+                return s3;
+            }
+            let (args, endpoint) = arguments(s3.dir.path(), &identities);
+            s3.child = spawn(&args, s3.dir.path());
+            (s3.args, s3.endpoint) = (args, endpoint);
+        }
+        panic!("SeaweedFS exited at every start:\n{}", s3.log());
     }
 
     /// Stops the server: the bucket refuses every request until [`S3::resume`].
@@ -126,16 +141,24 @@ impl S3 {
     /// Starts the server again on the same ports and data.
     pub async fn resume(&mut self) {
         self.child = spawn(&self.args, self.dir.path());
-        self.serving().await;
+        assert!(
+            self.serving().await,
+            "SeaweedFS exited on resuming:\n{}",
+            self.log()
+        );
     }
 
-    /// Waits until the bucket answers a signed listing.
-    async fn serving(&self) {
+    /// Waits until the bucket answers a signed listing: false when the server exited.
+    async fn serving(&mut self) -> bool {
         let client = self.client();
         let deadline = tokio::time::Instant::now() + GUARD;
         loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("SeaweedFS exited ({status}):\n{}", self.log());
+                return false;
+            }
             match client.list_with_delimiter(None).await {
-                Ok(_) => break,
+                Ok(_) => return true,
                 Err(e) => assert!(
                     tokio::time::Instant::now() < deadline,
                     "SeaweedFS never served the bucket: {e}\n{}",
