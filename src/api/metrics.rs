@@ -365,6 +365,11 @@ impl Collector for Telemetry {
                         "Hour partitions listed by queries",
                         &b.lists,
                     ),
+                    (
+                        "exfilwatch_bucket_learned_bad",
+                        "Other replicas' learned-state objects that could not be decoded (skipped), at each read",
+                        &b.learned_bad,
+                    ),
                 ] {
                     counter(&mut e, name, help, load(value))?;
                 }

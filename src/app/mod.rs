@@ -183,10 +183,16 @@ fn read_learned(
     for (replica, bytes) in objects {
         match serde_json::from_slice::<Vec<crate::state::Learned>>(&bytes) {
             Ok(r) => rows.extend(r),
-            Err(e) => tracing::warn!(
-                "new_destination: learned state of replica {}: {e}",
-                replica.escape_debug()
-            ),
+            Err(e) => {
+                bucket
+                    .stats
+                    .learned_bad
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "new_destination: learned state of replica {}: skipped: {e}",
+                    replica.escape_debug()
+                );
+            }
         }
     }
     tracing::debug!(

@@ -71,6 +71,8 @@ pub struct BucketStats {
     pub lists: AtomicU64,
     /// Known destinations the other replicas learned, as last read.
     pub learned: AtomicU64,
+    /// Other replicas' learned-state objects that could not be decoded, at each read.
+    pub learned_bad: AtomicU64,
 }
 
 /// A connection to the bucket.

@@ -964,6 +964,14 @@ async fn a_replica_taking_over_a_namespace_knows_what_its_previous_owner_learned
         BTreeSet::from(["fresh-4.example.net".to_owned()])
     );
 
+    // A damaged learned-state object of a third replica: skipped and counted, the rest read.
+    object_store::ObjectStoreExt::put(
+        &s3.client(),
+        &object_store::path::Path::from("state/new_destination/replica-z.json"),
+        b"{not json".to_vec().into(),
+    )
+    .await
+    .unwrap();
     // The owner stops; the next flows wait in the topic for the heir, whose first look at
     // the namespace already knows what the owner learned.
     let (code, output) = owner.terminate().await;
@@ -997,6 +1005,7 @@ async fn a_replica_taking_over_a_namespace_knows_what_its_previous_owner_learned
         5,
         "the owner's learning start and its four destinations"
     );
+    assert!(heir.metric("exfilwatch_bucket_learned_bad_total").await >= 1);
     // The known destination reached a second before the new one raised nothing.
     wait_stored(&heir, &BTreeMap::from([("ai-training".to_owned(), 6)])).await;
     assert_eq!(new_destinations(&am).await, want);
