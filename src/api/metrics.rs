@@ -337,6 +337,12 @@ impl Collector for Telemetry {
                 "Parquet segments /flows read column-first: the filter's columns, then only the rows from the first match to the last",
                 load(&f.segment_filtered_reads),
             )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_match_cache_hits",
+                "Stored segments a /flows page answered from the matching rows kept of an earlier page with the same filter",
+                load(&f.match_cache_hits),
+            )?;
             if let Some(b) = flows.bucket() {
                 let b = &b.stats;
                 for (name, help, value) in [

@@ -454,6 +454,18 @@ impl Chunk {
         self.frame.estimated_size() + dict_bytes(&self.texts) + self.ips.len() * 40
     }
 
+    /// Rows of this chunk (`frame`, filtered from its own) as a chunk of their own, with
+    /// dictionaries of only the strings and addresses they use.
+    pub fn subset(&self, frame: DataFrame) -> Result<Chunk, String> {
+        let rows = Chunk {
+            frame,
+            texts: self.texts.clone(),
+            ips: self.ips.clone(),
+            ..*self
+        };
+        Chunk::from_parquet_frame(&rows.to_parquet_frame().map_err(|e| e.to_string())?)
+    }
+
     /// The chunk with strings and addresses written out: what a parquet segment holds.
     pub fn to_parquet_frame(&self) -> Result<DataFrame, PolarsError> {
         let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);

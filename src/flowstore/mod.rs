@@ -76,6 +76,8 @@ pub struct StoreStats {
     pub segment_reads: AtomicU64,
     /// Segments `/flows` read column-first ([`FlowStore::select`]).
     pub segment_filtered_reads: AtomicU64,
+    /// Stored chunks a `/flows` page took from the rows kept of an earlier page.
+    pub match_cache_hits: AtomicU64,
 }
 
 /// A parquet segment, described by its file name.
@@ -236,7 +238,9 @@ pub struct FlowStore {
     /// Recently read segments, newest use last.
     cache: Mutex<VecDeque<(PathBuf, Arc<Chunk>)>>,
     /// `/flows/top` answers of whole chunks, which never change once sealed.
-    tops: Mutex<TopCache>,
+    tops: Mutex<Lru<TopKey, Arc<Vec<Group>>>>,
+    /// Rows of stored chunks that `/flows` filters matched (see [`FlowStore::select`]).
+    matches: Mutex<Lru<MatchKey, Option<Arc<Chunk>>>>,
     /// The policy advisor's connections of whole chunks, by chunk and namespace; oldest first.
     connections: Mutex<ConnectionsCache>,
     /// Hourly connection summaries written beside the segments (stores with a directory).
@@ -293,35 +297,53 @@ const TOP_CACHE_BYTES: usize = 16 << 20;
 /// One chunk's groups for one grouping and one set of conditions.
 type TopKey = (u64, u64, GroupBy, String);
 
-/// The `/flows/top` answers of whole chunks (a chunk is named by its first and last sequence
-/// number, which a sealed chunk keeps when it moves to disk): each segment's summary, its
-/// groups by every key without conditions, computed as it is written; and what queries with
-/// conditions computed. A query over the last hour groups only the flows that arrived since,
-/// instead of reading every segment back from disk. Least recently used answers go first
-/// beyond [`TOP_CACHE_BYTES`].
-#[derive(Debug, Default)]
-struct TopCache {
-    entries: HashMap<TopKey, (Arc<Vec<Group>>, usize, u64)>,
+/// Most bytes the rows kept for `/flows` pages may hold (see [`FlowStore::select`]).
+const MATCH_CACHE_BYTES: usize = 16 << 20;
+
+/// One stored chunk's rows matching one set of conditions, or none.
+type MatchKey = (u64, u64, String);
+
+/// Answers computed from chunks that never change once sealed, by chunk and question, up to
+/// `limit` bytes by their own estimate; the least recently used go first. Holds the
+/// `/flows/top` answers of whole chunks (each segment's summary, its groups by every key
+/// without conditions, computed as it is written, and what queries with conditions computed:
+/// a query over the last hour groups only the flows that arrived since instead of reading
+/// every segment back from disk) and the rows of stored chunks that `/flows` filters matched.
+/// A chunk is named by its first and last sequence number, which a sealed chunk keeps when
+/// it moves to disk.
+#[derive(Debug)]
+struct Lru<K, V> {
+    entries: HashMap<K, (V, usize, u64)>,
     bytes: usize,
     clock: u64,
+    limit: usize,
 }
 
-impl TopCache {
-    fn get(&mut self, key: &TopKey) -> Option<Arc<Vec<Group>>> {
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    fn new(limit: usize) -> Lru<K, V> {
+        Lru {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+            limit,
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.get_mut(key).map(|(groups, _, used)| {
+        self.entries.get_mut(key).map(|(value, _, used)| {
             *used = clock;
-            groups.clone()
+            value.clone()
         })
     }
 
-    fn put(&mut self, key: TopKey, groups: Arc<Vec<Group>>) {
-        let size = key.3.len() + 64 + groups.iter().map(|g| g.key.len() + 48).sum::<usize>();
-        if size > TOP_CACHE_BYTES / 4 {
+    /// Keeps `value` unless `size` is over a quarter of the limit.
+    fn put(&mut self, key: K, value: V, size: usize) {
+        if size > self.limit / 4 {
             return;
         }
-        while self.bytes + size > TOP_CACHE_BYTES {
+        while self.bytes + size > self.limit {
             let Some(oldest) = self
                 .entries
                 .iter()
@@ -336,10 +358,18 @@ impl TopCache {
         }
         self.clock += 1;
         self.bytes += size;
-        if let Some((_, old, _)) = self.entries.insert(key, (groups, size, self.clock)) {
+        if let Some((_, old, _)) = self.entries.insert(key, (value, size, self.clock)) {
             self.bytes -= old;
         }
     }
+}
+
+/// What a stored chunk holds for a `/flows` filter.
+enum Matched {
+    /// Every row matching the filter's conditions, the time range aside: few enough to keep.
+    Few(Option<Arc<Chunk>>),
+    /// Too many to keep: the page's rows of them, as [`FlowStore::select`] answers.
+    Many(Option<(Arc<Chunk>, DataFrame)>),
 }
 
 /// One page of flows, newest first.
@@ -610,7 +640,8 @@ impl FlowStore {
             }),
             config,
             cache: Mutex::new(VecDeque::new()),
-            tops: Mutex::default(),
+            tops: Mutex::new(Lru::new(TOP_CACHE_BYTES)),
+            matches: Mutex::new(Lru::new(MATCH_CACHE_BYTES)),
             connections: Mutex::default(),
             summaries: Mutex::new(summaries),
             bucket,
@@ -1175,10 +1206,14 @@ impl FlowStore {
     /// with the chunk they read from; `None` when none matches or the source cannot be read
     /// (logged and counted, as [`FlowStore::load`] does).
     ///
-    /// A segment on disk that is not among the recently read ones is read column-first: the
-    /// filter's columns, then every column of the rows from the first to the last match
-    /// only. Most segments a selective page looks at hold no or few matches, and reading a
-    /// whole segment (every string of every column into dictionaries) costs many times more.
+    /// A stored chunk's rows matching the filter's conditions (its time range aside) are
+    /// kept when they are few, at most a sixteenth of a chunk ([`MATCH_CACHE_BYTES`] for
+    /// all): the next page with the same conditions (an SRE's refresh, the next page, another
+    /// time range) takes them instead of reading the segment again. A segment on disk that
+    /// is not among the recently read ones is read column-first: the filter's columns, then
+    /// every column of the rows from the first to the last match only. Most segments a
+    /// selective page looks at hold no or few matches, and reading a whole segment (every
+    /// string of every column into dictionaries) costs many times more.
     fn select(
         &self,
         source: &Source,
@@ -1186,11 +1221,61 @@ impl FlowStore {
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Option<(Arc<Chunk>, DataFrame)>, StoreError> {
+        if let Source::Memory(chunk) = source {
+            let Some(predicate) = both(filter.predicate(chunk), also) else {
+                return Ok(None);
+            };
+            let found = pick(chunk.frame.clone().lazy().filter(predicate)).collect()?;
+            return Ok(Some((chunk.clone(), found)));
+        }
+        let (first, last) = source.id();
+        let key = (first, last, filter.conditions_key());
+        let kept = self.matches_lock().get(&key);
+        let rows = match kept {
+            Some(rows) => {
+                self.stats.match_cache_hits.fetch_add(1, Ordering::Relaxed);
+                rows
+            }
+            None => match self.matches(source, filter, also.clone(), pick)? {
+                Matched::Few(rows) => {
+                    let size = key.2.len() + 64 + rows.as_ref().map_or(0, |c| c.bytes());
+                    self.matches_lock().put(key, rows.clone(), size);
+                    rows
+                }
+                Matched::Many(found) => return Ok(found),
+            },
+        };
+        let Some(rows) = rows else {
+            return Ok(None);
+        };
+        let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+        let found = pick(rows.frame.clone().lazy().filter(predicate)).collect()?;
+        Ok(Some((rows, found)))
+    }
+
+    fn matches_lock(&self) -> MutexGuard<'_, Lru<MatchKey, Option<Arc<Chunk>>>> {
+        self.matches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most rows of a stored chunk kept for one set of conditions.
+    fn few(&self) -> usize {
+        self.config.chunk_flows / 16
+    }
+
+    /// A stored chunk's rows matching `filter`'s conditions when they are few, else what
+    /// [`FlowStore::select`] answers.
+    fn matches(
+        &self,
+        source: &Source,
+        filter: &Filter,
+        also: Option<Expr>,
+        pick: &dyn Fn(LazyFrame) -> LazyFrame,
+    ) -> Result<Matched, StoreError> {
         if let Source::Disk(s) = source
             && self.cached(&s.path).is_none()
         {
             return match self.select_columns_first(s, filter, also, pick) {
-                Ok(found) => Ok(found),
+                Ok(matched) => Ok(matched),
                 Err(message) => {
                     self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
@@ -1200,28 +1285,42 @@ impl FlowStore {
                             message,
                         }
                     );
-                    Ok(None)
+                    Ok(Matched::Many(None))
                 }
             };
         }
         let Some(chunk) = self.load(source) else {
-            return Ok(None);
+            return Ok(Matched::Many(None));
         };
-        let Some(predicate) = both(filter.predicate(&chunk), also) else {
-            return Ok(None);
+        let Some(conditions) = filter.conditions_only().predicate(&chunk) else {
+            return Ok(Matched::Few(None));
         };
-        let found = pick(chunk.frame.clone().lazy().filter(predicate)).collect()?;
-        Ok(Some((chunk, found)))
+        let rows = chunk.frame.clone().lazy().filter(conditions).collect()?;
+        if rows.height() == 0 {
+            return Ok(Matched::Few(None));
+        }
+        if rows.height() <= self.few() {
+            let fail = |message: String| StoreError::Segment {
+                path: format!("{source:?}"),
+                message,
+            };
+            return Ok(Matched::Few(Some(Arc::new(
+                chunk.subset(rows).map_err(fail)?,
+            ))));
+        }
+        let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+        let found = pick(rows.lazy().filter(predicate)).collect()?;
+        Ok(Matched::Many(Some((chunk, found))))
     }
 
-    /// [`FlowStore::select`] on a segment, reading the filter's columns first.
+    /// [`FlowStore::matches`] on a segment, reading the filter's columns first.
     fn select_columns_first(
         &self,
         segment: &Segment,
         filter: &Filter,
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
-    ) -> Result<Option<(Arc<Chunk>, DataFrame)>, String> {
+    ) -> Result<Matched, String> {
         let text = |e: PolarsError| e.to_string();
         let open = || std::fs::File::open(&segment.path).map_err(|e| e.to_string());
         let mut reader = ParquetReader::new(open()?);
@@ -1250,21 +1349,29 @@ impl FlowStore {
         // With the segment's dictionaries at hand, polars compares the strings themselves
         // against the values the filter accepts; else they are coded first, as a whole read
         // codes them.
+        let conditions = filter.conditions_only();
         let (frame, predicate) = match &segment.dictionary {
-            Some(d) => (narrow, filter.predicate_on_strings(&d.texts, &d.ips)),
+            Some(d) => (narrow, conditions.predicate_on_strings(&d.texts, &d.ips)),
             None => {
                 let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
-                let predicate = filter.predicate(&partial);
+                let predicate = conditions.predicate(&partial);
                 (partial.frame, predicate)
             }
         };
-        let Some(predicate) = both(predicate, also) else {
-            return Ok(None);
+        let Some(predicate) = predicate else {
+            return Ok(Matched::Few(None));
         };
-        let hits = pick(frame.lazy().filter(predicate))
-            .select([col(chunk::ROW_INDEX)])
-            .collect()
-            .map_err(text)?;
+        let hits = frame.lazy().filter(predicate).collect().map_err(text)?;
+        // Few matches are all read, to be kept; of many, only those the page takes.
+        let few = hits.height() <= self.few();
+        let hits = if few {
+            hits
+        } else {
+            let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+            pick(hits.lazy().filter(predicate))
+                .collect()
+                .map_err(text)?
+        };
         let mut rows: Vec<IdxSize> = hits
             .column(chunk::ROW_INDEX)
             .and_then(|c| c.idx().cloned())
@@ -1273,7 +1380,11 @@ impl FlowStore {
             .collect();
         rows.sort_unstable();
         let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else {
-            return Ok(None);
+            return Ok(if few {
+                Matched::Few(None)
+            } else {
+                Matched::Many(None)
+            });
         };
         let span = ParquetReader::new(open()?)
             .with_slice(Some((first as usize, (last - first) as usize + 1)))
@@ -1285,8 +1396,11 @@ impl FlowStore {
         );
         let taken = span.take(&at).map_err(text)?;
         let chunk = Arc::new(Chunk::from_parquet_frame(&taken)?);
+        if few {
+            return Ok(Matched::Few(Some(chunk)));
+        }
         let found = pick(chunk.frame.clone().lazy()).collect().map_err(text)?;
-        Ok(Some((chunk, found)))
+        Ok(Matched::Many(Some((chunk, found))))
     }
 
     /// Flows matching `filter`, newest first, older than `cursor` when given. At most
@@ -1506,7 +1620,7 @@ impl FlowStore {
                     };
                     let parts = Arc::new(parts);
                     if let Some(key) = key {
-                        self.tops_lock().put(key, parts.clone());
+                        self.keep_top(key, parts.clone());
                     }
                     parts
                 }
@@ -1653,7 +1767,7 @@ impl FlowStore {
             match self.chunk_top(&source, &all, by) {
                 Ok(Some(parts)) => {
                     let key = (chunk.first_seq, chunk.last_seq, by, all.conditions_key());
-                    self.tops_lock().put(key, Arc::new(parts));
+                    self.keep_top(key, Arc::new(parts));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!("flow store: no summary for a segment: {e}"),
@@ -1661,7 +1775,12 @@ impl FlowStore {
         }
     }
 
-    fn tops_lock(&self) -> MutexGuard<'_, TopCache> {
+    fn keep_top(&self, key: TopKey, groups: Arc<Vec<Group>>) {
+        let size = key.3.len() + 64 + groups.iter().map(|g| g.key.len() + 48).sum::<usize>();
+        self.tops_lock().put(key, groups, size);
+    }
+
+    fn tops_lock(&self) -> MutexGuard<'_, Lru<TopKey, Arc<Vec<Group>>>> {
         self.tops.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -2268,6 +2387,7 @@ mod tests {
             vec![("uuid", &uuids)],
         ];
         let newest = |rows: LazyFrame| rows.tail(40);
+        let mut kinds = [0, 0];
         let lines = |found: Option<(Arc<Chunk>, DataFrame)>| -> Vec<String> {
             found.map_or_else(Vec::new, |(chunk, rows)| {
                 json::StoredFlow::read(&chunk, &rows)
@@ -2277,6 +2397,15 @@ mod tests {
                     .collect()
             })
         };
+        // What the rows of the whole segment give.
+        let oracle = |s: &Segment, f: &Filter, also: Option<Expr>| {
+            let chunk = store.load(&Source::Disk(s.clone())).unwrap();
+            let predicate = both(f.predicate(&chunk), also)?;
+            let found = newest(chunk.frame.clone().lazy().filter(predicate));
+            Some((chunk, found.collect().unwrap()))
+        };
+        let st = &store.stats;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut matched = 0;
         for params in &cases {
             let mut f = filter(params);
@@ -2288,25 +2417,38 @@ mod tests {
             });
             for s in &segments.iter().cloned().chain(without).collect::<Vec<_>>() {
                 let middle = (s.first_seq + s.last_seq) / 2;
+                let source = Source::Disk(s.clone());
                 for also in [None, Some(col("seq").lt(lit(middle)))] {
                     for since in [None, Some(since.parse::<i64>().unwrap())] {
                         f.since_ns = since;
-                        let first = store
-                            .select_columns_first(s, &f, also.clone(), &newest)
-                            .unwrap();
+                        let read = || store.select(&source, &f, also.clone(), &newest).unwrap();
                         store.cache.lock().unwrap().clear();
-                        let source = Source::Disk(s.clone());
-                        assert!(store.load(&source).is_some());
-                        let whole = store.select(&source, &f, also.clone(), &newest).unwrap();
-                        let (first, whole) = (lines(first), lines(whole));
-                        assert_eq!(first, whole, "{params:?} since {since:?} in {s:?}");
+                        *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
+                        let filtered = count(&st.segment_filtered_reads);
+                        let first = lines(read());
+                        assert_eq!(count(&st.segment_filtered_reads), filtered + 1);
+                        // Again: from the rows kept when they are few.
+                        let hits = count(&st.match_cache_hits);
+                        let again = lines(read());
+                        let kept = count(&st.match_cache_hits) > hits;
+                        assert_eq!(kept, count(&st.segment_filtered_reads) == filtered + 1);
+                        // From the whole segment, once it is among the recently read.
+                        let whole = lines(oracle(s, &f, also.clone()));
+                        *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
+                        let from_whole = lines(read());
+                        let at = format!("{params:?} since {since:?} in {s:?}");
+                        assert_eq!(first, whole, "{at}");
+                        assert_eq!(again, whole, "again, {at}");
+                        assert_eq!(from_whole, whole, "from the whole segment, {at}");
+                        kinds[usize::from(kept)] += 1;
                         matched += first.len();
                     }
                 }
             }
         }
+        // Both kinds: rows kept (few matches) and not (many).
+        assert!(kinds[0] > 0 && kinds[1] > 0, "{kinds:?}");
         assert!(matched > 1_000, "the cases match flows: {matched}");
-        let st = &store.stats;
         assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > 0);
         assert!(st.segment_reads.load(Ordering::Relaxed) > 0);
         // A listing reads the segments not cached column-first.
@@ -2315,12 +2457,21 @@ mod tests {
             st.segment_reads.load(Ordering::Relaxed),
             st.segment_filtered_reads.load(Ordering::Relaxed),
         );
-        let page = store
-            .list(&filter(&[("verdict", "DROPPED")]), None, 5_000)
-            .unwrap();
+        let rare = filter(&[("destination_ip", crate::sim::traffic::EXFIL_IP)]);
+        let page = store.list(&rare, None, 5_000).unwrap();
         assert!(!page.flows.is_empty());
         assert_eq!(st.segment_reads.load(Ordering::Relaxed), whole);
         assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > filtered);
+        // The same page again reads no segment: each one's few matches were kept.
+        let (filtered, hits) = (
+            count(&st.segment_filtered_reads),
+            count(&st.match_cache_hits),
+        );
+        let again = store.list(&rare, None, 5_000).unwrap();
+        let seqs = |p: &Page| p.flows.iter().map(|f| f.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&again), seqs(&page));
+        assert_eq!(count(&st.segment_filtered_reads), filtered);
+        assert_eq!(count(&st.match_cache_hits), hits + segments.len() as u64);
     }
 
     #[test]

@@ -310,7 +310,24 @@ impl Filter {
         self.build(texts, ips, true)
     }
 
-    fn build(&self, texts: &[Sym], ips: &[Option<IpAddr>], on_strings: bool) -> Option<Expr> {
+    /// The same conditions without the time range.
+    pub fn conditions_only(&self) -> Filter {
+        Filter {
+            conditions: self.conditions.clone(),
+            since_ns: None,
+            until_ns: None,
+        }
+    }
+
+    /// The time range alone as a predicate (always true without one).
+    pub fn time_predicate(&self) -> Expr {
+        self.time_bounds()
+            .into_iter()
+            .reduce(Expr::and)
+            .unwrap_or(lit(true))
+    }
+
+    fn time_bounds(&self) -> Vec<Expr> {
         let mut all: Vec<Expr> = Vec::new();
         if let Some(s) = self.since_ns {
             all.push(col("time").gt_eq(lit(s)));
@@ -318,6 +335,11 @@ impl Filter {
         if let Some(u) = self.until_ns {
             all.push(col("time").lt(lit(u)));
         }
+        all
+    }
+
+    fn build(&self, texts: &[Sym], ips: &[Option<IpAddr>], on_strings: bool) -> Option<Expr> {
+        let mut all = self.time_bounds();
         for condition in &self.conditions {
             if let Test::Uuids(uuids) = &condition.test {
                 let [hi, lo] = super::chunk::UUID_COLUMNS;
