@@ -301,7 +301,7 @@ type TopKey = (u64, u64, GroupBy, String);
 const MATCH_CACHE_BYTES: usize = 16 << 20;
 
 /// One stored chunk's rows matching one set of conditions, or none.
-type MatchKey = (u64, u64, String);
+type MatchKey = (u64, u64, Arc<str>);
 
 /// Answers computed from chunks that never change once sealed, by chunk and question, up to
 /// `limit` bytes by their own estimate; the least recently used go first. Holds the
@@ -343,24 +343,36 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
         if size > self.limit / 4 {
             return;
         }
-        while self.bytes + size > self.limit {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some((_, bytes, _)) = self.entries.remove(&oldest) {
-                self.bytes -= bytes;
-            }
+        if self.bytes + size > self.limit {
+            self.evict();
         }
         self.clock += 1;
         self.bytes += size;
         if let Some((_, old, _)) = self.entries.insert(key, (value, size, self.clock)) {
             self.bytes -= old;
         }
+    }
+
+    /// Drops the least recently used entries until a quarter of the limit is free: one pass
+    /// over the entries makes room for many more.
+    fn evict(&mut self) {
+        let keep = self.limit - self.limit / 4;
+        let mut by_use: Vec<(u64, usize)> = self
+            .entries
+            .values()
+            .map(|(_, size, used)| (*used, *size))
+            .collect();
+        by_use.sort_unstable();
+        let (mut bytes, mut cutoff) = (self.bytes, 0);
+        for (used, size) in by_use {
+            if bytes <= keep {
+                break;
+            }
+            bytes -= size;
+            cutoff = used;
+        }
+        self.entries.retain(|_, (_, _, used)| *used > cutoff);
+        self.bytes = bytes;
     }
 }
 
@@ -1218,6 +1230,7 @@ impl FlowStore {
         &self,
         source: &Source,
         filter: &Filter,
+        conditions: &Arc<str>,
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Option<(Arc<Chunk>, DataFrame)>, StoreError> {
@@ -1229,7 +1242,7 @@ impl FlowStore {
             return Ok(Some((chunk.clone(), found)));
         }
         let (first, last) = source.id();
-        let key = (first, last, filter.conditions_key());
+        let key = (first, last, conditions.clone());
         let kept = self.matches_lock().get(&key);
         let rows = match kept {
             Some(rows) => {
@@ -1238,7 +1251,8 @@ impl FlowStore {
             }
             None => match self.matches(source, filter, also.clone(), pick)? {
                 Matched::Few(rows) => {
-                    let size = key.2.len() + 64 + rows.as_ref().map_or(0, |c| c.bytes());
+                    // The key's text is shared by every chunk's entry for the same query.
+                    let size = 96 + rows.as_ref().map_or(0, |c| c.bytes());
                     self.matches_lock().put(key, rows.clone(), size);
                     rows
                 }
@@ -1421,6 +1435,7 @@ impl FlowStore {
             Some(c) => return Err(StoreError::Cursor(c.to_string())),
         };
         let mut flows: Vec<json::StoredFlow> = Vec::with_capacity(limit.min(1024) + 1);
+        let conditions: Arc<str> = filter.conditions_key().into();
         let mut segments_read = 0;
         // Where a page cut short by the segment budget stopped: every flow from here up to
         // the cursor has been looked at.
@@ -1447,7 +1462,7 @@ impl FlowStore {
             let want = u32::try_from(limit + 1 - flows.len()).unwrap_or(u32::MAX) as IdxSize;
             let also = cursor.map(|c| col("seq").lt(lit(c)));
             let Some((chunk, found)) =
-                self.select(&source, filter, also, &|rows| rows.tail(want))?
+                self.select(&source, filter, &conditions, also, &|rows| rows.tail(want))?
             else {
                 continue;
             };
@@ -1492,6 +1507,7 @@ impl FlowStore {
             Some(c) => return Err(StoreError::Cursor(c.to_string())),
         };
         let mut sources = self.sources(filter)?;
+        let conditions: Arc<str> = filter.conditions_key().into();
         sources.sort_by_key(|s| std::cmp::Reverse(s.span().3));
         // Newest first: (time, replica, seq, flow).
         let mut found: Vec<(i64, Arc<str>, u64, json::StoredFlow)> = Vec::new();
@@ -1539,7 +1555,8 @@ impl FlowStore {
                 )
                 .limit(want)
             };
-            let Some((chunk, rows)) = self.select(&source, filter, also, &newest)? else {
+            let Some((chunk, rows)) = self.select(&source, filter, &conditions, also, &newest)?
+            else {
                 continue;
             };
             for f in json::StoredFlow::read(&chunk, &rows)? {
@@ -2421,7 +2438,12 @@ mod tests {
                 for also in [None, Some(col("seq").lt(lit(middle)))] {
                     for since in [None, Some(since.parse::<i64>().unwrap())] {
                         f.since_ns = since;
-                        let read = || store.select(&source, &f, also.clone(), &newest).unwrap();
+                        let read = || {
+                            let conditions = f.conditions_key().into();
+                            store
+                                .select(&source, &f, &conditions, also.clone(), &newest)
+                                .unwrap()
+                        };
                         store.cache.lock().unwrap().clear();
                         *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
                         let filtered = count(&st.segment_filtered_reads);
@@ -2472,6 +2494,30 @@ mod tests {
         assert_eq!(seqs(&again), seqs(&page));
         assert_eq!(count(&st.segment_filtered_reads), filtered);
         assert_eq!(count(&st.match_cache_hits), hits + segments.len() as u64);
+    }
+
+    #[test]
+    fn answer_caches_drop_the_least_recently_used_and_stay_within_their_bound() {
+        let mut lru: Lru<u32, u32> = Lru::new(1_000);
+        for k in 0..10 {
+            lru.put(k, k, 100);
+        }
+        assert_eq!(lru.bytes, 1_000);
+        assert_eq!(lru.get(&0), Some(0), "0 is now the most recently used");
+        // Over the bound: the least recently used go until a quarter is free.
+        lru.put(10, 10, 100);
+        assert_eq!(lru.bytes, 800);
+        assert_eq!(lru.bytes, lru.entries.values().map(|e| e.1).sum::<usize>());
+        for gone in 1..4 {
+            assert_eq!(lru.get(&gone), None, "{gone}");
+        }
+        for kept in [0, 4, 9, 10] {
+            assert_eq!(lru.get(&kept), Some(kept));
+        }
+        // An answer over a quarter of the bound is not kept.
+        lru.put(11, 11, 300);
+        assert_eq!(lru.get(&11), None);
+        assert_eq!(lru.bytes, 800);
     }
 
     #[test]

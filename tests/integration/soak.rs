@@ -54,14 +54,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// What an SRE asks during an incident: a filtered page of flows and the top destinations,
-/// over the last minute and the last hour.
 /// Distinct flows the load generator cycles through.
 const POOL: usize = 8192;
 
-const QUERIES: [&str; 4] = [
+/// What an SRE asks during an incident: filtered pages of flows and the top destinations,
+/// over the last minute and the last hour. The first two are asked again and again (a
+/// refreshed view); the third is new each time (`{n}` counts its asks), so no answer of an
+/// earlier ask serves it: a port no flow uses, so every segment is read.
+const QUERIES: [&str; 5] = [
     "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
     "/api/v1/flows?fqdn=example.net&limit=100",
+    "/api/v1/flows?verdict=DROPPED&destination_port={n}&limit=100",
     "/api/v1/flows/top?by=destination&since=1m",
     "/api/v1/flows/top?by=destination&since=1h",
 ];
@@ -124,11 +127,8 @@ async fn soak() {
             let mut i = 0;
             while Instant::now() < end {
                 let started = Instant::now();
-                let r = client
-                    .get(format!("{base}{}", paths[i % paths.len()]))
-                    .send()
-                    .await
-                    .unwrap();
+                let path = paths[i % paths.len()].replace("{n}", &(20_000 + i).to_string());
+                let r = client.get(format!("{base}{path}")).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 let _ = r.bytes().await.unwrap();
                 ms[i % paths.len()].push(started.elapsed().as_secs_f64() * 1000.0);
