@@ -32,7 +32,7 @@ use crate::egress::watch::EgressReport;
 use crate::flow::destination::{DEFAULT_GROUPING, Destination, DestinationRef, Granularity};
 use crate::flow::intern::SymList;
 use crate::flow::{Event, TrafficDirection, Verdict};
-use crate::rules::{Kind, Rule, Selector, Severity, VolumeSpikeParams};
+use crate::rules::{Kind, Rule, Selector, SelectorMemo, Severity, VolumeSpikeParams};
 use crate::source::StreamState;
 use crate::state::Store;
 
@@ -52,6 +52,8 @@ pub struct Engine {
     stats: Arc<DeliveryStats>,
     recent: RecentDestinations,
     namespace_labels: FastMap<String, SymList>,
+    /// Whether the last flow's source endpoint is watched by a volume rule.
+    volume_watched: SelectorMemo,
     blind_rule: Arc<Rule>,
     blind_after: Duration,
     blind_since: Option<Instant>,
@@ -209,6 +211,7 @@ impl Engine {
             stats,
             recent: RecentDestinations::default(),
             namespace_labels: FastMap::default(),
+            volume_watched: SelectorMemo::default(),
             blind_rule: Arc::new(blind_rule()),
             blind_after,
             blind_since: None,
@@ -237,6 +240,8 @@ impl Engine {
             |d| &d.rule,
             VolumeSpike::new,
         );
+        // The volume rules may have changed: ask them again.
+        self.volume_watched = SelectorMemo::default();
         self.coverage = renew(
             std::mem::take(&mut self.coverage),
             rules,
@@ -369,21 +374,20 @@ impl Engine {
         if self.volume.is_empty() || flow.source.namespace.is_empty() {
             return;
         }
-        let ns = &*flow.source.namespace;
-        if !self.namespace_labels.contains_key(ns) && self.namespace_labels.len() < MAX_NAMESPACES {
-            self.namespace_labels
-                .insert(ns.to_owned(), flow.source.labels.clone());
-        }
+        let (ns, labels) = (&flow.source.namespace, &flow.source.labels);
+        // Once per endpoint in a row: its namespace's labels noted, the volume rules asked.
+        let (volume, namespace_labels) = (&self.volume, &mut self.namespace_labels);
+        let watched = self.volume_watched.answer(ns, labels, || {
+            if !namespace_labels.contains_key(&**ns) && namespace_labels.len() < MAX_NAMESPACES {
+                namespace_labels.insert(ns.to_string(), labels.clone());
+            }
+            volume.iter().any(|d| d.rule.namespaces.matches(ns, labels))
+        });
         // Only forwarded flows carried the bytes a spike counts.
         let outgoing = flow.verdict == Verdict::Forwarded
             && flow.direction != TrafficDirection::Ingress
             && flow.is_reply != Some(true);
-        if outgoing
-            && self
-                .volume
-                .iter()
-                .any(|d| d.rule.namespaces.matches(ns, &flow.source.labels))
-        {
+        if outgoing && watched {
             let key = DestinationRef::of(flow, Granularity::Exact).key();
             let label = || DestinationRef::of(flow, DEFAULT_GROUPING).to_string();
             self.recent

@@ -24,7 +24,7 @@ use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
-use crate::rules::{Kind, NewDestinationParams, Rule};
+use crate::rules::{Kind, NewDestinationParams, Rule, SelectorMemo};
 use crate::state::{StateError, Store};
 
 /// Destinations remembered per namespace.
@@ -130,6 +130,7 @@ pub struct NewDestination {
     label: String,
     /// What other replicas learned, merged in when it changes.
     shared: Option<super::SharedLearned>,
+    watched: SelectorMemo,
 }
 
 impl NewDestination {
@@ -162,6 +163,7 @@ impl NewDestination {
             hasher: foldhash::fast::RandomState::default(),
             label: String::new(),
             shared: None,
+            watched: SelectorMemo::default(),
         }))
     }
 
@@ -223,7 +225,11 @@ impl NewDestination {
             || flow.direction == TrafficDirection::Ingress
             || flow.is_reply == Some(true)
             || src.pod.is_empty()
-            || !self.rule.namespaces.matches(&src.namespace, &src.labels)
+            || !self.rule.namespaces.matches_endpoint(
+                &mut self.watched,
+                &src.namespace,
+                &src.labels,
+            )
         {
             return Ok(None);
         }

@@ -17,7 +17,7 @@ use crate::common::hash::FastMap;
 use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
 use crate::flow::{FlowEvent, TrafficDirection};
-use crate::rules::{Kind, Rule, ScanParams};
+use crate::rules::{Kind, Rule, ScanParams, SelectorMemo};
 
 /// Pods followed at once; beyond it the quietest is forgotten.
 const MAX_SOURCES: usize = 10_000;
@@ -70,6 +70,7 @@ pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
     sources: FastMap<(Sym, Sym), Window>,
+    watched: SelectorMemo,
 }
 
 impl Scan {
@@ -82,6 +83,7 @@ impl Scan {
             rule,
             params,
             sources: FastMap::default(),
+            watched: SelectorMemo::default(),
         })
     }
 
@@ -95,7 +97,11 @@ impl Scan {
         if src.pod.is_empty()
             || flow.direction == TrafficDirection::Ingress
             || flow.is_reply == Some(true)
-            || !self.rule.namespaces.matches(&src.namespace, &src.labels)
+            || !self.rule.namespaces.matches_endpoint(
+                &mut self.watched,
+                &src.namespace,
+                &src.labels,
+            )
         {
             return None;
         }

@@ -13,7 +13,7 @@ use super::Hit;
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
-use crate::rules::{Allowed, Kind, Rule, SegmentationParams};
+use crate::rules::{Allowed, Kind, Rule, SegmentationParams, SelectorMemo};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
@@ -48,6 +48,7 @@ pub struct Segmentation {
     pub rule: Arc<Rule>,
     entries: Vec<Allowed>,
     seen: FastMap<(String, String), Seen>,
+    watched: SelectorMemo,
 }
 
 impl Segmentation {
@@ -60,6 +61,7 @@ impl Segmentation {
             rule,
             entries,
             seen: FastMap::default(),
+            watched: SelectorMemo::default(),
         })
     }
 
@@ -69,7 +71,11 @@ impl Segmentation {
         if flow.verdict != Verdict::Forwarded
             || flow.direction == TrafficDirection::Ingress
             || flow.is_reply == Some(true)
-            || !self.rule.namespaces.matches(&src.namespace, &src.labels)
+            || !self.rule.namespaces.matches_endpoint(
+                &mut self.watched,
+                &src.namespace,
+                &src.labels,
+            )
             || self.entries.iter().any(|e| allows(e, flow))
         {
             return None;

@@ -837,4 +837,38 @@ mod tests {
         assert!(by_name.matches("ai-training", &[]));
         assert!(!by_name.matches("", &[]));
     }
+
+    #[test]
+    fn a_remembered_answer_is_only_reused_for_the_same_endpoint_strings() {
+        use crate::flow::intern::{Sym, SymList};
+        let by_label = Selector {
+            names: BTreeSet::new(),
+            labels: BTreeMap::from([("team".into(), "ml".into())]),
+        };
+        let research: Sym = "research".into();
+        let ml: SymList = vec!["k8s:io.cilium.k8s.namespace.labels.team=ml".into()].into();
+        let none: SymList = Vec::<Sym>::new().into();
+        // The same namespace with other labels, equal strings in other allocations, and the
+        // same strings again: each answered as `matches` answers it.
+        let asks = [
+            (research.clone(), ml.clone(), true),
+            (research.clone(), ml.clone(), true),
+            (research.clone(), none.clone(), false),
+            (Sym::from("research"), ml.iter().cloned().collect(), true),
+            (research.clone(), none.clone(), false),
+            (Sym::from("other"), ml.clone(), true),
+        ];
+        let mut memo = SelectorMemo::default();
+        let mut asked = 0;
+        for (namespace, labels, want) in &asks {
+            let answer = memo.answer(namespace, labels, || {
+                asked += 1;
+                by_label.matches(namespace, labels)
+            });
+            assert_eq!(answer, *want, "{namespace} {labels:?}");
+        }
+        // Asked again for every change of strings, not for the repeats.
+        assert_eq!(asked, 5);
+        assert!(by_label.matches_endpoint(&mut memo, &research, &ml));
+    }
 }

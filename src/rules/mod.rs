@@ -23,9 +23,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::flow::intern::{Sym, SymList};
 
 pub mod load;
 pub mod runbooks;
@@ -92,6 +95,47 @@ impl Selector {
                         .is_some_and(|(lk, lv)| lk == k && lv == v)
                 })
             })
+    }
+}
+
+/// The last endpoint a detector asked about (its interned namespace and labels), and the
+/// answer: flows of one pod follow each other and share their endpoint's strings, so most
+/// flows cost two pointer comparisons instead of the question.
+#[derive(Debug, Clone, Default)]
+pub struct SelectorMemo {
+    last: Option<(Sym, SymList, bool)>,
+}
+
+impl SelectorMemo {
+    /// `ask()`, unless `namespace` and `labels` are the very strings asked about last.
+    pub fn answer(
+        &mut self,
+        namespace: &Sym,
+        labels: &SymList,
+        ask: impl FnOnce() -> bool,
+    ) -> bool {
+        if let Some((ns, ls, answer)) = &self.last
+            && Arc::ptr_eq(ns, namespace)
+            && Arc::ptr_eq(ls, labels)
+        {
+            return *answer;
+        }
+        let answer = ask();
+        self.last = Some((namespace.clone(), labels.clone(), answer));
+        answer
+    }
+}
+
+impl Selector {
+    /// [`Selector::matches`] for an endpoint's interned namespace and labels, answered from
+    /// `memo` when they are the strings asked about last.
+    pub fn matches_endpoint(
+        &self,
+        memo: &mut SelectorMemo,
+        namespace: &Sym,
+        labels: &SymList,
+    ) -> bool {
+        memo.answer(namespace, labels, || self.matches(namespace, labels))
     }
 }
 
