@@ -557,9 +557,9 @@ impl Chunk {
     }
 
     /// Only `cols` of a frame read from a segment, coded against dictionaries of their own,
-    /// beside `seq` and `time` when the frame has them (else its span reads 0), the row index when the frame has one ([`ROW_INDEX`]) and the
-    /// UUID columns when `uuids` is set, as they are: what a filter is evaluated on before the rest
-    /// of a segment is read. The chunk has no other columns; those added since the segment
+    /// beside `seq`, `time`, the row index when the frame has one ([`ROW_INDEX`]) and the
+    /// UUID columns when `uuids` is set, as they are: what a filter is evaluated on before the
+    /// rest of a segment is read. The chunk has no other columns; those added since the segment
     /// was written read as empty, as in [`Chunk::from_parquet_frame`].
     pub fn partial_from_parquet_frame(
         frame: &DataFrame,
@@ -568,9 +568,12 @@ impl Chunk {
     ) -> Result<Chunk, String> {
         let time = frame
             .column("time")
-            .ok()
-            .and_then(|c| c.i64().ok().cloned());
-        let seq = frame.column("seq").ok().and_then(|c| c.u64().ok().cloned());
+            .and_then(|c| c.i64().cloned())
+            .map_err(|e| format!("column time: {e}"))?;
+        let seq = frame
+            .column("seq")
+            .and_then(|c| c.u64().cloned())
+            .map_err(|e| format!("column seq: {e}"))?;
         let mut texts: Dict<Sym> = Dict::default();
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut out: Vec<Column> = ["seq", "time", ROW_INDEX]
@@ -592,11 +595,11 @@ impl Chunk {
             frame: DataFrame::new(frame.height(), out).map_err(|e| e.to_string())?,
             texts: texts.values.into(),
             ips: ips.values.into(),
-            first_seq: seq.as_ref().and_then(|s| s.first()).unwrap_or(0),
-            last_seq: seq.as_ref().and_then(|s| s.last()).unwrap_or(0),
-            first_time: time.as_ref().and_then(|t| t.first()).unwrap_or(0),
-            min_time: time.as_ref().and_then(|t| t.min()).unwrap_or(0),
-            max_time: time.as_ref().and_then(|t| t.max()).unwrap_or(0),
+            first_seq: seq.first().unwrap_or(0),
+            last_seq: seq.last().unwrap_or(0),
+            first_time: time.first().unwrap_or(0),
+            min_time: time.min().unwrap_or(0),
+            max_time: time.max().unwrap_or(0),
         })
     }
 }

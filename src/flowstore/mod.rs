@@ -380,8 +380,9 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
 enum Matched {
     /// Every row matching the filter's conditions, the time range aside: few enough to keep.
     Few(Option<Arc<Chunk>>),
-    /// Too many to keep: the page's rows of them, as [`FlowStore::select`] answers.
-    Many(Option<(Arc<Chunk>, DataFrame)>),
+    /// Nothing to keep (too many matches, or the chunk could not be read): the page's rows,
+    /// as [`FlowStore::select`] answers.
+    NotKept(Option<(Arc<Chunk>, DataFrame)>),
 }
 
 /// One page of flows, newest first.
@@ -1225,7 +1226,8 @@ impl FlowStore {
     /// is not among the recently read ones is read column-first: the filter's columns, then
     /// every column of the rows from the first to the last match only. Most segments a
     /// selective page looks at hold no or few matches, and reading a whole segment (every
-    /// string of every column into dictionaries) costs many times more.
+    /// string of every column into dictionaries) costs many times more. `conditions` is
+    /// `filter.conditions_key()`, made once for all the chunks a query visits.
     fn select(
         &self,
         source: &Source,
@@ -1256,13 +1258,13 @@ impl FlowStore {
                     self.matches_lock().put(key, rows.clone(), size);
                     rows
                 }
-                Matched::Many(found) => return Ok(found),
+                Matched::NotKept(found) => return Ok(found),
             },
         };
         let Some(rows) = rows else {
             return Ok(None);
         };
-        let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+        let predicate = in_time(filter, also);
         let found = pick(rows.frame.clone().lazy().filter(predicate)).collect()?;
         Ok(Some((rows, found)))
     }
@@ -1299,12 +1301,12 @@ impl FlowStore {
                             message,
                         }
                     );
-                    Ok(Matched::Many(None))
+                    Ok(Matched::NotKept(None))
                 }
             };
         }
         let Some(chunk) = self.load(source) else {
-            return Ok(Matched::Many(None));
+            return Ok(Matched::NotKept(None));
         };
         let Some(conditions) = filter.conditions_only().predicate(&chunk) else {
             return Ok(Matched::Few(None));
@@ -1322,9 +1324,9 @@ impl FlowStore {
                 chunk.subset(rows).map_err(fail)?,
             ))));
         }
-        let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+        let predicate = in_time(filter, also);
         let found = pick(rows.lazy().filter(predicate)).collect()?;
-        Ok(Matched::Many(Some((chunk, found))))
+        Ok(Matched::NotKept(Some((chunk, found))))
     }
 
     /// [`FlowStore::matches`] on a segment, reading the filter's columns first.
@@ -1381,7 +1383,7 @@ impl FlowStore {
         let hits = if few {
             hits
         } else {
-            let predicate = both(Some(filter.time_predicate()), also).unwrap_or(lit(true));
+            let predicate = in_time(filter, also);
             pick(hits.lazy().filter(predicate))
                 .collect()
                 .map_err(text)?
@@ -1397,7 +1399,7 @@ impl FlowStore {
             return Ok(if few {
                 Matched::Few(None)
             } else {
-                Matched::Many(None)
+                Matched::NotKept(None)
             });
         };
         let span = ParquetReader::new(open()?)
@@ -1414,7 +1416,7 @@ impl FlowStore {
             return Ok(Matched::Few(Some(chunk)));
         }
         let found = pick(chunk.frame.clone().lazy()).collect().map_err(text)?;
-        Ok(Matched::Many(Some((chunk, found))))
+        Ok(Matched::NotKept(Some((chunk, found))))
     }
 
     /// Flows matching `filter`, newest first, older than `cursor` when given. At most
@@ -1845,6 +1847,15 @@ impl FlowStore {
             });
         }
         Ok(Some(parts))
+    }
+}
+
+/// `filter`'s time range and a further condition, both to hold: what rows already matching
+/// its other conditions are picked by.
+fn in_time(filter: &Filter, also: Option<Expr>) -> Expr {
+    match also {
+        Some(also) => filter.time_predicate().and(also),
+        None => filter.time_predicate(),
     }
 }
 
