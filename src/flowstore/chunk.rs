@@ -394,6 +394,59 @@ fn dict_bytes(values: &[Sym]) -> usize {
     values.iter().map(|s| s.len() + 32).sum()
 }
 
+/// The number columns a filter asks about, each with the set of values a chunk holds.
+const NUMBER_SETS: [Col; 6] = [
+    Col::Verdict,
+    Col::DropReason,
+    Col::Direction,
+    Col::Protocol,
+    Col::SrcPort,
+    Col::DstPort,
+];
+
+/// The values of a chunk's filtered number columns (verdicts, drop reasons, directions,
+/// protocols, ports), one bit each: a filter asking for a value a segment does not hold skips
+/// it unread, as its dictionaries do for strings. At most 8 KiB a column (a port's bits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberSets {
+    /// One bit set per [`NUMBER_SETS`] column, as long as its greatest value needs.
+    bits: [Box<[u64]>; NUMBER_SETS.len()],
+}
+
+impl NumberSets {
+    pub fn of(chunk: &Chunk) -> Result<NumberSets, PolarsError> {
+        let mut bits: [Box<[u64]>; NUMBER_SETS.len()] = Default::default();
+        for (set, col) in bits.iter_mut().zip(NUMBER_SETS) {
+            let values = chunk.frame.column(col.name())?.u32()?;
+            let greatest = values.max().unwrap_or(0) as usize;
+            let mut words = vec![0u64; greatest / 64 + 1];
+            for v in values.into_no_null_iter() {
+                words[v as usize / 64] |= 1 << (v % 64);
+            }
+            *set = words.into();
+        }
+        Ok(NumberSets { bits })
+    }
+
+    /// False only when `col` is a column with a set and the chunk holds none of `values`.
+    pub fn may_hold(&self, col: Col, values: &[u32]) -> bool {
+        let Some(i) = NUMBER_SETS.iter().position(|c| *c == col) else {
+            return true;
+        };
+        let words = &self.bits[i];
+        values.iter().any(|&v| {
+            words
+                .get(v as usize / 64)
+                .is_some_and(|w| w & (1 << (v % 64)) != 0)
+        })
+    }
+
+    /// Words held, for the bound on what segments keep in memory.
+    pub fn words(&self) -> usize {
+        self.bits.iter().map(|b| b.len()).sum()
+    }
+}
+
 /// Sealed rows: a polars frame of codes and numbers with the dictionaries to read it.
 #[derive(Debug, Clone)]
 pub struct Chunk {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use polars::prelude::*;
 
+use chunk::NumberSets;
 pub use chunk::{Builder, Chunk, Col, Row};
 pub use connections::{Connection, ConnectionKey};
 pub use query::{BadParameter, Filter};
@@ -96,16 +97,18 @@ struct Segment {
     dictionary: Option<Dictionary>,
 }
 
-/// A chunk's dictionary of strings and of addresses.
+/// A chunk's dictionary of strings and of addresses, and the numbers it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Dictionary {
     texts: Arc<[crate::flow::intern::Sym]>,
     ips: Arc<[Option<std::net::IpAddr>]>,
+    numbers: Arc<NumberSets>,
 }
 
 impl Dictionary {
+    /// Entries held, a word of number sets counted as one.
     fn entries(&self) -> usize {
-        self.texts.len() + self.ips.len()
+        self.texts.len() + self.ips.len() + self.numbers.words()
     }
 }
 
@@ -119,7 +122,7 @@ impl Segment {
     fn may_match(&self, filter: &Filter) -> bool {
         self.dictionary
             .as_ref()
-            .is_none_or(|d| filter.can_match(&d.texts, &d.ips))
+            .is_none_or(|d| filter.can_match(&d.texts, &d.ips, &d.numbers))
     }
     fn file_name(c: &Chunk) -> String {
         format!(
@@ -840,6 +843,7 @@ impl FlowStore {
             source,
         };
         let mut frame = chunk.to_parquet_frame()?;
+        let numbers = NumberSets::of(chunk)?;
         let mut parquet = Vec::with_capacity(chunk.rows() * 32);
         ParquetWriter::new(&mut parquet)
             .with_compression(ParquetCompression::Zstd(None))
@@ -878,6 +882,7 @@ impl FlowStore {
             dictionary: Some(Dictionary {
                 texts: chunk.texts.clone(),
                 ips: chunk.ips.clone(),
+                numbers: Arc::new(numbers),
             }),
         })
     }
@@ -2391,6 +2396,86 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_holding_none_of_a_filters_numbers_is_skipped_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flows = flows(8_000);
+        // Values a single segment holds (1,000 flows each).
+        flows[2_500].destination.port = 7_777;
+        flows[5_500].source.port = 7_777;
+        flows[3_500].drop_reason = 181;
+        let store = filled(small(Some(dir.path().into())), &flows);
+        let segments: Vec<Segment> = store.lock().segments.iter().cloned().collect();
+        assert!(segments.len() >= 5, "flows rolled to disk");
+        type Holds = Box<dyn Fn(&FlowEvent) -> bool>;
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<Holds>);
+        let port =
+            |p: u16| -> Holds { Box::new(move |f| f.source.port == p || f.destination.port == p) };
+        let cases: Vec<Case> = vec![
+            (
+                vec![("destination_port", "7777")],
+                vec![Box::new(|f| f.destination.port == 7_777)],
+            ),
+            (
+                vec![("source_port", "7777")],
+                vec![Box::new(|f| f.source.port == 7_777)],
+            ),
+            (vec![("port", "7777")], vec![port(7_777)]),
+            (vec![("port", "1")], vec![port(1)]),
+            (
+                vec![("verdict", "DROPPED"), ("destination_port", "7777")],
+                vec![
+                    Box::new(|f| f.verdict == Verdict::Dropped),
+                    Box::new(|f| f.destination.port == 7_777),
+                ],
+            ),
+            (
+                vec![("drop_reason", "181")],
+                vec![Box::new(|f| f.drop_reason == 181)],
+            ),
+            (
+                vec![("drop_reason", "POLICY_DENIED,181"), ("protocol", "udp")],
+                vec![
+                    Box::new(|f| [133, 181].contains(&f.drop_reason)),
+                    Box::new(|f| f.protocol == crate::flow::L4Protocol::Udp),
+                ],
+            ),
+            (
+                vec![("direction", "ingress"), ("port", "5432")],
+                vec![
+                    Box::new(|f| f.direction == crate::flow::TrafficDirection::Ingress),
+                    port(5_432),
+                ],
+            ),
+        ];
+        let (mut skipped, mut kept) = (0, 0);
+        for (params, conditions) in &cases {
+            let f = filter(params);
+            for s in &segments {
+                let held = &flows[s.first_seq as usize - 1..s.last_seq as usize];
+                // Read unless a condition holds for none of its flows.
+                let want = conditions.iter().all(|c| held.iter().any(c));
+                assert_eq!(s.may_match(&f), want, "{params:?} {}", s.first_seq);
+                if want { kept += 1 } else { skipped += 1 }
+            }
+            let want = expected(&flows, |x| conditions.iter().all(|c| c(x)));
+            assert_eq!(all_pages(&store, &f, 100), want, "{params:?}");
+        }
+        assert!(skipped > 0 && kept > 0, "{skipped} skipped, {kept} kept");
+        // A port no flow uses: no segment is read.
+        let st = &store.stats;
+        let reads = || {
+            st.segment_reads.load(Ordering::Relaxed)
+                + st.segment_filtered_reads.load(Ordering::Relaxed)
+        };
+        let before = reads();
+        let page = store
+            .list(&filter(&[("destination_port", "2")]), None, 100)
+            .unwrap();
+        assert!(page.flows.is_empty());
+        assert_eq!(reads(), before);
+    }
+
+    #[test]
     fn a_segment_read_column_first_selects_what_a_whole_read_selects() {
         let dir = tempfile::tempdir().unwrap();
         let flows = flows(8_000);
@@ -2769,9 +2854,9 @@ mod tests {
             store.stats.segments.load(Ordering::Relaxed) as usize,
             MAX_SEGMENTS_PER_QUERY + 20
         );
-        // A filter nothing matches: the first page stops at the budget with a cursor, the
-        // next one reads the rest.
-        let none = filter(&[("port", "1")]);
+        // A filter nothing matches, its values in every segment (DNS is never dropped): the
+        // first page stops at the budget with a cursor, the next one reads the rest.
+        let none = filter(&[("verdict", "DROPPED"), ("destination_port", "53")]);
         let first = store.list(&none, None, 10).unwrap();
         assert!(first.flows.is_empty());
         let cursor = first.next_cursor.expect("a cursor to go on from");
@@ -2785,7 +2870,7 @@ mod tests {
         assert_eq!(second.next_cursor, None);
         // A filter naming a pod no segment of this run holds skips them all unread: one
         // page, no budget reached, nothing to go on from; grouping by it is not refused.
-        let absent = filter(&[("pod", "nobody-here"), ("port", "1")]);
+        let absent = filter(&[("pod", "nobody-here"), ("destination_port", "53")]);
         let page = store.list(&absent, None, 10).unwrap();
         assert!(page.flows.is_empty());
         assert_eq!(page.next_cursor, None);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use polars::prelude::*;
 
-use super::chunk::{Chunk, Col};
+use super::chunk::{Chunk, Col, NumberSets};
 use ipnet::IpNet;
 
 use crate::flow::intern::Sym;
@@ -287,12 +287,13 @@ impl Filter {
             .any(|c| matches!(c.test, Test::Uuids(_)))
     }
 
-    /// Whether a chunk with these dictionaries may hold matching flows: false when a
-    /// condition on strings or addresses matches none of them.
-    pub fn can_match(&self, texts: &[Sym], ips: &[Option<IpAddr>]) -> bool {
-        self.conditions.iter().all(|c| match c.test {
-            Test::Numbers(_) | Test::Uuids(_) => true,
-            _ => !codes(&c.test, texts, ips).is_empty(),
+    /// Whether a chunk with these dictionaries and number sets may hold matching flows: false
+    /// when a condition matches none of its strings, addresses or numbers.
+    pub fn can_match(&self, texts: &[Sym], ips: &[Option<IpAddr>], numbers: &NumberSets) -> bool {
+        self.conditions.iter().all(|c| match &c.test {
+            Test::Uuids(_) => true,
+            Test::Numbers(values) => c.columns.iter().any(|col| numbers.may_hold(*col, values)),
+            test => !codes(test, texts, ips).is_empty(),
         })
     }
 

@@ -59,12 +59,14 @@ const POOL: usize = 8192;
 
 /// What an SRE asks during an incident: filtered pages of flows and the top destinations,
 /// over the last minute and the last hour. The first two are asked again and again (a
-/// refreshed view); the third is new each time (`{n}` counts its asks), so no answer of an
-/// earlier ask serves it: a port no flow uses, so every segment is read.
-const QUERIES: [&str; 5] = [
+/// refreshed view); the third and fourth are new each time, so no answer of an earlier ask
+/// serves them: `{n}` a port no flow uses (each segment's number sets rule it out), `{e}` a
+/// client port every segment holds but no dropped flow has (every segment is read).
+const QUERIES: [&str; 6] = [
     "/api/v1/flows?source_namespace=ai-training&verdict=DROPPED&limit=100",
     "/api/v1/flows?fqdn=example.net&limit=100",
     "/api/v1/flows?verdict=DROPPED&destination_port={n}&limit=100",
+    "/api/v1/flows?verdict=DROPPED&source_port={e}&limit=100",
     "/api/v1/flows/top?by=destination&since=1m",
     "/api/v1/flows/top?by=destination&since=1h",
 ];
@@ -116,29 +118,6 @@ async fn soak() {
     let pid = service.pid();
     let (base, client) = (service.base.clone(), service.client.clone());
 
-    // Queries while the flows stream: their latencies, per path.
-    let querying = {
-        let client = client.clone();
-        let base = base.clone();
-        tokio::spawn(async move {
-            let mut ms: Vec<Vec<f64>> = vec![Vec::new(); QUERIES.len()];
-            let end = Instant::now() + Duration::from_secs(seconds);
-            let paths = QUERIES;
-            let mut i = 0;
-            while Instant::now() < end {
-                let started = Instant::now();
-                let path = paths[i % paths.len()].replace("{n}", &(20_000 + i).to_string());
-                let r = client.get(format!("{base}{path}")).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await.unwrap();
-                ms[i % paths.len()].push(started.elapsed().as_secs_f64() * 1000.0);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            ms
-        })
-    };
-
     let mut cluster = TrainingCluster::new(
         99,
         exfilwatch::common::clock::now_ns(),
@@ -156,6 +135,45 @@ async fn soak() {
         }
     };
     let pool: Vec<Flow> = (0..POOL).map(|_| shaped(cluster.next_flow())).collect();
+    // Client ports of the pool's flows: in every segment (the traffic cycles through the
+    // pool), almost never on a dropped flow (drops come from the attempts, ports of their own).
+    let client_ports: Vec<u32> = pool
+        .iter()
+        .filter_map(|f| match f.l4.as_ref()?.protocol.as_ref()? {
+            exfilwatch::proto::flow::layer4::Protocol::Tcp(t) => Some(t.source_port),
+            exfilwatch::proto::flow::layer4::Protocol::Udp(u) => Some(u.source_port),
+            _ => None,
+        })
+        .collect();
+    assert!(client_ports.len() > 1_000, "the pool has client ports");
+
+    // Queries while the flows stream: their latencies, per path.
+    let querying = {
+        let client = client.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            let mut ms: Vec<Vec<f64>> = vec![Vec::new(); QUERIES.len()];
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let paths = QUERIES;
+            let mut i = 0;
+            while Instant::now() < end {
+                let started = Instant::now();
+                // {n}: a port no flow uses; {e}: a client port most segments hold, seldom
+                // on a dropped flow. Both new at every ask.
+                let path = paths[i % paths.len()]
+                    .replace("{n}", &(20_000 + i).to_string())
+                    .replace("{e}", &client_ports[i % client_ports.len()].to_string());
+                let r = client.get(format!("{base}{path}")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                ms[i % paths.len()].push(started.elapsed().as_secs_f64() * 1000.0);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ms
+        })
+    };
+
     let mut rng = fastrand::Rng::with_seed(7);
     let step_ns = 1_000_000_000 / rate as i64;
     let mut now_ns = exfilwatch::common::clock::now_ns();
