@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use super::{FlowDetector, Hit};
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
-use crate::flow::intern::Sym;
+use crate::flow::intern::{Slots, Sym};
 use crate::flow::{FlowEvent, TrafficDirection, Verdict};
 use crate::rules::{Kind, NewDestinationParams, Rule, SelectorMemo};
 use crate::state::{StateError, Store};
@@ -103,6 +103,8 @@ struct Known {
 /// What one namespace has reached.
 #[derive(Debug, Default)]
 struct Reached {
+    /// When learning from it began (the first flow any run saw from it), nanoseconds.
+    since: Option<i64>,
     /// Destinations seen by this process.
     seen: HashTable<Known>,
     /// Destinations an earlier run saved and this one has not seen yet: label to last seen.
@@ -121,9 +123,8 @@ pub struct NewDestination {
     pub rule: Arc<Rule>,
     params: NewDestinationParams,
     store: Store,
-    known: FastMap<Sym, Reached>,
-    /// namespace → when exfilwatch first saw it.
-    since: FastMap<Sym, i64>,
+    /// What each namespace reached.
+    reached: Slots<Reached>,
     /// Hashes destinations for the tables in `known`; seeded at random per process.
     hasher: foldhash::fast::RandomState,
     /// Reused for a destination's label.
@@ -140,31 +141,30 @@ impl NewDestination {
             return None;
         };
         let params = params.clone();
-        let loaded = store.known_destinations(&rule.name).map(|rows| {
-            let mut known: FastMap<Sym, Reached> = FastMap::default();
-            let mut since: FastMap<Sym, i64> = FastMap::default();
-            for (namespace, dest, seen) in rows {
-                let ns: Sym = namespace.into();
-                if dest.is_empty() {
-                    // The namespace's learning start.
-                    since.insert(ns, seen);
-                } else {
-                    known.entry(ns).or_default().stored.insert(dest, seen);
-                }
-            }
-            (known, since)
-        });
-        Some(loaded.map(|(known, since)| NewDestination {
+        let rows = match store.known_destinations(&rule.name) {
+            Ok(rows) => rows,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut detector = NewDestination {
             rule,
             params,
             store,
-            known,
-            since,
+            reached: Slots::default(),
             hasher: foldhash::fast::RandomState::default(),
             label: String::new(),
             shared: None,
             watched: SelectorMemo::default(),
-        }))
+        };
+        for (namespace, dest, seen) in rows {
+            let reached = detector.reached.get_or_default(&namespace.into());
+            if dest.is_empty() {
+                // The namespace's learning start.
+                reached.since = Some(seen);
+            } else {
+                reached.stored.insert(dest, seen);
+            }
+        }
+        Some(Ok(detector))
     }
 
     /// Takes in what other replicas learned for this rule: a namespace another replica
@@ -182,12 +182,11 @@ impl NewDestination {
                 continue;
             }
             let ns: Sym = namespace.as_str().into();
+            let reached = self.reached.get_or_default(&ns);
             if destination.is_empty() {
-                let since = self.since.entry(ns).or_insert(*seen);
-                *since = (*since).min(*seen);
+                reached.since = Some(reached.since.map_or(*seen, |s| s.min(*seen)));
                 continue;
             }
-            let reached = self.known.entry(ns.clone()).or_default();
             if labels.as_ref().is_none_or(|(n, _)| *n != ns) {
                 let own = reached
                     .seen
@@ -235,19 +234,20 @@ impl NewDestination {
         }
         let now = flow.time_ns;
         let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
-        if !self.since.contains_key(&src.namespace) {
-            // The empty destination records when learning began (the store keeps the latest
-            // value per row, so it is written once).
-            self.store
-                .save_known_destination(&self.rule.name, &src.namespace, "", now)?;
-            self.since.insert(src.namespace.clone(), now);
-        }
         let history = i64::try_from(self.params.history.as_nanos()).unwrap_or(i64::MAX);
         let learning = i64::try_from(self.params.learning.as_nanos()).unwrap_or(i64::MAX);
         let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
-        let reached = match self.known.get_mut(&src.namespace) {
-            Some(r) => r,
-            None => self.known.entry(src.namespace.clone()).or_default(),
+        let reached = self.reached.get_or_default(&src.namespace);
+        let since = match reached.since {
+            Some(since) => since,
+            None => {
+                // The empty destination records when learning began (the store keeps the
+                // latest value per row, so it is written once).
+                self.store
+                    .save_known_destination(&self.rule.name, &src.namespace, "", now)?;
+                reached.since = Some(now);
+                now
+            }
         };
         let hasher = &self.hasher;
         let hash = hasher.hash_one(dest);
@@ -304,7 +304,6 @@ impl NewDestination {
                 known
             }
         };
-        let since = self.since.get(&src.namespace).copied().unwrap_or(now);
         let label = text(&mut self.label, dest);
         if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, label))
         {
@@ -427,8 +426,9 @@ mod tests {
             None
         );
         let ns: Sym = "ai-training".into();
-        assert!(d.known[&ns].stored.is_empty(), "{:?}", d.known[&ns].stored);
-        assert_eq!(d.known[&ns].len(), 2);
+        let reached = d.reached.get_or_default(&ns);
+        assert!(reached.stored.is_empty(), "{:?}", reached.stored);
+        assert_eq!(reached.len(), 2);
         // Without what the other replica learned, the namespace starts learning here.
         let mut alone = detector(&Store::in_memory().unwrap());
         assert_eq!(

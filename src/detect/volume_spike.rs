@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::common::hash::FastMap;
 use crate::egress::baseline::Baseline;
 use crate::egress::watch::NamespaceEgress;
-use crate::flow::intern::Sym;
+use crate::flow::intern::{Slots, Sym};
 use crate::rules::{BaselineModel, Kind, Rule, VolumeSpikeParams};
 
 /// Distinct destinations counted per namespace per minute; more are counted as "(other)".
@@ -176,7 +176,7 @@ type MinuteCounts = (i64, FastMap<u64, (u64, String)>);
 /// buckets; bounded in minutes and in distinct destinations per minute.
 #[derive(Debug, Default)]
 pub struct RecentDestinations {
-    by_namespace: FastMap<Sym, VecDeque<MinuteCounts>>,
+    by_namespace: Slots<VecDeque<MinuteCounts>>,
 }
 
 impl RecentDestinations {
@@ -191,10 +191,7 @@ impl RecentDestinations {
         minutes: i64,
     ) {
         let minute = time_ns.div_euclid(60_000_000_000);
-        let buckets = match self.by_namespace.get_mut(namespace) {
-            Some(b) => b,
-            None => self.by_namespace.entry(namespace.clone()).or_default(),
-        };
+        let buckets = self.by_namespace.get_or_default(namespace);
         if buckets.back().is_none_or(|(m, _)| *m < minute) {
             buckets.push_back((minute, FastMap::default()));
         }

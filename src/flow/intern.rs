@@ -222,6 +222,54 @@ impl<T> BytesMemo<T> {
     }
 }
 
+/// Values by interned string, for per-flow look-ups by a field that repeats from flow to flow
+/// (a source namespace): the last key asked is remembered with its slot and compared by
+/// pointer, so a run of flows with the same interned string hashes it once. Keys are never
+/// removed. An equal string in another allocation finds the same value through the map.
+#[derive(Debug)]
+pub struct Slots<V> {
+    slots: crate::common::hash::FastMap<Sym, usize>,
+    values: Vec<V>,
+    last: Option<(Sym, usize)>,
+}
+
+impl<V> Default for Slots<V> {
+    fn default() -> Self {
+        Self {
+            slots: Default::default(),
+            values: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+impl<V: Default> Slots<V> {
+    /// The value of `key`, made with `Default` the first time.
+    pub fn get_or_default(&mut self, key: &Sym) -> &mut V {
+        let slot = match &self.last {
+            Some((last, slot)) if Arc::ptr_eq(last, key) => *slot,
+            _ => {
+                let slot = match self.slots.get(key) {
+                    Some(slot) => *slot,
+                    None => {
+                        self.values.push(V::default());
+                        self.slots.insert(key.clone(), self.values.len() - 1);
+                        self.values.len() - 1
+                    }
+                };
+                self.last = Some((key.clone(), slot));
+                slot
+            }
+        };
+        &mut self.values[slot]
+    }
+
+    /// The value of `key`, if it has one.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.slots.get(key).map(|slot| &self.values[*slot])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +342,23 @@ mod tests {
         assert!(!Arc::ptr_eq(&c1, &c2));
         assert_eq!(i.len(), 2);
         assert_eq!(i.overflow(), 2);
+    }
+
+    #[test]
+    fn slots_find_a_key_by_pointer_or_by_text() {
+        let mut slots: Slots<u32> = Slots::default();
+        let (a, b): (Sym, Sym) = ("ai-training".into(), "production".into());
+        let a2: Sym = "ai-training".into();
+        *slots.get_or_default(&a) += 1;
+        *slots.get_or_default(&a) += 1;
+        *slots.get_or_default(&b) += 10;
+        // Equal text in another allocation, asked right after its twin and after another.
+        *slots.get_or_default(&a2) += 1;
+        *slots.get_or_default(&b) += 10;
+        *slots.get_or_default(&a) += 1;
+        assert_eq!(slots.get("ai-training"), Some(&4));
+        assert_eq!(slots.get("production"), Some(&20));
+        assert_eq!(slots.get("other"), None);
+        assert_eq!(slots.values.len(), 2);
     }
 }
