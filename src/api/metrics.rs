@@ -343,6 +343,12 @@ impl Collector for Telemetry {
                 "Stored segments a /flows page answered from the matching rows kept of an earlier page with the same filter",
                 load(&f.match_cache_hits),
             )?;
+            counter(
+                &mut e,
+                "exfilwatch_store_unforwarded_hits",
+                "Stored segments a /flows page ruling out forwarded flows answered from the segment's other flows, kept in memory since it was written",
+                load(&f.unforwarded_hits),
+            )?;
             if let Some(b) = flows.bucket() {
                 let b = &b.stats;
                 for (name, help, value) in [

@@ -79,6 +79,9 @@ pub struct StoreStats {
     pub segment_filtered_reads: AtomicU64,
     /// Stored chunks a `/flows` page took from the rows kept of an earlier page.
     pub match_cache_hits: AtomicU64,
+    /// Segments a `/flows` page ruling out forwarded flows answered from the segment's
+    /// other flows, kept in memory since it was written.
+    pub unforwarded_hits: AtomicU64,
 }
 
 /// A parquet segment, described by its file name.
@@ -97,18 +100,41 @@ struct Segment {
     dictionary: Option<Dictionary>,
 }
 
-/// A chunk's dictionary of strings and of addresses, and the numbers it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A chunk's dictionary of strings and of addresses, the numbers it holds, and its flows
+/// that were not forwarded when they are few.
+#[derive(Debug, Clone)]
 struct Dictionary {
     texts: Arc<[crate::flow::intern::Sym]>,
     ips: Arc<[Option<std::net::IpAddr>]>,
     numbers: Arc<NumberSets>,
+    /// The rows whose verdict is not FORWARDED (drops, errors, audits), coded against the
+    /// dictionaries above, when at most [`FlowStore::few`]: a filter that rules out
+    /// forwarded flows (`verdict=DROPPED`, what an analyst asks first) is answered from
+    /// them without reading the segment.
+    unforwarded: Option<DataFrame>,
 }
 
+/// A frame's rows, counted as dictionary entries for the bound on what segments keep.
+const ENTRIES_PER_ROW: usize = 8;
+
+impl PartialEq for Dictionary {
+    fn eq(&self, other: &Dictionary) -> bool {
+        Arc::ptr_eq(&self.texts, &other.texts) && Arc::ptr_eq(&self.ips, &other.ips)
+    }
+}
+
+impl Eq for Dictionary {}
+
 impl Dictionary {
-    /// Entries held, a word of number sets counted as one.
+    /// Entries held, a word of number sets and an eighth of a kept row counted as one.
     fn entries(&self) -> usize {
-        self.texts.len() + self.ips.len() + self.numbers.words()
+        self.texts.len()
+            + self.ips.len()
+            + self.numbers.words()
+            + self
+                .unforwarded
+                .as_ref()
+                .map_or(0, |f| f.height() * ENTRIES_PER_ROW)
     }
 }
 
@@ -844,6 +870,14 @@ impl FlowStore {
         };
         let mut frame = chunk.to_parquet_frame()?;
         let numbers = NumberSets::of(chunk)?;
+        let forwarded = lit(crate::flow::Verdict::Forwarded as u32);
+        let unforwarded = chunk
+            .frame
+            .clone()
+            .lazy()
+            .filter(col(Col::Verdict.name()).neq(forwarded))
+            .collect()?;
+        let unforwarded = (unforwarded.height() <= self.few()).then_some(unforwarded);
         let mut parquet = Vec::with_capacity(chunk.rows() * 32);
         ParquetWriter::new(&mut parquet)
             .with_compression(ParquetCompression::Zstd(None))
@@ -883,6 +917,7 @@ impl FlowStore {
                 texts: chunk.texts.clone(),
                 ips: chunk.ips.clone(),
                 numbers: Arc::new(numbers),
+                unforwarded,
             }),
         })
     }
@@ -1292,6 +1327,37 @@ impl FlowStore {
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Matched, StoreError> {
+        if let Source::Disk(s) = source
+            && let Some(d) = &s.dictionary
+            && let Some(unforwarded) = &d.unforwarded
+            && filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32)
+        {
+            self.stats.unforwarded_hits.fetch_add(1, Ordering::Relaxed);
+            let rows = Chunk {
+                frame: unforwarded.clone(),
+                texts: d.texts.clone(),
+                ips: d.ips.clone(),
+                first_seq: s.first_seq,
+                last_seq: s.last_seq,
+                first_time: s.min_time,
+                min_time: s.min_time,
+                max_time: s.max_time,
+            };
+            let Some(conditions) = filter.conditions_only().predicate(&rows) else {
+                return Ok(Matched::Few(None));
+            };
+            let found = rows.frame.clone().lazy().filter(conditions).collect()?;
+            if found.height() == 0 {
+                return Ok(Matched::Few(None));
+            }
+            let fail = |message: String| StoreError::Segment {
+                path: s.path.display().to_string(),
+                message,
+            };
+            return Ok(Matched::Few(Some(Arc::new(
+                rows.subset(found).map_err(fail)?,
+            ))));
+        }
         if let Source::Disk(s) = source
             && self.cached(&s.path).is_none()
         {
@@ -2066,11 +2132,17 @@ mod tests {
 
     /// `n` simulated flows with an exfiltration attempt every 50th.
     fn flows(n: usize) -> Vec<FlowEvent> {
+        flows_attacked_every(n, 50)
+    }
+
+    /// `n` flows of the simulator, an exfiltration attempt (denied) in place of every
+    /// `every`th.
+    fn flows_attacked_every(n: usize, every: usize) -> Vec<FlowEvent> {
         let mut cluster = TrainingCluster::new(7, 1_767_225_600_000_000_000, 1_000_000);
         let mut decoder = Decoder::default();
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            if out.len() % 50 == 49 {
+            if out.len() % every == every - 1 {
                 for f in cluster.exfiltration_attempt() {
                     out.push(flow_event(&mut decoder, f));
                 }
@@ -2478,7 +2550,8 @@ mod tests {
     #[test]
     fn a_segment_read_column_first_selects_what_a_whole_read_selects() {
         let dir = tempfile::tempdir().unwrap();
-        let flows = flows(8_000);
+        // Few enough denied flows that segments keep them (at most a sixteenth).
+        let flows = flows_attacked_every(8_000, 150);
         let store = filled(small(Some(dir.path().into())), &flows);
         let segments = store.lock().segments.clone();
         assert!(segments.len() >= 5, "flows rolled to disk");
@@ -2519,16 +2592,35 @@ mod tests {
         };
         let st = &store.stats;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut matched = 0;
+        let (mut matched, mut unforwarded_reads) = (0, 0);
         for params in &cases {
             let mut f = filter(params);
-            // Segments of this run compare strings through their dictionaries; an earlier
-            // run's (none kept) code them first.
+            // Segments of this run answer a filter ruling out forwarded flows from the others,
+            // kept, or compare strings through their dictionaries; an earlier run's (none
+            // kept) code them first.
+            let unkept = segments.iter().map(|s| Segment {
+                dictionary: s.dictionary.clone().map(|d| Dictionary {
+                    unforwarded: None,
+                    ..d
+                }),
+                ..s.clone()
+            });
             let without = segments.iter().map(|s| Segment {
                 dictionary: None,
                 ..s.clone()
             });
-            for s in &segments.iter().cloned().chain(without).collect::<Vec<_>>() {
+            let variants: Vec<Segment> = segments
+                .iter()
+                .cloned()
+                .chain(unkept)
+                .chain(without)
+                .collect();
+            for s in &variants {
+                let unforwarded = s
+                    .dictionary
+                    .as_ref()
+                    .is_some_and(|d| d.unforwarded.is_some())
+                    && f.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32);
                 let middle = (s.first_seq + s.last_seq) / 2;
                 let source = Source::Disk(s.clone());
                 for also in [None, Some(col("seq").lt(lit(middle)))] {
@@ -2543,13 +2635,20 @@ mod tests {
                         store.cache.lock().unwrap().clear();
                         *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
                         let filtered = count(&st.segment_filtered_reads);
+                        let from_unforwarded = count(&st.unforwarded_hits);
                         let first = lines(read());
-                        assert_eq!(count(&st.segment_filtered_reads), filtered + 1);
+                        let read_once = count(&st.segment_filtered_reads);
+                        assert_eq!(read_once, filtered + u64::from(!unforwarded));
+                        assert_eq!(
+                            count(&st.unforwarded_hits),
+                            from_unforwarded + u64::from(unforwarded)
+                        );
+                        unforwarded_reads += usize::from(unforwarded);
                         // Again: from the rows kept when they are few.
                         let hits = count(&st.match_cache_hits);
                         let again = lines(read());
                         let kept = count(&st.match_cache_hits) > hits;
-                        assert_eq!(kept, count(&st.segment_filtered_reads) == filtered + 1);
+                        assert_eq!(kept, count(&st.segment_filtered_reads) == read_once);
                         // From the whole segment, once it is among the recently read.
                         let whole = lines(oracle(s, &f, also.clone()));
                         *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
@@ -2567,6 +2666,10 @@ mod tests {
         // Both kinds: rows kept (few matches) and not (many).
         assert!(kinds[0] > 0 && kinds[1] > 0, "{kinds:?}");
         assert!(matched > 1_000, "the cases match flows: {matched}");
+        assert!(
+            unforwarded_reads > 0,
+            "segments answered from their unforwarded flows"
+        );
         assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > 0);
         assert!(st.segment_reads.load(Ordering::Relaxed) > 0);
         // A listing reads the segments not cached column-first.

@@ -287,6 +287,14 @@ impl Filter {
             .any(|c| matches!(c.test, Test::Uuids(_)))
     }
 
+    /// Whether a condition asks for values of `col` other than `value`: no flow whose `col`
+    /// is `value` matches.
+    pub fn rules_out(&self, col: Col, value: u32) -> bool {
+        self.conditions.iter().any(|c| {
+            c.columns == [col] && matches!(&c.test, Test::Numbers(v) if !v.contains(&value))
+        })
+    }
+
     /// Whether a chunk with these dictionaries and number sets may hold matching flows: false
     /// when a condition matches none of its strings, addresses or numbers.
     pub fn can_match(&self, texts: &[Sym], ips: &[Option<IpAddr>], numbers: &NumberSets) -> bool {
