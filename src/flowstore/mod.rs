@@ -107,11 +107,11 @@ struct Dictionary {
     texts: Arc<[crate::flow::intern::Sym]>,
     ips: Arc<[Option<std::net::IpAddr>]>,
     numbers: Arc<NumberSets>,
-    /// The rows whose verdict is not FORWARDED (drops, errors, audits), coded against the
-    /// dictionaries above, when at most [`FlowStore::few`]: a filter that rules out
-    /// forwarded flows (`verdict=DROPPED`, what an analyst asks first) is answered from
-    /// them without reading the segment.
-    unforwarded: Option<DataFrame>,
+    /// The rows whose verdict is not FORWARDED (drops, errors, audits) as a chunk of their
+    /// own (copied: dictionaries of only what they use), when at most [`FlowStore::few`]: a
+    /// filter that rules out forwarded flows (`verdict=DROPPED`, what an analyst asks first)
+    /// is answered from them without reading the segment.
+    unforwarded: Option<Arc<Chunk>>,
 }
 
 /// A frame's rows, counted as dictionary entries for the bound on what segments keep.
@@ -131,10 +131,9 @@ impl Dictionary {
         self.texts.len()
             + self.ips.len()
             + self.numbers.words()
-            + self
-                .unforwarded
-                .as_ref()
-                .map_or(0, |f| f.height() * ENTRIES_PER_ROW)
+            + self.unforwarded.as_ref().map_or(0, |c| {
+                c.rows() * ENTRIES_PER_ROW + c.texts.len() + c.ips.len()
+            })
     }
 }
 
@@ -877,7 +876,15 @@ impl FlowStore {
             .lazy()
             .filter(col(Col::Verdict.name()).neq(forwarded))
             .collect()?;
-        let unforwarded = (unforwarded.height() <= self.few()).then_some(unforwarded);
+        let unforwarded = if unforwarded.height() <= self.few() {
+            let fail = |message| StoreError::Segment {
+                path: path.display().to_string(),
+                message,
+            };
+            Some(Arc::new(chunk.subset(unforwarded).map_err(fail)?))
+        } else {
+            None
+        };
         let mut parquet = Vec::with_capacity(chunk.rows() * 32);
         ParquetWriter::new(&mut parquet)
             .with_compression(ParquetCompression::Zstd(None))
@@ -1333,17 +1340,8 @@ impl FlowStore {
             && filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32)
         {
             self.stats.unforwarded_hits.fetch_add(1, Ordering::Relaxed);
-            let rows = Chunk {
-                frame: unforwarded.clone(),
-                texts: d.texts.clone(),
-                ips: d.ips.clone(),
-                first_seq: s.first_seq,
-                last_seq: s.last_seq,
-                first_time: s.min_time,
-                min_time: s.min_time,
-                max_time: s.max_time,
-            };
-            let Some(conditions) = filter.conditions_only().predicate(&rows) else {
+            let rows = unforwarded;
+            let Some(conditions) = filter.conditions_only().predicate(rows) else {
                 return Ok(Matched::Few(None));
             };
             let found = rows.frame.clone().lazy().filter(conditions).collect()?;
