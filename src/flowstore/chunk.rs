@@ -562,17 +562,7 @@ impl Chunk {
     /// A chunk from a frame read from a parquet segment, checking every column. Columns
     /// added since a segment was written (UUIDs, DNS) read as empty.
     pub fn from_parquet_frame(frame: &DataFrame) -> Result<Chunk, String> {
-        let seq = frame
-            .column("seq")
-            .and_then(|c| c.u64().cloned())
-            .map_err(|e| format!("column seq: {e}"))?;
-        let time = frame
-            .column("time")
-            .and_then(|c| c.i64().cloned())
-            .map_err(|e| format!("column time: {e}"))?;
-        if seq.null_count() > 0 || time.null_count() > 0 {
-            return Err("column seq or time holds nulls".into());
-        }
+        let (seq, time) = seq_and_time(frame)?;
         let height = frame.height();
         let mut halves = Vec::with_capacity(2);
         for name in UUID_COLUMNS {
@@ -619,14 +609,7 @@ impl Chunk {
         cols: &[Col],
         uuids: bool,
     ) -> Result<Chunk, String> {
-        let time = frame
-            .column("time")
-            .and_then(|c| c.i64().cloned())
-            .map_err(|e| format!("column time: {e}"))?;
-        let seq = frame
-            .column("seq")
-            .and_then(|c| c.u64().cloned())
-            .map_err(|e| format!("column seq: {e}"))?;
+        let (seq, time) = seq_and_time(frame)?;
         let mut texts: Dict<Sym> = Dict::default();
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut out: Vec<Column> = ["seq", "time", ROW_INDEX]
@@ -655,6 +638,22 @@ impl Chunk {
             max_time: time.max().unwrap_or(0),
         })
     }
+}
+
+/// The sequence numbers and times of a frame read from a segment, both without nulls.
+fn seq_and_time(frame: &DataFrame) -> Result<(UInt64Chunked, Int64Chunked), String> {
+    let seq = frame
+        .column("seq")
+        .and_then(|c| c.u64().cloned())
+        .map_err(|e| format!("column seq: {e}"))?;
+    let time = frame
+        .column("time")
+        .and_then(|c| c.i64().cloned())
+        .map_err(|e| format!("column time: {e}"))?;
+    if seq.null_count() > 0 || time.null_count() > 0 {
+        return Err("column seq or time holds nulls".into());
+    }
+    Ok((seq, time))
 }
 
 /// One column of a frame read from a segment, as codes into `texts` or `ips` (numbers as

@@ -85,7 +85,7 @@ pub struct StoreStats {
 }
 
 /// A parquet segment, described by its file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Segment {
     path: PathBuf,
     first_seq: u64,
@@ -116,14 +116,6 @@ struct Dictionary {
 
 /// A frame's rows, counted as dictionary entries for the bound on what segments keep.
 const ENTRIES_PER_ROW: usize = 8;
-
-impl PartialEq for Dictionary {
-    fn eq(&self, other: &Dictionary) -> bool {
-        Arc::ptr_eq(&self.texts, &other.texts) && Arc::ptr_eq(&self.ips, &other.ips)
-    }
-}
-
-impl Eq for Dictionary {}
 
 impl Dictionary {
     /// Entries held, a word of number sets and an eighth of a kept row counted as one.
@@ -1334,29 +1326,17 @@ impl FlowStore {
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Matched, StoreError> {
-        if let Source::Disk(s) = source
-            && let Some(d) = &s.dictionary
-            && let Some(unforwarded) = &d.unforwarded
-            && filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32)
-        {
-            self.stats.unforwarded_hits.fetch_add(1, Ordering::Relaxed);
-            let rows = unforwarded;
-            let Some(conditions) = filter.conditions_only().predicate(rows) else {
-                return Ok(Matched::Few(None));
-            };
-            let found = rows.frame.clone().lazy().filter(conditions).collect()?;
-            if found.height() == 0 {
-                return Ok(Matched::Few(None));
+        // A filter ruling out forwarded flows needs only a segment's others, when kept.
+        let unforwarded = match source {
+            Source::Disk(s)
+                if filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32) =>
+            {
+                s.dictionary.as_ref().and_then(|d| d.unforwarded.clone())
             }
-            let fail = |message: String| StoreError::Segment {
-                path: s.path.display().to_string(),
-                message,
-            };
-            return Ok(Matched::Few(Some(Arc::new(
-                rows.subset(found).map_err(fail)?,
-            ))));
-        }
-        if let Source::Disk(s) = source
+            _ => None,
+        };
+        if unforwarded.is_none()
+            && let Source::Disk(s) = source
             && self.cached(&s.path).is_none()
         {
             return match self.select_columns_first(s, filter, also, pick) {
@@ -1374,8 +1354,15 @@ impl FlowStore {
                 }
             };
         }
-        let Some(chunk) = self.load(source) else {
-            return Ok(Matched::NotKept(None));
+        let chunk = match unforwarded {
+            Some(rows) => {
+                self.stats.unforwarded_hits.fetch_add(1, Ordering::Relaxed);
+                rows
+            }
+            None => match self.load(source) {
+                Some(chunk) => chunk,
+                None => return Ok(Matched::NotKept(None)),
+            },
         };
         let Some(conditions) = filter.conditions_only().predicate(&chunk) else {
             return Ok(Matched::Few(None));
