@@ -118,7 +118,27 @@ impl SimObserver {
 
     /// Adds a flow, wrapped in a response with the flow's node and time.
     pub fn push_flow(&self, flow: Flow) {
-        self.push(&super::response(flow));
+        self.push_flow_ref(&flow);
+    }
+
+    /// Adds a flow without taking it: a load generator re-stamps and re-sends the same flows
+    /// instead of cloning them. The bytes are those of `super::response(flow)`, encoded.
+    pub fn push_flow_ref(&self, flow: &Flow) {
+        use prost::encoding::{message, string};
+        let time_ns = flow
+            .time
+            .as_ref()
+            .map_or(0, |t| timestamp_ns(t.seconds, t.nanos));
+        let len = flow.encoded_len();
+        let mut buf = Vec::with_capacity(len + flow.node_name.len() + 32);
+        message::encode(1, flow, &mut buf);
+        if !flow.node_name.is_empty() {
+            string::encode(1000, &flow.node_name, &mut buf);
+        }
+        if let Some(time) = &flow.time {
+            message::encode(1001, time, &mut buf);
+        }
+        self.push_encoded(time_ns, Some(keys(flow)), Bytes::from(buf));
     }
 
     fn push_encoded(&self, time_ns: i64, flow: Option<FlowKeys>, bytes: Bytes) {
@@ -230,7 +250,11 @@ impl SimObserver {
         {
             out.push(lost_notice(oldest.seq - after - 1, oldest.time_ns));
         }
-        for entry in ring.iter().filter(|e| e.seq > after).take(max) {
+        // Sequence numbers are consecutive, so the first unread event's place is arithmetic.
+        let first = ring.front().map_or(0, |oldest| {
+            usize::try_from((after + 1).saturating_sub(oldest.seq)).unwrap_or(usize::MAX)
+        });
+        for entry in ring.range(first.min(ring.len())..).take(max) {
             last = entry.seq;
             if passes(entry, request) {
                 out.push(entry.bytes.clone());
@@ -358,5 +382,29 @@ impl Observer for SimObserver {
             version: concat!("exfilwatch-sim/", env!("CARGO_PKG_VERSION")).into(),
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::traffic::TrainingCluster;
+
+    /// What `push_flow` stores is the flow's response as prost encodes it, with and without a
+    /// node name and a time.
+    #[test]
+    fn a_pushed_flow_is_its_response_encoded() {
+        let mut cluster = TrainingCluster::new(5, 1_764_115_200_000_000_000, 1_000_000);
+        let full = crate::sim::traffic::cilium_shaped(cluster.next_flow());
+        let mut bare = cluster.next_flow();
+        bare.node_name.clear();
+        bare.time = None;
+        let sim = SimObserver::new(8);
+        for flow in [full, bare] {
+            sim.push_flow(flow.clone());
+            let bytes = lock(&sim.shared.ring).back().unwrap().bytes.clone();
+            let decoded = GetFlowsResponse::decode(bytes).unwrap();
+            assert_eq!(decoded, super::super::response(flow));
+        }
     }
 }
