@@ -493,7 +493,7 @@ impl Telemetry {
             "prometheus": prometheus,
             "kafka": kafka,
             "bucket": bucket,
-            "flows": self.source.flows.load(Ordering::Relaxed),
+            "flows": self.source.flows(),
             "lost_events": self.source.lost_total(),
             "alert_outbox_depth": self.store.outbox_depth().ok(),
             "alert_delivery_errors": self.delivery.errors.load(Ordering::Relaxed),

@@ -50,31 +50,52 @@ pub enum HubbleError {
 }
 
 /// Remembers the keys of the most recent flows to drop re-delivered copies.
+///
+/// A copy carries its original's time, so a flow later than every flow seen so far is new
+/// without a look-up: in a stream in time order (the common case) each flow only appends its
+/// key to a ring, read sequentially. The set of keys is brought up to date with the ring when a
+/// flow is not the latest (a resumed stream's overlap, a node's late flow), so each key is
+/// hashed once at most and the answer is the same as a set kept on every flow.
 #[derive(Debug)]
 pub struct Dedup {
-    seen: HashSet<u128, foldhash::fast::RandomState>,
+    /// Keys of the last `capacity` flows, oldest first.
     order: VecDeque<u128>,
+    /// The keys of `order[..indexed]`.
+    seen: HashSet<u128, foldhash::fast::RandomState>,
+    indexed: usize,
     capacity: usize,
+    /// The latest flow time seen.
+    latest_ns: i64,
 }
 
 impl Dedup {
     pub fn new(capacity: usize) -> Dedup {
         let capacity = capacity.max(1);
         Dedup {
-            seen: HashSet::with_capacity_and_hasher(capacity, Default::default()),
             order: VecDeque::with_capacity(capacity),
+            seen: HashSet::with_hasher(Default::default()),
+            indexed: 0,
             capacity,
+            latest_ns: i64::MIN,
         }
     }
 
-    /// True when `key` was not seen among the last `capacity` keys.
-    pub fn first_time(&mut self, key: u128) -> bool {
-        if !self.seen.insert(key) {
-            return false;
+    /// True when `key` (of a flow at `time_ns`) was not seen among the last `capacity` keys.
+    pub fn first_time(&mut self, key: u128, time_ns: i64) -> bool {
+        if time_ns > self.latest_ns {
+            self.latest_ns = time_ns;
+        } else {
+            self.seen.extend(self.order.range(self.indexed..));
+            self.indexed = self.order.len();
+            if self.seen.contains(&key) {
+                return false;
+            }
         }
         if self.order.len() == self.capacity
             && let Some(old) = self.order.pop_front()
+            && self.indexed > 0
         {
+            self.indexed -= 1;
             self.seen.remove(&old);
         }
         self.order.push_back(key);
@@ -82,10 +103,6 @@ impl Dedup {
     }
 }
 
-/// The `GetFlows` request: follow, namespace filters, and `since` when resuming.
-///
-/// Hubble has no namespace field: like the hubble CLI, a namespace becomes a `"ns/"` prefix
-/// on `source_pod` in one filter and on `destination_pod` in another (filters are OR'ed).
 pub fn flows_request(namespaces: &[String], since_ns: Option<i64>) -> GetFlowsRequest {
     let prefixes: Vec<String> = namespaces.iter().map(|ns| format!("{ns}/")).collect();
     let whitelist = if prefixes.is_empty() {
@@ -330,7 +347,7 @@ impl HubbleSource {
             };
             match &event {
                 Event::Flow(flow) => {
-                    if !dedup.first_time(flow.dedup_key()) {
+                    if !dedup.first_time(flow.dedup_key(), flow.time_ns) {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -370,12 +387,61 @@ mod tests {
     #[test]
     fn dedup_forgets_the_oldest_beyond_capacity() {
         let mut d = Dedup::new(2);
-        assert!(d.first_time(1));
-        assert!(!d.first_time(1));
-        assert!(d.first_time(2));
-        assert!(d.first_time(3));
-        assert!(d.first_time(1), "1 was evicted by 3");
-        assert!(!d.first_time(3));
+        assert!(d.first_time(1, 10));
+        assert!(!d.first_time(1, 10));
+        assert!(d.first_time(2, 20));
+        assert!(d.first_time(3, 30));
+        assert!(d.first_time(1, 10), "1 was evicted by 3");
+        assert!(!d.first_time(3, 30));
+    }
+
+    /// The set kept lazily answers as one kept on every flow: checked against a plain set and
+    /// ring on flows in order, out of order, repeated and re-delivered after a gap.
+    #[test]
+    fn dedup_answers_as_a_set_kept_on_every_flow() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for capacity in [1, 3, 16, 100] {
+            let mut lazy = Dedup::new(capacity);
+            let mut plain_set = HashSet::new();
+            let mut plain_order = VecDeque::new();
+            let mut time = 0_i64;
+            let mut dropped = 0;
+            for _ in 0..5_000 {
+                // Mostly later flows; sometimes a copy of a recent one, or a late flow.
+                let t = match next() % 8 {
+                    0 | 1 => (time - (next() % 40) as i64).max(0),
+                    _ => {
+                        time += 1 + (next() % 3) as i64;
+                        time
+                    }
+                };
+                // A flow's key determines its time, as a re-delivered copy's does.
+                let key = u128::from(t.unsigned_abs()) << 8 | u128::from(next() % 2);
+                let want = plain_set.insert(key);
+                if want {
+                    if plain_order.len() == capacity
+                        && let Some(old) = plain_order.pop_front()
+                    {
+                        plain_set.remove(&old);
+                    }
+                    plain_order.push_back(key);
+                } else {
+                    dropped += 1;
+                }
+                assert_eq!(
+                    lazy.first_time(key, t),
+                    want,
+                    "capacity {capacity}, key {key:x}"
+                );
+            }
+            assert!(dropped >= 10, "capacity {capacity}: only {dropped} copies");
+        }
     }
 
     #[test]

@@ -43,9 +43,8 @@ pub enum SourceError {
 /// Counters a source keeps; shared with whoever reports on it.
 #[derive(Debug, Default)]
 pub struct SourceStats {
-    /// Flows sent downstream.
-    pub flows: AtomicU64,
-    /// Flows sent downstream, by `Verdict` number (0 unknown .. 7 translated).
+    /// Flows sent downstream, by `Verdict` number (0 unknown .. 7 translated); [`Self::flows`]
+    /// sums them (one atomic add a flow, not two).
     pub by_verdict: [AtomicU64; 8],
     /// Re-delivered flows dropped by the de-duplicator.
     pub duplicates: AtomicU64,
@@ -66,7 +65,6 @@ impl SourceStats {
     pub fn record(&self, event: &Event) {
         match event {
             Event::Flow(flow) => {
-                self.flows.fetch_add(1, Ordering::Relaxed);
                 let verdict = usize::try_from(flow.verdict as i32).unwrap_or(0).min(7);
                 self.by_verdict[verdict].fetch_add(1, Ordering::Relaxed);
             }
@@ -79,6 +77,14 @@ impl SourceStats {
             }
             Event::Checkpoint(_) => {}
         }
+    }
+
+    /// Flows sent downstream.
+    pub fn flows(&self) -> u64 {
+        self.by_verdict
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Lost events of one source kind.

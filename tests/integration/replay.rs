@@ -42,7 +42,7 @@ async fn a_clean_capture_replays_every_event() {
     let (events, report, stats) = run(JSONPB.as_bytes().to_vec()).await;
     assert_eq!(events.len(), 7);
     assert_eq!((report.lines, report.bad_lines), (7, 0));
-    assert_eq!(stats.flows.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.flows(), 5);
     assert_eq!(stats.lost_total(), 12_345_678_901);
     assert_eq!(stats.node_status.load(Ordering::Relaxed), 1);
 }
