@@ -64,12 +64,59 @@ impl Window {
     }
 }
 
+/// The pods followed, each with its window in a slot found by (namespace, pod). The last pod
+/// asked is remembered by its slot and compared by pointer, so a run of flows from one pod
+/// neither hashes nor clones its names. At `MAX_SOURCES` pods a new one takes the quietest
+/// pod's slot.
+#[derive(Debug, Default)]
+struct Sources {
+    slots: FastMap<(Sym, Sym), usize>,
+    windows: Vec<((Sym, Sym), Window)>,
+    last: Option<usize>,
+}
+
+impl Sources {
+    fn window(&mut self, namespace: &Sym, pod: &Sym) -> &mut Window {
+        if let Some(slot) = self.last {
+            let (ns, p) = &self.windows[slot].0;
+            if Arc::ptr_eq(ns, namespace) && Arc::ptr_eq(p, pod) {
+                return &mut self.windows[slot].1;
+            }
+        }
+        let key = (namespace.clone(), pod.clone());
+        let slot = match self.slots.get(&key) {
+            Some(&slot) => slot,
+            None if self.windows.len() < MAX_SOURCES => {
+                self.windows.push((key.clone(), Window::default()));
+                self.slots.insert(key, self.windows.len() - 1);
+                self.windows.len() - 1
+            }
+            None => {
+                let slot = self
+                    .windows
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (_, w))| w.last_ns)
+                    .map_or(0, |(slot, _)| slot);
+                let (old, window) = &mut self.windows[slot];
+                self.slots.remove(old);
+                *old = key.clone();
+                *window = Window::default();
+                self.slots.insert(key, slot);
+                slot
+            }
+        };
+        self.last = Some(slot);
+        &mut self.windows[slot].1
+    }
+}
+
 /// One `scan` rule's detector.
 #[derive(Debug)]
 pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
-    sources: FastMap<(Sym, Sym), Window>,
+    sources: Sources,
     watched: SelectorMemo,
 }
 
@@ -82,7 +129,7 @@ impl Scan {
         Some(Scan {
             rule,
             params,
-            sources: FastMap::default(),
+            sources: Sources::default(),
             watched: SelectorMemo::default(),
         })
     }
@@ -105,19 +152,8 @@ impl Scan {
         {
             return None;
         }
-        let id = (src.namespace.clone(), src.pod.clone());
-        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&id) {
-            let quietest = self
-                .sources
-                .iter()
-                .min_by_key(|(_, w)| w.last_ns)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = quietest {
-                self.sources.remove(&k);
-            }
-        }
         let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
-        let w = self.sources.entry(id).or_default();
+        let w = self.sources.window(&src.namespace, &src.pod);
         let destination = DestinationRef::of(flow, Granularity::Exact);
         let d = destination.key();
         let p = key((d, flow.destination.port, flow.protocol));
@@ -146,6 +182,7 @@ impl Scan {
     fn describe(&self, namespace: &str) -> Hit {
         let mut pods: Vec<(&str, &Window)> = self
             .sources
+            .windows
             .iter()
             .filter(|((ns, _), w)| &**ns == namespace && Self::over(&self.params, w))
             .map(|((_, pod), w)| (&**pod, w))
@@ -278,6 +315,32 @@ mod tests {
             fired |= d.check(&event(&mut decoder, f)).is_some();
         }
         assert!(fired, "a port sweep is a scan");
+    }
+
+    #[test]
+    fn beyond_max_sources_the_quietest_pod_is_forgotten() {
+        let mut s = Sources::default();
+        let ns: Sym = Arc::from("ai-training");
+        let pods: Vec<Sym> = (0..=MAX_SOURCES)
+            .map(|i| Arc::from(format!("worker-{i}").as_str()))
+            .collect();
+        let last_ns = |i: usize| if i == 7 { 5 } else { 100 + i as i64 };
+        for (i, pod) in pods[..MAX_SOURCES].iter().enumerate() {
+            s.window(&ns, pod).last_ns = last_ns(i);
+        }
+        s.window(&ns, &pods[MAX_SOURCES]).last_ns = last_ns(MAX_SOURCES);
+        assert_eq!(s.windows.len(), MAX_SOURCES);
+        assert_eq!(s.slots.len(), MAX_SOURCES);
+        assert!(!s.slots.contains_key(&(ns.clone(), pods[7].clone())));
+        // Every other pod keeps its window, found by an equal name in another allocation too.
+        for (i, pod) in pods.iter().enumerate().filter(|(i, _)| *i != 7) {
+            let copy: Sym = Arc::from(&**pod);
+            assert_eq!(s.window(&ns, &copy).last_ns, last_ns(i), "{pod}");
+            assert_eq!(s.window(&ns, pod).last_ns, last_ns(i), "{pod}");
+        }
+        // The forgotten pod starts afresh, in the slot of the now quietest.
+        assert_eq!(s.window(&ns, &pods[7]).last_ns, 0);
+        assert!(!s.slots.contains_key(&(ns.clone(), pods[0].clone())));
     }
 
     #[test]
