@@ -190,6 +190,7 @@ async fn soak() {
     let mut pushed = 0u64;
     let mut pushed_at: HashMap<String, Instant> = HashMap::new();
     let mut rss: Vec<(u64, u64)> = Vec::new();
+    let mut store: Vec<(u64, u64, u64, u64)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut n = 0u64;
@@ -220,6 +221,16 @@ async fn soak() {
             }
             pushed_at.insert(destination, Instant::now());
             rss.push((second, rss_mib(pid)));
+            if (n / 100).is_multiple_of(10) {
+                // The store's size beside the resident set: what grows with it.
+                let m = service.text("/metrics").await;
+                store.push((
+                    second,
+                    metric_sum(&m, "exfilwatch_store_segments"),
+                    metric_sum(&m, "exfilwatch_store_memory_bytes") >> 20,
+                    metric_sum(&m, "exfilwatch_store_disk_bytes") >> 20,
+                ));
+            }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -267,6 +278,14 @@ async fn soak() {
         rss.iter()
             .filter(|(s, _)| s % 10 == 0 || *s == 1)
             .map(|(s, m)| format!("{s}s:{m}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!(
+        "  store by second (segments, MiB in memory, MiB on disk): {}",
+        store
+            .iter()
+            .map(|(s, n, m, d)| format!("{s}s:{n}/{m}/{d}"))
             .collect::<Vec<_>>()
             .join(" ")
     );
