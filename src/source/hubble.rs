@@ -103,6 +103,10 @@ impl Dedup {
     }
 }
 
+/// The `GetFlows` request: follow, namespace filters, and `since` when resuming.
+///
+/// Hubble has no namespace field: like the hubble CLI, a namespace becomes a `"ns/"` prefix
+/// on `source_pod` in one filter and on `destination_pod` in another (filters are OR'ed).
 pub fn flows_request(namespaces: &[String], since_ns: Option<i64>) -> GetFlowsRequest {
     let prefixes: Vec<String> = namespaces.iter().map(|ns| format!("{ns}/")).collect();
     let whitelist = if prefixes.is_empty() {
