@@ -270,16 +270,32 @@ impl Allowed {
                 || names
                     .into_iter()
                     .any(|n| self.fqdns.iter().any(|p| fqdn_matches(p, n))))
-            // Cilium labels carry a source prefix ("k8s:app=minio").
-            && self.labels.iter().all(|(k, v)| {
-                labels.clone().into_iter().any(|l| {
-                    l.split_once(':')
-                        .map_or(l, |(_, rest)| rest)
-                        .split_once('=')
-                        == Some((k.as_str(), v.as_str()))
-                })
-            })
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| labels.clone().into_iter().any(|l| label_is(l, k, v)))
     }
+}
+
+/// True when the Cilium label `label` ("source:key=value", the source prefix optional) reads
+/// `key=value` after its source: the text after its first ':' (or all of it, without one)
+/// splits at its first '=' into `key` and `value`. Decided from the label's end, so a label
+/// of another length or value costs a comparison, not a search.
+fn label_is(label: &str, key: &str, value: &str) -> bool {
+    let b = label.as_bytes();
+    let Some(at) = b.len().checked_sub(key.len() + 1 + value.len()) else {
+        return false;
+    };
+    let (head, tail) = b.split_at(at);
+    tail[key.len()] == b'='
+        && tail.ends_with(value.as_bytes())
+        && tail.starts_with(key.as_bytes())
+        && !key.as_bytes().contains(&b'=')
+        && match head {
+            [] => !tail.contains(&b':'),
+            [source @ .., b':'] => !source.contains(&b':'),
+            _ => false,
+        }
 }
 
 /// True when `name` (a DNS name, trailing dot or not, any case) matches `pattern`: a name, or
@@ -430,5 +446,58 @@ impl fmt::Display for RuleProblem {
             write!(f, "{}: ", self.field)?;
         }
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_is;
+    use proptest::prelude::*;
+
+    /// The definition `label_is` implements: strip the source up to the first ':', split
+    /// the rest at its first '='.
+    fn by_splitting(label: &str, key: &str, value: &str) -> bool {
+        label
+            .split_once(':')
+            .map_or(label, |(_, rest)| rest)
+            .split_once('=')
+            == Some((key, value))
+    }
+
+    #[test]
+    fn labels_match_after_their_source() {
+        assert!(label_is("k8s:app=minio", "app", "minio"));
+        assert!(label_is("app=minio", "app", "minio"));
+        assert!(label_is("k8s:app=a=b", "app", "a=b"));
+        assert!(label_is("k8s:app=a:b", "app", "a:b"));
+        assert!(!label_is("k8s:app=minio2", "app", "minio"));
+        assert!(!label_is("k8s:xapp=minio", "app", "minio"));
+        assert!(!label_is("a:k8s:app=minio", "app", "minio"));
+        assert!(!label_is("app=a:b", "app", "a:b"));
+        assert!(!label_is("k8s:a=b=c", "a=b", "c"));
+    }
+
+    proptest! {
+        /// Over labels, keys and values built from the characters that matter (':', '=')
+        /// and a few others, `label_is` answers as splitting does.
+        #[test]
+        fn label_is_answers_as_splitting(
+            label in "[a:=b]{0,8}",
+            key in "[a:=b]{0,3}",
+            value in "[a:=b]{0,3}",
+        ) {
+            prop_assert_eq!(label_is(&label, &key, &value), by_splitting(&label, &key, &value));
+        }
+
+        /// Labels made of a source, the key and the value, each possibly carrying ':' or '='.
+        #[test]
+        fn label_is_answers_as_splitting_on_likely_labels(
+            source in "(|[a:]{0,3}:)",
+            key in "[a:=]{0,3}",
+            value in "[a:=]{0,3}",
+        ) {
+            let label = format!("{source}{key}={value}");
+            prop_assert_eq!(label_is(&label, &key, &value), by_splitting(&label, &key, &value));
+        }
     }
 }
