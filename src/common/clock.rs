@@ -9,6 +9,12 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// `span` in nanoseconds, as flow times are compared with it; a span too long for 64 bits
+/// (about 292 years) counts as forever.
+pub fn span_ns(span: std::time::Duration) -> i64 {
+    i64::try_from(span.as_nanos()).unwrap_or(i64::MAX)
+}
+
 /// RFC 3339 with nanoseconds, the form Hubble's JSON and Alertmanager use.
 pub fn format_time(time_ns: i64) -> String {
     prost_types::Timestamp {

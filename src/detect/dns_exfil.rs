@@ -23,12 +23,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
+
 use super::{Earlier, Hit};
-use crate::common::hash::FastMap;
+use crate::common::clock::span_ns;
+use crate::common::hash::KeyMap;
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
 use crate::flow::intern::Sym;
-use crate::rules::{DnsParams, Kind, Rule};
+use crate::rules::{DnsParams, Kind, Rule, SelectorMemo};
 
 /// (namespace, pod, registered domain) keys followed at once.
 const MAX_KEYS: usize = 10_000;
@@ -118,7 +121,7 @@ struct Record {
 struct Window {
     records: VecDeque<Record>,
     /// Distinct names: how many records in the window carry each, and its bytes.
-    names: FastMap<u64, (u32, f64)>,
+    names: KeyMap<(u32, f64)>,
     bytes: f64,
     queries: usize,
     txt: usize,
@@ -202,15 +205,31 @@ struct Evidence {
     reasons: Vec<String>,
 }
 
+/// The window of one (namespace, client pod, registered domain).
+#[derive(Debug)]
+struct Keyed {
+    namespace: Sym,
+    pod: Sym,
+    domain: Box<str>,
+    window: Window,
+}
+
 /// One `dns_exfiltration` rule's detector.
 #[derive(Debug)]
 pub struct DnsExfil {
     pub rule: Arc<Rule>,
     params: DnsParams,
-    windows: FastMap<(Sym, Sym, String), Window>,
-    /// Tells names apart; seeded at random per process, so a workload cannot choose names
-    /// that collide and count as one.
+    /// The window, in nanoseconds.
+    window_ns: i64,
+    /// Found by the hash of (namespace, pod, domain); a key's strings are copied only when
+    /// its window is made.
+    windows: HashTable<Keyed>,
+    /// Tells names and keys apart; seeded at random per process, so a workload cannot choose
+    /// names that collide and count as one.
     hasher: foldhash::fast::RandomState,
+    /// The query name in lower case, reused from flow to flow.
+    lower: String,
+    watched: SelectorMemo,
 }
 
 impl DnsExfil {
@@ -220,10 +239,13 @@ impl DnsExfil {
         };
         let params = params.clone();
         Some(DnsExfil {
+            window_ns: span_ns(params.window),
             rule,
             params,
-            windows: FastMap::default(),
+            windows: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
+            lower: String::new(),
+            watched: SelectorMemo::default(),
         })
     }
 
@@ -278,10 +300,11 @@ impl DnsExfil {
             &flow.source
         };
         if client.pod.is_empty()
-            || !self
-                .rule
-                .namespaces
-                .matches(&client.namespace, &client.labels)
+            || !self.rule.namespaces.matches_endpoint(
+                &mut self.watched,
+                &client.namespace,
+                &client.labels,
+            )
         {
             return None;
         }
@@ -289,8 +312,11 @@ impl DnsExfil {
         if name.is_empty() || self.allowed(name) {
             return None;
         }
-        let lower = name.to_ascii_lowercase();
-        let domain = registered_domain(&lower);
+        self.lower.clear();
+        self.lower.push_str(name);
+        self.lower.make_ascii_lowercase();
+        let lower = &*self.lower;
+        let domain = registered_domain(lower);
         // The labels left of the registered domain, in the query's own case.
         let head = &name[..name.len() - domain.len()].trim_end_matches('.');
         let bytes: f64 = if dns.response {
@@ -300,25 +326,38 @@ impl DnsExfil {
                 .map(|l| encoded_bytes(l, self.params.label_entropy))
                 .sum()
         };
-        let key = (
-            client.namespace.clone(),
-            client.pod.clone(),
-            domain.to_owned(),
-        );
-        if self.windows.len() >= MAX_KEYS && !self.windows.contains_key(&key) {
+        let hasher = &self.hasher;
+        let key_hash = |k: &Keyed| hasher.hash_one((&*k.namespace, &*k.pod, &*k.domain));
+        let hash = hasher.hash_one((&*client.namespace, &*client.pod, domain));
+        let is_key = |k: &Keyed| {
+            *k.namespace == *client.namespace && *k.pod == *client.pod && *k.domain == *domain
+        };
+        if self.windows.len() >= MAX_KEYS && self.windows.find(hash, is_key).is_none() {
             let quietest = self
                 .windows
                 .iter()
-                .min_by_key(|(_, w)| w.last_ns)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = quietest {
-                self.windows.remove(&k);
+                .min_by_key(|k| k.window.last_ns)
+                .map(|k| (key_hash(k), std::ptr::from_ref(k)));
+            if let Some((h, quietest)) = quietest
+                && let Ok(entry) = self.windows.find_entry(h, |k| std::ptr::eq(k, quietest))
+            {
+                entry.remove();
             }
         }
-        let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
-        let name_key = self.hasher.hash_one(&lower);
+        let window_ns = self.window_ns;
+        let name_key = hasher.hash_one(lower);
         let txt = dns.qtypes.iter().any(|q| &**q == "TXT" || &**q == "NULL");
-        let w = self.windows.entry(key).or_default();
+        let w = &mut self
+            .windows
+            .entry(hash, is_key, key_hash)
+            .or_insert_with(|| Keyed {
+                namespace: client.namespace.clone(),
+                pod: client.pod.clone(),
+                domain: domain.into(),
+                window: Window::default(),
+            })
+            .into_mut()
+            .window;
         let qtype = w.qtype(dns.qtypes.first());
         w.add(Record {
             time_ns: flow.time_ns,
@@ -441,6 +480,44 @@ mod tests {
             .map(|j| format!("{:02x}", (i * 131 + j * 17 + 7) % 251))
             .collect();
         format!("{}.{}", &hex[..30], &hex[30..])
+    }
+
+    /// True when `d` keeps a window for `pod` and `domain`.
+    fn keeps(d: &DnsExfil, pod: &str, domain: &str) -> bool {
+        d.windows
+            .iter()
+            .any(|k| &*k.namespace == "ai-training" && &*k.pod == pod && &*k.domain == domain)
+    }
+
+    #[test]
+    fn beyond_max_keys_the_quietest_key_is_forgotten() {
+        let mut d = detector();
+        let mut decoder = JsonDecoder::default();
+        for i in 0..MAX_KEYS as u64 {
+            let q = query(&mut decoder, &format!("w-{i}"), "a.example.org", "A", i);
+            assert_eq!(d.check(&q), None);
+        }
+        // w-0 asks again: its window is the newest, w-1's the quietest.
+        d.check(&query(&mut decoder, "w-0", "b.example.org", "A", 20_000));
+        assert_eq!(d.windows.len(), MAX_KEYS);
+        d.check(&query(&mut decoder, "w-new", "a.example.org", "A", 20_001));
+        assert_eq!(d.windows.len(), MAX_KEYS);
+        assert!(!keeps(&d, "w-1", "example.org"));
+        assert!(keeps(&d, "w-0", "example.org"));
+        assert!(keeps(&d, "w-2", "example.org"));
+        assert!(keeps(&d, "w-new", "example.org"));
+        // Every pod kept is found again by its key: asking again makes no new window.
+        for i in (0..MAX_KEYS as u64).filter(|i| *i != 1) {
+            d.check(&query(
+                &mut decoder,
+                &format!("w-{i}"),
+                "c.example.org",
+                "A",
+                30_000,
+            ));
+        }
+        assert_eq!(d.windows.len(), MAX_KEYS);
+        assert!(keeps(&d, "w-new", "example.org"));
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl Engine {
             && flow.direction != TrafficDirection::Ingress
             && flow.is_reply != Some(true);
         if outgoing && watched {
-            let key = DestinationRef::of(flow, Granularity::Exact).key();
+            let key = flow.destination_key(Granularity::Exact);
             let label = || DestinationRef::of(flow, DEFAULT_GROUPING).to_string();
             self.recent
                 .record(&flow.source.namespace, label, key, flow.time_ns, 10);

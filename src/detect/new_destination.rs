@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use hashbrown::hash_table::Entry;
 use ipnet::IpNet;
 
 use super::{FlowDetector, Hit};
+use crate::common::clock::span_ns;
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::intern::{Slots, Sym};
@@ -122,11 +122,13 @@ impl Reached {
 pub struct NewDestination {
     pub rule: Arc<Rule>,
     params: NewDestinationParams,
+    /// `history`, `learning` and the rule's `resolve_after`, in nanoseconds.
+    history_ns: i64,
+    learning_ns: i64,
+    quiet_ns: i64,
     store: Store,
     /// What each namespace reached.
     reached: Slots<Reached>,
-    /// Hashes destinations for the tables in `known`; seeded at random per process.
-    hasher: foldhash::fast::RandomState,
     /// Reused for a destination's label.
     label: String,
     /// What other replicas learned, merged in when it changes.
@@ -146,11 +148,13 @@ impl NewDestination {
             Err(e) => return Some(Err(e)),
         };
         let mut detector = NewDestination {
+            history_ns: span_ns(params.history),
+            learning_ns: span_ns(params.learning),
+            quiet_ns: span_ns(rule.resolve_after),
             rule,
             params,
             store,
             reached: Slots::default(),
-            hasher: foldhash::fast::RandomState::default(),
             label: String::new(),
             shared: None,
             watched: SelectorMemo::default(),
@@ -234,9 +238,7 @@ impl NewDestination {
         }
         let now = flow.time_ns;
         let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
-        let history = i64::try_from(self.params.history.as_nanos()).unwrap_or(i64::MAX);
-        let learning = i64::try_from(self.params.learning.as_nanos()).unwrap_or(i64::MAX);
-        let quiet = i64::try_from(self.rule.resolve_after.as_nanos()).unwrap_or(i64::MAX);
+        let (history, learning, quiet) = (self.history_ns, self.learning_ns, self.quiet_ns);
         let reached = self.reached.get_or_default(&src.namespace);
         let since = match reached.since {
             Some(since) => since,
@@ -249,13 +251,12 @@ impl NewDestination {
                 now
             }
         };
-        let hasher = &self.hasher;
-        let hash = hasher.hash_one(dest);
+        let hash = flow.destination_key(DEFAULT_GROUPING);
         let full = reached.len() >= MAX_PER_NAMESPACE;
         let known = match reached.seen.entry(
             hash,
             |k| k.destination.as_ref() == dest,
-            |k| hasher.hash_one(k.destination.as_ref()),
+            |k| k.destination.as_ref().key(),
         ) {
             Entry::Occupied(entry) => {
                 let known = entry.into_mut();

@@ -9,14 +9,17 @@
 //! `MAX_EVENTS` flows per pod are remembered.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::Hash;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
+
 use super::{Earlier, Hit};
-use crate::common::hash::FastMap;
+use crate::common::clock::span_ns;
+use crate::common::hash::KeyMap;
 use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
-use crate::flow::{FlowEvent, TrafficDirection};
+use crate::flow::{FlowEvent, L4Protocol, TrafficDirection};
 use crate::rules::{Kind, Rule, ScanParams, SelectorMemo};
 
 /// Pods followed at once; beyond it the quietest is forgotten.
@@ -26,18 +29,19 @@ const MAX_EVENTS: usize = 20_000;
 /// Destinations listed in the alert.
 const SAMPLE: usize = 10;
 
-fn key(parts: impl Hash) -> u64 {
-    use std::hash::BuildHasher;
-    // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
-    foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(parts)
+/// The key of a destination port: the destination's key `d` (random per process) combined
+/// with the port and protocol, distinct for every port and protocol of one destination.
+fn port_key(d: u64, port: u16, protocol: L4Protocol) -> u64 {
+    let what = u64::from(port) << 8 | protocol as u64;
+    d ^ what.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[derive(Debug, Default)]
 struct Window {
     /// (time, destination key, destination+port key), oldest first.
     events: VecDeque<(i64, u64, u64)>,
-    destinations: FastMap<u64, (u32, String)>,
-    ports: FastMap<u64, u32>,
+    destinations: KeyMap<(u32, String)>,
+    ports: KeyMap<u32>,
     last_ns: i64,
 }
 
@@ -66,11 +70,13 @@ impl Window {
 
 /// The pods followed, each with its window in a slot found by (namespace, pod). The last pod
 /// asked is remembered by its slot and compared by pointer, so a run of flows from one pod
-/// neither hashes nor clones its names. At `MAX_SOURCES` pods a new one takes the quietest
-/// pod's slot.
+/// neither hashes nor clones its names; another pod is found by its names' hash, cloning them
+/// only for a new slot. At `MAX_SOURCES` pods a new one takes the quietest pod's slot.
 #[derive(Debug, Default)]
 struct Sources {
-    slots: FastMap<(Sym, Sym), usize>,
+    /// Slots of `windows`, by the hash of their (namespace, pod).
+    slots: HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
     windows: Vec<((Sym, Sym), Window)>,
     last: Option<usize>,
 }
@@ -83,31 +89,58 @@ impl Sources {
                 return &mut self.windows[slot].1;
             }
         }
-        let key = (namespace.clone(), pod.clone());
-        let slot = match self.slots.get(&key) {
+        let Sources {
+            slots,
+            hasher,
+            windows,
+            last,
+        } = self;
+        let hash_of = |ns: &str, pod: &str| hasher.hash_one((ns, pod));
+        let hash = hash_of(namespace, pod);
+        let found = slots.find(hash, |&slot| {
+            let (ns, p) = &windows[slot].0;
+            **ns == **namespace && **p == **pod
+        });
+        let slot = match found {
             Some(&slot) => slot,
-            None if self.windows.len() < MAX_SOURCES => {
-                self.windows.push((key.clone(), Window::default()));
-                self.slots.insert(key, self.windows.len() - 1);
-                self.windows.len() - 1
-            }
             None => {
-                let slot = self
-                    .windows
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, (_, w))| w.last_ns)
-                    .map_or(0, |(slot, _)| slot);
-                let (old, window) = &mut self.windows[slot];
-                self.slots.remove(old);
-                *old = key.clone();
-                *window = Window::default();
-                self.slots.insert(key, slot);
+                let slot = if windows.len() < MAX_SOURCES {
+                    windows.push(((namespace.clone(), pod.clone()), Window::default()));
+                    windows.len() - 1
+                } else {
+                    let slot = windows
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, (_, w))| w.last_ns)
+                        .map_or(0, |(slot, _)| slot);
+                    let (ns, p) = &windows[slot].0;
+                    if let Ok(old) = slots.find_entry(hash_of(ns, p), |&s| s == slot) {
+                        old.remove();
+                    }
+                    windows[slot] = ((namespace.clone(), pod.clone()), Window::default());
+                    slot
+                };
+                slots.insert_unique(hash, slot, |&s| {
+                    let (ns, p) = &windows[s].0;
+                    hash_of(ns, p)
+                });
                 slot
             }
         };
-        self.last = Some(slot);
-        &mut self.windows[slot].1
+        *last = Some(slot);
+        &mut windows[slot].1
+    }
+
+    /// True when a window is kept for (namespace, pod).
+    #[cfg(test)]
+    fn has(&self, namespace: &str, pod: &str) -> bool {
+        let hash = self.hasher.hash_one((namespace, pod));
+        self.slots
+            .find(hash, |&slot| {
+                let (ns, p) = &self.windows[slot].0;
+                **ns == *namespace && **p == *pod
+            })
+            .is_some()
     }
 }
 
@@ -116,6 +149,8 @@ impl Sources {
 pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
+    /// The window, in nanoseconds.
+    window_ns: i64,
     sources: Sources,
     watched: SelectorMemo,
 }
@@ -127,6 +162,7 @@ impl Scan {
         };
         let params = params.clone();
         Some(Scan {
+            window_ns: span_ns(params.window),
             rule,
             params,
             sources: Sources::default(),
@@ -152,15 +188,14 @@ impl Scan {
         {
             return None;
         }
-        let window_ns = i64::try_from(self.params.window.as_nanos()).unwrap_or(i64::MAX);
+        let window_ns = self.window_ns;
         let w = self.sources.window(&src.namespace, &src.pod);
-        let destination = DestinationRef::of(flow, Granularity::Exact);
-        let d = destination.key();
-        let p = key((d, flow.destination.port, flow.protocol));
+        let d = flow.destination_key(Granularity::Exact);
+        let p = port_key(d, flow.destination.port, flow.protocol);
         w.events.push_back((flow.time_ns, d, p));
         w.destinations
             .entry(d)
-            .or_insert_with(|| (0, destination.to_string()))
+            .or_insert_with(|| (0, DestinationRef::of(flow, Granularity::Exact).to_string()))
             .0 += 1;
         *w.ports.entry(p).or_default() += 1;
         w.last_ns = w.last_ns.max(flow.time_ns);
@@ -331,7 +366,7 @@ mod tests {
         s.window(&ns, &pods[MAX_SOURCES]).last_ns = last_ns(MAX_SOURCES);
         assert_eq!(s.windows.len(), MAX_SOURCES);
         assert_eq!(s.slots.len(), MAX_SOURCES);
-        assert!(!s.slots.contains_key(&(ns.clone(), pods[7].clone())));
+        assert!(!s.has(&ns, &pods[7]));
         // Every other pod keeps its window, found by an equal name in another allocation too.
         for (i, pod) in pods.iter().enumerate().filter(|(i, _)| *i != 7) {
             let copy: Sym = Arc::from(&**pod);
@@ -340,7 +375,7 @@ mod tests {
         }
         // The forgotten pod starts afresh, in the slot of the now quietest.
         assert_eq!(s.window(&ns, &pods[7]).last_ns, 0);
-        assert!(!s.slots.contains_key(&(ns.clone(), pods[0].clone())));
+        assert!(!s.has(&ns, &pods[0]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::common::hash::FastMap;
+use crate::common::hash::KeyMap;
 use crate::egress::baseline::Baseline;
 use crate::egress::watch::NamespaceEgress;
 use crate::flow::intern::{Slots, Sym};
@@ -170,7 +170,7 @@ impl VolumeSpike {
 }
 
 /// Flows per destination in one minute (minutes since the epoch): key to (count, label).
-type MinuteCounts = (i64, FastMap<u64, (u64, String)>);
+type MinuteCounts = (i64, KeyMap<(u64, String)>);
 
 /// Per namespace, the destinations of its egress flows over the last minutes, in per-minute
 /// buckets; bounded in minutes and in distinct destinations per minute.
@@ -193,7 +193,7 @@ impl RecentDestinations {
         let minute = time_ns.div_euclid(60_000_000_000);
         let buckets = self.by_namespace.get_or_default(namespace);
         if buckets.back().is_none_or(|(m, _)| *m < minute) {
-            buckets.push_back((minute, FastMap::default()));
+            buckets.push_back((minute, KeyMap::default()));
         }
         while buckets.front().is_some_and(|(m, _)| *m <= minute - minutes) {
             buckets.pop_front();

@@ -12,6 +12,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
@@ -48,6 +49,7 @@ pub enum DestinationRef<'a> {
 
 impl<'a> DestinationRef<'a> {
     /// Where `flow` went, told apart as finely as `granularity` says.
+    #[inline]
     pub fn of(flow: &'a FlowEvent, granularity: Granularity) -> DestinationRef<'a> {
         let dst = &flow.destination;
         if let Some(name) = flow.destination_names.first() {
@@ -88,10 +90,33 @@ impl<'a> DestinationRef<'a> {
         }
     }
 
-    /// A stable 64-bit identity for counting, computed without building the text.
+    /// A 64-bit identity for counting and finding, computed without building the text. Seeded
+    /// at random once per process: destinations are named by the watched workloads (DNS
+    /// names, pods), so their keys must not be chosen to collide.
     pub fn key(&self) -> u64 {
-        // An identity for counting, not a defence: a fixed seed keeps it cheap and stable.
-        foldhash::fast::FixedState::with_seed(0x5ca7_7e55).hash_one(self)
+        static SEED: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+        SEED.hash_one(self)
+    }
+}
+
+impl FlowEvent {
+    /// The key ([`DestinationRef::key`]) of where the flow went, told apart as `granularity`
+    /// says. The exact destination's key is worked out once per flow, for every detector
+    /// that counts destinations; the grouped form shares it except for a world address
+    /// (grouped by block).
+    pub fn destination_key(&self, granularity: Granularity) -> u64 {
+        let exact = || {
+            self.exact_key
+                .get_or_init(|| DestinationRef::of(self, Granularity::Exact).key())
+        };
+        if granularity == Granularity::Exact {
+            return exact();
+        }
+        match DestinationRef::of(self, granularity) {
+            d @ DestinationRef::Block(_) => d.key(),
+            d if granularity == Granularity::Pod => d.key(),
+            _ => exact(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod wire;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::proto::flow::{DropReason, LostEventSource, TrafficDirection, Verdict};
 pub use crate::proto::relay::NodeState;
@@ -181,6 +182,51 @@ pub struct FlowEvent {
     pub ingress_denied_by: Box<[PolicyRef]>,
     /// Whether this is the reply direction of a connection; `None` when unknown.
     pub is_reply: Option<bool>,
+    /// The key of the exact destination, computed by the first detector that asks (see
+    /// [`FlowEvent::destination_key`]); a flow is not changed once it is read.
+    pub(crate) exact_key: Memo,
+}
+
+/// A value worked out from a flow once, by whichever reader asks first. It is no part of the
+/// flow's value: flows compare equal whatever their memos hold, and a copy of a flow starts
+/// with an empty one (the copy may be changed before it is read).
+#[derive(Default)]
+pub struct Memo(AtomicU64);
+
+impl Memo {
+    /// The value, worked out by `f` on the first call. Zero stands for "not yet": a value
+    /// that is zero is worked out again (as two threads asking at once may both do; `f`
+    /// gives both the same answer).
+    pub fn get_or_init(&self, f: impl FnOnce() -> u64) -> u64 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => {
+                let value = f();
+                self.0.store(value, Ordering::Relaxed);
+                value
+            }
+            value => value,
+        }
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl FlowEvent {
@@ -481,6 +527,7 @@ impl Assembler<'_> {
             egress_denied_by: Box::default(),
             ingress_denied_by: Box::default(),
             is_reply: None,
+            exact_key: Memo::default(),
         }
     }
 }
