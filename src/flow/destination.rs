@@ -218,3 +218,84 @@ pub fn label(flow: &FlowEvent) -> String {
         format!("{target}:{port}/{proto}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Event;
+    use crate::flow::json::JsonDecoder;
+
+    fn flow(destination: &str, names: &str) -> FlowEvent {
+        let line = format!(
+            r#"{{"flow":{{"time":"2026-01-01T00:00:00Z","verdict":"FORWARDED","IP":{{"source":"10.0.0.5","destination":"203.0.113.9"}},"source":{{"namespace":"ai-training","pod_name":"w-0"}},"destination":{destination},"destination_names":[{names}],"traffic_direction":"EGRESS"}}}}"#
+        );
+        match JsonDecoder::default().decode_line(&line).unwrap() {
+            Event::Flow(f) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flow_s_destination_key_is_its_destination_s_in_every_granularity() {
+        let flows = [
+            flow("{}", r#""paste.example.net""#),
+            flow(
+                r#"{"namespace":"production","pod_name":"db-0","workloads":[{"name":"db","kind":"StatefulSet"}]}"#,
+                "",
+            ),
+            flow(r#"{"namespace":"production","pod_name":"db-0"}"#, ""),
+            flow("{}", ""),
+        ];
+        let grouped = Granularity::Grouped {
+            v4_bits: 16,
+            v6_bits: 48,
+        };
+        for f in &flows {
+            // Asked in each order, so the exact key is sometimes worked out first, sometimes not.
+            for order in [
+                [Granularity::Exact, grouped, Granularity::Pod],
+                [Granularity::Pod, grouped, Granularity::Exact],
+            ] {
+                let copy = f.clone();
+                for g in order {
+                    assert_eq!(
+                        copy.destination_key(g),
+                        DestinationRef::of(&copy, g).key(),
+                        "{g:?} of {}",
+                        DestinationRef::of(&copy, g)
+                    );
+                }
+            }
+        }
+        let shown: Vec<String> = flows
+            .iter()
+            .map(|f| DestinationRef::of(f, Granularity::Exact).to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "paste.example.net",
+                "production/db",
+                "production/db-0",
+                "203.0.113.9"
+            ]
+        );
+        // A world address: its block and its address are told apart.
+        let world = &flows[3];
+        assert_ne!(
+            world.destination_key(grouped),
+            world.destination_key(Granularity::Exact)
+        );
+        // A copy of a flow whose key was worked out, changed before it is read, has the key
+        // of what it became.
+        let named = flows[0].destination_key(Granularity::Exact);
+        let mut changed = flows[0].clone();
+        changed.destination_names = flows[1].destination_names.clone();
+        changed.destination = flows[1].destination.clone();
+        assert_eq!(
+            changed.destination_key(Granularity::Exact),
+            flows[1].destination_key(Granularity::Exact)
+        );
+        assert_ne!(changed.destination_key(Granularity::Exact), named);
+    }
+}
