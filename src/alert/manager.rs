@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Alert, FlowContext, Hit, Status, fingerprint};
-use crate::common::clock::{format_time, now_ns};
+use crate::common::clock::{format_time, now_ns, span_ns};
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
 use crate::rules::{Direction, Kind, Rule};
@@ -443,7 +443,7 @@ fn lookback_ns(rule: &Rule) -> i64 {
         Kind::Coverage(p) => p.window,
         _ => Duration::ZERO,
     };
-    i64::try_from(span.as_nanos()).unwrap_or(0)
+    span_ns(span)
 }
 
 /// The flow query that returns the flows behind an alert of `rule` for (namespace,
@@ -542,7 +542,7 @@ fn resend(
 /// Re-renders the annotations and pushes `endsAt` ahead of the next re-send.
 fn refresh(alert: &mut Alert, rule: &Rule, config: &LifecycleConfig) {
     let ahead = (config.resend_interval * 4).max(Duration::from_secs(300));
-    alert.ends_at_ns = now_ns().saturating_add(i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX));
+    alert.ends_at_ns = now_ns().saturating_add(span_ns(ahead));
     alert.annotations = render(alert, rule, config);
 }
 

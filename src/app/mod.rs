@@ -20,7 +20,7 @@ use crate::alert::manager::{LifecycleConfig, Manager};
 use crate::alert::sink::{self, DeliveryStats};
 use crate::api::reload::ReloadStatus;
 use crate::api::{self, egress::EgressApi, metrics::Telemetry};
-use crate::common::clock::now_ns;
+use crate::common::clock::{now_ns, span_ns};
 use crate::config::{Config, SourceKind};
 use crate::detect::engine::Engine;
 use crate::egress::{self, prometheus::Prometheus, sampler::Sampler, watch::EgressReport};
@@ -101,7 +101,7 @@ fn hubble_source(config: &Config, store: &Store, stats: Arc<SourceStats>) -> Hub
             // Pick up the flows Hubble still holds from while exfilwatch was down. Relay merges
             // nodes with some delay, so start an overlap early: a flow counted twice is better
             // than a flow missed.
-            let overlap = i64::try_from(config.hubble.resume_overlap.as_nanos()).unwrap_or(0);
+            let overlap = span_ns(config.hubble.resume_overlap);
             source.start_at(cursor.saturating_sub(overlap))
         }
         // A first start follows from now; the cursor is set at once, so that a crash before

@@ -9,7 +9,7 @@ use super::{
     EXIT_CONFIG, EXIT_NO_INPUT, EXIT_SOURCE, EXIT_STORE, Outcome, OutputFormat, PolicyAction,
     PolicySource,
 };
-use crate::common::clock::now_ns;
+use crate::common::clock::{now_ns, span_ns};
 use crate::config::Config;
 use crate::flowstore::FlowStore;
 use crate::policy::{self, Flavor};
@@ -33,7 +33,7 @@ fn connections(w: &Window) -> Result<History, Outcome> {
     let store = FlowStore::open_read_only(config.flows.clone())
         .map_err(|e| Outcome::fail(EXIT_STORE, format!("flow store: {e}")))?;
     let until = now_ns();
-    let since = until.saturating_sub(i64::try_from(w.since.as_nanos()).unwrap_or(i64::MAX));
+    let since = until.saturating_sub(span_ns(w.since));
     let found = store
         .connections(&w.namespace, since, until.saturating_add(1))
         .map_err(|e| Outcome::fail(EXIT_STORE, format!("flow store: {e}")))?;

@@ -6,7 +6,7 @@
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .map_or(0, span_ns)
 }
 
 /// `span` in nanoseconds, as flow times are compared with it; a span too long for 64 bits

@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::{FlowDetector, Hit};
+use crate::common::clock::span_ns;
 use crate::flow::destination::{DestinationRef, Granularity};
 use crate::flow::{FlowEvent, Peer, TrafficDirection, Verdict};
 use crate::rules::{Direction, Kind, PolicyDeniedParams, Rule};
@@ -104,7 +105,7 @@ impl PolicyDenied {
 
     /// True when `flow` is the other report (policy verdict vs drop) of a packet just counted.
     fn second_report(&mut self, flow: &FlowEvent) -> bool {
-        let window = i64::try_from(self.params.duplicate_window.as_nanos()).unwrap_or(i64::MAX);
+        let window = span_ns(self.params.duplicate_window);
         while let Some(&(t, key)) = self.order.front() {
             if flow.time_ns.saturating_sub(t) <= window && self.order.len() < RECENT_CAPACITY {
                 break;

@@ -30,6 +30,7 @@ pub use chunk::{Builder, Chunk, Col, Row};
 pub use connections::{Connection, ConnectionKey};
 pub use query::{BadParameter, Filter};
 
+use crate::common::clock::span_ns;
 use crate::config::{FlowStoreConfig, MAX_CHUNK_FLOWS};
 use crate::flow::FlowEvent;
 
@@ -923,8 +924,7 @@ impl FlowStore {
 
     /// Deletes segments past the retention age, then the oldest while over the size bound.
     fn retain(&self, now_ns: i64) {
-        let cutoff =
-            now_ns.saturating_sub(i64::try_from(self.config.retention.as_nanos()).unwrap_or(0));
+        let cutoff = now_ns.saturating_sub(span_ns(self.config.retention));
         let pending: Vec<PathBuf> = self.pending_lock().values().cloned().collect();
         let mut inner = self.lock();
         let mut total: u64 = inner.segments.iter().map(|s| s.bytes).sum();
@@ -1136,7 +1136,7 @@ impl FlowStore {
         // Without `since`, the bucket's retention, within what one query may list.
         let widest = (bucket::MAX_HOURS - 24) * 3_600 * 1_000_000_000;
         let since = filter.since_ns.unwrap_or_else(|| {
-            let back = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+            let back = span_ns(retention);
             now.saturating_sub(back.min(widest))
         });
         let until = filter

@@ -9,6 +9,7 @@ use polars::prelude::*;
 use super::chunk::{Chunk, Col, NumberSets};
 use ipnet::IpNet;
 
+use crate::common::clock::span_ns;
 use crate::flow::intern::Sym;
 use crate::flow::{DropReason, L4Protocol, TrafficDirection, Verdict};
 
@@ -240,7 +241,7 @@ impl Filter {
                     "must be later than since",
                 ));
             }
-            let max = i64::try_from(MAX_RANGE.as_nanos()).unwrap_or(i64::MAX);
+            let max = span_ns(MAX_RANGE);
             if until - since > max {
                 return Err(bad(
                     "since",
@@ -452,7 +453,7 @@ pub fn parse_time(key: &str, value: &str, now_ns: i64) -> Result<i64, BadParamet
         if d > MAX_AGO {
             return Err(bad(key, value, "more than 10 years (3650d) ago"));
         }
-        let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let ns = span_ns(d);
         return Ok(now_ns.saturating_sub(ns));
     }
     let ts: prost_types::Timestamp = value.parse().map_err(|_| {

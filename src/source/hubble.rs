@@ -20,6 +20,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{SourceStats, StreamState};
+use crate::common::clock::span_ns;
 use crate::common::error_chain;
 use crate::common::retry::Backoff;
 use crate::config::HubbleConfig;
@@ -254,7 +255,7 @@ impl HubbleSource {
         let mut decoder = Decoder::default();
         let mut dedup = Dedup::new(self.config.dedup_capacity);
         let mut last_flow_ns: Option<i64> = None;
-        let overlap = i64::try_from(self.config.resume_overlap.as_nanos()).unwrap_or(i64::MAX);
+        let overlap = span_ns(self.config.resume_overlap);
         let mut attempts = 0u64;
         loop {
             if attempts > 0 {
@@ -403,13 +404,8 @@ mod tests {
     /// ring on flows in order, out of order, repeated and re-delivered after a gap.
     #[test]
     fn dedup_answers_as_a_set_kept_on_every_flow() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut next = || rng.u64(..);
         for capacity in [1, 3, 16, 100] {
             let mut lazy = Dedup::new(capacity);
             let mut plain_set = HashSet::new();
