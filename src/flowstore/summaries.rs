@@ -62,6 +62,8 @@ impl Hour {
 #[derive(Debug, Default)]
 struct Open {
     parts: Vec<Connection>,
+    /// How many parts the last merge left: the hour's distinct connections then.
+    merged: usize,
     first_seq: u64,
     last_seq: u64,
 }
@@ -211,10 +213,12 @@ impl Summaries {
             open.last_seq = chunk.last_seq;
             open.parts.push(c);
         }
-        // Keep each open hour merged, so it stays as small as its distinct connections.
+        // Keep each open hour merged, so it stays within about twice its distinct
+        // connections: merging when the parts double keeps the work per part constant.
         for open in self.open.values_mut() {
-            if open.parts.len() > 4096 {
+            if open.parts.len() > 2 * open.merged + 64 {
                 open.parts = connections::merge(open.parts.iter());
+                open.merged = open.parts.len();
             }
         }
         let closing: Vec<i64> = self
