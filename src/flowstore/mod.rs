@@ -76,7 +76,7 @@ pub struct StoreStats {
     pub top_cache_hits: AtomicU64,
     /// Segments and objects read whole by queries.
     pub segment_reads: AtomicU64,
-    /// Segments `/flows` read column-first ([`FlowStore::select`]).
+    /// Segments read column-first: by `/flows` ([`FlowStore::select`]) and `/flows/top`.
     pub segment_filtered_reads: AtomicU64,
     /// Stored chunks a `/flows` page took from the rows kept of an earlier page.
     pub match_cache_hits: AtomicU64,
@@ -529,6 +529,25 @@ impl GroupBy {
             GroupBy::Port => port_proto(),
             GroupBy::Namespace => c(Col::SrcNamespace),
             GroupBy::Verdict => c(Col::Verdict),
+        }
+    }
+
+    /// The columns [`GroupBy::key`] reads.
+    fn columns(self) -> &'static [Col] {
+        match self {
+            GroupBy::Destination => &[
+                Col::Fqdn,
+                Col::DstNamespace,
+                Col::DstPod,
+                Col::DstIp,
+                Col::DstPort,
+                Col::Protocol,
+            ],
+            GroupBy::Source => &[Col::SrcNamespace, Col::SrcPod],
+            GroupBy::Fqdn => &[Col::Fqdn],
+            GroupBy::Port => &[Col::DstPort, Col::Protocol],
+            GroupBy::Namespace => &[Col::SrcNamespace],
+            GroupBy::Verdict => &[Col::Verdict],
         }
     }
 
@@ -1867,8 +1886,26 @@ impl FlowStore {
         filter: &Filter,
         by: GroupBy,
     ) -> Result<Option<Vec<Group>>, StoreError> {
-        let Some(chunk) = self.load(source) else {
-            return Ok(None);
+        let chunk = match source {
+            // A segment not among the recently read ones: only the columns the filter and
+            // the grouping read (a `/flows/top` over the last minute meets a new segment at
+            // its start at every ask; reading it whole would cost many times more and push a
+            // segment a page may want out of the cache).
+            Source::Disk(s) if self.cached(&s.path).is_none() => {
+                match self.read_columns(s, filter, by) {
+                    Ok(chunk) => Arc::new(chunk),
+                    Err(message) => {
+                        self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+                        let path = s.path.display().to_string();
+                        tracing::error!("{}", StoreError::Segment { path, message });
+                        return Ok(None);
+                    }
+                }
+            }
+            _ => match self.load(source) {
+                Some(chunk) => chunk,
+                None => return Ok(None),
+            },
         };
         let Some(mut predicate) = filter.predicate(&chunk) else {
             return Ok(None);
@@ -1903,6 +1940,43 @@ impl FlowStore {
             });
         }
         Ok(Some(parts))
+    }
+}
+
+impl FlowStore {
+    /// The columns of `segment` that `filter` and `by` read, as a chunk of their own.
+    fn read_columns(
+        &self,
+        segment: &Segment,
+        filter: &Filter,
+        by: GroupBy,
+    ) -> Result<Chunk, String> {
+        let mut cols = filter.columns();
+        for c in by.columns() {
+            if !cols.contains(c) {
+                cols.push(*c);
+            }
+        }
+        let uuids = filter.reads_uuids();
+        let file = std::fs::File::open(&segment.path).map_err(|e| e.to_string())?;
+        let mut reader = ParquetReader::new(file);
+        let schema = reader.schema().map_err(|e| e.to_string())?;
+        // Columns added since a segment was written are left out here and read as empty.
+        let names: Vec<String> = ["seq", "time"]
+            .into_iter()
+            .chain(cols.iter().map(|c| c.name()))
+            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
+            .filter(|n| schema.contains(n))
+            .map(str::to_owned)
+            .collect();
+        let frame = reader
+            .with_columns(Some(names))
+            .finish()
+            .map_err(|e| e.to_string())?;
+        self.stats
+            .segment_filtered_reads
+            .fetch_add(1, Ordering::Relaxed);
+        Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }
 }
 
@@ -2535,6 +2609,64 @@ mod tests {
             .unwrap();
         assert!(page.flows.is_empty());
         assert_eq!(reads(), before);
+    }
+
+    #[test]
+    fn a_segment_grouped_column_first_counts_what_the_whole_segment_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows_attacked_every(8_000, 150);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        let segments = store.lock().segments.clone();
+        assert!(segments.len() >= 5, "flows rolled to disk");
+        // A time that cuts a segment: rows on both sides of it.
+        let since = flows[2_500].time_ns;
+        let cases = [
+            (vec![], None),
+            (vec![], Some(since)),
+            (vec![("verdict", "DROPPED")], None),
+            (
+                vec![("source_namespace", "ai-training"), ("port", "29500")],
+                None,
+            ),
+            (vec![("destination_cidr", "10.0.0.0/16")], Some(since)),
+            (
+                vec![("pod", "llm-"), ("drop_reason", "POLICY_DENIED,181")],
+                None,
+            ),
+        ];
+        let st = &store.stats;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sorted = |mut g: Vec<Group>| {
+            g.sort_by(|a, b| a.key.cmp(&b.key));
+            g.into_iter()
+                .map(|g| format!("{} {} {} {}", g.key, g.count, g.first_ns, g.last_ns))
+                .collect::<Vec<_>>()
+        };
+        let mut counted = 0;
+        for (params, since) in &cases {
+            let mut f = filter(params);
+            f.since_ns = *since;
+            for by in GroupBy::ALL {
+                for s in &segments {
+                    let source = Source::Disk(s.clone());
+                    store.cache.lock().unwrap().clear();
+                    let (whole_reads, filtered) =
+                        (count(&st.segment_reads), count(&st.segment_filtered_reads));
+                    let first = store.chunk_top(&source, &f, by).unwrap();
+                    assert_eq!(count(&st.segment_reads), whole_reads, "no whole read");
+                    assert_eq!(count(&st.segment_filtered_reads), filtered + 1);
+                    // The same from the whole segment, once it is among the recently read.
+                    store.load(&source).unwrap();
+                    let whole = store.chunk_top(&source, &f, by).unwrap();
+                    assert_eq!(count(&st.segment_filtered_reads), filtered + 1);
+                    let at = format!("{params:?} since {since:?} by {by:?} in {s:?}");
+                    let (first, whole) = (first.map(sorted), whole.map(sorted));
+                    assert_eq!(first, whole, "{at}");
+                    counted += first.map_or(0, |g| g.len());
+                }
+            }
+        }
+        assert!(counted > 100, "the cases group flows: {counted}");
     }
 
     #[test]
