@@ -10,6 +10,12 @@ use exfilwatch::cli::{self, Cli};
 use exfilwatch::config::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, whose background thread gives pages freed by queries and rotated segments back
+/// to the system within seconds (glibc's malloc keeps them: docs/reliability.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Logs to stderr at `RUST_LOG`'s levels (info by default), as `format` says. Text is coloured
 /// only when stderr is a terminal, so files and `kubectl logs` carry no escape codes.
 fn init_logging(format: LogFormat) {
