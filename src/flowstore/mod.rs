@@ -1418,16 +1418,8 @@ impl FlowStore {
         let schema = reader.schema().map_err(text)?;
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
-        // Columns added since a segment was written are left out here and read as empty.
-        let names: Vec<String> = ["seq", "time"]
-            .into_iter()
-            .chain(cols.iter().map(|c| c.name()))
-            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
-            .filter(|n| schema.contains(n))
-            .map(str::to_owned)
-            .collect();
         let narrow = reader
-            .with_columns(Some(names))
+            .with_columns(Some(column_names(&schema, &cols, uuids)))
             .with_row_index(Some(RowIndex {
                 name: chunk::ROW_INDEX.into(),
                 offset: 0,
@@ -1941,9 +1933,7 @@ impl FlowStore {
         }
         Ok(Some(parts))
     }
-}
 
-impl FlowStore {
     /// The columns of `segment` that `filter` and `by` read, as a chunk of their own.
     fn read_columns(
         &self,
@@ -1961,16 +1951,8 @@ impl FlowStore {
         let file = std::fs::File::open(&segment.path).map_err(|e| e.to_string())?;
         let mut reader = ParquetReader::new(file);
         let schema = reader.schema().map_err(|e| e.to_string())?;
-        // Columns added since a segment was written are left out here and read as empty.
-        let names: Vec<String> = ["seq", "time"]
-            .into_iter()
-            .chain(cols.iter().map(|c| c.name()))
-            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
-            .filter(|n| schema.contains(n))
-            .map(str::to_owned)
-            .collect();
         let frame = reader
-            .with_columns(Some(names))
+            .with_columns(Some(column_names(&schema, &cols, uuids)))
             .finish()
             .map_err(|e| e.to_string())?;
         self.stats
@@ -1978,6 +1960,19 @@ impl FlowStore {
             .fetch_add(1, Ordering::Relaxed);
         Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }
+}
+
+/// What a column-first read of a segment with `schema` asks for: `seq`, `time`, `cols` and,
+/// when `uuids` is set, the UUID columns. Columns added since the segment was written are
+/// left out, and read as empty ([`Chunk::partial_from_parquet_frame`]).
+fn column_names(schema: &ArrowSchema, cols: &[Col], uuids: bool) -> Vec<String> {
+    ["seq", "time"]
+        .into_iter()
+        .chain(cols.iter().map(|c| c.name()))
+        .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
+        .filter(|n| schema.contains(n))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `filter`'s time range and a further condition, both to hold: what rows already matching
