@@ -1201,11 +1201,16 @@ impl FlowStore {
         match read {
             Ok(c) => Some(c),
             Err(e) => {
-                self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("{e}");
+                self.skip_unreadable(&e);
                 None
             }
         }
+    }
+
+    /// Counts and logs a chunk a query could not read, which it then skips.
+    fn skip_unreadable(&self, e: &StoreError) {
+        self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("{e}");
     }
 
     /// An object of the bucket, read once (its span remembered for the next queries).
@@ -1361,14 +1366,8 @@ impl FlowStore {
             return match self.select_columns_first(s, filter, also, pick) {
                 Ok(matched) => Ok(matched),
                 Err(message) => {
-                    self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        "{}",
-                        StoreError::Segment {
-                            path: s.path.display().to_string(),
-                            message,
-                        }
-                    );
+                    let path = s.path.display().to_string();
+                    self.skip_unreadable(&StoreError::Segment { path, message });
                     Ok(Matched::NotKept(None))
                 }
             };
@@ -1414,21 +1413,9 @@ impl FlowStore {
     ) -> Result<Matched, String> {
         let text = |e: PolarsError| e.to_string();
         let open = || std::fs::File::open(&segment.path).map_err(|e| e.to_string());
-        let mut reader = ParquetReader::new(open()?);
-        let schema = reader.schema().map_err(text)?;
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
-        let narrow = reader
-            .with_columns(Some(column_names(&schema, &cols, uuids)))
-            .with_row_index(Some(RowIndex {
-                name: chunk::ROW_INDEX.into(),
-                offset: 0,
-            }))
-            .finish()
-            .map_err(text)?;
-        self.stats
-            .segment_filtered_reads
-            .fetch_add(1, Ordering::Relaxed);
+        let narrow = self.read_narrow(segment, &cols, uuids, true)?;
         // With the segment's dictionaries at hand, polars compares the strings themselves
         // against the values the filter accepts; else they are coded first, as a whole read
         // codes them.
@@ -1887,9 +1874,8 @@ impl FlowStore {
                 match self.read_columns(s, filter, by) {
                     Ok(chunk) => Arc::new(chunk),
                     Err(message) => {
-                        self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
                         let path = s.path.display().to_string();
-                        tracing::error!("{}", StoreError::Segment { path, message });
+                        self.skip_unreadable(&StoreError::Segment { path, message });
                         return Ok(None);
                     }
                 }
@@ -1948,31 +1934,45 @@ impl FlowStore {
             }
         }
         let uuids = filter.reads_uuids();
+        let frame = self.read_narrow(segment, &cols, uuids, false)?;
+        Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
+    }
+
+    /// A column-first read of `segment`: `seq`, `time`, `cols`, the UUID columns when `uuids`
+    /// is set, and each row's index in the segment when `row_index` is. Columns added since
+    /// the segment was written are left out, and read as empty
+    /// ([`Chunk::partial_from_parquet_frame`]).
+    fn read_narrow(
+        &self,
+        segment: &Segment,
+        cols: &[Col],
+        uuids: bool,
+        row_index: bool,
+    ) -> Result<DataFrame, String> {
+        let text = |e: PolarsError| e.to_string();
         let file = std::fs::File::open(&segment.path).map_err(|e| e.to_string())?;
         let mut reader = ParquetReader::new(file);
-        let schema = reader.schema().map_err(|e| e.to_string())?;
+        let schema = reader.schema().map_err(text)?;
+        let names: Vec<String> = ["seq", "time"]
+            .into_iter()
+            .chain(cols.iter().map(|c| c.name()))
+            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
+            .filter(|n| schema.contains(n))
+            .map(str::to_owned)
+            .collect();
         let frame = reader
-            .with_columns(Some(column_names(&schema, &cols, uuids)))
+            .with_columns(Some(names))
+            .with_row_index(row_index.then(|| RowIndex {
+                name: chunk::ROW_INDEX.into(),
+                offset: 0,
+            }))
             .finish()
-            .map_err(|e| e.to_string())?;
+            .map_err(text)?;
         self.stats
             .segment_filtered_reads
             .fetch_add(1, Ordering::Relaxed);
-        Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
+        Ok(frame)
     }
-}
-
-/// What a column-first read of a segment with `schema` asks for: `seq`, `time`, `cols` and,
-/// when `uuids` is set, the UUID columns. Columns added since the segment was written are
-/// left out, and read as empty ([`Chunk::partial_from_parquet_frame`]).
-fn column_names(schema: &ArrowSchema, cols: &[Col], uuids: bool) -> Vec<String> {
-    ["seq", "time"]
-        .into_iter()
-        .chain(cols.iter().map(|c| c.name()))
-        .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
-        .filter(|n| schema.contains(n))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// `filter`'s time range and a further condition, both to hold: what rows already matching
