@@ -2,6 +2,11 @@
 # runtime (glibc only).
 #   docker build -t exfilwatch:0.1.0 .
 FROM rust:1.95-slim-bookworm AS build
+# The C parts of the build: librdkafka (bundled, linked to the system OpenSSL) and jemalloc are
+# built with make; OpenSSL's headers are found through pkg-config.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make pkg-config libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin exfilwatch \
