@@ -2149,11 +2149,6 @@ fn write_loop(shared: &Shared) {
         if !batch.is_empty() {
             shared.store.append(&batch);
         }
-        // A backlog (a slow disk) grows the queue; its room goes back once drained, or one
-        // stall would keep tens of MB for the rest of the run.
-        if batch.capacity() > 4 * BATCH {
-            batch = Vec::with_capacity(BATCH);
-        }
         if let Some(n) = checkpoint {
             // Not durable, not reported: the source commits nothing, and the next checkpoint
             // tries again.
