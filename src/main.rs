@@ -16,6 +16,18 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's count of the heap, for `/metrics`.
+#[cfg(feature = "jemalloc")]
+fn jemalloc_heap() -> Option<exfilwatch::common::heap::Heap> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are refreshed when the epoch moves.
+    epoch::advance().ok()?;
+    Some(exfilwatch::common::heap::Heap {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 /// Logs to stderr at `RUST_LOG`'s levels (info by default), as `format` says. Text is coloured
 /// only when stderr is a terminal, so files and `kubectl logs` carry no escape codes.
 fn init_logging(format: LogFormat) {
@@ -56,6 +68,8 @@ fn cancel_on_signal(token: CancellationToken) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "jemalloc")]
+    exfilwatch::common::heap::install(jemalloc_heap);
     exfilwatch::common::http::install_crypto();
     init_logging(cli.log_format());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -232,6 +232,28 @@ impl Collector for Telemetry {
                 u64::try_from(reload.success_seconds()).unwrap_or(0),
             )?;
         }
+        if let Some(rss) = crate::common::heap::resident_set() {
+            gauge(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss,
+            )?;
+        }
+        if let Some(heap) = crate::common::heap::heap() {
+            gauge(
+                &mut e,
+                "exfilwatch_heap_allocated_bytes",
+                "Bytes in live heap allocations, as the allocator counts them",
+                heap.allocated,
+            )?;
+            gauge(
+                &mut e,
+                "exfilwatch_heap_resident_bytes",
+                "Bytes of the allocator's pages resident in memory: live allocations, its metadata and freed pages not yet given back",
+                heap.resident,
+            )?;
+        }
         {
             let g = ConstGauge::new(1i64);
             let mut family = e.encode_descriptor(
@@ -349,6 +371,19 @@ impl Collector for Telemetry {
                 "Stored segments a /flows page ruling out forwarded flows answered from the segment's other flows, kept in memory since it was written",
                 load(&f.unforwarded_hits),
             )?;
+            {
+                let g = ConstGauge::new(0i64);
+                let mut family = e.encode_descriptor(
+                    "exfilwatch_store_cache_bytes",
+                    "Bytes the flow store's query caches hold by its own estimate: decoded segments, /flows/top groups, /flows matches",
+                    None,
+                    g.metric_type(),
+                )?;
+                for (cache, bytes) in flows.cache_bytes() {
+                    ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX))
+                        .encode(family.encode_family(&[("cache", cache)])?)?;
+                }
+            }
             if let Some(b) = flows.bucket() {
                 let b = &b.stats;
                 for (name, help, value) in [

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod error;
 pub mod hash;
+pub mod heap;
 pub mod http;
 pub mod net;
 pub mod retry;

@@ -730,6 +730,20 @@ impl FlowStore {
         &self.config
     }
 
+    /// Bytes the query caches hold by their own estimates: decoded segments, `/flows/top`
+    /// groups and `/flows` matches, by name.
+    pub fn cache_bytes(&self) -> [(&'static str, u64); 3] {
+        let segments = (self.cache.lock().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .map(|(_, chunk)| chunk.bytes())
+            .sum::<usize>();
+        [
+            ("segments", segments as u64),
+            ("top", self.tops_lock().bytes as u64),
+            ("matches", self.matches_lock().bytes as u64),
+        ]
+    }
+
     /// The shared bucket, when the store has one.
     pub fn bucket(&self) -> Option<&Arc<bucket::Bucket>> {
         self.bucket.as_ref()

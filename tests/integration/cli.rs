@@ -405,6 +405,22 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
         )),
         "{metrics}"
     );
+    // The process's memory: its resident set, and the heap as jemalloc (the binary's
+    // allocator by default) counts it.
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        let line = line.unwrap_or_else(|| panic!("no {name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let rss = value("process_resident_memory_bytes");
+    let (allocated, resident) = (
+        value("exfilwatch_heap_allocated_bytes"),
+        value("exfilwatch_heap_resident_bytes"),
+    );
+    assert!(
+        (1 << 20..1 << 30).contains(&allocated) && allocated <= resident && rss >= 1 << 20,
+        "allocated {allocated}, resident {resident}, resident set {rss}"
+    );
     // The scheme is matched without case (RFC 7235).
     let lower = client
         .get(format!("{base}/metrics"))

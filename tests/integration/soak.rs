@@ -30,12 +30,14 @@ fn env(name: &str, default: u64) -> u64 {
 /// The flow store's disk bound in the soak's configuration.
 const DISK_MIB: u64 = 256;
 
-fn rss_mib(pid: u32) -> u64 {
+/// A field of `/proc/<pid>/status` in MiB: `VmRSS:` the resident set, `RssFile:` its part
+/// that maps files (the segments queries read).
+fn status_mib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|v| v.parse::<u64>().ok())
         })
@@ -196,6 +198,7 @@ async fn soak() {
     let mut pushed_at: HashMap<String, Instant> = HashMap::new();
     let mut rss: Vec<(u64, u64)> = Vec::new();
     let mut store: Vec<(u64, u64, u64, u64)> = Vec::new();
+    let mut heap: Vec<(u64, [u64; 6])> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut n = 0u64;
@@ -225,7 +228,7 @@ async fn soak() {
                 pushed += 1;
             }
             pushed_at.insert(destination, Instant::now());
-            rss.push((second, rss_mib(pid)));
+            rss.push((second, status_mib(pid, "VmRSS:")));
             if (n / 100).is_multiple_of(10) {
                 // The store's size beside the resident set: what grows with it.
                 let m = service.text("/metrics").await;
@@ -235,6 +238,16 @@ async fn soak() {
                     metric_sum(&m, "exfilwatch_store_memory_bytes") >> 20,
                     metric_sum(&m, "exfilwatch_store_disk_bytes") >> 20,
                 ));
+                // What holds it: the allocator's count, and the store's query caches.
+                let [a, r, c, t, q] = [
+                    "exfilwatch_heap_allocated_bytes",
+                    "exfilwatch_heap_resident_bytes",
+                    "exfilwatch_store_cache_bytes{cache=\"segments\"}",
+                    "exfilwatch_store_cache_bytes{cache=\"top\"}",
+                    "exfilwatch_store_cache_bytes{cache=\"matches\"}",
+                ]
+                .map(|name| metric_sum(&m, name) >> 20);
+                heap.push((second, [a, r, c, t, q, status_mib(pid, "RssFile:")]));
             }
         }
     }
@@ -291,6 +304,13 @@ async fn soak() {
         store
             .iter()
             .map(|(s, n, m, d)| format!("{s}s:{n}/{m}/{d}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!(
+        "  heap by second (MiB: allocated/resident by the allocator; the store's caches of segments/top/matches; files mapped): {}",
+        heap.iter()
+            .map(|(s, [a, r, c, t, m, f])| format!("{s}s:{a}/{r};{c}/{t}/{m};{f}"))
             .collect::<Vec<_>>()
             .join(" ")
     );
