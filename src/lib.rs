@@ -58,3 +58,9 @@ pub mod rules;
 pub mod sim;
 pub mod source;
 pub mod state;
+
+/// The unit tests run on the binary's allocator, whose per-thread counts let them measure
+/// what a structure really holds (see `flowstore::chunk`).
+#[cfg(all(test, feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

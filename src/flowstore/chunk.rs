@@ -502,9 +502,13 @@ impl Chunk {
         self.frame.height()
     }
 
-    /// Bytes the chunk holds in memory.
+    /// Bytes the chunk holds in memory: its values, and each column's structures (about
+    /// 400 bytes: a chunk of a few rows holds some 16 KB whatever its rows).
     pub fn bytes(&self) -> usize {
-        self.frame.estimated_size() + dict_bytes(&self.texts) + self.ips.len() * 40
+        self.frame.estimated_size()
+            + self.frame.width() * 400
+            + dict_bytes(&self.texts)
+            + self.ips.len() * 40
     }
 
     /// Rows of this chunk (`frame`, filtered from its own) as a chunk of their own, with
@@ -787,5 +791,36 @@ mod tests {
         let broken = chunk.to_parquet_frame().unwrap().drop("verdict").unwrap();
         let e = Chunk::from_parquet_frame(&broken).unwrap_err();
         assert!(e.contains("verdict"), "{e}");
+    }
+
+    /// Bytes allocated on this thread while `make` runs and still held after it returns,
+    /// with what it made.
+    #[cfg(feature = "jemalloc")]
+    fn held_by<T>(make: impl FnOnce() -> T) -> (T, u64) {
+        use tikv_jemalloc_ctl::thread::{allocatedp, deallocatedp};
+        let (allocated, deallocated) = (allocatedp::read().unwrap(), deallocatedp::read().unwrap());
+        let before = allocated.get() - deallocated.get();
+        let made = make();
+        (made, allocated.get() - deallocated.get() - before)
+    }
+
+    #[test]
+    #[cfg(feature = "jemalloc")]
+    fn a_small_chunk_estimates_what_it_holds() {
+        // The caches of matches and groups keep many small chunks and bound them by
+        // this estimate: per-column structures weigh as much as a few rows' values.
+        let whole = chunk(2_000);
+        // Polars sets up what it keeps for the process at its first uses.
+        for rows in [0, 10] {
+            drop(whole.subset(whole.frame.slice(0, rows)).unwrap());
+        }
+        for rows in [0, 1, 10, 100, 1_000] {
+            let (part, held) = held_by(|| whole.subset(whole.frame.slice(0, rows)).unwrap());
+            let estimate = part.bytes() as u64;
+            assert!(
+                held / 2 <= estimate && estimate <= held * 2,
+                "{rows} rows: holds {held} bytes, estimated {estimate}"
+            );
+        }
     }
 }

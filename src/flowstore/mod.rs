@@ -374,6 +374,19 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
         }
     }
 
+    /// Drops the entries `gone` names.
+    fn forget(&mut self, gone: impl Fn(&K) -> bool) {
+        let mut freed = 0;
+        self.entries.retain(|key, (_, size, _)| {
+            let keep = !gone(key);
+            if !keep {
+                freed += *size;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
     /// Drops the least recently used entries until a quarter of the limit is free: one pass
     /// over the entries makes room for many more.
     fn evict(&mut self) {
@@ -893,7 +906,6 @@ impl FlowStore {
             path: tmp.display().to_string(),
             source,
         };
-        let mut frame = chunk.to_parquet_frame()?;
         let numbers = NumberSets::of(chunk)?;
         let forwarded = lit(crate::flow::Verdict::Forwarded as u32);
         let unforwarded = chunk
@@ -911,10 +923,7 @@ impl FlowStore {
         } else {
             None
         };
-        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
-        ParquetWriter::new(&mut parquet)
-            .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut frame)?;
+        let parquet = Self::encode(chunk)?;
         let synced = std::fs::File::create(&tmp).and_then(|mut file| {
             std::io::Write::write_all(&mut file, &parquet)?;
             file.sync_all()?;
@@ -955,12 +964,23 @@ impl FlowStore {
         })
     }
 
+    /// A chunk as a parquet file.
+    fn encode(chunk: &Chunk) -> Result<Vec<u8>, PolarsError> {
+        let mut frame = chunk.to_parquet_frame()?;
+        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
+        ParquetWriter::new(&mut parquet)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut frame)?;
+        Ok(parquet)
+    }
+
     /// Deletes segments past the retention age, then the oldest while over the size bound.
     fn retain(&self, now_ns: i64) {
         let cutoff = now_ns.saturating_sub(span_ns(self.config.retention));
         let pending: Vec<PathBuf> = self.pending_lock().values().cloned().collect();
         let mut inner = self.lock();
         let mut total: u64 = inner.segments.iter().map(|s| s.bytes).sum();
+        let mut deleted: Vec<Segment> = Vec::new();
         while let Some(oldest) = inner.segments.front() {
             if oldest.max_time >= cutoff && total <= self.config.disk_bytes {
                 break;
@@ -977,11 +997,29 @@ impl FlowStore {
                 self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
             }
             self.stats.expired.fetch_add(oldest.rows, Ordering::Relaxed);
-            inner.segments.pop_front();
+            deleted.extend(inner.segments.pop_front());
         }
         self.update_sizes(&inner);
         drop(inner);
         self.prune_summaries();
+        self.forget_cached(&deleted);
+    }
+
+    /// Drops what the query caches hold of deleted segments: no query asks for them again,
+    /// and until the caches fill, nothing else would make them go.
+    fn forget_cached(&self, deleted: &[Segment]) {
+        if deleted.is_empty() {
+            return;
+        }
+        let gone = |first: u64, last: u64| {
+            deleted
+                .iter()
+                .any(|s| s.first_seq == first && s.last_seq == last)
+        };
+        self.tops_lock().forget(|k| gone(k.0, k.1));
+        self.matches_lock().forget(|k| gone(k.0, k.1));
+        (self.cache.lock().unwrap_or_else(|p| p.into_inner()))
+            .retain(|(path, _)| !deleted.iter().any(|s| &s.path == path));
     }
 
     /// Forgets (and, when writable, deletes) the hourly summaries that count flows of
@@ -2028,14 +2066,61 @@ struct Shared {
 }
 
 /// Rows waiting for the writer, and the checkpoint behind the last of them.
+///
+/// The rows wait in blocks of [`BATCH`]: a backlog takes more blocks, and once it drains
+/// they are freed but for [`SPARE_BLOCKS`], so the queue does not keep the room a backlog
+/// grew it to (one vector would, or would be re-grown by doubling after each backlog).
 #[derive(Debug, Default)]
 struct Pending {
-    rows: Vec<Row>,
+    blocks: VecDeque<Vec<Row>>,
+    rows: usize,
+    /// Emptied blocks, for the next rows.
+    spare: Vec<Vec<Row>>,
     checkpoint: Option<u64>,
 }
 
-/// Rows that wake the writer early.
+impl Pending {
+    fn push(&mut self, row: Row) {
+        match self.blocks.back_mut() {
+            Some(block) if block.len() < BATCH => block.push(row),
+            _ => {
+                let mut block = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(BATCH));
+                block.push(row);
+                self.blocks.push_back(block);
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// Takes the blocks waiting into `taken`, giving back the emptied blocks `taken` held.
+    fn take(&mut self, taken: &mut VecDeque<Vec<Row>>) {
+        for block in taken.drain(..) {
+            if self.spare.len() < SPARE_BLOCKS {
+                self.spare.push(block);
+            }
+        }
+        std::mem::swap(&mut self.blocks, taken);
+        self.rows = 0;
+    }
+
+    /// Rows the queue has room for without allocating.
+    #[cfg(test)]
+    fn room(&self) -> usize {
+        self.blocks
+            .iter()
+            .chain(&self.spare)
+            .map(Vec::capacity)
+            .sum()
+    }
+}
+
+/// Rows that wake the writer early, and the rows of a block of the queue.
 const BATCH: usize = 4096;
+/// Emptied blocks the queue keeps (each about 800 KB): enough for the writer's usual round.
+const SPARE_BLOCKS: usize = 4;
 /// Most rows waiting for the writer; beyond it flows are counted as dropped.
 const MAX_PENDING: usize = 262_144;
 
@@ -2043,10 +2128,7 @@ impl FlowSink {
     /// Starts the writer thread for `store`.
     pub fn start(store: Arc<FlowStore>) -> (FlowSink, std::thread::JoinHandle<()>) {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                rows: Vec::with_capacity(BATCH),
-                checkpoint: None,
-            }),
+            pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             taken: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -2089,14 +2171,14 @@ impl FlowSink {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        while self.lossless && pending.rows.len() >= MAX_PENDING {
+        while self.lossless && pending.rows >= MAX_PENDING {
             pending = self
                 .shared
                 .taken
                 .wait(pending)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        if pending.rows.len() >= MAX_PENDING {
+        if pending.rows >= MAX_PENDING {
             drop(pending);
             self.shared
                 .store
@@ -2105,8 +2187,8 @@ impl FlowSink {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        pending.rows.push(Row::new(flow));
-        if pending.rows.len() == BATCH {
+        pending.push(Row::new(flow));
+        if pending.rows == BATCH {
             self.shared.wake.notify_one();
         }
     }
@@ -2138,11 +2220,11 @@ impl FlowSink {
 
 fn write_loop(shared: &Shared) {
     let interval = shared.store.config.flush_interval;
-    let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
+    let mut taken: VecDeque<Vec<Row>> = VecDeque::new();
     loop {
         let (stopping, checkpoint) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.rows.len() < BATCH
+            if pending.rows < BATCH
                 && pending.checkpoint.is_none()
                 && !shared.stop.load(Ordering::Acquire)
             {
@@ -2152,16 +2234,17 @@ fn write_loop(shared: &Shared) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            batch.clear();
-            std::mem::swap(&mut pending.rows, &mut batch);
+            pending.take(&mut taken);
             shared.taken.notify_all();
             (
                 shared.stop.load(Ordering::Acquire),
                 pending.checkpoint.take(),
             )
         };
-        if !batch.is_empty() {
-            shared.store.append(&batch);
+        let got = taken.iter().map(Vec::len).sum::<usize>();
+        for block in &mut taken {
+            shared.store.append(block);
+            block.clear();
         }
         if let Some(n) = checkpoint {
             // Not durable, not reported: the source commits nothing, and the next checkpoint
@@ -2180,7 +2263,7 @@ fn write_loop(shared: &Shared) {
                 }
             }
         }
-        if stopping && batch.is_empty() {
+        if stopping && got == 0 {
             return;
         }
     }
@@ -2199,6 +2282,30 @@ mod tests {
     use crate::sim::traffic::TrainingCluster;
 
     /// `n` simulated flows with an exfiltration attempt every 50th.
+    #[test]
+    fn the_writers_queue_gives_back_the_room_of_a_backlog() {
+        let row = Row::new(&flows(1)[0]);
+        let mut pending = Pending::default();
+        let mut taken = VecDeque::new();
+        // A backlog the writer takes at once, then rounds of a few thousand rows.
+        for round in [MAX_PENDING, 5_000, 3_000, 9_000] {
+            for _ in 0..round {
+                pending.push(row.clone());
+            }
+            assert_eq!(pending.rows, round);
+            pending.take(&mut taken);
+            assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), round);
+            assert!(taken.iter().all(|b| b.len() <= BATCH));
+            taken.iter_mut().for_each(Vec::clear);
+        }
+        pending.take(&mut taken);
+        let room = pending.room();
+        assert!(
+            room <= SPARE_BLOCKS * BATCH,
+            "{room} rows of room kept after the backlog"
+        );
+    }
+
     fn flows(n: usize) -> Vec<FlowEvent> {
         flows_attacked_every(n, 50)
     }
@@ -2819,6 +2926,60 @@ mod tests {
         assert_eq!(seqs(&again), seqs(&page));
         assert_eq!(count(&st.segment_filtered_reads), filtered);
         assert_eq!(count(&st.match_cache_hits), hits + segments.len() as u64);
+    }
+
+    #[test]
+    fn the_caches_forget_deleted_segments() {
+        let flows = flows(20_000);
+        // A disk bound of about three segments.
+        let probe = tempfile::tempdir().unwrap();
+        let sized = filled(small(Some(probe.path().into())), &flows[..5_000]);
+        let st = &sized.stats;
+        let segment = st.disk_bytes.load(Ordering::Relaxed) / st.segments.load(Ordering::Relaxed);
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(
+            FlowStoreConfig {
+                disk_bytes: segment * 7 / 2,
+                ..small(Some(dir.path().into()))
+            },
+            &flows[..5_000],
+        );
+        // Pages whose few matches are kept, segment by segment; groups kept as segments
+        // are written.
+        let rare = filter(&[("destination_ip", crate::sim::traffic::EXFIL_IP)]);
+        store.list(&rare, None, 5_000).unwrap();
+        let kept = |store: &FlowStore| {
+            let mut keys: Vec<(u64, u64)> = store
+                .matches_lock()
+                .entries
+                .keys()
+                .map(|k| (k.0, k.1))
+                .collect();
+            keys.extend(store.tops_lock().entries.keys().map(|k| (k.0, k.1)));
+            keys
+        };
+        let before = kept(&store);
+        assert!(!before.is_empty());
+        let rows: Vec<Row> = flows[5_000..].iter().map(Row::new).collect();
+        store.append(&rows);
+        let live: Vec<(u64, u64)> = store
+            .lock()
+            .segments
+            .iter()
+            .map(|s| (s.first_seq, s.last_seq))
+            .collect();
+        assert!(
+            before.iter().any(|k| !live.contains(k)),
+            "segments with cached answers were deleted"
+        );
+        let after = kept(&store);
+        assert!(
+            after.iter().all(|k| live.contains(k)),
+            "cached: {after:?}; stored: {live:?}"
+        );
+        // The pages' segments are all gone, and so is what was kept of them.
+        let [_, (_, top), (_, matches)] = store.cache_bytes();
+        assert!(top > 0 && matches == 0, "{top}, {matches}");
     }
 
     #[test]
