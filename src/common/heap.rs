@@ -28,9 +28,17 @@ pub fn heap() -> Option<Heap> {
 
 /// The process's resident set in bytes (`VmRSS` of `/proc/self/status`), where there is one.
 pub fn resident_set() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    status_bytes("self", "VmRSS")
+}
+
+/// A size field of `/proc/<process>/status` in bytes (`VmRSS`, `RssFile`, ...), for
+/// `process` a pid or `self`.
+pub fn status_bytes(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib: u64 = value.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
 }
 

@@ -746,7 +746,8 @@ impl FlowStore {
     /// Bytes the query caches hold by their own estimates: decoded segments, `/flows/top`
     /// groups and `/flows` matches, by name.
     pub fn cache_bytes(&self) -> [(&'static str, u64); 3] {
-        let segments = (self.cache.lock().unwrap_or_else(|p| p.into_inner()))
+        let segments = self
+            .cache_lock()
             .iter()
             .map(|(_, chunk)| chunk.bytes())
             .sum::<usize>();
@@ -923,7 +924,11 @@ impl FlowStore {
         } else {
             None
         };
-        let parquet = Self::encode(chunk)?;
+        let mut frame = chunk.to_parquet_frame()?;
+        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
+        ParquetWriter::new(&mut parquet)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut frame)?;
         let synced = std::fs::File::create(&tmp).and_then(|mut file| {
             std::io::Write::write_all(&mut file, &parquet)?;
             file.sync_all()?;
@@ -962,16 +967,6 @@ impl FlowStore {
                 unforwarded,
             }),
         })
-    }
-
-    /// A chunk as a parquet file.
-    fn encode(chunk: &Chunk) -> Result<Vec<u8>, PolarsError> {
-        let mut frame = chunk.to_parquet_frame()?;
-        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
-        ParquetWriter::new(&mut parquet)
-            .with_compression(ParquetCompression::Zstd(None))
-            .finish(&mut frame)?;
-        Ok(parquet)
     }
 
     /// Deletes segments past the retention age, then the oldest while over the size bound.
@@ -1018,8 +1013,11 @@ impl FlowStore {
         };
         self.tops_lock().forget(|k| gone(k.0, k.1));
         self.matches_lock().forget(|k| gone(k.0, k.1));
-        (self.cache.lock().unwrap_or_else(|p| p.into_inner()))
+        self.cache_lock()
             .retain(|(path, _)| !deleted.iter().any(|s| &s.path == path));
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.order.retain(|k| !gone(k.0, k.1));
+        connections.parts.retain(|k, _| !gone(k.0, k.1));
     }
 
     /// Forgets (and, when writable, deletes) the hourly summaries that count flows of
@@ -1294,7 +1292,7 @@ impl FlowStore {
 
     /// A segment's chunk if it is among the recently read ones.
     fn cached(&self, name: &Path) -> Option<Arc<Chunk>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.cache_lock();
         cache
             .iter()
             .find(|(p, _)| p == name)
@@ -1307,7 +1305,7 @@ impl FlowStore {
         name: &Path,
         read: impl FnOnce() -> Result<DataFrame, String>,
     ) -> Result<Arc<Chunk>, StoreError> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache_lock();
         if let Some(i) = cache.iter().position(|(p, _)| p == name) {
             let hit = cache.remove(i).unwrap_or_else(|| unreachable!());
             let chunk = hit.1.clone();
@@ -1322,7 +1320,7 @@ impl FlowStore {
         let frame = read().map_err(fail)?;
         self.stats.segment_reads.fetch_add(1, Ordering::Relaxed);
         let chunk = Arc::new(Chunk::from_parquet_frame(&frame).map_err(fail)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache_lock();
         cache.push_back((name.to_path_buf(), chunk.clone()));
         if cache.len() > SEGMENT_CACHE {
             cache.pop_front();
@@ -1905,6 +1903,10 @@ impl FlowStore {
         self.tops_lock().put(key, groups, size);
     }
 
+    fn cache_lock(&self) -> MutexGuard<'_, VecDeque<(PathBuf, Arc<Chunk>)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn tops_lock(&self) -> MutexGuard<'_, Lru<TopKey, Arc<Vec<Group>>>> {
         self.tops.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -2072,8 +2074,8 @@ struct Shared {
 /// grew it to (one vector would, or would be re-grown by doubling after each backlog).
 #[derive(Debug, Default)]
 struct Pending {
+    /// Full blocks but the last.
     blocks: VecDeque<Vec<Row>>,
-    rows: usize,
     /// Emptied blocks, for the next rows.
     spare: Vec<Vec<Row>>,
     checkpoint: Option<u64>,
@@ -2092,7 +2094,13 @@ impl Pending {
                 self.blocks.push_back(block);
             }
         }
-        self.rows += 1;
+    }
+
+    /// Rows waiting.
+    fn len(&self) -> usize {
+        self.blocks
+            .back()
+            .map_or(0, |last| (self.blocks.len() - 1) * BATCH + last.len())
     }
 
     /// Takes the blocks waiting into `taken`, giving back the emptied blocks `taken` held.
@@ -2103,7 +2111,6 @@ impl Pending {
             }
         }
         std::mem::swap(&mut self.blocks, taken);
-        self.rows = 0;
     }
 
     /// Rows the queue has room for without allocating.
@@ -2171,14 +2178,14 @@ impl FlowSink {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        while self.lossless && pending.rows >= MAX_PENDING {
+        while self.lossless && pending.len() >= MAX_PENDING {
             pending = self
                 .shared
                 .taken
                 .wait(pending)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        if pending.rows >= MAX_PENDING {
+        if pending.len() >= MAX_PENDING {
             drop(pending);
             self.shared
                 .store
@@ -2188,7 +2195,7 @@ impl FlowSink {
             return;
         }
         pending.push(Row::new(flow));
-        if pending.rows == BATCH {
+        if pending.len() == BATCH {
             self.shared.wake.notify_one();
         }
     }
@@ -2224,7 +2231,7 @@ fn write_loop(shared: &Shared) {
     loop {
         let (stopping, checkpoint) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.rows < BATCH
+            if pending.len() < BATCH
                 && pending.checkpoint.is_none()
                 && !shared.stop.load(Ordering::Acquire)
             {
@@ -2241,7 +2248,7 @@ fn write_loop(shared: &Shared) {
                 pending.checkpoint.take(),
             )
         };
-        let got = taken.iter().map(Vec::len).sum::<usize>();
+        let drained = taken.is_empty();
         for block in &mut taken {
             shared.store.append(block);
             block.clear();
@@ -2263,7 +2270,7 @@ fn write_loop(shared: &Shared) {
                 }
             }
         }
-        if stopping && got == 0 {
+        if stopping && drained {
             return;
         }
     }
@@ -2281,7 +2288,6 @@ mod tests {
     use crate::flow::{Event, Verdict};
     use crate::sim::traffic::TrainingCluster;
 
-    /// `n` simulated flows with an exfiltration attempt every 50th.
     #[test]
     fn the_writers_queue_gives_back_the_room_of_a_backlog() {
         let row = Row::new(&flows(1)[0]);
@@ -2292,7 +2298,7 @@ mod tests {
             for _ in 0..round {
                 pending.push(row.clone());
             }
-            assert_eq!(pending.rows, round);
+            assert_eq!(pending.len(), round);
             pending.take(&mut taken);
             assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), round);
             assert!(taken.iter().all(|b| b.len() <= BATCH));
@@ -2306,6 +2312,7 @@ mod tests {
         );
     }
 
+    /// `n` simulated flows with an exfiltration attempt every 50th.
     fn flows(n: usize) -> Vec<FlowEvent> {
         flows_attacked_every(n, 50)
     }
@@ -2948,6 +2955,13 @@ mod tests {
         // are written.
         let rare = filter(&[("destination_ip", crate::sim::traffic::EXFIL_IP)]);
         store.list(&rare, None, 5_000).unwrap();
+        store
+            .connections(crate::sim::traffic::TRAINING_NAMESPACE, 0, i64::MAX)
+            .unwrap();
+        let connections = |store: &FlowStore| -> Vec<(u64, u64)> {
+            let cache = store.connections.lock().unwrap();
+            cache.order.iter().map(|k| (k.0, k.1)).collect()
+        };
         let kept = |store: &FlowStore| {
             let mut keys: Vec<(u64, u64)> = store
                 .matches_lock()
@@ -2959,6 +2973,7 @@ mod tests {
             keys
         };
         let before = kept(&store);
+        let connections_before = connections(&store);
         assert!(!before.is_empty());
         let rows: Vec<Row> = flows[5_000..].iter().map(Row::new).collect();
         store.append(&rows);
@@ -2976,6 +2991,13 @@ mod tests {
         assert!(
             after.iter().all(|k| live.contains(k)),
             "cached: {after:?}; stored: {live:?}"
+        );
+        let deleted: Vec<&(u64, u64)> = before.iter().filter(|k| !live.contains(k)).collect();
+        assert!(connections_before.iter().any(|k| deleted.contains(&k)));
+        let left = connections(&store);
+        assert!(
+            left.iter().all(|k| !deleted.contains(&k)),
+            "connections kept of deleted segments: {left:?}"
         );
         // The pages' segments are all gone, and so is what was kept of them.
         let [_, (_, top), (_, matches)] = store.cache_bytes();

@@ -30,19 +30,10 @@ fn env(name: &str, default: u64) -> u64 {
 /// The flow store's disk bound in the soak's configuration.
 const DISK_MIB: u64 = 256;
 
-/// A field of `/proc/<pid>/status` in MiB: `VmRSS:` the resident set, `RssFile:` its part
-/// that maps files (the segments queries read).
+/// A size field of `/proc/<pid>/status` in MiB: `VmRSS` the resident set, `RssFile` its part
+/// that maps files (the binary, the segments queries read).
 fn status_mib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
+    exfilwatch::common::heap::status_bytes(&pid.to_string(), field).unwrap_or(0) >> 20
 }
 
 fn metric_sum(text: &str, name: &str) -> u64 {
@@ -228,7 +219,7 @@ async fn soak() {
                 pushed += 1;
             }
             pushed_at.insert(destination, Instant::now());
-            rss.push((second, status_mib(pid, "VmRSS:")));
+            rss.push((second, status_mib(pid, "VmRSS")));
             if (n / 100).is_multiple_of(10) {
                 // The store's size beside the resident set: what grows with it.
                 let m = service.text("/metrics").await;
@@ -247,7 +238,7 @@ async fn soak() {
                     "exfilwatch_store_cache_bytes{cache=\"matches\"}",
                 ]
                 .map(|name| metric_sum(&m, name) >> 20);
-                heap.push((second, [a, r, c, t, q, status_mib(pid, "RssFile:")]));
+                heap.push((second, [a, r, c, t, q, status_mib(pid, "RssFile")]));
             }
         }
     }
