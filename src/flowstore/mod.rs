@@ -1391,6 +1391,13 @@ impl FlowStore {
         self.config.chunk_flows / 16
     }
 
+    /// How many columns of a span of `rows` a column-first read decodes at once to take a
+    /// filter's matches from it: as many cells as four columns of a whole chunk hold (4 of a
+    /// segment of 65,536 rows, all 32 of a span of 8,192).
+    fn columns_at_once(&self, rows: usize) -> usize {
+        (self.config.chunk_flows * 4 / rows.max(1)).max(1)
+    }
+
     /// A stored chunk's rows matching `filter`'s conditions when they are few, else what
     /// [`FlowStore::select`] answers.
     fn matches(
@@ -1506,15 +1513,30 @@ impl FlowStore {
                 Matched::NotKept(None)
             });
         };
-        let span = ParquetReader::new(open()?)
-            .with_slice(Some((first as usize, (last - first) as usize + 1)))
-            .finish()
-            .map_err(text)?;
+        // The rows from the first match to the last, a few columns at a time, each narrowed
+        // to the matches as soon as it is read: matches spread over a segment would otherwise
+        // decode the whole of it, every column at once, to keep a handful of rows.
+        let span = (last - first) as usize + 1;
         let at = IdxCa::from_vec(
             chunk::ROW_INDEX.into(),
             rows.iter().map(|r| r - first).collect(),
         );
-        let taken = span.take(&at).map_err(text)?;
+        let names: Vec<String> = ParquetReader::new(open()?)
+            .schema()
+            .map_err(text)?
+            .iter_names()
+            .map(|n| n.to_string())
+            .collect();
+        let mut columns = Vec::with_capacity(names.len());
+        for group in names.chunks(self.columns_at_once(span)) {
+            let part = ParquetReader::new(open()?)
+                .with_columns(Some(group.to_vec()))
+                .with_slice(Some((first as usize, span)))
+                .finish()
+                .map_err(text)?;
+            columns.extend(part.take(&at).map_err(text)?.into_columns());
+        }
+        let taken = DataFrame::new(rows.len(), columns).map_err(text)?;
         let chunk = Arc::new(Chunk::from_parquet_frame(&taken)?);
         if few {
             return Ok(Matched::Few(Some(chunk)));
