@@ -10,8 +10,9 @@ use exfilwatch::cli::{self, Cli};
 use exfilwatch::config::LogFormat;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc, whose background thread gives pages freed by queries and rotated segments back
-/// to the system within seconds (glibc's malloc keeps them: docs/reliability.md).
+/// jemalloc, one arena, whose background thread gives pages freed by queries and segment
+/// writes back to the system after about 30 s unused (`.cargo/config.toml`; glibc's malloc
+/// keeps them: docs/reliability.md).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
