@@ -21,7 +21,9 @@
 //!   every segment): 50 filters asked once each (a different pod each), then one filter
 //!   asked 50 times (from the second page on, the segments' matching rows are kept); and a
 //!   filter asked 50 times; p50 and p99, and how many segments a page read column-first,
-//!   whole, or took from the rows kept.
+//!   whole, or took from the rows kept. Filters with `verdict=DROPPED` are answered from the
+//!   segments' unforwarded flows; 50 pods asked once each without it read segments
+//!   column-first.
 //!
 //! Run: `cargo bench --bench flow_store`; see the README for the figures.
 
@@ -346,12 +348,19 @@ fn on_disk(flows: &[FlowEvent]) {
     // First asked: a different pod each page, so no page finds the rows an earlier one kept.
     let first: Vec<_> = pods.iter().map(|p| by_pod(p)).collect();
     let again: Vec<_> = (0..50).map(|_| by_pod(&pods[0])).collect();
+    // Any verdict: no segment's unforwarded flows answer, so each segment is read column-first
+    // and the rest of its columns taken around the pod's flows, spread over all of it.
+    let any_verdict: Vec<_> = pods.iter().map(|p| filter(&[("source_pod", p)])).collect();
     let cases = [
         (
             format!(
                 "source_pod={{one of 50 pods}}&verdict=DROPPED (about {rare} flows each), each pod first asked"
             ),
             first,
+        ),
+        (
+            "source_pod={one of 50 pods}, any verdict, each pod first asked".to_owned(),
+            any_verdict,
         ),
         (
             format!(
