@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -77,39 +78,48 @@ fn counter(
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+/// A metric family of `kind`, one sample per label set (the descriptor even when there is
+/// none).
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Telemetry {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.source;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        {
-            let c = ConstCounter::new(0u64);
-            let mut family = e.encode_descriptor(
-                "exfilwatch_flows_received",
-                "Flows received from Hubble, by verdict",
-                None,
-                c.metric_type(),
-            )?;
-            for (i, n) in s.by_verdict.iter().enumerate() {
+        family(
+            &mut e,
+            "exfilwatch_flows_received",
+            "Flows received from Hubble, by verdict",
+            MetricType::Counter,
+            s.by_verdict.iter().enumerate().map(|(i, n)| {
                 let verdict =
                     Verdict::try_from(i as i32).map_or("VERDICT_UNKNOWN", |v| v.as_str_name());
-                ConstCounter::new(load(n))
-                    .encode(family.encode_family(&[("verdict", verdict)])?)?;
-            }
-        }
-        {
-            let c = ConstCounter::new(0u64);
-            let mut family = e.encode_descriptor(
-                "exfilwatch_lost_events",
-                "Events Hubble reported lost, by source",
-                None,
-                c.metric_type(),
-            )?;
-            for (i, n) in s.lost.iter().enumerate() {
+                ([("verdict", verdict)], ConstCounter::new(load(n)))
+            }),
+        )?;
+        family(
+            &mut e,
+            "exfilwatch_lost_events",
+            "Events Hubble reported lost, by source",
+            MetricType::Counter,
+            s.lost.iter().enumerate().map(|(i, n)| {
                 let source = LostEventSource::try_from(i as i32)
                     .map_or("UNKNOWN_LOST_EVENT_SOURCE", |v| v.as_str_name());
-                ConstCounter::new(load(n)).encode(family.encode_family(&[("source", source)])?)?;
-            }
-        }
+                ([("source", source)], ConstCounter::new(load(n)))
+            }),
+        )?;
         counter(
             &mut e,
             "exfilwatch_flows_duplicate",
@@ -203,21 +213,22 @@ impl Collector for Telemetry {
             None,
             depth.metric_type(),
         )?)?;
-        {
-            let c = ConstCounter::new(0u64);
-            let mut family = e.encode_descriptor(
-                "exfilwatch_denied_flows",
-                "Policy-denied flows from watched namespaces, by destination",
-                None,
-                c.metric_type(),
-            )?;
-            for ((namespace, destination), n) in self.denied.snapshot() {
-                ConstCounter::new(n).encode(family.encode_family(&[
-                    ("namespace", namespace.as_str()),
-                    ("destination", destination.as_str()),
-                ])?)?;
-            }
-        }
+        let denied = self.denied.snapshot();
+        family(
+            &mut e,
+            "exfilwatch_denied_flows",
+            "Policy-denied flows from watched namespaces, by destination",
+            MetricType::Counter,
+            denied.iter().map(|((namespace, destination), n)| {
+                (
+                    [
+                        ("namespace", namespace.as_str()),
+                        ("destination", destination.as_str()),
+                    ],
+                    ConstCounter::new(*n),
+                )
+            }),
+        )?;
         if let Some(reload) = &self.reload {
             gauge(
                 &mut e,
@@ -254,36 +265,34 @@ impl Collector for Telemetry {
                 heap.resident,
             )?;
         }
-        {
-            let g = ConstGauge::new(1i64);
-            let mut family = e.encode_descriptor(
-                "exfilwatch_build_info",
-                "The version and git revision of this build; always 1",
-                None,
-                g.metric_type(),
-            )?;
-            g.encode(family.encode_family(&[
-                ("version", crate::common::version::VERSION),
-                ("revision", crate::common::version::REVISION),
-            ])?)?;
-        }
+        family(
+            &mut e,
+            "exfilwatch_build_info",
+            "The version and git revision of this build; always 1",
+            MetricType::Gauge,
+            [(
+                [
+                    ("version", crate::common::version::VERSION),
+                    ("revision", crate::common::version::REVISION),
+                ],
+                ConstGauge::new(1i64),
+            )],
+        )?;
         if let Ok(firing) = crate::alert::saved_firing(&self.store) {
-            let g = ConstGauge::new(0i64);
-            let mut family = e.encode_descriptor(
-                "exfilwatch_alerts_firing",
-                "Alerts firing, by rule and namespace",
-                None,
-                g.metric_type(),
-            )?;
             let mut by: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
             for a in &firing {
                 let ns = a.labels.get("namespace").map_or("", String::as_str);
                 *by.entry((a.rule.as_str(), ns)).or_default() += 1;
             }
-            for ((rule, ns), n) in by {
-                ConstGauge::new(n)
-                    .encode(family.encode_family(&[("alertname", rule), ("namespace", ns)])?)?;
-            }
+            family(
+                &mut e,
+                "exfilwatch_alerts_firing",
+                "Alerts firing, by rule and namespace",
+                MetricType::Gauge,
+                by.into_iter().map(|((rule, ns), n)| {
+                    ([("alertname", rule), ("namespace", ns)], ConstGauge::new(n))
+                }),
+            )?;
         }
         if let Some(flows) = &self.flows {
             let f = &flows.stats;
@@ -371,19 +380,18 @@ impl Collector for Telemetry {
                 "Stored segments a /flows page ruling out forwarded flows answered from the segment's other flows, kept in memory since it was written",
                 load(&f.unforwarded_hits),
             )?;
-            {
-                let g = ConstGauge::new(0i64);
-                let mut family = e.encode_descriptor(
-                    "exfilwatch_store_cache_bytes",
-                    "Bytes the flow store's query caches hold by its own estimate: decoded segments, /flows/top groups, /flows matches",
-                    None,
-                    g.metric_type(),
-                )?;
-                for (cache, bytes) in flows.cache_bytes() {
-                    ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX))
-                        .encode(family.encode_family(&[("cache", cache)])?)?;
-                }
-            }
+            family(
+                &mut e,
+                "exfilwatch_store_cache_bytes",
+                "Bytes the flow store's query caches hold by its own estimate: decoded segments, /flows/top groups, /flows matches",
+                MetricType::Gauge,
+                flows.cache_bytes().map(|(cache, bytes)| {
+                    (
+                        [("cache", cache)],
+                        ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)),
+                    )
+                }),
+            )?;
             if let Some(b) = flows.bucket() {
                 let b = &b.stats;
                 for (name, help, value) in [
@@ -443,31 +451,24 @@ impl Collector for Telemetry {
                 None,
                 blind.metric_type(),
             )?)?;
-            let g = ConstGauge::new(0.0f64);
-            let mut rates = e.encode_descriptor(
+            family(
+                &mut e,
                 "exfilwatch_egress_rate_bytes",
                 "10-minute egress rate per namespace, bytes per second",
-                None,
-                g.metric_type(),
+                MetricType::Gauge,
+                report.namespaces.iter().filter_map(|(ns, n)| {
+                    Some(([("namespace", ns.as_str())], ConstGauge::new(n.rate?)))
+                }),
             )?;
-            for (ns, n) in &report.namespaces {
-                if let Some(rate) = n.rate {
-                    ConstGauge::new(rate)
-                        .encode(rates.encode_family(&[("namespace", ns.as_str())])?)?;
-                }
-            }
-            let mut baselines = e.encode_descriptor(
+            family(
+                &mut e,
                 "exfilwatch_egress_baseline_bytes",
                 "7-day hourly mean egress rate per namespace, bytes per second",
-                None,
-                g.metric_type(),
+                MetricType::Gauge,
+                report.namespaces.iter().filter_map(|(ns, n)| {
+                    Some(([("namespace", ns.as_str())], ConstGauge::new(n.baseline?)))
+                }),
             )?;
-            for (ns, n) in &report.namespaces {
-                if let Some(baseline) = n.baseline {
-                    ConstGauge::new(baseline)
-                        .encode(baselines.encode_family(&[("namespace", ns.as_str())])?)?;
-                }
-            }
         }
         Ok(())
     }

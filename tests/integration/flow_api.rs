@@ -505,6 +505,15 @@ async fn namespaces_and_metrics_count_the_stored_flows() {
         metrics.contains("exfilwatch_alerts_firing{alertname=\"TrainingPodUnexpectedEgress\",namespace=\"ai-training\"}"),
         "{metrics}"
     );
+    // The query caches, one series each.
+    for cache in ["segments", "top", "matches"] {
+        assert!(
+            metrics.contains(&format!(
+                "exfilwatch_store_cache_bytes{{cache=\"{cache}\"}} "
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
