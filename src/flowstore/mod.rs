@@ -1521,15 +1521,20 @@ impl FlowStore {
             chunk::ROW_INDEX.into(),
             rows.iter().map(|r| r - first).collect(),
         );
-        let names: Vec<String> = ParquetReader::new(open()?)
+        // The file's footer is parsed once, for every group.
+        let mut reader = ParquetReader::new(open()?);
+        let names: Vec<String> = reader
             .schema()
             .map_err(text)?
             .iter_names()
             .map(|n| n.to_string())
             .collect();
+        let metadata = reader.get_metadata().map_err(text)?.clone();
         let mut columns = Vec::with_capacity(names.len());
         for group in names.chunks(self.columns_at_once(span)) {
-            let part = ParquetReader::new(open()?)
+            let mut reader = ParquetReader::new(open()?);
+            reader.set_metadata(metadata.clone());
+            let part = reader
                 .with_columns(Some(group.to_vec()))
                 .with_slice(Some((first as usize, span)))
                 .finish()
@@ -2270,7 +2275,7 @@ fn write_loop(shared: &Shared) {
                 pending.checkpoint.take(),
             )
         };
-        let drained = taken.is_empty();
+        let nothing_taken = taken.is_empty();
         for block in &mut taken {
             shared.store.append(block);
             block.clear();
@@ -2292,7 +2297,7 @@ fn write_loop(shared: &Shared) {
                 }
             }
         }
-        if stopping && drained {
+        if stopping && nothing_taken {
             return;
         }
     }
