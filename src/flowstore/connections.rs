@@ -6,6 +6,7 @@
 //! parts of whole chunks are cached like `/flows/top` answers, since a sealed chunk never
 //! changes.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -150,15 +151,15 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
     };
     let (since_ns, until_ns) = (spec.since_ns, spec.until_ns);
     let frame = &chunk.frame;
-    let numbers = |c: Col| -> PolarsResult<Vec<u32>> {
-        Ok(frame.column(c.name())?.u32()?.into_no_null_iter().collect())
+    // The columns' own values, not copies: a chunk's columns are each one array.
+    let numbers =
+        |c: Col| -> PolarsResult<Cow<'_, [u32]>> { Ok(values(frame.column(c.name())?.u32()?)) };
+    let time = values(frame.column("time")?.i64()?);
+    let seq = match spec.skip {
+        Some(_) => values(frame.column("seq")?.u64()?),
+        None => Cow::Borrowed(&[][..]),
     };
-    let time: Vec<i64> = frame.column("time")?.i64()?.into_no_null_iter().collect();
-    let seq: Vec<u64> = match spec.skip {
-        Some(_) => frame.column("seq")?.u64()?.into_no_null_iter().collect(),
-        None => Vec::new(),
-    };
-    let columns: Vec<Vec<u32>> = KEY_COLUMNS
+    let columns: Vec<Cow<'_, [u32]>> = KEY_COLUMNS
         .iter()
         .map(|c| numbers(*c))
         .collect::<PolarsResult<_>>()?;
@@ -289,6 +290,15 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
             (hour, connection)
         })
         .collect())
+}
+
+/// A column's values as one slice: borrowed when the column is one array without nulls (as a
+/// chunk's are), else gathered.
+fn values<T: PolarsNumericType>(column: &ChunkedArray<T>) -> Cow<'_, [T::Native]> {
+    match column.cont_slice() {
+        Ok(slice) => Cow::Borrowed(slice),
+        Err(_) => Cow::Owned(column.into_no_null_iter().collect()),
+    }
 }
 
 /// Addresses with their flows.
