@@ -523,37 +523,27 @@ impl Chunk {
         Chunk::from_parquet_frame(&rows.to_parquet_frame().map_err(|e| e.to_string())?)
     }
 
-    /// The chunk with strings and addresses written out: what a parquet segment holds. Each
-    /// dictionary becomes one string column, and a coded column gathers from it: the rows
-    /// are views into the dictionary's bytes, so a chunk's strings are not copied once per
-    /// row (a 65,536-flow chunk of Cilium-shaped flows would take some 80 MB that way, at
-    /// every segment written).
+    /// The chunk with strings and addresses written out: what a parquet segment holds.
     pub fn to_parquet_frame(&self) -> Result<DataFrame, PolarsError> {
-        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);
-        for name in ["seq", "time", UUID_COLUMNS[0], UUID_COLUMNS[1]] {
-            cols.push(self.frame.column(name)?.clone());
+        self.written().rows(0, self.rows())
+    }
+
+    /// The chunk's dictionaries as string columns, from which its rows are written out a
+    /// stretch at a time ([`Written::rows`]).
+    pub fn written(&self) -> Written<'_> {
+        Written {
+            chunk: self,
+            texts: StringChunked::from_iter_values(
+                PlSmallStr::EMPTY,
+                self.texts.iter().map(|s| &**s),
+            ),
+            ips: StringChunked::from_iter_values(
+                PlSmallStr::EMPTY,
+                self.ips
+                    .iter()
+                    .map(|ip| ip.map_or_else(String::new, |ip| ip.to_string())),
+            ),
         }
-        let texts =
-            StringChunked::from_iter_values(PlSmallStr::EMPTY, self.texts.iter().map(|s| &**s));
-        let ips = StringChunked::from_iter_values(
-            PlSmallStr::EMPTY,
-            self.ips
-                .iter()
-                .map(|ip| ip.map_or_else(String::new, |ip| ip.to_string())),
-        );
-        for col in Col::ALL {
-            let codes = self.frame.column(col.name())?.u32()?;
-            let column = match col.kind() {
-                Kind::Number => codes.clone().into_column(),
-                Kind::Text => texts
-                    .take(codes)?
-                    .with_name(col.name().into())
-                    .into_column(),
-                Kind::Ip => ips.take(codes)?.with_name(col.name().into()).into_column(),
-            };
-            cols.push(column);
-        }
-        DataFrame::new(self.frame.height(), cols)
     }
 
     /// A chunk from a frame read from a parquet segment, checking every column. Columns
@@ -634,6 +624,47 @@ impl Chunk {
             min_time: time.min().unwrap_or(0),
             max_time: time.max().unwrap_or(0),
         })
+    }
+}
+
+/// A chunk being written out as a parquet segment: its dictionaries as string columns.
+#[derive(Debug)]
+pub struct Written<'a> {
+    chunk: &'a Chunk,
+    texts: StringChunked,
+    ips: StringChunked,
+}
+
+impl Written<'_> {
+    /// Rows `start..start + len` (fewer at the chunk's end) with strings and addresses
+    /// written out. Each coded column gathers from a dictionary: the rows are views into the
+    /// dictionary's bytes, so a string is not copied once per row, and a segment written a
+    /// row group at a time holds one group's views at once, not the whole chunk's (16 bytes
+    /// per row and string column: 15 MB for a 65,536-flow chunk).
+    pub fn rows(&self, start: usize, len: usize) -> Result<DataFrame, PolarsError> {
+        let frame = self.chunk.frame.slice(start as i64, len);
+        let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);
+        for name in ["seq", "time", UUID_COLUMNS[0], UUID_COLUMNS[1]] {
+            cols.push(frame.column(name)?.clone());
+        }
+        for col in Col::ALL {
+            let codes = frame.column(col.name())?.u32()?;
+            let column = match col.kind() {
+                Kind::Number => codes.clone().into_column(),
+                Kind::Text => self
+                    .texts
+                    .take(codes)?
+                    .with_name(col.name().into())
+                    .into_column(),
+                Kind::Ip => self
+                    .ips
+                    .take(codes)?
+                    .with_name(col.name().into())
+                    .into_column(),
+            };
+            cols.push(column);
+        }
+        DataFrame::new(frame.height(), cols)
     }
 }
 
