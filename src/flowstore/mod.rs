@@ -282,19 +282,6 @@ pub struct FlowStore {
 
 const SEGMENT_CACHE: usize = 4;
 
-/// Rows per parquet row group in a segment. A segment is written a group at a time, so a
-/// write holds one group's strings and encoded pages beside the chunk, not the whole
-/// chunk's; reading a stretch of rows decodes only the groups it touches. Each group has
-/// dictionaries of its own: in groups of a quarter chunk, writing 65,536 Cilium-shaped flows
-/// holds 9 MB at its peak instead of 27 MB, and the segment takes some 17 % more disk
-/// (`tests/segment_memory.rs`; docs/reliability.md).
-#[cfg(not(test))]
-const SEGMENT_ROW_GROUP: usize = 16_384;
-/// The unit tests' chunks are small: groups of a few hundred rows make their segments span
-/// several.
-#[cfg(test)]
-const SEGMENT_ROW_GROUP: usize = 384;
-
 /// Given the version it last uploaded, the new version and its bytes when the state changed
 /// since: a checkpoint uploads them after the flows, so the state a replica taking over reads
 /// is at least as new as the offsets committed.
@@ -945,8 +932,9 @@ impl FlowStore {
             .with_compression(ParquetCompression::Zstd(None))
             .set_parallel(false)
             .batched(written.rows(0, 0)?.schema())?;
-        for start in (0..chunk.rows()).step_by(SEGMENT_ROW_GROUP) {
-            writer.write_batch(&written.rows(start, SEGMENT_ROW_GROUP)?)?;
+        let group = self.row_group();
+        for start in (0..chunk.rows()).step_by(group) {
+            writer.write_batch(&written.rows(start, group)?)?;
         }
         writer.finish()?;
         drop((writer, written));
@@ -1410,6 +1398,16 @@ impl FlowStore {
     /// The most rows of a stored chunk kept for one set of conditions.
     fn few(&self) -> usize {
         self.config.chunk_flows / 16
+    }
+
+    /// Rows per parquet row group in a segment: a quarter chunk (16,384 flows by default). A
+    /// segment is written a group at a time, so a write holds one group's strings and encoded
+    /// pages beside the chunk, not the whole chunk's; reading a stretch of rows decodes only
+    /// the groups it touches. Each group has dictionaries of its own: writing 65,536
+    /// Cilium-shaped flows holds 9 MB at its peak instead of 27 MB in one group, and the
+    /// segment takes some 17 % more disk (`tests/segment_memory.rs`; docs/reliability.md).
+    fn row_group(&self) -> usize {
+        (self.config.chunk_flows / 4).max(1)
     }
 
     /// How many columns of a span of `rows` a column-first read decodes at once to take a
