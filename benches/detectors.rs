@@ -97,3 +97,22 @@ fn policy_denied_only(bencher: Bencher, shape: &str) {
 fn all_detectors(bencher: Bencher, shape: &str) {
     run(bencher, engine(|_| true), shape);
 }
+
+/// The rules beside `policy_denied`, one at a time: what each adds to the single-detector cost.
+const OTHERS: [&str; 6] = [
+    "TrainingDataEgressVolumeSpike",
+    "TrainingPodScanning",
+    "TrainingPodDnsExfiltration",
+    "TrainingNamespaceSegmentation",
+    "ExfilwatchCoverageGap",
+    "TrainingPodNewDestination",
+];
+
+#[divan::bench(args = OTHERS)]
+fn policy_denied_and(bencher: Bencher, other: &str) {
+    run(
+        bencher,
+        engine(|r| r.name == "TrainingPodUnexpectedEgress" || r.name == other),
+        "cilium-shaped",
+    );
+}
