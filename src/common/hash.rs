@@ -2,6 +2,15 @@
 //! a detector's work on a flow; foldhash, seeded at random once per process, is several times
 //! faster on the short keys detectors use (names, 64-bit destination keys).
 
+/// The one hash seed of the process, chosen at random when first asked: keys of names the
+/// watched workloads choose (pods, DNS names) must not be chosen to collide, and keys worked
+/// out in one place (an endpoint, a flow) are found by them in another (a detector's table).
+pub fn process_seed() -> &'static foldhash::fast::RandomState {
+    static SEED: std::sync::LazyLock<foldhash::fast::RandomState> =
+        std::sync::LazyLock::new(Default::default);
+    &SEED
+}
+
 /// A `HashMap` with foldhash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 

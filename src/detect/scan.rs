@@ -9,7 +9,6 @@
 //! `MAX_EVENTS` flows per pod are remembered.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -19,7 +18,7 @@ use crate::common::clock::span_ns;
 use crate::common::hash::KeyMap;
 use crate::flow::destination::{Destination, DestinationRef, Granularity};
 use crate::flow::intern::Sym;
-use crate::flow::{FlowEvent, L4Protocol, TrafficDirection};
+use crate::flow::{Endpoint, FlowEvent, L4Protocol, TrafficDirection};
 use crate::rules::{Kind, Rule, ScanParams, SelectorMemo};
 
 /// Pods followed at once; beyond it the quietest is forgotten.
@@ -68,44 +67,50 @@ impl Window {
     }
 }
 
-/// The pods followed, each with its window in a slot found by (namespace, pod). The last pod
-/// asked is remembered by its slot and compared by pointer, so a run of flows from one pod
-/// neither hashes nor clones its names; another pod is found by its names' hash, cloning them
-/// only for a new slot. At `MAX_SOURCES` pods a new one takes the quietest pod's slot.
+/// The pods followed, each with its window in a slot found by the source endpoint's
+/// [`Endpoint::pod_key`] (worked out once per endpoint, not per flow) and its names, compared
+/// by pointer first: the decoder shares one copy of each name. The last pod asked is
+/// remembered by its slot, so a run of flows from one pod does not look it up at all; names
+/// are cloned only for a new slot. At `MAX_SOURCES` pods a new one takes the quietest pod's
+/// slot.
 #[derive(Debug, Default)]
 struct Sources {
-    /// Slots of `windows`, by the hash of their (namespace, pod).
+    /// Slots of `windows`, by their pod key.
     slots: HashTable<usize>,
-    hasher: foldhash::fast::RandomState,
-    windows: Vec<((Sym, Sym), Window)>,
+    /// (namespace, pod, pod key) and the window.
+    windows: Vec<((Sym, Sym, u64), Window)>,
     last: Option<usize>,
 }
 
+/// True when `a` and `b` are the same text: the same allocation, or equal strings.
+fn same(a: &Sym, b: &Sym) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
 impl Sources {
-    fn window(&mut self, namespace: &Sym, pod: &Sym) -> &mut Window {
+    fn window(&mut self, pod: &Endpoint) -> &mut Window {
         if let Some(slot) = self.last {
-            let (ns, p) = &self.windows[slot].0;
-            if Arc::ptr_eq(ns, namespace) && Arc::ptr_eq(p, pod) {
+            let (ns, p, _) = &self.windows[slot].0;
+            if Arc::ptr_eq(ns, &pod.namespace) && Arc::ptr_eq(p, &pod.pod) {
                 return &mut self.windows[slot].1;
             }
         }
         let Sources {
             slots,
-            hasher,
             windows,
             last,
         } = self;
-        let hash_of = |ns: &str, pod: &str| hasher.hash_one((ns, pod));
-        let hash = hash_of(namespace, pod);
+        let hash = pod.pod_key();
         let found = slots.find(hash, |&slot| {
-            let (ns, p) = &windows[slot].0;
-            **ns == **namespace && **p == **pod
+            let (ns, p, _) = &windows[slot].0;
+            same(ns, &pod.namespace) && same(p, &pod.pod)
         });
         let slot = match found {
             Some(&slot) => slot,
             None => {
+                let key = (pod.namespace.clone(), pod.pod.clone(), hash);
                 let slot = if windows.len() < MAX_SOURCES {
-                    windows.push(((namespace.clone(), pod.clone()), Window::default()));
+                    windows.push((key, Window::default()));
                     windows.len() - 1
                 } else {
                     let slot = windows
@@ -113,17 +118,14 @@ impl Sources {
                         .enumerate()
                         .min_by_key(|(_, (_, w))| w.last_ns)
                         .map_or(0, |(slot, _)| slot);
-                    let (ns, p) = &windows[slot].0;
-                    if let Ok(old) = slots.find_entry(hash_of(ns, p), |&s| s == slot) {
+                    let old = windows[slot].0.2;
+                    if let Ok(old) = slots.find_entry(old, |&s| s == slot) {
                         old.remove();
                     }
-                    windows[slot] = ((namespace.clone(), pod.clone()), Window::default());
+                    windows[slot] = (key, Window::default());
                     slot
                 };
-                slots.insert_unique(hash, slot, |&s| {
-                    let (ns, p) = &windows[s].0;
-                    hash_of(ns, p)
-                });
+                slots.insert_unique(hash, slot, |&s| windows[s].0.2);
                 slot
             }
         };
@@ -134,10 +136,10 @@ impl Sources {
     /// True when a window is kept for (namespace, pod).
     #[cfg(test)]
     fn has(&self, namespace: &str, pod: &str) -> bool {
-        let hash = self.hasher.hash_one((namespace, pod));
+        let hash = crate::flow::pod_key(namespace, pod);
         self.slots
             .find(hash, |&slot| {
-                let (ns, p) = &self.windows[slot].0;
+                let (ns, p, _) = &self.windows[slot].0;
                 **ns == *namespace && **p == *pod
             })
             .is_some()
@@ -189,7 +191,7 @@ impl Scan {
             return None;
         }
         let window_ns = self.window_ns;
-        let w = self.sources.window(&src.namespace, &src.pod);
+        let w = self.sources.window(src);
         let d = flow.destination_key(Granularity::Exact);
         let p = port_key(d, flow.destination.port, flow.protocol);
         w.events.push_back((flow.time_ns, d, p));
@@ -219,8 +221,8 @@ impl Scan {
             .sources
             .windows
             .iter()
-            .filter(|((ns, _), w)| &**ns == namespace && Self::over(&self.params, w))
-            .map(|((_, pod), w)| (&**pod, w))
+            .filter(|((ns, _, _), w)| &**ns == namespace && Self::over(&self.params, w))
+            .map(|((_, pod, _), w)| (&**pod, w))
             .collect();
         pods.sort_by(|a, b| {
             b.1.destinations
@@ -356,26 +358,31 @@ mod tests {
     fn beyond_max_sources_the_quietest_pod_is_forgotten() {
         let mut s = Sources::default();
         let ns: Sym = Arc::from("ai-training");
-        let pods: Vec<Sym> = (0..=MAX_SOURCES)
-            .map(|i| Arc::from(format!("worker-{i}").as_str()))
+        let endpoint = |ns: &Sym, pod: &str| crate::flow::Endpoint {
+            namespace: ns.clone(),
+            pod: Arc::from(pod),
+            ..Default::default()
+        };
+        let pods: Vec<_> = (0..=MAX_SOURCES)
+            .map(|i| endpoint(&ns, &format!("worker-{i}")))
             .collect();
         let last_ns = |i: usize| if i == 7 { 5 } else { 100 + i as i64 };
         for (i, pod) in pods[..MAX_SOURCES].iter().enumerate() {
-            s.window(&ns, pod).last_ns = last_ns(i);
+            s.window(pod).last_ns = last_ns(i);
         }
-        s.window(&ns, &pods[MAX_SOURCES]).last_ns = last_ns(MAX_SOURCES);
+        s.window(&pods[MAX_SOURCES]).last_ns = last_ns(MAX_SOURCES);
         assert_eq!(s.windows.len(), MAX_SOURCES);
         assert_eq!(s.slots.len(), MAX_SOURCES);
-        assert!(!s.has(&ns, &pods[7]));
-        // Every other pod keeps its window, found by an equal name in another allocation too.
+        assert!(!s.has(&ns, &pods[7].pod));
+        // Every other pod keeps its window, found by equal names in other allocations too.
         for (i, pod) in pods.iter().enumerate().filter(|(i, _)| *i != 7) {
-            let copy: Sym = Arc::from(&**pod);
-            assert_eq!(s.window(&ns, &copy).last_ns, last_ns(i), "{pod}");
-            assert_eq!(s.window(&ns, pod).last_ns, last_ns(i), "{pod}");
+            let copy = endpoint(&Arc::from(&*ns), &pod.pod);
+            assert_eq!(s.window(&copy).last_ns, last_ns(i), "{}", pod.pod);
+            assert_eq!(s.window(pod).last_ns, last_ns(i), "{}", pod.pod);
         }
         // The forgotten pod starts afresh, in the slot of the now quietest.
-        assert_eq!(s.window(&ns, &pods[7]).last_ns, 0);
-        assert!(!s.has(&ns, &pods[0]));
+        assert_eq!(s.window(&pods[7]).last_ns, 0);
+        assert!(!s.has(&ns, &pods[0].pod));
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
@@ -94,8 +93,7 @@ impl<'a> DestinationRef<'a> {
     /// at random once per process: destinations are named by the watched workloads (DNS
     /// names, pods), so their keys must not be chosen to collide.
     pub fn key(&self) -> u64 {
-        static SEED: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
-        SEED.hash_one(self)
+        crate::common::hash::process_seed().hash_one(self)
     }
 }
 

@@ -116,6 +116,23 @@ pub struct Endpoint {
     pub labels: SymList,
     /// Cilium security identity (2 = world, 1 = host).
     pub identity: u32,
+    /// [`Endpoint::pod_key`], worked out by the first reader.
+    pub(crate) pod_key: Memo,
+}
+
+impl Endpoint {
+    /// A 64-bit identity of the endpoint's (namespace, pod), seeded at random per process:
+    /// worked out once for an endpoint the decoder shares between flows, not on every flow.
+    pub fn pod_key(&self) -> u64 {
+        self.pod_key
+            .get_or_init(|| pod_key(&self.namespace, &self.pod))
+    }
+}
+
+/// The key [`Endpoint::pod_key`] gives the pod `pod` of `namespace`.
+pub fn pod_key(namespace: &str, pod: &str) -> u64 {
+    use std::hash::BuildHasher;
+    crate::common::hash::process_seed().hash_one((namespace, pod))
 }
 
 /// One side of a flow: the endpoint (shared) and this flow's address and port.
@@ -557,6 +574,7 @@ where
             .intern_list(labels)
             .map_err(|InvalidUtf8| FieldError::Utf8 { field: side.labels })?,
         identity: raw.identity,
+        pod_key: Memo::default(),
     })
 }
 
