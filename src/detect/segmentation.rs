@@ -7,16 +7,20 @@
 //! like `policy_denied`'s, with the count, pods, ports and what was expected.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::Hit;
 use crate::common::hash::FastMap;
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
-use crate::flow::{FlowEvent, TrafficDirection, Verdict};
+use crate::flow::intern::SymList;
+use crate::flow::{Endpoint, FlowEvent, TrafficDirection, Verdict};
 use crate::rules::{Allowed, Kind, Rule, SegmentationParams, SelectorMemo};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
+/// Destinations whose answer is remembered (a power of two).
+const ANSWERS: usize = 256;
 
 /// True when `flow` is traffic `entry` allows.
 fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
@@ -35,6 +39,76 @@ fn allows(entry: &Allowed, flow: &FlowEvent) -> bool {
     )
 }
 
+/// Whether the entries allow a destination, for the destinations flows went to lately. The
+/// answer depends only on the destination's endpoint, DNS names, port and (when an entry
+/// lists address blocks) address; the decoder shares one endpoint and one name list between
+/// the flows that go to the same place, so they are the key, held (so that no other endpoint
+/// can take their address) and compared by pointer. A flow with a DNS query of its own asks
+/// the entries: the query is part of the answer and seldom repeats.
+#[derive(Debug)]
+struct Answers {
+    slots: Box<[Option<Answer>]>,
+    /// Whether an entry lists address blocks, so the address is part of the key.
+    by_address: bool,
+}
+
+#[derive(Debug)]
+struct Answer {
+    endpoint: Arc<Endpoint>,
+    names: SymList,
+    port: u16,
+    ip: Option<IpAddr>,
+    allowed: bool,
+}
+
+impl Answers {
+    fn new(entries: &[Allowed]) -> Answers {
+        Answers {
+            slots: (0..ANSWERS).map(|_| None).collect(),
+            by_address: entries.iter().any(|e| !e.cidrs.is_empty()),
+        }
+    }
+
+    /// Whether one of `entries` allows `flow`.
+    fn allowed(&mut self, entries: &[Allowed], flow: &FlowEvent) -> bool {
+        if flow.dns.is_some() {
+            return entries.iter().any(|e| allows(e, flow));
+        }
+        let dst = &flow.destination;
+        let ip = if self.by_address { dst.ip } else { None };
+        let mix = (Arc::as_ptr(&dst.endpoint) as usize as u64)
+            ^ (Arc::as_ptr(&flow.destination_names).cast::<u8>() as usize as u64).rotate_left(29)
+            ^ u64::from(dst.port).rotate_left(47)
+            ^ match ip {
+                None => 0,
+                Some(IpAddr::V4(v4)) => u64::from(v4.to_bits()),
+                Some(IpAddr::V6(v6)) => {
+                    let bits = v6.to_bits();
+                    (bits >> 64) as u64 ^ bits as u64
+                }
+            };
+        let slot =
+            (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ANSWERS.trailing_zeros())) as usize;
+        if let Some(a) = &self.slots[slot]
+            && Arc::ptr_eq(&a.endpoint, &dst.endpoint)
+            && Arc::ptr_eq(&a.names, &flow.destination_names)
+            && a.port == dst.port
+            && a.ip == ip
+        {
+            return a.allowed;
+        }
+        let allowed = entries.iter().any(|e| allows(e, flow));
+        self.slots[slot] = Some(Answer {
+            endpoint: dst.endpoint.clone(),
+            names: flow.destination_names.clone(),
+            port: dst.port,
+            ip,
+            allowed,
+        });
+        allowed
+    }
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     count: u64,
@@ -47,6 +121,7 @@ struct Seen {
 pub struct Segmentation {
     pub rule: Arc<Rule>,
     entries: Vec<Allowed>,
+    answers: Answers,
     seen: FastMap<(String, String), Seen>,
     watched: SelectorMemo,
 }
@@ -59,6 +134,7 @@ impl Segmentation {
         let entries = allow.clone();
         Some(Segmentation {
             rule,
+            answers: Answers::new(&entries),
             entries,
             seen: FastMap::default(),
             watched: SelectorMemo::default(),
@@ -76,7 +152,7 @@ impl Segmentation {
                 &src.namespace,
                 &src.labels,
             )
-            || self.entries.iter().any(|e| allows(e, flow))
+            || self.answers.allowed(&self.entries, flow)
         {
             return None;
         }
@@ -158,6 +234,39 @@ mod tests {
         for _ in 0..20_000 {
             let f = event(&mut decoder, cluster.next_flow());
             assert_eq!(d.check(&f), None, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_remembered_answer_is_for_its_port_and_names_only() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let mut cluster = TrainingCluster::new(8, 1_764_115_200_000_000_000, 1_000_000);
+        let port =
+            |f: &crate::proto::flow::Flow| match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+                Some(crate::proto::flow::layer4::Protocol::Tcp(tcp)) => tcp.destination_port,
+                _ => 0,
+            };
+        let peer = std::iter::repeat_with(|| cluster.next_flow())
+            .find(|f| port(f) == 29500)
+            .unwrap();
+        let s3 = std::iter::repeat_with(|| cluster.next_flow())
+            .find(|f| port(f) == 443)
+            .unwrap();
+        let mut on_22 = peer.clone();
+        if let Some(crate::proto::flow::layer4::Protocol::Tcp(tcp)) =
+            on_22.l4.as_mut().and_then(|l| l.protocol.as_mut())
+        {
+            tcp.destination_port = 22;
+        }
+        let mut unnamed = s3.clone();
+        unnamed.destination_names.clear();
+        for _ in 0..2 {
+            // The same endpoints (shared by the decoder) with another port or without names.
+            assert_eq!(d.check(&event(&mut decoder, peer.clone())), None);
+            assert!(d.check(&event(&mut decoder, on_22.clone())).is_some());
+            assert_eq!(d.check(&event(&mut decoder, s3.clone())), None);
+            assert!(d.check(&event(&mut decoder, unnamed.clone())).is_some());
         }
     }
 
