@@ -5,9 +5,11 @@
 //! Destinations are told apart by the most specific name known: the FQDN, the destination's
 //! namespace/workload, or else the exact IP (so a sweep across one subnet counts every host).
 //! Gradient traffic between the trainers of one job is one destination, and S3 by name is
-//! one, however many IPs serve it. State is bounded: at most `MAX_SOURCES` pods and
-//! `MAX_EVENTS` flows per pod are remembered.
+//! one, however many IPs serve it. The window is exact at any flow rate: a pod keeps when it
+//! last reached each destination and port, not its flows. State is bounded: at most
+//! `MAX_SOURCES` pods, and `MAX_KEYS` destinations and ports per pod, are remembered.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -23,8 +25,10 @@ use crate::rules::{Kind, Rule, ScanParams, SelectorMemo};
 
 /// Pods followed at once; beyond it the quietest is forgotten.
 const MAX_SOURCES: usize = 10_000;
-/// Flows remembered per pod within the window.
-const MAX_EVENTS: usize = 20_000;
+/// Destinations, and destination ports, remembered per pod within the window.
+const MAX_KEYS: usize = 20_000;
+/// Slices of the window by which a pod's flows are counted for an alert's evidence.
+const SLICES: i64 = 32;
 /// Destinations listed in the alert.
 const SAMPLE: usize = 10;
 
@@ -35,35 +39,88 @@ fn port_key(d: u64, port: u16, protocol: L4Protocol) -> u64 {
     d ^ what.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// One pod's window: when it last reached each destination and each destination port, and
+/// how many flows it sent, by slice of the window. A flow costs two look-ups (its destination
+/// and its port) and no list of flows: what is older than the window is dropped only when
+/// the pod might be over a threshold, so the decision is exact however many flows the pod
+/// sends.
 #[derive(Debug, Default)]
 struct Window {
-    /// (time, destination key, destination+port key), oldest first.
-    events: VecDeque<(i64, u64, u64)>,
-    destinations: KeyMap<(u32, String)>,
-    ports: KeyMap<u32>,
+    /// By destination key: last seen (nanoseconds) and the destination's name.
+    destinations: KeyMap<(i64, String)>,
+    /// By destination-and-port key: last seen (nanoseconds).
+    ports: KeyMap<i64>,
+    /// Flows per slice of the window, oldest first: (slice, first flow's time, flows).
+    slices: VecDeque<(i64, i64, u64)>,
     last_ns: i64,
 }
 
 impl Window {
-    fn expire(&mut self, before_ns: i64) {
-        while let Some(&(t, d, p)) = self.events.front() {
-            if t >= before_ns && self.events.len() <= MAX_EVENTS {
-                break;
+    /// Counts a flow at `t_ns` to destination `d` by port key `p`; `name` names a new
+    /// destination. Slices older than `cutoff_ns` are dropped.
+    fn count(
+        &mut self,
+        (t_ns, d, p): (i64, u64, u64),
+        name: impl FnOnce() -> String,
+        slice_ns: i64,
+        cutoff_ns: i64,
+    ) {
+        let slice = t_ns.div_euclid(slice_ns);
+        match self.slices.back_mut() {
+            // A flow reported late is counted with the newest slice.
+            Some(last) if last.0 >= slice => {
+                last.1 = last.1.min(t_ns);
+                last.2 += 1;
             }
-            self.events.pop_front();
-            if let Some((n, _)) = self.destinations.get_mut(&d) {
-                *n -= 1;
-                if *n == 0 {
-                    self.destinations.remove(&d);
-                }
-            }
-            if let Some(n) = self.ports.get_mut(&p) {
-                *n -= 1;
-                if *n == 0 {
-                    self.ports.remove(&p);
-                }
-            }
+            _ => self.slices.push_back((slice, t_ns, 1)),
         }
+        while self
+            .slices
+            .front()
+            .is_some_and(|s| (s.0 + 1).saturating_mul(slice_ns) <= cutoff_ns)
+        {
+            self.slices.pop_front();
+        }
+        let full = self.destinations.len() >= MAX_KEYS;
+        match self.destinations.entry(d) {
+            Entry::Occupied(mut e) => e.get_mut().0 = e.get().0.max(t_ns),
+            Entry::Vacant(e) if !full => {
+                e.insert((t_ns, name()));
+            }
+            Entry::Vacant(_) => {}
+        }
+        let full = self.ports.len() >= MAX_KEYS;
+        match self.ports.entry(p) {
+            Entry::Occupied(mut e) => *e.get_mut() = (*e.get()).max(t_ns),
+            Entry::Vacant(e) if !full => {
+                e.insert(t_ns);
+            }
+            Entry::Vacant(_) => {}
+        }
+    }
+
+    /// Drops the destinations and ports last seen before `cutoff_ns`.
+    fn forget_before(&mut self, cutoff_ns: i64) {
+        self.destinations.retain(|_, (seen, _)| *seen >= cutoff_ns);
+        self.ports.retain(|_, seen| *seen >= cutoff_ns);
+    }
+
+    /// Distinct destinations and ports within `window_ns` of the pod's last flow.
+    fn live(&self, window_ns: i64) -> (usize, usize) {
+        let cutoff = self.last_ns.saturating_sub(window_ns);
+        (
+            self.destinations
+                .values()
+                .filter(|(seen, _)| *seen >= cutoff)
+                .count(),
+            self.ports.values().filter(|seen| **seen >= cutoff).count(),
+        )
+    }
+
+    /// The flows of the window's slices and the first one's time.
+    fn flows(&self) -> (u64, Option<i64>) {
+        let flows = self.slices.iter().map(|s| s.2).sum();
+        (flows, self.slices.iter().map(|s| s.1).min())
     }
 }
 
@@ -151,8 +208,9 @@ impl Sources {
 pub struct Scan {
     pub rule: Arc<Rule>,
     params: ScanParams,
-    /// The window, in nanoseconds.
+    /// The window and the slice flows are counted by, in nanoseconds.
     window_ns: i64,
+    slice_ns: i64,
     sources: Sources,
     watched: SelectorMemo,
 }
@@ -163,8 +221,10 @@ impl Scan {
             return None;
         };
         let params = params.clone();
+        let window_ns = span_ns(params.window);
         Some(Scan {
-            window_ns: span_ns(params.window),
+            window_ns,
+            slice_ns: (window_ns / SLICES).max(1),
             rule,
             params,
             sources: Sources::default(),
@@ -194,21 +254,22 @@ impl Scan {
         let w = self.sources.window(src);
         let d = flow.destination_key(Granularity::Exact);
         let p = port_key(d, flow.destination.port, flow.protocol);
-        w.events.push_back((flow.time_ns, d, p));
-        w.destinations
-            .entry(d)
-            .or_insert_with(|| (0, DestinationRef::of(flow, Granularity::Exact).to_string()))
-            .0 += 1;
-        *w.ports.entry(p).or_default() += 1;
         w.last_ns = w.last_ns.max(flow.time_ns);
         let cutoff = w.last_ns.saturating_sub(window_ns);
-        w.expire(cutoff);
+        let name = || DestinationRef::of(flow, Granularity::Exact).to_string();
+        w.count((flow.time_ns, d, p), name, self.slice_ns, cutoff);
         if !Self::over(&self.params, w) {
             return None;
         }
+        // Perhaps over: only what the window holds counts.
+        w.forget_before(cutoff);
+        if !Self::over(&self.params, w) {
+            return None;
+        }
+        let (flows, first) = w.flows();
         let earlier = Earlier {
-            flows: w.events.len().saturating_sub(1) as u64,
-            since_ns: w.events.front().map_or(flow.time_ns, |e| e.0),
+            flows: flows.saturating_sub(1),
+            since_ns: first.unwrap_or(flow.time_ns),
         };
         let mut hit = self.describe(&src.namespace);
         hit.earlier = Some(earlier);
@@ -217,35 +278,30 @@ impl Scan {
 
     /// The annotations for every pod of `namespace` over the thresholds.
     fn describe(&self, namespace: &str) -> Hit {
-        let mut pods: Vec<(&str, &Window)> = self
+        let p = &self.params;
+        let mut pods: Vec<(&str, &Window, (usize, usize))> = self
             .sources
             .windows
             .iter()
-            .filter(|((ns, _, _), w)| &**ns == namespace && Self::over(&self.params, w))
-            .map(|((_, pod, _), w)| (&**pod, w))
+            .filter(|((ns, _, _), _)| &**ns == namespace)
+            .map(|((_, pod, _), w)| (&**pod, w, w.live(self.window_ns)))
+            .filter(|(_, _, (d, ports))| *d >= p.destinations || *ports >= p.ports)
             .collect();
-        pods.sort_by(|a, b| {
-            b.1.destinations
-                .len()
-                .cmp(&a.1.destinations.len())
-                .then(a.0.cmp(b.0))
-        });
+        pods.sort_by(|a, b| b.2.0.cmp(&a.2.0).then(a.0.cmp(b.0)));
         let window = format!("{:?}", self.params.window);
         let lines: Vec<String> = pods
             .iter()
-            .map(|(pod, w)| {
-                format!(
-                    "{namespace}/{pod}: {} destinations, {} destination ports",
-                    w.destinations.len(),
-                    w.ports.len()
-                )
+            .map(|(pod, _, (destinations, ports))| {
+                format!("{namespace}/{pod}: {destinations} destinations, {ports} destination ports")
             })
             .collect();
         let mut sample: Vec<&str> = pods
             .first()
-            .map(|(_, w)| {
+            .map(|(_, w, _)| {
+                let cutoff = w.last_ns.saturating_sub(self.window_ns);
                 w.destinations
                     .values()
+                    .filter(|(seen, _)| *seen >= cutoff)
                     .map(|(_, label)| label.as_str())
                     .collect()
             })
@@ -383,6 +439,44 @@ mod tests {
         // The forgotten pod starts afresh, in the slot of the now quietest.
         assert_eq!(s.window(&pods[7]).last_ns, 0);
         assert!(!s.has(&ns, &pods[0].pod));
+    }
+
+    #[test]
+    fn a_chatty_pod_keeps_its_whole_window_and_old_flows_are_not_evidence() {
+        let mut d = detector();
+        let mut decoder = Decoder::default();
+        let mut cluster = TrainingCluster::new(6, 0, 1);
+        let template = cluster.exfiltration_attempt()[1].clone();
+        let at = |mut f: crate::proto::flow::Flow, ms: i64| {
+            f.time = Some(prost_types::Timestamp {
+                seconds: ms / 1000,
+                nanos: (ms % 1000) as i32 * 1_000_000,
+            });
+            f
+        };
+        // Flows from two minutes before are outside the window.
+        for i in 0..10 {
+            let f = at(template.clone(), i);
+            assert_eq!(d.check(&event(&mut decoder, f)), None);
+        }
+        // 19 hosts over 38 seconds (the 20th destination is the one the chatter goes to),
+        // 3,000 flows before each: 57,000 flows in the window, which the pod's state does not
+        // keep one by one, so none of the sweep is forgotten.
+        let mut hit = None;
+        for host in 1..=19i64 {
+            for i in 0..3_000 {
+                let f = at(template.clone(), 120_000 + host * 2_000 + i / 3);
+                assert_eq!(d.check(&event(&mut decoder, f)), None, "host {host}");
+            }
+            let mut f = at(template.clone(), 120_000 + host * 2_000 + 1_500);
+            f.destination = None;
+            f.ip.as_mut().unwrap().destination = format!("10.0.9.{host}");
+            hit = d.check(&event(&mut decoder, f));
+            assert_eq!(hit.is_some(), host == 19, "host {host}");
+        }
+        let earlier = hit.unwrap().earlier.unwrap();
+        assert_eq!(earlier.flows, 19 * 3_000 + 18);
+        assert_eq!(earlier.since_ns, 122_000_000_000);
     }
 
     #[test]
