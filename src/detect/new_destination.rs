@@ -53,9 +53,9 @@ fn text<'b>(buf: &'b mut String, dest: DestinationRef<'_>) -> &'b str {
     buf
 }
 
-/// A destination as the detector keeps it: the owned twin of [`DestinationRef`], compared
-/// with a flow's destination field by field, so a flow to a known destination costs a hash
-/// and a comparison, no text.
+/// A destination as the detector keeps it: the owned twin of [`DestinationRef`], for its text
+/// when it is saved or shared. Flows find it by its key, so a flow to a known destination
+/// costs a look-up, no text.
 #[derive(Debug)]
 enum Owned {
     Fqdn(Box<str>),
@@ -92,6 +92,8 @@ impl Owned {
 /// One destination a namespace has reached.
 #[derive(Debug)]
 struct Known {
+    /// [`FlowEvent::destination_key`] of its flows.
+    key: u64,
     destination: Owned,
     /// Last seen and last saved, nanoseconds.
     seen: i64,
@@ -253,11 +255,7 @@ impl NewDestination {
         };
         let hash = flow.destination_key(DEFAULT_GROUPING);
         let full = reached.len() >= MAX_PER_NAMESPACE;
-        let known = match reached.seen.entry(
-            hash,
-            |k| k.destination.as_ref() == dest,
-            |k| k.destination.as_ref().key(),
-        ) {
+        let known = match reached.seen.entry(hash, |k| k.key == hash, |k| k.key) {
             Entry::Occupied(entry) => {
                 let known = entry.into_mut();
                 let was_seen = known.seen;
@@ -293,6 +291,7 @@ impl NewDestination {
                     .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
                 let known = entry
                     .insert(Known {
+                        key: hash,
                         destination: Owned::of(dest),
                         seen: now,
                         saved: now,
