@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::FlowEvent;
+use super::{Endpoint, FlowEvent};
 use crate::common::net::network;
 
 /// How finely destinations are told apart; see the module documentation.
@@ -54,15 +54,7 @@ impl<'a> DestinationRef<'a> {
         if let Some(name) = flow.destination_names.first() {
             DestinationRef::Fqdn(name)
         } else if !dst.namespace.is_empty() {
-            let name = if dst.workload.is_empty() || granularity == Granularity::Pod {
-                &dst.pod
-            } else {
-                &dst.workload
-            };
-            DestinationRef::Workload {
-                namespace: &dst.namespace,
-                name,
-            }
+            DestinationRef::workload(dst, granularity)
         } else if let Some(ip) = dst.ip {
             match granularity {
                 Granularity::Grouped { v4_bits, v6_bits } => {
@@ -72,6 +64,20 @@ impl<'a> DestinationRef<'a> {
             }
         } else {
             DestinationRef::Unknown
+        }
+    }
+
+    /// The in-cluster endpoint `dst` as a destination: its workload, or its pod when it has
+    /// none or `granularity` is [`Granularity::Pod`].
+    pub fn workload(dst: &'a Endpoint, granularity: Granularity) -> DestinationRef<'a> {
+        let name = if dst.workload.is_empty() || granularity == Granularity::Pod {
+            &dst.pod
+        } else {
+            &dst.workload
+        };
+        DestinationRef::Workload {
+            namespace: &dst.namespace,
+            name,
         }
     }
 
@@ -100,12 +106,15 @@ impl<'a> DestinationRef<'a> {
 impl FlowEvent {
     /// The key ([`DestinationRef::key`]) of where the flow went, told apart as `granularity`
     /// says. The exact destination's key is worked out once per flow, for every detector
-    /// that counts destinations; the grouped form shares it except for a world address
-    /// (grouped by block).
+    /// that counts destinations (an in-cluster one's once per endpoint); the grouped form
+    /// shares it except for a world address (grouped by block).
     pub fn destination_key(&self, granularity: Granularity) -> u64 {
         let exact = || {
             self.exact_key
-                .get_or_init(|| DestinationRef::of(self, Granularity::Exact).key())
+                .get_or_init(|| match DestinationRef::of(self, Granularity::Exact) {
+                    DestinationRef::Workload { .. } => self.destination.endpoint.workload_key(),
+                    d => d.key(),
+                })
         };
         if granularity == Granularity::Exact {
             return exact();

@@ -116,8 +116,9 @@ pub struct Endpoint {
     pub labels: SymList,
     /// Cilium security identity (2 = world, 1 = host).
     pub identity: u32,
-    /// [`Endpoint::pod_key`], worked out by the first reader.
+    /// [`Endpoint::pod_key`] and [`Endpoint::workload_key`], worked out by the first reader.
     pub(crate) pod_key: Memo,
+    pub(crate) workload_key: Memo,
 }
 
 impl Endpoint {
@@ -126,6 +127,16 @@ impl Endpoint {
     pub fn pod_key(&self) -> u64 {
         self.pod_key
             .get_or_init(|| pod_key(&self.namespace, &self.pod))
+    }
+
+    /// The key of the endpoint as an exact destination ([`DestinationRef::workload`]), once
+    /// per endpoint the decoder shares between flows.
+    ///
+    /// [`DestinationRef::workload`]: destination::DestinationRef::workload
+    pub fn workload_key(&self) -> u64 {
+        self.workload_key.get_or_init(|| {
+            destination::DestinationRef::workload(self, destination::Granularity::Exact).key()
+        })
     }
 }
 
@@ -575,6 +586,7 @@ where
             .map_err(|InvalidUtf8| FieldError::Utf8 { field: side.labels })?,
         identity: raw.identity,
         pod_key: Memo::default(),
+        workload_key: Memo::default(),
     })
 }
 
