@@ -344,6 +344,9 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Connection>) -> Vec<Connect
                 }
                 same
             });
+            // The list held every part's addresses; an open hour keeps it until the next
+            // merge, so it keeps only the distinct ones.
+            addresses.shrink_to_fit();
             c.addresses = addresses;
             c
         })
