@@ -57,8 +57,10 @@ struct Active {
 }
 
 impl Active {
-    /// An alert just seen and just sent; `dirty` asks for a re-send at the next update.
-    fn new(alert: Alert, rule: Arc<Rule>, now: Instant, dirty: bool) -> Active {
+    /// An alert just seen and just sent (its annotations are in the store); `dirty` asks for
+    /// a re-send at the next update.
+    fn new(mut alert: Alert, rule: Arc<Rule>, now: Instant, dirty: bool) -> Active {
+        alert.annotations.clear();
         Active {
             alert,
             rule,
@@ -126,9 +128,14 @@ impl Manager {
         })
     }
 
-    /// Alerts firing now.
-    pub fn firing(&self) -> impl Iterator<Item = &Alert> {
-        self.active.values().map(|a| &a.alert)
+    /// Alerts firing now, with their annotations as last sent (rendered from their context:
+    /// the store holds the sent copy, memory only the context).
+    pub fn firing(&self) -> impl Iterator<Item = Alert> + '_ {
+        self.active.values().map(|a| {
+            let mut alert = a.alert.clone();
+            alert.annotations = render(&alert, &a.rule, &self.config);
+            alert
+        })
     }
 
     /// The rule called `name`.
@@ -532,6 +539,8 @@ fn resend(
     let mut alert = active.alert.clone();
     refresh(&mut alert, &active.rule, config);
     super::save(store, &alert, &config.targets)?;
+    // The annotations repeat the context as text (about 4 KB an alert): the store keeps them.
+    alert.annotations.clear();
     active.alert = alert;
     active.last_sent = now;
     active.dirty = false;
@@ -762,9 +771,22 @@ mod tests {
         for i in 0..5 {
             hit(&mut manager, &rule, &flow, start + Duration::from_secs(i)).unwrap();
         }
-        let alerts: Vec<&Alert> = manager.firing().collect();
+        let alerts: Vec<Alert> = manager.firing().collect();
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].context.count, 5);
+        // Memory keeps the context; the annotations, rendered from it, are in the store and
+        // rendered again when asked.
+        assert!(
+            manager
+                .active
+                .values()
+                .all(|a| a.alert.annotations.is_empty())
+        );
+        assert!(
+            alerts[0].annotations["summary"].contains("production/db-0"),
+            "{:?}",
+            alerts[0].annotations
+        );
         assert_eq!(alerts[0].labels["destination"], "production/db-0");
         manager
             .tick(start + Duration::from_secs(4) + rule.resolve_after)

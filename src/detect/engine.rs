@@ -487,7 +487,7 @@ impl Engine {
 
     /// Alerts firing now, sorted by rule, namespace and destination.
     pub fn firing(&self) -> Vec<Alert> {
-        let mut alerts: Vec<Alert> = self.manager.firing().cloned().collect();
+        let mut alerts: Vec<Alert> = self.manager.firing().collect();
         alerts.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
         alerts
     }
