@@ -213,10 +213,11 @@ impl Summaries {
             open.last_seq = chunk.last_seq;
             open.parts.push(c);
         }
-        // Keep each open hour merged, so it stays within about twice its distinct
-        // connections: merging when the parts double keeps the work per part constant.
+        // Keep each open hour merged, so it stays within about a quarter more than its
+        // distinct connections: merging when the parts grow by a quarter keeps the work per
+        // part constant (each part is merged about five times).
         for open in self.open.values_mut() {
-            if open.parts.len() > 2 * open.merged + 64 {
+            if open.parts.len() > open.merged + open.merged / 4 + 64 {
                 open.parts = connections::merge(open.parts.iter());
                 open.merged = open.parts.len();
             }
