@@ -239,7 +239,8 @@ impl NewDestination {
             return Ok(None);
         }
         let now = flow.time_ns;
-        let dest = DestinationRef::of(flow, DEFAULT_GROUPING);
+        // Named only when it is saved, new or alerted: a known one is found by its key.
+        let dest = || DestinationRef::of(flow, DEFAULT_GROUPING);
         let (history, learning, quiet) = (self.history_ns, self.learning_ns, self.quiet_ns);
         let reached = self.reached.get_or_default(&src.namespace);
         let since = match reached.since {
@@ -262,7 +263,7 @@ impl NewDestination {
                 known.seen = known.seen.max(now);
                 if now.saturating_sub(known.saved) >= SAVE_EVERY_NS {
                     known.saved = now;
-                    let label = text(&mut self.label, dest);
+                    let label = text(&mut self.label, dest());
                     self.store.save_known_destination(
                         &self.rule.name,
                         &src.namespace,
@@ -285,14 +286,14 @@ impl NewDestination {
             }
             Entry::Vacant(_) if full => return Ok(None),
             Entry::Vacant(entry) => {
-                let label = text(&mut self.label, dest);
+                let label = text(&mut self.label, dest());
                 let stored = reached.stored.remove(label);
                 self.store
                     .save_known_destination(&self.rule.name, &src.namespace, label, now)?;
                 let known = entry
                     .insert(Known {
                         key: hash,
-                        destination: Owned::of(dest),
+                        destination: Owned::of(dest()),
                         seen: now,
                         saved: now,
                         raised: None,
@@ -304,7 +305,7 @@ impl NewDestination {
                 known
             }
         };
-        let label = text(&mut self.label, dest);
+        let label = text(&mut self.label, dest());
         if now.saturating_sub(since) < learning || self.params.allow.iter().any(|p| glob(p, label))
         {
             return Ok(None);
