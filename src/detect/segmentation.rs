@@ -7,11 +7,12 @@
 //! like `policy_denied`'s, with the count, pods, ports and what was expected.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::Hit;
-use crate::common::hash::FastMap;
+use crate::common::hash::{FastMap, process_seed};
 use crate::flow::destination::{DEFAULT_GROUPING, DestinationRef};
 use crate::flow::intern::SymList;
 use crate::flow::{Endpoint, FlowEvent, TrafficDirection, Verdict};
@@ -19,7 +20,7 @@ use crate::rules::{Allowed, Kind, Rule, SegmentationParams, SelectorMemo};
 
 /// (namespace, destination) pairs counted at once.
 const MAX_TRACKED: usize = 10_000;
-/// Destinations whose answer is remembered (a power of two).
+/// Destinations whose answer is remembered.
 const ANSWERS: usize = 256;
 
 /// True when `flow` is traffic `entry` allows.
@@ -76,19 +77,9 @@ impl Answers {
         }
         let dst = &flow.destination;
         let ip = if self.by_address { dst.ip } else { None };
-        let mix = (Arc::as_ptr(&dst.endpoint) as usize as u64)
-            ^ (Arc::as_ptr(&flow.destination_names).cast::<u8>() as usize as u64).rotate_left(29)
-            ^ u64::from(dst.port).rotate_left(47)
-            ^ match ip {
-                None => 0,
-                Some(IpAddr::V4(v4)) => u64::from(v4.to_bits()),
-                Some(IpAddr::V6(v6)) => {
-                    let bits = v6.to_bits();
-                    (bits >> 64) as u64 ^ bits as u64
-                }
-            };
-        let slot =
-            (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ANSWERS.trailing_zeros())) as usize;
+        let names = Arc::as_ptr(&flow.destination_names).cast::<u8>();
+        let hash = process_seed().hash_one((Arc::as_ptr(&dst.endpoint), names, dst.port, ip));
+        let slot = hash as usize % ANSWERS;
         if let Some(a) = &self.slots[slot]
             && Arc::ptr_eq(&a.endpoint, &dst.endpoint)
             && Arc::ptr_eq(&a.names, &flow.destination_names)
