@@ -104,8 +104,11 @@ fn run(bencher: Bencher, mut engine: Engine, shape: &str, run: usize) {
         });
 }
 
+/// The guide's first rule, the `policy_denied` one.
+const POLICY_DENIED: &str = "TrainingPodUnexpectedEgress";
+
 fn policy_denied() -> Engine {
-    engine(|r| r.name == "TrainingPodUnexpectedEgress")
+    engine(|r| r.name == POLICY_DENIED)
 }
 
 #[divan::bench(args = SHAPES)]
@@ -148,7 +151,7 @@ const OTHERS: [&str; 6] = [
 fn policy_denied_and(bencher: Bencher, other: &str) {
     run(
         bencher,
-        engine(|r| r.name == "TrainingPodUnexpectedEgress" || r.name == other),
+        engine(|r| r.name == POLICY_DENIED || r.name == other),
         "cilium-shaped",
         RUN,
     );

@@ -215,7 +215,7 @@ impl Summaries {
         }
         // Keep each open hour merged, so it stays within about a quarter more than its
         // distinct connections: merging when the parts grow by a quarter keeps the work per
-        // part constant (each part is merged about five times).
+        // added part constant (a merge of 1.25 n parts for every 0.25 n added).
         for open in self.open.values_mut() {
             if open.parts.len() > open.merged + open.merged / 4 + 64 {
                 open.parts = connections::merge(open.parts.iter());
