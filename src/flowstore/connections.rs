@@ -149,9 +149,73 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
         },
         None => 0,
     };
+    let mut parts: FastMap<Codes, Part> = FastMap::default();
+    // A block at a time: a chunk's columns are one array a block, all alike.
+    let mut offset = 0;
+    for len in chunk.frame.column("time")?.i64()?.chunk_lengths() {
+        fold_rows(&chunk.frame.slice(offset as i64, len), spec, ns, &mut parts)?;
+        offset += len;
+    }
+    let text = |code: u32| chunk.texts.get(code as usize).cloned().unwrap_or_default();
+    Ok(parts
+        .into_iter()
+        .map(|((codes, hour), part)| {
+            let policy = match part.policy {
+                (_, 0) => Sym::default(),
+                (n, p) => Sym::from(format!("{}/{}", text(n), text(p))),
+            };
+            let connection = Connection {
+                key: ConnectionKey {
+                    direction: codes[0],
+                    verdict: codes[1],
+                    drop_reason: codes[2],
+                    src_namespace: text(codes[3]),
+                    src_labels: text(codes[4]),
+                    src_identity: codes[5],
+                    dst_namespace: text(codes[6]),
+                    dst_labels: text(codes[7]),
+                    dst_identity: codes[8],
+                    dst_port: u16::try_from(codes[9]).unwrap_or(0),
+                    protocol: codes[10],
+                    fqdn: text(codes[11]),
+                    dns_query: text(codes[12]),
+                },
+                flows: part.flows,
+                first_ns: part.first_ns,
+                last_ns: part.last_ns,
+                pods: part
+                    .pods
+                    .iter()
+                    .map(|p| text(*p))
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                policy,
+                addresses: {
+                    let mut a: Vec<(IpAddr, u64)> = part
+                        .addresses
+                        .iter()
+                        .filter_map(|(code, n)| {
+                            Some((chunk.ips.get(*code as usize).copied().flatten()?, *n))
+                        })
+                        .collect();
+                    a.sort_unstable();
+                    a
+                },
+            };
+            (hour, connection)
+        })
+        .collect())
+}
+
+/// Folds `frame`'s rows (one block of a chunk) into `parts`.
+fn fold_rows(
+    frame: &DataFrame,
+    spec: &Fold<'_>,
+    ns: u32,
+    parts: &mut FastMap<Codes, Part>,
+) -> PolarsResult<()> {
     let (since_ns, until_ns) = (spec.since_ns, spec.until_ns);
-    let frame = &chunk.frame;
-    // The columns' own values, not copies: a chunk's columns are each one array.
+    // The columns' own values, not copies: a block's columns are each one array.
     let numbers =
         |c: Col| -> PolarsResult<Cow<'_, [u32]>> { Ok(values(frame.column(c.name())?.u32()?)) };
     let time = values(frame.column("time")?.i64()?);
@@ -188,7 +252,6 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
         c(Col::DstNamespace),
         c(Col::Direction),
     );
-    let mut parts: FastMap<Codes, Part> = FastMap::default();
     for row in 0..time.len() {
         let t = time[row];
         if t < since_ns || t >= until_ns || is_reply[row] == 2 || l7[row] == 2 {
@@ -241,55 +304,7 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
             part.pods.push(pod);
         }
     }
-    let text = |code: u32| chunk.texts.get(code as usize).cloned().unwrap_or_default();
-    Ok(parts
-        .into_iter()
-        .map(|((codes, hour), part)| {
-            let policy = match part.policy {
-                (_, 0) => Sym::default(),
-                (n, p) => Sym::from(format!("{}/{}", text(n), text(p))),
-            };
-            let connection = Connection {
-                key: ConnectionKey {
-                    direction: codes[0],
-                    verdict: codes[1],
-                    drop_reason: codes[2],
-                    src_namespace: text(codes[3]),
-                    src_labels: text(codes[4]),
-                    src_identity: codes[5],
-                    dst_namespace: text(codes[6]),
-                    dst_labels: text(codes[7]),
-                    dst_identity: codes[8],
-                    dst_port: u16::try_from(codes[9]).unwrap_or(0),
-                    protocol: codes[10],
-                    fqdn: text(codes[11]),
-                    dns_query: text(codes[12]),
-                },
-                flows: part.flows,
-                first_ns: part.first_ns,
-                last_ns: part.last_ns,
-                pods: part
-                    .pods
-                    .iter()
-                    .map(|p| text(*p))
-                    .filter(|p| !p.is_empty())
-                    .collect(),
-                policy,
-                addresses: {
-                    let mut a: Vec<(IpAddr, u64)> = part
-                        .addresses
-                        .iter()
-                        .filter_map(|(code, n)| {
-                            Some((chunk.ips.get(*code as usize).copied().flatten()?, *n))
-                        })
-                        .collect();
-                    a.sort_unstable();
-                    a
-                },
-            };
-            (hour, connection)
-        })
-        .collect())
+    Ok(())
 }
 
 /// A column's values as one slice: borrowed when the column is one array without nulls (as a

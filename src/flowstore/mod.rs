@@ -697,7 +697,7 @@ impl FlowStore {
             .map(|dir| summaries::Summaries::open(dir, stored_until, writable));
         let store = Arc::new(FlowStore {
             inner: Mutex::new(Inner {
-                builder: Builder::with_capacity(config.chunk_flows),
+                builder: Builder::new(config.chunk_flows, row_group(config.chunk_flows)),
                 sealed: VecDeque::new(),
                 segments: segments.into(),
                 next_seq,
@@ -932,7 +932,7 @@ impl FlowStore {
             .with_compression(ParquetCompression::Zstd(None))
             .set_parallel(false)
             .batched(written.rows(0, 0)?.schema())?;
-        let group = self.row_group();
+        let group = row_group(self.config.chunk_flows);
         for start in (0..chunk.rows()).step_by(group) {
             writer.write_batch(&written.rows(start, group)?)?;
         }
@@ -1398,16 +1398,6 @@ impl FlowStore {
     /// The most rows of a stored chunk kept for one set of conditions.
     fn few(&self) -> usize {
         self.config.chunk_flows / 16
-    }
-
-    /// Rows per parquet row group in a segment: a quarter chunk (16,384 flows by default). A
-    /// segment is written a group at a time, so a write holds one group's strings and encoded
-    /// pages beside the chunk, not the whole chunk's; reading a stretch of rows decodes only
-    /// the groups it touches. Each group has dictionaries of its own: writing 65,536
-    /// Cilium-shaped flows holds 9 MB at its peak instead of 27 MB in one group, and the
-    /// segment takes some 17 % more disk (`tests/segment_memory.rs`; docs/reliability.md).
-    fn row_group(&self) -> usize {
-        (self.config.chunk_flows / 4).max(1)
     }
 
     /// How many columns of a span of `rows` a column-first read decodes at once to take a
@@ -2077,6 +2067,18 @@ impl FlowStore {
 
 /// `filter`'s time range and a further condition, both to hold: what rows already matching
 /// its other conditions are picked by.
+/// Rows per parquet row group in a segment, and per block the open chunk is frozen in: a
+/// quarter chunk (16,384 flows by default). A segment is written a group at a time, so a
+/// write holds one group's strings and encoded pages beside the chunk, not the whole
+/// chunk's; reading a stretch of rows decodes only the groups it touches. Each group has
+/// dictionaries of its own: writing 65,536 Cilium-shaped flows holds 9 MB at its peak instead
+/// of 27 MB in one group, and the segment takes some 17 % more disk
+/// (`tests/segment_memory.rs`; docs/reliability.md). A chunk's blocks are its groups, each
+/// one array a column, so a group is written from its own arrays.
+fn row_group(chunk_flows: usize) -> usize {
+    (chunk_flows / 4).max(1)
+}
+
 fn in_time(filter: &Filter, also: Option<Expr>) -> Expr {
     match also {
         Some(also) => filter.time_predicate().and(also),
