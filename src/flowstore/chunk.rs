@@ -251,10 +251,10 @@ impl<K: Hash + Eq + Clone + Default> Dict<K> {
 }
 
 /// Rows being gathered before they become a [`Chunk`], a block at a time: a full block
-/// becomes polars columns, which a query's [`Builder::snapshot`] shares instead of copying.
+/// becomes polars arrays, which a query's [`Builder::snapshot`] shares instead of copying.
 /// A snapshot copies at most the open block (a quarter chunk, 2.4 MB of Cilium-shaped
-/// flows by default); copying the whole open chunk, every query did under load, held up to
-/// 12 MB at each ask.
+/// flows by default); copying the whole open chunk, as every query did under load, held up
+/// to 12 MB at each ask. The sealed chunk has one array a column again.
 #[derive(Debug)]
 pub struct Builder {
     /// Rows a chunk is built for: what [`Builder::bytes`] counts.
@@ -398,7 +398,10 @@ impl Builder {
     /// The rows as a chunk, leaving the builder empty.
     pub fn seal(&mut self) -> Result<Chunk, PolarsError> {
         self.freeze()?;
-        let old = std::mem::replace(self, Builder::new(self.rows, self.block));
+        let mut old = std::mem::replace(self, Builder::new(self.rows, self.block));
+        // One array a column, as before the blocks: filters over a chunk of several arrays
+        // cost queries more. Column by column, each column's blocks freed as it is copied.
+        old.frozen.rechunk_mut();
         Ok(Chunk::with_frame(
             old.frozen,
             old.texts.values.into(),
@@ -909,9 +912,13 @@ mod tests {
         let sealed = builder.seal().unwrap();
         assert!(builder.is_empty());
         assert_eq!(sealed.rows(), 4_000);
-        // A block is one array a column: what a row group is written from.
-        let time = sealed.frame.column("time").unwrap().i64().unwrap();
-        assert_eq!(time.chunk_lengths().collect::<Vec<_>>(), [1_000; 4]);
+        // The snapshot shares the three full blocks; the sealed chunk is one array a column.
+        let arrays = |c: &Chunk| {
+            let time = c.frame.column("time").unwrap().i64().unwrap();
+            time.chunk_lengths().collect::<Vec<_>>()
+        };
+        assert_eq!(arrays(&snapshot), [1_000, 1_000, 1_000, 500]);
+        assert_eq!(arrays(&sealed), [4_000]);
         assert!(snapshot.frame.equals(&sealed.frame.slice(0, 3_500)));
         assert_eq!(sealed.texts[..snapshot.texts.len()], snapshot.texts[..]);
         assert_eq!(
@@ -921,7 +928,7 @@ mod tests {
         assert_eq!(snapshot.first_time, sealed.first_time);
         assert!(snapshot.max_time <= sealed.max_time && snapshot.min_time == sealed.min_time);
         // Connections folded a block at a time are those of the rows as one array.
-        let mut whole = sealed.clone();
+        let mut whole = snapshot.clone();
         whole.frame.rechunk_mut();
         let fold = |c: &Chunk| {
             let spec = crate::flowstore::connections::Fold {
@@ -935,7 +942,7 @@ mod tests {
             folded.sort_by(|a, b| a.1.key.cmp(&b.1.key));
             folded
         };
-        let (blocks, one) = (fold(&sealed), fold(&whole));
+        let (blocks, one) = (fold(&snapshot), fold(&whole));
         let flows: u64 = blocks.iter().map(|(_, c)| c.flows).sum();
         assert!(flows > 2_000, "{flows} flows folded");
         assert_eq!(blocks, one);

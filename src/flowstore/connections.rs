@@ -150,7 +150,8 @@ pub fn fold_with(chunk: &Chunk, spec: &Fold<'_>) -> PolarsResult<Vec<(i64, Conne
         None => 0,
     };
     let mut parts: FastMap<Codes, Part> = FastMap::default();
-    // A block at a time: a chunk's columns are one array a block, all alike.
+    // An array at a time: a sealed chunk's columns are one array each, a snapshot of the
+    // open one's an array a block, all alike.
     let mut offset = 0;
     for len in chunk.frame.column("time")?.i64()?.chunk_lengths() {
         fold_rows(&chunk.frame.slice(offset as i64, len), spec, ns, &mut parts)?;

@@ -2073,8 +2073,8 @@ impl FlowStore {
 /// chunk's; reading a stretch of rows decodes only the groups it touches. Each group has
 /// dictionaries of its own: writing 65,536 Cilium-shaped flows holds 9 MB at its peak instead
 /// of 27 MB in one group, and the segment takes some 17 % more disk
-/// (`tests/segment_memory.rs`; docs/reliability.md). A chunk's blocks are its groups, each
-/// one array a column, so a group is written from its own arrays.
+/// (`tests/segment_memory.rs`; docs/reliability.md). A query's snapshot of the open chunk
+/// shares its full groups ([`Builder`]).
 fn row_group(chunk_flows: usize) -> usize {
     (chunk_flows / 4).max(1)
 }
