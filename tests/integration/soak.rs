@@ -188,6 +188,8 @@ async fn soak() {
     let mut pushed = 0u64;
     let mut pushed_at: HashMap<String, Instant> = HashMap::new();
     let mut rss: Vec<(u64, u64)> = Vec::new();
+    // Each second's resident set split: anonymous memory, file-mapped, shared.
+    let mut split: Vec<[u64; 3]> = Vec::new();
     let mut store: Vec<(u64, u64, u64, u64)> = Vec::new();
     let mut heap: Vec<(u64, [u64; 6])> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -220,6 +222,7 @@ async fn soak() {
             }
             pushed_at.insert(destination, Instant::now());
             rss.push((second, status_mib(pid, "VmRSS")));
+            split.push(["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f)));
             if (n / 100).is_multiple_of(10) {
                 // The store's size beside the resident set: what grows with it.
                 let m = service.text("/metrics").await;
@@ -324,9 +327,28 @@ async fn soak() {
         .map(|(second, ..)| *second);
     let last = rss.last().map_or(0, |r| r.0);
     let warm = filled.unwrap_or(60).min(last / 2);
-    let after: Vec<u64> = rss.iter().filter(|r| r.0 >= warm).map(|r| r.1).collect();
-    let low = after.iter().copied().min().unwrap_or(0);
-    let peak = after.iter().copied().max().unwrap_or(0);
+    let after: Vec<(u64, u64, [u64; 3])> = rss
+        .iter()
+        .zip(&split)
+        .filter(|(r, _)| r.0 >= warm)
+        .map(|(r, s)| (r.0, r.1, *s))
+        .collect();
+    let low = after.iter().map(|r| r.1).min().unwrap_or(0);
+    let peak = after.iter().map(|r| r.1).max().unwrap_or(0);
+    // The lowest and highest seconds, with their neighbours, split: what moved.
+    for (what, value) in [("lowest", low), ("highest", peak)] {
+        if let Some(i) = after.iter().position(|r| r.1 == value) {
+            let around = after[i.saturating_sub(2)..(i + 3).min(after.len())]
+                .iter()
+                .map(|(s, m, [a, f, sh])| format!("{s}s:{m}={a}+{f}+{sh}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!(
+                "  RSS {what} at second {}, with its neighbours (MiB = anonymous + file + shared): {around}",
+                after[i].0
+            );
+        }
+    }
     eprintln!(
         "  RSS from {warm} s ({}): {low} to {peak} MiB ({:+.1} %)",
         filled.map_or(
