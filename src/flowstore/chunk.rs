@@ -267,7 +267,8 @@ pub struct Builder {
     /// The open block.
     seq: Vec<u64>,
     time: Vec<i64>,
-    uuid: Vec<u128>,
+    /// Each flow's UUID as its two halves, the columns they become.
+    uuid: [Vec<u64>; 2],
     columns: Vec<Vec<u32>>,
     texts: Dict<Sym>,
     ips: Dict<Option<IpAddr>>,
@@ -287,7 +288,7 @@ impl Builder {
             first_time: None,
             seq: Vec::with_capacity(block),
             time: Vec::with_capacity(block),
-            uuid: Vec::with_capacity(block),
+            uuid: [Vec::with_capacity(block), Vec::with_capacity(block)],
             columns: (0..COLUMNS).map(|_| Vec::with_capacity(block)).collect(),
             texts: Dict::default(),
             ips: Dict::default(),
@@ -330,7 +331,8 @@ impl Builder {
         self.first_time.get_or_insert(row.time_ns);
         self.seq.push(seq);
         self.time.push(row.time_ns);
-        self.uuid.push(row.uuid);
+        self.uuid[0].push((row.uuid >> 64) as u64);
+        self.uuid[1].push(row.uuid as u64);
         let text = |b: &mut Builder, col: Col, s: &Sym| {
             let code = b.texts.code(s);
             b.columns[col as usize].push(code);
@@ -384,7 +386,7 @@ impl Builder {
         let open = frame_of(
             self.seq.clone(),
             self.time.clone(),
-            &self.uuid,
+            self.uuid.clone(),
             self.columns.clone(),
         )?;
         frame.vstack_mut_owned(open)?;
@@ -416,33 +418,32 @@ impl Builder {
         }
         let block = self.block;
         let taken = |v: &mut Vec<u32>| std::mem::replace(v, Vec::with_capacity(block));
+        let taken_u64 = |v: &mut Vec<u64>| std::mem::replace(v, Vec::with_capacity(block));
         let open = frame_of(
-            std::mem::replace(&mut self.seq, Vec::with_capacity(block)),
+            taken_u64(&mut self.seq),
             std::mem::replace(&mut self.time, Vec::with_capacity(block)),
-            &self.uuid,
+            self.uuid.each_mut().map(taken_u64),
             self.columns.iter_mut().map(taken).collect(),
         )?;
-        self.uuid.clear();
         self.frozen.vstack_mut_owned(open)?;
         Ok(())
     }
 }
 
-/// Rows as a frame of a chunk's columns (its UUIDs as two halves).
+/// Rows as a frame of a chunk's columns (each UUID as its two halves, high first).
 fn frame_of(
     seq: Vec<u64>,
     time: Vec<i64>,
-    uuid: &[u128],
+    uuid: [Vec<u64>; 2],
     columns: Vec<Vec<u32>>,
 ) -> Result<DataFrame, PolarsError> {
     let height = seq.len();
     let mut cols: Vec<Column> = Vec::with_capacity(COLUMNS + 4);
     cols.push(UInt64Chunked::from_vec("seq".into(), seq).into_column());
     cols.push(Int64Chunked::from_vec("time".into(), time).into_column());
-    let hi: Vec<u64> = uuid.iter().map(|u| (u >> 64) as u64).collect();
-    let lo: Vec<u64> = uuid.iter().map(|u| *u as u64).collect();
-    cols.push(UInt64Chunked::from_vec(UUID_COLUMNS[0].into(), hi).into_column());
-    cols.push(UInt64Chunked::from_vec(UUID_COLUMNS[1].into(), lo).into_column());
+    for (half, name) in uuid.into_iter().zip(UUID_COLUMNS) {
+        cols.push(UInt64Chunked::from_vec(name.into(), half).into_column());
+    }
     for (values, (name, _)) in columns.into_iter().zip(SCHEMA) {
         cols.push(UInt32Chunked::from_vec(name.into(), values).into_column());
     }
@@ -530,18 +531,6 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn new(
-        seq: Vec<u64>,
-        time: Vec<i64>,
-        uuid: &[u128],
-        columns: Vec<Vec<u32>>,
-        texts: Vec<Sym>,
-        ips: Vec<Option<IpAddr>>,
-    ) -> Result<Chunk, PolarsError> {
-        let frame = frame_of(seq, time, uuid, columns)?;
-        Ok(Chunk::with_frame(frame, texts.into(), ips.into()))
-    }
-
     /// A chunk of `frame`, whose `seq` and `time` columns are without nulls, and its
     /// dictionaries.
     fn with_frame(frame: DataFrame, texts: Arc<[Sym]>, ips: Arc<[Option<IpAddr>]>) -> Chunk {
@@ -613,9 +602,9 @@ impl Chunk {
     pub fn from_parquet_frame(frame: &DataFrame) -> Result<Chunk, String> {
         let (seq, time) = seq_and_time(frame)?;
         let height = frame.height();
-        let mut halves = Vec::with_capacity(2);
-        for name in UUID_COLUMNS {
-            let half: Vec<u64> = match frame.column(name) {
+        let mut uuid: [Vec<u64>; 2] = Default::default();
+        for (half, name) in uuid.iter_mut().zip(UUID_COLUMNS) {
+            *half = match frame.column(name) {
                 Err(_) => vec![0; height],
                 Ok(c) => c
                     .u64()
@@ -624,28 +613,25 @@ impl Chunk {
                     .map(|v| v.unwrap_or(0))
                     .collect(),
             };
-            halves.push(half);
         }
-        let uuid: Vec<u128> = halves[0]
-            .iter()
-            .zip(&halves[1])
-            .map(|(hi, lo)| (u128::from(*hi) << 64) | u128::from(*lo))
-            .collect();
         let mut texts: Dict<Sym> = Dict::default();
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut columns = Vec::with_capacity(COLUMNS);
         for col in Col::ALL {
             columns.push(decode(frame, col, &mut texts, &mut ips)?);
         }
-        Chunk::new(
+        let frame = frame_of(
             seq.into_no_null_iter().collect(),
             time.into_no_null_iter().collect(),
-            &uuid,
+            uuid,
             columns,
-            texts.values,
-            ips.values,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok(Chunk::with_frame(
+            frame,
+            texts.values.into(),
+            ips.values.into(),
+        ))
     }
 
     /// Only `cols` of a frame read from a segment, coded against dictionaries of their own,

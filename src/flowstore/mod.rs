@@ -2065,8 +2065,6 @@ impl FlowStore {
     }
 }
 
-/// `filter`'s time range and a further condition, both to hold: what rows already matching
-/// its other conditions are picked by.
 /// Rows per parquet row group in a segment, and per block the open chunk is frozen in: a
 /// quarter chunk (16,384 flows by default). A segment is written a group at a time, so a
 /// write holds one group's strings and encoded pages beside the chunk, not the whole
@@ -2079,6 +2077,8 @@ fn row_group(chunk_flows: usize) -> usize {
     (chunk_flows / 4).max(1)
 }
 
+/// `filter`'s time range and a further condition, both to hold: what rows already matching
+/// its other conditions are picked by.
 fn in_time(filter: &Filter, also: Option<Expr>) -> Expr {
     match also {
         Some(also) => filter.time_predicate().and(also),
