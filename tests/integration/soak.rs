@@ -187,9 +187,8 @@ async fn soak() {
     let per_tick = rate / 100;
     let mut pushed = 0u64;
     let mut pushed_at: HashMap<String, Instant> = HashMap::new();
-    let mut rss: Vec<(u64, u64)> = Vec::new();
-    // Each second's resident set split: anonymous memory, file-mapped, shared.
-    let mut split: Vec<[u64; 3]> = Vec::new();
+    // By second: the resident set, and its split into anonymous, file-mapped and shared.
+    let mut rss: Vec<(u64, u64, [u64; 3])> = Vec::new();
     let mut store: Vec<(u64, u64, u64, u64)> = Vec::new();
     let mut heap: Vec<(u64, [u64; 6])> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -221,8 +220,8 @@ async fn soak() {
                 pushed += 1;
             }
             pushed_at.insert(destination, Instant::now());
-            rss.push((second, status_mib(pid, "VmRSS")));
-            split.push(["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f)));
+            let split = ["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f));
+            rss.push((second, status_mib(pid, "VmRSS"), split));
             if (n / 100).is_multiple_of(10) {
                 // The store's size beside the resident set: what grows with it.
                 let m = service.text("/metrics").await;
@@ -288,8 +287,8 @@ async fn soak() {
     eprintln!(
         "  RSS MiB by second: {}",
         rss.iter()
-            .filter(|(s, _)| s % 10 == 0 || *s == 1)
-            .map(|(s, m)| format!("{s}s:{m}"))
+            .filter(|(s, ..)| s % 10 == 0 || *s == 1)
+            .map(|(s, m, _)| format!("{s}s:{m}"))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -327,12 +326,7 @@ async fn soak() {
         .map(|(second, ..)| *second);
     let last = rss.last().map_or(0, |r| r.0);
     let warm = filled.unwrap_or(60).min(last / 2);
-    let after: Vec<(u64, u64, [u64; 3])> = rss
-        .iter()
-        .zip(&split)
-        .filter(|(r, _)| r.0 >= warm)
-        .map(|(r, s)| (r.0, r.1, *s))
-        .collect();
+    let after: Vec<(u64, u64, [u64; 3])> = rss.iter().filter(|r| r.0 >= warm).copied().collect();
     let low = after.iter().map(|r| r.1).min().unwrap_or(0);
     let peak = after.iter().map(|r| r.1).max().unwrap_or(0);
     // The lowest and highest seconds, with their neighbours, split: what moved.
