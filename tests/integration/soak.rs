@@ -222,25 +222,25 @@ async fn soak() {
             pushed_at.insert(destination, Instant::now());
             let split = ["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f));
             rss.push((second, status_mib(pid, "VmRSS"), split));
+            // What holds it, each second: the allocator's count, and the store's query
+            // caches; every ten seconds the store's size beside it.
+            let m = service.text("/metrics").await;
+            let [a, r, c, t, q] = [
+                "exfilwatch_heap_allocated_bytes",
+                "exfilwatch_heap_resident_bytes",
+                "exfilwatch_store_cache_bytes{cache=\"segments\"}",
+                "exfilwatch_store_cache_bytes{cache=\"top\"}",
+                "exfilwatch_store_cache_bytes{cache=\"matches\"}",
+            ]
+            .map(|name| metric_sum(&m, name) >> 20);
+            heap.push((second, [a, r, c, t, q, split[1]]));
             if (n / 100).is_multiple_of(10) {
-                // The store's size beside the resident set: what grows with it.
-                let m = service.text("/metrics").await;
                 store.push((
                     second,
                     metric_sum(&m, "exfilwatch_store_segments"),
                     metric_sum(&m, "exfilwatch_store_memory_bytes") >> 20,
                     metric_sum(&m, "exfilwatch_store_disk_bytes") >> 20,
                 ));
-                // What holds it: the allocator's count, and the store's query caches.
-                let [a, r, c, t, q] = [
-                    "exfilwatch_heap_allocated_bytes",
-                    "exfilwatch_heap_resident_bytes",
-                    "exfilwatch_store_cache_bytes{cache=\"segments\"}",
-                    "exfilwatch_store_cache_bytes{cache=\"top\"}",
-                    "exfilwatch_store_cache_bytes{cache=\"matches\"}",
-                ]
-                .map(|name| metric_sum(&m, name) >> 20);
-                heap.push((second, [a, r, c, t, q, status_mib(pid, "RssFile")]));
             }
         }
     }
@@ -303,6 +303,7 @@ async fn soak() {
     eprintln!(
         "  heap by second (MiB: allocated/resident by the allocator; the store's caches of segments/top/matches; files mapped): {}",
         heap.iter()
+            .filter(|(s, _)| s % 10 == 0)
             .map(|(s, [a, r, c, t, m, f])| format!("{s}s:{a}/{r};{c}/{t}/{m};{f}"))
             .collect::<Vec<_>>()
             .join(" ")
@@ -334,11 +335,14 @@ async fn soak() {
         if let Some(i) = after.iter().position(|r| r.1 == value) {
             let around = after[i.saturating_sub(2)..(i + 3).min(after.len())]
                 .iter()
-                .map(|(s, m, [a, f, sh])| format!("{s}s:{m}={a}+{f}+{sh}"))
+                .map(|(s, m, [a, f, sh])| {
+                    let held = heap.iter().find(|h| h.0 == *s).map_or(0, |h| h.1[1]);
+                    format!("{s}s:{m}={a}+{f}+{sh} (allocator {held})")
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             eprintln!(
-                "  RSS {what} at second {}, with its neighbours (MiB = anonymous + file + shared): {around}",
+                "  RSS {what} at second {}, with its neighbours (MiB = anonymous + file + shared; the allocator's resident MiB): {around}",
                 after[i].0
             );
         }
