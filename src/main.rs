@@ -10,9 +10,9 @@ use exfilwatch::cli::{self, Cli};
 use exfilwatch::config::LogFormat;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc, one arena, whose background thread gives pages freed by queries and segment
-/// writes back to the system after about 30 s unused (`.cargo/config.toml`; glibc's malloc
-/// keeps them: docs/reliability.md).
+/// jemalloc, one arena, giving pages freed by queries and segment writes back to the system
+/// after about 30 s unused, a few at a time as the service allocates (`.cargo/config.toml`;
+/// glibc's malloc keeps them: docs/reliability.md).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

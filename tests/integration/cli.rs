@@ -421,6 +421,18 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
         (1 << 20..1 << 30).contains(&allocated) && allocated <= resident && rss >= 1 << 20,
         "allocated {allocated}, resident {resident}, resident set {rss}"
     );
+    // jemalloc purges from the threads that allocate: a background thread gave pages back in
+    // batches at the heap's lows, and the resident set dipped (docs/reliability.md).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", service.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(!threads.is_empty());
+    assert!(
+        !threads.iter().any(|t| t.starts_with("jemalloc_bg")),
+        "{threads:?}"
+    );
     // The scheme is matched without case (RFC 7235).
     let lower = client
         .get(format!("{base}/metrics"))
