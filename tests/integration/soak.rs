@@ -36,6 +36,16 @@ fn status_mib(pid: u32, field: &str) -> u64 {
     exfilwatch::common::heap::status_bytes(&pid.to_string(), field).unwrap_or(0) >> 20
 }
 
+/// One second of the soak, in MiB: the service's resident set, its split into anonymous,
+/// file-mapped and shared memory, and what holds it (the allocator's allocated and resident
+/// bytes; the store's caches of segments, top answers and matches).
+struct Second {
+    at: u64,
+    rss: u64,
+    split: [u64; 3],
+    heap: [u64; 5],
+}
+
 fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -187,10 +197,8 @@ async fn soak() {
     let per_tick = rate / 100;
     let mut pushed = 0u64;
     let mut pushed_at: HashMap<String, Instant> = HashMap::new();
-    // By second: the resident set, and its split into anonymous, file-mapped and shared.
-    let mut rss: Vec<(u64, u64, [u64; 3])> = Vec::new();
+    let mut series: Vec<Second> = Vec::new();
     let mut store: Vec<(u64, u64, u64, u64)> = Vec::new();
-    let mut heap: Vec<(u64, [u64; 6])> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut n = 0u64;
@@ -220,12 +228,10 @@ async fn soak() {
                 pushed += 1;
             }
             pushed_at.insert(destination, Instant::now());
-            let split = ["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f));
-            rss.push((second, status_mib(pid, "VmRSS"), split));
             // What holds it, each second: the allocator's count, and the store's query
             // caches; every ten seconds the store's size beside it.
             let m = service.text("/metrics").await;
-            let [a, r, c, t, q] = [
+            let heap = [
                 "exfilwatch_heap_allocated_bytes",
                 "exfilwatch_heap_resident_bytes",
                 "exfilwatch_store_cache_bytes{cache=\"segments\"}",
@@ -233,7 +239,12 @@ async fn soak() {
                 "exfilwatch_store_cache_bytes{cache=\"matches\"}",
             ]
             .map(|name| metric_sum(&m, name) >> 20);
-            heap.push((second, [a, r, c, t, q, split[1]]));
+            series.push(Second {
+                at: second,
+                rss: status_mib(pid, "VmRSS"),
+                split: ["RssAnon", "RssFile", "RssShmem"].map(|f| status_mib(pid, f)),
+                heap,
+            });
             if (n / 100).is_multiple_of(10) {
                 store.push((
                     second,
@@ -286,9 +297,10 @@ async fn soak() {
     }
     eprintln!(
         "  RSS MiB by second: {}",
-        rss.iter()
-            .filter(|(s, ..)| s % 10 == 0 || *s == 1)
-            .map(|(s, m, _)| format!("{s}s:{m}"))
+        series
+            .iter()
+            .filter(|s| s.at % 10 == 0 || s.at == 1)
+            .map(|s| format!("{}s:{}", s.at, s.rss))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -302,9 +314,13 @@ async fn soak() {
     );
     eprintln!(
         "  heap by second (MiB: allocated/resident by the allocator; the store's caches of segments/top/matches; files mapped): {}",
-        heap.iter()
-            .filter(|(s, _)| s % 10 == 0)
-            .map(|(s, [a, r, c, t, m, f])| format!("{s}s:{a}/{r};{c}/{t}/{m};{f}"))
+        series
+            .iter()
+            .filter(|s| s.at % 10 == 0)
+            .map(|s| {
+                let [a, r, c, t, m] = s.heap;
+                format!("{}s:{a}/{r};{c}/{t}/{m};{}", s.at, s.split[1])
+            })
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -325,25 +341,25 @@ async fn soak() {
         .iter()
         .find(|(_, _, _, disk)| *disk >= DISK_MIB * 95 / 100)
         .map(|(second, ..)| *second);
-    let last = rss.last().map_or(0, |r| r.0);
+    let last = series.last().map_or(0, |s| s.at);
     let warm = filled.unwrap_or(60).min(last / 2);
-    let after: Vec<(u64, u64, [u64; 3])> = rss.iter().filter(|r| r.0 >= warm).copied().collect();
-    let low = after.iter().map(|r| r.1).min().unwrap_or(0);
-    let peak = after.iter().map(|r| r.1).max().unwrap_or(0);
+    let after: Vec<&Second> = series.iter().filter(|s| s.at >= warm).collect();
+    let low = after.iter().map(|s| s.rss).min().unwrap_or(0);
+    let peak = after.iter().map(|s| s.rss).max().unwrap_or(0);
     // The lowest and highest seconds, with their neighbours, split: what moved.
     for (what, value) in [("lowest", low), ("highest", peak)] {
-        if let Some(i) = after.iter().position(|r| r.1 == value) {
+        if let Some(i) = after.iter().position(|s| s.rss == value) {
             let around = after[i.saturating_sub(2)..(i + 3).min(after.len())]
                 .iter()
-                .map(|(s, m, [a, f, sh])| {
-                    let held = heap.iter().find(|h| h.0 == *s).map_or(0, |h| h.1[1]);
-                    format!("{s}s:{m}={a}+{f}+{sh} (allocator {held})")
+                .map(|s| {
+                    let [a, f, sh] = s.split;
+                    format!("{}s:{}={a}+{f}+{sh} (allocator {})", s.at, s.rss, s.heap[1])
                 })
                 .collect::<Vec<_>>()
                 .join(" ");
             eprintln!(
                 "  RSS {what} at second {}, with its neighbours (MiB = anonymous + file + shared; the allocator's resident MiB): {around}",
-                after[i].0
+                after[i].at
             );
         }
     }
