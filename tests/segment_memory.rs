@@ -55,7 +55,7 @@ fn store_of_one_chunk(dir: &std::path::Path) -> std::sync::Arc<FlowStore> {
 }
 
 #[test]
-fn writing_a_segment_holds_less_than_half_its_chunk_beside_it() {
+fn writing_a_segment_holds_less_than_four_fifths_of_its_chunk_beside_it() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rows = chunk_of_rows();
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -65,7 +65,8 @@ fn writing_a_segment_holds_less_than_half_its_chunk_beside_it() {
         // The builder holds the flow that sent the last chunk to disk: a chunk seals after
         // the rest of this one.
         store.append(&rows[usize::from(round > 0)..]);
-        let chunk = store.stats.memory_bytes.load(Relaxed);
+        // The store counts the builder as full: two chunks' worth.
+        let chunk = store.stats.memory_bytes.load(Relaxed) / 2;
         let segments = store.stats.segments.load(Relaxed);
         let before = PEAK.current_usage();
         PEAK.reset_peak_usage();
@@ -81,7 +82,7 @@ fn writing_a_segment_holds_less_than_half_its_chunk_beside_it() {
     // The first write sets up what polars keeps for the process; the others are the rule.
     for (chunk, held) in &written[1..] {
         assert!(
-            *held < chunk / 2,
+            *held < chunk * 4 / 5,
             "writing a segment of a {} MB chunk held {} MB more at its peak: {written:?}",
             chunk >> 20,
             held >> 20

@@ -956,34 +956,48 @@ impl FlowStore {
         } else {
             None
         };
-        // A row group at a time, its columns encoded one after another: what a write holds
-        // beside the chunk is one group's strings and pages.
-        let written = chunk.written();
-        let mut parquet = Vec::with_capacity(chunk.rows() * 32);
-        let mut writer = ParquetWriter::new(&mut parquet)
-            .with_compression(ParquetCompression::Zstd(None))
-            .set_parallel(false)
-            .batched(written.rows(0, 0)?.schema())?;
-        let group = row_group(self.config.chunk_flows);
-        for start in (0..chunk.rows()).step_by(group) {
-            writer.write_batch(&written.rows(start, group)?)?;
-        }
-        writer.finish()?;
-        drop((writer, written));
-        let synced = std::fs::File::create(&tmp).and_then(|mut file| {
-            std::io::Write::write_all(&mut file, &parquet)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        });
+        // A row group at a time, its columns encoded one after another, straight to the
+        // file: what a write holds beside the chunk is one group's strings and pages.
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let encoded = (|| {
+            let written = chunk.written();
+            let mut writer = ParquetWriter::new(&mut out)
+                .with_compression(ParquetCompression::Zstd(None))
+                .set_parallel(false)
+                .batched(written.rows(0, 0)?.schema())?;
+            let group = row_group(self.config.chunk_flows);
+            for start in (0..chunk.rows()).step_by(group) {
+                writer.write_batch(&written.rows(start, group)?)?;
+            }
+            writer.finish()
+        })();
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        let synced = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = synced {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(e));
         }
-        let bytes = parquet.len() as u64;
         if let Some(b) = &self.bucket {
             let key = b.key(chunk.first_time, chunk.first_seq);
             let mut pending = self.pending_lock();
-            match b.put(&key, parquet.into()) {
+            // Read back from the file just written (still in the page cache); an upload that
+            // cannot read it is retried from the file like one the bucket refused.
+            let put = std::fs::read(&path)
+                .map_err(|e| format!("reading {} to upload it: {e}", path.display()))
+                .and_then(|parquet| b.put(&key, parquet.into()));
+            match put {
                 Ok(()) => {
                     pending.remove(&key);
                 }
