@@ -831,19 +831,13 @@ impl FlowStore {
                 && let Some(first) = inner.builder.first_time()
                 && (row.time_ns - first).abs() > bucket::MAX_SPAN_NS
             {
-                match inner.builder.seal() {
-                    Ok(chunk) => inner.sealed.push_back(Arc::new(chunk)),
-                    Err(e) => tracing::error!("flow store: sealing a chunk: {e}"),
-                }
+                Self::seal(&mut inner);
             }
             let seq = inner.next_seq;
             inner.next_seq += 1;
             inner.builder.push(seq, row);
             if inner.builder.len() >= self.config.chunk_flows {
-                match inner.builder.seal() {
-                    Ok(chunk) => inner.sealed.push_back(Arc::new(chunk)),
-                    Err(e) => tracing::error!("flow store: sealing a chunk: {e}"),
-                }
+                Self::seal(&mut inner);
             }
         }
         inner.snapshot = None;
@@ -854,6 +848,16 @@ impl FlowStore {
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         drop(inner);
         self.enforce_bounds();
+    }
+
+    /// Seals the builder's rows as a chunk. The chunk that left memory for the builder's
+    /// room is freed by then, whatever the size of the batch that filled it.
+    fn seal(inner: &mut Inner) {
+        inner.leaving.keep(0.0);
+        match inner.builder.seal() {
+            Ok(chunk) => inner.sealed.push_back(Arc::new(chunk)),
+            Err(e) => tracing::error!("flow store: sealing a chunk: {e}"),
+        }
     }
 
     fn memory(inner: &Inner) -> (usize, usize) {
@@ -3184,6 +3188,36 @@ mod tests {
             assert!(bytes.stats.memory_bytes.load(Ordering::Relaxed) <= 600_000);
         }
         assert!(bytes.stats.expired.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_chunk_that_left_memory_is_freed_as_the_builder_fills_its_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlowStore::open(FlowStoreConfig {
+            memory_flows: 1_000,
+            ..small(Some(dir.path().into()))
+        })
+        .unwrap();
+        let rows: Vec<Row> = flows(3_000).iter().map(Row::new).collect();
+        let leaving = |store: &FlowStore| store.lock().leaving.columns.len();
+        // A full chunk, then the flow that sends it to disk: all its columns wait.
+        store.append(&rows[..1_001]);
+        assert_eq!(store.stats.segments.load(Ordering::Relaxed), 1);
+        let all = leaving(&store);
+        assert!(all > 20, "{all} columns held");
+        // Half the builder filled: about half of them are freed.
+        store.append(&rows[1_001..1_500]);
+        let half = leaving(&store);
+        assert!(half.abs_diff(all / 2) <= 1, "{half} of {all} columns held");
+        // A batch that fills the builder frees the rest, though it leaves the new builder
+        // as empty as the first.
+        store.append(&rows[1_500..2_000]);
+        assert_eq!(leaving(&store), 0);
+        assert_eq!(store.stats.segments.load(Ordering::Relaxed), 1);
+        // The next flow sends that chunk to disk in turn.
+        store.append(&rows[2_000..2_001]);
+        assert_eq!(store.stats.segments.load(Ordering::Relaxed), 2);
+        assert_eq!(leaving(&store), all);
     }
 
     #[test]
