@@ -257,11 +257,13 @@ struct Inner {
 /// once. Freeing a whole chunk (9.4 MB of Cilium-shaped flows) at once made the live heap a
 /// sawtooth that deep, and the allocator gave back its freed pages to the system at some
 /// lows only to take them again a second later: the resident set's dips
-/// (docs/reliability.md). Queries no longer see these columns; the bound counts them in the
-/// builder's room, which it counts as full.
+/// (docs/reliability.md). Queries no longer see these columns; what they hold stays within
+/// the builder's room, which the bound counts as full.
 #[derive(Debug, Default)]
 struct Leaving {
     columns: Vec<Column>,
+    /// Bytes of the columns held, and of all the chunk's columns.
+    held: usize,
     of: usize,
 }
 
@@ -269,13 +271,23 @@ impl Leaving {
     /// Holds `chunk`'s columns, freeing what it held before.
     fn hold(&mut self, chunk: &Chunk) {
         self.columns = chunk.frame.columns().to_vec();
-        self.of = self.columns.len();
+        self.held = self.columns.iter().map(Self::bytes).sum();
+        self.of = self.held;
     }
 
-    /// Frees all but the share `left` (0 to 1) of the columns.
+    /// Frees columns, the last first, until they hold at most the share `left` (0 to 1) of
+    /// the chunk's bytes.
     fn keep(&mut self, left: f64) {
-        let kept = (self.of as f64 * left.clamp(0.0, 1.0)).ceil() as usize;
-        self.columns.truncate(kept);
+        let allowed = (self.of as f64 * left.clamp(0.0, 1.0)) as usize;
+        while self.held > allowed
+            && let Some(column) = self.columns.pop()
+        {
+            self.held = self.held.saturating_sub(Self::bytes(&column));
+        }
+    }
+
+    fn bytes(column: &Column) -> usize {
+        column.as_materialized_series().estimated_size()
     }
 }
 
@@ -3199,25 +3211,34 @@ mod tests {
         })
         .unwrap();
         let rows: Vec<Row> = flows(3_000).iter().map(Row::new).collect();
-        let leaving = |store: &FlowStore| store.lock().leaving.columns.len();
+        let leaving = |store: &FlowStore| {
+            let inner = store.lock();
+            (inner.leaving.columns.len(), inner.leaving.held)
+        };
         // A full chunk, then the flow that sends it to disk: all its columns wait.
         store.append(&rows[..1_001]);
         assert_eq!(store.stats.segments.load(Ordering::Relaxed), 1);
-        let all = leaving(&store);
-        assert!(all > 20, "{all} columns held");
-        // Half the builder filled: about half of them are freed.
+        let (columns, all) = leaving(&store);
+        assert!(
+            columns > 20 && all > 1_000 * 100,
+            "{columns} columns of {all} bytes held"
+        );
+        // Half the builder filled: half the bytes are freed, to within a column or two.
         store.append(&rows[1_001..1_500]);
-        let half = leaving(&store);
-        assert!(half.abs_diff(all / 2) <= 1, "{half} of {all} columns held");
+        let (_, half) = leaving(&store);
+        assert!(
+            half <= all / 2 && half + all / 16 > all / 2,
+            "{half} of {all} bytes held"
+        );
         // A batch that fills the builder frees the rest, though it leaves the new builder
         // as empty as the first.
         store.append(&rows[1_500..2_000]);
-        assert_eq!(leaving(&store), 0);
+        assert_eq!(leaving(&store), (0, 0));
         assert_eq!(store.stats.segments.load(Ordering::Relaxed), 1);
         // The next flow sends that chunk to disk in turn.
         store.append(&rows[2_000..2_001]);
         assert_eq!(store.stats.segments.load(Ordering::Relaxed), 2);
-        assert_eq!(leaving(&store), all);
+        assert_eq!(leaving(&store), (columns, all));
     }
 
     #[test]
