@@ -1006,21 +1006,12 @@ impl FlowStore {
             return Err(io(e));
         }
         if let Some(b) = &self.bucket {
+            // Uploaded from the file just written (still in the page cache), with any upload
+            // that failed before; one that fails now stays pending for the next checkpoint.
             let key = b.key(chunk.first_time, chunk.first_seq);
-            let mut pending = self.pending_lock();
-            // Read back from the file just written (still in the page cache); an upload that
-            // cannot read it is retried from the file like one the bucket refused.
-            let put = std::fs::read(&path)
-                .map_err(|e| format!("reading {} to upload it: {e}", path.display()))
-                .and_then(|parquet| b.put(&key, parquet.into()));
-            match put {
-                Ok(()) => {
-                    pending.remove(&key);
-                }
-                Err(e) => {
-                    tracing::warn!("{e}; retried at the next checkpoint");
-                    pending.insert(key, path.clone());
-                }
+            self.pending_lock().insert(key, path.clone());
+            if let Err(e) = self.upload_pending() {
+                tracing::warn!("{e}; retried at the next checkpoint");
             }
         }
         Ok(Segment {
