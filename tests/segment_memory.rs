@@ -40,26 +40,28 @@ fn chunk_of_rows() -> Vec<Row> {
     .collect()
 }
 
-/// A store on disk whose memory holds one chunk: the flow after it sends the chunk to disk.
-fn store_of_one_chunk(dir: &std::path::Path) -> std::sync::Arc<FlowStore> {
-    FlowStore::open(FlowStoreConfig {
+/// A store in a temporary directory whose memory holds one chunk: the flow after it sends
+/// the chunk to disk.
+fn store_of_one_chunk() -> (tempfile::TempDir, std::sync::Arc<FlowStore>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = FlowStore::open(FlowStoreConfig {
         memory_flows: CHUNK,
         memory_bytes: 1 << 30,
         chunk_flows: CHUNK,
         disk_bytes: 1 << 30,
-        dir: Some(dir.into()),
+        dir: Some(dir.path().into()),
         retention: Duration::from_secs(86_400),
         ..FlowStoreConfig::default()
     })
-    .expect("the store opens")
+    .expect("the store opens");
+    (dir, store)
 }
 
 #[test]
 fn writing_a_segment_holds_less_than_four_fifths_of_its_chunk_beside_it() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rows = chunk_of_rows();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = store_of_one_chunk(dir.path());
+    let (_dir, store) = store_of_one_chunk();
     let mut written = Vec::new();
     for round in 0..3 {
         // The builder holds the flow that sent the last chunk to disk: a chunk seals after
@@ -94,8 +96,7 @@ fn writing_a_segment_holds_less_than_four_fifths_of_its_chunk_beside_it() {
 fn a_chunk_leaving_memory_is_freed_as_the_next_one_fills() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rows = chunk_of_rows();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = store_of_one_chunk(dir.path());
+    let (_dir, store) = store_of_one_chunk();
     // One chunk in memory and the next one filling, as under steady load.
     store.append(&rows);
     // The store counts the builder as full: two chunks' worth.
