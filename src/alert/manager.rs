@@ -59,16 +59,16 @@ struct Active {
 impl Active {
     /// An alert just seen and just sent (its annotations are in the store); `dirty` asks for
     /// a re-send at the next update.
-    fn new(mut alert: Alert, rule: Arc<Rule>, now: Instant, dirty: bool) -> Active {
+    fn new(mut alert: Alert, rule: Arc<Rule>, now: Instant, dirty: bool) -> Box<Active> {
         alert.annotations.clear();
-        Active {
+        Box::new(Active {
             alert,
             rule,
             last_hit: now,
             last_sent: now,
             dirty,
             unsaved: false,
-        }
+        })
     }
 }
 
@@ -77,7 +77,8 @@ pub struct Manager {
     config: LifecycleConfig,
     store: Store,
     wake: Arc<Notify>,
-    active: HashMap<(String, String, String), Active>,
+    /// Boxed: the table then moves 80 bytes an alert when it grows, not the whole alert.
+    active: HashMap<(String, String, String), Box<Active>>,
     rules: HashMap<String, Arc<Rule>>,
 }
 
@@ -355,7 +356,7 @@ impl Manager {
     fn resolve(
         &mut self,
         key: (String, String, String),
-        mut active: Active,
+        mut active: Box<Active>,
     ) -> Result<(), StateError> {
         let mut alert = active.alert.clone();
         alert.status = Status::Resolved;

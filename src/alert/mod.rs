@@ -12,13 +12,13 @@
 pub mod manager;
 pub mod sink;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::common::clock::format_time;
 use crate::flow::destination::Destination;
-use crate::flow::{FlowEvent, format_uuid};
+use crate::flow::{FlowEvent, format_uuid, parse_uuid};
 use crate::state::{StateError, Store};
 
 /// What a flow detector found in a flow: an alert for `namespace` and `destination`, whose
@@ -45,51 +45,166 @@ pub struct Earlier {
 /// Values kept per context field; more are counted in `omitted`.
 pub const MAX_VALUES: usize = 20;
 
+/// The distinct values of one context field, in order, at most [`MAX_VALUES`]: a sorted
+/// vector that grows by one value at a time. Every firing alert holds eight or more of them,
+/// most with a single value, and a tree's first node alone is room for eleven.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Values(Vec<Box<str>>);
+
+impl Values {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.0.iter().map(|v| &**v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, value: &str) -> bool {
+        self.find(value).is_ok()
+    }
+
+    fn find(&self, value: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|v| (**v).cmp(value))
+    }
+
+    /// Keeps `value` unless it is empty or already kept; one past [`MAX_VALUES`] is counted
+    /// in `omitted` instead.
+    fn add(&mut self, value: &str, omitted: &mut u64) {
+        if value.is_empty() {
+            return;
+        }
+        let Err(at) = self.find(value) else {
+            return;
+        };
+        if self.0.len() < MAX_VALUES {
+            self.0.reserve_exact(1);
+            self.0.insert(at, value.into());
+        } else {
+            *omitted += 1;
+        }
+    }
+
+    /// The values, comma-separated.
+    fn join(&self) -> String {
+        self.iter().collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Values {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(values: I) -> Values {
+        let mut out = Values::default();
+        let mut omitted = 0;
+        for v in values {
+            out.add(v, &mut omitted);
+        }
+        out
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Values, D::Error> {
+        let values = Vec::<String>::deserialize(deserializer)?;
+        Ok(values.iter().map(String::as_str).collect())
+    }
+}
+
+/// The UUIDs of an alert's most recent flows, oldest first, kept as numbers (a sixth of
+/// their text's room) and written in their canonical form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Samples(VecDeque<u128>);
+
+impl Samples {
+    /// The UUIDs as text.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = String> + '_ {
+        self.0.iter().map(|&u| format_uuid(u))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Keeps `uuid` as the newest of at most `keep`.
+    fn push(&mut self, uuid: u128, keep: usize) {
+        if self.0.len() >= keep.max(1) {
+            self.0.pop_front();
+        }
+        self.0.push_back(uuid);
+    }
+}
+
+impl Serialize for Samples {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// A saved sample that is not a UUID is left out (and logged): the alert it belongs to
+/// still resumes.
+impl<'de> Deserialize<'de> for Samples {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Samples, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        let uuids = texts.iter().filter_map(|text| {
+            let uuid = parse_uuid(text.as_bytes());
+            if uuid.is_none() {
+                tracing::warn!(value = ?text, "alert context: a sample flow that is not a UUID, left out");
+            }
+            uuid
+        });
+        Ok(Samples(uuids.collect()))
+    }
+}
+
 /// The flows behind an alert, summarised for a human.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowContext {
     pub count: u64,
     pub first_seen_ns: i64,
     pub last_seen_ns: i64,
-    pub source_pods: BTreeSet<String>,
-    pub source_workloads: BTreeSet<String>,
-    pub destination_ips: BTreeSet<String>,
-    pub destination_fqdns: BTreeSet<String>,
+    #[schema(value_type = Vec<String>)]
+    pub source_pods: Values,
+    #[schema(value_type = Vec<String>)]
+    pub source_workloads: Values,
+    #[schema(value_type = Vec<String>)]
+    pub destination_ips: Values,
+    #[schema(value_type = Vec<String>)]
+    pub destination_fqdns: Values,
     pub destination_namespace: String,
-    pub destination_pods: BTreeSet<String>,
+    #[schema(value_type = Vec<String>)]
+    pub destination_pods: Values,
     /// "443/TCP".
-    pub ports: BTreeSet<String>,
-    pub drop_reasons: BTreeSet<String>,
+    #[schema(value_type = Vec<String>)]
+    pub ports: Values,
+    #[schema(value_type = Vec<String>)]
+    pub drop_reasons: Values,
     /// "namespace/name" of the denying policies.
-    pub policies: BTreeSet<String>,
-    pub nodes: BTreeSet<String>,
+    #[schema(value_type = Vec<String>)]
+    pub policies: Values,
+    #[schema(value_type = Vec<String>)]
+    pub nodes: Values,
     /// UUIDs of the most recent flows.
     #[schema(value_type = Vec<String>)]
-    pub samples: VecDeque<String>,
+    pub samples: Samples,
     /// Distinct values not kept because a field already held [`MAX_VALUES`].
     pub omitted: u64,
     /// Annotations a detector computed itself (volume figures, summary, description); when
     /// present they replace the flow-derived ones.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
-}
-
-fn add(set: &mut BTreeSet<String>, value: &str, omitted: &mut u64) {
-    if value.is_empty() || set.contains(value) {
-        return;
-    }
-    if set.len() < MAX_VALUES {
-        set.insert(value.to_owned());
-    } else {
-        *omitted += 1;
-    }
-}
-
-fn join(set: &BTreeSet<String>) -> String {
-    set.iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl FlowContext {
@@ -103,34 +218,27 @@ impl FlowContext {
         let o = &mut self.omitted;
         let src = &flow.source;
         if !src.pod.is_empty() {
-            add(
-                &mut self.source_pods,
-                &format!("{}/{}", src.namespace, src.pod),
-                o,
-            );
+            self.source_pods
+                .add(&format!("{}/{}", src.namespace, src.pod), o);
         }
         if !src.workload.is_empty() {
-            add(
-                &mut self.source_workloads,
+            self.source_workloads.add(
                 &format!("{}/{} ({})", src.namespace, src.workload, src.workload_kind),
                 o,
             );
         }
         if let Some(ip) = flow.destination.ip {
-            add(&mut self.destination_ips, &ip.to_string(), o);
+            self.destination_ips.add(&ip.to_string(), o);
         }
         for name in flow.destination_names.iter() {
-            add(&mut self.destination_fqdns, name, o);
+            self.destination_fqdns.add(name, o);
         }
         let dst = &flow.destination;
         if !dst.namespace.is_empty() {
             self.destination_namespace = dst.namespace.to_string();
             if !dst.pod.is_empty() {
-                add(
-                    &mut self.destination_pods,
-                    &format!("{}/{}", dst.namespace, dst.pod),
-                    o,
-                );
+                self.destination_pods
+                    .add(&format!("{}/{}", dst.namespace, dst.pod), o);
             }
         }
         let port = if flow.destination.port == 0 {
@@ -138,9 +246,9 @@ impl FlowContext {
         } else {
             format!("{}/{}", flow.destination.port, flow.protocol.as_str())
         };
-        add(&mut self.ports, &port, o);
+        self.ports.add(&port, o);
         if flow.drop_reason != 0 {
-            add(&mut self.drop_reasons, flow.drop_reason_name(), o);
+            self.drop_reasons.add(flow.drop_reason_name(), o);
         }
         for p in flow
             .egress_denied_by
@@ -153,14 +261,11 @@ impl FlowContext {
             } else {
                 format!("{}/{}", p.namespace, p.name)
             };
-            add(&mut self.policies, &name, o);
+            self.policies.add(&name, o);
         }
-        add(&mut self.nodes, &flow.node, o);
+        self.nodes.add(&flow.node, o);
         if let Some(uuid) = flow.uuid {
-            if self.samples.len() == samples.max(1) {
-                self.samples.pop_front();
-            }
-            self.samples.push_back(format_uuid(uuid));
+            self.samples.push(uuid, samples);
         }
     }
 
@@ -168,24 +273,19 @@ impl FlowContext {
     pub fn field(&self, name: &str) -> String {
         match name {
             "count" => self.count.to_string(),
-            "source_pods" => join(&self.source_pods),
-            "source_workloads" => join(&self.source_workloads),
-            "destination_ips" => join(&self.destination_ips),
-            "destination_fqdns" => join(&self.destination_fqdns),
+            "source_pods" => self.source_pods.join(),
+            "source_workloads" => self.source_workloads.join(),
+            "destination_ips" => self.destination_ips.join(),
+            "destination_fqdns" => self.destination_fqdns.join(),
             "destination_namespace" => self.destination_namespace.clone(),
-            "destination_pods" => join(&self.destination_pods),
-            "ports" => join(&self.ports),
-            "drop_reasons" => join(&self.drop_reasons),
-            "policies" => join(&self.policies),
-            "nodes" => join(&self.nodes),
+            "destination_pods" => self.destination_pods.join(),
+            "ports" => self.ports.join(),
+            "drop_reasons" => self.drop_reasons.join(),
+            "policies" => self.policies.join(),
+            "nodes" => self.nodes.join(),
             "first_seen" => format_time(self.first_seen_ns),
             "last_seen" => format_time(self.last_seen_ns),
-            "sample_flows" => self
-                .samples
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
+            "sample_flows" => self.samples.iter().collect::<Vec<_>>().join(", "),
             _ => String::new(),
         }
     }
@@ -329,5 +429,49 @@ mod tests {
         let d = BTreeMap::from([("a".to_owned(), "bc".to_owned())]);
         assert_ne!(fingerprint(&c), fingerprint(&d));
         assert_eq!(fingerprint(&a).len(), 16);
+    }
+
+    #[test]
+    fn context_values_are_distinct_sorted_and_capped() {
+        let mut values = Values::default();
+        let mut omitted = 0;
+        for v in ["b", "a", "", "b", "c"] {
+            values.add(v, &mut omitted);
+        }
+        assert_eq!(values.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(values.contains("b") && !values.contains(""));
+        for i in 0..MAX_VALUES {
+            values.add(&format!("z{i:02}"), &mut omitted);
+        }
+        assert_eq!(values.len(), MAX_VALUES);
+        assert_eq!(omitted, 3, "the three that did not fit");
+        // Written as the list of strings it always was; read back the same.
+        let json = serde_json::to_string(&values).unwrap();
+        assert!(json.starts_with(r#"["a","b","c","z00""#), "{json}");
+        assert_eq!(serde_json::from_str::<Values>(&json).unwrap(), values);
+        let unsorted: Values = serde_json::from_str(r#"["y","x","y"]"#).unwrap();
+        assert_eq!(unsorted.iter().collect::<Vec<_>>(), ["x", "y"]);
+    }
+
+    #[test]
+    fn samples_keep_the_newest_and_read_back_as_text() {
+        let mut samples = Samples::default();
+        for uuid in 1..=5u128 {
+            samples.push(uuid << 64 | 0xab, 3);
+        }
+        let json = serde_json::to_string(&samples).unwrap();
+        assert_eq!(
+            json,
+            r#"["00000000-0000-0003-0000-0000000000ab","00000000-0000-0004-0000-0000000000ab","00000000-0000-0005-0000-0000000000ab"]"#
+        );
+        assert_eq!(serde_json::from_str::<Samples>(&json).unwrap(), samples);
+        // A saved sample that is not a UUID is left out; the rest, and the alert, stay.
+        let read: Samples =
+            serde_json::from_str(r#"["not-a-uuid","00000000-0000-0005-0000-0000000000ab"]"#)
+                .unwrap();
+        assert_eq!(
+            read.iter().collect::<Vec<_>>(),
+            ["00000000-0000-0005-0000-0000000000ab"]
+        );
     }
 }

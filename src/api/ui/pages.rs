@@ -91,13 +91,7 @@ pub async fn alerts(
             .annotations
             .get("summary")
             .map_or(a.rule.as_str(), String::as_str);
-        let pods: Vec<&str> = a
-            .context
-            .source_pods
-            .iter()
-            .take(3)
-            .map(String::as_str)
-            .collect();
+        let pods: Vec<&str> = a.context.source_pods.iter().take(3).collect();
         let more = a.context.source_pods.len().saturating_sub(3);
         let status = if a.status == Status::Firing {
             "firing".to_owned()
