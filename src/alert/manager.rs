@@ -537,12 +537,19 @@ fn resend(
     config: &LifecycleConfig,
     now: Instant,
 ) -> Result<(), StateError> {
-    let mut alert = active.alert.clone();
-    refresh(&mut alert, &active.rule, config);
-    super::save(store, &alert, &config.targets)?;
+    // Renewed in place: a copy every minute of every firing alert would move long-lived
+    // memory about for nothing.
+    let alert = &mut active.alert;
+    let ends_at_ns = alert.ends_at_ns;
+    refresh(alert, &active.rule, config);
+    let saved = super::save(store, alert, &config.targets);
     // The annotations repeat the context as text (about 4 KB an alert): the store keeps them.
     alert.annotations.clear();
-    active.alert = alert;
+    if saved.is_err() {
+        // Not sent: it still ends when Alertmanager was last told.
+        alert.ends_at_ns = ends_at_ns;
+    }
+    saved?;
     active.last_sent = now;
     active.dirty = false;
     active.unsaved = false;
