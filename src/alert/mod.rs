@@ -72,8 +72,8 @@ impl Values {
         self.0.binary_search_by(|v| (**v).cmp(value))
     }
 
-    /// Keeps `value` unless it is empty or already kept; one past [`MAX_VALUES`] is counted
-    /// in `omitted` instead.
+    /// Keeps `value` unless it is empty or already kept; a new value beyond [`MAX_VALUES`] is
+    /// counted in `omitted` instead.
     fn add(&mut self, value: &str, omitted: &mut u64) {
         if value.is_empty() {
             return;
@@ -119,8 +119,8 @@ impl<'de> Deserialize<'de> for Values {
     }
 }
 
-/// The UUIDs of an alert's most recent flows, oldest first, kept as numbers (a sixth of
-/// their text's room) and written in their canonical form.
+/// The UUIDs of an alert's most recent flows, oldest first: kept as 16-byte numbers, not
+/// 36-byte strings, and written in their canonical form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Samples(VecDeque<u128>);
 
@@ -128,14 +128,6 @@ impl Samples {
     /// The UUIDs as text.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = String> + '_ {
         self.0.iter().map(|&u| format_uuid(u))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// Keeps `uuid` as the newest of at most `keep`.
