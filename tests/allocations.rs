@@ -106,7 +106,10 @@ fn a_firing_alert_holds_under_two_and_a_half_kilobytes() {
     let region = Region::new(GLOBAL);
     attempts[1000..].iter().for_each(&mut raise);
     let stats = region.change();
-    let held = (stats.bytes_allocated - stats.bytes_deallocated) / 1000;
+    let held = stats
+        .bytes_allocated
+        .saturating_sub(stats.bytes_deallocated)
+        / 1000;
     assert_eq!(manager.firing().count(), 2000);
     // Nine sets of one value each were nine trees of room for eleven: 4,867 bytes an alert.
     assert!(held < 2_500, "a firing alert holds {held} bytes: {stats:?}");

@@ -262,8 +262,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Leaving {
     columns: Vec<Column>,
-    /// Bytes of the columns held, and of all the chunk's columns.
-    held: usize,
+    /// Bytes of all the chunk's columns.
     of: usize,
 }
 
@@ -271,18 +270,23 @@ impl Leaving {
     /// Holds `chunk`'s columns, freeing what it held before.
     fn hold(&mut self, chunk: &Chunk) {
         self.columns = chunk.frame.columns().to_vec();
-        self.held = self.columns.iter().map(Self::bytes).sum();
-        self.of = self.held;
+        self.of = self.held();
+    }
+
+    /// Bytes of the columns still held.
+    fn held(&self) -> usize {
+        self.columns.iter().map(Self::bytes).sum()
     }
 
     /// Frees columns, the last first, until they hold at most the share `left` (0 to 1) of
     /// the chunk's bytes.
     fn keep(&mut self, left: f64) {
         let allowed = (self.of as f64 * left.clamp(0.0, 1.0)) as usize;
-        while self.held > allowed
+        let mut held = self.held();
+        while held > allowed
             && let Some(column) = self.columns.pop()
         {
-            self.held = self.held.saturating_sub(Self::bytes(&column));
+            held = held.saturating_sub(Self::bytes(&column));
         }
     }
 
@@ -3204,7 +3208,7 @@ mod tests {
         let rows: Vec<Row> = flows(3_000).iter().map(Row::new).collect();
         let leaving = |store: &FlowStore| {
             let inner = store.lock();
-            (inner.leaving.columns.len(), inner.leaving.held)
+            (inner.leaving.columns.len(), inner.leaving.held())
         };
         // A full chunk, then the flow that sends it to disk: all its columns wait.
         store.append(&rows[..1_001]);
