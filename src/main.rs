@@ -38,7 +38,11 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Control characters in any field (attacker text from flows and requests) escaped.
+        LogFormat::Text => builder
+            .fmt_fields(exfilwatch::common::text::log_fields())
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

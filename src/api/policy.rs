@@ -109,6 +109,33 @@ pub async fn suggestion(
     ))
 }
 
+/// Policy texts parsed at once; the others wait their turn.
+const PARSES: usize = 2;
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARSES);
+
+/// Parses policies a user sent, off the async workers and [`PARSES`] at a time: a megabyte of
+/// YAML takes a worker's whole time slice, and the API, the probes and alert delivery share
+/// those workers.
+async fn parse(
+    text: &str,
+    origin: &str,
+    namespace: &str,
+) -> Result<Vec<policy::Policy>, super::error::Refusal> {
+    let busy = || {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the policy parser is unavailable",
+        )
+    };
+    let _turn = PARSING.acquire().await.map_err(|_| busy())?;
+    let (text, origin, namespace) = (text.to_owned(), origin.to_owned(), namespace.to_owned());
+    tokio::task::spawn_blocking(move || policy::parse(&text, &origin, &namespace))
+        .await
+        .map_err(|_| busy())?
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))
+}
+
 /// A check for the console.
 pub async fn checked(
     state: &Arc<ApiState>,
@@ -123,8 +150,7 @@ pub async fn checked(
         ("since".to_owned(), since.to_owned()),
     ];
     let (namespace, since) = window(&pairs, now)?;
-    let policies = policy::parse(text, origin, &namespace)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_policy", e.to_string()))?;
+    let policies = parse(text, origin, &namespace).await?;
     let ns = namespace.clone();
     let found = blocking(state, move |s| {
         s.connections(&ns, since, now.saturating_add(1))

@@ -4,6 +4,11 @@
 //! what an operator reads.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 
 fn unsafe_char(c: char) -> bool {
     c.is_control()
@@ -24,6 +29,22 @@ pub fn printable(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The fields of a text log line, each [`printable`]: a flow's DNS name or a request's path
+/// can carry a newline (a forged line follows) or terminal escapes, and every field can hold
+/// one, the message included. JSON logs need no such step: JSON escapes control characters.
+pub fn log_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|writer: &mut Writer<'_>, field, value| {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        if field.name() == "message" {
+            writer.write_str(&printable(&text))
+        } else {
+            write!(writer, "{}={}", field.name(), printable(&text))
+        }
+    })
+    .delimited(" ")
 }
 
 #[cfg(test)]

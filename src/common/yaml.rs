@@ -44,6 +44,138 @@ pub fn from_value<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T,
     serde_yaml_ng::from_value(value).map_err(|e| message(&e))
 }
 
+/// Walks every document of `text` without keeping anything, counting its nodes with the
+/// nodes its aliases stand for; fails, at the position where the count passes `max`, before
+/// any of it is built. A document without aliases has fewer nodes than bytes, so `max` of the
+/// text's length refuses only alias expansion ("billion laughs"): a few hundred bytes of
+/// anchors and aliases can stand for millions of strings.
+pub fn within_nodes(text: &str, max: usize) -> Result<(), YamlError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    #[derive(Clone, Copy)]
+    struct Count<'a> {
+        left: &'a Cell<usize>,
+        max: usize,
+    }
+
+    impl Count<'_> {
+        fn take<E: serde::de::Error>(self) -> Result<(), E> {
+            match self.left.get().checked_sub(1) {
+                Some(n) => {
+                    self.left.set(n);
+                    Ok(())
+                }
+                None => Err(E::custom(format!(
+                    "the document stands for more than {} values once its aliases are expanded: write the values out, without anchors and aliases",
+                    self.max
+                ))),
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Count<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any YAML value")
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+            self.take()
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            self.take()?;
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            self.take()?;
+            while map.next_key_seed(self)?.is_some() {
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+        fn visit_enum<A: serde::de::EnumAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            // A tagged value (`!Tag x`): not part of any shape this crate reads.
+            Err(A::Error::custom("YAML tags are not accepted"))
+        }
+    }
+
+    let left = Cell::new(max);
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        if let Err(e) = (Count { left: &left, max }).deserialize(doc) {
+            let mut e = YamlError::from(e);
+            // The parser stands in the anchored value it replays: name where aliasing starts.
+            if e.message.contains("once its aliases are expanded")
+                && let Some(line) = first_alias_line(text)
+            {
+                e.position = Some((line, 1));
+                e.message.push_str(" (aliases from this line on)");
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based line of the first alias (`*name` where a value starts) in `text`, for a
+/// message; quoted text and comments on the same line are skipped.
+fn first_alias_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let mut quote = None;
+            let mut previous = ' ';
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '#') if previous.is_whitespace() => return false,
+                    (None, '*')
+                        if matches!(previous, ' ' | '\t' | '[' | '{' | ',' | '-' | ':' | '?')
+                            && chars
+                                .peek()
+                                .is_some_and(|n| n.is_alphanumeric() || *n == '_' || *n == '-') =>
+                    {
+                        return true;
+                    }
+                    _ => {}
+                }
+                previous = c;
+            }
+            false
+        })
+        .map(|i| i + 1)
+}
+
 /// serde's reason for `e`: the text without the position serde_yaml_ng appends, with a hint
 /// for a misspelt key.
 fn message(e: &serde_yaml_ng::Error) -> String {
@@ -106,6 +238,28 @@ mod tests {
     struct Section {
         interval: Option<String>,
         namespaces: Option<Vec<String>>,
+    }
+
+    #[test]
+    fn aliases_that_expand_past_the_bound_are_refused_where_they_pass_it() {
+        let plain = "a: [1, 2, 3]\nb: {c: d}\n---\ne: f\n";
+        assert!(within_nodes(plain, plain.len()).is_ok());
+        // Ten list items stand for 10 x 1000 strings; the fifth passes the bound, and the
+        // message names the line where aliasing starts.
+        let mut laughs = String::from("x: &x [");
+        laughs.push_str(&vec!["lol"; 1000].join(", "));
+        laughs.push_str("]\ny:\n");
+        laughs.push_str(&"- *x\n".repeat(10));
+        let e = within_nodes(&laughs, laughs.len()).unwrap_err();
+        assert!(e.message.contains("once its aliases are expanded"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        assert_eq!(
+            first_alias_line("a: '*x'\nb: \"*y\" # *z\nc: [1, *w]\n"),
+            Some(3)
+        );
+        assert_eq!(first_alias_line("a: 2*3\n"), None);
+        // A few aliases within the bound are fine.
+        assert!(within_nodes("a: &a 1\nb: *a\n", 64).is_ok());
     }
 
     #[test]

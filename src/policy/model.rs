@@ -325,6 +325,9 @@ impl Policy {
     }
 }
 
+/// Values a policy text may stand for however short it is (a few aliases are fine).
+const MIN_NODES: usize = 4096;
+
 /// A policy file that cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
@@ -342,6 +345,14 @@ impl fmt::Display for PolicyError {
 /// `namespace` stands in for a missing `metadata.namespace` (as `kubectl apply -n` would).
 /// Documents of other kinds (a Namespace, a Job) are skipped.
 pub fn parse(text: &str, file: &str, namespace: &str) -> Result<Vec<Policy>, PolicyError> {
+    // Policies come from users of the API: aliases must not expand a small body into millions
+    // of values before anything looks at them.
+    crate::common::yaml::within_nodes(text, text.len().max(MIN_NODES)).map_err(|e| {
+        PolicyError {
+            origin: format!("{file}:{}", e.position.map_or(1, |p| p.0)),
+            message: e.message,
+        }
+    })?;
     let starts = document_lines(text);
     let mut heads = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
