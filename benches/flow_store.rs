@@ -196,9 +196,8 @@ fn main() {
     runtime.block_on(async move {
         let api_config = ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            tokens_file: None,
             external_url: String::new(),
-            allow_unauthenticated: false,
+            ..ApiConfig::default()
         };
         let alerts = Store::in_memory().unwrap();
         let telemetry = Arc::new(Telemetry {
@@ -209,6 +208,7 @@ fn main() {
             flows: Some(store.clone()),
             query_latency: api::metrics::query_histogram(),
             bad_requests: Default::default(),
+            http: Default::default(),
             denied: Default::default(),
             reload: None,
             kafka: None,
@@ -239,15 +239,10 @@ fn main() {
         state.flows = Some(store);
         state.alerts = Some(alerts);
         state.watched = vec!["ai-training".into()];
-        let listener = api::bind(api_config.listen).await.unwrap();
+        let listener = api::bind(&api_config).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(api::serve(
-            listener,
-            Arc::new(state),
-            api_config,
-            stop.clone(),
-        ));
+        tokio::spawn(api::serve(listener, state, api_config, stop.clone()));
         let client = reqwest::Client::new();
         println!("query latency over {FLOWS} stored flows (300 requests each):");
         for path in [

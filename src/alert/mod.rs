@@ -10,6 +10,7 @@
 //! `destination`, `rule`, plus a rule's own); annotations explain it.
 
 pub mod manager;
+pub mod rollup;
 pub mod sink;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -320,17 +321,7 @@ pub struct Alert {
     pub query: String,
 }
 
-/// A stable identity for a label set: FNV-1a over the sorted pairs, as 16 hex digits.
-pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (k, v) in labels {
-        for byte in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{hash:016x}")
-}
+pub use crate::common::hash::fingerprint;
 
 /// An alert in Alertmanager's API v2 `postableAlert` form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,12 +340,14 @@ pub struct PostableAlert {
 /// transaction.
 pub fn save(store: &Store, alert: &Alert, targets: &[String]) -> Result<(), StateError> {
     let body = serde_json::to_string(alert).unwrap_or_default();
-    store.record(
-        &alert.fingerprint,
-        alert.status == Status::Firing,
-        &body,
-        targets,
-    )
+    let row = crate::state::AlertRow {
+        fingerprint: &alert.fingerprint,
+        alertname: alert.labels.get("alertname").map_or(&alert.rule, |n| n),
+        namespace: alert.labels.get("namespace").map_or("", String::as_str),
+        starts_at_ns: alert.starts_at_ns,
+        firing: alert.status == Status::Firing,
+    };
+    store.record(&row, &body, targets)
 }
 
 /// The alerts that were firing when the state store was last written.
@@ -365,6 +358,22 @@ pub fn saved_firing(store: &Store) -> Result<Vec<Alert>, StateError> {
 /// Every alert the state store recorded, firing or resolved, by fingerprint.
 pub fn saved(store: &Store) -> Result<Vec<Alert>, StateError> {
     Ok(decode_saved(store, store.alert_bodies(false)?))
+}
+
+/// The newest `limit` alerts `filter` selects, newest first (an indexed read).
+pub fn page(
+    store: &Store,
+    filter: crate::state::AlertFilter<'_>,
+    limit: usize,
+) -> Result<Vec<Alert>, StateError> {
+    Ok(decode_saved(store, store.alert_page(filter, limit)?))
+}
+
+/// The alert with `fingerprint` (or the one an earlier fingerprint was renamed to).
+pub fn by_fingerprint(store: &Store, fingerprint: &str) -> Result<Option<Alert>, StateError> {
+    Ok(store
+        .alert_body(fingerprint)?
+        .and_then(|body| decode_saved(store, vec![body]).pop()))
 }
 
 /// A body that no longer decodes is logged and skipped rather than failing the whole read.
@@ -411,7 +420,9 @@ mod tests {
         let c = BTreeMap::from([("ab".to_owned(), "c".to_owned())]);
         let d = BTreeMap::from([("a".to_owned(), "bc".to_owned())]);
         assert_ne!(fingerprint(&c), fingerprint(&d));
-        assert_eq!(fingerprint(&a).len(), 16);
+        assert_eq!(fingerprint(&a).len(), 32);
+        // SHA-256 of "alertname\xffX\xffnamespace\xffns\xff", its first 16 bytes.
+        assert_eq!(fingerprint(&a), "b797287df0286a2af703bf84d3489a46");
     }
 
     #[test]

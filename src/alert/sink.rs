@@ -70,6 +70,8 @@ pub struct DeliveryStats {
     pub latency: prometheus_client::metrics::histogram::Histogram,
     /// Accepted deliveries so far; subscribe to follow them.
     pub delivered: watch::Sender<u64>,
+    /// Alerts folded into roll-ups instead of sent one by one.
+    pub folded: Arc<super::rollup::Folded>,
 }
 
 impl Default for DeliveryStats {
@@ -84,6 +86,7 @@ impl Default for DeliveryStats {
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
             ),
             delivered: watch::channel(0).0,
+            folded: Arc::default(),
         }
     }
 }

@@ -71,20 +71,76 @@ pub struct AlertParams {
     limit: Option<u32>,
 }
 
-pub(super) fn read_alerts(state: &ApiState) -> Result<Vec<Alert>, Refusal> {
-    let Some(store) = &state.alerts else {
+/// Runs `read` on the alert store off the async workers.
+async fn on_store<T: Send + 'static>(
+    state: &ApiState,
+    read: impl FnOnce(&crate::state::Store) -> Result<T, crate::state::StateError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let Some(store) = state.alerts.clone() else {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_alert_store",
             "this process keeps no alerts",
         ));
     };
-    crate::alert::saved(store).map_err(|e| {
-        tracing::error!("api: {e}");
+    let unreadable = || {
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "alert_store",
             "the alert store cannot be read; see the service log",
+        )
+    };
+    match tokio::task::spawn_blocking(move || read(&store)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => {
+            tracing::error!("api: {e}");
+            Err(unreadable())
+        }
+        Err(_) => Err(unreadable()),
+    }
+}
+
+/// The newest `limit` alerts `filter` selects, newest first.
+pub(super) async fn read_page(
+    state: &ApiState,
+    firing: Option<bool>,
+    namespace: Option<String>,
+    limit: usize,
+) -> Result<Vec<Alert>, Refusal> {
+    on_store(state, move |store| {
+        let filter = crate::state::AlertFilter {
+            firing,
+            namespace: namespace.as_deref(),
+        };
+        crate::alert::page(store, filter, limit)
+    })
+    .await
+}
+
+/// Firing alerts by namespace.
+pub(super) async fn firing_by_namespace(state: &ApiState) -> Result<Vec<(String, u64)>, Refusal> {
+    let counts = on_store(state, |store| store.firing_counts()).await?;
+    Ok(counts
+        .into_iter()
+        .map(|(_, ns, n)| (ns, n.max(0) as u64))
+        .collect())
+}
+
+/// The alert with `fingerprint`, or a 404 naming it.
+pub(super) async fn find(state: &ApiState, fingerprint: &str) -> Result<Alert, Refusal> {
+    let wanted = fingerprint.to_owned();
+    on_store(state, move |store| {
+        crate::alert::by_fingerprint(store, &wanted)
+    })
+    .await?
+    .ok_or_else(|| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no alert with fingerprint {:?}",
+                fingerprint.chars().take(100).collect::<String>()
+            ),
         )
     })
 }
@@ -114,15 +170,8 @@ pub async fn alerts(
         }
     };
     let limit = limit(&rest, DEFAULT_LIMIT)?;
-    let mut alerts = read_alerts(&state)?;
-    alerts.retain(|a| {
-        status.is_none_or(|s| a.status == s)
-            && rest
-                .get("namespace")
-                .is_none_or(|ns| a.labels.get("namespace") == Some(ns))
-    });
-    alerts.sort_by_key(|a| std::cmp::Reverse(a.starts_at_ns));
-    alerts.truncate(limit);
+    let firing = status.map(|s| s == Status::Firing);
+    let alerts = read_page(&state, firing, rest.get("namespace").cloned(), limit).await?;
     Ok(Json(alerts.into_iter().map(AlertJson::from).collect::<Vec<_>>()).into_response())
 }
 
@@ -185,17 +234,7 @@ pub async fn alert(
 
 /// The alert with `fingerprint` and the newest `limit` flows behind it, as JSON.
 pub(super) async fn detail(state: &Arc<ApiState>, fingerprint: &str, limit: usize) -> Answer {
-    let alerts = read_alerts(state)?;
-    let Some(alert) = alerts.into_iter().find(|a| a.fingerprint == fingerprint) else {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "no alert with fingerprint {:?}",
-                fingerprint.chars().take(100).collect::<String>()
-            ),
-        ));
-    };
+    let alert = find(state, fingerprint).await?;
     let f = match alert_filter(&alert) {
         Ok(f) => f,
         Err(e) => {

@@ -33,6 +33,12 @@ pub fn refuse(status: StatusCode, code: &'static str, detail: impl Into<String>)
     }
 }
 
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = ApiError {

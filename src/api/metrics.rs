@@ -42,6 +42,9 @@ pub struct Telemetry {
     pub query_latency: Histogram,
     /// Requests refused with 4xx, e.g. for a bad parameter.
     pub bad_requests: Counter,
+    /// What the HTTP server refused or cut short: connections over the bound, timeouts,
+    /// cross-site requests, sign-ins.
+    pub http: Arc<super::server::HttpStats>,
     /// Policy-denied flows from watched namespaces, by destination.
     pub denied: Arc<DeniedFlows>,
     /// The last reload's outcome, when the service can reload.
@@ -132,6 +135,42 @@ impl Collector for Telemetry {
             "Flow messages or lines that could not be decoded",
             load(&s.bad_messages),
         )?;
+        let http = &self.http;
+        gauge(
+            &mut e,
+            "exfilwatch_api_connections",
+            "Connections the API is serving",
+            load(&http.open),
+        )?;
+        for (name, help, value) in [
+            (
+                "exfilwatch_api_connections_refused",
+                "Connections closed on arrival because api.max_connections were open",
+                &http.refused,
+            ),
+            (
+                "exfilwatch_api_request_timeouts",
+                "Requests answered 503 after api.request_timeout",
+                &http.timed_out,
+            ),
+            (
+                "exfilwatch_api_cross_site_refused",
+                "Requests refused as cross-site or for a Host the API does not answer to",
+                &http.cross_site,
+            ),
+            (
+                "exfilwatch_api_signin_failures",
+                "Console sign-ins with a token that is not accepted",
+                &http.signin_failed,
+            ),
+            (
+                "exfilwatch_api_signin_throttled",
+                "Console sign-ins refused because their client failed too often",
+                &http.signin_throttled,
+            ),
+        ] {
+            counter(&mut e, name, help, load(value))?;
+        }
         counter(
             &mut e,
             "exfilwatch_hubble_reconnects",
@@ -278,19 +317,36 @@ impl Collector for Telemetry {
                 ConstGauge::new(1i64),
             )],
         )?;
-        if let Ok(firing) = crate::alert::saved_firing(&self.store) {
-            let mut by: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-            for a in &firing {
-                let ns = a.labels.get("namespace").map_or("", String::as_str);
-                *by.entry((a.rule.as_str(), ns)).or_default() += 1;
-            }
+        family(
+            &mut e,
+            "exfilwatch_alerts_folded",
+            "Alerts folded into a roll-up alert (ExfilwatchAlertFlood) past alertmanager.max_firing, by rule and namespace",
+            MetricType::Counter,
+            self.delivery
+                .folded
+                .counts()
+                .into_iter()
+                .map(|(rule, ns, n)| {
+                    (
+                        [("alertname", rule), ("namespace", ns)],
+                        ConstCounter::new(n),
+                    )
+                }),
+        )?;
+        if let Ok(firing) = self.store.firing_counts() {
             family(
                 &mut e,
                 "exfilwatch_alerts_firing",
                 "Alerts firing, by rule and namespace",
                 MetricType::Gauge,
-                by.into_iter().map(|((rule, ns), n)| {
-                    ([("alertname", rule), ("namespace", ns)], ConstGauge::new(n))
+                firing.iter().map(|(alertname, ns, n)| {
+                    (
+                        [
+                            ("alertname", alertname.as_str()),
+                            ("namespace", ns.as_str()),
+                        ],
+                        ConstGauge::new(*n),
+                    )
                 }),
             )?;
         }

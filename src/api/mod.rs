@@ -14,12 +14,14 @@ pub mod alerts;
 pub mod egress;
 pub mod error;
 pub mod flows;
+mod guard;
 pub mod metrics;
 pub mod namespaces;
 mod params;
 pub mod policy;
 pub mod reload;
 pub mod runbooks;
+pub mod server;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -58,8 +60,10 @@ pub struct ApiState {
     pub reloads: Option<reload::Reloads>,
     tokens: RwLock<Vec<Vec<u8>>>,
     tokens_file: Option<PathBuf>,
-    /// Signs the console's session cookies.
-    session_key: ui::SessionKey,
+    /// The console's sessions: their signing key, the ones signed out.
+    sessions: ui::Sessions,
+    /// Failed console sign-ins by client.
+    signins: ui::SignIns,
     /// Whether users reach the API over HTTPS (`api.external_url`): session cookies are
     /// then `Secure`.
     external_https: bool,
@@ -67,6 +71,10 @@ pub struct ApiState {
     pub alertmanager: Option<String>,
     /// The rule pack in force, for the console's rule pages (replaced by a reload).
     pub rules: SharedRules,
+    /// What a client may hold and for how long.
+    limits: server::Limits,
+    /// The `Host` values the API answers to without tokens (set when it binds).
+    hosts: Vec<String>,
 }
 
 /// A rule pack several tasks read and a reload replaces.
@@ -86,6 +94,22 @@ pub fn tokens(config: &ApiConfig) -> Result<Vec<Vec<u8>>, String> {
     };
     if config.tokens_file.is_some() && tokens.is_empty() {
         return Err("api.tokens_file holds no token".into());
+    }
+    // The token is never printed: its line and length say which one.
+    if let (Some(path), Some(short)) = (
+        &config.tokens_file,
+        tokens
+            .iter()
+            .position(|t| t.len() < crate::config::MIN_TOKEN_LEN),
+    ) {
+        return Err(format!(
+            "api.tokens_file {}: token {} of {} is {} characters, shorter than {}: make one with `head -c 32 /dev/urandom | base64`",
+            path.display(),
+            short + 1,
+            tokens.len(),
+            tokens[short].len(),
+            crate::config::MIN_TOKEN_LEN
+        ));
     }
     if !config.listen.ip().is_loopback() && tokens.is_empty() && !config.allow_unauthenticated {
         return Err(format!(
@@ -113,10 +137,13 @@ pub fn prepare(
         reloads: None,
         tokens: RwLock::new(tokens(config)?),
         tokens_file: config.tokens_file.clone(),
-        session_key: ui::SessionKey::random()?,
+        sessions: ui::Sessions::new()?,
+        signins: ui::SignIns::new(config.signin_failures),
         external_https: config.external_url.starts_with("https://"),
         alertmanager: None,
         rules: SharedRules::default(),
+        limits: server::Limits::of(config),
+        hosts: guard::hosts(config.listen, &config.external_url),
     })
 }
 
@@ -209,46 +236,6 @@ async fn authenticate(
         )
             .into_response()
     }
-}
-
-/// Longest query string accepted.
-const MAX_QUERY: usize = 8 * 1024;
-
-/// Refuses bodies (no route takes one) and long query strings before any handler runs, and
-/// counts every request refused with a 4xx status.
-async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    let query = request.uri().query().map_or(0, str::len);
-    // The console's sign-in form and the policies to check are the bodies taken.
-    let post = request.method() == axum::http::Method::POST && !chunked;
-    let taken = post
-        && match request.uri().path() {
-            "/ui/login" => body <= ui::MAX_FORM,
-            "/api/v1/policy/check" => body <= policy::MAX_POLICY_BODY,
-            // Form-encoded, so up to three bytes a character.
-            "/ui/policy/check" => body <= 3 * policy::MAX_POLICY_BODY,
-            _ => false,
-        };
-    if (body > 0 && !taken) || chunked || query > MAX_QUERY {
-        state.telemetry.bad_requests.inc();
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("requests take no body (policies to check: at most 1 MiB) and a query string of at most {MAX_QUERY} bytes"),
-        )
-        .into_response();
-    }
-    let response = next.run(request).await;
-    if response.status().is_client_error() {
-        state.telemetry.bad_requests.inc();
-    }
-    response
 }
 
 /// The OpenAPI document, generated from the handlers.
@@ -386,31 +373,97 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     open.merge(ui::router(state.clone()))
         .merge(protected)
-        .layer(middleware::from_fn_with_state(state.clone(), bounded))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::bounded,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_site,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::deadline,
+        ))
         .with_state(state)
 }
 
-/// Binds `addr`; the error names the setting.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("api.listen {addr}: cannot listen: {e}"))
+/// The probes' own router: `/healthz` and `/readyz`, nothing else.
+fn probe_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::deadline,
+        ))
+        .with_state(state)
+}
+
+/// The API's listeners: its own, and the probes' when `api.probe_listen` is set.
+#[derive(Debug)]
+pub struct Listeners {
+    api: TcpListener,
+    probes: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The API's address as bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.api.local_addr()
+    }
+}
+
+/// Connections the probes' listener serves at once: kubelet's probes, one at a time each.
+const PROBE_CONNECTIONS: usize = 16;
+
+/// Binds `api.listen` (and `api.probe_listen`); the error names the setting.
+pub async fn bind(config: &ApiConfig) -> Result<Listeners, String> {
+    let at = |key: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("{key} {addr}: cannot listen: {e}"))
+    };
+    let api = at("api.listen", config.listen).await?;
+    let probes = match config.probe_listen {
+        Some(addr) => Some(at("api.probe_listen", addr).await?),
+        None => None,
+    };
+    Ok(Listeners { api, probes })
 }
 
 /// Serves until `cancel` fires, re-reading the tokens file when it changes.
 pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ApiState>,
+    listeners: Listeners,
+    mut state: ApiState,
     config: ApiConfig,
     cancel: CancellationToken,
 ) {
+    if let Ok(bound) = listeners.api.local_addr() {
+        // The port as bound (`api.listen` may name port 0).
+        state.hosts = guard::hosts(bound, &config.external_url);
+    }
+    let state = Arc::new(state);
     let reload = tokio::spawn(reload_tokens(state.clone(), config, cancel.clone()));
-    let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        tracing::error!("api: {e}");
+    let stats = state.telemetry.http.clone();
+    let probes = listeners.probes.map(|listener| {
+        let limits = server::Limits {
+            max_connections: PROBE_CONNECTIONS,
+            ..state.limits
+        };
+        tokio::spawn(server::serve(
+            listener,
+            probe_router(state.clone()),
+            limits,
+            stats.clone(),
+            cancel.clone(),
+        ))
+    });
+    let limits = state.limits;
+    server::serve(listeners.api, router(state), limits, stats, cancel).await;
+    if let Some(probes) = probes {
+        let _ = probes.await;
     }
     reload.abort();
 }

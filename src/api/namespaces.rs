@@ -12,10 +12,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::alerts::read_alerts;
+use super::alerts::firing_by_namespace;
 use super::error::{Answer, ApiError};
 use super::params::{blocking, filter, pairs};
-use crate::alert::Status;
 use crate::flowstore::GroupBy;
 use crate::pipeline::POLICY_DROP_REASONS;
 
@@ -107,12 +106,10 @@ pub(super) async fn rows(
         r.flows += flows;
         r.denied += denied;
     }
-    if let Ok(alerts) = read_alerts(state) {
-        for a in alerts.iter().filter(|a| a.status == Status::Firing) {
-            if let Some(ns) = a.labels.get("namespace")
-                && let Some(r) = rows.get_mut(ns)
-            {
-                r.firing_alerts += 1;
+    if let Ok(firing) = firing_by_namespace(state).await {
+        for (ns, n) in firing {
+            if let Some(r) = rows.get_mut(&ns) {
+                r.firing_alerts += n;
             }
         }
     }

@@ -259,10 +259,17 @@ pub fn start_alerting(
         update_interval: config.alertmanager.update_interval,
         external_url: config.api.external_url.clone(),
         targets: targets.iter().map(|t| t.id.clone()).collect(),
+        max_firing: config.alertmanager.max_firing,
+        retention: config.alertmanager.retention,
+        folded: Arc::default(),
     };
+    let folded = lifecycle.folded.clone();
     let manager =
         Manager::new(lifecycle, store.clone(), wake.clone(), rules).map_err(|e| e.to_string())?;
-    let stats = Arc::new(DeliveryStats::default());
+    let stats = Arc::new(DeliveryStats {
+        folded,
+        ..DeliveryStats::default()
+    });
     let stop_sinks = CancellationToken::new();
     let sinks = targets
         .into_iter()
@@ -416,6 +423,7 @@ pub async fn run(
         flows: Some(flow_store.clone()),
         query_latency: crate::api::metrics::query_histogram(),
         bad_requests: Default::default(),
+        http: Default::default(),
         denied: denied.clone(),
         reload: reload_status.clone(),
         kafka,
@@ -431,7 +439,7 @@ pub async fn run(
         if config_path.is_some() {
             state.reloads = Some(reload_tx);
         }
-        let listener = api::bind(config.api.listen).await?;
+        let listener = api::bind(&config.api).await?;
         Ok::<_, String>((state, listener))
     };
     let (api_state, listener) = match api.await {
@@ -459,7 +467,7 @@ pub async fn run(
     let api_stop = CancellationToken::new();
     let api_task = tokio::spawn(api::serve(
         listener,
-        Arc::new(api_state),
+        api_state,
         config.api.clone(),
         api_stop.clone(),
     ));

@@ -11,6 +11,27 @@ pub fn process_seed() -> &'static foldhash::fast::RandomState {
     &SEED
 }
 
+/// The identity of an alert's label set: SHA-256 over the sorted pairs, each key and value
+/// ended by a 0xff byte (which UTF-8 never holds), the first 128 bits as 32 hex digits.
+/// Labels carry names the watched workloads choose: a 64-bit non-cryptographic hash could be
+/// made to collide, and a collision would overwrite one alert with another.
+pub fn fingerprint(labels: &std::collections::BTreeMap<String, String>) -> String {
+    use std::fmt::Write as _;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for (k, v) in labels {
+        digest.update(k.as_bytes());
+        digest.update(&[0xff]);
+        digest.update(v.as_bytes());
+        digest.update(&[0xff]);
+    }
+    digest.finish().as_ref()[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// A `HashMap` with foldhash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 

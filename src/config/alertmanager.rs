@@ -18,6 +18,8 @@ pub(super) struct RawAlertmanager {
     update_interval: Option<String>,
     timeout: Option<String>,
     retry_max: Option<String>,
+    max_firing: Option<usize>,
+    retention: Option<String>,
     bearer_token_file: Option<PathBuf>,
     basic_auth: Option<RawBasicAuth>,
     tls: Option<RawHttpTls>,
@@ -35,6 +37,11 @@ pub struct AlertmanagerConfig {
     pub timeout: Duration,
     /// Longest wait between delivery attempts while a target is unreachable.
     pub retry_max: Duration,
+    /// Alerts of one rule firing at once in one namespace; past it, further destinations
+    /// fold into one roll-up alert.
+    pub max_firing: usize,
+    /// Resolved alerts older than this are pruned from the state store.
+    pub retention: Duration,
     pub auth: Option<HttpAuth>,
     pub tls: Option<HttpTls>,
 }
@@ -48,6 +55,8 @@ impl Default for AlertmanagerConfig {
             update_interval: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             retry_max: Duration::from_secs(30),
+            max_firing: 100,
+            retention: Duration::from_secs(90 * 24 * 3600),
             auth: None,
             tls: None,
         }
@@ -84,9 +93,21 @@ impl RawAlertmanager {
                 self.retry_max.as_deref(),
                 d.retry_max,
             ),
+            max_firing: self.max_firing.unwrap_or(d.max_firing),
+            retention: v.duration(
+                "alertmanager.retention",
+                self.retention.as_deref(),
+                d.retention,
+            ),
             auth,
             tls,
         };
+        if alertmanager.max_firing == 0 {
+            v.push(
+                "alertmanager.max_firing",
+                "must be at least 1: alerts past it fold into one roll-up alert",
+            );
+        }
         if alertmanager.resend_interval.is_zero()
             || alertmanager.update_interval.is_zero()
             || alertmanager.retry_max.is_zero()

@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use alertmanager::AlertmanagerConfig;
-pub use api::ApiConfig;
+pub use api::{ApiConfig, MIN_TOKEN_LEN};
 pub use hubble::{HubbleConfig, TlsConfig};
 pub use kafka::{KafkaConfig, KafkaTls, Partitioner, RecordFormat, Sasl, SourceKind, StartOffset};
 pub use log::LogFormat;

@@ -514,6 +514,7 @@ mod tests {
             update_interval: Duration::from_secs(10),
             external_url: "http://127.0.0.1:8080".into(),
             targets: Vec::new(),
+            ..LifecycleConfig::default()
         };
         let manager = Manager::new(
             lifecycle,

@@ -2,7 +2,7 @@
 //! service serves them itself and every alert's `runbook_url` works in any deployment.
 
 /// (alert name, Markdown) for every alert with a runbook.
-pub const RUNBOOKS: [(&str, &str); 8] = [
+pub const RUNBOOKS: [(&str, &str); 9] = [
     (
         "TrainingPodUnexpectedEgress",
         include_str!("../../docs/runbooks/TrainingPodUnexpectedEgress.md"),
@@ -34,6 +34,10 @@ pub const RUNBOOKS: [(&str, &str); 8] = [
     (
         "ExfilwatchBlind",
         include_str!("../../docs/runbooks/ExfilwatchBlind.md"),
+    ),
+    (
+        "ExfilwatchAlertFlood",
+        include_str!("../../docs/runbooks/ExfilwatchAlertFlood.md"),
     ),
 ];
 
@@ -74,6 +78,7 @@ mod tests {
             .map(|r| r.name)
             .collect();
         names.push("ExfilwatchBlind".into());
+        names.push(crate::alert::rollup::ALERTNAME.into());
         for name in names {
             let text = file(&name).unwrap_or_else(|| panic!("no runbook for {name}"));
             assert!(text.starts_with(&format!("# {name}\n")), "{name}");

@@ -10,9 +10,17 @@
 //! - `baseline_samples`, `baseline_hours`: hourly egress rates per namespace, and which hours
 //!   were sampled (see `egress::baseline`);
 //! - `known_destinations`: what each `new_destination` rule has learned;
-//! - `versions`: the counter that orders alert states in the outbox.
+//! - `versions`: the counter that orders alert states in the outbox;
+//! - `renamed_alerts`: fingerprints of an earlier scheme and the ones that replaced them, so
+//!   that links sent before still lead to their alert.
 //!
-//! Alert states are opaque JSON bodies here: the `alert` module encodes and decodes them.
+//! Alert states are JSON bodies the `alert` module encodes and decodes; beside each, the
+//! columns the API selects and orders by, indexed ([`alerts`]). The file's `user_version`
+//! counts the migrations applied.
+
+mod alerts;
+
+pub use alerts::{AlertFilter, AlertRow};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +65,8 @@ pub type Learned = (String, String, String, i64);
 #[derive(Debug, Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Read-only, for the API's alert reads (the same connection for a store in memory).
+    reader: Arc<Mutex<Connection>>,
     path: String,
     /// Bumped by every save of a known destination: whether they changed since a look.
     learned: Arc<std::sync::atomic::AtomicU64>,
@@ -67,7 +77,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     fingerprint TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     body TEXT NOT NULL,
-    updated_ns INTEGER NOT NULL
+    updated_ns INTEGER NOT NULL,
+    alertname TEXT NOT NULL DEFAULT '',
+    namespace TEXT NOT NULL DEFAULT '',
+    starts_at_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbox (
     target TEXT NOT NULL,
@@ -101,6 +114,7 @@ CREATE TABLE IF NOT EXISTS known_destinations (
 );
 CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY CHECK (id = 1), next INTEGER NOT NULL);
 INSERT OR IGNORE INTO versions (id, next) VALUES (1, 1);
+CREATE TABLE IF NOT EXISTS renamed_alerts (old TEXT PRIMARY KEY, new TEXT NOT NULL);
 ";
 
 impl Store {
@@ -131,8 +145,21 @@ impl Store {
             .map_err(err("set busy timeout"))?;
         conn.execute_batch(SCHEMA)
             .map_err(err("create the schema"))?;
+        let mut conn = conn;
+        alerts::migrate(&mut conn).map_err(err("migrate the alerts"))?;
+        // The API's reads go through a connection of their own: in WAL mode they neither wait
+        // for the alert manager's commits nor hold them up.
+        let reader = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err("open for reading"))?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err("set busy timeout"))?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             path: name,
             learned: Arc::default(),
         })
@@ -145,10 +172,14 @@ impl Store {
             action: "open",
             source,
         };
-        let conn = Connection::open_in_memory().map_err(err)?;
+        let mut conn = Connection::open_in_memory().map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        alerts::migrate(&mut conn).map_err(err)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            // One database in memory: reads share its connection.
+            reader: conn.clone(),
+            conn,
             path: ":memory:".into(),
             learned: Arc::default(),
         })
@@ -157,6 +188,10 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock left SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError + '_ {
@@ -170,43 +205,6 @@ impl Store {
     /// Where the store is, for messages.
     pub fn path(&self) -> &str {
         &self.path
-    }
-
-    /// Saves an alert's new state (`body`, the alert as JSON) and queues it for every target,
-    /// in one transaction.
-    pub fn record(
-        &self,
-        fingerprint: &str,
-        firing: bool,
-        body: &str,
-        targets: &[String],
-    ) -> Result<(), StateError> {
-        let status = if firing { "firing" } else { "resolved" };
-        let now = now_ns();
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.error("begin"))?;
-        let version: i64 = tx
-            .query_row(
-                "UPDATE versions SET next = next + 1 WHERE id = 1 RETURNING next - 1",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.error("allocate a version"))?;
-        tx.execute(
-            "INSERT INTO alerts (fingerprint, status, body, updated_ns) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (fingerprint) DO UPDATE SET status = ?2, body = ?3, updated_ns = ?4",
-            params![fingerprint, status, body, now],
-        )
-        .map_err(self.error("save the alert"))?;
-        for target in targets {
-            tx.execute(
-                "INSERT INTO outbox (target, fingerprint, version, body, enqueued_ns) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (target, fingerprint) DO UPDATE SET version = ?3, body = ?4",
-                params![target, fingerprint, version, body, now],
-            )
-            .map_err(self.error("queue the alert"))?;
-        }
-        tx.commit().map_err(self.error("commit"))
     }
 
     /// Up to `limit` unsent states for `target`, oldest first.
@@ -269,21 +267,6 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map(|n| n.max(0) as u64)
             .map_err(self.error("count the outbox"))
-    }
-
-    /// The saved alert bodies: only the firing ones, or all, by fingerprint.
-    pub fn alert_bodies(&self, firing_only: bool) -> Result<Vec<String>, StateError> {
-        let sql = if firing_only {
-            "SELECT body FROM alerts WHERE status = 'firing' ORDER BY fingerprint"
-        } else {
-            "SELECT body FROM alerts ORDER BY fingerprint"
-        };
-        let conn = self.lock();
-        let mut stmt = conn.prepare(sql).map_err(self.error("read alerts"))?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.error("read alerts"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.error("read alerts"))
     }
 
     /// Saves hourly egress samples, marks `hours` as sampled, and forgets hours before

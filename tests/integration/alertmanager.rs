@@ -441,7 +441,7 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
         .strip_prefix("http://127.0.0.1:8080/ui/alerts/")
         .unwrap_or_else(|| panic!("{link}"));
     assert!(
-        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{link}"
     );
 

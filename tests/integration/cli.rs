@@ -318,7 +318,11 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     exfilwatch::common::http::install_crypto();
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), "# dashboards\ns3cret-token\n").unwrap();
+    std::fs::write(
+        dir.path().join("tokens"),
+        "# dashboards\ns3cret-token-9e4b2d7a1c8f6035b9e4d\n",
+    )
+    .unwrap();
     let service = Service::spawn(
         &RunConfig::new(relay.addr).with("api", "tokens_file: tokens"),
         dir,
@@ -361,7 +365,7 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     let metrics = loop {
         let r = client
             .get(format!("{base}/metrics"))
-            .bearer_auth("s3cret-token")
+            .bearer_auth("s3cret-token-9e4b2d7a1c8f6035b9e4d")
             .send()
             .await
             .unwrap();
@@ -436,7 +440,7 @@ async fn run_serves_metrics_health_and_readiness_behind_tokens() {
     // The scheme is matched without case (RFC 7235).
     let lower = client
         .get(format!("{base}/metrics"))
-        .header("Authorization", "bearer s3cret-token")
+        .header("Authorization", "bearer s3cret-token-9e4b2d7a1c8f6035b9e4d")
         .send()
         .await
         .unwrap();

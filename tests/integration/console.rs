@@ -17,7 +17,7 @@ use crate::support::browser::Browser;
 use crate::support::service::{RunConfig, Service};
 use crate::support::{free_port, relay};
 
-const TOKEN: &str = "console-token";
+const TOKEN: &str = "console-token-3b7e1d9c5a2f8046d1b7e";
 
 fn fresh(mut f: Flow, rng: &mut fastrand::Rng) -> Flow {
     f.uuid = exfilwatch::flow::format_uuid(rng.u128(..));

@@ -157,6 +157,57 @@ fn the_kustomize_base_and_overlay_render() {
 }
 
 #[test]
+fn only_the_namespaces_that_need_the_api_reach_it_and_the_probes_have_their_own_port() {
+    for dir in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/overlays/scaled",
+    ] {
+        let rendered = render(dir);
+        let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&rendered)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let policy = objects
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy")
+            .unwrap();
+        let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+        assert!(!ingress.is_empty(), "{dir}");
+        for rule in ingress {
+            // Every rule names its peers: no rule admits every namespace.
+            let from = rule["from"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{dir}: {rule:?}"));
+            assert!(!from.is_empty(), "{dir}: {rule:?}");
+            for peer in from {
+                let selector = &peer["namespaceSelector"];
+                let labels = selector["matchLabels"].as_mapping();
+                assert!(
+                    labels.is_some_and(|l| !l.is_empty()),
+                    "{dir}: a peer without namespace labels admits every namespace: {peer:?}"
+                );
+                let text = serde_yaml_ng::to_string(peer).unwrap();
+                assert!(!text.contains("ai-training"), "{dir}: {text}");
+            }
+        }
+        let workload = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
+            .unwrap();
+        let container = &workload["spec"]["template"]["spec"]["containers"][0];
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                container[probe]["httpGet"]["port"], "probes",
+                "{dir}: {probe}"
+            );
+        }
+        assert!(
+            rendered.contains("probe_listen: \"0.0.0.0:8081\""),
+            "{dir}: the configuration gives the probes their listener"
+        );
+    }
+}
+
+#[test]
 fn every_kubernetes_object_passes_strict_schema_validation_offline() {
     let dir = tempfile::tempdir().unwrap();
     let files = kubernetes_objects(dir.path());
@@ -288,7 +339,11 @@ fn check_config(dir: &Path) {
     std::fs::write(etc.join("kafka/password"), "a-password\n").unwrap();
     std::fs::write(etc.join("bucket/access_key_id"), "an-id\n").unwrap();
     std::fs::write(etc.join("bucket/secret_access_key"), "a-secret\n").unwrap();
-    std::fs::write(etc.join("api/tokens"), "a-token\n").unwrap();
+    std::fs::write(
+        etc.join("api/tokens"),
+        "a-token-of-32-characters-or-more-0001\n",
+    )
+    .unwrap();
     let out = crate::support::service::exfilwatch()
         .args(["check", "--config"])
         .arg(etc.join("config/config.yaml"))

@@ -14,7 +14,7 @@ use crate::prometheus::PromServer;
 use crate::support::service::{RunConfig, Service};
 use crate::support::{GUARD, free_port, relay};
 
-const TOKEN: &str = "evidence-token";
+const TOKEN: &str = "evidence-token-2c8f5a1d7e3b9046c2f8";
 
 /// Builds attack flows from the simulator's, each fresh (UUID, source port, time now) and
 /// from a pod of its own.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::support::service::{RunConfig, Service};
 use crate::support::{GUARD, Relay, relay};
 
-const TOKEN: &str = "flow-api-token";
+const TOKEN: &str = "flow-api-token-4f1c9a7e2b8d6053e1a9";
 
 /// The API tests' service configuration: flows queryable within 20 ms, small chunks, and
 /// `flows` (more `storage.flows` lines, indented by two).
@@ -671,7 +671,11 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
     let unknown = reqwest::get(service.url("/nowhere")).await.unwrap();
     assert_eq!(unknown.status(), 401, "unknown paths are protected too");
     // A changed tokens file takes effect without a restart; the old token stops working.
-    std::fs::write(service.dir.path().join("tokens"), "rotated-token\n").unwrap();
+    std::fs::write(
+        service.dir.path().join("tokens"),
+        "rotated-token-8c2e5b1f9a7d4036c2e8b\n",
+    )
+    .unwrap();
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         if service.get_raw("/api/v1/flows").await.status() == 401 {
@@ -683,7 +687,7 @@ async fn bad_requests_get_a_status_and_a_message_naming_the_parameter() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    service.token = Some("rotated-token".into());
+    service.token = Some("rotated-token-8c2e5b1f9a7d4036c2e8b".into());
     assert_eq!(service.get_raw("/api/v1/flows").await.status(), 200);
     // An emptied file keeps the tokens in force rather than opening the API.
     std::fs::write(service.dir.path().join("tokens"), "").unwrap();

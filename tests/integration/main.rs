@@ -14,6 +14,7 @@ mod evidence;
 mod flow_api;
 mod flow_store_memory;
 mod fuzz;
+mod hostile;
 mod hubble_stream;
 mod hubble_tls;
 mod kafka_source;

@@ -360,14 +360,18 @@ async fn the_rest_api_suggests_and_checks_from_the_running_service() {
 
     let relay = relay(None).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), "policy-token\n").unwrap();
+    std::fs::write(
+        dir.path().join("tokens"),
+        "policy-token-6d2a8f4c1e9b7053a6d2f\n",
+    )
+    .unwrap();
     let config = RunConfig::new(relay.addr)
         .with(
             "storage",
             "flows:\n  flush_interval: 20ms\n  chunk_flows: 1000\n",
         )
         .with("api", "tokens_file: tokens");
-    let service = Service::spawn(&config, dir).with_token("policy-token");
+    let service = Service::spawn(&config, dir).with_token("policy-token-6d2a8f4c1e9b7053a6d2f");
     service.ready().await;
     let now = exfilwatch::common::clock::now_ns();
     let mut cluster = TrainingCluster::new(5, now - 3_600_000_000_000, 1_000_000_000);
@@ -464,7 +468,11 @@ async fn the_rest_api_suggests_and_checks_from_the_running_service() {
 
     // The commands against the running service's API.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "policy-token\n").unwrap();
+    std::fs::write(
+        dir.path().join("token"),
+        "policy-token-6d2a8f4c1e9b7053a6d2f\n",
+    )
+    .unwrap();
     let cli = |args: &[&str], token: bool| {
         let mut cmd = exfilwatch();
         cmd.arg("policy").args(args);

@@ -12,7 +12,7 @@ use crate::alertmanager::{Alertmanager, Receiver};
 use crate::support::service::{RunConfig, Service};
 use crate::support::{GUARD, free_port, relay};
 
-const TOKEN: &str = "reload-token";
+const TOKEN: &str = "reload-token-7a3e9c2b5d1f8064e7a3c";
 
 /// A pack of two rules: policy-denied egress, and a scan rule needing `destinations`.
 fn pack(destinations: u32, with_denied: bool) -> String {

@@ -7,6 +7,10 @@
 //! Alertmanager keeps it), and resolves it once no flow matched for the rule's
 //! `resolve_after`. Every state change is committed to the store's outbox before the sinks are
 //! woken to send it. Firing alerts saved by an earlier run are resumed at start-up.
+//!
+//! Alerts are bounded: past `max_firing` alerts of one rule in one namespace, further
+//! destinations fold into one roll-up alert ([`super::rollup`]). Resolved alerts are pruned
+//! from the store once they are older than `retention`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::rollup::{self, Folded, Rollup};
 use super::{Alert, FlowContext, Hit, Status, fingerprint};
 use crate::common::clock::{format_time, now_ns, span_ns};
 use crate::flow::FlowEvent;
@@ -23,7 +28,7 @@ use crate::rules::{Direction, Kind, Rule};
 use crate::state::{StateError, Store};
 
 /// How the manager paces updates and builds links.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LifecycleConfig {
     /// A firing alert is re-sent at least this often.
     pub resend_interval: Duration,
@@ -33,7 +38,22 @@ pub struct LifecycleConfig {
     pub external_url: String,
     /// Delivery targets: every state change is queued for each.
     pub targets: Vec<String>,
+    /// Alerts of one rule firing at once in one namespace; further destinations fold into a
+    /// roll-up alert.
+    pub max_firing: usize,
+    /// Resolved alerts older than this are pruned from the store.
+    pub retention: Duration,
+    /// Counts the alerts folded into roll-ups.
+    pub folded: Arc<Folded>,
 }
+
+/// How often resolved alerts past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// An alert's place in the table: (rule, namespace, destination, whether it is the rule's
+/// roll-up in the namespace). The flag keeps a roll-up apart from any destination a watched
+/// pod could name.
+type Key = (String, String, String, bool);
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
@@ -42,6 +62,9 @@ impl Default for LifecycleConfig {
             update_interval: Duration::from_secs(10),
             external_url: "http://127.0.0.1:8080".into(),
             targets: Vec::new(),
+            max_firing: 100,
+            retention: Duration::from_secs(90 * 24 * 3600),
+            folded: Arc::default(),
         }
     }
 }
@@ -54,6 +77,8 @@ struct Active {
     dirty: bool,
     /// The last state change could not be committed: retry at the next tick.
     unsaved: bool,
+    /// For a roll-up alert: what it counts.
+    rollup: Option<Box<Rollup>>,
 }
 
 impl Active {
@@ -68,6 +93,7 @@ impl Active {
             last_sent: now,
             dirty,
             unsaved: false,
+            rollup: None,
         })
     }
 }
@@ -78,8 +104,11 @@ pub struct Manager {
     store: Store,
     wake: Arc<Notify>,
     /// Boxed: the table then moves 80 bytes an alert when it grows, not the whole alert.
-    active: HashMap<(String, String, String), Box<Active>>,
+    active: HashMap<Key, Box<Active>>,
+    /// Alerts firing by (rule, namespace), roll-ups not counted.
+    groups: HashMap<(String, String), usize>,
     rules: HashMap<String, Arc<Rule>>,
+    last_prune: Option<Instant>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -101,32 +130,74 @@ impl Manager {
         let rules: HashMap<String, Arc<Rule>> =
             rules.iter().map(|r| (r.name.clone(), r.clone())).collect();
         let now = Instant::now();
-        let mut active = HashMap::new();
-        for alert in super::saved_firing(&store)? {
-            let Some(rule) = rules.get(&alert.rule) else {
-                continue;
-            };
-            let key = (
-                alert.rule.clone(),
-                alert.labels.get("namespace").cloned().unwrap_or_default(),
-                alert.labels.get("destination").cloned().unwrap_or_default(),
-            );
-            // A resumed alert counts as just seen: its quiet period starts again.
-            active.insert(key, Active::new(alert, rule.clone(), now, true));
-        }
-        if !active.is_empty() {
-            tracing::info!(
-                alerts = active.len(),
-                "alerts: resumed firing alerts from the state store"
-            );
-        }
-        Ok(Manager {
+        let mut manager = Manager {
             config,
             store,
             wake,
-            active,
+            active: HashMap::new(),
+            groups: HashMap::new(),
             rules,
-        })
+            last_prune: None,
+        };
+        for alert in super::saved_firing(&manager.store)? {
+            let Some(rule) = manager.rules.get(&alert.rule).cloned() else {
+                continue;
+            };
+            let is_rollup =
+                alert.labels.get("alertname").map(String::as_str) == Some(rollup::ALERTNAME);
+            let key = (
+                alert.rule.clone(),
+                alert.labels.get("namespace").cloned().unwrap_or_default(),
+                if is_rollup {
+                    String::new()
+                } else {
+                    alert.labels.get("destination").cloned().unwrap_or_default()
+                },
+                is_rollup,
+            );
+            let counted = is_rollup.then(|| {
+                Box::new(Rollup::resumed(
+                    &alert.context.extra,
+                    alert.context.first_seen_ns,
+                ))
+            });
+            // A resumed alert counts as just seen: its quiet period starts again.
+            let mut active = Active::new(alert, rule, now, true);
+            active.rollup = counted;
+            manager.insert(key, active);
+        }
+        if !manager.active.is_empty() {
+            tracing::info!(
+                alerts = manager.active.len(),
+                "alerts: resumed firing alerts from the state store"
+            );
+        }
+        Ok(manager)
+    }
+
+    /// Puts `active` in the table under `key`, counting it in its group.
+    fn insert(&mut self, key: Key, active: Box<Active>) {
+        if !key.3 {
+            *self
+                .groups
+                .entry((key.0.clone(), key.1.clone()))
+                .or_default() += 1;
+        }
+        self.active.insert(key, active);
+    }
+
+    /// Takes the alert under `key` out of the table and its group.
+    fn remove(&mut self, key: &Key) -> Option<Box<Active>> {
+        let active = self.active.remove(key)?;
+        if !key.3
+            && let Some(n) = self.groups.get_mut(&(key.0.clone(), key.1.clone()))
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.groups.remove(&(key.0.clone(), key.1.clone()));
+            }
+        }
+        Some(active)
     }
 
     /// Alerts firing now, with their annotations as last sent (rendered from their context:
@@ -134,6 +205,9 @@ impl Manager {
     pub fn firing(&self) -> impl Iterator<Item = Alert> + '_ {
         self.active.values().map(|a| {
             let mut alert = a.alert.clone();
+            if let Some(extra) = rollup_extra(a, &self.config) {
+                alert.context.extra = extra;
+            }
             alert.annotations = render(&alert, &a.rule, &self.config);
             alert
         })
@@ -170,7 +244,7 @@ impl Manager {
         }
         let mut first_error = None;
         for key in gone {
-            if let Some(active) = self.active.remove(&key)
+            if let Some(active) = self.remove(&key)
                 && let Err(e) = self.resolve(key, active)
             {
                 first_error.get_or_insert(e);
@@ -196,7 +270,7 @@ impl Manager {
             extra,
             earlier,
         } = hit;
-        let key = (rule.name.clone(), namespace, destination.to_string());
+        let key = (rule.name.clone(), namespace, destination.to_string(), false);
         if let Some(active) = self.active.get_mut(&key) {
             let context = &mut active.alert.context;
             context.add(flow, samples);
@@ -206,6 +280,10 @@ impl Manager {
             active.last_hit = now;
             active.dirty = true;
             return Ok(());
+        }
+        let group = (key.0.clone(), key.1.clone());
+        if self.groups.get(&group).copied().unwrap_or(0) >= self.config.max_firing {
+            return self.fold(rule, key, flow, samples, now);
         }
         let (namespace, destination) = (key.1.as_str(), &destination);
         let mut context = FlowContext {
@@ -217,7 +295,7 @@ impl Manager {
             context.count += earlier.flows;
             context.first_seen_ns = context.first_seen_ns.min(earlier.since_ns);
         }
-        let alert = self.start(rule, namespace, destination, context);
+        let alert = self.start(rule, namespace, destination, context, false);
         tracing::warn!(
             alert = %alert.labels["alertname"],
             namespace,
@@ -229,19 +307,88 @@ impl Manager {
         let saved = super::save(&self.store, &alert, &self.config.targets);
         let mut active = Active::new(alert, rule.clone(), now, false);
         active.unsaved = saved.is_err();
-        self.active.insert(key, active);
+        self.insert(key, active);
         if saved.is_ok() {
             self.wake.notify_waiters();
         }
         saved
     }
 
+    /// `flow`, to a destination past the rule's bound in its namespace, joins the roll-up
+    /// alert, starting it if none fires.
+    fn fold(
+        &mut self,
+        rule: &Arc<Rule>,
+        key: Key,
+        flow: &FlowEvent,
+        samples: usize,
+        now: Instant,
+    ) -> Result<(), StateError> {
+        let pod = if flow.source.pod.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{}", flow.source.namespace, flow.source.pod)
+        };
+        let (rule_name, namespace, destination, _) = key;
+        let key = (rule_name, namespace, String::new(), true);
+        if let Some(active) = self.active.get_mut(&key) {
+            active.alert.context.add(flow, samples);
+            if let Some(r) = &mut active.rollup {
+                r.add(&destination, &pod, &key.0, &key.1, &self.config.folded);
+            }
+            active.last_hit = now;
+            active.dirty = true;
+            return Ok(());
+        }
+        // The evidence reaches back to the first alert of the flood.
+        let since_ns = self
+            .active
+            .iter()
+            .filter(|(k, _)| !k.3 && k.0 == key.0 && k.1 == key.1)
+            .map(|(_, a)| a.alert.context.first_seen_ns)
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(flow.time_ns);
+        let mut counted = Box::new(Rollup::new(self.config.max_firing, since_ns));
+        counted.add(&destination, &pod, &key.0, &key.1, &self.config.folded);
+        let mut context = FlowContext::default();
+        context.add(flow, samples);
+        context.first_seen_ns = since_ns.min(context.first_seen_ns);
+        context.extra = counted.extra(
+            rule,
+            &key.1,
+            (context.first_seen_ns, context.last_seen_ns),
+            crate::rules::runbooks::link(&self.config.external_url, rollup::ALERTNAME),
+        );
+        let alert = self.start(rule, &key.1, &Destination::All, context, true);
+        tracing::warn!(
+            alert = rollup::ALERTNAME,
+            rule = %rule.name,
+            namespace = %key.1,
+            fingerprint = %alert.fingerprint,
+            "alert firing: {}",
+            alert.annotations.get("summary").map_or("", String::as_str)
+        );
+        let saved = super::save(&self.store, &alert, &self.config.targets);
+        let mut active = Active::new(alert, rule.clone(), now, false);
+        active.unsaved = saved.is_err();
+        active.rollup = Some(counted);
+        self.insert(key, active);
+        if saved.is_ok() {
+            self.wake.notify_waiters();
+        }
+        saved
+    }
+
+    /// A new alert of `rule` for (namespace, destination), or the rule's roll-up in the
+    /// namespace when `rollup`.
     fn start(
         &self,
         rule: &Rule,
         namespace: &str,
         destination: &Destination,
         context: FlowContext,
+        rollup: bool,
     ) -> Alert {
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(evidence_query(rule, namespace, destination, &context))
@@ -261,6 +408,11 @@ impl Manager {
             .collect();
         labels.insert("alertname".into(), rule.name.clone());
         labels.insert("severity".into(), rule.severity.as_str().into());
+        if rollup {
+            // A flood of decoys is an attack whatever the rule's own severity.
+            labels.insert("alertname".into(), rollup::ALERTNAME.into());
+            labels.insert("severity".into(), "critical".into());
+        }
         labels.insert("namespace".into(), namespace.into());
         labels.insert("destination".into(), destination.clone());
         labels.insert("rule".into(), rule.name.clone());
@@ -301,6 +453,7 @@ impl Manager {
             rule.name.clone(),
             namespace.to_owned(),
             destination.to_string(),
+            false,
         );
         if let Some(active) = self.active.get_mut(&key) {
             active.last_hit = now;
@@ -319,12 +472,12 @@ impl Manager {
             last_seen_ns: seen,
             ..FlowContext::default()
         };
-        let alert = self.start(rule, namespace, destination, context);
+        let alert = self.start(rule, namespace, destination, context, false);
         tracing::warn!(alert = %rule.name, namespace, destination = %destination, "alert firing: {}", alert.annotations.get("summary").map_or("", String::as_str));
         let saved = super::save(&self.store, &alert, &self.config.targets);
         let mut active = Active::new(alert, rule.clone(), now, false);
         active.unsaved = saved.is_err();
-        self.active.insert(key, active);
+        self.insert(key, active);
         if saved.is_ok() {
             self.wake.notify_waiters();
         }
@@ -342,8 +495,9 @@ impl Manager {
             rule.to_owned(),
             namespace.to_owned(),
             destination.to_string(),
+            false,
         );
-        let Some(active) = self.active.remove(&key) else {
+        let Some(active) = self.remove(&key) else {
             return Ok(());
         };
         let result = self.resolve(key, active);
@@ -353,11 +507,8 @@ impl Manager {
 
     /// Commits the resolution of an alert taken out of `active`; on failure puts it back, to
     /// be resolved again at the next tick.
-    fn resolve(
-        &mut self,
-        key: (String, String, String),
-        mut active: Box<Active>,
-    ) -> Result<(), StateError> {
+    fn resolve(&mut self, key: Key, mut active: Box<Active>) -> Result<(), StateError> {
+        sync_rollup(&mut active, &self.config);
         let mut alert = active.alert.clone();
         alert.status = Status::Resolved;
         alert.ends_at_ns = now_ns();
@@ -374,7 +525,7 @@ impl Manager {
                     .last_hit
                     .checked_sub(active.rule.resolve_after)
                     .unwrap_or(active.last_hit);
-                self.active.insert(key, active);
+                self.insert(key, active);
                 Err(e)
             }
         }
@@ -426,11 +577,28 @@ impl Manager {
             }
         }
         for key in quiet {
-            let Some(active) = self.active.remove(&key) else {
+            let Some(active) = self.remove(&key) else {
                 continue;
             };
             match self.resolve(key, active) {
                 Ok(()) => changed = true,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if self
+            .last_prune
+            .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
+        {
+            self.last_prune = Some(now);
+            let before = now_ns().saturating_sub(span_ns(self.config.retention));
+            match self.store.prune_resolved(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    alerts = n,
+                    "alerts: pruned alerts resolved longer ago than the retention"
+                ),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -537,6 +705,7 @@ fn resend(
     config: &LifecycleConfig,
     now: Instant,
 ) -> Result<(), StateError> {
+    sync_rollup(active, config);
     // Renewed in place: a copy every minute of every firing alert would move long-lived
     // memory about for nothing.
     let alert = &mut active.alert;
@@ -554,6 +723,30 @@ fn resend(
     active.dirty = false;
     active.unsaved = false;
     Ok(())
+}
+
+/// A roll-up's figures as annotations, as of now; `None` for any other alert.
+fn rollup_extra(active: &Active, config: &LifecycleConfig) -> Option<BTreeMap<String, String>> {
+    let counted = active.rollup.as_ref()?;
+    let c = &active.alert.context;
+    let namespace = active
+        .alert
+        .labels
+        .get("namespace")
+        .map_or("", String::as_str);
+    Some(counted.extra(
+        &active.rule,
+        namespace,
+        (c.first_seen_ns, c.last_seen_ns),
+        crate::rules::runbooks::link(&config.external_url, rollup::ALERTNAME),
+    ))
+}
+
+/// Brings a roll-up's figures in its context up to date.
+fn sync_rollup(active: &mut Active, config: &LifecycleConfig) {
+    if let Some(extra) = rollup_extra(active, config) {
+        active.alert.context.extra = extra;
+    }
 }
 
 /// Re-renders the annotations and pushes `endsAt` ahead of the next re-send.
@@ -682,124 +875,4 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::flow::Event;
-    use crate::flow::json::JsonDecoder;
-    use crate::rules::load_text;
-
-    const DENIED: &str = r#"{"flow":{"time":"2026-01-01T00:00:00Z","verdict":"DROPPED","drop_reason_desc":"POLICY_DENIED","traffic_direction":"EGRESS","IP":{"source":"10.0.1.12","destination":"10.0.5.20"},"l4":{"TCP":{"source_port":50000,"destination_port":5432}},"source":{"namespace":"ai-training","pod_name":"w-2"},"destination":{"namespace":"production","pod_name":"db-0"}}}"#;
-
-    fn setup() -> (Manager, Store, Arc<Rule>, FlowEvent) {
-        let rule = Arc::new(
-            load_text(crate::rules::DEFAULT_PACK, "pack")
-                .unwrap()
-                .remove(0),
-        );
-        let store = Store::in_memory().unwrap();
-        let config = LifecycleConfig {
-            targets: vec!["am".into()],
-            ..LifecycleConfig::default()
-        };
-        let manager = Manager::new(
-            config,
-            store.clone(),
-            Arc::new(Notify::new()),
-            std::slice::from_ref(&rule),
-        )
-        .unwrap();
-        let Event::Flow(flow) = JsonDecoder::default().decode_line(DENIED).unwrap() else {
-            panic!()
-        };
-        (manager, store, rule, flow)
-    }
-
-    fn db() -> Destination {
-        Destination::Workload {
-            namespace: "production".into(),
-            name: "db-0".into(),
-        }
-    }
-
-    /// A denied flow to the database at `now`, counted with 10 samples.
-    fn hit(
-        manager: &mut Manager,
-        rule: &Arc<Rule>,
-        flow: &FlowEvent,
-        now: Instant,
-    ) -> Result<(), StateError> {
-        let hit = Hit {
-            namespace: "ai-training".into(),
-            destination: db(),
-            extra: BTreeMap::new(),
-            earlier: None,
-        };
-        manager.hit(rule, hit, flow, 10, now)
-    }
-
-    /// Alerts the state store holds as firing.
-    fn saved_firing(store: &Store) -> usize {
-        crate::alert::saved_firing(store).unwrap().len()
-    }
-
-    #[tokio::test]
-    async fn an_alert_the_store_could_not_commit_is_kept_and_committed_later() {
-        let (mut manager, store, rule, flow) = setup();
-        store.refuse_writes(true);
-        let now = Instant::now();
-        assert!(hit(&mut manager, &rule, &flow, now).is_err());
-        assert_eq!(manager.firing().count(), 1, "kept in memory");
-        assert!(manager.tick(now).is_err(), "still failing");
-        store.refuse_writes(false);
-        manager.tick(now).unwrap();
-        assert_eq!(saved_firing(&store), 1);
-        assert_eq!(store.outbox_depth().unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_resolution_the_store_could_not_commit_is_retried() {
-        let (mut manager, store, rule, flow) = setup();
-        let start = Instant::now();
-        hit(&mut manager, &rule, &flow, start).unwrap();
-        store.refuse_writes(true);
-        let later = start + rule.resolve_after + Duration::from_secs(1);
-        assert!(manager.tick(later).is_err());
-        assert_eq!(saved_firing(&store), 1, "the store still says firing");
-        assert_eq!(manager.firing().count(), 1, "and so does the manager");
-        store.refuse_writes(false);
-        manager.tick(later).unwrap();
-        assert_eq!(saved_firing(&store), 0);
-        assert_eq!(manager.firing().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn repeats_update_one_alert_and_quiet_resolves_it() {
-        let (mut manager, store, rule, flow) = setup();
-        let start = Instant::now();
-        for i in 0..5 {
-            hit(&mut manager, &rule, &flow, start + Duration::from_secs(i)).unwrap();
-        }
-        let alerts: Vec<Alert> = manager.firing().collect();
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].context.count, 5);
-        // Memory keeps the context; the annotations, rendered from it, are in the store and
-        // rendered again when asked.
-        assert!(
-            manager
-                .active
-                .values()
-                .all(|a| a.alert.annotations.is_empty())
-        );
-        assert!(
-            alerts[0].annotations["summary"].contains("production/db-0"),
-            "{:?}",
-            alerts[0].annotations
-        );
-        assert_eq!(alerts[0].labels["destination"], "production/db-0");
-        manager
-            .tick(start + Duration::from_secs(4) + rule.resolve_after)
-            .unwrap();
-        assert_eq!(manager.firing().count(), 0);
-        assert!(saved_firing(&store) == 0);
-    }
-}
+mod tests;

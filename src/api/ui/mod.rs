@@ -15,7 +15,10 @@
 //! Without tokens (loopback), there is no sign-in.
 
 mod pages;
+mod session;
 mod svg;
+
+pub use session::{Sessions, SignIns};
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,7 +30,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use ring::hmac;
 
 use super::ApiState;
 
@@ -63,68 +65,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The signing key of session cookies: random, made once per process.
-#[derive(Debug)]
-pub struct SessionKey(hmac::Key);
-
-impl SessionKey {
-    /// A key from the system's random source; without one the service does not start (a
-    /// guessable key would let anyone forge a session).
-    pub fn random() -> Result<SessionKey, String> {
-        let rng = ring::rand::SystemRandom::new();
-        hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-            .map(SessionKey)
-            .map_err(|_| {
-                "the system's random source is unavailable: no key for console sessions".into()
-            })
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// A short digest naming a token without revealing it.
-fn token_id(token: &[u8]) -> String {
-    hex(&ring::digest::digest(&ring::digest::SHA256, token).as_ref()[..12])
-}
-
-/// The cookie value for a session of `token` ending at `expires` (seconds since the epoch).
-fn session_value(key: &SessionKey, token: &[u8], expires: i64) -> String {
-    let body = format!("{expires}.{}", token_id(token));
-    let tag = hmac::sign(&key.0, body.as_bytes());
-    format!("{body}.{}", hex(tag.as_ref()))
-}
-
-/// Whether `value` is a session signed with `key`, not expired at `now` (seconds), for a
-/// token still in `tokens`.
-fn session_valid(key: &SessionKey, value: &str, tokens: &[Vec<u8>], now: i64) -> bool {
-    let mut parts = value.splitn(3, '.');
-    let (Some(expires), Some(id), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(expires_at) = expires.parse::<i64>() else {
-        return false;
-    };
-    let Some(tag) = (0..tag.len())
-        .step_by(2)
-        .map(|i| {
-            tag.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let body = format!("{expires}.{id}");
-    hmac::verify(&key.0, body.as_bytes(), &tag).is_ok()
-        && expires_at > now
-        && tokens.iter().any(|t| token_id(t) == id)
-}
-
 fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
@@ -151,12 +91,7 @@ fn access(state: &ApiState, headers: &HeaderMap) -> Option<Access> {
         return Some(Access::Open);
     }
     if let Some(value) = cookie_value(headers, COOKIE)
-        && session_valid(
-            &state.session_key,
-            value,
-            &tokens,
-            crate::common::clock::now_ns() / 1_000_000_000,
-        )
+        && state.sessions.valid(value, &tokens, now_s())
     {
         return Some(Access::Session);
     }
@@ -326,7 +261,36 @@ async fn login_page(
     login_form(&state, next, None)
 }
 
-async fn login(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Response {
+/// Now, in seconds since the epoch.
+fn now_s() -> i64 {
+    crate::common::clock::now_ns() / 1_000_000_000
+}
+
+/// The session cookie with `value` for `max_age` seconds (0 clears it).
+fn session_cookie(state: &ApiState, value: &str, max_age: u64) -> Option<HeaderValue> {
+    let secure = if state.external_https { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .ok()
+}
+
+/// `POST /ui/login`: a token from the form becomes a session; failures are counted and
+/// logged per client (never with the token), and a client past `api.signin_failures` in a
+/// minute waits.
+async fn login(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    let client = super::server::client(&request)
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+            a.ip()
+        });
+    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_FORM as usize).await else {
+        return problem(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Sign in",
+            "The sign-in form is too large.",
+        );
+    };
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let get = |k: &str| {
         form.iter()
@@ -334,34 +298,69 @@ async fn login(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> R
             .map_or("", |(_, v)| v.as_str())
     };
     let (token, next) = (get("token").trim(), safe_next(get("next")).to_owned());
+    let now = now_s();
+    if let session::Attempt::Wait(seconds) = state.signins.attempt(client, now) {
+        state
+            .telemetry
+            .http
+            .signin_throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut r = login_form(
+            &state,
+            &next,
+            Some(&format!(
+                "Too many sign-ins that failed from this address: try again in {seconds} s."
+            )),
+        );
+        *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let known = {
         let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
         !tokens.is_empty() && super::token_known(&tokens, token.as_bytes())
     };
     if !known {
+        let failures = state.signins.failed(client, now);
+        state
+            .telemetry
+            .http
+            .signin_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            client = %client,
+            failures,
+            "console: a sign-in with a token that is not accepted"
+        );
         let mut r = login_form(&state, &next, Some("That token is not accepted."));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     }
-    let expires = crate::common::clock::now_ns() / 1_000_000_000 + SESSION.as_secs() as i64;
-    let value = session_value(&state.session_key, token.as_bytes(), expires);
-    let secure = if state.external_https { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        SESSION.as_secs()
-    );
+    let expires = now + SESSION.as_secs() as i64;
+    let value = match state.sessions.issue(token.as_bytes(), expires) {
+        Ok(v) => v,
+        Err(e) => {
+            return problem(&state, StatusCode::INTERNAL_SERVER_ERROR, "Sign in", &e);
+        }
+    };
     let mut r = Redirect::to(&next).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Some(v) = session_cookie(&state, &value, SESSION.as_secs()) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
 }
 
-async fn logout(State(state): State<Arc<ApiState>>) -> Response {
-    let secure = if state.external_https { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
+/// `POST /ui/logout`: the session ends on the server (a copy of its cookie is refused from
+/// now on) and in the browser.
+async fn logout(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(value) = cookie_value(&headers, COOKIE) {
+        let tokens = state.tokens.read().unwrap_or_else(|p| p.into_inner());
+        state.sessions.revoke(value, &tokens, now_s());
+    }
     let mut r = Redirect::to("/ui/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Some(v) = session_cookie(&state, "", 0) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -399,26 +398,6 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;q&quot;"
         );
         assert_eq!(escape("a\u{1b}[2mb"), "a\\u{1b}[2mb");
-    }
-
-    #[test]
-    fn sessions_are_signed_bound_to_their_token_and_expire() {
-        let key = SessionKey::random().unwrap();
-        let tokens = vec![b"token-a".to_vec(), b"token-b".to_vec()];
-        let value = session_value(&key, b"token-a", 1_000);
-        assert!(session_valid(&key, &value, &tokens, 999));
-        assert!(!session_valid(&key, &value, &tokens, 1_000), "expired");
-        assert!(
-            !session_valid(&key, &value, &tokens[1..], 999),
-            "token removed"
-        );
-        assert!(
-            !session_valid(&SessionKey::random().unwrap(), &value, &tokens, 999),
-            "other key"
-        );
-        let forged = value.replacen("1000", "9999", 1);
-        assert!(!session_valid(&key, &forged, &tokens, 999), "forged expiry");
-        assert!(!session_valid(&key, "garbage", &tokens, 0));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::flowstore::json::FlowJson;
 
 /// Flows per page of a table.
 const PAGE: usize = 50;
+/// Alerts the alerts page lists at most: the firing ones first.
+const SHOWN_ALERTS: usize = 500;
 /// Flows read for an alert's timeline.
 const TIMELINE_FLOWS: usize = 5_000;
 /// Bars of a timeline.
@@ -59,23 +61,25 @@ pub async fn alerts(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
-    let mut alerts = match crate::api::alerts::read_alerts(&state) {
-        Ok(a) => a,
-        Err(r) => return refused(&state, r),
-    };
     let want = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let (ns, sev) = (want("namespace"), want("severity"));
-    alerts.retain(|a| {
-        ns.is_none_or(|n| a.labels.get("namespace").map(String::as_str) == Some(n))
-            && sev.is_none_or(|s| severity(a) == s)
-    });
+    // The firing alerts first, then the newest resolved ones: two indexed reads.
+    let mut alerts = Vec::new();
+    for firing in [true, false] {
+        let room = SHOWN_ALERTS - alerts.len();
+        match crate::api::alerts::read_page(&state, Some(firing), ns.map(str::to_owned), room).await
+        {
+            Ok(mut a) => alerts.append(&mut a),
+            Err(r) => return refused(&state, r),
+        }
+    }
+    alerts.retain(|a| sev.is_none_or(|s| severity(a) == s));
     alerts.sort_by(|a, b| {
         (a.status != Status::Firing)
             .cmp(&(b.status != Status::Firing))
             .then(severity_rank(severity(a)).cmp(&severity_rank(severity(b))))
             .then(b.starts_at_ns.cmp(&a.starts_at_ns))
     });
-    alerts.truncate(500);
     let firing = alerts.iter().filter(|a| a.status == Status::Firing).count();
     let mut body = format!(
         "<h1>Alerts</h1><p class=\"muted\">{firing} firing, {} resolved recently.",
@@ -322,17 +326,17 @@ pub async fn alert(
             Err(r) => r.into_response(),
         };
     }
-    let alerts = match crate::api::alerts::read_alerts(&state) {
+    let alert = match crate::api::alerts::find(&state, &fingerprint).await {
         Ok(a) => a,
+        Err(r) if r.status() == StatusCode::NOT_FOUND => {
+            return problem(
+                &state,
+                StatusCode::NOT_FOUND,
+                "No such alert",
+                "No alert has this fingerprint; it may have been resolved long ago.",
+            );
+        }
         Err(r) => return refused(&state, r),
-    };
-    let Some(alert) = alerts.into_iter().find(|a| a.fingerprint == fingerprint) else {
-        return problem(
-            &state,
-            StatusCode::NOT_FOUND,
-            "No such alert",
-            "No alert has this fingerprint; it may have been resolved long ago.",
-        );
     };
     let cursor = match cursor(&q) {
         Ok(c) => c,

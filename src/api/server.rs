@@ -1,0 +1,163 @@
+//! The API's HTTP/1.1 server, bounded against the clients it serves: a watched pod can reach
+//! this port, so every connection it opens costs a bounded amount for a bounded time.
+//!
+//! - At most `api.max_connections` connections are served at once; one more is accepted and
+//!   closed at once (counted), so the process never runs out of descriptors for its own
+//!   outgoing connections (Alertmanager, Prometheus, the bucket) and the kernel's backlog
+//!   never fills with connections nobody will serve.
+//! - A client has `api.header_timeout` to send a request's headers, counted from the
+//!   connection's start and again from the end of each response: a half-open connection and
+//!   an idle kept-alive one are closed alike.
+//! - A request has `api.request_timeout` from its headers to its response.
+//! - The probes can have a listener of their own (`api.probe_listen`) that answers however
+//!   many connections the API's port holds.
+//!
+//! Enters: a bound listener and the routes. Leaves: nothing; it serves until cancelled, then
+//! lets the requests in flight finish for a few seconds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service as _;
+
+use crate::config::ApiConfig;
+
+/// What the HTTP server refused or cut short, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections being served now.
+    pub open: AtomicU64,
+    /// Connections closed on arrival because `api.max_connections` were open.
+    pub refused: AtomicU64,
+    /// Requests answered 503 after `api.request_timeout`.
+    pub timed_out: AtomicU64,
+    /// State-changing requests refused as cross-site, or for a `Host` the API does not serve.
+    pub cross_site: AtomicU64,
+    /// Sign-ins with a wrong token.
+    pub signin_failed: AtomicU64,
+    /// Sign-ins refused because their client failed too often.
+    pub signin_throttled: AtomicU64,
+}
+
+/// The bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Limits {
+    pub fn of(config: &ApiConfig) -> Limits {
+        Limits {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            request_timeout: config.request_timeout,
+        }
+    }
+}
+
+/// How long requests in flight may take to finish once the server is asked to stop.
+const GRACE: Duration = Duration::from_secs(5);
+/// The pause after a failed accept (out of descriptors, say): the error would come back at
+/// once and spin the loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<HttpStats>);
+
+impl Open {
+    fn new(stats: &Arc<HttpStats>) -> Open {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Open(stats.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `cancel` fires. Each request carries its
+/// client's address as [`ConnectInfo`].
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    stats: Arc<HttpStats>,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accept_errors = 0u64;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // One line per thousand failures: a flood must not flood the log too.
+                    if accept_errors.is_multiple_of(1000) {
+                        tracing::error!("api: cannot accept a connection: {e}");
+                    }
+                    accept_errors += 1;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let open = Open::new(&stats);
+        let app = app.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _held = (permit, open);
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    // A router is always ready: no `poll_ready` needed.
+                    app.clone().call(request)
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GRACE, connection).await;
+                }
+            }
+        });
+    }
+    // Stopped accepting: wait for the connections in flight, a grace period at most.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(GRACE, permits.acquire_many(all)).await;
+}
+
+/// The client's address, where the server recorded it (not in handler tests that call the
+/// router directly).
+pub fn client(request: &axum::extract::Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
