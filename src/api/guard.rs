@@ -1,8 +1,9 @@
 //! What every request passes before a handler runs: its size, its time, and where it comes
 //! from.
 //!
-//! - **Size**: no body but where a route takes one (the sign-in form, the policies to check),
-//!   a query string of at most 8 KiB.
+//! - **Size**: a query string of at most 8 KiB; a body only on the routes that declare one
+//!   with [`body`] (the sign-in form, the policies to check), within the size they declare;
+//!   no chunked bodies.
 //! - **Time**: a response within `api.request_timeout`, or a 503.
 //! - **Origin**: a state-changing request (any method but GET, HEAD and OPTIONS) that a
 //!   browser marks as cross-site (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not
@@ -25,33 +26,16 @@ use super::error::refuse;
 /// Longest query string accepted.
 pub const MAX_QUERY: usize = 8 * 1024;
 
-/// Refuses bodies (but where a route takes one) and long query strings before any handler
-/// runs, and counts every request refused with a 4xx status.
+/// Refuses long query strings before any handler runs, and counts every request refused
+/// with a 4xx status.
 pub async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
     let query = request.uri().query().map_or(0, str::len);
-    // The console's sign-in form and the policies to check are the bodies taken.
-    let post = request.method() == Method::POST && !chunked;
-    let taken = post
-        && match request.uri().path() {
-            "/ui/login" => body <= super::ui::MAX_FORM,
-            "/api/v1/policy/check" => body <= super::policy::MAX_POLICY_BODY,
-            // Form-encoded, so up to three bytes a character.
-            "/ui/policy/check" => body <= 3 * super::policy::MAX_POLICY_BODY,
-            _ => false,
-        };
-    if (body > 0 && !taken) || chunked || query > MAX_QUERY {
+    if query > MAX_QUERY {
         state.telemetry.bad_requests.inc();
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("requests take no body (policies to check: at most 1 MiB) and a query string of at most {MAX_QUERY} bytes"),
+            format!("a query string of at most {MAX_QUERY} bytes"),
         )
         .into_response();
     }
@@ -60,6 +44,36 @@ pub async fn bounded(State(state): State<Arc<ApiState>>, request: Request, next:
         state.telemetry.bad_requests.inc();
     }
     response
+}
+
+/// `route` taking a body of at most `limit` bytes (0: none), told by `Content-Length`; a
+/// chunked body is refused, so no body is ever read past its route's declaration.
+pub fn body<S: Clone + Send + Sync + 'static>(
+    limit: u64,
+    route: axum::routing::MethodRouter<S>,
+) -> axum::routing::MethodRouter<S> {
+    route.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| within(limit, request, next),
+    ))
+}
+
+async fn within(limit: u64, request: Request, next: Next) -> Response {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if length <= limit && !chunked {
+        return next.run(request).await;
+    }
+    let detail = if limit == 0 {
+        "this route takes no body".to_owned()
+    } else {
+        format!("this route takes a body of at most {limit} bytes, with a Content-Length")
+    };
+    refuse(StatusCode::PAYLOAD_TOO_LARGE, "too_large", detail).into_response()
 }
 
 /// Answers 503 when the handler has not answered within `api.request_timeout`.
@@ -172,6 +186,14 @@ pub fn hosts(listen: std::net::SocketAddr, external_url: &str) -> Vec<String> {
     if listen.ip().is_loopback() {
         hosts.push(format!("localhost:{}", listen.port()));
     }
+    // On port 80 a browser leaves the port out.
+    if listen.port() == 80 {
+        let bare: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| h.strip_suffix(":80").map(str::to_owned))
+            .collect();
+        hosts.extend(bare);
+    }
     if let Some(rest) = external_url
         .strip_prefix("https://")
         .or_else(|| external_url.strip_prefix("http://"))
@@ -221,6 +243,10 @@ mod tests {
                 "exfilwatch.example:443",
                 "localhost:8080"
             ]
+        );
+        assert_eq!(
+            hosts("127.0.0.1:80".parse().unwrap(), "http://127.0.0.1"),
+            ["127.0.0.1", "127.0.0.1:80", "localhost", "localhost:80"]
         );
         let any = "0.0.0.0:8080".parse().unwrap();
         assert_eq!(

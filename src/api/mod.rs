@@ -333,28 +333,40 @@ async fn not_found() -> Response {
 /// Every route with whether it is open (the probes) or needs a token. The router is built
 /// from this table, and a test walks it against a running server.
 pub fn routes() -> Vec<(&'static str, bool, MethodRouter<Arc<ApiState>>)> {
-    vec![
-        ("/healthz", true, get(healthz)),
-        ("/readyz", true, get(readyz)),
-        ("/runbooks/", true, get(runbooks::index)),
-        ("/runbooks/{name}", true, get(runbooks::runbook)),
-        ("/metrics", false, get(metrics_handler)),
-        ("/-/reload", false, post(reload::reload)),
-        ("/api/v1/openapi.json", false, get(openapi)),
-        ("/api/v1/flows", false, get(flows::flows)),
-        ("/api/v1/flows/top", false, get(flows::top)),
-        ("/api/v1/alerts", false, get(alerts::alerts)),
-        ("/api/v1/alerts/{fingerprint}", false, get(alerts::alert)),
-        ("/api/v1/namespaces", false, get(namespaces::namespaces)),
-        ("/api/v1/baselines", false, get(egress::baselines)),
-        ("/api/v1/policy/suggest", false, get(policy::suggest)),
-        ("/api/v1/policy/check", false, post(policy::check)),
+    // (path, open, the largest body it takes, handler): the policies to check are the one
+    // body the API takes; every other route refuses any.
+    let table: Vec<(&'static str, bool, u64, MethodRouter<Arc<ApiState>>)> = vec![
+        ("/healthz", true, 0, get(healthz)),
+        ("/readyz", true, 0, get(readyz)),
+        ("/runbooks/", true, 0, get(runbooks::index)),
+        ("/runbooks/{name}", true, 0, get(runbooks::runbook)),
+        ("/metrics", false, 0, get(metrics_handler)),
+        ("/-/reload", false, 0, post(reload::reload)),
+        ("/api/v1/openapi.json", false, 0, get(openapi)),
+        ("/api/v1/flows", false, 0, get(flows::flows)),
+        ("/api/v1/flows/top", false, 0, get(flows::top)),
+        ("/api/v1/alerts", false, 0, get(alerts::alerts)),
+        ("/api/v1/alerts/{fingerprint}", false, 0, get(alerts::alert)),
+        ("/api/v1/namespaces", false, 0, get(namespaces::namespaces)),
+        ("/api/v1/baselines", false, 0, get(egress::baselines)),
+        ("/api/v1/policy/suggest", false, 0, get(policy::suggest)),
+        (
+            "/api/v1/policy/check",
+            false,
+            policy::MAX_POLICY_BODY,
+            post(policy::check),
+        ),
         (
             "/api/v1/namespaces/{ns}/egress",
             false,
+            0,
             get(egress::namespace),
         ),
-    ]
+    ];
+    table
+        .into_iter()
+        .map(|(path, open, body, route)| (path, open, guard::body(body, route)))
+        .collect()
 }
 
 /// The routes: probes open, everything else (unknown paths too) behind the token check.

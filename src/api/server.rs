@@ -72,6 +72,9 @@ const GRACE: Duration = Duration::from_secs(5);
 /// once and spin the loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The answer of a connection over the bound, written without waiting before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+
 /// Counts a connection as open while it lives.
 struct Open(Arc<HttpStats>);
 
@@ -117,6 +120,8 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
+            // A well-behaved client learns why; nothing waits for it to read this.
+            let _ = stream.try_write(BUSY);
             drop(stream);
             continue;
         };

@@ -10,9 +10,10 @@
 //! Sign-in: where API tokens are configured, a browser cannot send a bearer header, so a token
 //! entered once on `/ui/login` becomes a session cookie (`HttpOnly`, `SameSite=Strict`,
 //! `Secure` behind HTTPS, 8 hours), signed with HMAC-SHA256 under a key made at start-up, and
-//! bound to the token: removing the token from `api.tokens_file` ends its sessions. Bearer
-//! tokens work on the console too (an API client that follows an alert's link gets JSON).
-//! Without tokens (loopback), there is no sign-in.
+//! bound to the token: removing the token from `api.tokens_file` ends its sessions, and
+//! signing out ends the session on the server too ([`session`]). Failed sign-ins are
+//! throttled per client. Bearer tokens work on the console too (an API client that follows an
+//! alert's link gets JSON). Without tokens (loopback), there is no sign-in.
 
 mod pages;
 mod session;
@@ -368,21 +369,33 @@ async fn logout(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
 
 /// The console's router: sign-in pages and the stylesheet open, the rest behind a session.
 pub fn router(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
+    // Each route with the largest body it takes: the sign-in form and the policies to check
+    // (form-encoded, up to three bytes a character); none elsewhere.
+    use super::guard::body;
     let protected = Router::new()
-        .route("/ui/", get(pages::alerts))
-        .route("/ui/alerts/{fingerprint}", get(pages::alert))
-        .route("/ui/namespaces", get(pages::namespaces))
-        .route("/ui/flows", get(pages::flows))
-        .route("/ui/flows.ndjson", get(pages::export))
-        .route("/ui/rules/{name}", get(pages::rule))
-        .route("/ui/policy", get(pages::policy))
-        .route("/ui/policy/check", post(pages::policy_check))
+        .route("/ui/", body(0, get(pages::alerts)))
+        .route("/ui/alerts/{fingerprint}", body(0, get(pages::alert)))
+        .route("/ui/namespaces", body(0, get(pages::namespaces)))
+        .route("/ui/flows", body(0, get(pages::flows)))
+        .route("/ui/flows.ndjson", body(0, get(pages::export)))
+        .route("/ui/rules/{name}", body(0, get(pages::rule)))
+        .route("/ui/policy", body(0, get(pages::policy)))
+        .route(
+            "/ui/policy/check",
+            body(
+                3 * super::policy::MAX_POLICY_BODY,
+                post(pages::policy_check),
+            ),
+        )
         .layer(middleware::from_fn_with_state(state, require_session));
     Router::new()
-        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/login", get(login_page).post(login))
-        .route("/ui/logout", post(logout))
-        .route("/ui/console.css", get(stylesheet))
+        .route(
+            "/ui",
+            body(0, get(|| async { Redirect::permanent("/ui/") })),
+        )
+        .route("/ui/login", body(MAX_FORM, get(login_page).post(login)))
+        .route("/ui/logout", body(0, post(logout)))
+        .route("/ui/console.css", body(0, get(stylesheet)))
         .merge(protected)
         .layer(middleware::from_fn(secure_headers))
 }
