@@ -75,6 +75,33 @@ pub struct BucketStats {
     pub learned_bad: AtomicU64,
 }
 
+/// What an object of the bucket holds, which bounds its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A parquet segment of flows: at most `storage.flows.chunk_flows` (131,072) flows, a few
+    /// to a few tens of MiB.
+    Segment,
+    /// A replica's learned destinations, as JSON.
+    Learned,
+}
+
+impl ObjectKind {
+    /// The most bytes read of an object of this kind.
+    pub const fn max_bytes(self) -> u64 {
+        match self {
+            ObjectKind::Segment => 256 << 20,
+            ObjectKind::Learned => 64 << 20,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Segment => "segment",
+            ObjectKind::Learned => "learned-state object",
+        }
+    }
+}
+
 /// A connection to the bucket.
 #[derive(Debug)]
 pub struct Bucket {
@@ -209,14 +236,32 @@ impl Bucket {
         Ok(())
     }
 
-    pub fn get(&self, key: &str) -> Result<Bytes, String> {
+    /// Reads an object whole, once its size is known to be within what a `kind` may hold:
+    /// another writer of the bucket (or whoever holds its credentials) must not make a
+    /// replica read gigabytes into memory.
+    pub fn get(&self, key: &str, kind: ObjectKind) -> Result<Bytes, String> {
+        let max = kind.max_bytes();
         let r = self.block_on(async {
             let got = self.s3.get(&Key::from(key)).await?;
-            got.bytes().await
+            if got.meta.size > max {
+                // Dropped unread: the rest of the body is never fetched.
+                return Ok(Err(got.meta.size));
+            }
+            got.bytes().await.map(Ok)
         });
-        let bytes = self.counted("reading", key, r)?;
-        self.stats.downloads.fetch_add(1, Ordering::Relaxed);
-        Ok(bytes)
+        match self.counted("reading", key, r)? {
+            Ok(bytes) => {
+                self.stats.downloads.fetch_add(1, Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Err(size) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "bucket: reading {key}: {size} bytes, more than the {max} a {} may hold: not read",
+                    kind.name()
+                ))
+            }
+        }
     }
 
     fn learned_prefix(&self) -> String {
@@ -247,7 +292,7 @@ impl Bucket {
             if replica == &*self.replica {
                 continue;
             }
-            out.push((replica.into(), self.get(key)?));
+            out.push((replica.into(), self.get(key, ObjectKind::Learned)?));
         }
         Ok(out)
     }

@@ -1336,7 +1336,7 @@ impl FlowStore {
         };
         let name = PathBuf::from(format!("{}#{}", o.key, o.bytes));
         let chunk = self.read_cached(&name, || {
-            let bytes = b.get(&o.key)?;
+            let bytes = b.get(&o.key, bucket::ObjectKind::Segment)?;
             ParquetReader::new(std::io::Cursor::new(bytes))
                 .finish()
                 .map_err(|e| e.to_string())
