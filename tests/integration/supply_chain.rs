@@ -1,6 +1,8 @@
-//! The dependency tree, checked offline as `cargo deny` would: every package comes from
-//! crates.io (or is this project), and every licence expression is satisfiable with licences
-//! this Apache-2.0 project may ship.
+//! The dependency tree, checked offline as `cargo deny` and `cargo audit` would: every
+//! package comes from crates.io (or is this project), every licence expression is satisfiable
+//! with licences this Apache-2.0 project may ship, and no locked version has a vulnerability
+//! in a snapshot of the RustSec advisory database (tests/fixtures/rustsec-advisories.tsv,
+//! refreshed with scripts/rustsec-snapshot.py).
 
 use std::process::Command;
 
@@ -135,4 +137,145 @@ fn every_dependency_comes_from_crates_io_under_an_allowed_licence() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// (name, version) of every crates.io package in Cargo.lock: the whole tree, build and dev
+/// dependencies included, as `cargo audit` reads it.
+fn locked_packages() -> Vec<(String, semver::Version)> {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let mut out = Vec::new();
+    for block in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            block.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|rest| rest.trim().strip_prefix('='))
+                    .map(|v| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        if field("source ").as_deref() != Some(CRATES_IO) {
+            continue;
+        }
+        let (name, version) = (field("name ").unwrap(), field("version ").unwrap());
+        out.push((name, semver::Version::parse(&version).unwrap()));
+    }
+    out
+}
+
+/// An advisory of the snapshot: (id, package, kind, patched, unaffected).
+struct Advisory {
+    id: String,
+    package: String,
+    kind: String,
+    safe: Vec<semver::VersionReq>,
+}
+
+fn advisories() -> (String, Vec<Advisory>) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rustsec-advisories.tsv"
+    ))
+    .unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_owned();
+    let advisories = lines
+        .map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            assert_eq!(cols.len(), 5, "{line}");
+            let safe = cols[3]
+                .split(';')
+                .chain(cols[4].split(';'))
+                .filter(|r| !r.is_empty())
+                .map(|r| semver::VersionReq::parse(r).unwrap_or_else(|e| panic!("{line}: {e}")))
+                .collect();
+            Advisory {
+                id: cols[0].into(),
+                package: cols[1].into(),
+                kind: cols[2].into(),
+                safe,
+            }
+        })
+        .collect();
+    (header, advisories)
+}
+
+/// Whether `version` is one an advisory's patched or unaffected ranges leave out.
+fn affected(advisory: &Advisory, version: &semver::Version) -> bool {
+    !advisory.safe.iter().any(|r| r.matches(version))
+}
+
+#[test]
+fn advisories_are_matched_by_their_patched_and_unaffected_ranges() {
+    let advisory = Advisory {
+        id: "RUSTSEC-0000-0000".into(),
+        package: "p".into(),
+        kind: "vulnerability".into(),
+        safe: [">= 1.2.3", "< 1.0.0"]
+            .iter()
+            .map(|r| semver::VersionReq::parse(r).unwrap())
+            .collect(),
+    };
+    let v = |s: &str| semver::Version::parse(s).unwrap();
+    assert!(affected(&advisory, &v("1.2.2")));
+    assert!(affected(&advisory, &v("1.0.0")));
+    assert!(!affected(&advisory, &v("1.2.3")));
+    assert!(!affected(&advisory, &v("0.9.9")));
+    assert_eq!(advisory.id.len(), 17);
+}
+
+/// Vulnerabilities looked at and accepted, each with why and until when: any other fails the
+/// test. Keep this list short and dated.
+const ACCEPTED: &[(&str, &str)] = &[
+    // quick-xml 0.39: quadratic time on start tags with many attributes (denial of service).
+    // It parses only the XML answers of the bucket the operator configures (S3 listings,
+    // errors), not anything a watched workload sends; polars 0.55 and object_store 0.13 pin
+    // 0.39 (object_store 0.14 moves to 0.41 but polars-io still brings 0.13 with it).
+    // Until polars releases on object_store 0.14 (checked 2026-12-07).
+    (
+        "RUSTSEC-2026-0194",
+        "quick-xml 0.39 through polars-io and object_store 0.13",
+    ),
+    (
+        "RUSTSEC-2026-0195",
+        "quick-xml 0.39 through polars-io and object_store 0.13",
+    ),
+];
+
+#[test]
+fn no_locked_dependency_has_a_known_vulnerability() {
+    let (header, advisories) = advisories();
+    assert!(advisories.len() > 1000, "{header}");
+    let packages = locked_packages();
+    assert!(packages.len() > 300, "the whole lock file is read");
+    let mut vulnerable = Vec::new();
+    let mut warnings = Vec::new();
+    for (name, version) in &packages {
+        for a in advisories.iter().filter(|a| &a.package == name) {
+            if !affected(a, version) {
+                continue;
+            }
+            let line = format!("{name} {version}: {} ({})", a.id, a.kind);
+            let accepted = ACCEPTED.iter().find(|(id, _)| *id == a.id);
+            match accepted {
+                Some((_, why)) => warnings.push(format!("{line}, accepted: {why}")),
+                None if a.kind == "vulnerability" => vulnerable.push(line),
+                None => warnings.push(line),
+            }
+        }
+    }
+    // An accepted advisory that no longer applies is taken off the list.
+    for (id, why) in ACCEPTED {
+        assert!(
+            warnings.iter().any(|w| w.contains(id)),
+            "{id} ({why}) no longer applies: remove it from ACCEPTED"
+        );
+    }
+    // Unmaintained and unsound crates are warnings, as `cargo audit` reports them.
+    if !warnings.is_empty() {
+        eprintln!("{header}\nwarnings:\n{}", warnings.join("\n"));
+    }
+    assert!(
+        vulnerable.is_empty(),
+        "{header}\nvulnerable dependencies:\n{}",
+        vulnerable.join("\n")
+    );
 }
