@@ -73,7 +73,7 @@ async fn with_tokens(api: &str) -> (crate::support::Relay, Service) {
 #[tokio::test(flavor = "multi_thread")]
 async fn half_open_connections_are_bounded_and_closed_and_the_probes_answer() {
     let probe_port = free_port();
-    let (_relay, service) = with_tokens(&format!(
+    let (relay, service) = with_tokens(&format!(
         "max_connections: 64\nheader_timeout: 2s\nprobe_listen: 127.0.0.1:{probe_port}"
     ))
     .await;
@@ -96,6 +96,16 @@ async fn half_open_connections_are_bounded_and_closed_and_the_probes_answer() {
         during <= before + 64 + 8,
         "{before} descriptors before, {during} with 400 connections held against a bound of 64"
     );
+    // Ingest and detection go on meanwhile: an attempt raises its alert.
+    let mut cluster = TrainingCluster::new(9, exfilwatch::common::clock::now_ns(), 1_000_000);
+    for flow in cluster.exfiltration_attempt() {
+        relay.sim.push_flow(flow);
+    }
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !service.log().contains("alert firing") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", service.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Every one is closed: over the bound at once, the rest when their headers time out.
     for s in &mut held {
         assert!(
@@ -414,4 +424,162 @@ async fn cross_site_state_changes_and_foreign_hosts_are_refused() {
             .await,
         3
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_in_the_bucket_larger_than_its_kind_may_be_is_not_read() {
+    use exfilwatch::config::ObjectStoreConfig;
+    use exfilwatch::flowstore::bucket::{Bucket, ObjectKind};
+    use object_store::ObjectStoreExt as _;
+
+    let s3 = crate::support::s3::S3::start().await;
+    // Another writer of the bucket leaves a "learned state" one byte over the bound.
+    let big = vec![b' '; (ObjectKind::Learned.max_bytes() + 1) as usize];
+    s3.client()
+        .put(
+            &"state/new_destination/intruder.json".into(),
+            bytes::Bytes::from(big).into(),
+        )
+        .await
+        .unwrap();
+    let config = ObjectStoreConfig {
+        endpoint: s3.endpoint.clone(),
+        bucket: crate::support::s3::BUCKET.into(),
+        prefix: String::new(),
+        region: "us-east-1".into(),
+        replica: "exfilwatch-0".into(),
+        access_key_id: crate::support::s3::ACCESS_KEY.into(),
+        secret_access_key: crate::support::s3::SECRET_KEY.into(),
+        ca_pem: None,
+        allow_http: true,
+        retention: Duration::from_secs(86_400),
+    };
+    let (refused, errors) = tokio::task::spawn_blocking(move || {
+        let bucket = Bucket::connect(&config).unwrap();
+        let refused = bucket.learned().unwrap_err();
+        (
+            refused,
+            bucket
+                .stats
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.contains("67108865 bytes, more than the 67108864 a learned-state object may hold"),
+        "{refused}"
+    );
+    assert_eq!(errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decoy_flood_is_one_roll_up_alert_whose_link_still_leads_to_the_real_attempt() {
+    use crate::alertmanager::{Alertmanager, Receiver};
+
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let relay = relay(None).await;
+    let config = RunConfig::new(relay.addr)
+        .with(
+            "alertmanager",
+            &format!("urls: [\"{}\"]\nmax_firing: 20", am.url),
+        )
+        .with("storage", "flows:\n  flush_interval: 20ms");
+    let service = Service::spawn(&config, tempfile::tempdir().unwrap());
+    service.ready().await;
+    let mut cluster = TrainingCluster::new(21, exfilwatch::common::clock::now_ns(), 1_000_000);
+    // 500 denied uploads to names of their own, the one that matters among them.
+    let mut attempt = |name: String| {
+        cluster.set_now_ns(exfilwatch::common::clock::now_ns());
+        let mut flow = cluster.exfiltration_attempt().swap_remove(3);
+        flow.destination_names = vec![name];
+        flow
+    };
+    for i in 0..500 {
+        let name = if i == 250 {
+            "real-exfil.example".to_owned()
+        } else {
+            format!("decoy-{i}.example")
+        };
+        relay.sim.push_flow(attempt(name));
+    }
+    // Alertmanager gets 20 alerts of the rule and one roll-up, not 500 (and the sweep's
+    // scan alert: 500 destinations from one pod in a minute).
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let rollup = loop {
+        let alerts = am.alerts().await;
+        let named = |name: &str| {
+            alerts
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == name)
+                .count()
+        };
+        let rollup = alerts
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "ExfilwatchAlertFlood")
+            .cloned();
+        if let Some(r) = rollup
+            && r["annotations"]["folded"] == "480"
+        {
+            assert_eq!(named("TrainingPodUnexpectedEgress"), 20, "{alerts:#?}");
+            assert_eq!(named("ExfilwatchAlertFlood"), 1);
+            assert_eq!(
+                alerts.len(),
+                21 + named("TrainingPodScanning"),
+                "{alerts:#?}"
+            );
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no roll-up of 480: {alerts:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rollup["labels"]["rule"], "TrainingPodUnexpectedEgress");
+    assert_eq!(rollup["labels"]["severity"], "critical");
+    assert!(
+        rollup["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("ai-training: 500 denied destinations in "),
+        "{rollup:#?}"
+    );
+    assert!(
+        rollup["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/runbooks/ExfilwatchAlertFlood")
+    );
+    assert_eq!(
+        service.metric("exfilwatch_alerts_folded_total{alertname=\"TrainingPodUnexpectedEgress\",namespace=\"ai-training\"}").await,
+        480
+    );
+    // Its link leads to every flow of the flood, the real attempt among them.
+    let link = rollup["generatorURL"].as_str().unwrap();
+    let fingerprint = link.rsplit('/').next().unwrap();
+    let detail = service
+        .ok(&format!("/api/v1/alerts/{fingerprint}?limit=1000"))
+        .await;
+    let flows = detail["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 500, "{}", flows.len());
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["destination_names"][0] == "real-exfil.example"),
+        "the real attempt is behind the roll-up's link"
+    );
+    // The alert list reads a page, newest first, the roll-up included.
+    let page = service.ok("/api/v1/alerts?limit=10").await;
+    assert_eq!(page.as_array().unwrap().len(), 10);
+    let firing = service.ok("/api/v1/alerts?status=firing&limit=100").await;
+    let of_the_rule = firing
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rule"] == "TrainingPodUnexpectedEgress")
+        .count();
+    assert_eq!(of_the_rule, 21, "20 alerts and the roll-up: {firing}");
 }
