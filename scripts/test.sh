@@ -28,10 +28,11 @@ fi
 # The real `hubble observe -o jsonpb` captures of the development workspace, when present:
 # every line must replay without a bad line.
 captures=../shared/fixtures/hubble-flows
+exfilwatch="${CARGO_TARGET_DIR:-target}/debug/exfilwatch"
 if [ -d "$captures" ]; then
   lines=$(cat "$captures"/*.jsonl | grep -c .)
   summary=$(mktemp)
-  ./target/debug/exfilwatch replay --output json "$captures"/*.jsonl >"$summary" 2>/dev/null
+  "$exfilwatch" replay --output json "$captures"/*.jsonl >"$summary" 2>/dev/null
   python3 - "$summary" "$lines" <<'PY'
 import json, sys
 summary, lines = json.load(open(sys.argv[1])), int(sys.argv[2])
@@ -42,7 +43,7 @@ PY
   # A corrupted copy: every bad line is reported with its number, the rest still replays.
   corrupted=$(mktemp)
   cat "$captures"/*.jsonl | awk 'NR==10 {print substr($0, 1, 50); next} NR==20 {print "{\"flow\":{\"verdict\":\"SIDEWAYS\"}}"; next} {print}' >"$corrupted"
-  ./target/debug/exfilwatch replay --output json "$corrupted" >"$summary" 2>/dev/null
+  "$exfilwatch" replay --output json "$corrupted" >"$summary" 2>/dev/null
   python3 - "$summary" "$lines" <<'PY'
 import json, sys
 summary, lines = json.load(open(sys.argv[1])), int(sys.argv[2])
@@ -64,7 +65,7 @@ assert len(rules) == 3, rules
 open(sys.argv[2], "w").write("\n".join(rules))
 PY
   printf 'rules:\n  dir: rules\nhubble:\n  namespaces: []\n' >"$benign/c.yaml"
-  ./target/debug/exfilwatch replay --config "$benign/c.yaml" --output json "$captures"/*.jsonl >"$benign/out.json" 2>/dev/null
+  "$exfilwatch" replay --config "$benign/c.yaml" --output json "$captures"/*.jsonl >"$benign/out.json" 2>/dev/null
   python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["alerts"]; assert not a, a; print("hubble captures: scan, DNS-exfiltration and coverage rules raise no alert")' "$benign/out.json"
   rm -rf "$benign"
 else

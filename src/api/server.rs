@@ -8,7 +8,8 @@
 //! - A client has `api.header_timeout` to send a request's headers, counted from the
 //!   connection's start and again from the end of each response: a half-open connection and
 //!   an idle kept-alive one are closed alike.
-//! - A request has `api.request_timeout` from its headers to its response.
+//! - A request has `api.request_timeout` from its headers to its response, and a response
+//!   that the client stops reading is cut after the same time without progress.
 //! - The probes can have a listener of their own (`api.probe_listen`) that answers however
 //!   many connections the API's port holds.
 //!
@@ -142,7 +143,8 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = Stalling::new(stream, limits.request_timeout);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -158,6 +160,82 @@ pub async fn serve(
     let _ = tokio::time::timeout(GRACE, permits.acquire_many(all)).await;
 }
 
+/// A connection whose writes fail once they make no progress for `limit`: a client that
+/// asks for a response and never reads it would otherwise hold its connection (and one of
+/// `api.max_connections`) for good.
+#[derive(Debug)]
+struct Stalling<T> {
+    io: T,
+    limit: Duration,
+    /// Running while a write waits for the client to read.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Stalling<T> {
+    fn new(io: T, limit: Duration) -> Stalling<T> {
+        Stalling {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalling<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalling<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(written) => {
+                this.stalled = None;
+                Poll::Ready(written)
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let stalled = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing of its response for api.request_timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The client's address, where the server recorded it (not in handler tests that call the
 /// router directly).
 pub fn client(request: &axum::extract::Request) -> Option<SocketAddr> {
@@ -165,4 +243,34 @@ pub fn client(request: &axum::extract::Request) -> Option<SocketAddr> {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn a_write_the_client_never_reads_fails_after_the_limit() {
+        // The client's end stays open, unread.
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut io = Stalling::new(ours, Duration::from_millis(100));
+        // Within the client's buffer: written at once.
+        io.write_all(&[1; 64]).await.unwrap();
+        let stuck = io.write_all(&[2; 64]).await.unwrap_err();
+        assert_eq!(stuck.kind(), std::io::ErrorKind::TimedOut);
+        // A client that reads, however slowly, is never cut: each read is progress.
+        let (ours, mut reader) = tokio::io::duplex(64);
+        let mut io = Stalling::new(ours, Duration::from_secs(2));
+        let slow = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let mut read = 0;
+            while read < 64 * 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                read += reader.read(&mut buf).await.unwrap();
+            }
+        });
+        io.write_all(&[3; 64 * 10]).await.unwrap();
+        slow.await.unwrap();
+    }
 }
