@@ -215,19 +215,24 @@ async fn sign_in(client: &reqwest::Client, service: &Service, token: &str) -> re
         .unwrap()
 }
 
+/// The `name=value` of the session cookie a sign-in set.
+fn session_of(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_out_session_cookie_replayed_is_refused() {
     let (_relay, service) = with_tokens("").await;
     let client = no_redirects();
     let r = sign_in(&client, &service, TOKEN).await;
     assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_of(&r);
     let page = |cookie: String| {
         let client = client.clone();
         let url = service.url("/ui/");
@@ -243,13 +248,7 @@ async fn a_signed_out_session_cookie_replayed_is_refused() {
     };
     assert_eq!(page(cookie.clone()).await, 200);
     // A second session of the same token stays valid when the first signs out.
-    let other = sign_in(&client, &service, TOKEN).await.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let other = session_of(&sign_in(&client, &service, TOKEN).await);
     let out = client
         .post(service.url("/ui/logout"))
         .header("cookie", &cookie)

@@ -304,14 +304,7 @@ impl Manager {
             "alert firing: {}",
             alert.annotations.get("summary").map_or("", String::as_str)
         );
-        let saved = super::save(&self.store, &alert, &self.config.targets);
-        let mut active = Active::new(alert, rule.clone(), now, false);
-        active.unsaved = saved.is_err();
-        self.insert(key, active);
-        if saved.is_ok() {
-            self.wake.notify_waiters();
-        }
-        saved
+        self.open(key, alert, rule, now, None)
     }
 
     /// `flow`, to a destination past the rule's bound in its namespace, joins the roll-up
@@ -369,10 +362,23 @@ impl Manager {
             "alert firing: {}",
             alert.annotations.get("summary").map_or("", String::as_str)
         );
+        self.open(key, alert, rule, now, Some(counted))
+    }
+
+    /// Commits a new alert and puts it in the table (kept when the commit fails, to be
+    /// committed at the next tick), waking the sinks once it is committed.
+    fn open(
+        &mut self,
+        key: Key,
+        alert: Alert,
+        rule: &Arc<Rule>,
+        now: Instant,
+        rollup: Option<Box<Rollup>>,
+    ) -> Result<(), StateError> {
         let saved = super::save(&self.store, &alert, &self.config.targets);
         let mut active = Active::new(alert, rule.clone(), now, false);
         active.unsaved = saved.is_err();
-        active.rollup = Some(counted);
+        active.rollup = rollup;
         self.insert(key, active);
         if saved.is_ok() {
             self.wake.notify_waiters();
@@ -474,14 +480,7 @@ impl Manager {
         };
         let alert = self.start(rule, namespace, destination, context, false);
         tracing::warn!(alert = %rule.name, namespace, destination = %destination, "alert firing: {}", alert.annotations.get("summary").map_or("", String::as_str));
-        let saved = super::save(&self.store, &alert, &self.config.targets);
-        let mut active = Active::new(alert, rule.clone(), now, false);
-        active.unsaved = saved.is_err();
-        self.insert(key, active);
-        if saved.is_ok() {
-            self.wake.notify_waiters();
-        }
-        saved
+        self.open(key, alert, rule, now, None)
     }
 
     /// Resolves the alert for (rule, namespace, destination) now, if it is firing.
