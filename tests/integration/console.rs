@@ -6,6 +6,7 @@
 //! UPDATE_SCREENSHOTS=1).
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use exfilwatch::proto::flow::Flow;
@@ -313,4 +314,40 @@ async fn without_tokens_on_loopback_the_console_needs_no_sign_in() {
     assert_eq!(login.headers()["location"], "/ui/");
     let (code, out) = service.terminate().await;
     assert_eq!(code, Some(0), "{out}");
+}
+
+/// Whether a process whose command line names `profile` runs.
+fn browser_running(profile: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", profile])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_ends_with_its_test_a_test_that_panics_included() {
+    let browser = Browser::start().await;
+    let profile = browser
+        .profile()
+        .expect("chromedriver names the profile")
+        .to_owned();
+    assert!(browser_running(&profile));
+    drop(browser);
+    assert!(!browser_running(&profile), "the browser outlived its test");
+    // A test that fails with its browser open.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let failed = tokio::spawn(async move {
+        let browser = Browser::start().await;
+        tx.send(browser.profile().unwrap().to_owned()).unwrap();
+        panic!("a failing console test");
+    })
+    .await;
+    assert!(failed.is_err());
+    let profile = rx.recv().unwrap();
+    assert!(
+        !browser_running(&profile),
+        "the browser outlived its failed test"
+    );
 }

@@ -19,16 +19,39 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A headless Chromium session; the driver and browser stop on drop.
+/// A headless Chromium session; the browser and its driver end on drop, a failing test's
+/// panic included.
 pub struct Browser {
     driver: Child,
+    /// The driver's address.
+    driver_addr: String,
     base: String,
     session: String,
+    /// The browser's profile directory: every process of this browser names it.
+    profile: Option<String>,
     http: reqwest::Client,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Killing the driver would leave Chromium running: the driver ends the session (and
+        // its browser) when asked, and whatever is left of the browser is killed by its
+        // profile directory. Blocking and plain: no runtime to await on in a drop.
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.session, self.driver_addr
+        );
+        if let Ok(mut s) = std::net::TcpStream::connect(&self.driver_addr) {
+            use std::io::{Read as _, Write as _};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(request.as_bytes());
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        if let Some(profile) = &self.profile {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", profile])
+                .status();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -36,6 +59,7 @@ impl Drop for Browser {
 
 impl Browser {
     pub async fn start() -> Browser {
+        exfilwatch::common::http::install_crypto();
         let port = free_port();
         let driver = Command::new(binary("chromedriver"))
             .arg(format!("--port={port}"))
@@ -43,7 +67,8 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}): {INSTALL}"));
-        let base = format!("http://127.0.0.1:{port}");
+        let driver_addr = format!("127.0.0.1:{port}");
+        let base = format!("http://{driver_addr}");
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + GUARD;
         while http.get(format!("{base}/status")).send().await.is_err() {
@@ -74,14 +99,25 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {r}"))
             .to_owned();
+        let profile = r["value"]["capabilities"]["chrome"]["userDataDir"]
+            .as_str()
+            .filter(|d| d.len() > 8)
+            .map(str::to_owned);
         let mut browser = Browser {
             driver,
+            driver_addr,
             base,
             session,
+            profile,
             http,
         };
         browser.base = format!("{}/session/{}", browser.base, browser.session);
         browser
+    }
+
+    /// The browser's profile directory, which every process of it names.
+    pub fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
