@@ -107,12 +107,7 @@ pub struct FlowPage {
 fn parse_cursor(
     rest: &HashMap<String, String>,
 ) -> Result<Option<crate::flowstore::Cursor>, BadParameter> {
-    rest.get("cursor")
-        .map(|c| {
-            c.parse::<crate::flowstore::Cursor>()
-                .map_err(|_| BadParameter::new("cursor", c, "not a cursor this API returned"))
-        })
-        .transpose()
+    rest.get("cursor").map(|c| c.parse()).transpose()
 }
 
 /// `GET /api/v1/flows`.

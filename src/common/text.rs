@@ -31,6 +31,23 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` as a double-quoted string of a PromQL or Alertmanager label matcher: backslash,
+/// quote and newline escaped.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The fields of a text log line, each [`printable`]: a flow's DNS name or a request's path
 /// can carry a newline (a forged line follows) or terminal escapes, and every field can hold
 /// one, the message included. JSON logs need no such step: JSON escapes control characters.
@@ -50,6 +67,12 @@ pub fn log_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_quoted_for_promql_and_alertmanager() {
+        assert_eq!(quoted("ai-training"), "\"ai-training\"");
+        assert_eq!(quoted("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+    }
 
     #[test]
     fn control_and_bidi_characters_are_escaped_and_the_rest_kept() {

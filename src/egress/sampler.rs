@@ -23,10 +23,10 @@ const RETRY_EMPTY_HOURS: i64 = 3;
 
 /// `selector` (label matchers in braces, or empty) narrowed to one namespace.
 pub fn namespace_selector(selector: &str, namespace: &str) -> String {
-    let escaped = namespace.replace('\\', "\\\\").replace('"', "\\\"");
+    let value = crate::common::text::quoted(namespace);
     match selector.strip_suffix('}') {
-        Some(open) if open.len() > 1 => format!("{open},namespace=\"{escaped}\"}}"),
-        _ => format!("{{namespace=\"{escaped}\"}}"),
+        Some(open) if open.len() > 1 => format!("{open},namespace={value}}}"),
+        _ => format!("{{namespace={value}}}"),
     }
 }
 

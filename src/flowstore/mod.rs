@@ -499,18 +499,20 @@ impl std::fmt::Display for Cursor {
 }
 
 impl std::str::FromStr for Cursor {
-    type Err = ();
+    /// The `cursor` parameter named, with its value.
+    type Err = BadParameter;
 
-    fn from_str(s: &str) -> Result<Cursor, ()> {
+    fn from_str(s: &str) -> Result<Cursor, BadParameter> {
+        let bad = || BadParameter::new("cursor", s, "not a cursor this API returned");
         let mut parts = s.splitn(3, '.');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(seq), None, None) => seq.parse().map(Cursor::Seq).map_err(drop),
+            (Some(seq), None, None) => seq.parse().map(Cursor::Seq).map_err(|_| bad()),
             (Some(time), Some(seq), Some(replica)) => Ok(Cursor::At {
-                time_ns: time.parse().map_err(drop)?,
-                seq: seq.parse().map_err(drop)?,
+                time_ns: time.parse().map_err(|_| bad())?,
+                seq: seq.parse().map_err(|_| bad())?,
                 replica: replica.into(),
             }),
-            _ => Err(()),
+            _ => Err(bad()),
         }
     }
 }

@@ -207,13 +207,13 @@ fn flow_table(flows: &[FlowJson], id: &str) -> String {
 
 /// A cursor parameter, or a page saying it is not one.
 fn cursor(q: &[(String, String)]) -> Result<Option<crate::flowstore::Cursor>, String> {
-    match q.iter().find(|(k, _)| k == "cursor") {
-        None => Ok(None),
-        Some((_, v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("cursor={v:?} is not a cursor from a previous page")),
-    }
+    q.iter()
+        .find(|(k, _)| k == "cursor")
+        .map(|(_, v)| {
+            v.parse()
+                .map_err(|e: crate::flowstore::BadParameter| e.to_string())
+        })
+        .transpose()
 }
 
 /// The flows of `filter` per time bucket between its first and last.
@@ -293,10 +293,7 @@ fn silence_link(am: &str, alert: &Alert) -> String {
         .iter()
         .filter_map(|k| {
             let v = alert.labels.get(*k)?;
-            Some(format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\").replace('"', "\\\"")
-            ))
+            Some(format!("{k}={}", crate::common::text::quoted(v)))
         })
         .collect();
     let filter = format!("{{{}}}", matchers.join(","));
