@@ -186,17 +186,13 @@ async fn reload_tokens(state: Arc<ApiState>, config: ApiConfig, cancel: Cancella
 
 /// Whether `presented` is one of `tokens`, compared in constant time with every one.
 fn token_known(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
     tokens
         .iter()
-        .fold(false, |found, t| found | constant_time_eq(presented, t))
-}
-
-/// Equal in time independent of where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .fold(subtle::Choice::from(0), |found, t| {
+            found | presented.ct_eq(t)
+        })
+        .into()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value; the scheme is matched without case
@@ -495,8 +491,11 @@ mod tests {
 
     #[test]
     fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
+        let tokens = [b"secret-token".to_vec(), b"other-token".to_vec()];
+        assert!(token_known(&tokens, b"secret-token"));
+        assert!(token_known(&tokens, b"other-token"));
+        assert!(!token_known(&tokens, b"secret-tokeN"));
+        assert!(!token_known(&tokens, b"secret"));
+        assert!(!token_known(&[], b"secret-token"));
     }
 }
