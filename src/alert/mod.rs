@@ -9,6 +9,7 @@
 //! Labels identify an alert and stay low-cardinality (`alertname`, `severity`, `namespace`,
 //! `destination`, `rule`, plus a rule's own); annotations explain it.
 
+pub mod annotations;
 pub mod manager;
 pub mod rollup;
 pub mod sink;

@@ -38,8 +38,12 @@ pub struct Folded(Mutex<BTreeMap<(String, String), u64>>);
 impl Folded {
     fn add(&self, rule: &str, namespace: &str) {
         let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(&(rule.to_owned(), namespace.to_owned())) {
-            Some(n) => *n += 1,
+        // A few (rule, namespace) pairs at most: found without building a key.
+        match counts
+            .iter_mut()
+            .find(|((r, n), _)| r == rule && n == namespace)
+        {
+            Some((_, count)) => *count += 1,
             None => {
                 counts.insert((rule.to_owned(), namespace.to_owned()), 1);
             }

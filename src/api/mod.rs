@@ -143,7 +143,8 @@ pub fn prepare(
         alertmanager: None,
         rules: SharedRules::default(),
         limits: server::Limits::of(config),
-        hosts: guard::hosts(config.listen, &config.external_url),
+        // Known once the listener is bound (`api.listen` may name port 0): see `serve`.
+        hosts: Vec::new(),
     })
 }
 
@@ -448,10 +449,8 @@ pub async fn serve(
     config: ApiConfig,
     cancel: CancellationToken,
 ) {
-    if let Ok(bound) = listeners.api.local_addr() {
-        // The port as bound (`api.listen` may name port 0).
-        state.hosts = guard::hosts(bound, &config.external_url);
-    }
+    let bound = listeners.api.local_addr().unwrap_or(config.listen);
+    state.hosts = guard::hosts(bound, &config.external_url);
     let state = Arc::new(state);
     let reload = tokio::spawn(reload_tokens(state.clone(), config, cancel.clone()));
     let stats = state.telemetry.http.clone();

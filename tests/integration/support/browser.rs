@@ -19,10 +19,21 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The chromedriver process, killed on drop: also when starting the session fails.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A headless Chromium session; the browser and its driver end on drop, a failing test's
 /// panic included.
 pub struct Browser {
-    driver: Child,
+    /// Held for its drop, which ends the driver after the browser.
+    _driver: Driver,
     /// The driver's address.
     driver_addr: String,
     base: String,
@@ -52,8 +63,7 @@ impl Drop for Browser {
                 .args(["-KILL", "-f", profile])
                 .status();
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // The driver itself ends when `self._driver` drops, after this.
     }
 }
 
@@ -61,12 +71,14 @@ impl Browser {
     pub async fn start() -> Browser {
         exfilwatch::common::http::install_crypto();
         let port = free_port();
-        let driver = Command::new(binary("chromedriver"))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}): {INSTALL}"));
+        let driver = Driver(
+            Command::new(binary("chromedriver"))
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}): {INSTALL}")),
+        );
         let driver_addr = format!("127.0.0.1:{port}");
         let base = format!("http://{driver_addr}");
         let http = reqwest::Client::new();
@@ -104,7 +116,7 @@ impl Browser {
             .filter(|d| d.len() > 8)
             .map(str::to_owned);
         let mut browser = Browser {
-            driver,
+            _driver: driver,
             driver_addr,
             base,
             session,
