@@ -11,7 +11,6 @@
 // A benchmark that cannot set up should stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,47 +26,21 @@ use exfilwatch::state::Store;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+#[path = "support/alertmanager.rs"]
+mod alertmanager;
+
 const ALERTS: usize = 1000;
 
 fn main() {
-    let binary = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Alertmanager is not installed: apt-get install -y --no-install-recommends prometheus-alertmanager");
+    let am = alertmanager::start();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("am.yml"),
-        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut am = Command::new(binary)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("am.yml").display()
-        ))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("am").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let latencies = runtime.block_on(measure(port, dir.path()));
-    let _ = am.kill();
-    let _ = am.wait();
+    let latencies = runtime.block_on(measure(am.port, dir.path()));
+    drop(am);
 
     let mut sorted = latencies.clone();
     sorted.sort();

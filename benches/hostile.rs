@@ -33,6 +33,9 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/alertmanager.rs"]
+mod alertmanager;
+
 const DECOYS: usize = 15_000;
 const DECOYS_PER_SECOND: u64 = 500;
 const HALF_OPEN: usize = 2_000;
@@ -71,40 +74,14 @@ fn percentiles(name: &str, mut values: Vec<Duration>) {
 }
 
 fn main() {
-    let am_binary = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Alertmanager is not installed: apt-get install -y --no-install-recommends prometheus-alertmanager");
+    let am = alertmanager::start();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("am.yml"),
-        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-    )
-    .unwrap();
-    let am_port = free_port();
-    let _am = Killed(
-        Command::new(am_binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("am.yml").display()
-            ))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("am").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(am_port, dir.path()));
+    runtime.block_on(run(am.port, dir.path()));
 }
 
 async fn run(am_port: u16, dir: &std::path::Path) {
