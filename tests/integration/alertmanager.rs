@@ -461,13 +461,15 @@ async fn a_denied_flow_notifies_once_repeats_update_the_count_and_quiet_resolves
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Several group intervals later there is still only the first notification.
+    // Several group intervals later the count's updates brought no second firing
+    // notification (the resolution may already be there on a loaded machine: it comes 3 s
+    // after the last attempt, and is checked below).
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let notified = receiver.notifications();
     assert_eq!(
-        receiver.notifications().len(),
+        notified.iter().filter(|n| n["status"] == "firing").count(),
         1,
-        "{:#?}",
-        receiver.notifications()
+        "{notified:#?}"
     );
 
     // Quiet for 3 s: resolved.
