@@ -7,12 +7,14 @@
 //! changes.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use polars::prelude::*;
 
+use super::cache::{CONNECTIONS_CACHE, ConnectionsKey};
 use super::chunk::{Chunk, Col};
+use super::{FlowStore, StoreError};
 use crate::common::hash::FastMap;
 use crate::flow::intern::Sym;
 
@@ -371,6 +373,121 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Connection>) -> Vec<Connect
     out
 }
 
+impl FlowStore {
+    /// The connections of `namespace` in `[since_ns, until_ns)`: its flows folded by local
+    /// endpoint, peer, port and verdict (see [`connections`]). Reads every chunk in the range,
+    /// without the segment budget of `/flows`: an operator's question over days, not a
+    /// dashboard's. Parts of chunks wholly inside the range are cached.
+    pub fn connections(
+        &self,
+        namespace: &str,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let lock = || self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let remember = |key: ConnectionsKey, part: &Arc<Vec<Connection>>| {
+            let mut cache = lock();
+            if cache.parts.insert(key.clone(), part.clone()).is_none() {
+                cache.order.push_back(key);
+            }
+            if cache.order.len() > CONNECTIONS_CACHE
+                && let Some(oldest) = cache.order.pop_front()
+            {
+                cache.parts.remove(&oldest);
+            }
+        };
+        // Whole hours inside the range that have a summary.
+        let hours: BTreeMap<i64, super::summaries::Hour> = self
+            .summaries_lock()
+            .as_ref()
+            .map(|s| {
+                s.hours
+                    .range(since_ns..)
+                    .take_while(|(start, _)| **start + HOUR_NS <= until_ns)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut parts = Vec::new();
+        let mut summarised: Vec<&super::summaries::Hour> = Vec::new();
+        for hour in hours.values() {
+            let key = (
+                hour.first_seq,
+                hour.last_seq,
+                format!("{namespace}@{}", hour.start_ns),
+            );
+            let cached = lock().parts.get(&key).cloned();
+            let part = match cached {
+                Some(p) => p,
+                None => match super::summaries::read(hour, namespace) {
+                    Ok(p) => {
+                        remember(key, &p);
+                        p
+                    }
+                    Err(e) => {
+                        // Unreadable: its flows are read from the segments instead.
+                        tracing::warn!("flow store: hourly summary: {e}");
+                        continue;
+                    }
+                },
+            };
+            summarised.push(hour);
+            parts.push(part);
+        }
+        let counted = |t: i64, seq: u64| summarised.iter().any(|h| h.counts(t, seq));
+        for source in self.local_sources()? {
+            let (first_seq, last_seq, min_time, max_time) = source.span();
+            if max_time < since_ns || min_time >= until_ns {
+                continue;
+            }
+            // Hours of this source that summaries count; all of them: nothing to read.
+            let touched: Vec<&&super::summaries::Hour> = summarised
+                .iter()
+                .filter(|h| h.start_ns + HOUR_NS > min_time && h.start_ns <= max_time)
+                .collect();
+            let first_hour = min_time.div_euclid(HOUR_NS);
+            let last_hour = max_time.div_euclid(HOUR_NS);
+            let all_counted = touched.len() as i64 == last_hour - first_hour + 1
+                && touched
+                    .iter()
+                    .all(|h| h.first_seq <= first_seq && last_seq <= h.last_seq);
+            if all_counted {
+                continue;
+            }
+            let whole = since_ns <= min_time && max_time < until_ns && touched.is_empty();
+            let key = (first_seq, last_seq, namespace.to_owned());
+            let cached = whole.then(|| lock().parts.get(&key).cloned()).flatten();
+            let part = match cached {
+                Some(part) => part,
+                None => {
+                    let Some(chunk) = self.load(&source) else {
+                        continue;
+                    };
+                    let spec = Fold {
+                        namespace: Some(namespace),
+                        since_ns,
+                        until_ns,
+                        by_hour: false,
+                        skip: (!touched.is_empty())
+                            .then_some(&counted as &dyn Fn(i64, u64) -> bool),
+                    };
+                    let part: Vec<Connection> = fold_with(&chunk, &spec)?
+                        .into_iter()
+                        .map(|(_, c)| c)
+                        .collect();
+                    let part = Arc::new(part);
+                    if whole {
+                        remember(key, &part);
+                    }
+                    part
+                }
+            };
+            parts.push(part);
+        }
+        Ok(merge(parts.iter().flat_map(|p| p.iter())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +562,121 @@ mod tests {
                 ("203.0.113.1".to_owned(), 3),
                 ("203.0.113.2".to_owned(), 3)
             ]
+        );
+    }
+
+    use crate::flowstore::testing::*;
+
+    use crate::detect::testing::flow_event;
+
+    use crate::config::FlowStoreConfig;
+    use crate::flow::FlowEvent;
+    use crate::flow::Verdict;
+    use crate::flow::wire::Decoder;
+    use crate::sim::traffic::TrainingCluster;
+
+    #[test]
+    fn hourly_summaries_answer_as_the_segments_do_and_count_late_flows_once() {
+        const HOUR: i64 = HOUR_NS;
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_767_225_600_000_000_000; // on the hour
+        // 8 hours of flows, one every 4 s, then a late flow of hour 2 after everything.
+        let mut cluster = TrainingCluster::new(3, start, 4_000_000_000);
+        let mut decoder = Decoder::default();
+        let mut events: Vec<FlowEvent> = (0..7_200)
+            .map(|_| flow_event(&mut decoder, cluster.next_flow()))
+            .collect();
+        cluster.set_now_ns(start + 2 * HOUR + 60_000_000_000);
+        let late: Vec<FlowEvent> = cluster
+            .exfiltration_attempt()
+            .into_iter()
+            .map(|f| flow_event(&mut decoder, f))
+            .collect();
+        events.extend(late.iter().cloned());
+        let config = FlowStoreConfig {
+            memory_flows: 1_000,
+            ..small(Some(dir.path().to_path_buf()))
+        };
+        let store = filled(config.clone(), &events);
+        store.persist().unwrap();
+        let hours = store.summaries_lock().as_ref().unwrap().hours.len();
+        assert!(hours >= 6, "{hours} hours summarised");
+
+        // The same answers from the segments alone (a copy without the summaries).
+        let plain = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, plain.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let reference = FlowStore::open_read_only(FlowStoreConfig {
+            dir: Some(plain.path().to_path_buf()),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(
+            reference
+                .summaries_lock()
+                .as_ref()
+                .unwrap()
+                .hours
+                .is_empty()
+        );
+        for (since, until) in [
+            (start, start + 9 * HOUR),
+            (start + HOUR, start + 4 * HOUR),
+            (start + HOUR + 1, start + 4 * HOUR - 1),
+            (start + 2 * HOUR, start + 3 * HOUR),
+        ] {
+            let with = answer(&store, "ai-training", since, until);
+            assert_eq!(
+                with,
+                answer(&reference, "ai-training", since, until),
+                "{since}..{until}"
+            );
+            assert!(!with.is_empty());
+        }
+        // The late denied attempts are in hour 2 (read from their own segment), once.
+        let denied: u64 = store
+            .connections("ai-training", start + 2 * HOUR, start + 3 * HOUR)
+            .unwrap()
+            .iter()
+            .filter(|c| c.key.verdict == Verdict::Dropped as u32)
+            .map(|c| c.flows)
+            .sum();
+        assert_eq!(denied, late.len() as u64);
+
+        // A new run keeps the summaries and answers the same; deleting segments deletes the
+        // summaries that count them.
+        drop(store);
+        let again = FlowStore::open(config).unwrap();
+        assert_eq!(again.summaries_lock().as_ref().unwrap().hours.len(), hours);
+        assert_eq!(
+            answer(&again, "ai-training", start, start + 9 * HOUR),
+            answer(&reference, "ai-training", start, start + 9 * HOUR)
+        );
+        // The answer really comes from the summaries: emptying hour 3's empties that hour.
+        let hour3 = again.summaries_lock().as_ref().unwrap().hours[&(start + 3 * HOUR)].clone();
+        std::fs::write(&hour3.path, "[]").unwrap();
+        let reread = FlowStore::open_read_only(again.config().clone()).unwrap();
+        assert!(answer(&reread, "ai-training", start + 3 * HOUR, start + 4 * HOUR).is_empty());
+        assert_eq!(
+            answer(&reread, "ai-training", start + 4 * HOUR, start + 5 * HOUR),
+            answer(
+                &reference,
+                "ai-training",
+                start + 4 * HOUR,
+                start + 5 * HOUR
+            )
+        );
+        again.retain(i64::MAX);
+        assert!(again.summaries_lock().as_ref().unwrap().hours.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("connections"))
+                .unwrap()
+                .count(),
+            0
         );
     }
 }

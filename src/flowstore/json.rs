@@ -453,3 +453,55 @@ struct ObserveLine {
     node_name: String,
     time: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::flowstore::testing::*;
+
+    use crate::flow::json::JsonDecoder;
+
+    use crate::flow::Event;
+
+    use crate::flowstore::Filter;
+
+    #[test]
+    fn ndjson_lines_decode_back_to_the_same_flow() {
+        let flows = flows(600);
+        let store = filled(small(None), &flows);
+        let page = store.list(&Filter::default(), None, 600).unwrap();
+        let mut decoder = JsonDecoder::default();
+        for stored in &page.flows {
+            let original = &flows[(stored.seq - 1) as usize];
+            let line = stored.to_jsonpb_line();
+            let Event::Flow(back) = decoder.decode_line(&line).unwrap() else {
+                panic!("{line}")
+            };
+            assert_eq!(back.time_ns, original.time_ns, "{line}");
+            assert_eq!(back.verdict, original.verdict, "{line}");
+            assert_eq!(back.drop_reason, original.drop_reason, "{line}");
+            assert_eq!(back.direction, original.direction, "{line}");
+            assert_eq!(back.protocol, original.protocol, "{line}");
+            assert_eq!(back.node, original.node, "{line}");
+            for (b, o) in [
+                (&back.source, &original.source),
+                (&back.destination, &original.destination),
+            ] {
+                assert_eq!(
+                    (&b.namespace, &b.pod, b.ip, b.port, b.identity),
+                    (&o.namespace, &o.pod, o.ip, o.port, o.identity),
+                    "{line}"
+                );
+            }
+            assert_eq!(
+                back.destination_names.first(),
+                original.destination_names.first(),
+                "{line}"
+            );
+            assert_eq!(
+                back.egress_denied_by.first().map(|p| &p.name),
+                original.egress_denied_by.first().map(|p| &p.name),
+                "{line}"
+            );
+        }
+    }
+}

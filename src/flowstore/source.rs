@@ -1,0 +1,170 @@
+//! Where a query reads: the chunks in memory, the segments on disk and the bucket's objects,
+//! newest first, each loaded when a query needs it.
+
+use super::*;
+
+/// Where a query reads: a chunk in memory, a segment on disk, or an object in the bucket
+/// (with its span once read).
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    Memory(Arc<Chunk>),
+    Disk(Segment),
+    Remote(bucket::Object, Option<Span>),
+}
+
+/// A chunk's last sequence number and time range, learnt when an object is first read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    pub(super) last_seq: u64,
+    pub(super) min_time: i64,
+    pub(super) max_time: i64,
+}
+
+impl Source {
+    /// False only for a segment whose dictionaries lack what `filter` names; a chunk in
+    /// memory is ruled out later, by its predicate.
+    pub(super) fn may_match(&self, filter: &Filter) -> bool {
+        match self {
+            Source::Memory(_) | Source::Remote(..) => true,
+            Source::Disk(s) => s.may_match(filter),
+        }
+    }
+
+    /// First and last sequence number, least and greatest time. An object not read yet has
+    /// the bounds of its hour, and no last sequence number.
+    pub(super) fn span(&self) -> (u64, u64, i64, i64) {
+        match self {
+            Source::Memory(c) => (c.first_seq, c.last_seq, c.min_time, c.max_time),
+            Source::Disk(s) => (s.first_seq, s.last_seq, s.min_time, s.max_time),
+            Source::Remote(o, Some(s)) => (o.first_seq, s.last_seq, s.min_time, s.max_time),
+            Source::Remote(o, None) => {
+                let (min, max) = o.time_bounds();
+                (o.first_seq, u64::MAX, min, max)
+            }
+        }
+    }
+
+    /// Whether reading it costs a read from disk or the bucket.
+    pub(super) fn is_stored(&self) -> bool {
+        !matches!(self, Source::Memory(_))
+    }
+
+    /// Names the chunk for caches of its answers: sequence numbers for this replica's chunks,
+    /// the key and size for an object (a checkpoint and the whole chunk share a key).
+    pub(super) fn id(&self) -> (u64, u64) {
+        match self {
+            Source::Remote(o, _) => {
+                let mut h = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&*o.key, &mut h);
+                (std::hash::Hasher::finish(&h), o.bytes)
+            }
+            _ => {
+                let (first, last, _, _) = self.span();
+                (first, last)
+            }
+        }
+    }
+}
+
+impl FlowStore {
+    /// Everything a query over `filter`'s time may read, newest first. With a bucket, this
+    /// replica's flows come from memory and its disk, as without, and the bucket adds the
+    /// other replicas' objects and this one's older than its disk holds.
+    pub(super) fn sources(&self, filter: &Filter) -> Result<Vec<Source>, StoreError> {
+        let mut out = self.local_sources()?;
+        let own_floor = out.last().map_or(self.lock().next_seq, |s| s.span().0);
+        let Some(b) = &self.bucket else {
+            return Ok(out);
+        };
+        let now = crate::common::clock::now_ns();
+        let retention = self
+            .config
+            .object_store
+            .as_ref()
+            .map_or(self.config.retention, |o| o.retention);
+        // Without `since`, the bucket's retention, within what one query may list.
+        let widest = (bucket::MAX_HOURS - 24) * 3_600 * 1_000_000_000;
+        let since = filter.since_ns.unwrap_or_else(|| {
+            let back = span_ns(retention);
+            now.saturating_sub(back.min(widest))
+        });
+        let until = filter
+            .until_ns
+            .unwrap_or(now.saturating_add(bucket::MAX_SPAN_NS));
+        let hours = bucket::hours(since, until).map_err(StoreError::Range)?;
+        let objects = b.objects(hours).map_err(StoreError::Bucket)?;
+        let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        for o in objects {
+            if o.replica == *b.replica() && o.first_seq >= own_floor {
+                continue;
+            }
+            let span = spans.get(&(o.key.clone(), o.bytes)).copied();
+            out.push(Source::Remote(o, span));
+        }
+        Ok(out)
+    }
+
+    /// This replica's chunks in memory and segments on disk, newest first.
+    pub(super) fn local_sources(&self) -> Result<Vec<Source>, StoreError> {
+        let mut inner = self.lock();
+        let mut out = Vec::with_capacity(inner.sealed.len() + inner.segments.len() + 1);
+        if !inner.builder.is_empty() {
+            let snapshot = Self::builder_snapshot(&mut inner)?;
+            out.push(Source::Memory(snapshot));
+        }
+        out.extend(inner.sealed.iter().rev().cloned().map(Source::Memory));
+        out.extend(inner.segments.iter().rev().cloned().map(Source::Disk));
+        Ok(out)
+    }
+
+    /// The chunk `source` holds; a segment that cannot be read is logged, counted and
+    /// skipped, so one damaged file does not hide every other flow.
+    pub(super) fn load(&self, source: &Source) -> Option<Arc<Chunk>> {
+        let read = match source {
+            Source::Memory(c) => return Some(c.clone()),
+            Source::Disk(s) => self.read_cached(&s.path, || {
+                let file = std::fs::File::open(&s.path).map_err(|e| e.to_string())?;
+                ParquetReader::new(file).finish().map_err(|e| e.to_string())
+            }),
+            Source::Remote(o, _) => self.read_remote(o),
+        };
+        match read {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.skip_unreadable(&e);
+                None
+            }
+        }
+    }
+
+    /// Counts and logs a chunk a query could not read, which it then skips.
+    pub(super) fn skip_unreadable(&self, e: &StoreError) {
+        self.stats.segment_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flowstore::testing::*;
+
+    #[test]
+    fn a_damaged_segment_is_reported_and_the_rest_still_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows(5_000);
+        let store = filled(small(Some(dir.path().into())), &flows);
+        store.persist().unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        names.sort();
+        std::fs::write(&names[0], b"not parquet").unwrap();
+        let reopened = FlowStore::open(small(Some(dir.path().into()))).unwrap();
+        let got = all_pages(&reopened, &Filter::default(), 5_000);
+        assert_eq!(got.len(), 4_000);
+        assert!(reopened.stats.segment_errors.load(Ordering::Relaxed) >= 1);
+    }
+}
