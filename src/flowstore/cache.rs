@@ -4,116 +4,121 @@
 
 use super::*;
 
-pub(super) const SEGMENT_CACHE: usize = 4;
+/// How many decoded segments are kept (a chunk of 65,536 Cilium-shaped flows is about 9 MB).
+pub(super) const SEGMENT_CACHE: u64 = 4;
 
 /// How many chunks' connections are kept (a chunk of a namespace holds a few hundred).
-pub(super) const CONNECTIONS_CACHE: usize = 4096;
+pub(super) const CONNECTIONS_CACHE: u64 = 4096;
 
 /// A chunk (first and last sequence number: a chunk that gains rows gets a new key) and a
 /// namespace.
 pub(super) type ConnectionsKey = (u64, u64, String);
 
-#[derive(Debug, Default)]
-pub(super) struct ConnectionsCache {
-    pub(super) parts: HashMap<ConnectionsKey, Arc<Vec<Connection>>>,
-    pub(super) order: VecDeque<ConnectionsKey>,
-}
-
 /// Most bytes the `/flows/top` answers of whole chunks may hold.
-pub(super) const TOP_CACHE_BYTES: usize = 16 << 20;
+pub(super) const TOP_CACHE_BYTES: u64 = 16 << 20;
 
 /// One chunk's groups for one grouping and one set of conditions.
 pub(super) type TopKey = (u64, u64, GroupBy, String);
 
 /// Most bytes the rows kept for `/flows` pages may hold (see [`FlowStore::select`]).
-pub(super) const MATCH_CACHE_BYTES: usize = 16 << 20;
+pub(super) const MATCH_CACHE_BYTES: u64 = 16 << 20;
 
 /// One stored chunk's rows matching one set of conditions, or none.
 pub(super) type MatchKey = (u64, u64, Arc<str>);
 
 /// Answers computed from chunks that never change once sealed, by chunk and question, up to
-/// `limit` bytes by their own estimate; the least recently used go first. Holds the
-/// `/flows/top` answers of whole chunks (each segment's summary, its groups by every key
-/// without conditions, computed as it is written, and what queries with conditions computed:
-/// a query over the last hour groups only the flows that arrived since instead of reading
-/// every segment back from disk) and the rows of stored chunks that `/flows` filters matched.
-/// A chunk is named by its first and last sequence number, which a sealed chunk keeps when
-/// it moves to disk.
-#[derive(Debug)]
-pub(super) struct Lru<K, V> {
-    pub(super) entries: HashMap<K, (V, usize, u64)>,
-    pub(super) bytes: usize,
-    pub(super) clock: u64,
-    pub(super) limit: usize,
+/// a weight: bytes by the entry's own estimate, or a count. What is rarely asked for goes
+/// first (quick_cache's CLOCK-Pro: a scan of many segments asked once does not push out what
+/// dashboards ask every few seconds). The store keeps four: decoded segments, `/flows/top`
+/// answers of whole chunks (each segment's groups by every key without conditions, computed
+/// as it is written, so a query over the last hour groups only the flows that arrived since),
+/// the rows of stored chunks that `/flows` filters matched, and the policy advisor's
+/// connections of whole chunks. A chunk is named by its first and last sequence number,
+/// which a sealed chunk keeps when it moves to disk.
+pub(super) struct Answers<K, V>(quick_cache::sync::Cache<K, Weighed<V>, ByWeight>);
+
+/// A value and its weight, fixed when it is kept.
+#[derive(Clone)]
+pub(super) struct Weighed<V> {
+    value: V,
+    weight: u64,
 }
 
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
-    pub(super) fn new(limit: usize) -> Lru<K, V> {
-        Lru {
-            entries: HashMap::new(),
-            bytes: 0,
-            clock: 0,
-            limit,
-        }
+#[derive(Clone)]
+pub(super) struct ByWeight;
+
+impl<K, V> quick_cache::Weighter<K, Weighed<V>> for ByWeight {
+    fn weight(&self, _: &K, v: &Weighed<V>) -> u64 {
+        v.weight
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> std::fmt::Debug for Answers<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Answers({} of {})", self.0.weight(), self.0.capacity())
+    }
+}
+
+/// Shards of a cache: each holds a quarter of the weight, the most one entry may weigh.
+const SHARDS: usize = 4;
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Answers<K, V> {
+    /// A cache of at most `capacity` in weight, for about `items` entries.
+    pub(super) fn new(capacity: u64, items: usize) -> Answers<K, V> {
+        let shards = if capacity >= SHARDS as u64 * 64 {
+            SHARDS
+        } else {
+            1
+        };
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(items)
+            .weight_capacity(capacity)
+            // Half the room for entries asked again: a small cache (four segments) would
+            // otherwise keep almost none of what was just read.
+            .hot_allocation(0.5)
+            .build()
+            .unwrap_or_else(|e| unreachable!("constant options: {e}"));
+        Answers(quick_cache::sync::Cache::with_options(
+            options,
+            ByWeight,
+            Default::default(),
+            Default::default(),
+        ))
     }
 
-    pub(super) fn get(&mut self, key: &K) -> Option<V> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries.get_mut(key).map(|(value, _, used)| {
-            *used = clock;
-            value.clone()
-        })
+    pub(super) fn get(&self, key: &K) -> Option<V> {
+        self.0.get(key).map(|w| w.value)
     }
 
-    /// Keeps `value` unless `size` is over a quarter of the limit.
-    pub(super) fn put(&mut self, key: K, value: V, size: usize) {
-        if size > self.limit / 4 {
+    /// Keeps `value` unless `weight` is over a quarter of the capacity.
+    pub(super) fn put(&self, key: K, value: V, weight: usize) {
+        let weight = weight.max(1) as u64;
+        if weight > self.0.capacity() / SHARDS as u64 {
             return;
         }
-        if self.bytes + size > self.limit {
-            self.evict();
-        }
-        self.clock += 1;
-        self.bytes += size;
-        if let Some((_, old, _)) = self.entries.insert(key, (value, size, self.clock)) {
-            self.bytes -= old;
-        }
+        self.0.insert(key, Weighed { value, weight });
     }
 
     /// Drops the entries `gone` names.
-    pub(super) fn forget(&mut self, gone: impl Fn(&K) -> bool) {
-        let mut freed = 0;
-        self.entries.retain(|key, (_, size, _)| {
-            let keep = !gone(key);
-            if !keep {
-                freed += *size;
-            }
-            keep
-        });
-        self.bytes -= freed;
+    pub(super) fn forget(&self, gone: impl Fn(&K) -> bool) {
+        self.0.retain(|key, _| !gone(key));
     }
 
-    /// Drops the least recently used entries until a quarter of the limit is free: one pass
-    /// over the entries makes room for many more.
-    pub(super) fn evict(&mut self) {
-        let keep = self.limit - self.limit / 4;
-        let mut by_use: Vec<(u64, usize)> = self
-            .entries
-            .values()
-            .map(|(_, size, used)| (*used, *size))
-            .collect();
-        by_use.sort_unstable();
-        let (mut bytes, mut cutoff) = (self.bytes, 0);
-        for (used, size) in by_use {
-            if bytes <= keep {
-                break;
-            }
-            bytes -= size;
-            cutoff = used;
-        }
-        self.entries.retain(|_, (_, _, used)| *used > cutoff);
-        self.bytes = bytes;
+    /// The weight held.
+    pub(super) fn weight(&self) -> u64 {
+        self.0.weight()
+    }
+
+    /// `f` summed over the values held.
+    pub(super) fn sum(&self, f: impl Fn(&V) -> u64) -> u64 {
+        self.0.iter().map(|(_, w)| f(&w.value)).sum()
+    }
+
+    /// Every key held (tests).
+    #[cfg(test)]
+    pub(super) fn keys(&self) -> Vec<K> {
+        self.0.iter().map(|(k, _)| k).collect()
     }
 }
 
@@ -121,15 +126,10 @@ impl FlowStore {
     /// Bytes the query caches hold by their own estimates: decoded segments, `/flows/top`
     /// groups and `/flows` matches, by name.
     pub fn cache_bytes(&self) -> [(&'static str, u64); 3] {
-        let segments = self
-            .cache_lock()
-            .iter()
-            .map(|(_, chunk)| chunk.bytes())
-            .sum::<usize>();
         [
-            ("segments", segments as u64),
-            ("top", self.tops_lock().bytes as u64),
-            ("matches", self.matches_lock().bytes as u64),
+            ("segments", self.cache.sum(|c| c.bytes() as u64)),
+            ("top", self.tops.weight()),
+            ("matches", self.matches.weight()),
         ]
     }
 
@@ -144,22 +144,16 @@ impl FlowStore {
                 .iter()
                 .any(|s| s.first_seq == first && s.last_seq == last)
         };
-        self.tops_lock().forget(|k| gone(k.0, k.1));
-        self.matches_lock().forget(|k| gone(k.0, k.1));
-        self.cache_lock()
-            .retain(|(path, _)| !deleted.iter().any(|s| &s.path == path));
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.order.retain(|k| !gone(k.0, k.1));
-        connections.parts.retain(|k, _| !gone(k.0, k.1));
+        self.tops.forget(|k| gone(k.0, k.1));
+        self.matches.forget(|k| gone(k.0, k.1));
+        self.connections.forget(|k| gone(k.0, k.1));
+        self.cache
+            .forget(|path| deleted.iter().any(|s| &s.path == path));
     }
 
     /// A segment's chunk if it is among the recently read ones.
     pub(super) fn cached(&self, name: &Path) -> Option<Arc<Chunk>> {
-        let cache = self.cache_lock();
-        cache
-            .iter()
-            .find(|(p, _)| p == name)
-            .map(|(_, c)| c.clone())
+        self.cache.get(&name.to_path_buf())
     }
 
     /// A segment's chunk from the cache of recently read ones, else from `read`.
@@ -168,14 +162,9 @@ impl FlowStore {
         name: &Path,
         read: impl FnOnce() -> Result<DataFrame, String>,
     ) -> Result<Arc<Chunk>, StoreError> {
-        let mut cache = self.cache_lock();
-        if let Some(i) = cache.iter().position(|(p, _)| p == name) {
-            let hit = cache.remove(i).unwrap_or_else(|| unreachable!());
-            let chunk = hit.1.clone();
-            cache.push_back(hit);
+        if let Some(chunk) = self.cached(name) {
             return Ok(chunk);
         }
-        drop(cache);
         let fail = |message: String| StoreError::Segment {
             path: name.display().to_string(),
             message,
@@ -183,24 +172,8 @@ impl FlowStore {
         let frame = read().map_err(fail)?;
         self.stats.segment_reads.fetch_add(1, Ordering::Relaxed);
         let chunk = Arc::new(Chunk::from_parquet_frame(&frame).map_err(fail)?);
-        let mut cache = self.cache_lock();
-        cache.push_back((name.to_path_buf(), chunk.clone()));
-        if cache.len() > SEGMENT_CACHE {
-            cache.pop_front();
-        }
+        self.cache.put(name.to_path_buf(), chunk.clone(), 1);
         Ok(chunk)
-    }
-
-    pub(super) fn matches_lock(&self) -> MutexGuard<'_, Lru<MatchKey, Option<Arc<Chunk>>>> {
-        self.matches.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn cache_lock(&self) -> MutexGuard<'_, VecDeque<(PathBuf, Arc<Chunk>)>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn tops_lock(&self) -> MutexGuard<'_, Lru<TopKey, Arc<Vec<Group>>>> {
-        self.tops.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -233,17 +206,13 @@ mod tests {
             .connections(crate::sim::traffic::TRAINING_NAMESPACE, 0, i64::MAX)
             .unwrap();
         let connections = |store: &FlowStore| -> Vec<(u64, u64)> {
-            let cache = store.connections.lock().unwrap();
-            cache.order.iter().map(|k| (k.0, k.1)).collect()
+            let keys = store.connections.keys();
+            keys.iter().map(|k| (k.0, k.1)).collect()
         };
         let kept = |store: &FlowStore| {
-            let mut keys: Vec<(u64, u64)> = store
-                .matches_lock()
-                .entries
-                .keys()
-                .map(|k| (k.0, k.1))
-                .collect();
-            keys.extend(store.tops_lock().entries.keys().map(|k| (k.0, k.1)));
+            let mut keys: Vec<(u64, u64)> =
+                store.matches.keys().iter().map(|k| (k.0, k.1)).collect();
+            keys.extend(store.tops.keys().iter().map(|k| (k.0, k.1)));
             keys
         };
         let before = kept(&store);
@@ -279,26 +248,42 @@ mod tests {
     }
 
     #[test]
-    fn answer_caches_drop_the_least_recently_used_and_stay_within_their_bound() {
-        let mut lru: Lru<u32, u32> = Lru::new(1_000);
+    fn answer_caches_keep_what_is_asked_again_and_stay_within_their_bound() {
+        let cache: Answers<u32, u32> = Answers::new(1_000, 10);
         for k in 0..10 {
-            lru.put(k, k, 100);
+            cache.put(k, k, 100);
         }
-        assert_eq!(lru.bytes, 1_000);
-        assert_eq!(lru.get(&0), Some(0), "0 is now the most recently used");
-        // Over the bound: the least recently used go until a quarter is free.
-        lru.put(10, 10, 100);
-        assert_eq!(lru.bytes, 800);
-        assert_eq!(lru.bytes, lru.entries.values().map(|e| e.1).sum::<usize>());
-        for gone in 1..4 {
-            assert_eq!(lru.get(&gone), None, "{gone}");
+        assert_eq!(cache.weight(), 1_000);
+        // Asked again: hot, kept while new entries arrive and go.
+        for _ in 0..3 {
+            assert_eq!(cache.get(&0), Some(0));
         }
-        for kept in [0, 4, 9, 10] {
-            assert_eq!(lru.get(&kept), Some(kept));
+        for k in 10..40 {
+            cache.put(k, k, 100);
+            assert!(cache.weight() <= 1_000, "{} after {k}", cache.weight());
         }
+        assert_eq!(cache.get(&0), Some(0), "an answer asked for again stays");
+        // Of those never asked again, no more than the hot half's room stays.
+        let early = (1..10).filter(|k| cache.get(k).is_some()).count();
+        assert!(early <= 5, "{early} of the first entries kept");
+        assert_eq!(cache.get(&39), Some(39), "the newest is kept");
         // An answer over a quarter of the bound is not kept.
-        lru.put(11, 11, 300);
-        assert_eq!(lru.get(&11), None);
-        assert_eq!(lru.bytes, 800);
+        cache.put(100, 100, 300);
+        assert_eq!(cache.get(&100), None);
+        // Forgotten by key.
+        cache.forget(|k| *k == 0);
+        assert_eq!(cache.get(&0), None);
+        // Every entry weighs 100: the weight held is theirs.
+        assert_eq!(cache.sum(|_| 100), cache.weight());
+    }
+
+    #[test]
+    fn a_cache_of_four_segments_keeps_the_last_read() {
+        let cache: Answers<u32, u32> = Answers::new(SEGMENT_CACHE, SEGMENT_CACHE as usize);
+        for k in 0..20 {
+            cache.put(k, k, 1);
+            assert_eq!(cache.get(&k), Some(k), "{k} read just now");
+            assert!(cache.keys().len() as u64 <= SEGMENT_CACHE);
+        }
     }
 }

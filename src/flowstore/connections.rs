@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use polars::prelude::*;
 
-use super::cache::{CONNECTIONS_CACHE, ConnectionsKey};
+use super::cache::ConnectionsKey;
 use super::chunk::{Chunk, Col};
 use super::{FlowStore, StoreError};
 use crate::common::hash::FastMap;
@@ -384,17 +384,8 @@ impl FlowStore {
         since_ns: i64,
         until_ns: i64,
     ) -> Result<Vec<Connection>, StoreError> {
-        let lock = || self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let remember = |key: ConnectionsKey, part: &Arc<Vec<Connection>>| {
-            let mut cache = lock();
-            if cache.parts.insert(key.clone(), part.clone()).is_none() {
-                cache.order.push_back(key);
-            }
-            if cache.order.len() > CONNECTIONS_CACHE
-                && let Some(oldest) = cache.order.pop_front()
-            {
-                cache.parts.remove(&oldest);
-            }
+            self.connections.put(key, part.clone(), 1);
         };
         // Whole hours inside the range that have a summary.
         let hours: BTreeMap<i64, super::summaries::Hour> = self
@@ -416,7 +407,7 @@ impl FlowStore {
                 hour.last_seq,
                 format!("{namespace}@{}", hour.start_ns),
             );
-            let cached = lock().parts.get(&key).cloned();
+            let cached = self.connections.get(&key);
             let part = match cached {
                 Some(p) => p,
                 None => match super::summaries::read(hour, namespace) {
@@ -456,7 +447,7 @@ impl FlowStore {
             }
             let whole = since_ns <= min_time && max_time < until_ns && touched.is_empty();
             let key = (first_seq, last_seq, namespace.to_owned());
-            let cached = whole.then(|| lock().parts.get(&key).cloned()).flatten();
+            let cached = whole.then(|| self.connections.get(&key)).flatten();
             let part = match cached {
                 Some(part) => part,
                 None => {

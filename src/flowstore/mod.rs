@@ -51,7 +51,10 @@ pub use list::{Cursor, MAX_SEGMENTS_PER_QUERY, Page};
 pub use sink::FlowSink;
 pub use top::{Group, GroupBy};
 
-use cache::{ConnectionsCache, Lru, MATCH_CACHE_BYTES, MatchKey, TOP_CACHE_BYTES, TopKey};
+use cache::{
+    Answers, CONNECTIONS_CACHE, ConnectionsKey, MATCH_CACHE_BYTES, MatchKey, SEGMENT_CACHE,
+    TOP_CACHE_BYTES, TopKey,
+};
 use segment::Segment;
 use source::{Source, Span};
 
@@ -176,13 +179,13 @@ pub struct FlowStore {
     config: FlowStoreConfig,
     inner: Mutex<Inner>,
     /// Recently read segments, newest use last.
-    cache: Mutex<VecDeque<(PathBuf, Arc<Chunk>)>>,
+    cache: Answers<PathBuf, Arc<Chunk>>,
     /// `/flows/top` answers of whole chunks, which never change once sealed.
-    tops: Mutex<Lru<TopKey, Arc<Vec<Group>>>>,
+    tops: Answers<TopKey, Arc<Vec<Group>>>,
     /// Rows of stored chunks that `/flows` filters matched (see [`FlowStore::select`]).
-    matches: Mutex<Lru<MatchKey, Option<Arc<Chunk>>>>,
+    matches: Answers<MatchKey, Option<Arc<Chunk>>>,
     /// The policy advisor's connections of whole chunks, by chunk and namespace; oldest first.
-    connections: Mutex<ConnectionsCache>,
+    connections: Answers<ConnectionsKey, Arc<Vec<Connection>>>,
     /// Hourly connection summaries written beside the segments (stores with a directory).
     summaries: Mutex<Option<summaries::Summaries>>,
     /// The bucket segments also go to, and queries read (`storage.flows.object_store`).
@@ -323,10 +326,10 @@ impl FlowStore {
                 leaving: Leaving::default(),
             }),
             config,
-            cache: Mutex::new(VecDeque::new()),
-            tops: Mutex::new(Lru::new(TOP_CACHE_BYTES)),
-            matches: Mutex::new(Lru::new(MATCH_CACHE_BYTES)),
-            connections: Mutex::default(),
+            cache: Answers::new(SEGMENT_CACHE, SEGMENT_CACHE as usize),
+            tops: Answers::new(TOP_CACHE_BYTES, 16_384),
+            matches: Answers::new(MATCH_CACHE_BYTES, 4_096),
+            connections: Answers::new(CONNECTIONS_CACHE, CONNECTIONS_CACHE as usize),
             summaries: Mutex::new(summaries),
             bucket,
             spans: Mutex::default(),

@@ -61,7 +61,7 @@ impl FlowStore {
         }
         let (first, last) = source.id();
         let key = (first, last, conditions.clone());
-        let kept = self.matches_lock().get(&key);
+        let kept = self.matches.get(&key);
         let rows = match kept {
             Some(rows) => {
                 self.stats.match_cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -71,7 +71,7 @@ impl FlowStore {
                 Matched::Few(rows) => {
                     // The key's text is shared by every chunk's entry for the same query.
                     let size = 96 + rows.as_ref().map_or(0, |c| c.bytes());
-                    self.matches_lock().put(key, rows.clone(), size);
+                    self.matches.put(key, rows.clone(), size);
                     rows
                 }
                 Matched::NotKept(found) => return Ok(found),
@@ -473,8 +473,8 @@ mod tests {
                                 .select(&source, &f, &conditions, also.clone(), &newest)
                                 .unwrap()
                         };
-                        store.cache.lock().unwrap().clear();
-                        *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
+                        store.cache.forget(|_| true);
+                        store.matches.forget(|_| true);
                         let filtered = count(&st.segment_filtered_reads);
                         let from_unforwarded = count(&st.unforwarded_hits);
                         let first = lines(read());
@@ -492,7 +492,7 @@ mod tests {
                         assert_eq!(kept, count(&st.segment_filtered_reads) == read_once);
                         // From the whole segment, once it is among the recently read.
                         let whole = lines(oracle(s, &f, also.clone()));
-                        *store.matches_lock() = Lru::new(MATCH_CACHE_BYTES);
+                        store.matches.forget(|_| true);
                         let from_whole = lines(read());
                         let at = format!("{params:?} since {since:?} in {s:?}");
                         assert_eq!(first, whole, "{at}");
@@ -514,7 +514,7 @@ mod tests {
         assert!(st.segment_filtered_reads.load(Ordering::Relaxed) > 0);
         assert!(st.segment_reads.load(Ordering::Relaxed) > 0);
         // A listing reads the segments not cached column-first.
-        store.cache.lock().unwrap().clear();
+        store.cache.forget(|_| true);
         let (whole, filtered) = (
             st.segment_reads.load(Ordering::Relaxed),
             st.segment_filtered_reads.load(Ordering::Relaxed),
