@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::Alert;
-use crate::rules::Rule;
+use crate::rules::{Rule, Words};
 
 /// The annotations: the flow context field by field (every kind has one), the figures a
 /// detector computed itself, a summary and description a human can read, and the rule's own
@@ -19,6 +19,8 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
         "severity" => rule.severity.as_str().to_owned(),
         "namespace" => ns.clone(),
         "destination" => dest.clone(),
+        "omitted_values" if c.omitted > 0 => c.omitted.to_string(),
+        "omitted_values" => String::new(),
         other => c.field(other),
     };
     let mut out = BTreeMap::new();
@@ -54,61 +56,92 @@ pub fn annotations(alert: &Alert, rule: &Rule) -> BTreeMap<String, String> {
     if !c.extra.is_empty() {
         // The detector wrote the summary, description and its own figures.
         out.extend(c.extra.clone());
-        for (key, template) in &rule.annotations {
-            out.insert(key.clone(), template.render(value));
-        }
-        return out;
+    } else {
+        // Words the kind renders from the alert's fields, which grow while it fires; a kind
+        // without any gets plain ones, never another kind's.
+        let words = rule.kind.spec().words(&value).unwrap_or_else(|| Words {
+            summary: format!("{ns}: {} alert for {dest}", rule.name),
+            description: format!(
+                "Rule {} ({}) fired in namespace {ns} for {dest}. First seen {}, last seen {}.",
+                rule.name,
+                rule.kind.name(),
+                value("first_seen"),
+                value("last_seen")
+            ),
+        });
+        out.insert("summary".into(), words.summary);
+        out.insert("description".into(), words.description);
     }
-    let attempts = if c.count == 1 { "attempt" } else { "attempts" };
-    out.insert(
-        "summary".into(),
-        format!(
-            "{ns}: {} egress {attempts} to {dest} denied by network policy",
-            c.count
-        ),
-    );
-    let mut description = format!(
-        "Pods {} in namespace {ns} tried to reach {dest}",
-        if c.source_pods.is_empty() {
-            "(unknown)".to_owned()
-        } else {
-            value("source_pods")
-        }
-    );
-    let mut seen_as = Vec::new();
-    for f in ["destination_ips", "destination_pods"] {
-        let v = value(f);
-        if !v.is_empty() && v != dest {
-            seen_as.push(v);
-        }
-    }
-    if !seen_as.is_empty() {
-        description.push_str(&format!(" ({})", seen_as.join("; ")));
-    }
-    description.push_str(&format!(
-        " on {}. Cilium dropped {} flow(s): {}",
-        value("ports"),
-        c.count,
-        value("drop_reasons")
-    ));
-    if !c.policies.is_empty() {
-        description.push_str(&format!(", denied by {}", value("policies")));
-    }
-    description.push_str(&format!(
-        ". First seen {}, last seen {}, on node(s) {}.",
-        value("first_seen"),
-        value("last_seen"),
-        value("nodes")
-    ));
-    if c.omitted > 0 {
-        description.push_str(&format!(
-            " {} further distinct value(s) not listed.",
-            c.omitted
-        ));
-    }
-    out.insert("description".into(), description);
     for (key, template) in &rule.annotations {
         out.insert(key.clone(), template.render(value));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{FlowContext, Status};
+    use crate::rules::load_text;
+
+    fn alert(context: FlowContext) -> Alert {
+        Alert {
+            fingerprint: "f".into(),
+            rule: "r".into(),
+            labels: [
+                ("namespace", "ai-training"),
+                ("destination", "203.0.113.9:443/TCP"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            annotations: BTreeMap::new(),
+            context,
+            status: Status::Firing,
+            starts_at_ns: 0,
+            ends_at_ns: 0,
+            generator_url: String::new(),
+            query: String::new(),
+        }
+    }
+
+    fn rule(kind: &str) -> Rule {
+        let text = format!(
+            "- name: R\n  kind: {kind}\n  namespaces: {{ names: [ai-training] }}\n  severity: warning\n  params: {{ allow: [{{ namespaces: [x] }}] }}\n"
+        );
+        let text = if kind == "segmentation" {
+            text
+        } else {
+            text.replace("  params: { allow: [{ namespaces: [x] }] }\n", "")
+        };
+        load_text(&text, "t.yaml").unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_kind_speaks_its_own_words_and_never_another_kinds() {
+        let context = FlowContext {
+            count: 3,
+            ..FlowContext::default()
+        };
+        let denied = annotations(&alert(context.clone()), &rule("policy_denied"));
+        assert_eq!(
+            denied["summary"],
+            "ai-training: 3 egress attempts to 203.0.113.9:443/TCP denied by network policy"
+        );
+        assert!(denied["description"].starts_with("Pods (unknown) in namespace ai-training"));
+        // A kind whose detector left no words: plain ones, not policy_denied's.
+        let other = annotations(&alert(context), &rule("segmentation"));
+        assert!(!other["summary"].contains("denied"), "{}", other["summary"]);
+        assert!(other["description"].contains("(segmentation)"));
+        // The detector's own words win.
+        let mut context = FlowContext::default();
+        context
+            .extra
+            .insert("summary".into(), "scan of 40 ports".into());
+        context
+            .extra
+            .insert("description".into(), "one pod swept the subnet".into());
+        let scan = annotations(&alert(context), &rule("scan"));
+        assert_eq!(scan["summary"], "scan of 40 ports");
+    }
 }

@@ -4,7 +4,7 @@
 //! message`; a pack with any problem is refused whole, so the service never runs half a rule
 //! set. serde's YAML values carry no positions, so a rule's line is the line of its `name`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use super::template::Template;
 use super::*;
 use crate::common::units::parse_duration;
 use crate::common::yaml;
-use crate::flow::DropReason;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,34 +42,8 @@ struct RawSelector {
     labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawPolicyDenied {
-    drop_reasons: Option<Vec<String>>,
-    direction: Option<Direction>,
-    include_audit: Option<bool>,
-    world_prefix_v4: Option<u8>,
-    world_prefix_v6: Option<u8>,
-    duplicate_window: Option<String>,
-    samples: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawVolumeSpike {
-    model: Option<String>,
-    mad_threshold: Option<f64>,
-    factor: Option<f64>,
-    window: Option<String>,
-    baseline: Option<String>,
-    min_coverage: Option<String>,
-    floor_bytes_per_second: Option<f64>,
-    #[serde(rename = "for")]
-    hold_for: Option<String>,
-}
-
 /// Collects problems for one rule.
-struct Report<'a> {
+pub(super) struct Report<'a> {
     file: &'a str,
     line: usize,
     rule: String,
@@ -78,7 +51,7 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn problem(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, field: &str, message: impl Into<String>) {
         self.problems.push(RuleProblem {
             file: self.file.to_owned(),
             line: self.line,
@@ -90,7 +63,10 @@ impl Report<'_> {
 
     /// The rule's `params` as the kind's raw parameters; the defaults (and a problem) when
     /// they do not fit.
-    fn params<T: serde::de::DeserializeOwned + Default>(&mut self, raw: Option<Value>) -> T {
+    pub(super) fn params<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        raw: Option<Value>,
+    ) -> T {
         match raw.map(yaml::from_value).transpose() {
             Ok(p) => p.unwrap_or_default(),
             Err(message) => {
@@ -100,7 +76,12 @@ impl Report<'_> {
         }
     }
 
-    fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        field: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match value.map(parse_duration) {
             None => default,
             Some(Ok(d)) => d,
@@ -112,384 +93,18 @@ impl Report<'_> {
     }
 }
 
-fn drop_reason_code(name: &str) -> Option<u32> {
-    DropReason::from_str_name(name).map(|r| r as u32)
-}
-
-fn policy_denied(raw: Option<Value>, report: &mut Report<'_>) -> PolicyDeniedParams {
-    let p: RawPolicyDenied = report.params(raw);
-    let mut drop_reasons = BTreeSet::new();
-    for name in p
-        .drop_reasons
-        .unwrap_or_else(|| vec!["POLICY_DENIED".into(), "POLICY_DENY".into()])
-    {
-        match drop_reason_code(&name) {
-            Some(code) if code != 0 => {
-                drop_reasons.insert(code);
-            }
-            _ => report.problem(
-                "params.drop_reasons",
-                format!("{name:?} is not a Hubble drop reason (e.g. POLICY_DENIED, POLICY_DENY, AUTH_REQUIRED)"),
-            ),
-        }
-    }
-    if drop_reasons.is_empty() {
-        report.problem("params.drop_reasons", "must name at least one drop reason");
-    }
-    let world_prefix_v4 = p.world_prefix_v4.unwrap_or(24);
-    if !(8..=32).contains(&world_prefix_v4) {
-        report.problem(
-            "params.world_prefix_v4",
-            format!("{world_prefix_v4} is not between 8 and 32"),
-        );
-    }
-    let world_prefix_v6 = p.world_prefix_v6.unwrap_or(64);
-    if !(16..=128).contains(&world_prefix_v6) {
-        report.problem(
-            "params.world_prefix_v6",
-            format!("{world_prefix_v6} is not between 16 and 128"),
-        );
-    }
-    let samples = p.samples.unwrap_or(10);
-    if !(1..=100).contains(&samples) {
-        report.problem(
-            "params.samples",
-            format!("{samples} is not between 1 and 100"),
-        );
-    }
-    PolicyDeniedParams {
-        drop_reasons,
-        direction: p.direction.unwrap_or(Direction::Egress),
-        include_audit: p.include_audit.unwrap_or(false),
-        world_prefix_v4,
-        world_prefix_v6,
-        duplicate_window: report.duration(
-            "params.duplicate_window",
-            p.duplicate_window.as_deref(),
-            Duration::from_secs(1),
-        ),
-        samples,
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawNewDestination {
-    learning: Option<String>,
-    history: Option<String>,
-    allow: Vec<String>,
-}
-
-fn new_destination(raw: Option<Value>, report: &mut Report<'_>) -> NewDestinationParams {
-    let p: RawNewDestination = report.params(raw);
-    let history = report.duration(
-        "params.history",
-        p.history.as_deref(),
-        Duration::from_secs(7 * 86_400),
-    );
-    if history < Duration::from_secs(3600) {
-        report.problem(
-            "params.history",
-            format!("{history:?} is shorter than an hour"),
-        );
-    }
-    NewDestinationParams {
-        learning: report.duration(
-            "params.learning",
-            p.learning.as_deref(),
-            Duration::from_secs(86_400),
-        ),
-        history,
-        allow: p.allow,
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawCoverage {
-    window: Option<String>,
-    lost_events: Option<u64>,
-    stream_down_after: Option<String>,
-}
-
-fn coverage(raw: Option<Value>, report: &mut Report<'_>) -> CoverageParams {
-    let p: RawCoverage = report.params(raw);
-    let lost_events = p.lost_events.unwrap_or(1000);
-    if lost_events == 0 {
-        report.problem("params.lost_events", "must be at least 1");
-    }
-    CoverageParams {
-        window: report.duration(
-            "params.window",
-            p.window.as_deref(),
-            Duration::from_secs(300),
-        ),
-        lost_events: lost_events.max(1),
-        stream_down_after: report.duration(
-            "params.stream_down_after",
-            p.stream_down_after.as_deref(),
-            Duration::from_secs(120),
-        ),
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawSegmentation {
-    allow: Vec<RawAllowed>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawAllowed {
-    description: String,
-    namespaces: Vec<String>,
-    labels: BTreeMap<String, String>,
-    cidrs: Vec<String>,
-    fqdns: Vec<String>,
-    ports: Vec<serde_yaml_ng::Value>,
-}
-
-fn segmentation(raw: Option<Value>, report: &mut Report<'_>) -> SegmentationParams {
-    let p: RawSegmentation = report.params(raw);
-    if p.allow.is_empty() {
-        report.problem("params.allow", "lists nothing: every flow would alert");
-    }
-    let mut allow = Vec::new();
-    for (i, a) in p.allow.into_iter().enumerate() {
-        let field = format!("params.allow[{i}]");
-        if a.namespaces.is_empty()
-            && a.labels.is_empty()
-            && a.cidrs.is_empty()
-            && a.fqdns.is_empty()
-            && a.ports.is_empty()
-        {
-            report.problem(
-                &field,
-                "matches everything: give namespaces, labels, cidrs, fqdns or ports",
-            );
-        }
-        let mut cidrs = Vec::new();
-        for c in &a.cidrs {
-            match c.parse::<ipnet::IpNet>() {
-                Ok(net) => cidrs.push(net.trunc()),
-                Err(_) => report.problem(
-                    &format!("{field}.cidrs"),
-                    format!("{c:?} is not an address block like 10.0.0.0/8"),
-                ),
-            }
-        }
-        let mut ports = Vec::new();
-        for v in &a.ports {
-            let text = match v {
-                Value::Number(n) => n.to_string(),
-                Value::String(s) => s.clone(),
-                other => format!("{other:?}"),
-            };
-            let range = match text.split_once('-') {
-                Some((lo, hi)) => lo
-                    .trim()
-                    .parse::<u16>()
-                    .ok()
-                    .zip(hi.trim().parse::<u16>().ok()),
-                None => text.trim().parse::<u16>().ok().map(|p| (p, p)),
-            };
-            match range {
-                Some((lo, hi)) if lo > 0 && lo <= hi => ports.push((lo, hi)),
-                _ => report.problem(
-                    &format!("{field}.ports"),
-                    format!("{text:?} is not a port or a range like 29500-29501"),
-                ),
-            }
-        }
-        allow.push(Allowed {
-            namespaces: a.namespaces,
-            labels: a.labels,
-            cidrs,
-            fqdns: a
-                .fqdns
-                .into_iter()
-                .map(|f| f.to_ascii_lowercase())
-                .collect(),
-            ports,
-            description: a.description,
-        });
-    }
-    SegmentationParams { allow }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawDns {
-    window: Option<String>,
-    min_names: Option<usize>,
-    min_encoded_bytes: Option<u64>,
-    label_entropy: Option<f64>,
-    txt_share: Option<f64>,
-    nxdomain_share: Option<f64>,
-    min_queries: Option<usize>,
-    allow: Option<Vec<String>>,
-}
-
-fn dns(raw: Option<Value>, report: &mut Report<'_>) -> DnsParams {
-    let p: RawDns = report.params(raw);
-    let share = |field: &str, v: Option<f64>, default: f64, report: &mut Report<'_>| {
-        let v = v.unwrap_or(default);
-        if !(v > 0.0 && v <= 1.0) {
-            report.problem(field, format!("{v} must be in (0, 1]"));
-        }
-        v
-    };
-    let txt_share = share("params.txt_share", p.txt_share, 0.5, report);
-    let nxdomain_share = share("params.nxdomain_share", p.nxdomain_share, 0.5, report);
-    let label_entropy = p.label_entropy.unwrap_or(3.0);
-    if !(label_entropy > 1.0 && label_entropy <= 6.0) {
-        report.problem(
-            "params.label_entropy",
-            format!("{label_entropy} is not in (1, 6]"),
-        );
-    }
-    let min_encoded_bytes = p.min_encoded_bytes.unwrap_or(2048);
-    if min_encoded_bytes == 0 {
-        report.problem("params.min_encoded_bytes", "0 must be above 0");
-    }
-    let window = report.duration(
-        "params.window",
-        p.window.as_deref(),
-        Duration::from_secs(900),
-    );
-    if window > Duration::from_secs(3600) || window.is_zero() {
-        report.problem(
-            "params.window",
-            format!("{window:?} is not between 1s and 1h"),
-        );
-    }
-    DnsParams {
-        window,
-        min_names: p.min_names.unwrap_or(20).max(2),
-        min_encoded_bytes,
-        label_entropy,
-        txt_share,
-        nxdomain_share,
-        min_queries: p.min_queries.unwrap_or(20).max(1),
-        allow: p.allow.unwrap_or_else(|| vec!["cluster.local".into()]),
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawScan {
-    window: Option<String>,
-    destinations: Option<usize>,
-    ports: Option<usize>,
-}
-
-fn scan(raw: Option<Value>, report: &mut Report<'_>) -> ScanParams {
-    let p: RawScan = report.params(raw);
-    let mut count = |field: &str, value: Option<usize>, default: usize| {
-        let n = value.unwrap_or(default);
-        if !(2..=100_000).contains(&n) {
-            report.problem(field, format!("{n} is not between 2 and 100000"));
-        }
-        n
-    };
-    let destinations = count("params.destinations", p.destinations, 20);
-    let ports = count("params.ports", p.ports, 50);
-    let window = report.duration(
-        "params.window",
-        p.window.as_deref(),
-        Duration::from_secs(60),
-    );
-    if window.is_zero() || window > Duration::from_secs(3600) {
-        report.problem(
-            "params.window",
-            format!("{window:?} must be above zero and at most 1h"),
-        );
-    }
-    ScanParams {
-        window,
-        destinations,
-        ports,
-    }
-}
-
-fn volume_spike(raw: Option<Value>, report: &mut Report<'_>) -> VolumeSpikeParams {
-    let p: RawVolumeSpike = report.params(raw);
-    let factor = p.factor.unwrap_or(1.5);
-    if !(factor.is_finite() && factor > 1.0) {
-        report.problem(
-            "params.factor",
-            format!("{factor} must be a number above 1"),
-        );
-    }
-    let floor = p.floor_bytes_per_second.unwrap_or(0.0);
-    if !(floor.is_finite() && floor >= 0.0) {
-        report.problem(
-            "params.floor_bytes_per_second",
-            format!("{floor} must be zero or more"),
-        );
-    }
-    let mad_threshold = p.mad_threshold.unwrap_or(3.0);
-    if !(mad_threshold.is_finite() && mad_threshold > 0.0) {
-        report.problem(
-            "params.mad_threshold",
-            format!("{mad_threshold} must be a number above 0"),
-        );
-    }
-    let model = match p.model.as_deref().unwrap_or("mean") {
-        "mean" => BaselineModel::Mean,
-        "hour_of_week" => BaselineModel::HourOfWeek,
-        "median_mad" => BaselineModel::MedianMad {
-            threshold: mad_threshold,
-        },
-        other => {
-            report.problem(
-                "params.model",
-                format!("{other:?} is not one of mean, hour_of_week, median_mad"),
-            );
-            BaselineModel::Mean
-        }
-    };
-    VolumeSpikeParams {
-        model,
-        factor,
-        window: report.duration(
-            "params.window",
-            p.window.as_deref(),
-            Duration::from_secs(600),
-        ),
-        baseline: report.duration(
-            "params.baseline",
-            p.baseline.as_deref(),
-            Duration::from_secs(7 * 86_400),
-        ),
-        min_coverage: report.duration(
-            "params.min_coverage",
-            p.min_coverage.as_deref(),
-            Duration::from_secs(3 * 86_400),
-        ),
-        floor_bytes_per_second: floor,
-        hold_for: report.duration("params.for", p.hold_for.as_deref(), Duration::ZERO),
-    }
-}
-
 fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
-    let kind = match raw.kind.as_str() {
-        "policy_denied" => Kind::PolicyDenied(policy_denied(raw.params, report)),
-        "volume_spike" => Kind::VolumeSpike(volume_spike(raw.params, report)),
-        "scan" => Kind::Scan(scan(raw.params, report)),
-        "dns_exfiltration" => Kind::DnsExfiltration(dns(raw.params, report)),
-        "segmentation" => Kind::Segmentation(segmentation(raw.params, report)),
-        "coverage" => Kind::Coverage(coverage(raw.params, report)),
-        "new_destination" => Kind::NewDestination(new_destination(raw.params, report)),
-        other => {
-            report.problem(
-                "kind",
-                format!("unknown detector {other:?}; known: policy_denied, volume_spike, scan, dns_exfiltration, segmentation, coverage, new_destination"),
-            );
-            Kind::PolicyDenied(policy_denied(None, report))
-        }
-    };
+    let kind = Kind::parse(&raw.kind, raw.params, report).unwrap_or_else(|| {
+        report.problem(
+            "kind",
+            format!(
+                "unknown detector {:?}; known: {}",
+                raw.kind,
+                Kind::NAMES.join(", ")
+            ),
+        );
+        Kind::Segmentation(SegmentationParams::default())
+    });
     let enabled = raw.enabled.unwrap_or(true);
     let severity = match raw.severity.as_str() {
         "info" => Severity::Info,

@@ -24,7 +24,7 @@ use super::{Alert, FlowContext, Hit, Status, fingerprint};
 use crate::common::clock::{format_time, now_ns, span_ns};
 use crate::flow::FlowEvent;
 use crate::flow::destination::Destination;
-use crate::rules::{Direction, Kind, Rule};
+use crate::rules::Rule;
 use crate::state::{StateError, Store};
 
 /// How the manager paces updates and builds links.
@@ -474,7 +474,7 @@ impl Manager {
         let seen = now_ns();
         let context = FlowContext {
             extra,
-            first_seen_ns: seen.saturating_sub(lookback_ns(rule)),
+            first_seen_ns: seen.saturating_sub(span_ns(rule.kind.spec().lookback())),
             last_seen_ns: seen,
             ..FlowContext::default()
         };
@@ -610,76 +610,32 @@ impl Manager {
     }
 }
 
-/// How far before it was raised the evidence of an alert no flow raised reaches: a volume
-/// spike's window, a coverage gap's.
-fn lookback_ns(rule: &Rule) -> i64 {
-    let span = match &rule.kind {
-        Kind::VolumeSpike(p) => p.window,
-        Kind::Coverage(p) => p.window,
-        _ => Duration::ZERO,
-    };
-    span_ns(span)
-}
-
 /// The flow query that returns the flows behind an alert of `rule` for (namespace,
-/// destination): the verdicts the rule looks at, the source pod for kinds that follow one,
-/// the destination, and `since` the first flow of the alert.
+/// destination): the kind's [`Evidence`] with the namespace, the first source pod and the
+/// destination filled in, and `since` the first flow of the alert.
 pub fn evidence_query(
     rule: &Rule,
     namespace: &str,
     destination: &Destination,
     context: &FlowContext,
 ) -> Vec<(&'static str, String)> {
+    let evidence = rule.kind.spec().evidence();
     let mut query: Vec<(&'static str, String)> = Vec::new();
+    if namespace != "*" && !namespace.is_empty() {
+        query.push((evidence.side, namespace.to_owned()));
+    }
     let pod = context
         .source_pods
         .iter()
         .next()
-        .and_then(|p| p.split_once('/'))
-        .map(|(_, pod)| pod.to_owned());
-    let in_namespace = namespace != "*" && !namespace.is_empty();
-    let mut side = "source_namespace";
-    let mut verdict = None;
-    let mut with_destination = true;
-    match &rule.kind {
-        Kind::PolicyDenied(p) => {
-            if p.direction == Direction::Ingress {
-                side = "destination_namespace";
-            }
-            verdict = Some(if p.include_audit {
-                "DROPPED,AUDIT"
-            } else {
-                "DROPPED"
-            });
-        }
-        Kind::Segmentation(_) | Kind::NewDestination(_) => verdict = Some("FORWARDED"),
-        // Allowed and denied alike: a sweep is both.
-        Kind::Scan(_) => {
-            with_destination = false;
-            if let Some(pod) = &pod {
-                query.push(("source_pod", pod.clone()));
-            }
-        }
-        // Requests leave the pod, answers come back to it.
-        Kind::DnsExfiltration(_) => {
-            side = "namespace";
-            if let Some(pod) = &pod {
-                query.push(("pod", pod.clone()));
-            }
-        }
-        Kind::VolumeSpike(_) => verdict = Some("FORWARDED"),
-        Kind::Coverage(_) => {
-            side = "namespace";
-            with_destination = false;
-        }
+        .and_then(|p| p.split_once('/'));
+    if let (Some(param), Some((_, pod))) = (evidence.pod, pod) {
+        query.push((param, pod.to_owned()));
     }
-    if in_namespace {
-        query.insert(0, (side, namespace.to_owned()));
-    }
-    if let Some(v) = verdict {
+    if let Some(v) = evidence.verdict {
         query.push(("verdict", v.to_owned()));
     }
-    if with_destination {
+    if evidence.destination {
         query.extend(
             destination
                 .query()
