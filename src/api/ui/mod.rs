@@ -2,8 +2,10 @@
 //! their baselines, and a flows explorer; served by `exfilwatch run` from the binary itself.
 //!
 //! Pages are rendered on the server as HTML with inline SVG charts and need no JavaScript; the
-//! stylesheet is the only other resource. Every value that comes from flows, alerts or the
-//! request (pod names, DNS names, labels: attacker-controlled text) goes through [`escape`].
+//! stylesheet is the only other resource. Pages are maud templates, checked at compile time:
+//! every value spliced into them (pod names, DNS names, labels: attacker-controlled text) is
+//! escaped unless marked raw, and nothing in the console marks one. Control characters are
+//! shown as `\u{..}` ([`page`]), so none reaches the browser or a copied text unseen.
 //! Responses carry a strict Content-Security-Policy (no script at all, styles from the console
 //! only, no framing).
 //!
@@ -31,6 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
 
 use super::ApiState;
 
@@ -46,21 +49,21 @@ const CSS: &str = include_str!("console.css");
 /// Headers of every console response.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `text` with HTML's special characters replaced, safe in element content and in quoted
-/// attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
+/// `html` with its control characters (but newline and tab) written as `\u{..}`: they can
+/// only come from attacker text (the templates hold none), and shown so they are seen.
+fn visible_controls(html: String) -> String {
+    if !html
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return html;
+    }
+    let mut out = String::with_capacity(html.len() + 16);
+    for c in html.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
         }
     }
     out
@@ -153,54 +156,63 @@ async fn secure_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// An HTML page: the console's frame around `body`, titled `title`.
-pub fn page(state: &ApiState, title: &str, current: &str, body: &str) -> Response {
+/// An HTML page: the console's frame around `body`, titled `title`, with `current` the
+/// section its navigation marks.
+pub fn page(state: &ApiState, title: &str, current: &str, body: Markup) -> Response {
     let signed_in = !state
         .tokens
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .is_empty();
-    let mut html = String::with_capacity(body.len() + 2048);
-    let _ = write!(
-        html,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · exfilwatch</title><link rel=\"stylesheet\" href=\"/ui/console.css\"></head><body><header><a class=\"brand\" href=\"/ui/\">exfilwatch</a><nav>",
-        escape(title)
-    );
-    for (href, name) in [
-        ("/ui/", "Alerts"),
-        ("/ui/namespaces", "Namespaces"),
-        ("/ui/flows", "Flows"),
-    ] {
-        let class = if name == current {
-            " class=\"current\""
-        } else {
-            ""
-        };
-        let _ = write!(html, "<a href=\"{href}\"{class}>{name}</a>");
-    }
-    html.push_str("</nav>");
-    if signed_in {
-        html.push_str("<form method=\"post\" action=\"/ui/logout\" class=\"signout\"><button type=\"submit\" id=\"sign-out\">Sign out</button></form>");
-    }
-    html.push_str("</header><main>");
-    html.push_str(body);
-    let _ = write!(
-        html,
-        "</main><footer>exfilwatch {} ({})</footer></body></html>",
-        crate::common::version::VERSION,
-        crate::common::version::REVISION
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    let html = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · exfilwatch" }
+                link rel="stylesheet" href="/ui/console.css";
+            }
+            body {
+                header {
+                    a.brand href="/ui/" { "exfilwatch" }
+                    nav {
+                        @for (href, name) in [
+                            ("/ui/", "Alerts"),
+                            ("/ui/namespaces", "Namespaces"),
+                            ("/ui/flows", "Flows"),
+                        ] {
+                            a href=(href) class=[(name == current).then_some("current")] { (name) }
+                        }
+                    }
+                    @if signed_in {
+                        form.signout method="post" action="/ui/logout" {
+                            button type="submit" id="sign-out" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+                footer {
+                    "exfilwatch " (crate::common::version::VERSION)
+                    " (" (crate::common::version::REVISION) ")"
+                }
+            }
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        visible_controls(html.into_string()),
+    )
+        .into_response()
 }
 
 /// A page saying what went wrong, with `status`.
 pub fn problem(state: &ApiState, status: StatusCode, title: &str, detail: &str) -> Response {
-    let body = format!(
-        "<h1>{}</h1><p class=\"problem\">{}</p>",
-        escape(title),
-        escape(detail)
-    );
-    let mut r = page(state, title, "", &body);
+    let body = html! {
+        h1 { (title) }
+        p.problem { (detail) }
+    };
+    let mut r = page(state, title, "", body);
     *r.status_mut() = status;
     r
 }
@@ -226,21 +238,23 @@ fn safe_next(next: &str) -> &str {
 }
 
 fn login_form(state: &ApiState, next: &str, message: Option<&str>) -> Response {
-    let mut body = String::from("<h1>Sign in</h1>");
-    if let Some(m) = message {
-        let _ = write!(
-            body,
-            "<p class=\"problem\" id=\"login-problem\">{}</p>",
-            escape(m)
-        );
-    }
-    let _ = write!(
-        body,
-        "<form method=\"post\" action=\"/ui/login\" class=\"login\"><label for=\"token\">API token</label><input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required><input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\" id=\"sign-in\">Sign in</button></form><p class=\"hint\">A token from <code>api.tokens_file</code>; it becomes a session of {} hours in this browser.</p>",
-        escape(safe_next(next)),
-        SESSION.as_secs() / 3600
-    );
-    page(state, "Sign in", "", &body)
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(m) = message {
+            p.problem id="login-problem" { (m) }
+        }
+        form.login method="post" action="/ui/login" {
+            label for="token" { "API token" }
+            input type="password" id="token" name="token" autocomplete="current-password" required;
+            input type="hidden" name="next" value=(safe_next(next));
+            button type="submit" id="sign-in" { "Sign in" }
+        }
+        p.hint {
+            "A token from " code { "api.tokens_file" } "; it becomes a session of "
+            (SESSION.as_secs() / 3600) " hours in this browser."
+        }
+    };
+    page(state, "Sign in", "", body)
 }
 
 async fn login_page(
@@ -405,12 +419,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_leaves_no_markup() {
-        assert_eq!(
-            escape("<script>alert('x')</script>&\"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;q&quot;"
-        );
-        assert_eq!(escape("a\u{1b}[2mb"), "a\\u{1b}[2mb");
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(visible_controls("a\u{1b}[2mb\n".into()), "a\\u{1b}[2mb\n");
+        assert_eq!(visible_controls("plain".into()), "plain");
     }
 
     #[test]

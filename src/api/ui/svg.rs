@@ -2,7 +2,7 @@
 //! nothing for the Content-Security-Policy to allow. Colours are presentation attributes, not
 //! `style`, for the same reason.
 
-use std::fmt::Write as _;
+use maud::{Markup, html};
 
 const ACCENT: &str = "#2453c7";
 const MUTED: &str = "#8a93a6";
@@ -18,39 +18,27 @@ fn clock(t: i64) -> String {
 }
 
 /// A bar per bucket: `(start, count)` in time order, each `step` seconds wide.
-pub fn bars(buckets: &[(i64, u64)], step: i64, id: &str) -> String {
+pub fn bars(buckets: &[(i64, u64)], step: i64, id: &str) -> Markup {
     let (w, h, pad) = (720.0, 120.0, 24.0);
     let max = buckets.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
     let n = buckets.len().max(1) as f64;
     let bar = (w - 2.0 * pad) / n;
-    let mut out = format!(
-        "<svg class=\"chart\" id=\"{id}\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"flows over time\">"
-    );
-    for (i, (_, count)) in buckets.iter().enumerate() {
-        let bh = (h - 2.0 * pad) * (*count as f64) / max;
-        let _ = write!(
-            out,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{ACCENT}\"><title>{count}</title></rect>",
-            pad + i as f64 * bar + 1.0,
-            h - pad - bh,
-            (bar - 2.0).max(1.0)
-        );
+    let f1 = |v: f64| format!("{v:.1}");
+    html! {
+        svg.chart id=(id) viewBox={ "0 0 " (w) " " (h) } width=(w) height=(h) role="img" aria-label="flows over time" {
+            @for (i, (_, count)) in buckets.iter().enumerate() {
+                @let bh = (h - 2.0 * pad) * (*count as f64) / max;
+                rect x=(f1(pad + i as f64 * bar + 1.0)) y=(f1(h - pad - bh)) width=(f1((bar - 2.0).max(1.0))) height=(f1(bh)) fill=(ACCENT) {
+                    title { (count) }
+                }
+            }
+            @if let (Some(first), Some(last)) = (buckets.first(), buckets.last()) {
+                text x=(pad) y=(h - 6.0) { (clock(first.0)) }
+                text x=(w - pad) y=(h - 6.0) text-anchor="end" { (clock(last.0 + step)) }
+                text x=(pad) y="14" { (max as u64) " flows per " (step) "s at most" }
+            }
+        }
     }
-    if let (Some(first), Some(last)) = (buckets.first(), buckets.last()) {
-        let _ = write!(
-            out,
-            "<text x=\"{pad}\" y=\"{:.0}\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text><text x=\"{pad}\" y=\"14\">{} flows per {}s at most</text>",
-            h - 6.0,
-            clock(first.0),
-            w - pad,
-            h - 6.0,
-            clock(last.0 + step),
-            max as u64,
-            step
-        );
-    }
-    out.push_str("</svg>");
-    out
 }
 
 /// Lines of (time, value) series on one scale: the egress rate, its baseline and the limit
@@ -62,7 +50,7 @@ pub fn egress(
     mark: Option<(i64, i64)>,
     id: &str,
     small: bool,
-) -> String {
+) -> Markup {
     let (w, h, pad) = if small {
         (240.0, 48.0, 2.0)
     } else {
@@ -76,56 +64,37 @@ pub fn egress(
         (a.min(*t), b.max(*t))
     });
     let max = all.fold(0.0f64, |m, (_, v)| m.max(*v)).max(1.0);
-    let mut out = format!(
-        "<svg class=\"chart\" id=\"{id}\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"egress rate against its baseline\">"
-    );
-    if t0 >= t1 {
-        out.push_str("<text x=\"8\" y=\"20\">no data</text></svg>");
-        return out;
-    }
-    let x = |t: i64| pad + (w - 2.0 * pad) * (t - t0) as f64 / (t1 - t0) as f64;
+    let x = |t: i64| pad + (w - 2.0 * pad) * (t - t0) as f64 / (t1 - t0).max(1) as f64;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max;
-    if let Some((from, to)) = mark {
-        let (a, b) = (x(from.clamp(t0, t1)), x(to.clamp(t0, t1)));
-        let _ = write!(
-            out,
-            "<rect x=\"{a:.1}\" y=\"{pad}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{CRITICAL}\" fill-opacity=\"0.08\"/>",
-            (b - a).max(2.0),
-            h - 2.0 * pad
-        );
-    }
-    for (points, colour, dash) in [
-        (&limit, CRITICAL, " stroke-dasharray=\"4 3\""),
-        (&baseline.to_vec(), MUTED, ""),
-        (&current.to_vec(), ACCENT, ""),
-    ] {
-        if points.is_empty() {
-            continue;
+    let f1 = |v: f64| format!("{v:.1}");
+    let lines = [
+        (&limit[..], CRITICAL, Some("4 3")),
+        (baseline, MUTED, None),
+        (current, ACCENT, None),
+    ];
+    html! {
+        svg.chart id=(id) viewBox={ "0 0 " (w) " " (h) } width=(w) height=(h) role="img" aria-label="egress rate against its baseline" {
+            @if t0 >= t1 {
+                text x="8" y="20" { "no data" }
+            } @else {
+                @if let Some((from, to)) = mark {
+                    @let (a, b) = (x(from.clamp(t0, t1)), x(to.clamp(t0, t1)));
+                    rect x=(f1(a)) y=(pad) width=(f1((b - a).max(2.0))) height=(f1(h - 2.0 * pad)) fill=(CRITICAL) fill-opacity="0.08" {}
+                }
+                @for (points, colour, dash) in lines {
+                    @if !points.is_empty() {
+                        @let path: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
+                        polyline fill="none" stroke=(colour) stroke-width="1.5" stroke-dasharray=[dash] points=(path.join(" ")) {}
+                    }
+                }
+                @if !small {
+                    text x=(pad) y="16" { (rate(max)) }
+                    text x=(pad) y=(h - 8.0) { (clock(t0)) }
+                    text x=(w - pad) y=(h - 8.0) text-anchor="end" { (clock(t1)) }
+                }
+            }
         }
-        let path: Vec<String> = points
-            .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-            .collect();
-        let _ = write!(
-            out,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"{dash} points=\"{}\"/>",
-            path.join(" ")
-        );
     }
-    if !small {
-        let _ = write!(
-            out,
-            "<text x=\"{pad}\" y=\"16\">{}</text><text x=\"{pad}\" y=\"{:.0}\">{}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>",
-            rate(max),
-            h - 8.0,
-            clock(t0),
-            w - pad,
-            h - 8.0,
-            clock(t1)
-        );
-    }
-    out.push_str("</svg>");
-    out
 }
 
 #[cfg(test)]
@@ -134,7 +103,7 @@ mod tests {
 
     #[test]
     fn charts_are_plain_svg_without_style_or_script() {
-        let s = bars(&[(0, 3), (60, 0), (120, 7)], 60, "t");
+        let s = bars(&[(0, 3), (60, 0), (120, 7)], 60, "t").into_string();
         assert!(s.starts_with("<svg") && s.ends_with("</svg>"));
         assert_eq!(s.matches("<rect").count(), 3);
         let e = egress(
@@ -144,7 +113,8 @@ mod tests {
             Some((200, 300)),
             "e",
             false,
-        );
+        )
+        .into_string();
         assert_eq!(e.matches("<polyline").count(), 3);
         for chart in [s, e] {
             assert!(
