@@ -20,6 +20,8 @@ pub mod namespaces;
 mod params;
 pub mod policy;
 pub mod reload;
+#[cfg(test)]
+mod routes;
 pub mod runbooks;
 pub mod server;
 pub mod ui;
