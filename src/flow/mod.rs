@@ -343,53 +343,15 @@ pub fn timestamp_ns(seconds: i64, nanos: i32) -> i64 {
 
 /// Parses a canonical 36-character UUID ("8-4-4-4-12" hex digits) into a number.
 pub fn parse_uuid(text: &[u8]) -> Option<u128> {
-    /// Where the 32 hex digits of the canonical form sit.
-    const DIGITS: [usize; 32] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28,
-        29, 30, 31, 32, 33, 34, 35,
-    ];
-    let text: &[u8; 36] = text.try_into().ok()?;
-    if [8, 13, 18, 23].iter().any(|&i| text[i] != b'-') {
+    if text.len() != 36 {
         return None;
     }
-    let mut value: u128 = 0;
-    let mut invalid = 0;
-    for i in DIGITS {
-        let digit = HEX[usize::from(text[i])];
-        invalid |= digit;
-        value = (value << 4) | u128::from(digit & 0x0f);
-    }
-    (invalid & 0x80 == 0).then_some(value)
+    uuid::Uuid::try_parse_ascii(text).ok().map(|u| u.as_u128())
 }
-
-/// Hex digit values by byte; 0x80 marks a byte that is not a hex digit.
-const HEX: [u8; 256] = {
-    let mut table = [0x80u8; 256];
-    let mut c = 0;
-    while c < 10 {
-        table[b'0' as usize + c] = c as u8;
-        c += 1;
-    }
-    let mut c = 0;
-    while c < 6 {
-        table[b'a' as usize + c] = 10 + c as u8;
-        table[b'A' as usize + c] = 10 + c as u8;
-        c += 1;
-    }
-    table
-};
 
 /// Formats a UUID number in its canonical lowercase form.
 pub fn format_uuid(uuid: u128) -> String {
-    let hex = format!("{uuid:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::from_u128(uuid).hyphenated().to_string()
 }
 
 /// Parses an IP address field; empty means absent.
