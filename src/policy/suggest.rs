@@ -134,6 +134,27 @@ pub fn suggest(
                 labels(&k.dst_labels).into(),
                 ip,
             );
+            // The connection allowed in `plan` for `holder`'s pods, toward (or from) `peer`;
+            // left out, with why, when the peer cannot be written.
+            let allow = |plan: &mut Plan,
+                         left_out: &mut BTreeMap<(String, String, String, String), u64>,
+                         holder: &Party,
+                         peer: &Party,
+                         fqdn: &str| match peer_spec(peer, fqdn, flavor) {
+                Ok(peer) => {
+                    let usage = plan
+                        .entry(subject(holder))
+                        .or_default()
+                        .entry((peer, port.clone()))
+                        .or_default();
+                    record(usage, c, flows);
+                    true
+                }
+                Err(why) => {
+                    *left_out.entry(left(k, ip, why)).or_default() += flows;
+                    false
+                }
+            };
             let mut used = false;
             if k.src_namespace.as_ref() == namespace {
                 if let Some(rule) = forbidden(segmentation, k, ip) {
@@ -146,36 +167,10 @@ pub fn suggest(
                         .or_default() += flows;
                     continue;
                 }
-                match peer_spec(&dst, &k.fqdn, flavor) {
-                    Ok(peer) => {
-                        let usage = egress
-                            .entry(subject(&src))
-                            .or_default()
-                            .entry((peer, port.clone()))
-                            .or_default();
-                        record(usage, c, flows);
-                        used = true;
-                    }
-                    Err(why) => {
-                        *left_out.entry(left(k, ip, why)).or_default() += flows;
-                    }
-                }
+                used |= allow(&mut egress, &mut left_out, &src, &dst, &k.fqdn);
             }
             if k.dst_namespace.as_ref() == namespace {
-                match peer_spec(&src, "", flavor) {
-                    Ok(peer) => {
-                        let usage = ingress
-                            .entry(subject(&dst))
-                            .or_default()
-                            .entry((peer, port.clone()))
-                            .or_default();
-                        record(usage, c, flows);
-                        used = true;
-                    }
-                    Err(why) => {
-                        *left_out.entry(left(k, ip, why)).or_default() += flows;
-                    }
-                }
+                used |= allow(&mut ingress, &mut left_out, &dst, &src, "");
             }
             if used {
                 flows_allowed += flows;
