@@ -242,16 +242,13 @@ impl Manager {
                 _ => gone.push(key.clone()),
             }
         }
-        let mut first_error = None;
+        let mut pass = Pass::default();
         for key in gone {
-            if let Some(active) = self.remove(&key)
-                && let Err(e) = self.resolve(key, active)
-            {
-                first_error.get_or_insert(e);
+            if let Some(active) = self.remove(&key) {
+                pass.note(self.resolve(key, active));
             }
         }
-        self.wake.notify_waiters();
-        first_error.map_or(Ok(()), Err)
+        pass.end(&self.wake)
     }
 
     /// `flow` matched `rule` as `hit` says: it joins the alert for (namespace, destination),
@@ -534,27 +531,17 @@ impl Manager {
     /// waiting for `update_interval`: at the end of a replay or a run, so what is stored and
     /// delivered is the grown context.
     pub fn flush(&mut self, now: Instant) -> Result<(), StateError> {
-        let mut first_error = None;
-        let mut changed = false;
+        let mut pass = Pass::default();
         for active in self.active.values_mut().filter(|a| a.dirty || a.unsaved) {
-            match resend(active, &self.store, &self.config, now) {
-                Ok(()) => changed = true,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
+            pass.note(resend(active, &self.store, &self.config, now));
         }
-        if changed {
-            self.wake.notify_waiters();
-        }
-        first_error.map_or(Ok(()), Err)
+        pass.end(&self.wake)
     }
 
     /// Resolves quiet alerts and re-sends due ones. A change the store cannot commit stays
     /// pending and is tried again at the next tick; the first such error is returned.
     pub fn tick(&mut self, now: Instant) -> Result<(), StateError> {
-        let mut changed = false;
-        let mut first_error = None;
+        let mut pass = Pass::default();
         let mut quiet = Vec::new();
         for (key, active) in &mut self.active {
             if now.duration_since(active.last_hit) >= active.rule.resolve_after {
@@ -565,25 +552,13 @@ impl Manager {
             let due = active.unsaved
                 || (active.dirty && since >= self.config.update_interval)
                 || since >= self.config.resend_interval;
-            if !due {
-                continue;
-            }
-            match resend(active, &self.store, &self.config, now) {
-                Ok(()) => changed = true,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+            if due {
+                pass.note(resend(active, &self.store, &self.config, now));
             }
         }
         for key in quiet {
-            let Some(active) = self.remove(&key) else {
-                continue;
-            };
-            match self.resolve(key, active) {
-                Ok(()) => changed = true,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+            if let Some(active) = self.remove(&key) {
+                pass.note(self.resolve(key, active));
             }
         }
         if self
@@ -598,15 +573,39 @@ impl Manager {
                     alerts = n,
                     "alerts: pruned alerts resolved longer ago than the retention"
                 ),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => pass.fail(e),
             }
         }
-        if changed {
-            self.wake.notify_waiters();
+        pass.end(&self.wake)
+    }
+}
+
+/// What a pass over several alerts did: whether it committed a change, and the first error
+/// (the other alerts are tried all the same).
+#[derive(Default)]
+struct Pass {
+    changed: bool,
+    first_error: Option<StateError>,
+}
+
+impl Pass {
+    fn note(&mut self, committed: Result<(), StateError>) {
+        match committed {
+            Ok(()) => self.changed = true,
+            Err(e) => self.fail(e),
         }
-        first_error.map_or(Ok(()), Err)
+    }
+
+    fn fail(&mut self, e: StateError) {
+        self.first_error.get_or_insert(e);
+    }
+
+    /// Wakes the sinks when a change was committed; the first error.
+    fn end(self, wake: &Notify) -> Result<(), StateError> {
+        if self.changed {
+            wake.notify_waiters();
+        }
+        self.first_error.map_or(Ok(()), Err)
     }
 }
 
