@@ -31,7 +31,6 @@ mod select;
 mod sink;
 mod source;
 pub mod summaries;
-#[cfg(test)]
 mod testing;
 mod top;
 

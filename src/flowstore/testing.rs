@@ -1,4 +1,5 @@
 //! What the store's tests share: simulated flows, a small store, filters and expected answers.
+#![cfg(test)]
 
 use super::*;
 use crate::detect::testing::flow_event;
