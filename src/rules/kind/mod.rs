@@ -148,3 +148,50 @@ impl Kind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_names_its_evidence_and_how_far_back_it_reaches() {
+        let pack = crate::rules::default_pack().unwrap();
+        let mut seen = Vec::new();
+        for rule in &pack {
+            let spec = rule.kind.spec();
+            let e = spec.evidence();
+            let expected = match rule.kind.name() {
+                "policy_denied" => ("source_namespace", Some("DROPPED"), true, None),
+                "volume_spike" | "segmentation" | "new_destination" => {
+                    ("source_namespace", Some("FORWARDED"), true, None)
+                }
+                "scan" => ("source_namespace", None, false, Some("source_pod")),
+                "dns_exfiltration" => ("namespace", None, true, Some("pod")),
+                "coverage" => ("namespace", None, false, None),
+                other => panic!("{other} has no expected evidence"),
+            };
+            assert_eq!(
+                (e.side, e.verdict, e.destination, e.pod),
+                expected,
+                "{}",
+                rule.name
+            );
+            let lookback = match &rule.kind {
+                Kind::VolumeSpike(p) => p.window,
+                Kind::Coverage(p) => p.window,
+                _ => Duration::ZERO,
+            };
+            assert_eq!(spec.lookback(), lookback, "{}", rule.name);
+            assert_eq!(
+                spec.words(&|_| String::new()).is_some(),
+                rule.kind.name() == "policy_denied",
+                "{}",
+                rule.name
+            );
+            seen.push(rule.kind.name());
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), Kind::NAMES.len(), "the pack has every kind");
+    }
+}
