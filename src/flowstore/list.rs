@@ -210,6 +210,11 @@ impl FlowStore {
             found.sort_by(|a, b| (b.0, &b.1, b.2).cmp(&(a.0, &a.1, a.2)));
             found.truncate(limit + 1);
         }
+        if let Some(t) = stopped_at {
+            // Flows at `t` or older may be in sources not read: the next page starts there,
+            // whatever this page collected of them.
+            found.retain(|f| f.0 > t);
+        }
         let next_cursor = if found.len() > limit {
             found.truncate(limit);
             found.last().map(|(time_ns, replica, seq, _)| Cursor::At {
@@ -217,16 +222,12 @@ impl FlowStore {
                 seq: *seq,
                 replica: replica.clone(),
             })
-        } else if let Some(t) = stopped_at {
-            // Flows at `t` or older may be in sources not read: they start the next page.
-            found.retain(|f| f.0 > t);
-            Some(Cursor::At {
+        } else {
+            stopped_at.map(|t| Cursor::At {
                 time_ns: t + 1,
                 seq: 0,
                 replica: "".into(),
             })
-        } else {
-            None
         };
         Ok(Page {
             flows: found.into_iter().map(|f| f.3).collect(),

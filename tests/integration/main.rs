@@ -23,6 +23,7 @@ mod policy_advisor;
 mod prometheus;
 mod reload;
 mod replay;
+mod shared_pages;
 mod soak;
 mod supply_chain;
 mod support;
