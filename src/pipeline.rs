@@ -384,12 +384,17 @@ pub async fn consume(
                 let Some(event) = event else { break };
                 if let Event::Checkpoint(n) = event {
                     // Alert state first, then the flows: the sink reports the checkpoint
-                    // durable once both are on disk.
-                    if let Some(engine) = &mut c.engine {
-                        engine.flush(Instant::now());
-                    }
-                    if let Some(sink) = &c.flows {
-                        sink.checkpoint(n);
+                    // durable once both are on disk. One whose alert state the store refused
+                    // goes no further: no offset is committed past alerts not saved, and the
+                    // source sends another checkpoint later.
+                    let saved = c.engine.as_mut().is_none_or(|e| e.flush(Instant::now()));
+                    match &c.flows {
+                        Some(sink) if saved => sink.checkpoint(n),
+                        Some(_) => tracing::warn!(
+                            checkpoint = n,
+                            "pipeline: the alert store refused the alert state; the checkpoint is not made durable"
+                        ),
+                        None => {}
                     }
                     continue;
                 }
@@ -484,5 +489,87 @@ mod tests {
             kept.contains(&"ai-training") && kept.len() < names.len(),
             "{kept:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_whose_alert_state_is_not_saved_is_not_made_durable() {
+        use crate::alert::manager::{LifecycleConfig, Manager};
+        let rules: Vec<Arc<Rule>> = crate::rules::default_pack()
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let store = Store::in_memory().unwrap();
+        let lifecycle = LifecycleConfig {
+            external_url: "http://127.0.0.1:8080".into(),
+            ..LifecycleConfig::default()
+        };
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let manager = Manager::new(lifecycle, store.clone(), wake, &rules).unwrap();
+        let stats = Arc::new(DeliveryStats::default());
+        let engine = Engine::new(
+            &rules,
+            manager,
+            stats.clone(),
+            Duration::from_secs(300),
+            &store,
+        );
+        let flows = crate::flowstore::FlowStore::in_memory(Default::default());
+        let (sink, writer) = FlowSink::start(flows);
+        let mut durable = sink.durable();
+        let consumers = Consumers {
+            summary: Summary::new(&[]),
+            engine: Some(engine),
+            flows: Some(sink.clone()),
+            progress: None,
+            cursor: None,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(consume(
+            rx,
+            consumers,
+            Side::default(),
+            Duration::from_secs(3600),
+        ));
+        // A denied attempt whose alert the store refuses, then a checkpoint.
+        store.refuse_writes(true);
+        let mut cluster =
+            crate::sim::traffic::TrainingCluster::new(3, 1_767_225_600_000_000_000, 1_000);
+        let mut decoder = crate::flow::wire::Decoder::default();
+        for f in cluster.exfiltration_attempt() {
+            let event = crate::detect::testing::flow_event(&mut decoder, f);
+            tx.send(Event::Flow(event)).await.unwrap();
+        }
+        tx.send(Event::Checkpoint(1)).await.unwrap();
+        // Refused twice: when the alert started, and by the checkpoint's flush.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.store_errors.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "the store was never asked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            *durable.borrow(),
+            0,
+            "checkpoint 1 made durable without its alerts"
+        );
+        // The store takes writes again: the next checkpoint saves the alert and is durable.
+        store.refuse_writes(false);
+        tx.send(Event::Checkpoint(2)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|&d| d >= 2))
+            .await
+            .unwrap()
+            .unwrap();
+        drop(tx);
+        let consumers = task.await.unwrap();
+        let firing = consumers.engine.unwrap().firing().len();
+        assert!(firing > 0);
+        assert_eq!(
+            crate::alert::saved_firing(&store).unwrap().len(),
+            firing,
+            "every firing alert saved"
+        );
+        sink.close();
+        writer.join().unwrap();
     }
 }

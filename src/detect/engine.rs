@@ -478,10 +478,16 @@ impl Engine {
         }
     }
 
-    /// Commits the grown context of every firing alert now (see [`Manager::flush`]).
-    pub fn flush(&mut self, now: Instant) {
-        if let Err(e) = self.manager.flush(now) {
-            self.failed(&e);
+    /// Commits the grown context of every firing alert now (see [`Manager::flush`]); false
+    /// when the alert store refused (counted and logged), so what made the alerts is not
+    /// called durable.
+    pub fn flush(&mut self, now: Instant) -> bool {
+        match self.manager.flush(now) {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
         }
     }
 
