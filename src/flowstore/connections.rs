@@ -375,9 +375,10 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Connection>) -> Vec<Connect
 
 impl FlowStore {
     /// The connections of `namespace` in `[since_ns, until_ns)`: its flows folded by local
-    /// endpoint, peer, port and verdict (see [`connections`]). Reads every chunk in the range,
-    /// without the segment budget of `/flows`: an operator's question over days, not a
-    /// dashboard's. Parts of chunks wholly inside the range are cached.
+    /// endpoint, peer, port and verdict (see [`connections`]), this replica's and, with a
+    /// bucket, every replica's. Reads every chunk in the range, without the segment budget
+    /// of `/flows`: an operator's question over days, not a dashboard's. Parts of chunks
+    /// wholly inside the range are cached.
     pub fn connections(
         &self,
         namespace: &str,
@@ -426,14 +427,20 @@ impl FlowStore {
             parts.push(part);
         }
         let counted = |t: i64, seq: u64| summarised.iter().any(|h| h.counts(t, seq));
-        for source in self.local_sources()? {
+        // This replica's chunks and, with a bucket, the other replicas' objects: the answer
+        // is the same whichever replica is asked.
+        let mut window = super::Filter::default();
+        (window.since_ns, window.until_ns) = (Some(since_ns), Some(until_ns));
+        for source in self.sources(&window)? {
             let (first_seq, last_seq, min_time, max_time) = source.span();
             if max_time < since_ns || min_time >= until_ns {
                 continue;
             }
-            // Hours of this source that summaries count; all of them: nothing to read.
+            // Hours of this source that summaries count (they count this replica's own
+            // chunks only); all of them: nothing to read.
             let touched: Vec<&&super::summaries::Hour> = summarised
                 .iter()
+                .filter(|_| !source.is_remote())
                 .filter(|h| h.start_ns + HOUR_NS > min_time && h.start_ns <= max_time)
                 .collect();
             let first_hour = min_time.div_euclid(HOUR_NS);
@@ -446,7 +453,8 @@ impl FlowStore {
                 continue;
             }
             let whole = since_ns <= min_time && max_time < until_ns && touched.is_empty();
-            let key = (first_seq, last_seq, namespace.to_owned());
+            let (id, version) = source.id();
+            let key = (id, version, namespace.to_owned());
             let cached = whole.then(|| self.connections.get(&key)).flatten();
             let part = match cached {
                 Some(part) => part,

@@ -44,6 +44,11 @@ impl Source {
         }
     }
 
+    /// Whether it is an object of the bucket.
+    pub(super) fn is_remote(&self) -> bool {
+        matches!(self, Source::Remote(..))
+    }
+
     /// Whether reading it costs a read from disk or the bucket.
     pub(super) fn is_stored(&self) -> bool {
         !matches!(self, Source::Memory(_))

@@ -23,7 +23,7 @@ mod policy_advisor;
 mod prometheus;
 mod reload;
 mod replay;
-mod shared_pages;
+mod shared_history;
 mod soak;
 mod supply_chain;
 mod support;

@@ -1,6 +1,7 @@
-//! Pages of a store that shares its history through a bucket: every flow of every replica
-//! once, none skipped and none repeated, when a page must stop at the read budget
-//! ([`MAX_SEGMENTS_PER_QUERY`]) with objects left unread that overlap it in time.
+//! A flow store that shares its history through a bucket (SeaweedFS), asked on another
+//! replica: pages hold every flow of every replica once, none skipped and none repeated, when
+//! a page must stop at the read budget ([`MAX_SEGMENTS_PER_QUERY`]) with objects left unread
+//! that overlap it in time; the policy advisor's connections are the same on every replica.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -101,4 +102,35 @@ fn pages_across_replicas_skip_and_repeat_nothing_where_the_read_budget_stops_the
         .filter(|f| !distinct.contains(&f.time_ns))
         .count();
     assert_eq!(missing, 0, "{missing} of {} flows skipped", all.len());
+}
+
+/// Every connection as comparable text: key, flows, addresses.
+fn answer(store: &FlowStore, namespace: &str, since: i64, until: i64) -> Vec<String> {
+    let mut lines: Vec<String> = store
+        .connections(namespace, since, until)
+        .unwrap()
+        .iter()
+        .map(|c| format!("{:?} {} {:?}", c.key, c.flows, c.addresses))
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn the_advisor_sees_every_replicas_connections_from_any_replica() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(S3::start());
+    let start = exfilwatch::common::clock::now_ns() - 600 * 1_000_000_000;
+    let all = flows(20 * CHUNK, start);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = store(&s3, dir_b.path(), "b");
+    let rows: Vec<Row> = all.iter().map(Row::new).collect();
+    b.append(&rows);
+    b.persist().unwrap();
+    let namespace = exfilwatch::sim::traffic::TRAINING_NAMESPACE;
+    let (since, until) = (start - 1, start + 3_600 * 1_000_000_000);
+    let expected = answer(&b, namespace, since, until);
+    assert!(expected.len() > 3, "{expected:?}");
+    let a = store(&s3, dir_a.path(), "a");
+    assert_eq!(answer(&a, namespace, since, until), expected);
 }
