@@ -87,7 +87,11 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Answers<K, V> {
         ))
     }
 
-    pub(super) fn get(&self, key: &K) -> Option<V> {
+    /// The value kept for `key` (or for a borrowed form of it: a `&Path` for a `PathBuf`).
+    pub(super) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        Q: std::hash::Hash + quick_cache::Equivalent<K> + ?Sized,
+    {
         self.0.get(key).map(|w| w.value)
     }
 
@@ -153,7 +157,7 @@ impl FlowStore {
 
     /// A segment's chunk if it is among the recently read ones.
     pub(super) fn cached(&self, name: &Path) -> Option<Arc<Chunk>> {
-        self.cache.get(&name.to_path_buf())
+        self.cache.get(name)
     }
 
     /// A segment's chunk from the cache of recently read ones, else from `read`.
