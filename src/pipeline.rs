@@ -493,27 +493,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_checkpoint_whose_alert_state_is_not_saved_is_not_made_durable() {
-        use crate::alert::manager::{LifecycleConfig, Manager};
-        let rules: Vec<Arc<Rule>> = crate::rules::default_pack()
-            .unwrap()
-            .into_iter()
-            .map(Arc::new)
-            .collect();
         let store = Store::in_memory().unwrap();
-        let lifecycle = LifecycleConfig {
-            external_url: "http://127.0.0.1:8080".into(),
-            ..LifecycleConfig::default()
-        };
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let manager = Manager::new(lifecycle, store.clone(), wake, &rules).unwrap();
         let stats = Arc::new(DeliveryStats::default());
-        let engine = Engine::new(
-            &rules,
-            manager,
-            stats.clone(),
-            Duration::from_secs(300),
-            &store,
-        );
+        let engine = crate::detect::testing::engine(&store, stats.clone());
         let flows = crate::flowstore::FlowStore::in_memory(Default::default());
         let (sink, writer) = FlowSink::start(flows);
         let mut durable = sink.durable();

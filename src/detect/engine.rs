@@ -507,30 +507,13 @@ fn store_failed(stats: &DeliveryStats, e: &crate::state::StateError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::manager::LifecycleConfig;
     use crate::flow::{LostEvent, LostEventSource};
     use crate::rules::default_pack;
     use crate::state::Store;
 
     fn engine() -> Engine {
-        let rules: Vec<Arc<Rule>> = default_pack().unwrap().into_iter().map(Arc::new).collect();
         let store = Store::in_memory().unwrap();
-        let lifecycle = LifecycleConfig {
-            resend_interval: Duration::from_secs(60),
-            update_interval: Duration::from_secs(10),
-            external_url: "http://127.0.0.1:8080".into(),
-            targets: Vec::new(),
-            ..LifecycleConfig::default()
-        };
-        let manager = Manager::new(
-            lifecycle,
-            store.clone(),
-            Arc::new(tokio::sync::Notify::new()),
-            &rules,
-        )
-        .unwrap();
-        let stats = Arc::new(DeliveryStats::default());
-        Engine::new(&rules, manager, stats, Duration::from_secs(300), &store)
+        crate::detect::testing::engine(&store, Arc::new(DeliveryStats::default()))
     }
 
     fn gaps(engine: &Engine) -> Vec<String> {

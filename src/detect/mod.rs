@@ -93,6 +93,30 @@ pub(crate) mod testing {
         rule_in(DEFAULT_PACK, name)
     }
 
+    /// An engine of the default pack whose alerts `store` keeps and `stats` counts.
+    pub fn engine(
+        store: &crate::state::Store,
+        stats: Arc<crate::alert::sink::DeliveryStats>,
+    ) -> super::engine::Engine {
+        use crate::alert::manager::{LifecycleConfig, Manager};
+        let rules: Vec<Arc<Rule>> = crate::rules::default_pack()
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let lifecycle = LifecycleConfig {
+            resend_interval: std::time::Duration::from_secs(60),
+            update_interval: std::time::Duration::from_secs(10),
+            external_url: "http://127.0.0.1:8080".into(),
+            targets: Vec::new(),
+            ..LifecycleConfig::default()
+        };
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let manager = Manager::new(lifecycle, store.clone(), wake, &rules).unwrap();
+        let blind_after = std::time::Duration::from_secs(300);
+        super::engine::Engine::new(&rules, manager, stats, blind_after, store)
+    }
+
     /// `flow` as the service sees it: encoded in a response and decoded by the wire decoder.
     pub fn flow_event(decoder: &mut Decoder, flow: crate::proto::flow::Flow) -> FlowEvent {
         crate::sim::received(decoder, flow).expect("the simulator's flows decode")
