@@ -12,7 +12,6 @@ use std::net::IpAddr;
 
 use polars::prelude::*;
 
-use super::cache::ConnectionsKey;
 use super::chunk::{Chunk, Col};
 use super::{FlowStore, StoreError};
 use crate::common::hash::FastMap;
@@ -385,9 +384,6 @@ impl FlowStore {
         since_ns: i64,
         until_ns: i64,
     ) -> Result<Vec<Connection>, StoreError> {
-        let remember = |key: ConnectionsKey, part: &Arc<Vec<Connection>>| {
-            self.connections.put(key, part.clone(), 1);
-        };
         // Whole hours inside the range that have a summary.
         let hours: BTreeMap<i64, super::summaries::Hour> = self
             .summaries_lock()
@@ -413,7 +409,7 @@ impl FlowStore {
                 Some(p) => p,
                 None => match super::summaries::read(hour, namespace) {
                     Ok(p) => {
-                        remember(key, &p);
+                        self.connections.put(key, p.clone(), 1);
                         p
                     }
                     Err(e) => {
@@ -476,7 +472,7 @@ impl FlowStore {
                         .collect();
                     let part = Arc::new(part);
                     if whole {
-                        remember(key, &part);
+                        self.connections.put(key, part.clone(), 1);
                     }
                     part
                 }

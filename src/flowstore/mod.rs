@@ -47,6 +47,7 @@ pub use connections::{Connection, ConnectionKey};
 pub use query::{BadParameter, Filter};
 
 pub use list::{Cursor, MAX_SEGMENTS_PER_QUERY, Page};
+pub use remote::{Export, Exporter};
 pub use sink::FlowSink;
 pub use top::{Group, GroupBy};
 
@@ -199,20 +200,6 @@ pub struct FlowStore {
     exported: AtomicU64,
     writable: bool,
     pub stats: StoreStats,
-}
-
-/// Given the version it last uploaded, the new version and its bytes when the state changed
-/// since: a checkpoint uploads them after the flows, so the state a replica taking over reads
-/// is at least as new as the offsets committed.
-pub struct Exporter(pub Box<Export>);
-
-/// See [`Exporter`].
-pub type Export = dyn Fn(u64) -> Option<(u64, Vec<u8>)> + Send + Sync;
-
-impl std::fmt::Debug for Exporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Exporter")
-    }
 }
 
 /// Rows per parquet row group in a segment, and per block the open chunk is frozen in: a

@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// Given the version it last uploaded, the new version and its bytes when the state changed
+/// since: a checkpoint uploads them after the flows, so the state a replica taking over reads
+/// is at least as new as the offsets committed.
+pub struct Exporter(pub Box<Export>);
+
+/// See [`Exporter`].
+pub type Export = dyn Fn(u64) -> Option<(u64, Vec<u8>)> + Send + Sync;
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
+
 /// Most object spans remembered (about 80 bytes each).
 pub(super) const MAX_SPANS: usize = 1 << 16;
 

@@ -103,6 +103,7 @@ fn validate(raw: RawRule, report: &mut Report<'_>) -> Rule {
                 Kind::NAMES.join(", ")
             ),
         );
+        // A stand-in: a pack with any problem is refused whole, so it never runs.
         Kind::Segmentation(SegmentationParams::default())
     });
     let enabled = raw.enabled.unwrap_or(true);

@@ -109,16 +109,15 @@ impl Kind {
     ];
 
     pub fn name(&self) -> &'static str {
-        let i = match self {
-            Kind::PolicyDenied(_) => 0,
-            Kind::VolumeSpike(_) => 1,
-            Kind::Scan(_) => 2,
-            Kind::DnsExfiltration(_) => 3,
-            Kind::Segmentation(_) => 4,
-            Kind::Coverage(_) => 5,
-            Kind::NewDestination(_) => 6,
-        };
-        Self::NAMES[i]
+        match self {
+            Kind::PolicyDenied(_) => "policy_denied",
+            Kind::VolumeSpike(_) => "volume_spike",
+            Kind::Scan(_) => "scan",
+            Kind::DnsExfiltration(_) => "dns_exfiltration",
+            Kind::Segmentation(_) => "segmentation",
+            Kind::Coverage(_) => "coverage",
+            Kind::NewDestination(_) => "new_destination",
+        }
     }
 
     /// The kind named `name` with its parameters from `raw`; `None` for no kind of that name.
@@ -188,6 +187,7 @@ mod tests {
                 "{}",
                 rule.name
             );
+            assert!(Kind::NAMES.contains(&rule.kind.name()));
             seen.push(rule.kind.name());
         }
         seen.sort_unstable();
