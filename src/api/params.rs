@@ -90,12 +90,6 @@ pub(super) async fn blocking<T: Send + 'static>(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(Ok(v)) => Ok(v),
-        // The time range the request asked for, whatever its parameters said: the message
-        // says to narrow it.
-        Ok(Err(
-            e @ (crate::flowstore::StoreError::TooBroad { .. }
-            | crate::flowstore::StoreError::Range(_)),
-        )) => Err(refuse(StatusCode::BAD_REQUEST, "too_broad", e.to_string())),
         Ok(Err(crate::flowstore::StoreError::Cursor(c))) => {
             Err(BadParameter::new("cursor", &c, "not a cursor this API returned").into())
         }

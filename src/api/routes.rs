@@ -212,26 +212,3 @@ async fn pages_show_the_hostile_strings_as_text() {
     assert!(flows.contains("&quot;&gt;&lt;img src=x onerror=alert(2)&gt;.evil.example"));
     assert!(flows.contains("node-1&lt;b&gt;"));
 }
-
-#[tokio::test]
-async fn a_query_too_broad_for_the_store_says_so_without_naming_a_parameter() {
-    let state = state();
-    let refused = super::params::blocking(&state, |_| -> Result<(), _> {
-        Err(crate::flowstore::StoreError::TooBroad { segments: 135 })
-    })
-    .await
-    .unwrap_err();
-    let response = axum::response::IntoResponse::into_response(refused);
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body["error"], "too_broad");
-    let detail = body["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("135 segments") && detail.contains("narrow since/until"),
-        "{detail}"
-    );
-    assert!(!detail.contains("since=\"\""), "{detail}");
-}

@@ -1,17 +1,14 @@
-//! The shared bucket: flow segments as parquet in S3-compatible object storage.
+//! The shared bucket: the flow table ([`super::table`]) and the replicas' learned state in
+//! S3-compatible object storage.
 //!
-//! With `storage.flows.object_store`, every segment a replica writes also goes to
-//! `<prefix>flows/date=YYYY-MM-DD/hour=HH/<replica>-<first_seq>.parquet`, the hour being its
-//! first flow's (UTC). A chunk holds flows within [`MAX_SPAN_NS`] of its first, so a query's
-//! time range names the hours to list. The checkpoint of a chunk still growing goes to the
-//! same key as the whole chunk later does, which replaces it. Columns are plain (the
-//! segment's own; see docs/scale-out.md): DuckDB, Spark, Trino and pyarrow read them with
-//! hive partitioning.
+//! With `storage.flows.object_store`, every segment a replica writes is also added to the
+//! Delta table under `<prefix>flows/`, as
+//! `date=YYYY-MM-DD/hour=HH/<replica>-<first_seq>-<last_seq>.parquet`, the hour being its
+//! first flow's (UTC). A chunk holds flows within [`MAX_SPAN_NS`] of its first.
 //!
-//! The store's methods block: they run on the writer thread and on the API's blocking pool,
-//! driving requests on the bucket's own small runtime.
+//! The store's methods block: they run on the uploader thread and on the API's blocking
+//! pool, driving requests on the bucket's own small runtime.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +20,7 @@ use object_store::{
     Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use super::table::{self, NewFile, Table};
 use crate::config::ObjectStoreConfig;
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -31,35 +29,7 @@ const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 /// a flow further away starts a new chunk.
 pub const MAX_SPAN_NS: i64 = HOUR_NS;
 
-/// How long an hour's listing is reused: other replicas' uploads show within this.
-const LISTING_TTL: Duration = Duration::from_secs(5);
-
-/// Most hours a query may list.
-pub const MAX_HOURS: i64 = 24 * 31;
-
-/// An object in the bucket: one replica's segment (or its checkpoint of a growing chunk).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
-    pub key: Arc<str>,
-    pub replica: Arc<str>,
-    pub first_seq: u64,
-    /// The start of its hour partition, in nanoseconds since the epoch.
-    pub hour_ns: i64,
-    pub bytes: u64,
-}
-
-impl Object {
-    /// The times its flows may have, from its hour alone.
-    pub fn time_bounds(&self) -> (i64, i64) {
-        (
-            self.hour_ns - MAX_SPAN_NS,
-            self.hour_ns + HOUR_NS + MAX_SPAN_NS - 1,
-        )
-    }
-}
-
-/// An hour's objects, and when they were listed.
-type Listing = (tokio::time::Instant, Arc<Vec<Object>>);
+pub use super::table::Object;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -68,7 +38,10 @@ pub struct BucketStats {
     pub upload_bytes: AtomicU64,
     pub errors: AtomicU64,
     pub downloads: AtomicU64,
+    /// Reads of the table's log for versions committed since the last.
     pub lists: AtomicU64,
+    /// Versions this replica committed to the table.
+    pub commits: AtomicU64,
     /// Known destinations the other replicas learned, as last read.
     pub learned: AtomicU64,
     /// Other replicas' learned-state objects that could not be decoded, at each read.
@@ -105,11 +78,13 @@ impl ObjectKind {
 /// A connection to the bucket.
 #[derive(Debug)]
 pub struct Bucket {
-    s3: AmazonS3,
+    s3: Arc<AmazonS3>,
     prefix: String,
     replica: Arc<str>,
     runtime: Option<tokio::runtime::Runtime>,
-    listings: Mutex<HashMap<i64, Listing>>,
+    table: Table,
+    /// When the table's log was last read.
+    refreshed: Mutex<Option<tokio::time::Instant>>,
     pub stats: BucketStats,
 }
 
@@ -125,20 +100,6 @@ impl Drop for Bucket {
 /// The start of the hour `time_ns` falls in.
 pub fn hour_of(time_ns: i64) -> i64 {
     time_ns.div_euclid(HOUR_NS) * HOUR_NS
-}
-
-/// The first and last hour whose objects may hold flows of `[since_ns, until_ns)`; an error
-/// when they are more than one query may list.
-pub fn hours(since_ns: i64, until_ns: i64) -> Result<(i64, i64), String> {
-    let first = hour_of(since_ns) - MAX_SPAN_NS;
-    let last = hour_of(until_ns.saturating_sub(1)) + MAX_SPAN_NS;
-    if (last - first) / HOUR_NS > MAX_HOURS {
-        return Err(format!(
-            "a query of the bucket may cover at most {} days: narrow since/until",
-            MAX_HOURS / 24 - 1
-        ));
-    }
-    Ok((first, last))
 }
 
 impl Bucket {
@@ -177,12 +138,15 @@ impl Bucket {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the bucket's runtime: {e}"))?;
+        let s3 = Arc::new(s3);
+        let table = Table::new(s3.clone(), &config.bucket, &config.prefix)?;
         Ok(Bucket {
             s3,
             prefix: config.prefix.clone(),
             replica: config.replica.as_str().into(),
             runtime: Some(runtime),
-            listings: Mutex::default(),
+            table,
+            refreshed: Mutex::default(),
             stats: BucketStats::default(),
         })
     }
@@ -199,24 +163,27 @@ impl Bucket {
         }
     }
 
-    fn hour_prefix(&self, hour_ns: i64) -> String {
-        let t = crate::common::clock::format_time(hour_ns);
-        format!(
-            "{}flows/date={}/hour={}/",
-            self.prefix,
-            t.get(..10).unwrap_or_default(),
-            t.get(11..13).unwrap_or_default()
-        )
+    /// The path in the table of this replica's chunk holding sequence numbers
+    /// `first_seq..=last_seq`, its first flow at `first_time_ns`, and its partition values.
+    pub fn path(
+        &self,
+        first_time_ns: i64,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> (String, String, String) {
+        let t = crate::common::clock::format_time(hour_of(first_time_ns));
+        let date = t.get(..10).unwrap_or_default().to_string();
+        let hour = t.get(11..13).unwrap_or_default().to_string();
+        let path = format!(
+            "date={date}/hour={hour}/{}-{first_seq}-{last_seq}.parquet",
+            self.replica
+        );
+        (path, date, hour)
     }
 
-    /// The key of this replica's chunk that starts with sequence number `first_seq` at
-    /// `first_time_ns`.
-    pub fn key(&self, first_time_ns: i64, first_seq: u64) -> String {
-        format!(
-            "{}{}-{first_seq}.parquet",
-            self.hour_prefix(hour_of(first_time_ns)),
-            self.replica
-        )
+    /// The key of a path of the table.
+    pub fn key(&self, path: &str) -> String {
+        format!("{}flows/{path}", self.prefix)
     }
 
     fn counted<T>(&self, what: &str, key: &str, r: object_store::Result<T>) -> Result<T, String> {
@@ -298,76 +265,63 @@ impl Bucket {
     }
 
     /// Lists the prefix once, so a wrong endpoint, bucket or credential stops the start with
-    /// the store's own message.
+    /// the store's own message, then reads the table (creating it when the bucket has none).
     pub async fn check(self: &Arc<Bucket>) -> Result<(), String> {
         let bucket = self.clone();
         let prefix = Key::from(format!("{}flows", self.prefix));
         let task = match &self.runtime {
-            Some(rt) => rt.spawn(async move { bucket.s3.list_with_delimiter(Some(&prefix)).await }),
+            Some(rt) => rt.spawn(async move {
+                if let Err(e) = bucket.s3.list_with_delimiter(Some(&prefix)).await {
+                    return Err(format!("listing {}: {e}", bucket.prefix));
+                }
+                bucket.table.open().await
+            }),
             None => unreachable!("the runtime lives until the bucket is dropped"),
         };
         match task.await {
-            Ok(r) => self.counted("listing", &self.prefix, r).map(drop),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("bucket: {e}"))
+            }
             Err(e) => Err(format!("bucket: listing: {e}")),
         }
     }
 
-    /// Every object of the hour starting at `hour_ns`, listed at most once per
-    /// [`LISTING_TTL`].
-    fn list(&self, hour_ns: i64) -> Result<Arc<Vec<Object>>, String> {
+    /// The table's files, its log read again when last read more than [`table::REFRESH`]
+    /// ago (other replicas' commits show within that).
+    pub fn files(&self) -> Result<Arc<Vec<Object>>, String> {
         let now = tokio::time::Instant::now();
-        {
-            let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, objects)) = listings.get(&hour_ns)
-                && now.duration_since(*at) < LISTING_TTL
-            {
-                return Ok(objects.clone());
+        let stale = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| now.duration_since(at) >= table::REFRESH);
+        if stale {
+            let r = self.block_on(self.table.refresh());
+            if let Err(e) = r {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("bucket: {e}"));
             }
+            self.stats.lists.fetch_add(1, Ordering::Relaxed);
+            *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         }
-        let prefix = self.hour_prefix(hour_ns);
-        let r = self.block_on(
-            self.s3
-                .list_with_delimiter(Some(&Key::from(prefix.as_str()))),
-        );
-        let listed = self.counted("listing", &prefix, r)?;
-        self.stats.lists.fetch_add(1, Ordering::Relaxed);
-        let mut objects: Vec<Object> = listed
-            .objects
-            .iter()
-            .filter_map(|m| {
-                let key = m.location.as_ref();
-                let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
-                let (replica, seq) = name.rsplit_once('-')?;
-                // Replica names go into page cursors and links as they are.
-                let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
-                if replica.is_empty() || !replica.bytes().all(plain) {
-                    return None;
-                }
-                Some(Object {
-                    key: key.into(),
-                    replica: replica.into(),
-                    first_seq: seq.parse().ok()?,
-                    hour_ns,
-                    bytes: m.size,
-                })
-            })
-            .collect();
-        objects.sort_by(|a, b| (&a.replica, a.first_seq).cmp(&(&b.replica, b.first_seq)));
-        let objects = Arc::new(objects);
-        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-        listings.retain(|_, (at, _)| now.duration_since(*at) < LISTING_TTL);
-        listings.insert(hour_ns, (now, objects.clone()));
-        Ok(objects)
+        Ok(self.table.files().0)
     }
 
-    /// The objects of `hours` (from [`hours`]), newest hour first.
-    pub fn objects(&self, (first, mut last): (i64, i64)) -> Result<Vec<Object>, String> {
-        let mut out = Vec::new();
-        while last >= first {
-            out.extend(self.list(last)?.iter().rev().cloned());
-            last -= HOUR_NS;
+    /// Commits `added` and the removal of `removed` to the table in one version.
+    pub fn commit(&self, added: &[NewFile], removed: &[Object]) -> Result<u64, String> {
+        let r = self.block_on(self.table.commit(added, removed));
+        match r {
+            Ok(v) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("bucket: {e}"))
+            }
         }
-        Ok(out)
     }
 }
 
@@ -392,35 +346,20 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_hive_partitions_of_the_first_flows_hour() {
+    fn paths_are_hive_partitions_of_the_first_flows_hour() {
         let b = bucket("prod/");
         // 2026-11-30T13:59:59.999Z
         let t = 1_796_047_199_999_000_000;
+        let (path, date, hour) = b.path(t, 65_537, 70_000);
         assert_eq!(
-            b.key(t, 65_537),
-            "prod/flows/date=2026-11-30/hour=13/exfilwatch-7d9f-x2k-65537.parquet"
+            path,
+            "date=2026-11-30/hour=13/exfilwatch-7d9f-x2k-65537-70000.parquet"
         );
+        assert_eq!((date.as_str(), hour.as_str()), ("2026-11-30", "13"));
         assert_eq!(
-            b.key(t + 1_000_000, 1),
-            "prod/flows/date=2026-11-30/hour=14/exfilwatch-7d9f-x2k-1.parquet"
+            b.key(&b.path(t + 1_000_000, 1, 1).0),
+            "prod/flows/date=2026-11-30/hour=14/exfilwatch-7d9f-x2k-1-1.parquet"
         );
         assert_eq!(hour_of(t), 1_796_043_600_000_000_000);
-    }
-
-    #[test]
-    fn an_object_bounds_its_flows_by_its_hour() {
-        let o = Object {
-            key: "k".into(),
-            replica: "r".into(),
-            first_seq: 1,
-            hour_ns: 10 * HOUR_NS,
-            bytes: 1,
-        };
-        assert_eq!(o.time_bounds(), (9 * HOUR_NS, 12 * HOUR_NS - 1));
-        // A query of [10:30, 11:00) lists the hours from 09:00 to 11:00, and no more than
-        // 31 days of them.
-        let (h, m) = (HOUR_NS, HOUR_NS / 60);
-        assert_eq!(hours(10 * h + 30 * m, 11 * h), Ok((9 * h, 11 * h)));
-        assert!(hours(0, 40 * 24 * h).is_err());
     }
 }

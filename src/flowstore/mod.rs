@@ -31,10 +31,12 @@ mod select;
 mod sink;
 mod source;
 pub mod summaries;
+pub mod table;
 mod testing;
 mod top;
+mod upload;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -56,7 +58,7 @@ use cache::{
     TOP_CACHE_BYTES, TopKey,
 };
 use segment::Segment;
-use source::{Source, Span};
+use source::Source;
 
 use crate::common::clock::span_ns;
 use crate::config::{FlowStoreConfig, MAX_CHUNK_FLOWS};
@@ -69,14 +71,8 @@ pub enum StoreError {
     Polars(#[from] PolarsError),
     #[error("flow store {path}: {message}")]
     Segment { path: String, message: String },
-    #[error(
-        "the query needs {segments} segments read back from disk, more than {MAX_SEGMENTS_PER_QUERY} a query may read: narrow since/until"
-    )]
-    TooBroad { segments: usize },
     #[error("flow store: {0}")]
     Bucket(String),
-    #[error("{0}")]
-    Range(String),
     #[error("cursor {0}: not a cursor this store returned")]
     Cursor(String),
     #[error("flow store {path}: {source}")]
@@ -190,10 +186,8 @@ pub struct FlowStore {
     summaries: Mutex<Option<summaries::Summaries>>,
     /// The bucket segments also go to, and queries read (`storage.flows.object_store`).
     bucket: Option<Arc<bucket::Bucket>>,
-    /// Spans of objects read, by key and size.
-    spans: Mutex<HashMap<(Arc<str>, u64), Span>>,
-    /// Segments whose upload failed, by key: retried at the next checkpoint and write.
-    pending: Mutex<BTreeMap<String, PathBuf>>,
+    /// Segments on their way to the table.
+    uploads: upload::Uploads,
     /// What else a checkpoint uploads: the detectors' learned state (see [`Exporter`]).
     exporter: Mutex<Option<Exporter>>,
     /// The version the exporter last uploaded.
@@ -318,8 +312,7 @@ impl FlowStore {
             connections: Answers::new(CONNECTIONS_CACHE, CONNECTIONS_CACHE as usize),
             summaries: Mutex::new(summaries),
             bucket,
-            spans: Mutex::default(),
-            pending: Mutex::default(),
+            uploads: upload::Uploads::default(),
             exporter: Mutex::default(),
             exported: AtomicU64::new(u64::MAX),
             writable,
@@ -327,6 +320,9 @@ impl FlowStore {
         });
         if writable {
             store.retain(crate::common::clock::now_ns());
+            if store.bucket.is_some() {
+                store.start_uploader();
+            }
         } else {
             store.prune_summaries();
         }
@@ -490,7 +486,7 @@ impl FlowStore {
             }
         }
         self.write_sealed(&dir)?;
-        self.upload_pending()?;
+        self.upload_round()?;
         self.export()
     }
 
@@ -499,11 +495,6 @@ impl FlowStore {
     /// the next checkpoint replaces), so segments keep their size however often checkpoints
     /// come. Called by the store's one writer; queries go on meanwhile.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.checkpoint_flows()?;
-        self.export()
-    }
-
-    fn checkpoint_flows(&self) -> Result<(), StoreError> {
         let Some(dir) = self.config.dir.clone() else {
             return Ok(());
         };
@@ -511,15 +502,13 @@ impl FlowStore {
         let (snapshot, old) = {
             let mut inner = self.lock();
             if inner.builder.is_empty() {
-                drop(inner);
-                return self.upload_pending();
+                return Ok(());
             }
             let snapshot = Self::builder_snapshot(&mut inner)?;
             let written = dir.join(Segment::file_name(&snapshot));
             if inner.partial.as_ref().is_some_and(|(_, p)| *p == written) {
-                // Nothing arrived since the last checkpoint: only failed uploads are left.
-                drop(inner);
-                return self.upload_pending();
+                // Nothing arrived since the last checkpoint.
+                return Ok(());
             }
             (snapshot, inner.partial.clone())
         };
@@ -528,7 +517,18 @@ impl FlowStore {
             let _ = std::fs::remove_file(old);
         }
         self.lock().partial = Some((snapshot.first_seq, segment.path));
-        self.upload_pending()
+        Ok(())
+    }
+
+    /// Reports checkpoint `n` through `durable` once its flows are durable: now, for a store
+    /// without a bucket (after [`FlowStore::checkpoint`]), or once the uploader committed
+    /// them to the table.
+    pub fn mark_durable(&self, n: u64, durable: &Arc<tokio::sync::watch::Sender<u64>>) {
+        if self.bucket.is_some() {
+            self.uploads.mark(n, durable);
+        } else {
+            durable.send_replace(n);
+        }
     }
 
     /// Moves every sealed chunk to disk, oldest first.

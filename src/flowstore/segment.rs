@@ -151,13 +151,24 @@ impl FlowStore {
             return Err(io(e));
         }
         if let Some(b) = &self.bucket {
-            // Uploaded from the file just written (still in the page cache), with any upload
-            // that failed before; one that fails now stays pending for the next checkpoint.
-            let key = b.key(chunk.first_time, chunk.first_seq);
-            self.pending_lock().insert(key, path.clone());
-            if let Err(e) = self.upload_pending() {
-                tracing::warn!("{e}; retried at the next checkpoint");
-            }
+            // Queued for the uploader, which adds the file to the table off this thread.
+            let (table_path, date, hour) =
+                b.path(chunk.first_time, chunk.first_seq, chunk.last_seq);
+            self.uploads.push(super::upload::Job {
+                local: path.clone(),
+                file: super::table::NewFile {
+                    path: table_path,
+                    date,
+                    hour,
+                    bytes,
+                    rows: chunk.rows() as u64,
+                    min_time: chunk.min_time,
+                    max_time: chunk.max_time,
+                    namespaces: namespace_ranges(chunk),
+                },
+                first_seq: chunk.first_seq,
+                last_seq: chunk.last_seq,
+            });
         }
         Ok(Segment {
             path,
@@ -179,7 +190,7 @@ impl FlowStore {
     /// Deletes segments past the retention age, then the oldest while over the size bound.
     pub(super) fn retain(&self, now_ns: i64) {
         let cutoff = now_ns.saturating_sub(span_ns(self.config.retention));
-        let pending: Vec<PathBuf> = self.pending_lock().values().cloned().collect();
+        let pending: Vec<PathBuf> = self.uploads.paths();
         let mut inner = self.lock();
         let mut total: u64 = inner.segments.iter().map(|s| s.bytes).sum();
         let mut deleted: Vec<Segment> = Vec::new();
@@ -242,6 +253,36 @@ impl FlowStore {
             }
         }
     }
+}
+
+/// The longest namespace a file's statistics state: a longer one leaves them out (readers then
+/// cannot skip the file by namespace, which is safe).
+const MAX_STATED: usize = 253;
+
+/// The least and greatest source and destination namespace of `chunk`'s flows.
+fn namespace_ranges(chunk: &Chunk) -> Option<[(String, String); 2]> {
+    let range = |col: Col| -> Option<(String, String)> {
+        let codes = chunk
+            .frame
+            .column(col.name())
+            .ok()?
+            .u32()
+            .ok()?
+            .unique()
+            .ok()?;
+        let mut lo: Option<&str> = None;
+        let mut hi: Option<&str> = None;
+        for code in codes.into_no_null_iter() {
+            let text: &str = chunk.texts.get(code as usize)?;
+            if text.len() > MAX_STATED {
+                return None;
+            }
+            lo = Some(lo.map_or(text, |l| l.min(text)));
+            hi = Some(hi.map_or(text, |h| h.max(text)));
+        }
+        Some((lo?.to_string(), hi?.to_string()))
+    };
+    Some([range(Col::SrcNamespace)?, range(Col::DstNamespace)?])
 }
 
 #[cfg(test)]

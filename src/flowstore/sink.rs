@@ -19,8 +19,9 @@ pub(super) struct Shared {
     pub(super) taken: Condvar,
     pub(super) stop: AtomicBool,
     pub(super) store: Arc<FlowStore>,
-    /// The last checkpoint whose flows are on disk.
-    pub(super) durable: tokio::sync::watch::Sender<u64>,
+    /// The last checkpoint whose flows are durable (on disk, and in the table when the store
+    /// has a bucket).
+    pub(super) durable: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Rows waiting for the writer, and the checkpoint behind the last of them.
@@ -96,7 +97,7 @@ impl FlowSink {
             taken: Condvar::new(),
             stop: AtomicBool::new(false),
             store,
-            durable: tokio::sync::watch::Sender::new(0),
+            durable: Arc::new(tokio::sync::watch::Sender::new(0)),
         });
         let writer = shared.clone();
         let handle = std::thread::Builder::new()
@@ -213,9 +214,7 @@ pub(super) fn write_loop(shared: &Shared) {
             // Not durable, not reported: the source commits nothing, and the next checkpoint
             // tries again.
             match shared.store.checkpoint() {
-                Ok(()) => {
-                    shared.durable.send_replace(n);
-                }
+                Ok(()) => shared.store.mark_durable(n, &shared.durable),
                 Err(e) => {
                     shared
                         .store

@@ -3,21 +3,12 @@
 
 use super::*;
 
-/// Where a query reads: a chunk in memory, a segment on disk, or an object in the bucket
-/// (with its span once read).
+/// Where a query reads: a chunk in memory, a segment on disk, or a file of the table.
 #[derive(Debug, Clone)]
 pub(super) enum Source {
     Memory(Arc<Chunk>),
     Disk(Segment),
-    Remote(bucket::Object, Option<Span>),
-}
-
-/// A chunk's last sequence number and time range, learnt when an object is first read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Span {
-    pub(super) last_seq: u64,
-    pub(super) min_time: i64,
-    pub(super) max_time: i64,
+    Remote(bucket::Object),
 }
 
 impl Source {
@@ -30,17 +21,13 @@ impl Source {
         }
     }
 
-    /// First and last sequence number, least and greatest time. An object not read yet has
-    /// the bounds of its hour, and no last sequence number.
+    /// First and last sequence number, least and greatest time (of a table's file, as its
+    /// name and statistics in the log state them).
     pub(super) fn span(&self) -> (u64, u64, i64, i64) {
         match self {
             Source::Memory(c) => (c.first_seq, c.last_seq, c.min_time, c.max_time),
             Source::Disk(s) => (s.first_seq, s.last_seq, s.min_time, s.max_time),
-            Source::Remote(o, Some(s)) => (o.first_seq, s.last_seq, s.min_time, s.max_time),
-            Source::Remote(o, None) => {
-                let (min, max) = o.time_bounds();
-                (o.first_seq, u64::MAX, min, max)
-            }
+            Source::Remote(o) => (o.first_seq, o.last_seq, o.min_time, o.max_time),
         }
     }
 
@@ -55,10 +42,10 @@ impl Source {
     }
 
     /// Names the chunk for caches of its answers: sequence numbers for this replica's chunks,
-    /// the key and size for an object (a checkpoint and the whole chunk share a key).
+    /// the key and size for a file of the table.
     pub(super) fn id(&self) -> (u64, u64) {
         match self {
-            Source::Remote(o, _) => {
+            Source::Remote(o) => {
                 let mut h = std::hash::DefaultHasher::new();
                 std::hash::Hash::hash(&*o.key, &mut h);
                 (std::hash::Hasher::finish(&h), o.bytes)
@@ -73,39 +60,32 @@ impl Source {
 
 impl FlowStore {
     /// Everything a query over `filter`'s time may read, newest first. With a bucket, this
-    /// replica's flows come from memory and its disk, as without, and the bucket adds the
-    /// other replicas' objects and this one's older than its disk holds.
+    /// replica's flows come from memory and its disk, as without, and the table adds the
+    /// other replicas' files and this one's older than its disk holds: the files whose
+    /// statistics in the table's log overlap the time range, and no others.
     pub(super) fn sources(&self, filter: &Filter) -> Result<Vec<Source>, StoreError> {
         let mut out = self.local_sources()?;
         let own_floor = out.last().map_or(self.lock().next_seq, |s| s.span().0);
         let Some(b) = &self.bucket else {
             return Ok(out);
         };
-        let now = crate::common::clock::now_ns();
-        let retention = self
-            .config
-            .object_store
-            .as_ref()
-            .map_or(self.config.retention, |o| o.retention);
-        // Without `since`, the bucket's retention, within what one query may list.
-        let widest = (bucket::MAX_HOURS - 24) * 3_600 * 1_000_000_000;
-        let since = filter.since_ns.unwrap_or_else(|| {
-            let back = span_ns(retention);
-            now.saturating_sub(back.min(widest))
-        });
-        let until = filter
-            .until_ns
-            .unwrap_or(now.saturating_add(bucket::MAX_SPAN_NS));
-        let hours = bucket::hours(since, until).map_err(StoreError::Range)?;
-        let objects = b.objects(hours).map_err(StoreError::Bucket)?;
-        let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-        for o in objects {
+        let files = b.files().map_err(StoreError::Bucket)?;
+        // Without `since`, as far back as the bucket's retention.
+        let oldest = match (filter.since_ns, &self.config.object_store) {
+            (None, Some(o)) => crate::common::clock::now_ns().saturating_sub(span_ns(o.retention)),
+            _ => i64::MIN,
+        };
+        let start = out.len();
+        for o in files.iter() {
             if o.replica == *b.replica() && o.first_seq >= own_floor {
                 continue;
             }
-            let span = spans.get(&(o.key.clone(), o.bytes)).copied();
-            out.push(Source::Remote(o, span));
+            if !filter.overlaps(o.min_time, o.max_time) || o.max_time < oldest {
+                continue;
+            }
+            out.push(Source::Remote(o.clone()));
         }
+        out[start..].sort_by_key(|s| std::cmp::Reverse(s.span().3));
         Ok(out)
     }
 
@@ -131,7 +111,7 @@ impl FlowStore {
                 let file = std::fs::File::open(&s.path).map_err(|e| e.to_string())?;
                 ParquetReader::new(file).finish().map_err(|e| e.to_string())
             }),
-            Source::Remote(o, _) => self.read_remote(o),
+            Source::Remote(o) => self.read_remote(o),
         };
         match read {
             Ok(c) => Some(c),

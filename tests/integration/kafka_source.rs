@@ -631,40 +631,37 @@ async fn replicas_sharing_a_bucket_each_answer_for_every_flow() {
     wait_stored(&c, &want).await;
     wait_stored(&b, &want).await;
 
-    // pyarrow reads the bucket on its own and counts the same flows per namespace.
+    // DuckDB reads the bucket on its own, as the Delta table it is, and counts the same
+    // flows per namespace, from both replicas' files.
     let script = format!(
         r#"
-import json, pyarrow.dataset as ds, pyarrow.fs as fs, collections
-s3 = fs.S3FileSystem(access_key="{}", secret_key="{}", endpoint_override="{}", scheme="http", region="us-east-1")
-data = ds.dataset("{}/flows", filesystem=s3, format="parquet", partitioning="hive")
-t = data.to_table(columns=["src_namespace", "time", "date", "hour"])
-counts = collections.Counter(t.column("src_namespace").to_pylist())
-files = sorted(f.rsplit("/", 1)[1].rsplit("-", 1)[0] for f in data.files)
-print(json.dumps({{"counts": counts, "replicas": sorted(set(files))}}))
+import json, duckdb
+from duckdb_extensions import import_extension
+for e in ("httpfs", "delta"):
+    import_extension(e)
+con = duckdb.connect()
+for e in ("httpfs", "delta"):
+    con.load_extension(e)
+con.sql("CREATE SECRET (TYPE s3, KEY_ID '{}', SECRET '{}', REGION 'us-east-1', ENDPOINT '{}', URL_STYLE 'path', USE_SSL false)")
+t = "delta_scan('s3://{}/flows')"
+counts = dict(con.sql(f"SELECT src_namespace, count(*) FROM {{t}} GROUP BY 1").fetchall())
+files = [r[0] for r in con.sql(f"SELECT DISTINCT filename FROM {{t}}").fetchall()]
+replicas = sorted({{f.rsplit("/", 1)[1].rsplit("-", 2)[0] for f in files}})
+print(json.dumps({{"counts": counts, "replicas": replicas}}))
 "#,
         crate::support::s3::ACCESS_KEY,
         crate::support::s3::SECRET_KEY,
         s3.endpoint.trim_start_matches("http://"),
         crate::support::s3::BUCKET,
     );
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/venv/bin/python");
-    let out = std::process::Command::new(python)
-        .args(["-c", &script])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}; scripts/setup.sh installs pyarrow there"));
-    assert!(
-        out.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read: serde_json::Value = serde_json::from_str(&crate::support::python(&script)).unwrap();
     let counts: BTreeMap<String, u64> = read["counts"]
         .as_object()
         .unwrap()
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect();
-    assert_eq!(counts, want, "pyarrow's counts of the bucket");
+    assert_eq!(counts, want, "DuckDB's counts of the table");
     assert_eq!(
         read["replicas"],
         serde_json::json!(["replica-a", "replica-b"])

@@ -134,3 +134,67 @@ fn the_advisor_sees_every_replicas_connections_from_any_replica() {
     let a = store(&s3, dir_a.path(), "a");
     assert_eq!(answer(&a, namespace, since, until), expected);
 }
+
+/// DuckDB (its `delta` extension) reads the bucket as the Delta table it is: from the log,
+/// not by listing parquet files, so the files of growing chunks that later files of the same
+/// chunks replaced count once. Its counts per namespace are the store's, from any replica.
+#[test]
+fn duckdb_reads_the_shared_history_as_a_delta_table() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(S3::start());
+    let start = exfilwatch::common::clock::now_ns() - 600 * 1_000_000_000;
+    let all = flows(3 * 7 * CHUNK + 13, start);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| store(&s3, dir.path(), name))
+        .collect();
+    // Each replica takes every third flow, a few at a time with a checkpoint after each: a
+    // growing chunk's file goes to the table at every checkpoint, replaced by the next.
+    for (i, part) in all.chunks(7).enumerate() {
+        let r = &replicas[i % 3];
+        r.append(&part.iter().map(Row::new).collect::<Vec<_>>());
+        r.checkpoint().unwrap();
+    }
+    for r in &replicas {
+        r.persist().unwrap();
+        assert_eq!(r.pending_uploads(), 0);
+    }
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for f in &all {
+        *want.entry(f.source.namespace.to_string()).or_default() += 1;
+    }
+    let mut filter = Filter::default();
+    filter.since_ns = Some(start - 1);
+    for r in &replicas {
+        let (groups, total) = r
+            .top(&filter, exfilwatch::flowstore::GroupBy::Namespace, 100)
+            .unwrap();
+        assert_eq!(total as usize, all.len());
+        let got: std::collections::BTreeMap<String, u64> =
+            groups.into_iter().map(|g| (g.key, g.count)).collect();
+        assert_eq!(got, want);
+    }
+    let script = format!(
+        r#"
+import json, duckdb
+from duckdb_extensions import import_extension
+import_extension("delta")
+import_extension("httpfs")
+con = duckdb.connect()
+con.load_extension("httpfs")
+con.load_extension("delta")
+con.sql("CREATE SECRET (TYPE s3, KEY_ID '{}', SECRET '{}', REGION 'us-east-1', ENDPOINT '{}', URL_STYLE 'path', USE_SSL false)")
+rows = con.sql("SELECT src_namespace, count(*) FROM delta_scan('s3://{}/flows') GROUP BY 1").fetchall()
+print(json.dumps(dict(rows)))
+"#,
+        crate::support::s3::ACCESS_KEY,
+        crate::support::s3::SECRET_KEY,
+        s3.endpoint.trim_start_matches("http://"),
+        crate::support::s3::BUCKET,
+    );
+    let got: std::collections::BTreeMap<String, u64> =
+        serde_json::from_str(&crate::support::python(&script)).unwrap();
+    assert_eq!(got, want, "DuckDB's counts of the table");
+}

@@ -136,3 +136,19 @@ pub fn received(
 pub fn uuid_of(flow: &Flow) -> u128 {
     exfilwatch::flow::parse_uuid(flow.uuid.as_bytes()).expect("generated uuid parses")
 }
+
+/// Runs `script` with the Python of the project's tool virtualenv (pyarrow, DuckDB and its
+/// `delta` extension): what it prints.
+pub fn python(script: &str) -> String {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/venv/bin/python");
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}; scripts/setup.sh installs it"));
+    assert!(
+        out.status.success(),
+        "{python}: {}\n(scripts/setup.sh installs pyarrow, duckdb and its extensions there)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
