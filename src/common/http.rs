@@ -36,10 +36,12 @@ impl std::fmt::Debug for HttpTls {
     }
 }
 
-/// Makes ring the process's TLS crypto, which HTTP clients need before they are built.
+/// Makes ring the process's TLS crypto, which every TLS client and server (HTTP, gRPC, the
+/// bucket's) needs before it is built.
 ///
-/// reqwest shares rustls with the gRPC client and is built without a crypto provider of its
-/// own, so one C-free provider serves both. Calling this again is harmless.
+/// rustls is built with two providers (ring, and aws-lc-rs, which the Delta table's kernel
+/// asks for), so it cannot pick one by itself: the gRPC client, the bucket's client and
+/// reqwest all use ring. Calling this again is harmless.
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

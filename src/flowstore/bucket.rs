@@ -105,6 +105,7 @@ pub fn hour_of(time_ns: i64) -> i64 {
 impl Bucket {
     /// A client for the configured bucket; nothing is sent until it is used.
     pub fn connect(config: &ObjectStoreConfig) -> Result<Bucket, String> {
+        crate::common::http::install_crypto();
         let mut options = ClientOptions::new()
             .with_allow_http(config.allow_http)
             .with_connect_timeout(Duration::from_secs(5))

@@ -191,6 +191,7 @@ impl SimObserver {
     ) -> Result<(), tonic::transport::Error> {
         let mut builder = Server::builder();
         if let Some(tls) = tls {
+            crate::common::http::install_crypto();
             builder = builder.tls_config(tls)?;
         }
         builder

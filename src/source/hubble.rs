@@ -152,6 +152,7 @@ pub fn endpoint(config: &HubbleConfig) -> Result<Endpoint, HubbleError> {
         .initial_connection_window_size(Some(STREAM_WINDOW * 2))
         .tcp_nodelay(true);
     if let Some(tls) = &config.tls {
+        crate::common::http::install_crypto();
         let mut tls_config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&tls.ca_pem))
             // Relay's TLS listener does not negotiate ALPN "h2"; speak HTTP/2 regardless.
