@@ -311,7 +311,7 @@ impl Bucket {
     }
 
     /// Commits `added` and the removal of `removed` to the table in one version.
-    pub fn commit(&self, added: &[NewFile], removed: &[Object]) -> Result<u64, String> {
+    pub fn commit(&self, added: &[NewFile], removed: &[NewFile]) -> Result<u64, String> {
         let r = self.block_on(self.table.commit(added, removed));
         match r {
             Ok(v) => {

@@ -427,9 +427,12 @@ impl FlowStore {
         // is the same whichever replica is asked.
         let mut window = super::Filter::default();
         (window.since_ns, window.until_ns) = (Some(since_ns), Some(until_ns));
+        // The namespace on either side rules out the chunks that cannot hold it (a bad name
+        // rules out nothing: the fold finds nothing).
+        let _ = window.set("namespace", namespace, 0);
         for source in self.sources(&window)? {
             let (first_seq, last_seq, min_time, max_time) = source.span();
-            if max_time < since_ns || min_time >= until_ns {
+            if max_time < since_ns || min_time >= until_ns || !source.may_match(&window) {
                 continue;
             }
             // Hours of this source that summaries count (they count this replica's own

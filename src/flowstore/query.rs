@@ -306,6 +306,24 @@ impl Filter {
         })
     }
 
+    /// Whether a file whose strings in some columns lie within known ranges (least, greatest;
+    /// from its statistics) may hold matching flows: false when a condition asks for a string
+    /// equal to a value outside the range of every column it reads. Columns without a range,
+    /// and tests other than equality, rule nothing out.
+    pub fn may_match_ranges(&self, ranges: &[(Col, &str, &str)]) -> bool {
+        self.conditions.iter().all(|c| {
+            let Test::Equal(value) = &c.test else {
+                return true;
+            };
+            c.columns.iter().any(|col| {
+                ranges
+                    .iter()
+                    .find(|(ranged, _, _)| ranged == col)
+                    .is_none_or(|(_, lo, hi)| *lo <= value.as_str() && value.as_str() <= *hi)
+            })
+        })
+    }
+
     /// The filter as a polars predicate on `chunk`'s codes; `None` when nothing in the chunk
     /// can match (a wanted string is not in its dictionary).
     pub fn predicate(&self, chunk: &Chunk) -> Option<Expr> {
@@ -527,5 +545,34 @@ fn one_of(column: &str, codes: &[u32]) -> Expr {
     } else {
         let set = Series::new("set".into(), codes);
         col(column).is_in(lit(set).implode(false), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flowstore::testing::filter;
+
+    #[test]
+    fn ranges_of_a_files_namespaces_rule_it_out_only_when_no_side_can_match() {
+        let ranges = [
+            (Col::SrcNamespace, "ai-training", "ai-training"),
+            (Col::DstNamespace, "kube-system", "production"),
+        ];
+        let holds = |params: &[(&str, &str)]| filter(params).may_match_ranges(&ranges);
+        assert!(holds(&[("source_namespace", "ai-training")]));
+        assert!(!holds(&[("source_namespace", "team-a")]));
+        assert!(
+            holds(&[("destination_namespace", "minio")]),
+            "within the range"
+        );
+        assert!(!holds(&[("destination_namespace", "zzz")]));
+        // Either side: the destination's range holds it.
+        assert!(holds(&[("namespace", "monitoring")]));
+        assert!(!holds(&[("namespace", "a")]));
+        // Conditions on columns without a range, or not of equality, rule nothing out.
+        assert!(holds(&[("pod", "x"), ("source_namespace", "ai-training")]));
+        assert!(holds(&[("verdict", "DROPPED")]));
+        assert!(!holds(&[("pod", "x"), ("source_namespace", "b")]));
     }
 }

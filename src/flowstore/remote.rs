@@ -49,8 +49,9 @@ impl FlowStore {
         let Some(b) = &self.bucket else {
             unreachable!("objects are listed from the bucket")
         };
-        self.read_cached(&PathBuf::from(&*o.key), || {
-            let bytes = b.get(&o.key, bucket::ObjectKind::Segment)?;
+        let key = b.key(&o.path);
+        self.read_cached(&PathBuf::from(&key), || {
+            let bytes = b.get(&key, bucket::ObjectKind::Segment)?;
             ParquetReader::new(std::io::Cursor::new(bytes))
                 .finish()
                 .map_err(|e| e.to_string())

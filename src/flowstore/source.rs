@@ -12,12 +12,14 @@ pub(super) enum Source {
 }
 
 impl Source {
-    /// False only for a segment whose dictionaries lack what `filter` names; a chunk in
+    /// False only for a segment whose dictionaries lack what `filter` names, or a file of
+    /// the table whose namespaces' ranges (its statistics) hold none it names; a chunk in
     /// memory is ruled out later, by its predicate.
     pub(super) fn may_match(&self, filter: &Filter) -> bool {
         match self {
-            Source::Memory(_) | Source::Remote(..) => true,
+            Source::Memory(_) => true,
             Source::Disk(s) => s.may_match(filter),
+            Source::Remote(o) => o.may_match(filter),
         }
     }
 
@@ -42,12 +44,12 @@ impl Source {
     }
 
     /// Names the chunk for caches of its answers: sequence numbers for this replica's chunks,
-    /// the key and size for a file of the table.
+    /// its path's hash and its size for a file of the table.
     pub(super) fn id(&self) -> (u64, u64) {
         match self {
             Source::Remote(o) => {
                 let mut h = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&*o.key, &mut h);
+                std::hash::Hash::hash(&*o.path, &mut h);
                 (std::hash::Hasher::finish(&h), o.bytes)
             }
             _ => {
@@ -59,10 +61,9 @@ impl Source {
 }
 
 impl FlowStore {
-    /// Everything a query over `filter`'s time may read, newest first. With a bucket, this
-    /// replica's flows come from memory and its disk, as without, and the table adds the
-    /// other replicas' files and this one's older than its disk holds: the files whose
-    /// statistics in the table's log overlap the time range, and no others.
+    /// Everything a query over `filter`'s time may read: this replica's chunks newest first,
+    /// then, with a bucket, the table's files of the other replicas and this one's older than
+    /// its disk holds, those whose statistics in the table's log overlap the time range.
     pub(super) fn sources(&self, filter: &Filter) -> Result<Vec<Source>, StoreError> {
         let mut out = self.local_sources()?;
         let own_floor = out.last().map_or(self.lock().next_seq, |s| s.span().0);
@@ -75,7 +76,6 @@ impl FlowStore {
             (None, Some(o)) => crate::common::clock::now_ns().saturating_sub(span_ns(o.retention)),
             _ => i64::MIN,
         };
-        let start = out.len();
         for o in files.iter() {
             if o.replica == *b.replica() && o.first_seq >= own_floor {
                 continue;
@@ -85,7 +85,6 @@ impl FlowStore {
             }
             out.push(Source::Remote(o.clone()));
         }
-        out[start..].sort_by_key(|s| std::cmp::Reverse(s.span().3));
         Ok(out)
     }
 

@@ -48,8 +48,6 @@ const COMMIT_RETRIES: usize = 64;
 /// A data file of the table, as its log entry describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
-    /// The object's key in the bucket.
-    pub key: Arc<str>,
     /// Its path within the table, as the log names it.
     pub path: Arc<str>,
     pub replica: Arc<str>,
@@ -59,6 +57,21 @@ pub struct Object {
     pub max_time: i64,
     pub rows: u64,
     pub bytes: u64,
+    /// Least and greatest source, then destination namespace, when its statistics state them.
+    pub namespaces: Option<[(Arc<str>, Arc<str>); 2]>,
+}
+
+impl Object {
+    /// Whether the file may hold flows `filter` matches, from its namespaces' ranges.
+    pub fn may_match(&self, filter: &super::Filter) -> bool {
+        use super::Col;
+        self.namespaces.as_ref().is_none_or(|[src, dst]| {
+            filter.may_match_ranges(&[
+                (Col::SrcNamespace, &src.0, &src.1),
+                (Col::DstNamespace, &dst.0, &dst.1),
+            ])
+        })
+    }
 }
 
 /// A file to add: where it goes in the table and what its log entry says of it.
@@ -100,14 +113,18 @@ impl NewFile {
         .to_string()
     }
 
+    fn partition_values(&self) -> std::collections::HashMap<String, Option<String>> {
+        [
+            ("date".to_string(), Some(self.date.clone())),
+            ("hour".to_string(), Some(self.hour.clone())),
+        ]
+        .into()
+    }
+
     fn add(&self, now_ms: i64) -> Add {
         Add {
             path: self.path.clone(),
-            partition_values: [
-                ("date".to_string(), Some(self.date.clone())),
-                ("hour".to_string(), Some(self.hour.clone())),
-            ]
-            .into(),
+            partition_values: self.partition_values(),
             size: i64::try_from(self.bytes).unwrap_or(i64::MAX),
             modification_time: now_ms,
             data_change: true,
@@ -158,13 +175,14 @@ fn columns() -> Result<Vec<StructField>, String> {
 pub struct Table {
     log_store: LogStoreRef,
     state: Mutex<State>,
-    prefix: String,
+    /// `s3://<bucket>/<prefix>flows`.
+    location: String,
 }
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table")
-            .field("prefix", &self.prefix)
+            .field("location", &self.location)
             .finish()
     }
 }
@@ -192,7 +210,7 @@ impl Table {
         Ok(Table {
             log_store,
             state: Mutex::default(),
-            prefix: format!("{prefix}flows/"),
+            location: location.to_string(),
         })
     }
 
@@ -266,19 +284,19 @@ impl Table {
             let Some((replica, first_seq, last_seq)) = parse_name(&path) else {
                 continue;
             };
-            let Some((rows, min_time, max_time)) = view.stats().as_deref().and_then(span) else {
+            let Some(stats) = view.stats().as_deref().and_then(Stats::parse) else {
                 continue;
             };
             out.push(Object {
-                key: format!("{}{path}", self.prefix).into(),
                 path: path.as_ref().into(),
                 replica: replica.into(),
                 first_seq,
                 last_seq,
-                min_time,
-                max_time,
-                rows,
+                min_time: stats.min_time,
+                max_time: stats.max_time,
+                rows: stats.rows,
                 bytes: u64::try_from(view.size()).unwrap_or(0),
+                namespaces: stats.namespaces,
             });
         }
         out
@@ -305,8 +323,9 @@ impl Table {
     }
 
     /// Commits `added` files and the removal of `removed` ones (files of the same chunks
-    /// committed before) in one version; the new version.
-    pub async fn commit(&self, added: &[NewFile], removed: &[Object]) -> Result<u64, String> {
+    /// added before) in one version; the new version. The state is read again at the next
+    /// commit or query.
+    pub async fn commit(&self, added: &[NewFile], removed: &[NewFile]) -> Result<u64, String> {
         // From the newest version: a commit from an old one would retry once for every
         // version the other replicas committed since.
         self.refresh().await?;
@@ -324,6 +343,7 @@ impl Table {
                 deletion_timestamp: Some(now_ms),
                 extended_file_metadata: Some(false),
                 size: i64::try_from(o.bytes).ok(),
+                partition_values: Some(o.partition_values()),
                 ..Remove::default()
             }));
         }
@@ -339,23 +359,41 @@ impl Table {
                 .build(Some(snapshot), self.log_store.clone(), operation)
                 .await
                 .map_err(|e| error("committing", e))?;
-        let version = done.version();
-        // The state after the commit is read from the log, not taken from the commit: a commit
-        // that retried past other replicas' versions states its own actions only.
-        drop(done);
-        self.refresh().await?;
-        Ok(version)
+        // The state after the commit is not taken from it: a commit that retried past other
+        // replicas' versions states its own actions only.
+        Ok(done.version())
     }
 }
 
-/// Flows, least and greatest time from a file's statistics.
-fn span(stats: &str) -> Option<(u64, i64, i64)> {
-    let v: serde_json::Value = serde_json::from_str(stats).ok()?;
-    Some((
-        v.get("numRecords")?.as_u64()?,
-        v.get("minValues")?.get("time")?.as_i64()?,
-        v.get("maxValues")?.get("time")?.as_i64()?,
-    ))
+/// What a file's statistics in the log say of it (the ones [`NewFile`] writes).
+#[derive(Debug, PartialEq, Eq)]
+struct Stats {
+    rows: u64,
+    min_time: i64,
+    max_time: i64,
+    namespaces: Option<[(Arc<str>, Arc<str>); 2]>,
+}
+
+impl Stats {
+    /// `None` without rows and times, which every file exfilwatch adds states.
+    fn parse(stats: &str) -> Option<Stats> {
+        let v: serde_json::Value = serde_json::from_str(stats).ok()?;
+        let (min, max) = (v.get("minValues")?, v.get("maxValues")?);
+        let range = |name: &str| -> Option<(Arc<str>, Arc<str>)> {
+            Some((
+                min.get(name)?.as_str()?.into(),
+                max.get(name)?.as_str()?.into(),
+            ))
+        };
+        Some(Stats {
+            rows: v.get("numRecords")?.as_u64()?,
+            min_time: min.get("time")?.as_i64()?,
+            max_time: max.get("time")?.as_i64()?,
+            namespaces: range("src_namespace")
+                .zip(range("dst_namespace"))
+                .map(|(s, d)| [s, d]),
+        })
+    }
 }
 
 /// How long a refreshed state is reused before the log is read again.
@@ -392,10 +430,24 @@ mod tests {
             namespaces: Some([("a".into(), "b".into()), ("c".into(), "d".into())]),
         };
         let stats = f.stats();
-        assert_eq!(span(&stats), Some((2, 5, 9)));
+        assert_eq!(
+            Stats::parse(&stats),
+            Some(Stats {
+                rows: 2,
+                min_time: 5,
+                max_time: 9,
+                namespaces: Some([("a".into(), "b".into()), ("c".into(), "d".into())]),
+            })
+        );
         let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
         assert_eq!(v["minValues"]["dst_namespace"], "c");
         assert_eq!(v["maxValues"]["src_namespace"], "b");
+        // Without namespaces (one too long to state), the times still bound the file.
+        let plain = NewFile {
+            namespaces: None,
+            ..f
+        };
+        assert_eq!(Stats::parse(&plain.stats()).unwrap().namespaces, None);
         let columns = columns().unwrap();
         assert_eq!(columns.len(), 4 + SCHEMA.len() + PARTITIONS.len());
     }

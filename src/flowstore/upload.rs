@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::table::{NewFile, Object};
+use super::table::NewFile;
 use super::*;
 
 /// A segment on disk waiting to be added to the table.
@@ -30,8 +30,9 @@ pub(super) struct Job {
 pub(super) struct Uploads {
     queue: Mutex<Queue>,
     wake: Condvar,
-    /// One round at a time: the uploader's, or `persist`'s at shutdown.
-    round: Mutex<Committed>,
+    /// One round at a time (the uploader's, or `persist`'s at shutdown), with the file of
+    /// this replica's newest chunk last added: the next file of the same chunk replaces it.
+    round: Mutex<Option<(u64, NewFile)>>,
     durable: Mutex<Option<Arc<tokio::sync::watch::Sender<u64>>>>,
 }
 
@@ -44,13 +45,6 @@ struct Queue {
     tickets: u64,
     /// Checkpoints waiting to be reported durable, with the jobs queued before each.
     marks: VecDeque<(u64, u64)>,
-}
-
-/// What the rounds committed: the file of this replica's newest chunk, which the next file of
-/// the same chunk replaces.
-#[derive(Debug, Default)]
-struct Committed {
-    open: Option<Object>,
 }
 
 /// The longest wait between two attempts while the bucket fails.
@@ -121,7 +115,7 @@ impl FlowStore {
         let Some(b) = &self.bucket else {
             return Ok(());
         };
-        let mut committed = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
         let (taken, upto) = {
             let q = self.uploads.queue();
             let taken: Vec<((u64, u64), Job)> =
@@ -129,14 +123,11 @@ impl FlowStore {
             (taken, q.tickets)
         };
         if !taken.is_empty() {
-            // Of a chunk's files, only its newest is added (one queued after a round took
-            // the others).
-            let mut newest: BTreeMap<u64, &Job> = BTreeMap::new();
+            // One job per chunk (a newer file of a chunk replaces its queued one), oldest
+            // chunk first.
+            let mut added: Vec<NewFile> = Vec::with_capacity(taken.len());
+            let mut newest = None;
             for (_, job) in &taken {
-                newest.insert(job.first_seq, job);
-            }
-            let mut added = Vec::with_capacity(newest.len());
-            for job in newest.values() {
                 let bytes = match std::fs::read(&job.local) {
                     Ok(bytes) => bytes,
                     Err(e) => {
@@ -153,33 +144,21 @@ impl FlowStore {
                 b.put(&b.key(&job.file.path), bytes.into())
                     .map_err(StoreError::Bucket)?;
                 added.push(job.file.clone());
+                newest = Some((job.first_seq, job.file.clone()));
             }
-            let last = newest.values().next_back().copied();
-            let removed: Vec<Object> = committed
-                .open
+            let replaced: Vec<NewFile> = open
                 .iter()
-                .filter(|o| newest.contains_key(&o.first_seq))
-                .cloned()
+                .filter(|(first, _)| taken.iter().any(|(_, j)| j.first_seq == *first))
+                .map(|(_, f)| f.clone())
                 .collect();
             if !added.is_empty() {
-                b.commit(&added, &removed).map_err(StoreError::Bucket)?;
-            }
-            if let Some(job) = last {
-                committed.open = Some(Object {
-                    key: b.key(&job.file.path).into(),
-                    path: job.file.path.as_str().into(),
-                    replica: b.replica().clone(),
-                    first_seq: job.first_seq,
-                    last_seq: job.last_seq,
-                    min_time: job.file.min_time,
-                    max_time: job.file.max_time,
-                    rows: job.file.rows,
-                    bytes: job.file.bytes,
-                });
+                b.commit(&added, &replaced).map_err(StoreError::Bucket)?;
+                *open = newest;
             }
             let mut q = self.uploads.queue();
             for (key, _) in &taken {
-                // Queued again meanwhile (a checkpoint that found nothing new): kept.
+                // The same file queued again meanwhile (a chunk sealed with no flow since
+                // its checkpoint's file) stays for the next round.
                 if q.jobs.get(key).is_some_and(|(t, _)| *t <= upto) {
                     q.jobs.remove(key);
                 }
@@ -237,5 +216,52 @@ fn upload_loop(store: &Weak<FlowStore>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(first_seq: u64, last_seq: u64) -> Job {
+        Job {
+            local: PathBuf::from(format!("flows_{first_seq}_{last_seq}.parquet")),
+            file: NewFile {
+                path: format!("date=2026-12-07/hour=19/r-{first_seq}-{last_seq}.parquet"),
+                date: "2026-12-07".into(),
+                hour: "19".into(),
+                bytes: 1,
+                rows: last_seq - first_seq + 1,
+                min_time: 0,
+                max_time: 0,
+                namespaces: None,
+            },
+            first_seq,
+            last_seq,
+        }
+    }
+
+    #[test]
+    fn a_chunks_newer_file_replaces_its_queued_one() {
+        let uploads = Uploads::default();
+        uploads.push(job(1, 300));
+        uploads.push(job(1, 600));
+        assert_eq!(uploads.len(), 1);
+        uploads.push(job(1, 1_000));
+        uploads.push(job(1_001, 1_200));
+        assert_eq!(
+            uploads.paths(),
+            [
+                PathBuf::from("flows_1_1000.parquet"),
+                PathBuf::from("flows_1001_1200.parquet")
+            ]
+        );
+        // A checkpoint waits for the jobs queued before it, not those after.
+        let durable = Arc::new(tokio::sync::watch::Sender::new(0));
+        uploads.mark(7, &durable);
+        uploads.push(job(1_001, 1_400));
+        let q = uploads.queue();
+        assert_eq!(q.marks, [(4, 7)]);
+        assert_eq!(q.tickets, 5);
     }
 }

@@ -633,28 +633,15 @@ async fn replicas_sharing_a_bucket_each_answer_for_every_flow() {
 
     // DuckDB reads the bucket on its own, as the Delta table it is, and counts the same
     // flows per namespace, from both replicas' files.
-    let script = format!(
+    let read = s3.duckdb(
         r#"
-import json, duckdb
-from duckdb_extensions import import_extension
-for e in ("httpfs", "delta"):
-    import_extension(e)
-con = duckdb.connect()
-for e in ("httpfs", "delta"):
-    con.load_extension(e)
-con.sql("CREATE SECRET (TYPE s3, KEY_ID '{}', SECRET '{}', REGION 'us-east-1', ENDPOINT '{}', URL_STYLE 'path', USE_SSL false)")
-t = "delta_scan('s3://{}/flows')"
-counts = dict(con.sql(f"SELECT src_namespace, count(*) FROM {{t}} GROUP BY 1").fetchall())
-files = [r[0] for r in con.sql(f"SELECT DISTINCT filename FROM {{t}}").fetchall()]
-replicas = sorted({{f.rsplit("/", 1)[1].rsplit("-", 2)[0] for f in files}})
-print(json.dumps({{"counts": counts, "replicas": replicas}}))
+counts = dict(con.sql(f"SELECT src_namespace, count(*) FROM {flows} GROUP BY 1").fetchall())
+files = [r[0] for r in con.sql(f"SELECT DISTINCT filename FROM {flows}").fetchall()]
+replicas = sorted({f.rsplit("/", 1)[1].rsplit("-", 2)[0] for f in files})
+print(json.dumps({"counts": counts, "replicas": replicas}))
 "#,
-        crate::support::s3::ACCESS_KEY,
-        crate::support::s3::SECRET_KEY,
-        s3.endpoint.trim_start_matches("http://"),
-        crate::support::s3::BUCKET,
     );
-    let read: serde_json::Value = serde_json::from_str(&crate::support::python(&script)).unwrap();
+    let read: serde_json::Value = serde_json::from_str(&read).unwrap();
     let counts: BTreeMap<String, u64> = read["counts"]
         .as_object()
         .unwrap()

@@ -176,25 +176,56 @@ fn duckdb_reads_the_shared_history_as_a_delta_table() {
             groups.into_iter().map(|g| (g.key, g.count)).collect();
         assert_eq!(got, want);
     }
-    let script = format!(
-        r#"
-import json, duckdb
-from duckdb_extensions import import_extension
-import_extension("delta")
-import_extension("httpfs")
-con = duckdb.connect()
-con.load_extension("httpfs")
-con.load_extension("delta")
-con.sql("CREATE SECRET (TYPE s3, KEY_ID '{}', SECRET '{}', REGION 'us-east-1', ENDPOINT '{}', URL_STYLE 'path', USE_SSL false)")
-rows = con.sql("SELECT src_namespace, count(*) FROM delta_scan('s3://{}/flows') GROUP BY 1").fetchall()
-print(json.dumps(dict(rows)))
-"#,
-        crate::support::s3::ACCESS_KEY,
-        crate::support::s3::SECRET_KEY,
-        s3.endpoint.trim_start_matches("http://"),
-        crate::support::s3::BUCKET,
+    let counts = s3.duckdb(
+        r#"print(json.dumps(dict(con.sql(f"SELECT src_namespace, count(*) FROM {flows} GROUP BY 1").fetchall())))"#,
     );
-    let got: std::collections::BTreeMap<String, u64> =
-        serde_json::from_str(&crate::support::python(&script)).unwrap();
+    let got: std::collections::BTreeMap<String, u64> = serde_json::from_str(&counts).unwrap();
     assert_eq!(got, want, "DuckDB's counts of the table");
+}
+
+/// A replica asked for one namespace reads only the other replicas' files whose statistics in
+/// the table's log can hold it: each of replica b's chunks holds one destination namespace's
+/// flows, and a question about one namespace downloads that namespace's files alone.
+#[test]
+fn files_are_chosen_by_the_namespaces_their_statistics_state() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(S3::start());
+    let start = exfilwatch::common::clock::now_ns() - 600 * 1_000_000_000;
+    let mut all = flows(60 * CHUNK, start);
+    all.sort_by(|x, y| x.destination.namespace.cmp(&y.destination.namespace));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = store(&s3, dir_b.path(), "b");
+    let mut files_of: std::collections::BTreeMap<String, usize> = Default::default();
+    for group in all.chunk_by(|x, y| x.destination.namespace == y.destination.namespace) {
+        // Whole chunks of one namespace each: the rest of a group is left out.
+        for chunk in group.chunks_exact(CHUNK) {
+            b.append(&chunk.iter().map(Row::new).collect::<Vec<_>>());
+            *files_of
+                .entry(chunk[0].destination.namespace.to_string())
+                .or_default() += 1;
+        }
+    }
+    b.persist().unwrap();
+    assert!(files_of.len() >= 3, "{files_of:?}");
+    let a = store(&s3, dir_a.path(), "a");
+    let downloads = || {
+        a.bucket()
+            .unwrap()
+            .stats
+            .downloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Flows to the world have no destination namespace: their files are in the table, and a
+    // filter cannot name them.
+    for (namespace, files) in files_of.iter().filter(|(n, _)| !n.is_empty()) {
+        let before = downloads();
+        let mut filter = Filter::default();
+        filter.set("destination_namespace", namespace, 0).unwrap();
+        filter.since_ns = Some(start - 1);
+        let (_, total) = a
+            .top(&filter, exfilwatch::flowstore::GroupBy::Verdict, 10)
+            .unwrap();
+        assert_eq!(total as usize, files * CHUNK, "{namespace}");
+        assert_eq!(downloads() - before, *files as u64, "{namespace}");
+    }
 }

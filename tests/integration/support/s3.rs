@@ -101,6 +101,27 @@ impl Drop for S3 {
 }
 
 impl S3 {
+    /// Runs `body` (Python) with DuckDB connected to this server, its `delta` and `httpfs`
+    /// extensions loaded: `con` is the connection and `flows` the SQL that reads the flow
+    /// table as a Delta table. What it prints.
+    pub fn duckdb(&self, body: &str) -> String {
+        let script = format!(
+            r#"
+import json, duckdb
+from duckdb_extensions import import_extension
+con = duckdb.connect()
+for e in ("httpfs", "delta"):
+    import_extension(e)
+    con.load_extension(e)
+con.sql("CREATE SECRET (TYPE s3, KEY_ID '{ACCESS_KEY}', SECRET '{SECRET_KEY}', REGION 'us-east-1', ENDPOINT '{}', URL_STYLE 'path', USE_SSL false)")
+flows = "delta_scan('s3://{BUCKET}/flows')"
+{body}
+"#,
+            self.endpoint.trim_start_matches("http://"),
+        );
+        crate::support::python(&script)
+    }
+
     pub async fn start() -> S3 {
         let dir = tempfile::tempdir().unwrap();
         let identities = dir.path().join("s3.json");
