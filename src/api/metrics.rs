@@ -482,6 +482,16 @@ impl Collector for Telemetry {
                         &b.commits,
                     ),
                     (
+                        "exfilwatch_bucket_expired_files",
+                        "Files this replica removed from the flow table past the retention",
+                        &b.expired,
+                    ),
+                    (
+                        "exfilwatch_bucket_vacuumed_files",
+                        "Files removed from the flow table that this replica deleted from the bucket",
+                        &b.vacuumed,
+                    ),
+                    (
                         "exfilwatch_bucket_learned_bad",
                         "Other replicas' learned-state objects that could not be decoded (skipped), at each read",
                         &b.learned_bad,

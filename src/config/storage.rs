@@ -84,8 +84,8 @@ pub struct ObjectStoreConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Whether an `http://` endpoint is allowed (a test server, a sidecar on loopback).
     pub allow_http: bool,
-    /// How far back queries look in the bucket when they name no `since`; deleting older
-    /// objects is the bucket's lifecycle rule.
+    /// How long the flow table keeps flows (its expiry removes older files, its vacuum
+    /// deletes them), and how far back queries look when they name no `since`.
     pub retention: Duration,
 }
 

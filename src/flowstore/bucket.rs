@@ -42,6 +42,10 @@ pub struct BucketStats {
     pub lists: AtomicU64,
     /// Versions this replica committed to the table.
     pub commits: AtomicU64,
+    /// Files this replica removed from the table past the retention, and deleted from the
+    /// bucket after (vacuum).
+    pub expired: AtomicU64,
+    pub vacuumed: AtomicU64,
     /// Known destinations the other replicas learned, as last read.
     pub learned: AtomicU64,
     /// Other replicas' learned-state objects that could not be decoded, at each read.
@@ -308,6 +312,42 @@ impl Bucket {
             *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         }
         Ok(self.table.files().0)
+    }
+
+    /// Removes the table's files older than `cutoff_ns` and deletes those removed long enough
+    /// before `now_ns` (see [`Table::expire`]).
+    pub fn expire(&self, cutoff_ns: i64, now_ns: i64) -> Result<(usize, usize), String> {
+        match self.block_on(self.table.expire(cutoff_ns, now_ns)) {
+            Ok((removed, deleted)) => {
+                self.stats
+                    .expired
+                    .fetch_add(removed as u64, Ordering::Relaxed);
+                self.stats
+                    .vacuumed
+                    .fetch_add(deleted as u64, Ordering::Relaxed);
+                Ok((removed, deleted))
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("bucket: {e}"))
+            }
+        }
+    }
+
+    /// Whether this replica runs the table's expiry: the least replica name among those whose
+    /// files hold flows of the table's last hour, as the log states them (no replica's clock
+    /// decides). Every replica reads the same log, so one of the writing replicas owns it;
+    /// when it stops writing, the next does.
+    pub fn owns_expiry(&self) -> Result<bool, String> {
+        let files = self.files()?;
+        let newest = files.iter().map(|o| o.max_time).max().unwrap_or(i64::MIN);
+        let recent = newest.saturating_sub(HOUR_NS);
+        let owner = files
+            .iter()
+            .filter(|o| o.max_time >= recent)
+            .map(|o| &o.replica)
+            .min();
+        Ok(owner == Some(&self.replica))
     }
 
     /// Commits `added` and the removal of `removed` to the table in one version.

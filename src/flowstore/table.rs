@@ -42,6 +42,12 @@ const LOG_RETENTION: &str = "interval 1 days";
 /// stays in the bucket for readers of an older version, before a vacuum may delete it.
 const DELETED_FILE_RETENTION: &str = "interval 1 hours";
 
+/// [`DELETED_FILE_RETENTION`] as a duration.
+const DELETED_FILE_KEPT: Duration = Duration::from_secs(3_600);
+
+/// Most files one expiry commit removes (the rest go at the next).
+const MAX_EXPIRED: usize = 10_000;
+
 /// Commit attempts before a commit fails (each retry reads the versions that won).
 const COMMIT_RETRIES: usize = 64;
 
@@ -365,6 +371,16 @@ impl Table {
     }
 }
 
+/// The time a vacuum of the table takes as now.
+#[derive(Debug)]
+struct At(i64);
+
+impl deltalake_core::operations::vacuum::Clock for At {
+    fn current_timestamp_millis(&self) -> i64 {
+        self.0
+    }
+}
+
 /// What a file's statistics in the log say of it (the ones [`NewFile`] writes).
 #[derive(Debug, PartialEq, Eq)]
 struct Stats {
@@ -393,6 +409,61 @@ impl Stats {
                 .zip(range("dst_namespace"))
                 .map(|(s, d)| [s, d]),
         })
+    }
+}
+
+impl Table {
+    /// Removes from the table, in one commit, the files whose flows are all older than
+    /// `cutoff_ns`, then deletes from the bucket the files removed from the table more than
+    /// [`DELETED_FILE_RETENTION`] before `now_ns` (Delta's vacuum, from the log's removals:
+    /// no LIST of the data). The files removed and deleted.
+    pub async fn expire(&self, cutoff_ns: i64, now_ns: i64) -> Result<(usize, usize), String> {
+        self.refresh().await?;
+        let Some(table) = self.lock().table.clone() else {
+            return Err("table: not opened".into());
+        };
+        let now_ms = now_ns / 1_000_000;
+        let expired: Vec<Action> = self
+            .files()
+            .0
+            .iter()
+            .filter(|o| o.max_time < cutoff_ns)
+            .take(MAX_EXPIRED)
+            .map(|o| {
+                Action::Remove(Remove {
+                    path: o.path.to_string(),
+                    data_change: true,
+                    deletion_timestamp: Some(now_ms),
+                    extended_file_metadata: Some(false),
+                    size: i64::try_from(o.bytes).ok(),
+                    ..Remove::default()
+                })
+            })
+            .collect();
+        let removed = expired.len();
+        if removed > 0 {
+            let snapshot = table.snapshot().map_err(|e| error("reading", e))?;
+            let operation = DeltaOperation::Delete {
+                predicate: Some(format!("time < {cutoff_ns}")),
+            };
+            CommitBuilder::from(CommitProperties::default().with_max_retries(COMMIT_RETRIES))
+                .with_actions(expired)
+                .build(Some(snapshot), self.log_store.clone(), operation)
+                .await
+                .map_err(|e| error("expiring", e))?;
+            self.refresh().await?;
+        }
+        let Some(table) = self.lock().table.clone() else {
+            return Err("table: not opened".into());
+        };
+        let kept = chrono::Duration::from_std(DELETED_FILE_KEPT).unwrap_or_default();
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(kept)
+            .with_clock(Arc::new(At(now_ms)))
+            .await
+            .map_err(|e| error("vacuuming", e))?;
+        Ok((removed, metrics.files_deleted.len()))
     }
 }
 

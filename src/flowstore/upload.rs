@@ -47,6 +47,9 @@ struct Queue {
     marks: VecDeque<(u64, u64)>,
 }
 
+/// How often the uploader sees whether the table's expiry is due and its own to run.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The longest wait between two attempts while the bucket fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -106,6 +109,20 @@ impl FlowStore {
         if let Err(e) = spawned {
             tracing::error!("flow store: cannot start the uploader: {e}");
         }
+    }
+
+    /// Removes the table's files past `object_store.retention` and deletes the ones removed
+    /// over an hour before `now_ns`, when this replica owns the table's expiry. The files
+    /// removed and deleted.
+    pub fn expire_table(&self, now_ns: i64) -> Result<(usize, usize), StoreError> {
+        let (Some(b), Some(o)) = (&self.bucket, &self.config.object_store) else {
+            return Ok((0, 0));
+        };
+        if !b.owns_expiry().map_err(StoreError::Bucket)? {
+            return Ok((0, 0));
+        }
+        let cutoff = now_ns.saturating_sub(span_ns(o.retention));
+        b.expire(cutoff, now_ns).map_err(StoreError::Bucket)
     }
 
     /// Puts every queued segment in the bucket and commits them to the table in one version,
@@ -195,10 +212,21 @@ impl FlowStore {
 
 fn upload_loop(store: &Weak<FlowStore>) {
     let mut backoff = Duration::from_millis(250);
+    let mut expiry = tokio::time::Instant::now();
     loop {
         let Some(s) = store.upgrade() else {
             return;
         };
+        if expiry.elapsed() >= EXPIRY_INTERVAL {
+            expiry = tokio::time::Instant::now();
+            match s.expire_table(crate::common::clock::now_ns()) {
+                Ok((0, 0)) => {}
+                Ok((removed, deleted)) => tracing::info!(
+                    "flow table: {removed} files past the retention removed, {deleted} deleted"
+                ),
+                Err(e) => tracing::warn!("{e}; the expiry runs again later"),
+            }
+        }
         {
             let q = s.uploads.queue();
             if q.jobs.is_empty() && q.marks.is_empty() {

@@ -20,6 +20,16 @@ const CHUNK: usize = 20;
 const OBJECTS: usize = MAX_SEGMENTS_PER_QUERY * 2;
 
 fn store(s3: &S3, dir: &std::path::Path, replica: &str) -> std::sync::Arc<FlowStore> {
+    store_keeping(s3, dir, replica, Duration::from_secs(3_650 * 86_400))
+}
+
+/// A replica whose table keeps `retention` of flows.
+fn store_keeping(
+    s3: &S3,
+    dir: &std::path::Path,
+    replica: &str,
+    retention: Duration,
+) -> std::sync::Arc<FlowStore> {
     FlowStore::open(FlowStoreConfig {
         chunk_flows: CHUNK,
         memory_flows: CHUNK,
@@ -35,7 +45,7 @@ fn store(s3: &S3, dir: &std::path::Path, replica: &str) -> std::sync::Arc<FlowSt
             secret_access_key: SECRET_KEY.into(),
             ca_pem: None,
             allow_http: true,
-            retention: Duration::from_secs(3_650 * 86_400),
+            retention,
         }),
         ..FlowStoreConfig::default()
     })
@@ -228,4 +238,73 @@ fn files_are_chosen_by_the_namespaces_their_statistics_state() {
         assert_eq!(total as usize, files * CHUNK, "{namespace}");
         assert_eq!(downloads() - before, *files as u64, "{namespace}");
     }
+}
+
+/// The table's retention by the format's own operations: files past it are removed from the
+/// table by a commit (readers stop counting them at once) and deleted from the bucket by a
+/// vacuum an hour later; the replica that runs it is the least name among those writing.
+#[test]
+fn files_past_the_retention_leave_the_table_then_the_bucket() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(S3::start());
+    let day = 86_400 * 1_000_000_000i64;
+    let now = exfilwatch::common::clock::now_ns();
+    let old = flows(5 * CHUNK, now - 3 * day);
+    let recent = flows(3 * CHUNK, now - 600 * 1_000_000_000);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keep = Duration::from_secs(86_400);
+    let b = store_keeping(&s3, dir_b.path(), "b", keep);
+    for part in [&old, &recent] {
+        b.append(&part.iter().map(Row::new).collect::<Vec<_>>());
+    }
+    b.persist().unwrap();
+    let a = store_keeping(&s3, dir_a.path(), "a", keep);
+    let bucket = |s: &FlowStore| s.bucket().unwrap().clone();
+    // Only b writes: b runs the expiry, a does not.
+    assert!(bucket(&b).owns_expiry().unwrap());
+    assert!(!bucket(&a).owns_expiry().unwrap());
+    assert_eq!(a.expire_table(now).unwrap(), (0, 0));
+    let (removed, deleted) = b.expire_table(now).unwrap();
+    assert_eq!(
+        (removed, deleted),
+        (5, 0),
+        "removed now, deleted an hour later"
+    );
+    let count = || {
+        let out = s3.duckdb(r#"print(con.sql(f"SELECT count(*) FROM {flows}").fetchall()[0][0])"#);
+        out.trim().parse::<usize>().unwrap()
+    };
+    assert_eq!(count(), recent.len());
+    let mut all_time = Filter::default();
+    all_time.since_ns = Some(now - 4 * day);
+    // a's view of the table is read again after 5 s.
+    std::thread::sleep(Duration::from_millis(5_200));
+    let (_, total) = a
+        .top(&all_time, exfilwatch::flowstore::GroupBy::Verdict, 10)
+        .unwrap();
+    assert_eq!(total as usize, recent.len());
+    let objects = || {
+        let out = s3.duckdb(&format!(
+            r#"print(con.sql("SELECT count(*) FROM glob('s3://{}/flows/*/*/*.parquet')").fetchall()[0][0])"#,
+            crate::support::s3::BUCKET
+        ));
+        out.trim().parse::<usize>().unwrap()
+    };
+    let before = objects();
+    // An hour on, the vacuum deletes the removed files from the bucket.
+    let (removed, deleted) = b.expire_table(now + 2 * 3_600 * 1_000_000_000).unwrap();
+    assert_eq!((removed, deleted), (0, 5));
+    assert_eq!(count(), recent.len());
+    assert_eq!(
+        objects(),
+        before - 5,
+        "the removed files are gone from the bucket"
+    );
+    // Once a writes too, the least name runs it.
+    a.append(&recent.iter().map(Row::new).collect::<Vec<_>>());
+    a.persist().unwrap();
+    std::thread::sleep(Duration::from_millis(5_200));
+    assert!(bucket(&b).files().is_ok());
+    assert!(bucket(&a).owns_expiry().unwrap());
+    assert!(!bucket(&b).owns_expiry().unwrap());
 }
