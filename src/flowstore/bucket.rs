@@ -311,7 +311,7 @@ impl Bucket {
             self.stats.lists.fetch_add(1, Ordering::Relaxed);
             *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         }
-        Ok(self.table.files().0)
+        Ok(self.table.files())
     }
 
     /// Removes the table's files older than `cutoff_ns` and deletes those removed long enough

@@ -262,15 +262,17 @@ impl Table {
         Ok(())
     }
 
-    /// Keeps `table`'s state as the newest read, with its files.
+    /// Keeps `table`'s state as the newest read, with its files; a state no newer than the
+    /// one kept is dropped (its files are not listed again).
     fn install(&self, table: DeltaTable) {
         let version = table.version();
+        let newer = |state: &State| state.version.is_none_or(|v| version.is_some_and(|n| n > v));
+        if !newer(&self.lock()) {
+            return;
+        }
         let files = Arc::new(self.files_of(&table));
         let mut state = self.lock();
-        if state
-            .version
-            .is_some_and(|v| version.is_some_and(|n| n < v))
-        {
+        if !newer(&state) {
             return;
         }
         state.files = files;
@@ -322,10 +324,9 @@ impl Table {
         Ok(())
     }
 
-    /// The files of the newest state read, and its version.
-    pub fn files(&self) -> (Arc<Vec<Object>>, Option<u64>) {
-        let state = self.lock();
-        (state.files.clone(), state.version)
+    /// The files of the newest state read.
+    pub fn files(&self) -> Arc<Vec<Object>> {
+        self.lock().files.clone()
     }
 
     /// Commits `added` files and the removal of `removed` ones (files of the same chunks
@@ -425,7 +426,6 @@ impl Table {
         let now_ms = now_ns / 1_000_000;
         let expired: Vec<Action> = self
             .files()
-            .0
             .iter()
             .filter(|o| o.max_time < cutoff_ns)
             .take(MAX_EXPIRED)
