@@ -29,11 +29,14 @@ fn jemalloc_heap() -> Option<exfilwatch::common::heap::Heap> {
     })
 }
 
-/// Logs to stderr at `RUST_LOG`'s levels (info by default), as `format` says. Text is coloured
-/// only when stderr is a terminal, so files and `kubectl logs` carry no escape codes.
+/// Logs to stderr at `RUST_LOG`'s levels (by default info, without the Delta library's
+/// own lines: every read of the table's log and every retried commit, which exfilwatch reports
+/// itself when they fail), as `format` says. Text is coloured only when stderr is a terminal,
+/// so files and `kubectl logs` carry no escape codes.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,buoyant_kernel=off,deltalake_core=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

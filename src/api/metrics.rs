@@ -206,6 +206,11 @@ impl Collector for Telemetry {
                     "Partition assignments received",
                     &k.rebalances,
                 ),
+                (
+                    "exfilwatch_kafka_revoked_partitions",
+                    "Partitions a rebalance took from this replica (their durable offsets committed first)",
+                    &k.revoked,
+                ),
             ] {
                 counter(&mut e, name, help, load(value))?;
             }

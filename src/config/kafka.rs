@@ -7,6 +7,7 @@
 //!   brokers: ["kafka-0.kafka:9093"]
 //!   topic: hubble-flows
 //!   group: exfilwatch              # replicas in one group share the topic's partitions
+//!   instance_id: $HOSTNAME         # static membership: a name, or $VAR from the environment
 //!   start: earliest                # a group without committed offsets: earliest | latest
 //!   format: auto                   # jsonpb | protobuf | auto (`{` first: jsonpb)
 //!   partitioner: murmur2           # the producer's: murmur2 | crc32 (librdkafka consistent)
@@ -62,6 +63,7 @@ pub(super) struct RawKafka {
     commit_interval: Option<String>,
     session_timeout: Option<String>,
     client_id: Option<String>,
+    instance_id: Option<String>,
     tls: Option<RawKafkaTls>,
     sasl: Option<RawSasl>,
     options: Option<std::collections::BTreeMap<String, String>>,
@@ -148,6 +150,10 @@ pub struct KafkaConfig {
     pub topic: String,
     pub group: String,
     pub client_id: String,
+    /// The replica's static member name in the group (`group.instance.id`, the StatefulSet
+    /// pod's name): restarted within the session timeout, it takes its partitions back
+    /// without a rebalance. None: a dynamic member.
+    pub instance_id: Option<String>,
     pub start: StartOffset,
     pub format: RecordFormat,
     pub partitioner: Partitioner,
@@ -168,6 +174,7 @@ impl Default for KafkaConfig {
             topic: "hubble-flows".into(),
             group: "exfilwatch".into(),
             client_id: "exfilwatch".into(),
+            instance_id: None,
             start: StartOffset::Earliest,
             format: RecordFormat::Auto,
             partitioner: Partitioner::Murmur2,
@@ -182,10 +189,11 @@ impl Default for KafkaConfig {
 
 /// librdkafka properties exfilwatch sets itself: an option may not change them, since the
 /// offsets' guarantee and the settings above depend on them.
-const OWN_PROPERTIES: [&str; 11] = [
+const OWN_PROPERTIES: [&str; 12] = [
     "bootstrap.servers",
     "group.id",
     "group.instance.id",
+    "partition.assignment.strategy",
     "client.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
@@ -232,6 +240,21 @@ impl RawKafka {
         let topic = name(v, "kafka.topic", k.topic, d.topic);
         let group = name(v, "kafka.group", k.group, d.group);
         let client_id = name(v, "kafka.client_id", k.client_id, d.client_id);
+        // `$VAR` reads the name from the environment: one configuration for every pod.
+        let instance_id = k.instance_id.map(|value| match value.strip_prefix('$') {
+            Some(var) => {
+                let named = std::env::var(var).unwrap_or_default();
+                if named.is_empty() {
+                    v.push(
+                        "kafka.instance_id",
+                        format!("{value:?}: ${var} is not set in the environment"),
+                    );
+                    return named;
+                }
+                name(v, "kafka.instance_id", Some(named), String::new())
+            }
+            None => name(v, "kafka.instance_id", Some(value), String::new()),
+        });
         let start = match k.start.as_deref() {
             None | Some("earliest") => StartOffset::Earliest,
             Some("latest") => StartOffset::Latest,
@@ -372,6 +395,7 @@ impl RawKafka {
             topic,
             group,
             client_id,
+            instance_id,
             start,
             format,
             partitioner,

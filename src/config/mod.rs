@@ -274,7 +274,7 @@ mod tests {
         std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
         std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
         let c = Config::parse(
-            "source: kafka\nkafka:\n  brokers: [kafka-0:9093, 'kafka-1:9093']\n  topic: flows.v1\n  start: latest\n  format: protobuf\n  partitioner: crc32\n  commit_interval: 2s\n  tls: { ca_file: ca.pem }\n  sasl: { mechanism: SCRAM-SHA-256, username: ew, password_file: password }\n",
+            "source: kafka\nkafka:\n  brokers: [kafka-0:9093, 'kafka-1:9093']\n  topic: flows.v1\n  start: latest\n  format: protobuf\n  partitioner: crc32\n  instance_id: exfilwatch-2\n  commit_interval: 2s\n  tls: { ca_file: ca.pem }\n  sasl: { mechanism: SCRAM-SHA-256, username: ew, password_file: password }\n",
             "test.yaml",
             dir.path(),
         )
@@ -289,6 +289,7 @@ mod tests {
         assert_eq!(k.start, StartOffset::Latest);
         assert_eq!(k.format, RecordFormat::Protobuf);
         assert_eq!(k.partitioner, Partitioner::Crc32);
+        assert_eq!(k.instance_id.as_deref(), Some("exfilwatch-2"));
         assert_eq!(k.commit_interval, Duration::from_secs(2));
         assert_eq!(k.tls.as_ref().unwrap().ca_file, dir.path().join("ca.pem"));
         let sasl = k.sasl.as_ref().unwrap();
@@ -305,7 +306,7 @@ mod tests {
 
         let err = parse("source: kafkaa\n").unwrap_err().to_string();
         assert!(err.contains("source: \"kafkaa\" is not a source"), "{err}");
-        let err = parse("source: kafka\nkafka:\n  brokers: ['kafka:x', 'http://kafka:9092']\n  topic: 'flows/v1'\n  start: beginning\n  format: xml\n  commit_interval: 1ms\n  tls: { cert_file: c.pem }\n  sasl: { mechanism: GSSAPI }\n  options: { group.id: other, 'Fetch Wait': '1', fetch.wait.max.ms: '50' }\n")
+        let err = parse("source: kafka\nkafka:\n  brokers: ['kafka:x', 'http://kafka:9092']\n  topic: 'flows/v1'\n  start: beginning\n  format: xml\n  instance_id: $EXFILWATCH_TEST_UNSET\n  commit_interval: 1ms\n  tls: { cert_file: c.pem }\n  sasl: { mechanism: GSSAPI }\n  options: { group.id: other, 'Fetch Wait': '1', fetch.wait.max.ms: '50' }\n")
             .unwrap_err()
             .to_string();
         for expected in [
@@ -314,6 +315,7 @@ mod tests {
             "kafka.topic: \"flows/v1\" must be",
             "kafka.start: \"beginning\": earliest or latest",
             "kafka.format: \"xml\"",
+            "kafka.instance_id: \"$EXFILWATCH_TEST_UNSET\": $EXFILWATCH_TEST_UNSET is not set",
             "kafka.commit_interval: 1ms is below 100ms",
             "kafka.tls.ca_file: is required",
             "kafka.tls: cert_file and key_file go together",
@@ -325,6 +327,13 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected} not in {err}");
         }
+        let err = parse("source: kafka\nkafka: { brokers: ['k:9092'], instance_id: 'pod 0' }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.instance_id: \"pod 0\" must be"),
+            "{err}"
+        );
         let err = parse("source: kafka\n").unwrap_err().to_string();
         assert!(
             err.contains("kafka.brokers: is required with source: kafka"),

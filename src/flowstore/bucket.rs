@@ -351,8 +351,8 @@ impl Bucket {
     }
 
     /// Commits `added` and the removal of `removed` to the table in one version.
-    pub fn commit(&self, added: &[NewFile], removed: &[NewFile]) -> Result<u64, String> {
-        let r = self.block_on(self.table.commit(added, removed));
+    pub fn commit(&self, added: &[NewFile]) -> Result<u64, String> {
+        let r = self.block_on(self.table.commit(added));
         match r {
             Ok(v) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -329,10 +329,11 @@ impl Table {
         self.lock().files.clone()
     }
 
-    /// Commits `added` files and the removal of `removed` ones (files of the same chunks
-    /// added before) in one version; the new version. The state is read again at the next
-    /// commit or query.
-    pub async fn commit(&self, added: &[NewFile], removed: &[NewFile]) -> Result<u64, String> {
+    /// Commits `added` files in one version, removing the files whose flows they hold (a
+    /// replica's files whose sequence numbers an added file of the same replica spans: a
+    /// growing chunk's earlier files, whether this process or an earlier one added them);
+    /// the new version. The state is read again at the next commit or query.
+    pub async fn commit(&self, added: &[NewFile]) -> Result<u64, String> {
         // From the newest version: a commit from an old one would retry once for every
         // version the other replicas committed since.
         self.refresh().await?;
@@ -341,16 +342,25 @@ impl Table {
         };
         let now_ms = crate::common::clock::now_ns() / 1_000_000;
         let mut actions: Vec<Action> = added.iter().map(|f| Action::Add(f.add(now_ms))).collect();
-        for o in removed {
-            // Its flows are all in the chunk's file added in the same version: no data
-            // changes by the removal (so it conflicts with no other replica's commit).
+        let spans: Vec<(&str, u64, u64)> =
+            added.iter().filter_map(|f| parse_name(&f.path)).collect();
+        let covered = |o: &Object| {
+            spans.iter().any(|&(replica, first, last)| {
+                *o.replica == *replica
+                    && (first..=last).contains(&o.first_seq)
+                    && (first..=last).contains(&o.last_seq)
+                    && !added.iter().any(|f| *f.path == *o.path)
+            })
+        };
+        for o in self.files().iter().filter(|o| covered(o)) {
+            // Its flows are all in a file added in the same version: no data changes by the
+            // removal (so it conflicts with no other replica's commit).
             actions.push(Action::Remove(Remove {
                 path: o.path.to_string(),
                 data_change: false,
                 deletion_timestamp: Some(now_ms),
                 extended_file_metadata: Some(false),
                 size: i64::try_from(o.bytes).ok(),
-                partition_values: Some(o.partition_values()),
                 ..Remove::default()
             }));
         }

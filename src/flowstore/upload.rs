@@ -30,9 +30,8 @@ pub(super) struct Job {
 pub(super) struct Uploads {
     queue: Mutex<Queue>,
     wake: Condvar,
-    /// One round at a time (the uploader's, or `persist`'s at shutdown), with the file of
-    /// this replica's newest chunk last added: the next file of the same chunk replaces it.
-    round: Mutex<Option<(u64, NewFile)>>,
+    /// One round at a time: the uploader's, or `persist`'s at shutdown.
+    round: Mutex<()>,
     durable: Mutex<Option<Arc<tokio::sync::watch::Sender<u64>>>>,
 }
 
@@ -132,7 +131,7 @@ impl FlowStore {
         let Some(b) = &self.bucket else {
             return Ok(());
         };
-        let mut open = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
+        let _round = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
         let (taken, upto) = {
             let q = self.uploads.queue();
             let taken: Vec<((u64, u64), Job)> =
@@ -143,7 +142,6 @@ impl FlowStore {
             // One job per chunk (a newer file of a chunk replaces its queued one), oldest
             // chunk first.
             let mut added: Vec<NewFile> = Vec::with_capacity(taken.len());
-            let mut newest = None;
             for (_, job) in &taken {
                 let bytes = match std::fs::read(&job.local) {
                     Ok(bytes) => bytes,
@@ -161,16 +159,9 @@ impl FlowStore {
                 b.put(&b.key(&job.file.path), bytes.into())
                     .map_err(StoreError::Bucket)?;
                 added.push(job.file.clone());
-                newest = Some((job.first_seq, job.file.clone()));
             }
-            let replaced: Vec<NewFile> = open
-                .iter()
-                .filter(|(first, _)| taken.iter().any(|(_, j)| j.first_seq == *first))
-                .map(|(_, f)| f.clone())
-                .collect();
             if !added.is_empty() {
-                b.commit(&added, &replaced).map_err(StoreError::Bucket)?;
-                *open = newest;
+                b.commit(&added).map_err(StoreError::Bucket)?;
             }
             let mut q = self.uploads.queue();
             for (key, _) in &taken {

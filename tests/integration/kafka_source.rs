@@ -837,6 +837,117 @@ async fn three_replicas_survive_a_sigkill_and_a_join_with_no_alert_or_flow_missi
     wait_committed(&broker, "scaled", EIGHT, &produced.end, || b.log()).await;
 }
 
+/// A rolling restart, as a StatefulSet update does it: each replica in turn is stopped with
+/// SIGTERM while flows stream and started again under its pod's name (`kafka.instance_id`,
+/// static membership) on its own disk. No partition moves (the group waits for a static member
+/// within its session timeout, and cooperative-sticky takes nothing from the others), every
+/// flow is in the history, and the duplicates the restarts made are counted: none, since each
+/// replica commits what it made durable before it exits and is the one reading on after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_moves_no_partition_and_stores_every_flow_once() {
+    const SIX: i32 = 6;
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, SIX).await;
+    let s3 = S3::start().await;
+    let receiver = Receiver::start().await;
+    let am = Alertmanager::start(free_port(), &receiver.url).await;
+    let config = |dir: &std::path::Path, name: &str| {
+        watching(&broker, &am, "rolling", "300ms", dir, &NAMESPACES)
+            .with(
+                "kafka",
+                &format!("instance_id: {name}\nsession_timeout: 45s"),
+            )
+            .with(
+                "storage",
+                &format!(
+                    "flows:\n  chunk_flows: 1000\n  memory_flows: 1000\n  object_store: {}",
+                    s3.config(dir, name)
+                ),
+            )
+    };
+    let names = ["replica-a", "replica-b", "replica-c"];
+    let mut replicas: Vec<Service> = names
+        .iter()
+        .map(|name| {
+            let dir = tempfile::tempdir().unwrap();
+            Service::spawn(&config(dir.path(), name), dir)
+        })
+        .collect();
+    for r in &replicas {
+        r.ready().await;
+    }
+    holding_all(&replicas.iter().collect::<Vec<_>>(), SIX).await;
+    let mut held = Vec::new();
+    for r in &replicas {
+        held.push(partitions(r).await);
+    }
+
+    let producer = broker.producer();
+    let mut cluster = TrainingCluster::new(83, now_ns(), 1_000_000);
+    let mut produced = Produced::default();
+    let mut send = async |n: usize, produced: &mut Produced| {
+        for i in 0..n {
+            let namespace = NAMESPACES[i % NAMESPACES.len()];
+            let flow = moved(cluster.next_flow(), namespace);
+            let at = produce(&producer, TOPIC, namespace, &record(&flow)).await;
+            produced.note(namespace, at, 1);
+            produced.uuids.insert(flow.uuid);
+        }
+    };
+    for (i, name) in names.iter().enumerate() {
+        send(600, &mut produced).await;
+        let replica = replicas.remove(i);
+        let (code, dir) = replica.stop().await;
+        assert_eq!(code, Some(0));
+        // Its partitions wait for it while it is away; the others read on.
+        send(300, &mut produced).await;
+        let back = Service::spawn(&config(dir.path(), name), dir);
+        back.ready().await;
+        replicas.insert(i, back);
+        for (r, before) in replicas.iter().zip(&held) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while &partitions(r).await != before {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{before:?} moved; log:\n{}",
+                    r.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                r.metric("exfilwatch_kafka_revoked_partitions_total").await,
+                0,
+                "a rebalance took partitions; log:\n{}",
+                r.log()
+            );
+        }
+    }
+    send(300, &mut produced).await;
+    wait_committed(&broker, "rolling", SIX, &produced.end, || replicas[0].log()).await;
+
+    // Every flow once, through any replica (the bucket holds the others').
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (uuids, pages) = loop {
+        let (uuids, pages) = paged_uuids(&replicas[1], 1000).await;
+        if uuids == produced.uuids {
+            break (uuids, pages);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} flows missing",
+            produced.uuids.difference(&uuids).count(),
+            produced.uuids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let duplicates = pages.iter().map(Vec::len).sum::<usize>() - uuids.len();
+    eprintln!(
+        "rolling restart of 3 replicas: {} flows, {duplicates} stored twice",
+        uuids.len()
+    );
+    assert_eq!(duplicates, 0, "flows stored twice by the restarts");
+}
+
 /// Waits until `replicas` hold all `count` partitions between them, each once; the union.
 async fn holding_all(replicas: &[&Service], count: i32) -> BTreeSet<i32> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

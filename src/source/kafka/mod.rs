@@ -58,6 +58,8 @@ pub struct KafkaStats {
     pub commit_errors: AtomicU64,
     /// Partition assignments received.
     pub rebalances: AtomicU64,
+    /// Partitions a rebalance took away from this replica.
+    pub revoked: AtomicU64,
     /// Partitions assigned now.
     pub partitions: AtomicU64,
 }
@@ -89,9 +91,20 @@ pub enum KafkaSourceError {
 
 /// librdkafka's callbacks: logs into `tracing`, assignments into a channel.
 struct Context {
+    topic: String,
     stats: Arc<KafkaStats>,
     assigned: watch::Sender<BTreeSet<i32>>,
     on_assign: Option<OnAssign>,
+    /// Durable positions of partitions held, not yet known committed (each partition's
+    /// newest): sent again at the next interval when the group refused them (a rebalance in
+    /// progress), and committed before a rebalance takes their partition away.
+    uncommitted: std::sync::Mutex<BTreeMap<i32, i64>>,
+}
+
+impl Context {
+    fn uncommitted(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, i64>> {
+        self.uncommitted.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Called at each new assignment, before any record of it is read: what a replica needs
@@ -126,6 +139,41 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// Before partitions go to another replica, the positions made durable in them are
+    /// committed (synchronously: the next owner reads from there, re-reading only what this
+    /// replica read and had not made durable yet).
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: BTreeSet<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        self.stats
+            .revoked
+            .fetch_add(partitions.len() as u64, Ordering::Relaxed);
+        let mut uncommitted = self.uncommitted();
+        let mut list = TopicPartitionList::new();
+        for partition in &partitions {
+            if let Some(next) = uncommitted.remove(partition)
+                && let Err(e) =
+                    list.add_partition_offset(&self.topic, *partition, Offset::Offset(next))
+            {
+                tracing::warn!("kafka: {e}");
+            }
+        }
+        drop(uncommitted);
+        tracing::info!(partitions = ?partitions, "kafka: partitions revoked");
+        if list.count() == 0 {
+            return;
+        }
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+            self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "kafka: committing the revoked partitions' offsets: {e}; their next owner reads from the last commit"
+            );
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Error(e) = rebalance {
             tracing::warn!("kafka: rebalance failed: {e}");
@@ -150,10 +198,20 @@ impl ConsumerContext for Context {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let mut uncommitted = self.uncommitted();
+        for e in offsets.elements() {
+            if let (Ok(()), Offset::Offset(done)) = (e.error(), e.offset()) {
+                // A newer position made durable meanwhile stays.
+                if uncommitted.get(&e.partition()) == Some(&done) {
+                    uncommitted.remove(&e.partition());
+                }
+            }
+        }
+        drop(uncommitted);
         if let Err(e) = result {
             self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                "kafka: committing offsets of {} partition(s) failed: {e}; the records are read again after a restart or rebalance",
+                "kafka: committing offsets of {} partition(s) failed: {e}; sent again at the next interval",
                 offsets.count()
             );
         }
@@ -215,6 +273,8 @@ impl KafkaSource {
             .set("bootstrap.servers", c.brokers.join(","))
             .set("group.id", &c.group)
             .set("client.id", &c.client_id)
+            // A rebalance moves only the partitions that must move; the others keep being read.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set(
@@ -254,6 +314,9 @@ impl KafkaSource {
                 .set("sasl.username", &sasl.username)
                 .set("sasl.password", &sasl.password);
         }
+        if let Some(id) = &c.instance_id {
+            config.set("group.instance.id", id);
+        }
         for (key, value) in &c.options {
             config.set(key, value);
         }
@@ -283,6 +346,8 @@ impl KafkaSource {
     ) -> Result<(), KafkaSourceError> {
         let (assigned_tx, mut assigned) = watch::channel(BTreeSet::new());
         let context = Context {
+            topic: self.config.topic.clone(),
+            uncommitted: std::sync::Mutex::default(),
             stats: self.kafka.clone(),
             assigned: assigned_tx,
             on_assign: self.on_assign.clone(),
@@ -299,6 +364,7 @@ impl KafkaSource {
             brokers = %self.config.brokers.join(","),
             topic = %self.config.topic,
             group = %self.config.group,
+            instance = self.config.instance_id.as_deref().unwrap_or("(dynamic)"),
             "kafka: consuming"
         );
         let mut reader = Reader::new(self.config.format, &self.config.topic);
@@ -340,6 +406,7 @@ impl KafkaSource {
                     if let Some(n) = offsets.checkpoint() && tx.send(Event::Checkpoint(n)).await.is_err() {
                         return Ok(());
                     }
+                    self.commit(&consumer, None, CommitMode::Async);
                 }
                 changed = durable.changed() => {
                     if changed.is_err() {
@@ -414,26 +481,33 @@ impl KafkaSource {
         }));
     }
 
-    /// Commits `offsets` of the partitions still assigned (another replica owns the rest now).
+    /// Commits the durable positions of the partitions still assigned (another replica owns
+    /// the rest now): `offsets` newly durable, with those the group has not confirmed yet.
     fn commit(
         &self,
         consumer: &StreamConsumer<Context>,
         offsets: Option<BTreeMap<i32, i64>>,
         mode: CommitMode,
     ) {
-        let Some(offsets) = offsets else { return };
         let owned: BTreeSet<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => return,
         };
+        let mut uncommitted = consumer.context().uncommitted();
+        for (partition, next) in offsets.into_iter().flatten() {
+            if owned.contains(&partition) {
+                uncommitted.insert(partition, next);
+            }
+        }
         let mut list = TopicPartitionList::new();
-        for (partition, next) in offsets.into_iter().filter(|(p, _)| owned.contains(p)) {
+        for (&partition, &next) in uncommitted.iter().filter(|(p, _)| owned.contains(p)) {
             if let Err(e) =
                 list.add_partition_offset(&self.config.topic, partition, Offset::Offset(next))
             {
                 tracing::warn!("kafka: {e}");
             }
         }
+        drop(uncommitted);
         if list.count() == 0 {
             return;
         }

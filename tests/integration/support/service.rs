@@ -221,7 +221,14 @@ impl Service {
     }
 
     /// SIGTERM, then its exit code and everything it printed (stdout, then the log).
-    pub async fn terminate(mut self) -> (Option<i32>, String) {
+    pub async fn terminate(self) -> (Option<i32>, String) {
+        let (code, dir) = self.stop().await;
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        (code, read("stdout.txt") + &read("exfilwatch.log"))
+    }
+
+    /// SIGTERM, then its exit code, keeping its directory for a restart.
+    pub async fn stop(mut self) -> (Option<i32>, tempfile::TempDir) {
         let mut child = self.child.take().unwrap();
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -231,9 +238,8 @@ impl Service {
             .await
             .unwrap()
             .unwrap();
-        let stdout =
-            std::fs::read_to_string(self.dir.path().join("stdout.txt")).unwrap_or_default();
-        (status.code(), stdout + &self.log())
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (status.code(), dir)
     }
 
     /// SIGKILLs the process, keeping its directory for a restart.
