@@ -274,3 +274,31 @@ pub async fn produce(
         .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
     (delivery.partition, delivery.offset)
 }
+
+/// Sends every `(key, value)` to `topic`, thousands in flight at once; where each went, in
+/// order.
+pub async fn produce_many(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    let mut out = Vec::with_capacity(records.len());
+    for batch in records.chunks(5_000) {
+        let mut pending = Vec::with_capacity(batch.len());
+        for (key, value) in batch {
+            let record = FutureRecord::to(topic).key(key).payload(value);
+            match producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+        for delivery in pending {
+            let d = delivery
+                .await
+                .expect("the producer dropped a delivery")
+                .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+            out.push((d.partition, d.offset));
+        }
+    }
+    out
+}
