@@ -497,6 +497,11 @@ impl Collector for Telemetry {
                         &b.vacuumed,
                     ),
                     (
+                        "exfilwatch_bucket_compacted_files",
+                        "Files of this replica merged into larger ones in the flow table",
+                        &b.compacted,
+                    ),
+                    (
                         "exfilwatch_bucket_learned_bad",
                         "Other replicas' learned-state objects that could not be decoded (skipped), at each read",
                         &b.learned_bad,

@@ -21,6 +21,7 @@
 pub mod bucket;
 mod cache;
 pub mod chunk;
+mod compact;
 pub mod connections;
 pub mod json;
 mod list;

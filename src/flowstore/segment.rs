@@ -121,19 +121,7 @@ impl FlowStore {
         // file: what a write holds beside the chunk is one group's strings and pages.
         let file = std::fs::File::create(&tmp).map_err(io)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-        let encoded = (|| {
-            let written = chunk.written();
-            let mut writer = ParquetWriter::new(&mut out)
-                .with_compression(ParquetCompression::Zstd(None))
-                .set_parallel(false)
-                .batched(written.rows(0, 0)?.schema())?;
-            let group = row_group(self.config.chunk_flows);
-            for start in (0..chunk.rows()).step_by(group) {
-                writer.write_batch(&written.rows(start, group)?)?;
-            }
-            writer.finish()
-        })();
-        let bytes = match encoded {
+        let bytes = match encode(chunk, row_group(self.config.chunk_flows), &mut out) {
             Ok(bytes) => bytes,
             Err(e) => {
                 drop(out);
@@ -255,12 +243,30 @@ impl FlowStore {
     }
 }
 
+/// Encodes `chunk` as parquet into `out`, `group` rows at a time, its columns one after
+/// another: what this holds beside the chunk is one group's strings and pages. The bytes.
+pub(super) fn encode(
+    chunk: &Chunk,
+    group: usize,
+    out: &mut impl std::io::Write,
+) -> PolarsResult<u64> {
+    let written = chunk.written();
+    let mut writer = ParquetWriter::new(out)
+        .with_compression(ParquetCompression::Zstd(None))
+        .set_parallel(false)
+        .batched(written.rows(0, 0)?.schema())?;
+    for start in (0..chunk.rows()).step_by(group.max(1)) {
+        writer.write_batch(&written.rows(start, group)?)?;
+    }
+    writer.finish()
+}
+
 /// The longest namespace a file's statistics state: a longer one leaves them out (readers then
 /// cannot skip the file by namespace, which is safe).
 const MAX_STATED: usize = 253;
 
 /// The least and greatest source and destination namespace of `chunk`'s flows.
-fn namespace_ranges(chunk: &Chunk) -> Option<[(String, String); 2]> {
+pub(super) fn namespace_ranges(chunk: &Chunk) -> Option<[(String, String); 2]> {
     let range = |col: Col| -> Option<(String, String)> {
         let codes = chunk
             .frame

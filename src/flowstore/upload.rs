@@ -31,7 +31,7 @@ pub(super) struct Uploads {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// One round at a time: the uploader's, or `persist`'s at shutdown.
-    round: Mutex<()>,
+    pub(super) round: Mutex<()>,
     durable: Mutex<Option<Arc<tokio::sync::watch::Sender<u64>>>>,
 }
 
@@ -46,7 +46,8 @@ struct Queue {
     marks: VecDeque<(u64, u64)>,
 }
 
-/// How often the uploader sees whether the table's expiry is due and its own to run.
+/// How often the uploader merges this replica's small files of the table, and sees whether
+/// the table's expiry is due and its own to run.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The longest wait between two attempts while the bucket fails.
@@ -210,6 +211,13 @@ fn upload_loop(store: &Weak<FlowStore>) {
         };
         if expiry.elapsed() >= EXPIRY_INTERVAL {
             expiry = tokio::time::Instant::now();
+            match s.compact_table() {
+                Ok((0, _)) => {}
+                Ok((merged, written)) => {
+                    tracing::info!("flow table: {merged} files merged into {written}");
+                }
+                Err(e) => tracing::warn!("{e}; the compaction runs again later"),
+            }
             match s.expire_table(crate::common::clock::now_ns()) {
                 Ok((0, 0)) => {}
                 Ok((removed, deleted)) => tracing::info!(

@@ -30,11 +30,28 @@ fn store_keeping(
     replica: &str,
     retention: Duration,
 ) -> std::sync::Arc<FlowStore> {
+    store_with(
+        s3,
+        dir,
+        replica,
+        Duration::from_secs(3_650 * 86_400),
+        retention,
+    )
+}
+
+/// A replica whose disk keeps `local` of flows and its table `retention`.
+fn store_with(
+    s3: &S3,
+    dir: &std::path::Path,
+    replica: &str,
+    local: Duration,
+    retention: Duration,
+) -> std::sync::Arc<FlowStore> {
     FlowStore::open(FlowStoreConfig {
         chunk_flows: CHUNK,
         memory_flows: CHUNK,
         dir: Some(dir.to_path_buf()),
-        retention: Duration::from_secs(3_650 * 86_400),
+        retention: local,
         object_store: Some(ObjectStoreConfig {
             endpoint: s3.endpoint.clone(),
             bucket: BUCKET.into(),
@@ -307,4 +324,96 @@ fn files_past_the_retention_leave_the_table_then_the_bucket() {
     assert!(bucket(&b).files().is_ok());
     assert!(bucket(&a).owns_expiry().unwrap());
     assert!(!bucket(&b).owns_expiry().unwrap());
+}
+
+/// Compaction: a replica's small files, once its disk no longer holds them, become one file
+/// of the table (their flows in it once, in order), read alike by the API and by DuckDB; a
+/// second compaction finds nothing to do, and the vacuum deletes the merged files an hour on.
+#[test]
+fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s3 = runtime.block_on(S3::start());
+    let hour = 3_600 * 1_000_000_000i64;
+    let now = exfilwatch::common::clock::now_ns();
+    // Ten chunks within one hour two days ago, then two recent ones.
+    let old_start = (now - 48 * hour).div_euclid(hour) * hour + 600 * 1_000_000_000;
+    let old = flows(10 * CHUNK, old_start);
+    let mut recent = flows(2 * CHUNK, now - 600 * 1_000_000_000);
+    for (i, f) in recent.iter_mut().enumerate() {
+        f.uuid = Some((10 * CHUNK + i) as u128 + 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    let b = store_with(&s3, dir.path(), "b", day, 10 * 365 * day);
+    for part in [&old, &recent] {
+        b.append(&part.iter().map(Row::new).collect::<Vec<_>>());
+        b.persist().unwrap();
+    }
+    let bucket = b.bucket().unwrap().clone();
+    assert_eq!(bucket.files().unwrap().len(), 12);
+    let on_disk = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "parquet")
+        })
+        .count();
+    assert_eq!(on_disk, 2, "the disk keeps a day: the recent chunks");
+
+    assert_eq!(b.compact_table().unwrap(), (10, 1));
+    std::thread::sleep(Duration::from_millis(5_200));
+    let files = bucket.files().unwrap();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let merged = files.iter().find(|o| o.rows == 10 * CHUNK as u64).unwrap();
+    assert_eq!(
+        (merged.first_seq, merged.last_seq),
+        (
+            files.iter().map(|o| o.first_seq).min().unwrap(),
+            merged.first_seq + 10 * CHUNK as u64 - 1
+        )
+    );
+    assert!(merged.path.contains("/b-"), "{merged:?}");
+
+    // Every flow once, newest first, by the API's pages and by DuckDB.
+    let mut filter = Filter::default();
+    filter.since_ns = Some(old_start - hour);
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let p = b.list(&filter, cursor.clone(), 37).unwrap();
+        seen.extend(p.flows.iter().map(|f| f.time_ns));
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<i64> = old.iter().chain(&recent).rev().map(|f| f.time_ns).collect();
+    assert_eq!(seen, want);
+    let counted = s3.duckdb(
+        r#"print(con.sql(f"SELECT count(*), count(DISTINCT (uuid_hi, uuid_lo)) FROM {flows}").fetchall()[0])"#,
+    );
+    assert_eq!(counted.trim(), "(240, 240)");
+
+    assert_eq!(b.compact_table().unwrap(), (0, 0), "nothing left to merge");
+    let objects = || {
+        let out = s3.duckdb(&format!(
+            r#"print(con.sql("SELECT count(*) FROM glob('s3://{BUCKET}/flows/*/*/*.parquet')").fetchall()[0][0])"#
+        ));
+        out.trim().parse::<usize>().unwrap()
+    };
+    assert_eq!(objects(), 13);
+    let (removed, deleted) = b.expire_table(now + 2 * hour).unwrap();
+    assert_eq!((removed, deleted), (0, 10));
+    assert_eq!(objects(), 3);
+    assert_eq!(
+        b.bucket()
+            .unwrap()
+            .stats
+            .compacted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        10
+    );
 }
