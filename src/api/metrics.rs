@@ -502,6 +502,11 @@ impl Collector for Telemetry {
                         &b.compacted,
                     ),
                     (
+                        "exfilwatch_bucket_duplicate_flows_dropped",
+                        "Flows stored twice (one UUID) that merging this replica's files dropped",
+                        &b.duplicates,
+                    ),
+                    (
                         "exfilwatch_bucket_learned_bad",
                         "Other replicas' learned-state objects that could not be decoded (skipped), at each read",
                         &b.learned_bad,

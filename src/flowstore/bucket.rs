@@ -46,8 +46,10 @@ pub struct BucketStats {
     /// bucket after (vacuum).
     pub expired: AtomicU64,
     pub vacuumed: AtomicU64,
-    /// Files of this replica merged into larger ones (see `compact`).
+    /// Files of this replica merged into larger ones (see `compact`), and the flows stored
+    /// twice that merging dropped.
     pub compacted: AtomicU64,
+    pub duplicates: AtomicU64,
     /// Known destinations the other replicas learned, as last read.
     pub learned: AtomicU64,
     /// Other replicas' learned-state objects that could not be decoded, at each read.

@@ -10,6 +10,11 @@
 //! merged files keep the name `<replica>-<first>-<last>`, so every reader's exact spans and
 //! page cursors hold across a compaction; the removed files are deleted from the bucket by
 //! the expiry's vacuum an hour on.
+//!
+//! A flow stored twice by the replica (records read again after it was killed between making
+//! a checkpoint durable and committing its offsets, then restarted under its name) is kept
+//! once: rows repeating an earlier row's Hubble UUID are dropped from the merged file. Flows
+//! without a UUID are all kept.
 
 use bytes::Bytes;
 
@@ -121,6 +126,9 @@ impl FlowStore {
             unreachable!("runs hold two files or more")
         };
         frame.rechunk_mut();
+        let frame = first_of_each_uuid(&frame)?;
+        let removed = run.iter().map(|o| o.rows).sum::<u64>() - frame.height() as u64;
+        b.stats.duplicates.fetch_add(removed, Ordering::Relaxed);
         let chunk = Chunk::from_parquet_frame(&frame).map_err(|message| StoreError::Segment {
             path: first.path.to_string(),
             message,
@@ -153,6 +161,33 @@ impl FlowStore {
     }
 }
 
+/// `frame`'s rows but those repeating an earlier row's UUID (rows without one all stay).
+fn first_of_each_uuid(frame: &DataFrame) -> PolarsResult<DataFrame> {
+    let half = |name: &str| -> PolarsResult<Option<UInt64Chunked>> {
+        match frame.column(name) {
+            Ok(c) => Ok(Some(c.u64()?.clone())),
+            Err(_) => Ok(None),
+        }
+    };
+    let (Some(hi), Some(lo)) = (half(chunk::UUID_COLUMNS[0])?, half(chunk::UUID_COLUMNS[1])?)
+    else {
+        return Ok(frame.clone());
+    };
+    let mut seen = std::collections::HashSet::with_capacity(frame.height());
+    let keep: BooleanChunked = hi
+        .iter()
+        .zip(lo.iter())
+        .map(|uuid| match uuid {
+            (None | Some(0), None | Some(0)) => true,
+            (hi, lo) => seen.insert((hi.unwrap_or(0), lo.unwrap_or(0))),
+        })
+        .collect();
+    if keep.all() {
+        return Ok(frame.clone());
+    }
+    frame.filter(&keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +210,25 @@ mod tests {
         runs.iter()
             .map(|r| r.iter().map(|o| (o.first_seq, o.last_seq)).collect())
             .collect()
+    }
+
+    #[test]
+    fn a_uuid_stored_twice_is_kept_once_and_flows_without_one_all() {
+        let frame = df!(
+            "seq" => [1u64, 2, 3, 4, 5, 6],
+            "uuid_hi" => [Some(7u64), None, Some(7), Some(7), None, Some(0)],
+            "uuid_lo" => [Some(1u64), None, Some(1), Some(2), None, Some(0)],
+        )
+        .unwrap();
+        let kept = first_of_each_uuid(&frame).unwrap();
+        let seqs: Vec<u64> = kept
+            .column("seq")
+            .unwrap()
+            .u64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(seqs, [1, 2, 4, 5, 6]);
     }
 
     #[test]

@@ -327,8 +327,9 @@ fn files_past_the_retention_leave_the_table_then_the_bucket() {
 }
 
 /// Compaction: a replica's small files, once its disk no longer holds them, become one file
-/// of the table (their flows in it once, in order), read alike by the API and by DuckDB; a
-/// second compaction finds nothing to do, and the vacuum deletes the merged files an hour on.
+/// of the table (their flows in it in order, a flow stored twice once), read alike by the API
+/// and by DuckDB; a second compaction finds nothing to do, and the vacuum deletes the merged
+/// files an hour on.
 #[test]
 fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -337,7 +338,10 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     let now = exfilwatch::common::clock::now_ns();
     // Ten chunks within one hour two days ago, then two recent ones.
     let old_start = (now - 48 * hour).div_euclid(hour) * hour + 600 * 1_000_000_000;
-    let old = flows(10 * CHUNK, old_start);
+    let mut old = flows(10 * CHUNK, old_start);
+    // Read again after a restart: the same flow (its UUID) stored twice, in another file.
+    let twice = 5 * CHUNK + 3;
+    old[twice].uuid = old[3].uuid;
     let mut recent = flows(2 * CHUNK, now - 600 * 1_000_000_000);
     for (i, f) in recent.iter_mut().enumerate() {
         f.uuid = Some((10 * CHUNK + i) as u128 + 1);
@@ -362,12 +366,24 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
         })
         .count();
     assert_eq!(on_disk, 2, "the disk keeps a day: the recent chunks");
+    let counted = || {
+        s3.duckdb(
+            r#"print(con.sql(f"SELECT count(*), count(DISTINCT (uuid_hi, uuid_lo)) FROM {flows}").fetchall()[0])"#,
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(counted(), "(240, 239)");
 
     assert_eq!(b.compact_table().unwrap(), (10, 1));
     std::thread::sleep(Duration::from_millis(5_200));
     let files = bucket.files().unwrap();
     assert_eq!(files.len(), 3, "{files:?}");
-    let merged = files.iter().find(|o| o.rows == 10 * CHUNK as u64).unwrap();
+    // The flow stored twice is in it once; its name spans every file's sequence numbers.
+    let merged = files
+        .iter()
+        .find(|o| o.rows == 10 * CHUNK as u64 - 1)
+        .unwrap_or_else(|| panic!("{files:?}"));
     assert_eq!(
         (merged.first_seq, merged.last_seq),
         (
@@ -390,12 +406,17 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
             None => break,
         }
     }
-    let want: Vec<i64> = old.iter().chain(&recent).rev().map(|f| f.time_ns).collect();
+    let want: Vec<i64> = old
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != twice)
+        .map(|(_, f)| f)
+        .chain(&recent)
+        .rev()
+        .map(|f| f.time_ns)
+        .collect();
     assert_eq!(seen, want);
-    let counted = s3.duckdb(
-        r#"print(con.sql(f"SELECT count(*), count(DISTINCT (uuid_hi, uuid_lo)) FROM {flows}").fetchall()[0])"#,
-    );
-    assert_eq!(counted.trim(), "(240, 240)");
+    assert_eq!(counted(), "(239, 239)");
 
     assert_eq!(b.compact_table().unwrap(), (0, 0), "nothing left to merge");
     let objects = || {
@@ -408,12 +429,13 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     let (removed, deleted) = b.expire_table(now + 2 * hour).unwrap();
     assert_eq!((removed, deleted), (0, 10));
     assert_eq!(objects(), 3);
+    let stats = &b.bucket().unwrap().stats;
     assert_eq!(
-        b.bucket()
-            .unwrap()
-            .stats
-            .compacted
-            .load(std::sync::atomic::Ordering::Relaxed),
+        stats.compacted.load(std::sync::atomic::Ordering::Relaxed),
         10
+    );
+    assert_eq!(
+        stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
 }
