@@ -477,6 +477,11 @@ impl Collector for Telemetry {
                         &b.downloads,
                     ),
                     (
+                        "exfilwatch_bucket_download_bytes",
+                        "Bytes of the objects read from the bucket",
+                        &b.download_bytes,
+                    ),
+                    (
                         "exfilwatch_bucket_lists",
                         "Reads of the flow table's log for versions committed since the last",
                         &b.lists,

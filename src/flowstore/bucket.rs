@@ -38,6 +38,7 @@ pub struct BucketStats {
     pub upload_bytes: AtomicU64,
     pub errors: AtomicU64,
     pub downloads: AtomicU64,
+    pub download_bytes: AtomicU64,
     /// Reads of the table's log for versions committed since the last.
     pub lists: AtomicU64,
     /// Versions this replica committed to the table.
@@ -228,6 +229,9 @@ impl Bucket {
         match self.counted("reading", key, r)? {
             Ok(bytes) => {
                 self.stats.downloads.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .download_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(bytes)
             }
             Err(size) => {
