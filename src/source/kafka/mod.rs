@@ -140,8 +140,10 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     /// Before partitions go to another replica, the positions made durable in them are
-    /// committed (synchronously: the next owner reads from there, re-reading only what this
-    /// replica read and had not made durable yet).
+    /// committed, so that the next owner reads from there, re-reading only what this replica
+    /// read and had not made durable yet. The commit is sent, not awaited: librdkafka sends it
+    /// before it leaves the partitions, and a commit awaited inside this callback never
+    /// completes when the callback runs within the consumer's close.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
@@ -166,7 +168,7 @@ impl ConsumerContext for Context {
             return;
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+        if let Err(e) = consumer.commit(&list, CommitMode::Async) {
             self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 "kafka: committing the revoked partitions' offsets: {e}; their next owner reads from the last commit"
@@ -217,6 +219,9 @@ impl ConsumerContext for Context {
         }
     }
 }
+
+/// How long a stopping source waits for the consumer to leave the group.
+const LEAVE_WAIT: Duration = Duration::from_secs(15);
 
 /// Reads flows from the topic `config` names.
 #[derive(Debug)]
@@ -441,6 +446,20 @@ impl KafkaSource {
                     "kafka: the last flows were not made durable in {wait:?}; their records are read again at the next start"
                 );
             }
+        }
+        // Leaving the group waits for the broker; a broker that never answers must not keep
+        // the process from exiting.
+        let (left_tx, left) = tokio::sync::oneshot::channel();
+        let leaving = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = left_tx.send(());
+            });
+        if leaving.is_ok() && tokio::time::timeout(LEAVE_WAIT, left).await.is_err() {
+            tracing::warn!(
+                "kafka: leaving the group took over {LEAVE_WAIT:?}; exiting without waiting for it"
+            );
         }
         Ok(())
     }
