@@ -11,6 +11,10 @@
 //! as `GetFlowsResponse` protobuf records keyed by 12 namespaces, while the replicas take
 //! them. A run counts from the first flow a replica receives to the last.
 //!
+//! With `EXFILWATCH_KAFKA_PREFILL=1` the topic is filled before the replicas start (no producer
+//! competing for the cores): they join and take from a full topic, so the figure for 2 and 3
+//! replicas includes the group's settling while the first reads.
+//!
 //! Run: `cargo bench --bench kafka` (`EXFILWATCH_KAFKA_FLOWS` sets the flows, default 300000).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -49,12 +53,23 @@ fn main() {
         .build()
         .unwrap();
     let broker = rt.block_on(kafka::Broker::start());
+    let prefill = std::env::var("EXFILWATCH_KAFKA_PREFILL").is_ok_and(|v| v == "1");
     let records = Arc::new(records(flows));
-    println!("replicas  flows/s (all)  flows/s per replica  seconds");
+    println!(
+        "replicas  flows/s (all)  flows/s per replica  seconds  ({})",
+        if prefill {
+            "topic filled beforehand"
+        } else {
+            "produced meanwhile"
+        }
+    );
     for replicas in 1..=3 {
         let topic = format!("bench-flows-{replicas}");
         rt.block_on(broker.create_topic(&topic, PARTITIONS));
-        let (rate, seconds) = consume(&broker, &topic, replicas, &records);
+        if prefill {
+            produce(&broker.address, &topic, &records);
+        }
+        let (rate, seconds) = consume(&broker, &topic, replicas, &records, prefill);
         println!(
             "{replicas:>8}  {rate:>13.0}  {:>19.0}  {seconds:>7.2}",
             rate / replicas as f64
@@ -104,13 +119,15 @@ fn produce(address: &str, topic: &str, records: &[(String, Vec<u8>)]) {
 }
 
 /// `replicas` members of one group, each on its own thread: once they share the topic's
-/// partitions, `records` are produced, and the replicas take them. The rate over the time from
-/// the first flow a replica receives to the last, and that time.
+/// partitions, `records` are produced (unless the topic holds them already: `prefilled`), and
+/// the replicas take them. The rate over the time from the first flow a replica receives to
+/// the last, and that time.
 fn consume(
     broker: &kafka::Broker,
     topic: &str,
     replicas: usize,
     records: &Arc<Vec<(String, Vec<u8>)>>,
+    prefilled: bool,
 ) -> (f64, f64) {
     let total = records.len() as u64;
     let taken = Arc::new(AtomicU64::new(0));
@@ -140,19 +157,24 @@ fn consume(
         })
         .collect();
     // The group settles first: a rebalance is not what this measures.
-    loop {
-        let held: Vec<usize> = owned.iter().map(|o| o.borrow().partitions.len()).collect();
-        if held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == PARTITIONS as usize {
-            break;
+    if !prefilled {
+        loop {
+            let held: Vec<usize> = owned.iter().map(|o| o.borrow().partitions.len()).collect();
+            if held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == PARTITIONS as usize {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     let (address, topic_name, all) = (broker.address.clone(), topic.to_owned(), records.clone());
-    let producer = std::thread::spawn(move || produce(&address, &topic_name, &all));
+    let producer =
+        (!prefilled).then(|| std::thread::spawn(move || produce(&address, &topic_name, &all)));
     for t in threads {
         t.join().unwrap();
     }
-    producer.join().unwrap();
+    if let Some(p) = producer {
+        p.join().unwrap();
+    }
     let seconds = first
         .lock()
         .unwrap()
