@@ -723,7 +723,7 @@ async fn no_offset_is_committed_while_the_bucket_refuses_uploads() {
     assert!(!service.log().contains(crate::support::s3::SECRET_KEY));
 }
 
-/// The scale-out acceptance: a topic of 8 partitions, 3 replicas in one group sharing a
+/// Failover: a topic of 8 partitions, 3 replicas in one group sharing a
 /// bucket, a producer keyed by namespace streaming 12 namespaces with attacks in 4; one
 /// replica is SIGKILLed mid-run and another joins. Every attack is alerted in a real
 /// Alertmanager, every flow produced is in the history counted through each surviving
