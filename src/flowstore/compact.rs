@@ -65,13 +65,13 @@ pub(super) fn plan(files: &[Object], floor: u64, max_rows: u64) -> Vec<Vec<Objec
 
 impl FlowStore {
     /// Merges this replica's small files of the table that its disk no longer holds (see the
-    /// module's text); the files merged and the files they became. Runs with uploads, never
-    /// beside them.
+    /// module's text); the files merged and the files they became. Each run is merged and
+    /// committed between two upload rounds, never beside one, so a long compaction delays the
+    /// uploads by one run at most.
     pub fn compact_table(&self) -> Result<(usize, usize), StoreError> {
         let Some(b) = &self.bucket else {
             return Ok((0, 0));
         };
-        let _round = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
         let floor = match self.local_sources()?.last() {
             Some(oldest) => oldest.span().0,
             None => self.lock().next_seq,
@@ -86,6 +86,9 @@ impl FlowStore {
         let max_rows = self.config.chunk_flows as u64 * MERGED_CHUNKS;
         let (mut merged, mut written) = (0, 0);
         for run in plan(&mine, floor, max_rows) {
+            // The uploader adds files of what the disk holds (above `floor`), the runs are
+            // below it: the lock only keeps commits of this replica one at a time.
+            let _round = self.uploads.round.lock().unwrap_or_else(|p| p.into_inner());
             let file = self.merge(&run)?;
             b.commit(std::slice::from_ref(&file))
                 .map_err(StoreError::Bucket)?;
