@@ -38,6 +38,8 @@ pub(super) fn plan(files: &[Object], floor: u64, max_rows: u64) -> Vec<Vec<Objec
     let partition = |o: &Object| o.path.rsplit_once('/').map(|(dir, _)| dir.to_owned());
     let mut runs = Vec::new();
     let mut run: Vec<Object> = Vec::new();
+    // The current run's rows and bytes.
+    let (mut rows, mut bytes) = (0, 0);
     let flush = |run: &mut Vec<Object>, runs: &mut Vec<Vec<Object>>| {
         if run.len() >= 2 {
             runs.push(std::mem::take(run));
@@ -51,12 +53,15 @@ pub(super) fn plan(files: &[Object], floor: u64, max_rows: u64) -> Vec<Vec<Objec
         }
         let fits = run.last().is_some_and(|last| {
             partition(last) == partition(o)
-                && run.iter().map(|f| f.rows).sum::<u64>() + o.rows <= max_rows
-                && run.iter().map(|f| f.bytes).sum::<u64>() + o.bytes <= MERGED_BYTES
+                && rows + o.rows <= max_rows
+                && bytes + o.bytes <= MERGED_BYTES
         });
         if !fits {
             flush(&mut run, &mut runs);
+            (rows, bytes) = (0, 0);
         }
+        rows += o.rows;
+        bytes += o.bytes;
         run.push(o.clone());
     }
     flush(&mut run, &mut runs);

@@ -68,6 +68,19 @@ pub struct Object {
 }
 
 impl Object {
+    /// The log's action removing the file at `now_ms`; `data_change` false when its flows
+    /// stay in the table (in a file added by the same commit).
+    fn remove(&self, now_ms: i64, data_change: bool) -> Action {
+        Action::Remove(Remove {
+            path: self.path.to_string(),
+            data_change,
+            deletion_timestamp: Some(now_ms),
+            extended_file_metadata: Some(false),
+            size: i64::try_from(self.bytes).ok(),
+            ..Remove::default()
+        })
+    }
+
     /// Whether the file may hold flows `filter` matches, from its namespaces' ranges.
     pub fn may_match(&self, filter: &super::Filter) -> bool {
         use super::Col;
@@ -355,14 +368,7 @@ impl Table {
         for o in self.files().iter().filter(|o| covered(o)) {
             // Its flows are all in a file added in the same version: no data changes by the
             // removal (so it conflicts with no other replica's commit).
-            actions.push(Action::Remove(Remove {
-                path: o.path.to_string(),
-                data_change: false,
-                deletion_timestamp: Some(now_ms),
-                extended_file_metadata: Some(false),
-                size: i64::try_from(o.bytes).ok(),
-                ..Remove::default()
-            }));
+            actions.push(o.remove(now_ms, false));
         }
         let snapshot = table.snapshot().map_err(|e| error("reading", e))?;
         let operation = DeltaOperation::Write {
@@ -439,16 +445,7 @@ impl Table {
             .iter()
             .filter(|o| o.max_time < cutoff_ns)
             .take(MAX_EXPIRED)
-            .map(|o| {
-                Action::Remove(Remove {
-                    path: o.path.to_string(),
-                    data_change: true,
-                    deletion_timestamp: Some(now_ms),
-                    extended_file_metadata: Some(false),
-                    size: i64::try_from(o.bytes).ok(),
-                    ..Remove::default()
-                })
-            })
+            .map(|o| o.remove(now_ms, true))
             .collect();
         let removed = expired.len();
         if removed > 0 {

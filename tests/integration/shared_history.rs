@@ -131,6 +131,14 @@ fn pages_across_replicas_skip_and_repeat_nothing_where_the_read_budget_stops_the
     assert_eq!(missing, 0, "{missing} of {} flows skipped", all.len());
 }
 
+/// The bucket's data files, as a listing (not the table) counts them.
+fn objects(s3: &S3) -> usize {
+    let out = s3.duckdb(&format!(
+        r#"print(con.sql("SELECT count(*) FROM glob('s3://{BUCKET}/flows/*/*/*.parquet')").fetchall()[0][0])"#
+    ));
+    out.trim().parse::<usize>().unwrap()
+}
+
 /// Every connection as comparable text: key, flows, addresses.
 fn answer(store: &FlowStore, namespace: &str, since: i64, until: i64) -> Vec<String> {
     let mut lines: Vec<String> = store
@@ -300,20 +308,13 @@ fn files_past_the_retention_leave_the_table_then_the_bucket() {
         .top(&all_time, exfilwatch::flowstore::GroupBy::Verdict, 10)
         .unwrap();
     assert_eq!(total as usize, recent.len());
-    let objects = || {
-        let out = s3.duckdb(&format!(
-            r#"print(con.sql("SELECT count(*) FROM glob('s3://{}/flows/*/*/*.parquet')").fetchall()[0][0])"#,
-            crate::support::s3::BUCKET
-        ));
-        out.trim().parse::<usize>().unwrap()
-    };
-    let before = objects();
+    let before = objects(&s3);
     // An hour on, the vacuum deletes the removed files from the bucket.
     let (removed, deleted) = b.expire_table(now + 2 * 3_600 * 1_000_000_000).unwrap();
     assert_eq!((removed, deleted), (0, 5));
     assert_eq!(count(), recent.len());
     assert_eq!(
-        objects(),
+        objects(&s3),
         before - 5,
         "the removed files are gone from the bucket"
     );
@@ -419,16 +420,10 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     assert_eq!(counted(), "(239, 239)");
 
     assert_eq!(b.compact_table().unwrap(), (0, 0), "nothing left to merge");
-    let objects = || {
-        let out = s3.duckdb(&format!(
-            r#"print(con.sql("SELECT count(*) FROM glob('s3://{BUCKET}/flows/*/*/*.parquet')").fetchall()[0][0])"#
-        ));
-        out.trim().parse::<usize>().unwrap()
-    };
-    assert_eq!(objects(), 13);
+    assert_eq!(objects(&s3), 13);
     let (removed, deleted) = b.expire_table(now + 2 * hour).unwrap();
     assert_eq!((removed, deleted), (0, 10));
-    assert_eq!(objects(), 3);
+    assert_eq!(objects(&s3), 3);
     let stats = &b.bucket().unwrap().stats;
     assert_eq!(
         stats.compacted.load(std::sync::atomic::Ordering::Relaxed),
