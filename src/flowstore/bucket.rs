@@ -9,6 +9,7 @@
 //! The store's methods block: they run on the uploader thread and on the API's blocking
 //! pool, driving requests on the bucket's own small runtime.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -242,6 +243,37 @@ impl Bucket {
                 ))
             }
         }
+    }
+
+    /// The bytes of `ranges` of the object at `key`, one request each.
+    pub fn get_ranges(&self, key: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, String> {
+        self.get_ranges_coalesced(key, ranges, 0)
+    }
+
+    /// The bytes of `ranges` (sorted) of the object at `key`; ranges at most `gap` bytes apart
+    /// are fetched in one request, up to ten requests at once.
+    pub fn get_ranges_coalesced(
+        &self,
+        key: &str,
+        ranges: &[Range<u64>],
+        gap: u64,
+    ) -> Result<Vec<Bytes>, String> {
+        let location = Key::from(key);
+        // What crosses the network: the merged ranges, gaps included.
+        let fetched = AtomicU64::new(0);
+        let r = self.block_on(object_store::coalesce_ranges(
+            ranges,
+            |range| {
+                fetched.fetch_add(range.end - range.start, Ordering::Relaxed);
+                self.s3.get_range(&location, range)
+            },
+            gap,
+        ));
+        let got = self.counted("reading", key, r)?;
+        self.stats
+            .download_bytes
+            .fetch_add(fetched.into_inner(), Ordering::Relaxed);
+        Ok(got)
     }
 
     fn learned_prefix(&self) -> String {

@@ -23,6 +23,7 @@ mod cache;
 pub mod chunk;
 mod compact;
 pub mod connections;
+mod fetch;
 pub mod json;
 mod list;
 pub mod query;
@@ -58,7 +59,8 @@ use cache::{
     Answers, CONNECTIONS_CACHE, ConnectionsKey, MATCH_CACHE_BYTES, MatchKey, SEGMENT_CACHE,
     TOP_CACHE_BYTES, TopKey,
 };
-use segment::Segment;
+use fetch::Stored;
+use segment::{Dictionary, Segment};
 use source::Source;
 
 use crate::common::clock::span_ns;

@@ -1,5 +1,5 @@
 //! The rows of one chunk a `/flows` page takes: from memory, from the rows kept for the same
-//! conditions, or read column-first from a segment.
+//! conditions, or read column-first from a segment on disk or a file of the table.
 
 use super::*;
 
@@ -107,36 +107,56 @@ impl FlowStore {
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Matched, StoreError> {
         // A filter ruling out forwarded flows needs only a segment's others, when kept.
-        let unforwarded = match source {
-            Source::Disk(s)
-                if filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32) =>
-            {
-                s.dictionary.as_ref().and_then(|d| d.unforwarded.clone())
-            }
-            _ => None,
+        let (unforwarded, dictionary) = match source {
+            Source::Disk(s) => (
+                s.dictionary
+                    .as_ref()
+                    .filter(|_| {
+                        filter.rules_out(Col::Verdict, crate::flow::Verdict::Forwarded as u32)
+                    })
+                    .and_then(|d| d.unforwarded.clone()),
+                s.dictionary.as_ref(),
+            ),
+            _ => (None, None),
         };
-        if unforwarded.is_none()
-            && let Source::Disk(s) = source
-            && self.cached(&s.path).is_none()
-        {
-            return match self.select_columns_first(s, filter, also, pick) {
-                Ok(matched) => Ok(matched),
-                Err(message) => {
-                    let path = s.path.display().to_string();
-                    self.skip_unreadable(&StoreError::Segment { path, message });
-                    Ok(Matched::NotKept(None))
-                }
-            };
-        }
-        let chunk = match unforwarded {
-            Some(rows) => {
+        let chunk = match (unforwarded, self.stored(source)) {
+            (Some(rows), _) => {
                 self.stats.unforwarded_hits.fetch_add(1, Ordering::Relaxed);
                 rows
             }
-            None => match self.load(source) {
+            (None, None) => match self.load(source) {
                 Some(chunk) => chunk,
                 None => return Ok(Matched::NotKept(None)),
             },
+            (None, Some(stored)) => {
+                let read = stored.and_then(|mut stored| {
+                    let read = match stored {
+                        Stored::Disk(_) => self
+                            .select_columns_first(
+                                &mut stored,
+                                dictionary,
+                                filter,
+                                also.clone(),
+                                pick,
+                            )
+                            .map(Err),
+                        Stored::Remote(_) => self.read_if_matching(&mut stored, filter).map(Ok),
+                    };
+                    read.map_err(|message| StoreError::Segment {
+                        path: stored.name().display().to_string(),
+                        message,
+                    })
+                });
+                match read {
+                    Err(e) => {
+                        self.skip_unreadable(&e);
+                        return Ok(Matched::NotKept(None));
+                    }
+                    Ok(Err(matched)) => return Ok(matched),
+                    Ok(Ok(None)) => return Ok(Matched::Few(None)),
+                    Ok(Ok(Some(chunk))) => chunk,
+                }
+            }
         };
         let Some(conditions) = filter.conditions_only().predicate(&chunk) else {
             return Ok(Matched::Few(None));
@@ -159,24 +179,85 @@ impl FlowStore {
         Ok(Matched::NotKept(Some((chunk, found))))
     }
 
-    /// [`FlowStore::matches`] on a segment, reading the filter's columns first.
+    /// A file of the table read whole when its filter's columns (fetched first, alone) hold
+    /// a match of `filter`'s conditions, `None` when they hold none. The whole file is kept
+    /// among the recently read chunks: the pages after this one read it again, and each would
+    /// otherwise fetch it from the bucket anew.
+    fn read_if_matching(
+        &self,
+        stored: &mut Stored,
+        filter: &Filter,
+    ) -> Result<Option<Arc<Chunk>>, String> {
+        let text = |e: PolarsError| e.to_string();
+        let cols = filter.columns();
+        let uuids = filter.reads_uuids();
+        let schema = stored.names()?;
+        let names: Vec<String> = cols
+            .iter()
+            .map(|c| c.name())
+            .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
+            .filter(|n| schema.iter().any(|s| s == n))
+            .map(str::to_owned)
+            .collect();
+        // Without conditions on columns the file has, every flow may match.
+        if !names.is_empty() {
+            stored.fetch(self.bucket.as_deref(), &names)?;
+            let narrow = stored
+                .reader()?
+                .with_columns(Some(names))
+                .finish()
+                .map_err(text)?;
+            self.stats
+                .segment_filtered_reads
+                .fetch_add(1, Ordering::Relaxed);
+            let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
+            let Some(predicate) = filter.conditions_only().predicate(&partial) else {
+                return Ok(None);
+            };
+            let hits = partial
+                .frame
+                .clone()
+                .lazy()
+                .filter(predicate)
+                .select([len()])
+                .collect()
+                .map_err(text)?;
+            let count = hits
+                .column("len")
+                .and_then(|c| c.idx().cloned())
+                .map_err(text)?
+                .get(0)
+                .unwrap_or(0);
+            if count == 0 {
+                return Ok(None);
+            }
+        }
+        stored.fetch(self.bucket.as_deref(), &schema)?;
+        let reader = stored.reader()?;
+        self.read_cached(stored.name(), || reader.finish().map_err(|e| e.to_string()))
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`FlowStore::matches`] on a segment on disk, reading the filter's columns first (with its
+    /// segment's dictionary when this run wrote it).
     pub(super) fn select_columns_first(
         &self,
-        segment: &Segment,
+        stored: &mut Stored,
+        dictionary: Option<&Dictionary>,
         filter: &Filter,
         also: Option<Expr>,
         pick: &dyn Fn(LazyFrame) -> LazyFrame,
     ) -> Result<Matched, String> {
         let text = |e: PolarsError| e.to_string();
-        let open = || std::fs::File::open(&segment.path).map_err(|e| e.to_string());
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
-        let narrow = self.read_narrow(segment, &cols, uuids, true)?;
+        let narrow = self.read_narrow(stored, &cols, uuids, true)?;
         // With the segment's dictionaries at hand, polars compares the strings themselves
         // against the values the filter accepts; else they are coded first, as a whole read
         // codes them.
         let conditions = filter.conditions_only();
-        let (frame, predicate) = match &segment.dictionary {
+        let (frame, predicate) = match dictionary {
             Some(d) => (narrow, conditions.predicate_on_strings(&d.texts, &d.ips)),
             None => {
                 let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
@@ -220,18 +301,14 @@ impl FlowStore {
             chunk::ROW_INDEX.into(),
             rows.iter().map(|r| r - first).collect(),
         );
-        // The file's footer is parsed once, for every group.
-        let mut reader = ParquetReader::new(open()?);
-        let names: Vec<String> = reader
-            .schema()
-            .map_err(text)?
-            .iter_names()
-            .map(|n| n.to_string())
-            .collect();
-        let metadata = reader.get_metadata().map_err(text)?.clone();
+        // The file's footer is parsed once, for every group; a file of the table fetches every
+        // column's chunks in one round of requests.
+        let names = stored.names()?;
+        stored.fetch(self.bucket.as_deref(), &names)?;
+        let metadata = stored.reader()?.get_metadata().map_err(text)?.clone();
         let mut columns = Vec::with_capacity(names.len());
         for group in names.chunks(self.columns_at_once(span)) {
-            let mut reader = ParquetReader::new(open()?);
+            let mut reader = stored.reader()?;
             reader.set_metadata(metadata.clone());
             let part = reader
                 .with_columns(Some(group.to_vec()))
@@ -249,29 +326,29 @@ impl FlowStore {
         Ok(Matched::NotKept(Some((chunk, found))))
     }
 
-    /// A column-first read of `segment`: `seq`, `time`, `cols`, the UUID columns when `uuids`
-    /// is set, and each row's index in the segment when `row_index` is. Columns added since
-    /// the segment was written are left out, and read as empty
+    /// A column-first read of a stored chunk: `seq`, `time`, `cols`, the UUID columns when
+    /// `uuids` is set, and each row's index in the file when `row_index` is. Columns added
+    /// since the file was written are left out, and read as empty
     /// ([`Chunk::partial_from_parquet_frame`]).
     pub(super) fn read_narrow(
         &self,
-        segment: &Segment,
+        stored: &mut Stored,
         cols: &[Col],
         uuids: bool,
         row_index: bool,
     ) -> Result<DataFrame, String> {
         let text = |e: PolarsError| e.to_string();
-        let file = std::fs::File::open(&segment.path).map_err(|e| e.to_string())?;
-        let mut reader = ParquetReader::new(file);
-        let schema = reader.schema().map_err(text)?;
+        let schema = stored.names()?;
         let names: Vec<String> = ["seq", "time"]
             .into_iter()
             .chain(cols.iter().map(|c| c.name()))
             .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
-            .filter(|n| schema.contains(n))
+            .filter(|n| schema.iter().any(|s| s == n))
             .map(str::to_owned)
             .collect();
-        let frame = reader
+        stored.fetch(self.bucket.as_deref(), &names)?;
+        let frame = stored
+            .reader()?
             .with_columns(Some(names))
             .with_row_index(row_index.then(|| RowIndex {
                 name: chunk::ROW_INDEX.into(),

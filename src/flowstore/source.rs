@@ -101,6 +101,30 @@ impl FlowStore {
         Ok(out)
     }
 
+    /// `source` to read by columns: a segment on disk or a file of the table not among the
+    /// recently read chunks (`None` for a chunk at hand whole: in memory, or read recently).
+    pub(super) fn stored(&self, source: &Source) -> Option<Result<Stored, StoreError>> {
+        match source {
+            Source::Memory(_) => None,
+            Source::Disk(s) => self
+                .cached(&s.path)
+                .is_none()
+                .then(|| Ok(Stored::Disk(s.path.clone()))),
+            Source::Remote(o) => {
+                let b = self.bucket.as_ref()?;
+                let key = b.key(&o.path);
+                if self.cached(Path::new(&key)).is_some() {
+                    return None;
+                }
+                Some(
+                    fetch::Fetched::open(b, key.clone(), o.bytes)
+                        .map(Stored::Remote)
+                        .map_err(|message| StoreError::Segment { path: key, message }),
+                )
+            }
+        }
+    }
+
     /// The chunk `source` holds; a segment that cannot be read is logged, counted and
     /// skipped, so one damaged file does not hide every other flow.
     pub(super) fn load(&self, source: &Source) -> Option<Arc<Chunk>> {

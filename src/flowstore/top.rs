@@ -233,22 +233,29 @@ impl FlowStore {
         filter: &Filter,
         by: GroupBy,
     ) -> Result<Option<Vec<Group>>, StoreError> {
-        let chunk = match source {
-            // A segment not among the recently read ones: only the columns the filter and
+        let chunk = match self.stored(source) {
+            // A stored chunk not among the recently read ones: only the columns the filter and
             // the grouping read (a `/flows/top` over the last minute meets a new segment at
             // its start at every ask; reading it whole would cost many times more and push a
-            // segment a page may want out of the cache).
-            Source::Disk(s) if self.cached(&s.path).is_none() => {
-                match self.read_columns(s, filter, by) {
+            // segment a page may want out of the cache; a day of the table's files is read
+            // as a tenth of its bytes).
+            Some(stored) => {
+                let read = stored.and_then(|mut stored| {
+                    self.read_columns(&mut stored, filter, by)
+                        .map_err(|message| StoreError::Segment {
+                            path: stored.name().display().to_string(),
+                            message,
+                        })
+                });
+                match read {
                     Ok(chunk) => Arc::new(chunk),
-                    Err(message) => {
-                        let path = s.path.display().to_string();
-                        self.skip_unreadable(&StoreError::Segment { path, message });
+                    Err(e) => {
+                        self.skip_unreadable(&e);
                         return Ok(None);
                     }
                 }
             }
-            _ => match self.load(source) {
+            None => match self.load(source) {
                 Some(chunk) => chunk,
                 None => return Ok(None),
             },
@@ -288,10 +295,10 @@ impl FlowStore {
         Ok(Some(parts))
     }
 
-    /// The columns of `segment` that `filter` and `by` read, as a chunk of their own.
+    /// The columns of a stored chunk that `filter` and `by` read, as a chunk of their own.
     pub(super) fn read_columns(
         &self,
-        segment: &Segment,
+        stored: &mut Stored,
         filter: &Filter,
         by: GroupBy,
     ) -> Result<Chunk, String> {
@@ -302,7 +309,7 @@ impl FlowStore {
             }
         }
         let uuids = filter.reads_uuids();
-        let frame = self.read_narrow(segment, &cols, uuids, false)?;
+        let frame = self.read_narrow(stored, &cols, uuids, false)?;
         Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }
 }

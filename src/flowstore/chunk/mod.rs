@@ -212,8 +212,10 @@ impl Chunk {
         cols: &[Col],
         uuids: bool,
     ) -> Result<Chunk, String> {
-        // Checked: the chunk's bounds are read from them.
-        seq_and_time(frame)?;
+        // Checked when read: the chunk's bounds are read from them.
+        if frame.schema().contains("seq") || frame.schema().contains("time") {
+            seq_and_time(frame)?;
+        }
         let mut texts: Dict<Sym> = Dict::default();
         let mut ips: Dict<Option<IpAddr>> = Dict::default();
         let mut out: Vec<Column> = ["seq", "time", ROW_INDEX]

@@ -1,0 +1,190 @@
+//! A stored chunk read by columns: a segment on disk, or a file of the table whose column
+//! chunks are fetched from the bucket by range as a read names them.
+//!
+//! A file of the table starts as its footer (one ranged GET of its tail) in a buffer of the
+//! file's size; each read fetches the byte ranges of the column chunks it needs, nearby ranges
+//! in one request, into their places. Pages of the buffer nothing was fetched into are never
+//! written, so they cost no memory, and polars reads the buffer as it would the file. A
+//! `/flows/top?by=namespace` reads `seq`, `time` and `src_namespace` of each file: a tenth
+//! of its bytes.
+
+use std::io::Cursor;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use polars::io::mmap::MmapBytesReader;
+use polars::io::parquet::metadata::FileMetadataRef;
+use polars::prelude::*;
+
+use super::bucket::{Bucket, ObjectKind};
+
+/// Bytes of a file's tail read first: the whole footer of a segment (some 14 KiB for four row
+/// groups of 35 columns with their statistics); a larger footer (a compacted file's) takes a
+/// second request.
+const TAIL: u64 = 16 << 10;
+
+/// Ranges of a file at most this far apart are fetched in one request (the gap is read and
+/// thrown away: cheaper than another round trip). Small: a segment's row groups are tens of
+/// KiB apart, and a larger gap would read most of a small file.
+const COALESCE: u64 = 4 << 10;
+
+/// A parquet file that a query reads some columns of.
+pub(super) enum Stored {
+    Disk(PathBuf),
+    Remote(Fetched),
+}
+
+/// A reader of some columns of a [`Stored`] file.
+pub(super) type ColumnReader<'a> = ParquetReader<Box<dyn MmapBytesReader + 'a>>;
+
+impl Stored {
+    /// What error messages name it by: its path, or its key in the bucket.
+    pub(super) fn name(&self) -> &Path {
+        match self {
+            Stored::Disk(path) => path,
+            Stored::Remote(f) => Path::new(&f.key),
+        }
+    }
+
+    /// The file's column names.
+    pub(super) fn names(&mut self) -> Result<Vec<String>, String> {
+        let mut reader = self.reader()?;
+        let schema = reader.schema().map_err(|e| e.to_string())?;
+        Ok(schema.iter_names().map(|n| n.to_string()).collect())
+    }
+
+    /// Makes `names` readable: a file of the table fetches their column chunks (those it has
+    /// not fetched yet) from the bucket.
+    pub(super) fn fetch(
+        &mut self,
+        bucket: Option<&Bucket>,
+        names: &[String],
+    ) -> Result<(), String> {
+        match (self, bucket) {
+            (Stored::Disk(_), _) => Ok(()),
+            (Stored::Remote(f), Some(b)) => f.fetch(b, names),
+            (Stored::Remote(_), None) => unreachable!("files of the table are read with a bucket"),
+        }
+    }
+
+    /// A reader of the file, its footer parsed once. Only the columns [`Stored::fetch`] made
+    /// readable may be read from a file of the table.
+    pub(super) fn reader(&self) -> Result<ColumnReader<'_>, String> {
+        match self {
+            Stored::Disk(path) => {
+                let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+                Ok(ParquetReader::new(Box::new(file)))
+            }
+            Stored::Remote(f) => {
+                let mut reader: ColumnReader<'_> =
+                    ParquetReader::new(Box::new(Cursor::new(&f.buf[..])));
+                reader.set_metadata(f.metadata.clone());
+                Ok(reader)
+            }
+        }
+    }
+}
+
+/// A file of the table, its footer and the column chunks fetched so far in a buffer of its
+/// size.
+pub(super) struct Fetched {
+    key: String,
+    buf: Vec<u8>,
+    metadata: FileMetadataRef,
+    /// The columns whose chunks are in `buf`.
+    fetched: Vec<String>,
+}
+
+impl Fetched {
+    /// Reads the footer of the file at `key`, `size` bytes long as the table's log states.
+    pub(super) fn open(bucket: &Bucket, key: String, size: u64) -> Result<Fetched, String> {
+        let max = ObjectKind::Segment.max_bytes();
+        if size > max {
+            return Err(format!(
+                "{size} bytes, more than the {max} a segment may hold: not read"
+            ));
+        }
+        let len = usize::try_from(size).map_err(|e| e.to_string())?;
+        if len < 12 {
+            return Err(format!("{size} bytes: too short for parquet"));
+        }
+        // Zeroed by the allocator's fresh pages: untouched, they are never made resident.
+        let mut buf = vec![0u8; len];
+        let tail = size.saturating_sub(TAIL)..size;
+        let got = bucket.get_ranges(&key, std::slice::from_ref(&tail))?;
+        place(&mut buf, std::slice::from_ref(&tail), &got)?;
+        let footer = u64::from(u32::from_le_bytes([
+            buf[len - 8],
+            buf[len - 7],
+            buf[len - 6],
+            buf[len - 5],
+        ]));
+        if &buf[len - 4..] != b"PAR1" || footer + 8 > size {
+            return Err("not a parquet file (no footer at its end)".into());
+        }
+        let start = size - 8 - footer;
+        if start < tail.start {
+            let rest = start..tail.start;
+            let got = bucket.get_ranges(&key, std::slice::from_ref(&rest))?;
+            place(&mut buf, &[rest], &got)?;
+        }
+        let metadata = ParquetReader::new(Cursor::new(&buf[..]))
+            .get_metadata()
+            .map_err(|e| e.to_string())?
+            .clone();
+        bucket
+            .stats
+            .downloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Fetched {
+            key,
+            buf,
+            metadata,
+            fetched: Vec::new(),
+        })
+    }
+
+    /// Fetches the chunks of `names` in every row group, those not fetched before.
+    fn fetch(&mut self, bucket: &Bucket, names: &[String]) -> Result<(), String> {
+        let wanted: Vec<&String> = names.iter().filter(|n| !self.fetched.contains(n)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let size = self.buf.len() as u64;
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for group in &self.metadata.row_groups {
+            for name in &wanted {
+                for column in group.columns_under_root_iter(name).into_iter().flatten() {
+                    let r = column.byte_range();
+                    if r.start > r.end || r.end > size {
+                        return Err(format!(
+                            "column {name}: bytes {}..{} outside the file's {size}",
+                            r.start, r.end
+                        ));
+                    }
+                    ranges.push(r);
+                }
+            }
+        }
+        ranges.sort_by_key(|r| r.start);
+        let got = bucket.get_ranges_coalesced(&self.key, &ranges, COALESCE)?;
+        place(&mut self.buf, &ranges, &got)?;
+        self.fetched.extend(wanted.into_iter().cloned());
+        Ok(())
+    }
+}
+
+/// Copies fetched ranges into their places in `buf`.
+fn place(buf: &mut [u8], ranges: &[Range<u64>], got: &[bytes::Bytes]) -> Result<(), String> {
+    for (r, bytes) in ranges.iter().zip(got) {
+        let (start, end) = (r.start as usize, r.end as usize);
+        if bytes.len() != end - start {
+            return Err(format!(
+                "bytes {start}..{end}: the bucket answered {} bytes",
+                bytes.len()
+            ));
+        }
+        buf[start..end].copy_from_slice(bytes);
+    }
+    Ok(())
+}
