@@ -482,6 +482,11 @@ impl Collector for Telemetry {
                         &b.download_bytes,
                     ),
                     (
+                        "exfilwatch_bucket_row_groups_skipped",
+                        "Row groups of the table's files a query left unread, their times outside its range",
+                        &b.row_groups_skipped,
+                    ),
+                    (
                         "exfilwatch_bucket_lists",
                         "Reads of the flow table's log for versions committed since the last",
                         &b.lists,

@@ -40,6 +40,8 @@ pub struct BucketStats {
     pub errors: AtomicU64,
     pub downloads: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// Row groups of the table's files a query left unread, their times outside its range.
+    pub row_groups_skipped: AtomicU64,
     /// Reads of the table's log for versions committed since the last.
     pub lists: AtomicU64,
     /// Versions this replica committed to the table.

@@ -67,6 +67,16 @@ impl Stored {
         }
     }
 
+    /// Leaves out of the reads after this the row groups of a file of the table whose time
+    /// statistics hold no time `keep` accepts (a group without them is kept); returns how many
+    /// it left out. A segment on disk is read whole, its few groups read from the page cache.
+    pub(super) fn keep_row_groups(&mut self, keep: impl Fn(i64, i64) -> bool) -> usize {
+        match self {
+            Stored::Disk(_) => 0,
+            Stored::Remote(f) => f.keep_row_groups(keep),
+        }
+    }
+
     /// A reader of the file, its footer parsed once. Only the columns [`Stored::fetch`] made
     /// readable may be read from a file of the table.
     pub(super) fn reader(&self) -> Result<ColumnReader<'_>, String> {
@@ -144,7 +154,38 @@ impl Fetched {
         })
     }
 
-    /// Fetches the chunks of `names` in every row group, those not fetched before.
+    /// See [`Stored::keep_row_groups`].
+    fn keep_row_groups(&mut self, keep: impl Fn(i64, i64) -> bool) -> usize {
+        let md = &self.metadata;
+        let kept: Vec<_> = md
+            .row_groups
+            .iter()
+            .filter(|group| {
+                let time = group
+                    .columns_under_root_iter("time")
+                    .and_then(|mut c| c.next())
+                    .and_then(|c| c.statistics(&md.footer_buf))
+                    .and_then(Result::ok);
+                let range = time
+                    .as_ref()
+                    .and_then(|s| s.as_int64())
+                    .and_then(|s| Some((s.min_value?, s.max_value?)));
+                range.is_none_or(|(least, greatest)| keep(least, greatest))
+            })
+            .cloned()
+            .collect();
+        let dropped = md.row_groups.len() - kept.len();
+        if dropped > 0 {
+            let mut pruned = (**md).clone();
+            pruned.num_rows = kept.iter().map(|g| g.num_rows()).sum();
+            pruned.max_row_group_height = kept.iter().map(|g| g.num_rows()).max().unwrap_or(0);
+            pruned.row_groups = kept;
+            self.metadata = std::sync::Arc::new(pruned);
+        }
+        dropped
+    }
+
+    /// Fetches the chunks of `names` in every row group kept, those not fetched before.
     fn fetch(&mut self, bucket: &Bucket, names: &[String]) -> Result<(), String> {
         let wanted: Vec<&String> = names.iter().filter(|n| !self.fetched.contains(n)).collect();
         if wanted.is_empty() {

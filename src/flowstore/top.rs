@@ -127,6 +127,9 @@ impl GroupBy {
 
 pub(super) const CODE_BITS: u32 = 21;
 
+/// Chunks one `/flows/top` groups at once.
+const TOP_READERS: usize = 4;
+
 /// One group of `/flows/top`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -146,8 +149,8 @@ impl FlowStore {
     ) -> Result<(Vec<Group>, u64), StoreError> {
         let mut groups: HashMap<String, Group> = HashMap::new();
         let mut total = 0u64;
-        // Which chunks have their answer already; the rest are grouped one at a time, so a
-        // query holds one chunk and the groups whatever the history it covers.
+        // Which chunks have their answer already; the rest are grouped a few at a time, so a
+        // query holds a few chunks and the groups whatever the history it covers.
         let conditions = filter.conditions_key();
         let mut plan = Vec::new();
         for source in self.sources(filter)? {
@@ -166,24 +169,8 @@ impl FlowStore {
             let cached = key.as_ref().and_then(|k| self.tops.get(k));
             plan.push((source, key, cached));
         }
-        for (source, key, cached) in plan {
-            let parts = match cached {
-                Some(parts) => {
-                    self.stats.top_cache_hits.fetch_add(1, Ordering::Relaxed);
-                    parts
-                }
-                None => {
-                    let Some(parts) = self.chunk_top(&source, filter, by)? else {
-                        continue;
-                    };
-                    let parts = Arc::new(parts);
-                    if let Some(key) = key {
-                        self.keep_top(key, parts.clone());
-                    }
-                    parts
-                }
-            };
-            for part in parts.iter() {
+        let mut merge = |parts: &[Group]| {
+            for part in parts {
                 total += part.count;
                 match groups.get_mut(&part.key) {
                     Some(g) => {
@@ -196,7 +183,63 @@ impl FlowStore {
                     }
                 }
             }
+        };
+        let mut todo = Vec::with_capacity(plan.len());
+        for (source, key, cached) in plan {
+            match cached {
+                Some(parts) => {
+                    self.stats.top_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    merge(&parts);
+                }
+                None => todo.push((source, key)),
+            }
         }
+        // The rest are grouped by up to TOP_READERS threads, each holding one chunk at a time
+        // (a file of the table is mostly a wait on the bucket), their groups merged as they
+        // come.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::sync_channel(TOP_READERS);
+        std::thread::scope(|scope| {
+            for _ in 0..TOP_READERS.min(todo.len()) {
+                let tx = tx.clone();
+                let (todo, next, failed) = (&todo, &next, &failed);
+                scope.spawn(move || {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some((source, key)) = todo.get(next.fetch_add(1, Ordering::Relaxed))
+                        else {
+                            break;
+                        };
+                        let parts = match self.chunk_top(source, filter, by) {
+                            Ok(None) => continue,
+                            Ok(Some(parts)) => Arc::new(parts),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                let _ = tx.send(Err(e));
+                                break;
+                            }
+                        };
+                        if let Some(key) = key {
+                            self.keep_top(key.clone(), parts.clone());
+                        }
+                        if tx.send(Ok(parts)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut first_error = None;
+            for got in rx {
+                match got {
+                    Ok(parts) => merge(&parts),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })?;
         let mut groups: Vec<Group> = groups.into_values().collect();
         groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         groups.truncate(limit);
@@ -309,6 +352,14 @@ impl FlowStore {
             }
         }
         let uuids = filter.reads_uuids();
+        // A file the time range cuts: its groups outside it are not fetched (the answer of
+        // a file the range covers is kept, and reads every group).
+        let skipped = stored.keep_row_groups(|least, greatest| filter.overlaps(least, greatest));
+        if let Some(b) = &self.bucket {
+            b.stats
+                .row_groups_skipped
+                .fetch_add(skipped as u64, Ordering::Relaxed);
+        }
         let frame = self.read_narrow(stored, &cols, uuids, false)?;
         Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }

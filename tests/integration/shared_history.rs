@@ -492,6 +492,32 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
         "a grouping by namespace read {top_bytes} of the table's {table} bytes"
     );
 
+    // A time range that cuts a file leaves its row groups outside the range unread: two
+    // replicas of their own (nothing cached) group the same files from the middle of the
+    // third file and from its start.
+    let from = |since: i64, replica: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let c = store_with(&s3, dir.path(), replica, chunk, forever, forever);
+        let mut f = Filter::default();
+        f.since_ns = Some(since);
+        let (_, total) = c
+            .top(&f, exfilwatch::flowstore::GroupBy::Namespace, 100)
+            .unwrap();
+        let expected = all.iter().filter(|x| x.time_ns >= since).count();
+        assert_eq!(total as usize, expected, "flows since {since}");
+        let stats = &c.bucket().unwrap().stats;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&stats.download_bytes), load(&stats.row_groups_skipped))
+    };
+    let (whole, none_skipped) = from(all[2 * chunk].time_ns, "c");
+    let (cut, skipped) = from(all[2 * chunk + chunk / 2].time_ns, "d");
+    // Row groups of a quarter chunk: the file's first two end before the middle.
+    assert_eq!((none_skipped, skipped), (0, 2));
+    assert!(
+        cut < whole,
+        "{cut} bytes from the middle, {whole} from the start"
+    );
+
     // A pod's flows, paged: the pod columns of every file, then the one file that holds it
     // whole (kept, for the pages after the first).
     let mut filter = since.clone();
