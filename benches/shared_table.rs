@@ -5,8 +5,9 @@
 //! - The table: one replica writes 50 M flows spread over the last 24 hours as files of
 //!   10,000 flows (`chunk_flows`), 100 files a commit; its disk keeps none of them.
 //! - The queries, through the store's own calls (what the API's handlers run):
-//!   `/flows/top?by=namespace&since=24h` (`FlowStore::top`) and one pod's flows over 7 days,
-//!   a page of 100 (`FlowStore::list` with `source_pod`, the rarest pod). Each asked `RUNS`
+//!   `/flows/top?by=namespace&since=24h` (`FlowStore::top`), one namespace's destinations
+//!   over the same day (`by=destination&source_namespace=`, one of 24), and one pod's flows
+//!   over 7 days, a page of 100 (`FlowStore::list` with `source_pod`, the rarest pod). Each asked `RUNS`
 //!   times cold, of a replica just opened with an empty disk (nothing cached), then warm, of
 //!   the same replica again. For each: p50 and p99 of the cold wall time, the warm p50, the
 //!   bytes read from the bucket by a cold query, and how far the process's resident set rose
@@ -94,8 +95,8 @@ fn store(
     .unwrap()
 }
 
-/// The simulator's flows with a realistic spread: 2,000 source pods, 50,000 external
-/// addresses.
+/// The simulator's flows with a realistic spread: 24 source namespaces, 2,000 source pods,
+/// 50,000 external addresses.
 fn base_flows(n: usize) -> Vec<FlowEvent> {
     let mut cluster = TrainingCluster::new(11, 0, 1_000_000);
     let mut rng = fastrand::Rng::with_seed(5);
@@ -111,6 +112,7 @@ fn base_flows(n: usize) -> Vec<FlowEvent> {
                 && !src.pod_name.is_empty()
             {
                 src.pod_name = format!("{}-{}", src.pod_name, rng.u32(0..2_000));
+                src.namespace = format!("team-{:02}", rng.u32(0..24));
             }
             if rng.u8(0..5) == 0
                 && let Some(ip) = &mut f.ip
@@ -199,6 +201,11 @@ fn main() {
             .map(|(p, _)| p.to_owned())
             .unwrap()
     };
+    // One namespace's flows in the table (the base flows repeat).
+    let namespace = "team-07";
+    let in_namespace = (0..total)
+        .filter(|i| &*base[i % base.len()].source.namespace == namespace)
+        .count();
     let writer_dir = tempfile::tempdir().unwrap();
     let writer = store(&s3, writer_dir.path(), "writer", per_file, 1);
     let t = Instant::now();
@@ -274,12 +281,23 @@ fn main() {
         let (_, counted) = s.top(&day, GroupBy::Namespace, 100).unwrap();
         assert_eq!(counted as usize, total);
     };
+    let mut team = day.clone();
+    team.set("source_namespace", namespace, now).unwrap();
+    let destinations = |s: &FlowStore| {
+        let (_, counted) = s.top(&team, GroupBy::Destination, 100).unwrap();
+        assert_eq!(counted as usize, in_namespace);
+    };
     let page = |s: &FlowStore| {
         let page = s.list(&pod, None, 100).unwrap();
         assert!(!page.flows.is_empty());
     };
     let queries = |label: &str| {
         row(label, "`/flows/top?by=namespace&since=24h`", &top);
+        row(
+            label,
+            "`/flows/top?by=destination&source_namespace=team-07&since=24h`",
+            &destinations,
+        );
         row(label, "a pod's flows, 7 days, a page of 100", &page);
     };
     let before = (wb.files().unwrap().len(), objects());

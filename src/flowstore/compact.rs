@@ -4,8 +4,9 @@
 //! so a busy cluster leaves many files of at most `chunk_flows` flows. Once this replica's
 //! disk no longer holds a file's flows (queries then read them from the table alone), runs of
 //! its files that follow each other in sequence numbers within one partition are merged into
-//! files of up to [`MERGED_CHUNKS`] chunks, in sequence order, and committed in place of the
-//! files they merge (one version: the added file spans their sequence numbers, and a commit
+//! files of up to [`MERGED_CHUNKS`] chunks, their rows sorted by (source namespace, time) so
+//! each row group's statistics name few namespaces, and committed in place of the files they
+//! merge (one version: the added file spans their sequence numbers, and a commit
 //! removes the replica's files an added file spans; see [`table::Table::commit`]). The
 //! merged files keep the name `<replica>-<first>-<last>`, so every reader's exact spans and
 //! page cursors hold across a compaction; the removed files are deleted from the bucket by
@@ -137,6 +138,12 @@ impl FlowStore {
         let frame = first_of_each_uuid(&frame)?;
         let removed = run.iter().map(|o| o.rows).sum::<u64>() - frame.height() as u64;
         b.stats.duplicates.fetch_add(removed, Ordering::Relaxed);
+        // Sorted by source namespace, then time: each row group holds few namespaces, and
+        // its statistics let a query naming one leave the others unread.
+        let frame = frame.sort(
+            [Col::SrcNamespace.name(), "time"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )?;
         let chunk = Chunk::from_parquet_frame(&frame).map_err(|message| StoreError::Segment {
             path: first.path.to_string(),
             message,

@@ -8,6 +8,7 @@
 //! `/flows/top?by=namespace` reads `seq`, `time` and `src_namespace` of each file: a tenth
 //! of its bytes.
 
+use std::collections::HashSet;
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use polars::io::parquet::metadata::FileMetadataRef;
 use polars::prelude::*;
 
 use super::bucket::{Bucket, ObjectKind};
+use super::{Col, Filter};
 
 /// Bytes of a file's tail read first: the whole footer of a segment (some 14 KiB for four row
 /// groups of 35 columns with their statistics); a larger footer (a compacted file's) takes a
@@ -67,13 +69,21 @@ impl Stored {
         }
     }
 
-    /// Leaves out of the reads after this the row groups of a file of the table whose time
-    /// statistics hold no time `keep` accepts (a group without them is kept); returns how many
-    /// it left out. A segment on disk is read whole, its few groups read from the page cache.
-    pub(super) fn keep_row_groups(&mut self, keep: impl Fn(i64, i64) -> bool) -> usize {
+    /// Leaves out of the reads after this the row groups of a file of the table whose
+    /// statistics rule out every flow `filter` matches: by its namespaces, and by its time
+    /// range when `by_time` is set (a group without statistics is kept). Returns how many it
+    /// left out. A segment on disk is read whole, its few groups read from the page cache.
+    pub(super) fn keep_row_groups(&mut self, filter: &Filter, by_time: bool) -> usize {
         match self {
             Stored::Disk(_) => 0,
-            Stored::Remote(f) => f.keep_row_groups(keep),
+            Stored::Remote(f) => f.keep_row_groups(filter, by_time),
+        }
+    }
+
+    /// Makes every row group of the file readable again after [`Stored::keep_row_groups`].
+    pub(super) fn all_row_groups(&mut self) {
+        if let Stored::Remote(f) = self {
+            f.metadata = f.full.clone();
         }
     }
 
@@ -100,9 +110,12 @@ impl Stored {
 pub(super) struct Fetched {
     key: String,
     buf: Vec<u8>,
+    /// The file's footer as read.
+    full: FileMetadataRef,
+    /// The row groups reads take: all, or those [`Stored::keep_row_groups`] left.
     metadata: FileMetadataRef,
-    /// The columns whose chunks are in `buf`.
-    fetched: Vec<String>,
+    /// Where each column chunk in `buf` starts in the file.
+    fetched: HashSet<u64>,
 }
 
 impl Fetched {
@@ -149,28 +162,51 @@ impl Fetched {
         Ok(Fetched {
             key,
             buf,
+            full: metadata.clone(),
             metadata,
-            fetched: Vec::new(),
+            fetched: HashSet::new(),
         })
     }
 
     /// See [`Stored::keep_row_groups`].
-    fn keep_row_groups(&mut self, keep: impl Fn(i64, i64) -> bool) -> usize {
+    fn keep_row_groups(&mut self, filter: &Filter, by_time: bool) -> usize {
         let md = &self.metadata;
         let kept: Vec<_> = md
             .row_groups
             .iter()
             .filter(|group| {
-                let time = group
-                    .columns_under_root_iter("time")
-                    .and_then(|mut c| c.next())
-                    .and_then(|c| c.statistics(&md.footer_buf))
-                    .and_then(Result::ok);
-                let range = time
-                    .as_ref()
-                    .and_then(|s| s.as_int64())
-                    .and_then(|s| Some((s.min_value?, s.max_value?)));
-                range.is_none_or(|(least, greatest)| keep(least, greatest))
+                let stats = |name: &str| {
+                    group
+                        .columns_under_root_iter(name)
+                        .and_then(|mut c| c.next())
+                        .and_then(|c| c.statistics(&md.footer_buf))
+                        .and_then(Result::ok)
+                };
+                if by_time {
+                    let time = stats("time");
+                    let range = time
+                        .as_ref()
+                        .and_then(|s| s.as_int64())
+                        .and_then(|s| Some((s.min_value?, s.max_value?)));
+                    if range.is_some_and(|(least, greatest)| !filter.overlaps(least, greatest)) {
+                        return false;
+                    }
+                }
+                let mut ranges: Vec<(Col, String, String)> = Vec::with_capacity(2);
+                for col in [Col::SrcNamespace, Col::DstNamespace] {
+                    let text = stats(col.name());
+                    let range = text.as_ref().and_then(|s| s.as_binary()).and_then(|s| {
+                        let least = std::str::from_utf8(s.min_value.as_deref()?).ok()?;
+                        let greatest = std::str::from_utf8(s.max_value.as_deref()?).ok()?;
+                        Some((col, least.to_owned(), greatest.to_owned()))
+                    });
+                    ranges.extend(range);
+                }
+                let ranges: Vec<(Col, &str, &str)> = ranges
+                    .iter()
+                    .map(|(c, least, greatest)| (*c, least.as_str(), greatest.as_str()))
+                    .collect();
+                filter.may_match_ranges(&ranges)
             })
             .cloned()
             .collect();
@@ -187,16 +223,15 @@ impl Fetched {
 
     /// Fetches the chunks of `names` in every row group kept, those not fetched before.
     fn fetch(&mut self, bucket: &Bucket, names: &[String]) -> Result<(), String> {
-        let wanted: Vec<&String> = names.iter().filter(|n| !self.fetched.contains(n)).collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
         let size = self.buf.len() as u64;
         let mut ranges: Vec<Range<u64>> = Vec::new();
         for group in &self.metadata.row_groups {
-            for name in &wanted {
+            for name in names {
                 for column in group.columns_under_root_iter(name).into_iter().flatten() {
                     let r = column.byte_range();
+                    if self.fetched.contains(&r.start) {
+                        continue;
+                    }
                     if r.start > r.end || r.end > size {
                         return Err(format!(
                             "column {name}: bytes {}..{} outside the file's {size}",
@@ -207,10 +242,13 @@ impl Fetched {
                 }
             }
         }
+        if ranges.is_empty() {
+            return Ok(());
+        }
         ranges.sort_by_key(|r| r.start);
         let got = bucket.get_ranges_coalesced(&self.key, &ranges, COALESCE)?;
         place(&mut self.buf, &ranges, &got)?;
-        self.fetched.extend(wanted.into_iter().cloned());
+        self.fetched.extend(ranges.iter().map(|r| r.start));
         Ok(())
     }
 }

@@ -199,8 +199,11 @@ impl FlowStore {
             .filter(|n| schema.iter().any(|s| s == n))
             .map(str::to_owned)
             .collect();
-        // Without conditions on columns the file has, every flow may match.
+        // Without conditions on columns the file has, every flow may match. The groups whose
+        // statistics rule the conditions out are left unread (not by time: what is kept
+        // answers these conditions over any time range).
         if !names.is_empty() {
+            self.keep_row_groups(stored, filter, false);
             stored.fetch(self.bucket.as_deref(), &names)?;
             let narrow = stored
                 .reader()?
@@ -232,11 +235,22 @@ impl FlowStore {
                 return Ok(None);
             }
         }
+        stored.all_row_groups();
         stored.fetch(self.bucket.as_deref(), &schema)?;
         let reader = stored.reader()?;
         self.read_cached(stored.name(), || reader.finish().map_err(|e| e.to_string()))
             .map(Some)
             .map_err(|e| e.to_string())
+    }
+
+    /// [`Stored::keep_row_groups`], counted.
+    pub(super) fn keep_row_groups(&self, stored: &mut Stored, filter: &Filter, by_time: bool) {
+        let skipped = stored.keep_row_groups(filter, by_time);
+        if let Some(b) = &self.bucket {
+            b.stats
+                .row_groups_skipped
+                .fetch_add(skipped as u64, Ordering::Relaxed);
+        }
     }
 
     /// [`FlowStore::matches`] on a segment on disk, reading the filter's columns first (with its

@@ -352,14 +352,9 @@ impl FlowStore {
             }
         }
         let uuids = filter.reads_uuids();
-        // A file the time range cuts: its groups outside it are not fetched (the answer of
-        // a file the range covers is kept, and reads every group).
-        let skipped = stored.keep_row_groups(|least, greatest| filter.overlaps(least, greatest));
-        if let Some(b) = &self.bucket {
-            b.stats
-                .row_groups_skipped
-                .fetch_add(skipped as u64, Ordering::Relaxed);
-        }
+        // Of a file the time range cuts, its groups outside it are not fetched (the answer of
+        // a file the range covers is kept, and takes every group).
+        self.keep_row_groups(stored, filter, true);
         let frame = self.read_narrow(stored, &cols, uuids, false)?;
         Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }

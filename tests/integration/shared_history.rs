@@ -346,6 +346,13 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     // Read again after a restart: the same flow (its UUID) stored twice, in another file.
     let twice = 5 * CHUNK + 3;
     old[twice].uuid = old[3].uuid;
+    // From five namespaces in turn, so a merged file sorted by namespace has row groups of
+    // one namespace each.
+    let mut names = exfilwatch::flow::intern::Interner::with_capacity(8);
+    let teams: Vec<_> = (0..5).map(|t| names.intern(&format!("team-{t}"))).collect();
+    for (i, f) in old.iter_mut().enumerate() {
+        std::sync::Arc::make_mut(&mut f.source.endpoint).namespace = teams[i % 5].clone();
+    }
     let mut recent = flows(2 * CHUNK, now - 600 * 1_000_000_000);
     for (i, f) in recent.iter_mut().enumerate() {
         f.uuid = Some((10 * CHUNK + i) as u128 + 1);
@@ -421,6 +428,54 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
         .collect();
     assert_eq!(seen, want);
     assert_eq!(counted(), "(239, 239)");
+
+    // The merged file's rows are sorted by source namespace: a replica with an empty disk
+    // pages the rarest namespace's flows reading only the row groups that can hold it.
+    let mut by_namespace: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (_, f) in old.iter().enumerate().filter(|(i, _)| *i != twice) {
+        by_namespace
+            .entry(f.source.namespace.to_string())
+            .or_default()
+            .push(f.time_ns);
+    }
+    for f in &recent {
+        by_namespace
+            .entry(f.source.namespace.to_string())
+            .or_default()
+            .push(f.time_ns);
+    }
+    assert!(by_namespace.len() >= 5, "{:?}", by_namespace.keys());
+    let (namespace, mut times) = by_namespace
+        .into_iter()
+        .filter(|(n, _)| !n.is_empty())
+        .min_by_key(|(_, t)| t.len())
+        .unwrap();
+    times.sort_unstable_by(|x, y| y.cmp(x));
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = store_with(&s3, dir_a.path(), "a", CHUNK, day, 10 * 365 * day);
+    let mut one = filter.clone();
+    one.set("source_namespace", &namespace, 0).unwrap();
+    let mut got = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let p = a.list(&one, cursor.clone(), 7).unwrap();
+        got.extend(p.flows.iter().map(|f| f.time_ns));
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(got, times, "{namespace}");
+    let skipped = a
+        .bucket()
+        .unwrap()
+        .stats
+        .row_groups_skipped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        skipped > 0,
+        "no row group of the merged file was left unread"
+    );
 
     assert_eq!(b.compact_table().unwrap(), (0, 0), "nothing left to merge");
     assert_eq!(objects(&s3), 13);
