@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use polars::io::mmap::MmapBytesReader;
-use polars::io::parquet::metadata::FileMetadataRef;
+use polars::io::parquet::metadata::{FileMetadata, FileMetadataRef};
 use polars::prelude::*;
 
 use super::bucket::{Bucket, ObjectKind};
@@ -77,6 +77,16 @@ impl Stored {
         match self {
             Stored::Disk(_) => 0,
             Stored::Remote(f) => f.keep_row_groups(filter, by_time),
+        }
+    }
+
+    /// Leaves out of the reads after this the row groups that hold none of `rows` (indices,
+    /// sorted, among the rows reads take now); returns their indices among the rows left, and
+    /// how many groups it left out. A segment on disk keeps every group.
+    pub(super) fn keep_rows(&mut self, rows: &[IdxSize]) -> (Vec<IdxSize>, usize) {
+        match self {
+            Stored::Disk(_) => (rows.to_vec(), 0),
+            Stored::Remote(f) => f.keep_rows(rows),
         }
     }
 
@@ -171,10 +181,10 @@ impl Fetched {
     /// See [`Stored::keep_row_groups`].
     fn keep_row_groups(&mut self, filter: &Filter, by_time: bool) -> usize {
         let md = &self.metadata;
-        let kept: Vec<_> = md
+        let keep: Vec<bool> = md
             .row_groups
             .iter()
-            .filter(|group| {
+            .map(|group| {
                 let stats = |name: &str| {
                     group
                         .columns_under_root_iter(name)
@@ -208,17 +218,44 @@ impl Fetched {
                     .collect();
                 filter.may_match_ranges(&ranges)
             })
-            .cloned()
             .collect();
-        let dropped = md.row_groups.len() - kept.len();
+        let dropped = keep.iter().filter(|k| !**k).count();
         if dropped > 0 {
-            let mut pruned = (**md).clone();
-            pruned.num_rows = kept.iter().map(|g| g.num_rows()).sum();
-            pruned.max_row_group_height = kept.iter().map(|g| g.num_rows()).max().unwrap_or(0);
-            pruned.row_groups = kept;
-            self.metadata = std::sync::Arc::new(pruned);
+            self.metadata = pruned(&self.metadata, &keep);
         }
         dropped
+    }
+
+    /// See [`Stored::keep_rows`].
+    fn keep_rows(&mut self, rows: &[IdxSize]) -> (Vec<IdxSize>, usize) {
+        let groups = &self.metadata.row_groups;
+        // Each group's first row, among the rows read now and among those left.
+        let mut starts = Vec::with_capacity(groups.len());
+        let mut at = 0u64;
+        for g in groups {
+            starts.push(at);
+            at += g.num_rows() as u64;
+        }
+        let group_of = |row: IdxSize| starts.partition_point(|&s| s <= u64::from(row)) - 1;
+        let mut keep = vec![false; groups.len()];
+        for &r in rows {
+            keep[group_of(r)] = true;
+        }
+        let mut left = vec![0u64; groups.len()];
+        let mut at = 0u64;
+        for (i, g) in groups.iter().enumerate().filter(|(i, _)| keep[*i]) {
+            left[i] = at;
+            at += g.num_rows() as u64;
+        }
+        let out = rows
+            .iter()
+            .map(|&r| {
+                let g = group_of(r);
+                (u64::from(r) - starts[g] + left[g]) as IdxSize
+            })
+            .collect();
+        self.metadata = pruned(&self.metadata, &keep);
+        (out, keep.iter().filter(|k| !**k).count())
     }
 
     /// Fetches the chunks of `names` in every row group kept, those not fetched before.
@@ -251,6 +288,22 @@ impl Fetched {
         self.fetched.extend(ranges.iter().map(|r| r.start));
         Ok(())
     }
+}
+
+/// `md` with the row groups `keep` marks only.
+fn pruned(md: &FileMetadataRef, keep: &[bool]) -> FileMetadataRef {
+    let mut out: FileMetadata = (**md).clone();
+    let mut marks = keep.iter();
+    out.row_groups
+        .retain(|_| marks.next().copied().unwrap_or(true));
+    out.num_rows = out.row_groups.iter().map(|g| g.num_rows()).sum();
+    out.max_row_group_height = out
+        .row_groups
+        .iter()
+        .map(|g| g.num_rows())
+        .max()
+        .unwrap_or(0);
+    std::sync::Arc::new(out)
 }
 
 /// Copies fetched ranges into their places in `buf`.

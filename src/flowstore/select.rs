@@ -12,6 +12,15 @@ pub(super) enum Matched {
     NotKept(Option<(Arc<Chunk>, DataFrame)>),
 }
 
+/// What a file of the table holds for a filter's conditions ([`FlowStore::matches`]).
+enum Remote {
+    None,
+    /// Its few matching rows, every column.
+    Few(Arc<Chunk>),
+    /// The whole file: many rows match.
+    Whole(Arc<Chunk>),
+}
+
 /// `filter`'s time range and a further condition, both to hold: what rows already matching
 /// its other conditions are picked by.
 pub(super) fn in_time(filter: &Filter, also: Option<Expr>) -> Expr {
@@ -140,7 +149,7 @@ impl FlowStore {
                                 pick,
                             )
                             .map(Err),
-                        Stored::Remote(_) => self.read_if_matching(&mut stored, filter).map(Ok),
+                        Stored::Remote(_) => self.read_remote_matches(&mut stored, filter).map(Ok),
                     };
                     read.map_err(|message| StoreError::Segment {
                         path: stored.name().display().to_string(),
@@ -153,8 +162,9 @@ impl FlowStore {
                         return Ok(Matched::NotKept(None));
                     }
                     Ok(Err(matched)) => return Ok(matched),
-                    Ok(Ok(None)) => return Ok(Matched::Few(None)),
-                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(Remote::None)) => return Ok(Matched::Few(None)),
+                    Ok(Ok(Remote::Few(rows))) => return Ok(Matched::Few(Some(rows))),
+                    Ok(Ok(Remote::Whole(chunk))) => chunk,
                 }
             }
         };
@@ -179,15 +189,12 @@ impl FlowStore {
         Ok(Matched::NotKept(Some((chunk, found))))
     }
 
-    /// A file of the table read whole when its filter's columns (fetched first, alone) hold
-    /// a match of `filter`'s conditions, `None` when they hold none. The whole file is kept
-    /// among the recently read chunks: the pages after this one read it again, and each would
-    /// otherwise fetch it from the bucket anew.
-    fn read_if_matching(
-        &self,
-        stored: &mut Stored,
-        filter: &Filter,
-    ) -> Result<Option<Arc<Chunk>>, String> {
+    /// What a file of the table holds for `filter`'s conditions, its filter's columns read
+    /// first (alone, of the row groups whose statistics can hold what it names): no match;
+    /// few (at most [`FlowStore::few`]), then read with every column from the row groups that
+    /// hold them only, to be kept as the file's matches; or many, then the whole file, kept
+    /// among the recently read chunks since the pages after this one read it again.
+    fn read_remote_matches(&self, stored: &mut Stored, filter: &Filter) -> Result<Remote, String> {
         let text = |e: PolarsError| e.to_string();
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
@@ -199,15 +206,19 @@ impl FlowStore {
             .filter(|n| schema.iter().any(|s| s == n))
             .map(str::to_owned)
             .collect();
-        // Without conditions on columns the file has, every flow may match. The groups whose
-        // statistics rule the conditions out are left unread (not by time: what is kept
-        // answers these conditions over any time range).
+        // Without conditions on columns the file has, every flow may match. Groups are left
+        // out by what the conditions name, not by time: what is kept answers these
+        // conditions over any time range.
         if !names.is_empty() {
             self.keep_row_groups(stored, filter, false);
             stored.fetch(self.bucket.as_deref(), &names)?;
             let narrow = stored
                 .reader()?
                 .with_columns(Some(names))
+                .with_row_index(Some(RowIndex {
+                    name: chunk::ROW_INDEX.into(),
+                    offset: 0,
+                }))
                 .finish()
                 .map_err(text)?;
             self.stats
@@ -215,41 +226,55 @@ impl FlowStore {
                 .fetch_add(1, Ordering::Relaxed);
             let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
             let Some(predicate) = filter.conditions_only().predicate(&partial) else {
-                return Ok(None);
+                return Ok(Remote::None);
             };
             let hits = partial
                 .frame
                 .clone()
                 .lazy()
                 .filter(predicate)
-                .select([len()])
+                .select([col(chunk::ROW_INDEX)])
                 .collect()
                 .map_err(text)?;
-            let count = hits
-                .column("len")
+            let rows: Vec<IdxSize> = hits
+                .column(chunk::ROW_INDEX)
                 .and_then(|c| c.idx().cloned())
                 .map_err(text)?
-                .get(0)
-                .unwrap_or(0);
-            if count == 0 {
-                return Ok(None);
+                .into_no_null_iter()
+                .collect();
+            if rows.is_empty() {
+                return Ok(Remote::None);
+            }
+            if rows.len() <= self.few() {
+                let (rows, skipped) = stored.keep_rows(&rows);
+                self.count_skipped(skipped);
+                stored.fetch(self.bucket.as_deref(), &schema)?;
+                let groups = stored.reader()?.finish().map_err(text)?;
+                let at = IdxCa::from_vec(chunk::ROW_INDEX.into(), rows);
+                let taken = groups.take(&at).map_err(text)?;
+                return Ok(Remote::Few(Arc::new(Chunk::from_parquet_frame(&taken)?)));
             }
         }
         stored.all_row_groups();
         stored.fetch(self.bucket.as_deref(), &schema)?;
         let reader = stored.reader()?;
         self.read_cached(stored.name(), || reader.finish().map_err(|e| e.to_string()))
-            .map(Some)
+            .map(Remote::Whole)
             .map_err(|e| e.to_string())
     }
 
     /// [`Stored::keep_row_groups`], counted.
     pub(super) fn keep_row_groups(&self, stored: &mut Stored, filter: &Filter, by_time: bool) {
         let skipped = stored.keep_row_groups(filter, by_time);
+        self.count_skipped(skipped);
+    }
+
+    /// Counts row groups of the table's files left unread.
+    fn count_skipped(&self, groups: usize) {
         if let Some(b) = &self.bucket {
             b.stats
                 .row_groups_skipped
-                .fetch_add(skipped as u64, Ordering::Relaxed);
+                .fetch_add(groups as u64, Ordering::Relaxed);
         }
     }
 

@@ -503,9 +503,9 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
     let start = exfilwatch::common::clock::now_ns() - 600 * 1_000_000_000;
     let (chunk, files) = (10_000, 6);
     let mut all = flows(chunk * files, start);
-    // A pod only the third file holds.
+    // A pod only the first row group (a quarter chunk) of the third file holds.
     let probe = exfilwatch::flow::intern::Interner::with_capacity(4).intern("probe-7");
-    for f in all[2 * chunk..3 * chunk].iter_mut().step_by(50) {
+    for f in all[2 * chunk..2 * chunk + chunk / 4].iter_mut().step_by(50) {
         std::sync::Arc::make_mut(&mut f.source.endpoint).pod = probe.clone();
     }
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -573,8 +573,8 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
         "{cut} bytes from the middle, {whole} from the start"
     );
 
-    // A pod's flows, paged: the pod columns of every file, then the one file that holds it
-    // whole (kept, for the pages after the first).
+    // A pod's flows, paged: the pod columns of every file, then every column of the row
+    // group that holds its few flows (kept as the file's matches, for the pages after).
     let mut filter = since.clone();
     filter.set("source_pod", "probe-7", 0).unwrap();
     let mut want: Vec<u128> = all
@@ -583,7 +583,11 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
         .filter_map(|f| f.uuid)
         .collect();
     want.sort_unstable();
-    assert_eq!(want.len(), chunk / 50);
+    assert_eq!(want.len(), chunk / 4 / 50);
+    let skipped_before = bucket
+        .stats
+        .row_groups_skipped
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut seen = Vec::new();
     let mut cursor: Option<Cursor> = None;
     loop {
@@ -596,6 +600,13 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
     }
     seen.sort_unstable();
     assert_eq!(seen, want, "the pod's flows, each once");
+    // Few: read with every column from the one row group that holds them.
+    let skipped = bucket
+        .stats
+        .row_groups_skipped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - skipped_before;
+    assert_eq!(skipped, 3, "the file's other row groups left unread");
     let page_bytes = read() - top_bytes;
     assert!(
         page_bytes * 2 < table,
