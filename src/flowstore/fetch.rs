@@ -5,8 +5,13 @@
 //! file's size; each read fetches the byte ranges of the column chunks it needs, nearby ranges
 //! in one request, into their places. Pages of the buffer nothing was fetched into are never
 //! written, so they cost no memory, and polars reads the buffer as it would the file. A
-//! `/flows/top?by=namespace` reads `seq`, `time` and `src_namespace` of each file: a tenth
-//! of its bytes.
+//! `/flows/top?by=namespace` reads `seq`, `time` and `src_namespace` of each file: about a
+//! quarter of its bytes, the footer included.
+//!
+//! A read may also leave out row groups: those whose statistics rule its filter out (time,
+//! source and destination namespace; a compacted file's groups each hold few namespaces), or
+//! that hold none of a page's few matches. Reads after that take the groups left, until
+//! [`Stored::all_row_groups`].
 
 use std::collections::HashSet;
 use std::io::Cursor;

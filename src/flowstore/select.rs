@@ -12,6 +12,9 @@ pub(super) enum Matched {
     NotKept(Option<(Arc<Chunk>, DataFrame)>),
 }
 
+/// The columns a read takes to know a stored chunk's bounds (and a page's order).
+pub(super) const BOUNDS: [&str; 2] = ["seq", "time"];
+
 /// What a file of the table holds for a filter's conditions ([`FlowStore::matches`]).
 enum Remote {
     None,
@@ -199,31 +202,17 @@ impl FlowStore {
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
         let schema = stored.names()?;
-        let names: Vec<String> = cols
+        let named = cols
             .iter()
             .map(|c| c.name())
             .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
-            .filter(|n| schema.iter().any(|s| s == n))
-            .map(str::to_owned)
-            .collect();
+            .any(|n| schema.iter().any(|s| s == n));
         // Without conditions on columns the file has, every flow may match. Groups are left
         // out by what the conditions name, not by time: what is kept answers these
         // conditions over any time range.
-        if !names.is_empty() {
+        if named {
             self.keep_row_groups(stored, filter, false);
-            stored.fetch(self.bucket.as_deref(), &names)?;
-            let narrow = stored
-                .reader()?
-                .with_columns(Some(names))
-                .with_row_index(Some(RowIndex {
-                    name: chunk::ROW_INDEX.into(),
-                    offset: 0,
-                }))
-                .finish()
-                .map_err(text)?;
-            self.stats
-                .segment_filtered_reads
-                .fetch_add(1, Ordering::Relaxed);
+            let narrow = self.read_narrow(stored, &[], &cols, uuids, true)?;
             let partial = Chunk::partial_from_parquet_frame(&narrow, &cols, uuids)?;
             let Some(predicate) = filter.conditions_only().predicate(&partial) else {
                 return Ok(Remote::None);
@@ -291,7 +280,7 @@ impl FlowStore {
         let text = |e: PolarsError| e.to_string();
         let cols = filter.columns();
         let uuids = filter.reads_uuids();
-        let narrow = self.read_narrow(stored, &cols, uuids, true)?;
+        let narrow = self.read_narrow(stored, &BOUNDS, &cols, uuids, true)?;
         // With the segment's dictionaries at hand, polars compares the strings themselves
         // against the values the filter accepts; else they are coded first, as a whole read
         // codes them.
@@ -365,21 +354,23 @@ impl FlowStore {
         Ok(Matched::NotKept(Some((chunk, found))))
     }
 
-    /// A column-first read of a stored chunk: `seq`, `time`, `cols`, the UUID columns when
-    /// `uuids` is set, and each row's index in the file when `row_index` is. Columns added
-    /// since the file was written are left out, and read as empty
-    /// ([`Chunk::partial_from_parquet_frame`]).
+    /// A column-first read of a stored chunk: `lead` (`seq` and `time`: [`BOUNDS`], or none),
+    /// `cols`, the UUID columns when `uuids` is set, and each row's index in the file when
+    /// `row_index` is. Columns added since the file was written are left out, and read as
+    /// empty ([`Chunk::partial_from_parquet_frame`]).
     pub(super) fn read_narrow(
         &self,
         stored: &mut Stored,
+        lead: &[&'static str],
         cols: &[Col],
         uuids: bool,
         row_index: bool,
     ) -> Result<DataFrame, String> {
         let text = |e: PolarsError| e.to_string();
         let schema = stored.names()?;
-        let names: Vec<String> = ["seq", "time"]
-            .into_iter()
+        let names: Vec<String> = lead
+            .iter()
+            .copied()
             .chain(cols.iter().map(|c| c.name()))
             .chain(chunk::UUID_COLUMNS.into_iter().filter(|_| uuids))
             .filter(|n| schema.iter().any(|s| s == n))

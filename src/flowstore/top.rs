@@ -355,7 +355,7 @@ impl FlowStore {
         // Of a file the time range cuts, its groups outside it are not fetched (the answer of
         // a file the range covers is kept, and takes every group).
         self.keep_row_groups(stored, filter, true);
-        let frame = self.read_narrow(stored, &cols, uuids, false)?;
+        let frame = self.read_narrow(stored, &select::BOUNDS, &cols, uuids, false)?;
         Chunk::partial_from_parquet_frame(&frame, &cols, uuids)
     }
 }
