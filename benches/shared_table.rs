@@ -227,6 +227,11 @@ fn main() {
     writer.persist().unwrap();
     let filled = t.elapsed();
     let wb = writer.bucket().unwrap().clone();
+    // A replica compacts its files every 10 minutes: the writer is closed once the table is
+    // written, so that no compaction runs beside the queries, and opened again (a replica
+    // restarted under its name) only to compact and to expire.
+    drop(writer);
+    let reopened = || store(&s3, writer_dir.path(), "writer", per_file, 1);
     println!(
         "table: {total} flows in {} files, {} uploaded, written in {:.1} s",
         wb.files().unwrap().len(),
@@ -309,13 +314,13 @@ fn main() {
     queries(&format!("{} files", before.0));
 
     let t = Instant::now();
-    let (merged, written) = writer.compact_table().unwrap();
+    let (merged, written) = reopened().compact_table().unwrap();
     let compacted = t.elapsed();
     // The log is read again after 5 s.
     std::thread::sleep(Duration::from_millis(5_200));
     let after = (wb.files().unwrap().len(), objects());
     queries(&format!("{} files (compacted)", after.0));
-    let (_, deleted) = writer.expire_table(now + 2 * HOUR_NS).unwrap();
+    let (_, deleted) = reopened().expire_table(now + 2 * HOUR_NS).unwrap();
     println!(
         "compaction: {merged} files merged into {written} in {:.1} s; table files {} -> {}; bucket objects {} -> {} (before the vacuum) -> {} (the vacuum deleted {deleted})",
         compacted.as_secs_f64(),
