@@ -110,6 +110,8 @@ impl S3 {
 import json, duckdb
 from duckdb_extensions import import_extension
 con = duckdb.connect()
+# A query longer than 2 s would print its progress bar where the answer is read.
+con.sql("SET enable_progress_bar = false")
 for e in ("httpfs", "delta"):
     import_extension(e)
     con.load_extension(e)
