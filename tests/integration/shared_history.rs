@@ -9,7 +9,7 @@ use std::time::Duration;
 use exfilwatch::config::{FlowStoreConfig, ObjectStoreConfig};
 use exfilwatch::flow::FlowEvent;
 use exfilwatch::flow::wire::Decoder;
-use exfilwatch::flowstore::{Cursor, Filter, FlowStore, MAX_SEGMENTS_PER_QUERY, Row};
+use exfilwatch::flowstore::{Filter, FlowStore, MAX_SEGMENTS_PER_QUERY, Page, Row};
 use exfilwatch::sim::traffic::TrainingCluster;
 
 use crate::support::s3::{ACCESS_KEY, BUCKET, S3, SECRET_KEY};
@@ -72,6 +72,21 @@ fn store_with(
     .unwrap()
 }
 
+/// Every page of `filter`'s flows on `store`, `size` flows a page, each cursor taken in turn.
+fn pages(store: &FlowStore, filter: &Filter, size: usize) -> Vec<Page> {
+    let mut pages: Vec<Page> = Vec::new();
+    loop {
+        assert!(pages.len() < 10_000, "paging never ends");
+        let cursor = pages.last().and_then(|p| p.next_cursor.clone());
+        let page = store.list(filter, cursor, size).unwrap();
+        let last = page.next_cursor.is_none();
+        pages.push(page);
+        if last {
+            return pages;
+        }
+    }
+}
+
 /// `n` flows a millisecond apart from `start_ns`, each with its number as its UUID.
 fn flows(n: usize, start_ns: i64) -> Vec<FlowEvent> {
     let mut cluster = TrainingCluster::new(11, start_ns, 1_000);
@@ -110,21 +125,19 @@ fn pages_across_replicas_skip_and_repeat_nothing_where_the_read_budget_stops_the
     let a = store(&s3, dir_a.path(), "a");
     let mut filter = Filter::default();
     filter.since_ns = Some(start - 1);
-    let mut seen = Vec::new();
-    let mut cursor: Option<Cursor> = None;
-    for page in 0.. {
-        assert!(page < 10 * OBJECTS, "paging never ends");
-        let p = a.list(&filter, cursor.clone(), 100).unwrap();
+    let pages = pages(&a, &filter, 100);
+    assert!(pages.len() < 10 * OBJECTS, "paging never ends");
+    for p in &pages {
         assert!(
             p.flows.windows(2).all(|w| w[0].time_ns >= w[1].time_ns),
             "a page is newest first"
         );
-        seen.extend(p.flows.iter().map(|f| f.time_ns));
-        match p.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
     }
+    let seen: Vec<i64> = pages
+        .iter()
+        .flat_map(|p| &p.flows)
+        .map(|f| f.time_ns)
+        .collect();
     let distinct: BTreeSet<i64> = seen.iter().copied().collect();
     assert_eq!(distinct.len(), seen.len(), "flows repeated across pages");
     let missing = all
@@ -407,16 +420,11 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     // Every flow once, newest first, by the API's pages and by DuckDB.
     let mut filter = Filter::default();
     filter.since_ns = Some(old_start - hour);
-    let mut seen = Vec::new();
-    let mut cursor: Option<Cursor> = None;
-    loop {
-        let p = b.list(&filter, cursor.clone(), 37).unwrap();
-        seen.extend(p.flows.iter().map(|f| f.time_ns));
-        match p.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let seen: Vec<i64> = pages(&b, &filter, 37)
+        .iter()
+        .flat_map(|p| &p.flows)
+        .map(|f| f.time_ns)
+        .collect();
     let want: Vec<i64> = old
         .iter()
         .enumerate()
@@ -455,16 +463,11 @@ fn a_replicas_small_files_merge_into_one_once_its_disk_no_longer_holds_them() {
     let a = store_with(&s3, dir_a.path(), "a", CHUNK, day, 10 * 365 * day);
     let mut one = filter.clone();
     one.set("source_namespace", &namespace, 0).unwrap();
-    let mut got = Vec::new();
-    let mut cursor: Option<Cursor> = None;
-    loop {
-        let p = a.list(&one, cursor.clone(), 7).unwrap();
-        got.extend(p.flows.iter().map(|f| f.time_ns));
-        match p.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let got: Vec<i64> = pages(&a, &one, 7)
+        .iter()
+        .flat_map(|p| &p.flows)
+        .map(|f| f.time_ns)
+        .collect();
     assert_eq!(got, times, "{namespace}");
     let skipped = a
         .bucket()
@@ -588,16 +591,11 @@ fn queries_fetch_only_the_columns_they_read_from_the_tables_files() {
         .stats
         .row_groups_skipped
         .load(std::sync::atomic::Ordering::Relaxed);
-    let mut seen = Vec::new();
-    let mut cursor: Option<Cursor> = None;
-    loop {
-        let p = a.list(&filter, cursor.clone(), 100).unwrap();
-        seen.extend(p.flows.iter().map(|f| f.uuid));
-        match p.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let mut seen: Vec<_> = pages(&a, &filter, 100)
+        .iter()
+        .flat_map(|p| &p.flows)
+        .map(|f| f.uuid)
+        .collect();
     seen.sort_unstable();
     assert_eq!(seen, want, "the pod's flows, each once");
     // Few: read with every column from the one row group that holds them.
